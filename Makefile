@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# TORCH: this repository's CI machine has the CPU build of torch 2.13.0 on disk; any torch>=2.4 works
+# for users (e.g. `make demo TORCH='torch>=2.4'` on a GPU machine).
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install install-dev clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/llm-mia audit --demo
+
+test: install-dev
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) audit-demo

@@ -1,0 +1,116 @@
+"""Small file helpers shared by every stage: strict reading and atomic writing.
+
+Writers go through a temporary file in the same folder and ``os.replace`` so that a killed run
+never leaves a half-written output under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from llm_mia.errors import LlmMiaError
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _clean(obj: Any) -> Any:
+    """Replace non-finite floats with None-free JSON tokens (NaN/Infinity are written as strings)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON text with NaN/inf as the strings "NaN", "Infinity", "-Infinity" (valid strict JSON)."""
+    return json.dumps(_clean(obj), ensure_ascii=False, default=_json_default, **kw)
+
+
+def to_float(v: Any) -> float:
+    """Inverse of :func:`dumps` for one number: accepts floats, ints and "NaN"/"Infinity" strings."""
+    if isinstance(v, str):
+        return float(v.replace("Infinity", "inf"))
+    return float("nan") if v is None else float(v)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(dumps(row) + "\n")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Read UTF-8 text; missing file or bad encoding -> LlmMiaError."""
+    p = Path(path)
+    if not p.exists():
+        raise LlmMiaError(f"file not found: {p}")
+    if p.is_dir():
+        raise LlmMiaError(f"expected a file, got a folder: {p}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LlmMiaError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LlmMiaError(f"{path}: corrupt JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file of objects; a malformed line -> LlmMiaError naming the file and line."""
+    rows = []
+    for i, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LlmMiaError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise LlmMiaError(f"{path}: line {i} is not a JSON object")
+        rows.append(row)
+    return rows

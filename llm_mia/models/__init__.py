@@ -1,0 +1,1 @@
+"""The only code that runs a model: loading, per-token statistics, generation."""

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny models and tokenizers built in-process (no network, no hub)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Return a new list containing all items from the iterable in ascending order.",
+    "my social security number is 123-45-6789. Call 555-0100 now!",
+    "Hello world. Bye. İSTANBUL istanbul 😀 héllo wörld",
+    "def f(x):\n    return x + 1\n",
+    "Alpha beta gamma delta epsilon. 0123456789 abcdef ABCDEF",
+]
+
+# S1 "step model" constants (scoring-cases.md): likely step and other step log-probs.
+LIKELY = -math.log(math.e**2 + 4) + 2  # -0.432653
+UNLIKELY = LIKELY - 2  # -2.432653
+
+
+class StepModel(torch.nn.Module):
+    """S1: vocabulary of 5 ids; logits after id a are 2.0 for (a+1) mod 5 and 0 elsewhere.
+
+    Context-free, so every log-prob is known exactly. Mimics the HF causal-LM call signature.
+    """
+
+    def __init__(self, max_context: int | None = None):
+        super().__init__()
+        table = torch.zeros(5, 5)
+        for a in range(5):
+            table[a, (a + 1) % 5] = 2.0
+        self.register_buffer("table", table)
+        self.max_context = max_context
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kw):
+        if self.max_context is not None and input_ids.shape[1] > self.max_context:
+            raise IndexError("input longer than the maximum context")
+
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = self.table[input_ids]
+        return out
+
+
+@pytest.fixture
+def step_model():
+    return StepModel()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_bpe_tokenizer(TOKENIZER_TEXT, vocab_size=300, min_frequency=1)
+
+
+def make_tiny_gpt2(vocab_size: int, n_positions: int = 128, seed: int = 0, n_embd: int = 64) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=n_embd, vocab_size=vocab_size, n_positions=n_positions,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    return make_tiny_gpt2(len(tiny_tokenizer))
+
+
+@pytest.fixture
+def s2_model():
+    """S2 of scoring-cases.md: GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16)."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16)
+    return GPT2LMHeadModel(cfg).eval()
