@@ -1,0 +1,167 @@
+"""`llm-mia` command line: each subcommand parses its arguments and calls the library.
+
+Errors in the user's input print one line, ``error: ...``, and exit with status 2.
+Set ``LLM_MIA_DEBUG=1`` to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llm_mia.errors import LlmMiaError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Audit language models for training-data leakage: extraction, canary exposure, membership scoring.")
+corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora with planted secrets.")
+app.add_typer(corpus_app, name="corpus")
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LlmMiaError(f"{what} must be comma-separated integers, got '{text}'") from None
+    if not vals or any(v < 1 for v in vals):
+        raise LlmMiaError(f"{what} must be positive integers, got '{text}'")
+    return vals
+
+
+@corpus_app.command("build")
+def corpus_build(
+    out: Path = typer.Option(..., "--out", help="Output folder for train.jsonl, heldout.jsonl, secrets.json."),
+    source: str = typer.Option("python-docs", "--source", help="python-docs (embedded), a .txt/.jsonl file or folder, or hf:NAME[:CONFIG]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the secrets and their placement."),
+    repeats: str = typer.Option("1,2,4,8,16,32", "--repeats", help="Insertion counts of the planted secrets."),
+    heldout_fraction: float = typer.Option(0.2, "--heldout-fraction", help="Share of documents held out as non-members."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
+):
+    """Split a corpus into members / held-out and plant canaries and synthetic PII in the members."""
+    from llm_mia.corpus import build_corpus
+
+    s = build_corpus(source, out, seed=seed, repeats=tuple(_parse_ints(repeats, "--repeats")),
+                     heldout_fraction=heldout_fraction, max_chars=max_chars)
+    typer.echo(f"corpus: {s.n_train} member and {s.n_heldout} held-out documents, {s.n_secrets} secrets -> {out}")
+
+
+@app.command()
+def train(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus folder from `llm-mia corpus build`."),
+    out: Path = typer.Option(..., "--out", help="Output model folder (safetensors, tokenizer, recipe.json)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
+    preset: str = typer.Option("small", "--preset", help="tiny | small"),
+    reference: bool = typer.Option(False, "--reference", help="Train a reference model on the held-out split (no secrets)."),
+    tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
+    seed: int = typer.Option(0, "--seed"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the preset's number of steps."),
+):
+    """Train (or fine-tune) a GPT-2 on a corpus."""
+    from llm_mia.train import train_model
+
+    s = train_model(corpus, out, base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from,
+                    seed=seed, max_steps=max_steps)
+    typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
+               f"held-out loss {s.heldout_loss:.3f} -> {out}")
+
+
+@app.command()
+def extract(
+    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl)."),
+    num_samples: int = typer.Option(1000, "--num-samples", min=1),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model for the reference ranking."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: verify samples against its train.jsonl and secrets.json."),
+    seed: int = typer.Option(0, "--seed"),
+    length: Optional[int] = typer.Option(None, "--length", help="New tokens per sample (default: min(256, context - 1))."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    top_n: int = typer.Option(100, "--top-n", min=1, help="Samples kept per ranking in top.jsonl."),
+):
+    """Sample from a model (top-k 40), rank by the Carlini et al. 2021 metrics, flag memorized samples."""
+    from llm_mia import io
+    from llm_mia.extract import ExtractConfig, extract as run
+    from llm_mia.models.loading import load_model
+    from llm_mia.secrets import load_secrets
+
+    train_texts, secrets = None, []
+    if corpus is not None:
+        train_texts = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
+        if (corpus / "secrets.json").exists():
+            secrets = load_secrets(corpus / "secrets.json")
+    tgt = load_model(model)
+    ref = load_model(reference) if reference else None
+    cfg = ExtractConfig(num_samples=num_samples, seed=seed, max_new_tokens=length, batch_size=batch_size,
+                        score_batch_size=batch_size, top_n=top_n)
+    s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
+    typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
+
+
+@app.command()
+def audit(
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder to audit."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder."),
+    demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
+    num_samples: int = typer.Option(1000, "--num-samples", min=1),
+    candidates: int = typer.Option(1000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
+    seed: int = typer.Option(0, "--seed"),
+    show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
+    preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
+):
+    """Run extraction, secret exposure and membership scoring; write report.json and report.md."""
+    from llm_mia.audit import AuditConfig, run_audit, run_demo
+
+    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, seed=seed, show_secrets=show_secrets)
+    if demo:
+        out = out or Path("audit-demo")
+        run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps)
+    else:
+        if corpus is None or model is None or out is None:
+            raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
+        run_audit(corpus, model, out, reference_path=reference, cfg=cfg)
+    typer.echo(f"report: {out / 'report.md'} (and {out / 'report.json'})")
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # our own progress bars and messages only
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        app(standalone_mode=False)
+    except LlmMiaError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        if os.environ.get("LLM_MIA_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        typer.echo(f"error: {type(e).__name__}: {msg} (set LLM_MIA_DEBUG=1 for the traceback)", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Batched generation with Hugging Face ``generate``: left padding, per-sample seeds.
+
+Sampling randomness comes from one ``torch.Generator`` per sample, seeded from
+(base seed, sample index): the same seed gives the same samples whatever the batch size or the
+number of processes (only numerically different batched forward passes could change a draw).
+The draw is made by :class:`PerSampleSampler`, a logits processor that applies the temperature and
+top-k, samples, and hands ``generate`` a one-point distribution, so HF's own sampling step only
+confirms the choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from llm_mia.errors import LlmMiaError
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` derived from ``base_seed`` (numpy SeedSequence)."""
+    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class PerSampleSampler(LogitsProcessor):
+    """Temperature + top-k sampling with one generator per batch row.
+
+    Args:
+        seeds: one seed per row of the batch.
+        top_k: keep the k most likely tokens (0 = all).
+        temperature: callable ``i -> T`` for the i-th generated token (0-based), or a float.
+        prompt_width: width of the (left-padded) prompt batch, to count generated tokens.
+        banned_until: ``(ids, n)``: forbid these ids for the first n generated tokens (e.g. EOS).
+    """
+
+    def __init__(self, seeds: Sequence[int], *, top_k: int, temperature: float | Callable[[int], float],
+                 prompt_width: int, banned_until: tuple[Sequence[int], int] = ((), 0)):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.top_k = top_k
+        self.temperature = temperature if callable(temperature) else (lambda i, t=float(temperature): t)
+        self.prompt_width = prompt_width
+        self.banned, self.banned_n = list(banned_until[0]), banned_until[1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_width
+        logits = scores.float() / self.temperature(step)  # (B, V)
+        if self.banned and step < self.banned_n:
+            logits[:, self.banned] = -torch.inf
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        probs = torch.softmax(logits, dim=-1).cpu()
+        choice = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.gens)])
+        out = torch.full_like(scores, -torch.inf)
+        out[torch.arange(out.shape[0]), choice.to(out.device)] = 0.0
+        return out
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists to (B, W) ids and attention mask; the mask comes from lengths."""
+    if any(len(p) == 0 for p in prompts):
+        raise LlmMiaError("every generation prompt needs at least one token (e.g. the BOS token)")
+    W = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), W), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), W), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, W - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, W - len(p):] = 1
+    return ids, mask
+
+
+@dataclass
+class Generated:
+    """New tokens of one prompt: ``prompt`` and ``new_ids`` are token-id lists (pads excluded)."""
+
+    prompt: list[int]
+    new_ids: list[int]
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
+             seeds: Sequence[int] | None = None, top_k: int = 40, temperature: float | Callable[[int], float] = 1.0,
+             min_new_tokens: int = 0, eos_id: int | None = None, greedy: bool = False) -> list[Generated]:
+    """Generate continuations of a batch of prompts (token ids) in one ``generate`` call.
+
+    Args:
+        prompts: B token-id lists of any lengths >= 1 (left-padded here with ``pad_id``).
+        max_new_tokens: new tokens per row.
+        seeds: one seed per row (required unless ``greedy``).
+        top_k / temperature: sampling controls (Carlini et al. 2021 sec. 5.1 uses top-k = 40).
+        min_new_tokens: ``eos_id`` is forbidden for the first ``min_new_tokens`` NEW tokens (counted
+            from the prompt's end, never including the prompt).
+        greedy: argmax decoding (no seeds needed).
+
+    Returns:
+        B :class:`Generated`, in prompt order; ``new_ids`` stop before the first EOS if one is emitted.
+    """
+    ids, mask = left_pad(prompts, pad_id)
+    device = next(model.parameters()).device
+    W = ids.shape[1]
+    processors = LogitsProcessorList()
+    if greedy:
+        cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                               eos_token_id=eos_id, num_beams=1)
+        if min_new_tokens and eos_id is not None:
+            cfg.min_new_tokens = min_new_tokens
+    else:
+        if seeds is None or len(seeds) != len(prompts):
+            raise LlmMiaError("sampling needs one seed per prompt")
+        banned = ([eos_id], min_new_tokens) if eos_id is not None else ((), 0)
+        processors.append(PerSampleSampler(seeds, top_k=top_k, temperature=temperature, prompt_width=W,
+                                           banned_until=banned))
+        cfg = GenerationConfig(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
+                               pad_token_id=pad_id, eos_token_id=eos_id, num_beams=1)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
+                         logits_processor=processors)
+    res = []
+    for i, p in enumerate(prompts):
+        new = out[i, W:].tolist()
+        if eos_id is not None and eos_id in new:
+            new = new[:new.index(eos_id)]
+        res.append(Generated(prompt=list(p), new_ids=new))
+    return res

@@ -1,0 +1,217 @@
+"""Batched per-token statistics: the one place a model is run for scoring.
+
+For each token sequence we compute, for every *scored* token x_t (t >= the sequence's context
+length, and t >= 1 since position 0 has no prediction):
+
+- ``token_logprob``  log p(x_t | x_<t), natural log, read from the logits at position t-1;
+- ``mean_logprob``   mu_t    = sum_v p(v | x_<t) log p(v | x_<t)            (Zhang et al. 2025, eq. 3)
+- ``std_logprob``    sigma_t = sqrt(sum_v p(v | x_<t) (log p(v | x_<t) - mu_t)^2)
+
+Everything is computed in one forward pass per batch, with log-softmax in fp32 whatever the model's
+dtype, and the ``(B, T, V)`` logits never leave this module.
+
+Correctness rules (see ../shared/cases/scoring-cases.md C01-C06, C17):
+- masks come from sequence lengths, never from ``ids != pad_id`` (pad may equal EOS/BOS);
+- padded positions are removed by index selection, never multiplied by a 0/1 mask (NaN x 0 = NaN);
+- results do not depend on batch mates, batch size, order or padding side;
+- sequences longer than the model's context are scored with a sliding context: windows of
+  ``max_context`` tokens moving by ``stride``; each token is scored exactly once, in the first window
+  that contains it with at least ``max_context - stride`` tokens of context (or all of its prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from llm_mia.errors import LlmMiaError
+
+
+@dataclass
+class TokenStats:
+    """Per-token statistics of N sequences under one model, scored tokens left-aligned.
+
+    Attributes:
+        token_logprob: float32 (N, T), nats; column j is the j-th scored token of the row.
+        mean_logprob: float32 (N, T), mu over the vocabulary at that prediction, nats.
+        std_logprob: float32 (N, T), sigma over the vocabulary at that prediction, nats.
+        mask: bool (N, T), True for the first ``n_scored[i]`` columns of row i.
+        n_scored: int64 (N,), number of scored tokens of each sequence (0 is possible).
+        truncated: bool (N,), True where the sequence was scored with a sliding context.
+        Unscored cells hold 0.0, never NaN; always select with ``mask``.
+    """
+
+    token_logprob: torch.Tensor
+    mean_logprob: torch.Tensor
+    std_logprob: torch.Tensor
+    mask: torch.Tensor
+    n_scored: torch.Tensor
+    truncated: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.n_scored.shape[0])
+
+    def row(self, i: int) -> dict[str, torch.Tensor]:
+        """The scored values of sequence i, each of shape (n_scored[i],)."""
+        n = int(self.n_scored[i])
+        return {"token_logprob": self.token_logprob[i, :n], "mean_logprob": self.mean_logprob[i, :n],
+                "std_logprob": self.std_logprob[i, :n]}
+
+    def select(self, index: Sequence[int]) -> "TokenStats":
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return TokenStats(*(getattr(self, f)[idx] for f in
+                            ("token_logprob", "mean_logprob", "std_logprob", "mask", "n_scored", "truncated")))
+
+
+@dataclass(frozen=True)
+class _Window:
+    seq: int        # index of the sequence
+    start: int      # first position fed to the model
+    end: int        # one past the last position fed
+    score_from: int # first absolute position scored in this window
+
+
+def _windows(length: int, context_len: int, max_context: int | None, stride: int) -> list[tuple[int, int, int]]:
+    """Split positions [0, length) into model inputs; each position >= max(1, context_len) scored once."""
+    first = max(1, context_len)
+    if length <= first:
+        return []
+    if max_context is None or length <= max_context:
+        return [(0, length, first)]
+    out, scored_to, start = [], first, 0
+    while scored_to < length:
+        end = min(start + max_context, length)
+        if end > scored_to:
+            out.append((start, end, scored_to))
+            scored_to = end
+        start += stride
+    return out
+
+
+def vocab_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p(target), mu and sigma of log p over the vocabulary, from logits of shape (M, V).
+
+    Computed in fp32. Tokens with probability 0 (logit -inf) contribute 0 to mu and sigma instead of
+    NaN. Returns three float32 tensors of shape (M,), in nats.
+
+    Everything is computed from the logits shifted by their row maximum, ``x = logits - max``:
+    log p = x - lse(x), mu = E_p[x] - lse(x), sigma^2 = E_p[(x - E_p[x])^2] (log p and x differ by a
+    constant). A uniform (or uniform-over-its-support) distribution then has x = 0 exactly, so
+    sigma = 0 and log p(target) = mu exactly, instead of rounding noise (~1e-6) that would make
+    Min-K%++'s z = (log p - mu) / sigma an arbitrary number such as -1.
+    """
+    x = logits.float()
+    x = x - x.max(dim=-1, keepdim=True).values  # (M, V), <= 0, max exactly 0
+    lse = torch.logsumexp(x, dim=-1)  # (M,)
+    p = torch.softmax(x, dim=-1)  # (M, V)
+    finite = p > 0
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    m = torch.where(finite, p * x, zero).sum(-1)  # (M,) E_p[x]
+    dev2 = torch.where(finite, p * (x - m[:, None]) ** 2, zero)
+    sigma = dev2.sum(-1).clamp_min(0).sqrt()
+    tok = x.gather(-1, targets.long()[:, None])[:, 0] - lse
+    return tok, m - lse, sigma
+
+
+@torch.inference_mode()
+def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int]], *,
+                        context_lens: Sequence[int] | int = 1, batch_size: int = 32,
+                        max_context: int | None = None, stride: int | None = None,
+                        pad_id: int = 0, padding_side: str = "right", max_rows_per_chunk: int = 4096,
+                        progress: Callable[[int], None] | None = None) -> TokenStats:
+    """Per-token statistics of ``sequences`` under ``model`` (see the module docstring).
+
+    Args:
+        model: a causal LM called as ``model(input_ids=, attention_mask=, position_ids=)`` returning
+            ``.logits`` of shape (B, T, V).
+        sequences: N token-id lists, of any lengths (0 allowed: that row gets ``n_scored = 0``).
+        context_lens: int or N ints; the first ``context_lens[i]`` tokens of sequence i condition the
+            model but are not scored (1 = the GPT-2 convention: every token but the first is scored;
+            a prompt or a prepended BOS is context too). Position 0 is never scored.
+        batch_size: model inputs per forward pass. Inputs are sorted by length (longest first, so an
+            out-of-memory error shows at once and padding is minimal); results come back in input order.
+        max_context: longest input the model accepts; default: the model config's ``n_positions``.
+        stride: sliding-context step for longer sequences; default ``max_context // 2``.
+        pad_id: any valid token id used to fill padding; masks never depend on it.
+        padding_side: "right" (default) or "left" (position ids then come from the attention mask).
+        progress: called with the number of inputs finished after each batch.
+
+    Returns:
+        TokenStats with N rows.
+
+    Raises:
+        LlmMiaError: on a bad stride, batch size or padding side.
+    """
+    n = len(sequences)
+    ctx = [context_lens] * n if isinstance(context_lens, int) else list(context_lens)
+    if len(ctx) != n:
+        raise LlmMiaError(f"context_lens has {len(ctx)} entries for {n} sequences")
+    if batch_size < 1:
+        raise LlmMiaError("batch size must be >= 1")
+    if padding_side not in ("right", "left"):
+        raise LlmMiaError(f"padding side must be 'right' or 'left', not '{padding_side}'")
+    if max_context is None:
+        from llm_mia.models.loading import model_max_context
+
+        max_context = model_max_context(model)
+    if stride is None:
+        stride = max(1, max_context // 2) if max_context else 1
+    if max_context is not None and not 1 <= stride <= max_context - 1:
+        raise LlmMiaError(f"stride must be between 1 and max_context - 1 = {max_context - 1}, got {stride}")
+
+    windows: list[_Window] = []
+    n_scored = torch.zeros(n, dtype=torch.long)
+    truncated = torch.zeros(n, dtype=torch.bool)
+    for i, seq in enumerate(sequences):
+        w = _windows(len(seq), ctx[i], max_context, stride)
+        windows.extend(_Window(i, *x) for x in w)
+        n_scored[i] = max(0, len(seq) - max(1, ctx[i]))
+        truncated[i] = len(w) > 1
+    width = int(n_scored.max()) if n else 0
+    out = torch.zeros(3, n, width, dtype=torch.float32)
+
+    # Longest inputs first: minimal padding in each batch and an early out-of-memory error.
+    order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    for b0 in range(0, len(order), batch_size):
+        batch = [windows[k] for k in order[b0:b0 + batch_size]]
+        lens = torch.tensor([w.end - w.start for w in batch])
+        T = int(lens.max())
+        ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), T), dtype=torch.long)
+        offs = (T - lens) if padding_side == "left" else torch.zeros_like(lens)
+        for r, w in enumerate(batch):
+            o = int(offs[r])
+            ids[r, o:o + int(lens[r])] = torch.as_tensor(sequences[w.seq][w.start:w.end], dtype=torch.long)
+            attn[r, o:o + int(lens[r])] = 1
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T): 0.. for real tokens on either side
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)).logits
+        # Gather the (row, column) of every prediction we need: position p predicts token p+1.
+        parts = []
+        for r, w in enumerate(batch):
+            a = torch.arange(w.score_from, w.end)  # absolute positions scored in this window
+            col = int(offs[r]) + a - w.start
+            parts.append(torch.stack([torch.full_like(a, r), col - 1, col,
+                                      torch.full_like(a, w.seq), a - max(1, ctx[w.seq])]))
+        if parts:
+            rows_t, cols_t, tgt_t, ds_all, dc_all = torch.cat(parts, dim=1)
+            targets = ids[rows_t, tgt_t]
+            sel = logits[rows_t.to(device), cols_t.to(device)]  # (M, V)
+            for c0 in range(0, sel.shape[0], max_rows_per_chunk):
+                part = slice(c0, c0 + max_rows_per_chunk)
+                tok, mu, sigma = vocab_stats(sel[part], targets[part].to(device))
+                ds, dc = ds_all[part], dc_all[part]
+                out[0, ds, dc] = tok.float().cpu()
+                out[1, ds, dc] = mu.float().cpu()
+                out[2, ds, dc] = sigma.float().cpu()
+        del logits
+        if progress is not None:
+            progress(len(batch))
+    mask = torch.arange(width)[None, :] < n_scored[:, None]
+    return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask,
+                      n_scored=n_scored, truncated=truncated)

@@ -1,0 +1,238 @@
+"""Pattern-based detectors for personal data in what a model emits.
+
+Four types, each a pattern plus a validator (precision over recall where they conflict, but every
+value Faker's ``en_US`` provider writes is found):
+
+========  ===============================================================  ====================
+type      what is matched                                                  ``normalized``
+========  ===============================================================  ====================
+email     ``local@domain.tld`` (ASCII local part and domain labels)        lower-cased
+phone     ``phonenumbers.PhoneNumberMatcher`` (region "US", leniency       E.164 digits (country
+          POSSIBLE), so Faker's ``(460)648-7647x5938``, ``+1-641-985-      code first), then
+          8398``, ``281.256.5938x7784`` and ``001-...`` forms are found;   ``x`` + extension
+          an unformatted digit run must also be VALID or NANP-shaped       when there is one
+          (NXXNXXXXXX, N = 2-9); never part of a decimal number
+          (``3.14159265358``) or a version (``3.11.7``)
+ssn       ``ddd-dd-dddd`` or ``ddd dd dddd``, area not 000 / 666 / 9xx,    the 9 digits
+          group not 00, serial not 0000 (the SSA rules Faker's ``ssn()``
+          follows); not inside a longer digit/dash run
+card      13-19 digits, contiguous or in 4-4-4-4(-1..3) / 4-6-4 / 4-6-5    the digits
+          groups separated by single spaces or dashes, Luhn-valid; also
+          12 contiguous digits with a Maestro prefix (Faker writes those)
+========  ===============================================================  ====================
+
+:func:`find_pii` returns non-overlapping hits sorted by start; where two detectors claim
+overlapping text the longer span wins, then the type earlier in the table. Offsets are indices
+into the Python string (code points), so ``text[hit.start:hit.end] == hit.value`` for any text.
+Microsoft Presidio is not used: it needs spaCy models, and these four types are all we audit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import phonenumbers
+from phonenumbers import Leniency, PhoneNumberFormat, PhoneNumberMatcher
+
+__all__ = ["PII_TYPES", "PiiHit", "find_pii", "luhn_valid", "pii_values"]
+
+PII_TYPES: tuple[str, ...] = ("email", "card", "ssn", "phone")
+_PRIORITY = {t: i for i, t in enumerate(PII_TYPES)}
+
+
+@dataclass(frozen=True)
+class PiiHit:
+    """One detected value.
+
+    Attributes:
+        type: one of :data:`PII_TYPES` ("email", "card", "ssn", "phone").
+        value: the matched text, exactly ``text[start:end]``.
+        start: offset of the first character (code points, 0-based).
+        end: offset just past the last character.
+        normalized: canonical form for comparing values across texts: lower-cased email; digits
+            only for ssn and card; E.164 digits for phone (``"12025550143"``), followed by ``x``
+            and the extension digits when there is an extension (``"12025550143x123"``).
+    """
+
+    type: str
+    value: str
+    start: int
+    end: int
+    normalized: str
+
+
+# ---------------------------------------------------------------------------- validators
+def luhn_valid(number: str) -> bool:
+    """True when ``number``'s digits pass the Luhn (mod 10) check used by payment cards.
+
+    Spaces and dashes are ignored. Returns False for any other non-digit character, for fewer than
+    two digits, and for the empty string. Source: ISO/IEC 7812-1 annex B.
+    """
+    digits = number.replace(" ", "").replace("-", "")
+    if len(digits) < 2 or not (digits.isascii() and digits.isdigit()):
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _ssn_valid(area: str, group: str, serial: str) -> bool:
+    return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
+
+
+# ---------------------------------------------------------------------------- patterns
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])"
+    r"[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    r"(?![A-Za-z0-9-])"
+)
+# Not preceded by a digit, nor by "digit-"; not followed by a digit, nor by "-digit".
+_SSN = re.compile(r"(?<!\d)(?<!\d-)(\d{3})([- ])(\d{2})\2(\d{4})(?!\d)(?!-\d)")
+# Maximal runs of digit groups joined by single spaces or dashes, not part of a decimal number.
+_DIGIT_RUN = re.compile(r"(?<!\d)(?<!\d[.,])\d+(?:[ -]\d+)*(?!\d)")
+_GROUP = re.compile(r"\d+")
+# "001" is how Faker (and some countries) write the international prefix before +1 numbers.
+_IDD_001 = re.compile(r"(?<![\w+.()-])001(?=[-. ]\(?\d|\(\d)")
+
+
+# Maestro issuer prefixes (as in Faker's credit-card provider): the only cards accepted with 12 digits.
+_MAESTRO_PREFIXES = ("5018", "5020", "5038", "56", "57", "58", "6304", "6759", "6761", "6762", "6763", "0604", "6390")
+
+
+def _card_layout_ok(groups: list[str]) -> bool:
+    if len(groups) == 1:
+        g = groups[0]
+        return 13 <= len(g) <= 19 or (len(g) == 12 and g.startswith(_MAESTRO_PREFIXES))
+    lens = [len(g) for g in groups]
+    if lens in ([4, 6, 4], [4, 6, 5]):  # Diners 14 / Amex 15
+        return True
+    total = sum(lens)
+    return 13 <= total <= 19 and all(x == 4 for x in lens[:-1]) and 1 <= lens[-1] <= 4
+
+
+def _card_hits(text: str) -> list[PiiHit]:
+    hits = []
+    for run in _DIGIT_RUN.finditer(text):
+        end_run = run.end()
+        if text[end_run : end_run + 1] in (".", ",") and text[end_run + 1 : end_run + 2].isdigit():
+            continue  # a decimal number such as 1234567890123.5
+        groups = [(g.start() + run.start(), g.end() + run.start()) for g in _GROUP.finditer(run.group())]
+        i = 0
+        while i < len(groups):
+            found = False
+            for j in range(len(groups), i, -1):  # longest first
+                parts = [text[a:b] for a, b in groups[i:j]]
+                if _card_layout_ok(parts) and luhn_valid("".join(parts)):
+                    s, e = groups[i][0], groups[j - 1][1]
+                    hits.append(PiiHit("card", text[s:e], s, e, "".join(parts)))
+                    i, found = j, True
+                    break
+            if not found:
+                i += 1
+    return hits
+
+
+def _ssn_hits(text: str) -> list[PiiHit]:
+    hits = []
+    for m in _SSN.finditer(text):
+        area, group, serial = m.group(1), m.group(3), m.group(4)
+        if _ssn_valid(area, group, serial):
+            hits.append(PiiHit("ssn", m.group(), m.start(), m.end(), area + group + serial))
+    return hits
+
+
+def _email_hits(text: str) -> list[PiiHit]:
+    return [PiiHit("email", m.group(), m.start(), m.end(), m.group().lower()) for m in _EMAIL.finditer(text)]
+
+
+def _in_decimal(text: str, start: int, end: int) -> bool:
+    before = start >= 2 and text[start - 1] in ".," and text[start - 2].isdigit()
+    after = text[end : end + 1] in (".", ",") and text[end + 1 : end + 2].isdigit()
+    return before or after
+
+
+def _nanp_shaped(number: phonenumbers.PhoneNumber) -> bool:
+    """+1 number of 10 national digits shaped NXX-NXX-XXXX (N = 2-9), as Faker en_US writes them."""
+    nat = str(number.national_number)
+    return number.country_code == 1 and len(nat) == 10 and nat[0] in "23456789" and nat[3] in "23456789"
+
+
+def _phone_hits(text: str, region: str) -> list[PiiHit]:
+    if sum(ch.isdigit() for ch in text) < 7:  # cheap exit: no phone number has fewer digits
+        return []
+    # Rewrite "001" (3 chars) as " +1" (3 chars) so offsets are unchanged; remember where.
+    idd = {m.start() for m in _IDD_001.finditer(text)}
+    scan = _IDD_001.sub(" +1", text) if idd else text
+    hits = []
+    for m in PhoneNumberMatcher(scan, region, leniency=Leniency.POSSIBLE):
+        start, end = m.start, m.end
+        if start - 1 in idd and scan[start] == "+":
+            start -= 1  # include the "001" of the original text
+        raw = text[start:end]
+        if _in_decimal(text, start, end):
+            continue
+        if raw.isdigit() and not (phonenumbers.is_valid_number(m.number) or _nanp_shaped(m.number)):
+            continue  # an unformatted digit run needs more than the right length
+        norm = phonenumbers.format_number(m.number, PhoneNumberFormat.E164).lstrip("+")
+        if m.number.extension:
+            norm += "x" + m.number.extension
+        hits.append(PiiHit("phone", raw, start, end, norm))
+    return hits
+
+
+# ---------------------------------------------------------------------------- public API
+def find_pii(text: str, *, types: Iterable[str] | None = None, region: str = "US") -> list[PiiHit]:
+    """Detect e-mail addresses, phone numbers, US SSNs and payment-card numbers in ``text``.
+
+    Args:
+        text: any string (unicode fine; offsets are code-point indices).
+        types: subset of :data:`PII_TYPES` to look for; default all.
+        region: default region for phone numbers written without a country code (ISO 3166
+            alpha-2, as ``phonenumbers`` expects).
+
+    Returns:
+        Non-overlapping :class:`PiiHit` list sorted by ``start``. Overlaps between detectors are
+        resolved by keeping the longer span, then the type earlier in :data:`PII_TYPES`.
+
+    Raises:
+        ValueError: on an unknown type name.
+    """
+    wanted = set(PII_TYPES if types is None else types)
+    unknown = wanted - set(PII_TYPES)
+    if unknown:
+        raise ValueError(f"unknown PII type(s) {sorted(unknown)}; known: {', '.join(PII_TYPES)}")
+    hits: list[PiiHit] = []
+    if "email" in wanted and "@" in text:
+        hits += _email_hits(text)
+    if "card" in wanted:
+        hits += _card_hits(text)
+    if "ssn" in wanted:
+        hits += _ssn_hits(text)
+    if "phone" in wanted:
+        hits += _phone_hits(text, region)
+    # Greedy: longest first, then type priority, then position; keep what does not overlap.
+    hits.sort(key=lambda h: (-(h.end - h.start), _PRIORITY[h.type], h.start))
+    chosen: list[PiiHit] = []
+    for h in hits:
+        if all(h.end <= c.start or c.end <= h.start for c in chosen):
+            chosen.append(h)
+    chosen.sort(key=lambda h: h.start)
+    return chosen
+
+
+def pii_values(text: str, *, region: str = "US") -> set[tuple[str, str]]:
+    """The set of ``(type, normalized value)`` pairs of every PII hit in ``text``.
+
+    Two texts "carry the same personal data" when these sets are equal; used by
+    :func:`llm_mia.dedup.dedup` to never merge samples that differ in a value.
+    """
+    return {(h.type, h.normalized) for h in find_pii(text, region=region)}

@@ -1,0 +1,1 @@
+"""Audit reports: JSON (the record), Markdown (for people)."""

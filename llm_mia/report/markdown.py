@@ -1,0 +1,114 @@
+"""Render an audit report as Markdown; secrets and PII are redacted unless asked otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Sequence
+
+from llm_mia.pii import find_pii
+
+
+def redact(value: str) -> str:
+    """First two characters, an ellipsis and 8 hex digits of the value's SHA-256: ``48…1f2e3d4c``."""
+    return value[:2] + "…" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
+
+
+def redact_text(text: str, secrets: Sequence) -> str:
+    """``text`` with every planted secret value and every detected PII value redacted."""
+    for s in secrets:
+        if s.secret and s.secret in text:
+            text = text.replace(s.secret, redact(s.secret))
+    for h in sorted(find_pii(text), key=lambda h: -h.start):
+        text = text[:h.start] + redact(h.value) + text[h.end:]
+    return text
+
+
+def _fmt(x, nd=2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "NaN"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(c) if not isinstance(c, str) else c.replace("|", "\\|") for c in r) + " |")
+    return "\n".join(lines)
+
+
+def _snippet(text: str, n: int = 160) -> str:
+    t = " ".join(text.split())
+    return (t[:n] + "…") if len(t) > n else t
+
+
+def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_secrets: bool = False) -> str:
+    """The report as Markdown: findings first, then extraction, secrets, membership, provenance."""
+    hide = (lambda t: t) if show_secrets else (lambda t: redact_text(t, secrets))
+    prov = report["provenance"]
+    ext = report["extraction"]
+    out = ["# llm_mia audit report", ""]
+    out += [f"Model `{prov['model']}`" + (f", reference `{prov['reference']}`" if prov.get("reference") else "")
+            + f", corpus `{prov['corpus']}`.", ""]
+    out += ["## Findings", ""] + [f"- {o}" for o in report["observations"]] + [""]
+
+    out += ["## Extraction (Carlini et al. 2021)", "",
+            f"{ext['num_samples']} samples of {ext['max_new_tokens']} tokens (top-k 40, seed {ext['seed']}), "
+            f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
+            f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
+    out.append(_table(["ranking", f"memorized in top {ext['top_n']}", "secrets surfaced", "PII hits in top"],
+                      [[k, v["memorized"], len(v["secrets"]), v["pii_hits"]] for k, v in ext["rankings"].items()]))
+    out.append("")
+    for name in ext["rankings"]:
+        rows = [r for r in top if r["ranking"] == name][:3]
+        if not rows:
+            continue
+        out += [f"Top samples by **{name}**:", ""]
+        for r in rows:
+            tag = "memorized" if r["memorized"] else "not memorized"
+            out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) `{_snippet(hide(r['text']))}`")
+        out.append("")
+
+    out += ["## Planted secrets (Carlini et al. 2019)", "",
+            f"Rank exposure in bits against {prov['settings']['n_candidates']} random candidates from each secret's space "
+            f"(maximum log2 N = {math.log2(prov['settings']['n_candidates']):.2f} bits).", ""]
+    out.append(_table(["insertions", "kind", "secrets", "mean exposure (bits)", "greedy extracted", "seen in samples"],
+                      [[g["count"], g["kind"], g["n"], g["mean_exposure_rank"], f"{g['greedy_extracted']}/{g['n']}",
+                        f"{g['surfaced_in_samples']}/{g['n']}"] for g in report["exposure_by_count"]]))
+    out.append("")
+    by_id = {s.id: s for s in secrets}
+    rows = []
+    for r in report["secrets"]:
+        s = by_id.get(r["id"])
+        val = (s.secret if show_secrets else redact(s.secret)) if s else "?"
+        rows.append([r["id"], r["kind"], r["count"], val, r["exposure_rank"], "yes" if r["greedy_extracted"] else "no"])
+    out += ["<details><summary>Every secret</summary>", "",
+            _table(["id", "kind", "insertions", "secret", "exposure (bits)", "greedy extracted"], rows), "", "</details>", ""]
+
+    mem = report.get("membership", {})
+    if mem.get("signals"):
+        out += ["## Membership inference (members vs held-out documents)", "",
+                f"{mem['n_members']} training documents against {mem['n_nonmembers']} held-out documents.", ""]
+        rows = []
+        for k, v in mem["signals"].items():
+            if "auc" in v:
+                t1 = v["tpr_at_fpr"].get("0.01", {})
+                rows.append([k, v["auc"], t1.get("tpr"), t1.get("realized_fpr")])
+        out.append(_table(["signal", "AUC", "TPR at 1% FPR", "realized FPR"], rows))
+        out.append("")
+
+    t = prov["timings"]
+    out += ["## Provenance", "",
+            f"- weights sha256 `{prov['model_weights_sha256']}`; train.jsonl sha256 `{prov['train_sha256']}`",
+            f"- seed {prov['seed']}; versions " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
+            "- wall time: " + ", ".join(f"{k} {v}" for k, v in t.items()),
+            f"- created {report['created']}; report schema {report['schema_version']}",
+            "" if show_secrets else "- secrets and PII are redacted (first two characters + SHA-256 prefix); `--show-secrets` reveals them.",
+            ""]
+    return "\n".join(out)

@@ -1,0 +1,261 @@
+"""Membership signals: pure functions over per-token statistics (and the text).
+
+Sign convention: every signal is "higher = more likely a member (training data)".
+Units: nats unless the name says otherwise. A signal that is undefined for a row (no scored token)
+is NaN there; the reasons are reported by :func:`row_flags`, never as a silent 0.
+
+Adding a signal = one decorated function + one test; the pipeline and the CLI pick it up from the
+registry (``needs`` says which inputs it reads, so the pipeline computes only what is asked for).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import zlib as _zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from llm_mia.errors import LlmMiaError
+from llm_mia.models.stats import TokenStats
+
+
+@dataclass
+class SignalInputs:
+    """Everything a signal may read, for N texts.
+
+    Attributes:
+        target: TokenStats of the texts under the target model.
+        texts: the N texts (decoded strings).
+        lowercase: TokenStats of ``text.lower()`` under the target model, tokenized on its own
+            (no 1:1 alignment with ``target`` is assumed; only whole-text NLLs are compared).
+        reference: TokenStats of the texts under a reference model.
+        reference_per_byte: True when the reference model's tokenizer differs from the target's;
+            the reference signals then compare NLL per UTF-8 byte, never per token.
+    """
+
+    target: TokenStats
+    texts: list[str]
+    lowercase: TokenStats | None = None
+    reference: TokenStats | None = None
+    reference_per_byte: bool = False
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    fn: Callable[[SignalInputs], torch.Tensor]
+    needs: frozenset = field(default_factory=frozenset)
+    source: str = ""
+    description: str = ""
+
+
+REGISTRY: dict[str, Signal] = {}
+
+
+def register(name: str, *, needs: tuple[str, ...] = (), source: str, description: str):
+    """Decorator adding ``fn(inputs) -> Tensor (N,)`` to :data:`REGISTRY` under ``name``."""
+
+    def deco(fn):
+        REGISTRY[name] = Signal(name, fn, frozenset(needs), source, description)
+        return fn
+
+    return deco
+
+
+def get_signals(names: list[str] | None = None, *, available: set[str] | None = None) -> list[Signal]:
+    """Signals by name (all whose needs are in ``available`` when ``names`` is None).
+
+    Raises:
+        LlmMiaError: for an unknown name, with a "did you mean" suggestion.
+    """
+    if names is None:
+        avail = available if available is not None else set()
+        return [s for s in REGISTRY.values() if s.needs <= avail]
+    out = []
+    for n in names:
+        if n not in REGISTRY:
+            close = difflib.get_close_matches(n, list(REGISTRY), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(REGISTRY)}"
+            raise LlmMiaError(f"unknown signal '{n}'{hint}")
+        out.append(REGISTRY[n])
+    return out
+
+
+# ---------------------------------------------------------------- building blocks (pure functions)
+
+def mean_nll(stats: TokenStats) -> torch.Tensor:
+    """Mean negative log-likelihood per scored token, nats, shape (N,); NaN where n_scored = 0."""
+    lp = torch.where(stats.mask, stats.token_logprob, torch.zeros(()))
+    n = stats.n_scored.to(torch.float64)
+    # + 0.0 turns -0.0 (every token of probability 1) into +0.0, so ratios over it are +inf, not -inf.
+    return (-lp.to(torch.float64).sum(1) / n + 0.0).to(torch.float32)  # 0/0 -> NaN for empty rows
+
+
+def total_nll(stats: TokenStats) -> torch.Tensor:
+    """Sum of -log p over scored tokens, nats, shape (N,); NaN where n_scored = 0."""
+    lp = torch.where(stats.mask, stats.token_logprob, torch.zeros(()))
+    s = -lp.to(torch.float64).sum(1) + 0.0  # never -0.0 (see mean_nll)
+    return torch.where(stats.n_scored > 0, s, torch.full_like(s, float("nan"))).to(torch.float32)
+
+
+def perplexity(nll: torch.Tensor) -> torch.Tensor:
+    """exp(mean NLL); overflows to inf (never raises). Rank by the NLL, not by this."""
+    return torch.exp(nll.to(torch.float64))
+
+
+def zlib_bytes(text: str) -> int:
+    """zlib entropy of a text: ``len(zlib.compress(text.encode("utf-8")))`` bytes (Carlini et al. 2021, sec. 5.2)."""
+    return len(_zlib.compress(text.encode("utf-8")))
+
+
+def _lowest_k_mean(values: torch.Tensor, mask: torch.Tensor, n: torch.Tensor, k: float) -> torch.Tensor:
+    """Mean of the lowest max(1, floor(k n)) masked values per row; NaN for n = 0. Shape (N,)."""
+    if not 0 < k <= 1:
+        raise LlmMiaError(f"k must be in (0, 1], got {k}")
+    v = torch.where(mask, values.to(torch.float64), torch.full((), math.inf, dtype=torch.float64))
+    srt, _ = torch.sort(v, dim=1)
+    kk = torch.clamp(torch.floor(k * n.to(torch.float64) + 1e-9), min=1).long()
+    csum = torch.cat([torch.zeros(len(n), 1, dtype=torch.float64), torch.where(torch.isinf(srt), 0.0, srt).cumsum(1)], 1)
+    res = csum.gather(1, kk.clamp(max=csum.shape[1] - 1)[:, None])[:, 0] / kk
+    return torch.where(n > 0, res, torch.full_like(res, math.nan)).to(torch.float32)
+
+
+def min_k_scores(stats: TokenStats, *, k: float = 0.2) -> torch.Tensor:
+    """Min-K% (Shi et al. 2024, sec. 3): mean of the lowest max(1, floor(k T)) token log-probs.
+
+    Nats, shape (N,), higher = member; NaN when no token is scored.
+    """
+    return _lowest_k_mean(stats.token_logprob, stats.mask, stats.n_scored, k)
+
+
+def min_k_plus_plus_scores(stats: TokenStats, *, k: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-K%++ (Zhang et al. 2025, eq. 3-4): Min-K% over z_t = (log p(x_t) - mu_t) / sigma_t.
+
+    Where sigma_t = 0 (a uniform next-token distribution) z_t is defined as 0 and the row is flagged.
+    Returns (scores (N,) dimensionless, higher = member; zero_sigma flag (N,) bool).
+    """
+    sigma = stats.std_logprob
+    zero = (sigma <= 0) & stats.mask
+    z = torch.where(zero | ~stats.mask, torch.zeros(()), (stats.token_logprob - stats.mean_logprob) / torch.where(zero, 1.0, sigma))
+    return _lowest_k_mean(z, stats.mask, stats.n_scored, k), zero.any(1)
+
+
+def window_scores(stats: TokenStats, *, window: int = 50) -> torch.Tensor:
+    """Minus the lowest mean NLL over windows of ``window`` tokens, stride 1, last window included.
+
+    Texts shorter than ``window`` form one window. Carlini et al. 2021, sec. 5.2 ("Window").
+    Nats, shape (N,), higher = member; NaN when no token is scored.
+    """
+    if window < 1:
+        raise LlmMiaError("window must be >= 1")
+    n = stats.n_scored
+    nll = -torch.where(stats.mask, stats.token_logprob, torch.zeros(())).to(torch.float64)
+    N, T = nll.shape
+    cs = torch.cat([torch.zeros(N, 1, dtype=torch.float64), nll.cumsum(1)], 1)  # (N, T+1)
+    m = torch.clamp(torch.minimum(n, torch.tensor(window)), min=1)  # (N,)
+    starts = torch.arange(T)[None, :]  # (1, T)
+    ends = (starts + m[:, None]).clamp(max=T)
+    means = (cs.gather(1, ends) - cs[:, :T]) / m[:, None]  # (N, T)
+    valid = starts + m[:, None] <= n[:, None]
+    best = torch.where(valid, means, torch.full_like(means, math.inf)).min(1).values if T else torch.full((N,), math.inf, dtype=torch.float64)
+    return torch.where(n > 0, -best, torch.full_like(best, math.nan)).to(torch.float32)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den with den = 0 -> +inf (num > 0), NaN stays NaN; no ZeroDivisionError."""
+    return num.to(torch.float64).div(den.to(torch.float64)).to(torch.float32)
+
+
+def _nll_per_byte(stats: TokenStats, texts: list[str]) -> torch.Tensor:
+    nbytes = torch.tensor([max(1, len(t.encode("utf-8"))) for t in texts], dtype=torch.float64)
+    return (total_nll(stats).to(torch.float64) / nbytes).to(torch.float32)
+
+
+# ---------------------------------------------------------------- registered signals
+
+@register("loss", source="Yeom et al. 2018; Carlini et al. 2021 sec. 5.2 (perplexity)",
+          description="-mean NLL (nats/token)")
+def loss(inp: SignalInputs) -> torch.Tensor:
+    return -mean_nll(inp.target)
+
+
+@register("zlib", needs=("text",), source="Carlini et al. 2021 sec. 5.2 (zlib)",
+          description="zlib entropy (bytes) / mean NLL (nats/token)")
+def zlib_ratio(inp: SignalInputs) -> torch.Tensor:
+    z = torch.tensor([zlib_bytes(t) for t in inp.texts], dtype=torch.float32)
+    return _ratio(z, mean_nll(inp.target))
+
+
+@register("lowercase", needs=("lowercase",), source="Carlini et al. 2021 sec. 5.2 (lowercase)",
+          description="mean NLL of the lowercased text / mean NLL of the text")
+def lowercase_ratio(inp: SignalInputs) -> torch.Tensor:
+    return _ratio(mean_nll(inp.lowercase), mean_nll(inp.target))
+
+
+def _ref_nlls(inp: SignalInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    if inp.reference_per_byte:
+        return _nll_per_byte(inp.reference, inp.texts), _nll_per_byte(inp.target, inp.texts)
+    return mean_nll(inp.reference), mean_nll(inp.target)
+
+
+@register("reference", needs=("reference",), source="Carlini et al. 2021 sec. 5.2 (small / medium)",
+          description="reference-model NLL / target NLL (per byte when tokenizers differ)")
+def reference_ratio(inp: SignalInputs) -> torch.Tensor:
+    ref, tgt = _ref_nlls(inp)
+    return _ratio(ref, tgt)
+
+
+@register("reference_diff", needs=("reference",), source="Watson et al. 2022 (difficulty calibration); Carlini et al. 2021",
+          description="reference-model NLL - target NLL (nats; per byte when tokenizers differ)")
+def reference_diff(inp: SignalInputs) -> torch.Tensor:
+    ref, tgt = _ref_nlls(inp)
+    return ref - tgt
+
+
+@register("min_k", source="Shi et al. 2024 sec. 3 (Min-K% Prob), k = 0.2",
+          description="mean of the lowest 20% token log-probs")
+def min_k(inp: SignalInputs) -> torch.Tensor:
+    return min_k_scores(inp.target, k=0.2)
+
+
+@register("min_k_plus_plus", source="Zhang et al. 2025 eq. 3-4 (Min-K%++), k = 0.2",
+          description="Min-K% over (log p - mu) / sigma")
+def min_k_plus_plus(inp: SignalInputs) -> torch.Tensor:
+    return min_k_plus_plus_scores(inp.target, k=0.2)[0]
+
+
+@register("window", source="Carlini et al. 2021 sec. 5.2 (window), 50 tokens",
+          description="-(lowest mean NLL over 50-token windows)")
+def window(inp: SignalInputs) -> torch.Tensor:
+    return window_scores(inp.target, window=50)
+
+
+def row_flags(inp: SignalInputs) -> list[list[str]]:
+    """Per-row reasons a score may be undefined or approximate.
+
+    ``too_short`` (no scored token: NLL-based scores are NaN), ``truncated`` (scored with a sliding
+    context), ``zero_nll`` (NLL = 0: ratios are inf), ``zero_sigma`` (Min-K%++ met sigma = 0).
+    """
+    t = inp.target
+    nll = mean_nll(t)
+    zs = min_k_plus_plus_scores(t)[1]
+    flags = []
+    for i in range(len(t)):
+        f = []
+        if t.n_scored[i] == 0:
+            f.append("too_short")
+        if t.truncated[i]:
+            f.append("truncated")
+        if nll[i] == 0:
+            f.append("zero_nll")
+        if zs[i]:
+            f.append("zero_sigma")
+        if inp.lowercase is not None and inp.lowercase.n_scored[i] == 0 and t.n_scored[i] > 0:
+            f.append("lowercase_too_short")
+        if inp.reference is not None and inp.reference.n_scored[i] == 0 and t.n_scored[i] > 0:
+            f.append("reference_too_short")
+        flags.append(f)
+    return flags

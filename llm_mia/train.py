@@ -1,0 +1,502 @@
+"""Train the target and reference models of an audit.
+
+``train_model(corpus_dir, out_dir)`` trains a small GPT-2 from scratch (or fine-tunes ``base``) on
+``corpus_dir/train.jsonl`` -- or, with ``reference=True``, on ``heldout.jsonl``, which holds none of
+the planted secrets -- and writes a folder that ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load: ``model.safetensors``, ``config.json``, the tokenizer
+files, and ``recipe.json`` (everything needed to say how the model was made).
+
+Data: the documents, in a seeded random order that changes every epoch, are concatenated with the
+EOS token after each one and cut into blocks of the context length; each epoch's blocks are
+shuffled. Re-cutting every epoch moves the block boundaries, so a secret that straddles a boundary
+in one epoch is seen whole in the next.
+
+The loop is a plain PyTorch loop rather than ``transformers.Trainer``. Measured on the 2-core CPU
+this project targets (``small`` preset, 16 x 128 tokens a step): the step itself costs the same
+either way, but ``Trainer`` adds its own start-up (accelerate state, output folder, callbacks),
+cannot re-cut the blocks every epoch without a custom sampler, and writes ``runs/`` or checkpoint
+folders that we would then have to clean up. Forty lines of loop are easier to make exactly
+reproducible and to keep out of the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from llm_mia.errors import LlmMiaError
+from llm_mia.io import dumps, read_jsonl
+
+__all__ = ["PRESETS", "TrainPreset", "TrainSummary", "train_model"]
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """Every knob of one training recipe.
+
+    The architecture fields (``n_layer``, ``n_embd``, ``n_head``, ``vocab_size``) are used only when
+    training from scratch; a ``base`` model keeps its own architecture and tokenizer, and its
+    context is ``min(n_ctx, the base model's maximum)``.
+    """
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_ctx: int  # tokens per training block
+    vocab_size: int  # BPE vocabulary trained on the training text (from scratch only)
+    steps: int  # optimizer steps
+    batch_size: int  # blocks per step
+    lr: float  # peak AdamW learning rate
+    warmup_steps: int  # linear warm-up, then cosine decay to 0
+    weight_decay: float
+    grad_clip: float  # max global grad norm
+    dropout: float  # 0 helps memorization, which is what an audit demo needs to show
+
+
+PRESETS: dict[str, TrainPreset] = {
+    # For tests: trains in a few seconds on a few kB of text.
+    "tiny": TrainPreset(n_layer=2, n_embd=64, n_head=2, n_ctx=128, vocab_size=512, steps=30, batch_size=8,
+                        lr=3e-3, warmup_steps=3, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
+    # For the demo: on python-docs (~1.1 MB, ~300 k tokens) secrets inserted >= 8 times come back
+    # under greedy decoding of their prefix (measurements in the module's report / recipe.json).
+    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=600, batch_size=16,
+                         lr=2e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
+}
+
+_MAX_EVAL_TOKENS = 65_536  # held-out loss is measured on at most this many tokens (a few seconds on CPU)
+
+
+@dataclass
+class TrainSummary:
+    """What one ``train_model`` call did.
+
+    Attributes:
+        out_dir: the saved model folder.
+        steps: optimizer steps taken.
+        seconds: wall-clock seconds for the whole call (tokenizer, training, evaluation, saving).
+        train_loss: mean training loss (nats/token) over the last 10% of steps.
+        heldout_loss: mean loss (nats/token) on the evaluation file -- ``heldout.jsonl`` for a
+            target, ``train.jsonl`` for a reference -- or None when that file is absent or empty.
+        n_params: number of distinct parameters (tied weights counted once).
+        tokens_per_second: training tokens processed per second of the training loop.
+    """
+
+    out_dir: Path
+    steps: int
+    seconds: float
+    train_loss: float
+    heldout_loss: float | None
+    n_params: int
+    tokens_per_second: float
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks and corpus reading
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _get_preset(preset: str) -> TrainPreset:
+    if preset not in PRESETS:
+        close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise LlmMiaError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)}){hint}")
+    return PRESETS[preset]
+
+
+def _read_texts(path: Path) -> list[str]:
+    """The non-empty ``text`` fields of a JSONL corpus file, in file order."""
+    texts = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise LlmMiaError(f"{path}: record {i} has no 'text' string")
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` may be absent, empty, or an earlier model folder of ours (it is replaced)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise LlmMiaError(f"output path exists and is not a folder: {out_dir}")
+    if any(out_dir.iterdir()) and not (out_dir / "recipe.json").exists():
+        raise LlmMiaError(f"output folder {out_dir} is not empty and holds no recipe.json; "
+                          "refusing to replace a folder that train did not write")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added."""
+    out: list[list[int]] = []
+    for i in range(0, len(texts), 256):
+        out.extend(tokenizer(list(texts[i:i + 256]), add_special_tokens=False)["input_ids"])
+    return out
+
+
+def _stream(docs: Sequence[list[int]], order: Sequence[int], eos_id: int) -> torch.Tensor:
+    """The documents in ``order``, each followed by EOS, as one 1-D long tensor."""
+    ids: list[int] = []
+    for j in order:
+        ids.extend(docs[j])
+        ids.append(eos_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _block_len(n_tokens: int, n_ctx: int) -> int:
+    """Block length: the context, or the whole stream when the corpus is shorter than that."""
+    return max(2, min(n_ctx, n_tokens))
+
+
+def _batches(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: int,
+             generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless (batch_size, T) batches; documents re-ordered and re-cut every epoch.
+
+    A trailing partial block and a trailing partial batch of each epoch are dropped (the next
+    epoch's different order covers them), so every batch has the same shape.
+    """
+    n_tokens = sum(len(d) + 1 for d in docs)
+    T = _block_len(n_tokens, n_ctx)
+    while True:
+        order = torch.randperm(len(docs), generator=generator).tolist()
+        stream = _stream(docs, order, eos_id)  # (N,)
+        blocks = stream[: (len(stream) // T) * T].view(-1, T)  # (n_blocks, T)
+        blocks = blocks[torch.randperm(len(blocks), generator=generator)]
+        bs = min(batch_size, len(blocks))
+        for i in range(0, len(blocks) - bs + 1, bs):
+            yield blocks[i:i + bs]  # (bs, T)
+
+
+@torch.no_grad()
+def _eval_loss(model, docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: int,
+               device: torch.device) -> float | None:
+    """Mean next-token loss (nats) over the first ``_MAX_EVAL_TOKENS`` of the documents, in fp32."""
+    if not docs:
+        return None
+    stream = _stream(docs, range(len(docs)), eos_id)[:_MAX_EVAL_TOKENS]
+    T = _block_len(len(stream), n_ctx)
+    blocks = [stream[i:i + T] for i in range(0, len(stream), T)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        chunk = blocks[i:i + batch_size]
+        for L in sorted({len(b) for b in chunk}):  # the last block may be shorter: its own batch
+            x = torch.stack([b for b in chunk if len(b) == L]).to(device)  # (b, L)
+            logits = model(input_ids=x).logits[:, :-1].float()  # (b, L-1, V)
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                    reduction="sum")
+            total += nll.item()
+            count += x[:, 1:].numel()
+    model.train(was_training)
+    return total / count if count else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and tokenizer
+
+
+def _bf16_autocast_ok(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast here: CUDA with bf16, or a CPU with AMX / AVX512-BF16.
+
+    On this project's 2-core Sapphire Rapids CPU it made a training step ~2.3x faster; on CPUs
+    without those instructions bf16 is emulated and much slower than fp32, so we stay in fp32.
+    Master weights and the optimizer state stay fp32 either way, and the saved model is fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def _load_tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    p = Path(folder)
+    if not p.is_dir():
+        raise LlmMiaError(f"tokenizer folder not found: {folder}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
+    except Exception as e:  # transformers raises many types; the user needs one line
+        raise LlmMiaError(f"could not load tokenizer from '{folder}': {_one_line(e)}") from None
+    return tok
+
+
+def _scratch_model(p: TrainPreset, vocab_size: int, eos_id: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_ctx,
+                     vocab_size=vocab_size, resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
+                     bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=True)
+    return GPT2LMHeadModel(cfg)
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # .parameters() yields a tied tensor once
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def _save_model(model, tokenizer, recipe: dict, folder: Path) -> None:
+    """Write the model (safetensors), the tokenizer and recipe.json into ``folder``."""
+    model.save_pretrained(str(folder))  # transformers >= 5 always writes safetensors
+    if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
+        raise RuntimeError("save_pretrained wrote no safetensors file")
+    tokenizer.save_pretrained(str(folder))
+    (folder / "recipe.json").write_text(dumps(recipe, indent=2) + "\n", encoding="utf-8")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` onto ``out_dir``, replacing an earlier model folder there."""
+    _check_out_dir(out_dir)  # it may have changed while we trained
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        os.replace(out_dir, old / "x")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+
+
+def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base: str | None = None,
+                preset: str = "small", reference: bool = False, tokenizer_from: str | None = None,
+                seed: int = 0, max_steps: int | None = None, progress: bool = True) -> TrainSummary:
+    """Train a causal LM on a corpus folder and save it to ``out_dir``.
+
+    Args:
+        corpus_dir: a folder with ``train.jsonl`` and ``heldout.jsonl`` (one ``{"text": ...}`` per
+            line), as written by :func:`llm_mia.corpus.build_corpus`.
+        out_dir: the model folder to write. It is written under a temporary name beside it and
+            renamed at the end, so a killed run never leaves a half-written folder under this name.
+            An existing earlier model folder (one holding ``recipe.json``) is replaced; any other
+            non-empty folder is refused.
+        base: a hub id or local folder to fine-tune; None trains a GPT-2 of ``preset``'s shape from
+            scratch with a byte-level BPE tokenizer trained on the training text.
+        preset: a key of :data:`PRESETS` ("tiny" for tests, "small" for the demo).
+        reference: train on ``heldout.jsonl`` (text holding none of the secrets) instead of
+            ``train.jsonl``, with the same recipe; the held-out loss is then measured on
+            ``train.jsonl``.
+        tokenizer_from: a model folder whose tokenizer to reuse instead of training one (the audit
+            trains the reference with the target's tokenizer, so per-token losses compare).
+            Not allowed together with ``base`` (a base model brings its own tokenizer).
+        seed: seeds the initialisation and the data order.
+        max_steps: overrides the preset's number of optimizer steps.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        A :class:`TrainSummary`; the same numbers and the full recipe are in ``out_dir/recipe.json``.
+
+    Raises:
+        LlmMiaError: one line, for a missing corpus folder or file, an empty or corrupt corpus, an
+            unknown preset, a model or tokenizer that cannot be loaded, or an output folder that
+            must not be replaced.
+    """
+    t_start = time.perf_counter()
+    p = _get_preset(preset)
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise LlmMiaError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if base is not None and tokenizer_from is not None:
+        raise LlmMiaError("tokenizer_from cannot be combined with base (a base model keeps its own tokenizer)")
+    steps = max_steps if max_steps is not None else p.steps
+
+    corpus = Path(corpus_dir)
+    if not corpus.is_dir():
+        raise LlmMiaError(f"corpus folder not found: {corpus}")
+    train_file = corpus / ("heldout.jsonl" if reference else "train.jsonl")
+    eval_file = corpus / ("train.jsonl" if reference else "heldout.jsonl")
+    if not train_file.is_file():
+        raise LlmMiaError(f"corpus folder {corpus} has no {train_file.name}")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+
+    train_texts = _read_texts(train_file)
+    if not train_texts:
+        raise LlmMiaError(f"{train_file} holds no text: cannot train on an empty corpus")
+    eval_texts = _read_texts(eval_file) if eval_file.is_file() else []
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    from llm_mia.models.loading import load_model, model_max_context, pick_device
+    from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+    device = pick_device()
+    torch.manual_seed(seed)
+    if base is not None:
+        # fp32 master weights whatever the device; load_model turns failures into one-line errors.
+        loaded = load_model(base, device=str(device), dtype=torch.float32)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        n_ctx = min(p.n_ctx, model_max_context(model) or p.n_ctx)
+    else:
+        tokenizer = (_load_tokenizer(tokenizer_from) if tokenizer_from is not None
+                     else train_bpe_tokenizer(train_texts, vocab_size=p.vocab_size))
+        n_ctx = p.n_ctx
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise LlmMiaError(f"tokenizer of '{base or tokenizer_from}' has no EOS token to separate documents")
+    if base is None:
+        torch.manual_seed(seed)  # the init does not depend on whether a tokenizer was trained
+        model = _scratch_model(p, len(tokenizer), eos_id).to(device)
+        model.generation_config.pad_token_id = eos_id  # greedy decoding without a pad warning
+
+    train_docs = _encode(tokenizer, train_texts)
+    eval_docs = _encode(tokenizer, eval_texts)
+    n_train_tokens = sum(len(d) + 1 for d in train_docs)
+
+    # Optimizer: AdamW, no decay on biases / LayerNorm; linear warm-up then cosine to 0.
+    decay = [q for n, q in model.named_parameters() if q.requires_grad and q.dim() >= 2]
+    no_decay = [q for n, q in model.named_parameters() if q.requires_grad and q.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(p.warmup_steps, steps // 10),
+                                            num_training_steps=steps)
+    autocast_bf16 = _bf16_autocast_ok(device)
+    gen = torch.Generator().manual_seed(seed)
+    batches = _batches(train_docs, eos_id=eos_id, n_ctx=n_ctx, batch_size=p.batch_size, generator=gen)
+
+    losses: list[float] = []
+    log: list[dict] = []
+    n_seen = 0
+    model.train()
+    bar = _progress(progress, steps, "reference" if reference else "target")
+    t_loop = time.perf_counter()
+    try:
+        for step in range(1, steps + 1):
+            x = next(batches).to(device)  # (B, T)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise LlmMiaError(f"training diverged at step {step} (loss {value}); try a lower learning rate")
+            losses.append(value)
+            n_seen += x.numel()
+            if step == 1 or step % max(1, steps // 50) == 0 or step == steps:
+                log.append({"step": step, "loss": round(value, 4), "lr": sched.get_last_lr()[0]})
+            bar.advance(value)
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - t_loop
+    model.eval()
+    tail = losses[-max(1, steps // 10):]
+    train_loss = sum(tail) / len(tail)
+    heldout_loss = _eval_loss(model, eval_docs, eos_id=eos_id, n_ctx=n_ctx, batch_size=2 * p.batch_size,
+                              device=device)
+    import transformers
+
+    recipe = {
+        "preset": preset,
+        "preset_values": dataclasses.asdict(p),
+        "config": model.config.to_diff_dict() if base is not None else model.config.to_dict(),
+        "steps": steps,
+        "batch_size": p.batch_size,
+        "context": n_ctx,
+        "lr": p.lr,
+        "schedule": "linear warm-up, cosine decay to 0",
+        "warmup_steps": min(p.warmup_steps, steps // 10),
+        "optimizer": "AdamW(betas=(0.9, 0.95))",
+        "weight_decay": p.weight_decay,
+        "grad_clip": p.grad_clip,
+        "seed": seed,
+        "corpus": str(corpus.resolve()),
+        "train_file": train_file.name,
+        "train_sha256": _sha256(train_file),
+        "eval_file": eval_file.name if eval_docs else None,
+        "eval_sha256": _sha256(eval_file) if eval_docs else None,
+        "reference": reference,
+        "base": base,
+        "tokenizer_from": str(Path(tokenizer_from).resolve()) if tokenizer_from is not None else None,
+        "vocab_size": len(tokenizer),
+        "n_params": _n_params(model),
+        "n_train_documents": len(train_docs),
+        "n_train_tokens": n_train_tokens,
+        "epochs": n_seen / n_train_tokens,
+        "train_loss": train_loss,
+        "heldout_loss": heldout_loss,
+        "heldout_perplexity": math.exp(heldout_loss) if heldout_loss is not None else None,
+        "train_seconds": train_seconds,
+        "tokens_per_second": n_seen / train_seconds,
+        "device": str(device),
+        "autocast": "bfloat16" if autocast_bf16 else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "loss_log": log,
+    }
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        recipe["wall_seconds"] = time.perf_counter() - t_start  # without the save, which is quick
+        _save_model(model, tokenizer, recipe, tmp)
+        _move_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return TrainSummary(out_dir=out_dir, steps=steps, seconds=time.perf_counter() - t_start, train_loss=train_loss,
+                        heldout_loss=heldout_loss, n_params=recipe["n_params"],
+                        tokens_per_second=recipe["tokens_per_second"])
+
+
+class _progress:
+    """A rich progress bar on stderr showing the loss, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, what: str):
+        self._p = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn(f"train {what}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                           console=Console(stderr=True), transient=False)
+        self._task = self._p.add_task("train", total=total, loss="-")
+        self._p.start()
+
+    def advance(self, loss: float) -> None:
+        if self._p is not None:
+            self._p.update(self._task, advance=1, loss=f"{loss:.3f}")
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -1,0 +1,381 @@
+"""Per-token statistics (llm_mia.models.stats): scoring-cases.md C01-C04, C06, C10 (a, c), C17.
+
+Every expected value comes from hand arithmetic on the S1 step model or from a slow reference that
+runs the Hugging Face model on one unpadded id list at a time (no attention mask, no position ids)
+and takes log-softmax by hand in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import LIKELY, UNLIKELY, StepModel
+from llm_mia.errors import LlmMiaError
+from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
+from llm_mia.signals import mean_nll, perplexity
+
+A = [0, 1, 2]
+B = [0, 1, 2, 3, 4, 0, 1, 3, 4, 0]
+C17_IDS = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 2, 0, 1, 2, 4, 0, 1, 3, 4, 0]
+
+
+# ------------------------------------------------------------------------------------ references
+
+def s1_logprobs(ids: list[int]) -> list[float]:
+    """S1 by hand: log p(b | a) = 2 - ln(e^2 + 4) if b = a + 1 (mod 5), else -ln(e^2 + 4)."""
+    z = math.log(math.exp(2.0) + 4.0)
+    return [(2.0 if b == (a + 1) % 5 else 0.0) - z for a, b in zip(ids[:-1], ids[1:])]
+
+
+def logsoftmax_stats(logits_row: np.ndarray, target: int) -> tuple[float, float, float]:
+    """log p(target), mu = sum p log p, sigma = sqrt(sum p (log p - mu)^2), float64 by hand."""
+    x = np.asarray(logits_row, dtype=np.float64)
+    lse = x.max() + math.log(np.exp(x - x.max()).sum())
+    logp = x - lse
+    p = np.exp(logp)
+    mu = float((p * logp).sum())
+    sigma = math.sqrt(float((p * (logp - mu) ** 2).sum()))
+    return float(logp[target]), mu, sigma
+
+
+@torch.no_grad()
+def ref_hf(model, ids: list[int], start_of=lambda p: 0, first: int = 1) -> np.ndarray:
+    """Slow oracle: (n-first, 3) array of (log p, mu, sigma) for positions first..n-1.
+
+    Token p is predicted by running ``model`` alone on ``ids[start_of(p):p]`` (unpadded, no mask,
+    no position ids) and reading the last logits row.
+    """
+    out = []
+    for p in range(first, len(ids)):
+        ctx = ids[start_of(p):p]
+        logits = model(input_ids=torch.tensor([ctx])).logits[0, -1].double().numpy()
+        out.append(logsoftmax_stats(logits, ids[p]))
+    return np.array(out, dtype=np.float64).reshape(-1, 3)
+
+
+def stats_row(stats: TokenStats, i: int) -> np.ndarray:
+    n = int(stats.n_scored[i])
+    return np.stack([stats.token_logprob[i, :n].numpy(), stats.mean_logprob[i, :n].numpy(),
+                     stats.std_logprob[i, :n].numpy()], axis=1).astype(np.float64)
+
+
+def assert_no_nan(stats: TokenStats) -> None:
+    for name in ("token_logprob", "mean_logprob", "std_logprob"):
+        assert not torch.isnan(getattr(stats, name)).any(), name
+
+
+class NanAtPad(torch.nn.Module):
+    """Wraps a model and writes NaN into the logits of every padded position (attention_mask == 0).
+
+    A pipeline that removes pads by selection is unaffected; one that multiplies by a 0/1 mask gets NaN.
+    """
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kw):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        logits = out.logits.clone()
+        logits[attention_mask == 0] = float("nan")
+
+        class Out:
+            pass
+
+        o = Out()
+        o.logits = logits
+        return o
+
+
+# ------------------------------------------------------------------------------------ C01
+
+def test_c01_s1_shift_and_count():
+    stats = compute_token_stats(StepModel(), [[0, 1, 2, 4]])
+    assert stats.n_scored.tolist() == [3]
+    assert stats.mask.tolist() == [[True, True, True]]
+    lp = stats.token_logprob[0].tolist()
+    assert lp == pytest.approx([-0.432653, -0.432653, -2.432653], abs=1e-6)
+    assert lp == pytest.approx([LIKELY, LIKELY, UNLIKELY], abs=1e-6)
+    # reading the logits at the same position would give -2.432653 everywhere
+    assert lp[0] != pytest.approx(-2.432653, abs=1e-3)
+    nll = float(mean_nll(stats)[0])
+    assert nll == pytest.approx(1.099320, abs=1e-6)
+    assert nll == pytest.approx(-(2 * LIKELY + UNLIKELY) / 3, abs=1e-6)
+    assert float(perplexity(mean_nll(stats))[0]) == pytest.approx(3.002123, abs=1e-5)
+    assert float(perplexity(mean_nll(stats))[0]) == pytest.approx(math.exp(-(2 * LIKELY + UNLIKELY) / 3), rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 16])
+def test_c01_s2_sum_equals_hf_loss(s2_model, n):
+    g = torch.Generator().manual_seed(n)
+    ids = torch.randint(0, 64, (n,), generator=g).tolist()
+    stats = compute_token_stats(s2_model, [ids])
+    assert int(stats.n_scored[0]) == n - 1
+    with torch.no_grad():
+        loss = float(s2_model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+    assert float(stats.token_logprob[0, : n - 1].double().sum()) == pytest.approx(-loss * (n - 1), abs=1e-5 * n)
+    np.testing.assert_allclose(stats_row(stats, 0), ref_hf(s2_model, ids), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ C02 / C03
+
+@pytest.mark.parametrize("batch", [[A], [B], [A, B], [B, A], [A, B, B]])
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_c02_s1_batch_invariance(batch, batch_size, side):
+    stats = compute_token_stats(StepModel(), batch, batch_size=batch_size, pad_id=4, padding_side=side)
+    nll = mean_nll(stats)
+    for i, seq in enumerate(batch):
+        n = len(seq) - 1
+        assert int(stats.n_scored[i]) == n
+        assert stats.token_logprob[i, :n].tolist() == pytest.approx(s1_logprobs(seq), abs=1e-6)
+        expected = {len(A): 0.432653, len(B): 0.654875}[len(seq)]
+        assert float(nll[i]) == pytest.approx(expected, abs=1e-6)
+        assert float(nll[i]) == pytest.approx(-sum(s1_logprobs(seq)) / n, abs=1e-6)
+        assert stats.mask[i].tolist() == [j < n for j in range(stats.mask.shape[1])]
+    assert_no_nan(stats)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_c02_s2_token_stats_match_unbatched(s2_model, batch_size):
+    batches = [[A], [B], [A, B], [B, A], [A, B, B]]
+    alone = {tuple(s): ref_hf(s2_model, s) for s in (A, B)}
+    for batch in batches:
+        stats = compute_token_stats(s2_model, batch, batch_size=batch_size, pad_id=4)
+        for i, seq in enumerate(batch):
+            np.testing.assert_allclose(stats_row(stats, i), alone[tuple(seq)], atol=1e-5)
+
+
+def test_c03_per_sample_loss_not_batch_mean():
+    stats = compute_token_stats(StepModel(), [A, B], batch_size=2, pad_id=4)
+    la, lb = -sum(s1_logprobs(A)), -sum(s1_logprobs(B))
+    batch_mean = (la + lb) / (2 + 9)
+    assert batch_mean == pytest.approx(0.614471, abs=1e-6)
+    nll = mean_nll(stats).tolist()
+    assert nll == pytest.approx([0.432653, 0.654875], abs=1e-6)
+    assert nll == pytest.approx([la / 2, lb / 9], abs=1e-6)
+    for v in nll:
+        assert abs(v - batch_mean) > 1e-3
+
+
+# ------------------------------------------------------------------------------------ C04
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_c04_padding_side_matches_unpadded_run(s2_model, side):
+    g = torch.Generator().manual_seed(4)
+    short, long = torch.randint(0, 64, (3,), generator=g).tolist(), torch.randint(0, 64, (9,), generator=g).tolist()
+    for batch in ([short, long], [long, short]):
+        stats = compute_token_stats(s2_model, batch, batch_size=2, padding_side=side, pad_id=7)
+        assert_no_nan(stats)
+        for i, seq in enumerate(batch):
+            np.testing.assert_allclose(stats_row(stats, i), ref_hf(s2_model, seq), atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_c04_nan_logits_at_pads_never_reach_outputs(s2_model, side):
+    """Pads are removed by selection: NaN logits at padded positions leave no NaN anywhere."""
+    g = torch.Generator().manual_seed(5)
+    seqs = [torch.randint(0, 64, (k,), generator=g).tolist() for k in (3, 9, 1, 0, 6)]
+    stats = compute_token_stats(NanAtPad(s2_model), seqs, batch_size=5, padding_side=side)
+    assert_no_nan(stats)
+    assert stats.n_scored.tolist() == [2, 8, 0, 0, 5]
+    for i, seq in enumerate(seqs):
+        np.testing.assert_allclose(stats_row(stats, i), ref_hf(s2_model, seq), atol=1e-5)
+    assert not torch.isnan(mean_nll(stats)[[0, 1, 4]]).any()
+    assert torch.isnan(mean_nll(stats)[[2, 3]]).all()
+
+
+def test_c04_bad_padding_side_raises(s2_model):
+    with pytest.raises(LlmMiaError):
+        compute_token_stats(s2_model, [A], padding_side="middle")
+
+
+# ------------------------------------------------------------------------------------ C06
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_c06_pad_equals_eos_equals_bos(tiny_model, tiny_tokenizer, side):
+    tok = tiny_tokenizer
+    eos = tok.eos_token_id
+    assert eos == tok.bos_token_id
+    t1 = [eos] + tok("Alpha beta.")["input_ids"]
+    t2 = tok("gamma")["input_ids"] + [eos] + tok("delta")["input_ids"]
+    assert t1[0] == eos and eos in t2[1:-1]
+    batched = compute_token_stats(tiny_model, [t1, t2], batch_size=2, pad_id=eos, padding_side=side)
+    assert batched.n_scored.tolist() == [len(t1) - 1, len(t2) - 1]
+    assert batched.mask.sum(1).tolist() == [len(t1) - 1, len(t2) - 1]
+    for i, seq in enumerate([t1, t2]):
+        ref = ref_hf(tiny_model, seq)  # every token attended (no mask at all)
+        np.testing.assert_allclose(stats_row(batched, i), ref, atol=1e-5)
+        alone = compute_token_stats(tiny_model, [seq], batch_size=1, pad_id=eos)
+        np.testing.assert_allclose(stats_row(batched, i), stats_row(alone, 0), atol=1e-5)
+    # the internal EOS of text 2 is scored (as a target) at its own column
+    k = t2.index(eos, 1)
+    assert float(batched.token_logprob[1, k - 1]) == pytest.approx(ref_hf(tiny_model, t2)[k - 1, 0], abs=1e-5)
+    # and the leading EOS of text 1 matters: dropping it changes the next token's log-prob
+    without = ref_hf(tiny_model, t1[1:])
+    assert abs(without[0, 0] - float(batched.token_logprob[0, 1])) > 1e-4
+
+
+# ------------------------------------------------------------------------------------ C10 (a, c)
+
+def test_c10a_vocab_stats_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
+    tok, mu, sigma = vocab_stats(logits, torch.tensor([1, 0]))
+    z = math.log(math.e**2 + math.e + 1)
+    lp = [2 - z, 1 - z, -z]
+    p = [math.exp(v) for v in lp]
+    m = sum(a * b for a, b in zip(p, lp))
+    var = sum(a * (b - m) ** 2 for a, b in zip(p, lp))
+    assert tok.tolist() == pytest.approx([lp[1], lp[0]], abs=1e-6)
+    assert tok[0].item() == pytest.approx(-1.407606, abs=1e-6)
+    assert mu.tolist() == pytest.approx([m, m], abs=1e-6)
+    assert mu[0].item() == pytest.approx(-0.832396, abs=1e-6)
+    assert (sigma**2).tolist() == pytest.approx([var, var], abs=1e-6)
+    assert (sigma[0] ** 2).item() == pytest.approx(0.424405, abs=1e-6)
+    zz = ((tok - mu) / sigma).tolist()
+    assert zz == pytest.approx([-0.882951, 0.652054], abs=1e-5)
+    assert tok.dtype == mu.dtype == sigma.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_c10c_low_precision_logits_use_fp32_log_softmax(dtype):
+    logits = torch.zeros(1, 1000)
+    logits[0, 0], logits[0, 1] = 20.0, -2.0
+    tok, mu, sigma = vocab_stats(logits.to(dtype), torch.tensor([1]))
+    x = logits[0].double().numpy()
+    ref = logsoftmax_stats(x, 1)
+    assert tok.item() == pytest.approx(-22.000, abs=1e-3)
+    assert tok.item() == pytest.approx(ref[0], abs=1e-4)
+    assert math.isfinite(mu.item()) and mu.item() == pytest.approx(ref[1], abs=1e-4)
+    assert math.isfinite(sigma.item()) and sigma.item() == pytest.approx(ref[2], abs=1e-4)
+
+
+def test_vocab_stats_minus_inf_logits_and_random_rows():
+    logits = torch.tensor([[0.0, -math.inf, 1.0, -math.inf]])
+    tok, mu, sigma = vocab_stats(logits, torch.tensor([2]))
+    ref = logsoftmax_stats(np.array([0.0, 1.0]), 1)  # the -inf ids have p = 0 and contribute 0
+    assert [tok.item(), mu.item(), sigma.item()] == pytest.approx(list(ref), abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20, 50, generator=g) * 3
+    targets = torch.randint(0, 50, (20,), generator=g)
+    tok, mu, sigma = vocab_stats(logits, targets)
+    for r in range(20):
+        ref = logsoftmax_stats(logits[r].double().numpy(), int(targets[r]))
+        assert [tok[r].item(), mu[r].item(), sigma[r].item()] == pytest.approx(list(ref), abs=1e-5)
+
+
+@pytest.mark.parametrize("V", [4, 5, 7, 64, 1000, 50257])
+def test_vocab_stats_uniform_is_exactly_degenerate(V):
+    """Uniform logits: sigma exactly 0 and log p(target) exactly mu, whatever V (no rounding noise)."""
+    for c in (0.0, 3.7, -12.3):
+        tok, mu, sigma = vocab_stats(torch.full((1, V), c), torch.tensor([1]))
+        assert sigma.item() == 0.0
+        assert tok.item() == mu.item()
+        assert tok.item() == pytest.approx(-math.log(V), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ C17
+
+def test_c17_s1_sliding_context_scores_each_position_once():
+    model = StepModel(max_context=8)  # raises IndexError on any input longer than 8
+    stats = compute_token_stats(model, [C17_IDS], max_context=8, stride=4)
+    assert stats.n_scored.tolist() == [19]
+    assert stats.truncated.tolist() == [True]
+    assert stats.token_logprob[0].tolist() == pytest.approx(s1_logprobs(C17_IDS), abs=1e-6)
+    nll = float(mean_nll(stats)[0])
+    assert nll == pytest.approx(0.853706, abs=1e-6)
+    assert nll == pytest.approx(-sum(s1_logprobs(C17_IDS)) / 19, abs=1e-6)
+    assert abs(nll - 0.932653) > 1e-2  # the plain mean of window means
+
+
+def test_c17_short_sequence_not_truncated():
+    stats = compute_token_stats(StepModel(max_context=8), [C17_IDS[:8], C17_IDS], max_context=8, stride=4, batch_size=2)
+    assert stats.truncated.tolist() == [False, True]
+    assert stats.token_logprob[0, :7].tolist() == pytest.approx(s1_logprobs(C17_IDS[:8]), abs=1e-6)
+
+
+def test_c17_bad_stride_raises():
+    with pytest.raises(LlmMiaError):
+        compute_token_stats(StepModel(max_context=8), [C17_IDS], max_context=8, stride=8)
+    with pytest.raises(LlmMiaError):
+        compute_token_stats(StepModel(max_context=8), [C17_IDS], max_context=8, stride=0)
+
+
+def documented_window_start(p: int, max_context: int, stride: int) -> int:
+    """The docs' rule: token p is scored in the first window [k*stride, k*stride + max_context) containing it."""
+    if p < max_context:
+        return 0
+    return ((p - max_context) // stride + 1) * stride
+
+
+@pytest.mark.parametrize("stride", [None, 4, 15, 1])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_c17_s2_forty_ids(s2_model, stride, side):
+    g = torch.Generator().manual_seed(17)
+    ids = torch.randint(0, 64, (40,), generator=g).tolist()
+    short = ids[:5]
+    stats = compute_token_stats(s2_model, [short, ids], stride=stride, padding_side=side, batch_size=3)
+    assert stats.truncated.tolist() == [False, True]
+    assert stats.n_scored.tolist() == [4, 39]
+    s = stride or 16 // 2
+    for p in range(16, 40):  # at least max_context - stride tokens of context
+        assert p - documented_window_start(p, 16, s) >= 16 - s
+    ref = ref_hf(s2_model, ids, start_of=lambda p: documented_window_start(p, 16, s))
+    np.testing.assert_allclose(stats_row(stats, 1), ref, atol=1e-5)
+    np.testing.assert_allclose(stats_row(stats, 0), ref_hf(s2_model, short), atol=1e-5)
+
+
+def test_context_lens_skip_prompt_tokens(s2_model):
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, 64, (k,), generator=g).tolist() for k in (6, 10, 3)]
+    ctx = [3, 1, 5]
+    stats = compute_token_stats(s2_model, seqs, context_lens=ctx, batch_size=3)
+    assert stats.n_scored.tolist() == [3, 9, 0]
+    for i, seq in enumerate(seqs):
+        np.testing.assert_allclose(stats_row(stats, i), ref_hf(s2_model, seq, first=max(1, ctx[i])), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ property
+
+_unbatched_cache: dict = {}
+
+
+def _unbatched(model, seq: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    if seq not in _unbatched_cache:
+        s = compute_token_stats(model, [list(seq)], batch_size=1)
+        _unbatched_cache[seq] = (stats_row(s, 0), bool(s.truncated[0]))
+    return _unbatched_cache[seq]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seqs=st.lists(st.lists(st.integers(0, 63), min_size=0, max_size=20), min_size=1, max_size=5),
+       batch_size=st.integers(1, 6), side=st.sampled_from(["right", "left"]), pad_id=st.integers(0, 63),
+       data=st.data())
+def test_property_batching_never_changes_a_row(s2_model, seqs, batch_size, side, pad_id, data):
+    order = data.draw(st.permutations(range(len(seqs))))
+    batch = [seqs[j] for j in order]
+    stats = compute_token_stats(s2_model, batch, batch_size=batch_size, padding_side=side, pad_id=pad_id)
+    assert_no_nan(stats)
+    for i, seq in enumerate(batch):
+        assert int(stats.n_scored[i]) == max(0, len(seq) - 1)
+        row, trunc = _unbatched(s2_model, tuple(seq))
+        assert bool(stats.truncated[i]) == trunc == (len(seq) > 16)
+        np.testing.assert_allclose(stats_row(stats, i), row, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unbatched_matches_slow_reference(s2_model, seed):
+    """Anchors the property test's 'unbatched' values to the independent oracle."""
+    g = torch.Generator().manual_seed(100 + seed)
+    for n in (1, 2, 9, 16, 20):
+        ids = torch.randint(0, 64, (n,), generator=g).tolist()
+        row, _ = _unbatched(s2_model, tuple(ids))
+        ref = ref_hf(s2_model, ids, start_of=lambda p: documented_window_start(p, 16, 8))
+        np.testing.assert_allclose(row, ref, atol=1e-5)
