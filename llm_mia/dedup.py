@@ -1,4 +1,4 @@
-"""De-duplication of generated samples before verification (Carlini et al. 2021, section 5.1).
+"""De-duplication of generated samples before verification (Carlini et al. 2021, "Data De-Duplication").
 
 Rules, applied to the samples in input order (earlier wins):
 
@@ -8,7 +8,7 @@ Rules, applied to the samples in input order (earlier wins):
    pieces of that text.
 2. **Exact duplicate.** A sample whose normalised text equals that of an earlier *kept* sample.
 3. **Near duplicate** (samples of three words or more). Let T(s) be the set of word trigrams of s
-   (consecutive, in order). Sample s is a near duplicate of an earlier kept sample k when
+   (consecutive, in order; a set, where Carlini et al. write trigram multisets). Sample s is a near duplicate of an earlier kept sample k when
    ``|T(s) & T(k)| >= threshold * |T(s)|``: *containment* of s in k, not Jaccard, so a short
    sample copied out of a long one is caught (case P14: "the quick brown fox jumps over" is
    4/4 contained in a longer sentence though the Jaccard similarity is 0.36). Samples with fewer
@@ -26,19 +26,23 @@ Candidate search (why not MinHash LSH)
 Candidates for rule 3 come from an exact inverted index (trigram -> kept samples) with *prefix
 filtering*: if k holds at least ``need = ceil(threshold * |T(s)|)`` of s's trigrams, it holds at
 least one of ANY ``|T(s)| - need + 1`` of them, so only the postings of that many trigrams of s --
-the ones with the shortest postings lists -- are read. This never misses a candidate, and every
-candidate is then confirmed with the exact set computation. MinHash LSH (``datasketch``) was
-measured on 10^5 samples of 40 words: 5 s to build the signatures, 14 s to insert into
-``MinHashLSH`` and 100 s for ``MinHashLSHEnsemble``, versus a few seconds for this whole function;
-and LSH on Jaccard cannot see a short sample contained in a long one (Jaccard 0.05 for 5 of 100
-trigrams), while containment LSH (LSH Ensemble) still misses pairs near the threshold.
+the ones with the shortest postings lists -- must be read; trigrams shared by very many kept
+samples (a common prompt, boilerplate) are skipped. This never misses a candidate, and every
+drop is confirmed with the exact overlap count. MinHash LSH (``datasketch``) was measured on
+10^5 samples of 30-40 words on a 2-core machine: 5 s to build the signatures, 14 s to insert
+them into ``MinHashLSH`` and 100 s to build ``MinHashLSHEnsemble``, before any query, against
+about 10 s CPU for this whole function, PII checks included. And LSH on Jaccard cannot see a
+short sample contained in a long one (Jaccard 0.05 for 5 of 100 trigrams), while containment
+LSH (LSH Ensemble) still misses pairs near the threshold; the index above misses none.
 """
 
 from __future__ import annotations
 
 import math
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Callable, Iterable, Sequence
 
 from llm_mia.pii import pii_values
@@ -46,6 +50,7 @@ from llm_mia.pii import pii_values
 __all__ = ["DedupResult", "dedup", "normalize_text", "trigram_set", "containment"]
 
 Trigram = tuple[str, str, str]
+
 
 class _PunctToSpace(dict):
     """str.translate table: Unicode punctuation (category P*) -> space, filled lazily per code point."""
@@ -116,6 +121,32 @@ def _need(threshold: float, n_trigrams: int) -> int:
     return max(1, math.ceil(threshold * n_trigrams - 1e-9))
 
 
+# Postings lists up to this length are always counted (C-level Counter, ~50 ns per entry); longer
+# ones (trigrams of a shared prompt, boilerplate) are read only when the prefix filter needs them.
+_CHEAP_POSTINGS = 256
+
+
+def _near_candidates(tids: set[int], need: int, postings: dict[int, list[int]], kept_tids: dict[int, set[int]]) -> list[int]:
+    """Kept samples holding at least ``need`` of the trigram ids ``tids``, ascending; exact.
+
+    Prefix filter: such a sample holds at least one of ANY ``len(tids) - need + 1`` of the
+    trigrams, so reading the postings of that many (the rarest) can miss nobody. Cheap postings
+    are all read; when every trigram was read the counts are the exact overlaps, otherwise a
+    sample is verified with a set intersection.
+    """
+    empty: list[int] = []
+    plists = [postings.get(g, empty) for g in tids]
+    light = [p for p in plists if len(p) <= _CHEAP_POSTINGS]
+    short = len(tids) - need + 1 - len(light)
+    read = light if short <= 0 else light + sorted((p for p in plists if len(p) > _CHEAP_POSTINGS), key=len)[:short]
+    counts = Counter(chain.from_iterable(read))
+    unread = len(tids) - len(read)
+    out = sorted(k for k, c in counts.items() if c + unread >= need)
+    if unread:
+        out = [k for k in out if len(tids & kept_tids[k]) >= need]
+    return out
+
+
 def dedup(
     texts: Sequence[str],
     *,
@@ -160,8 +191,9 @@ def dedup(
 
     result = DedupResult()
     exact: dict[str, list[int]] = {}  # normalised text -> kept indices (ascending)
-    postings: dict[Trigram, list[int]] = {}  # trigram -> kept indices (ascending)
-    kept_tris: dict[int, set[Trigram]] = {}
+    word_ids: dict[str, int] = {}
+    postings: dict[int, list[int]] = {}  # trigram key -> kept indices holding it (ascending)
+    kept_tids: dict[int, set[int]] = {}
 
     for i, text in enumerate(texts):
         norm = normalize_text(text)
@@ -170,27 +202,29 @@ def dedup(
             if values(i) <= values(k):
                 target, why = k, "exact"
                 break
+        if target >= 0:
+            result.dropped[i], result.reason[i] = target, why
+            continue
+        # A trigram is keyed by one int built from its three word ids (cheap to hash, unlike a
+        # tuple; word ids stay far below 2**32).
         words = norm.split()
-        tris = set(zip(words, words[1:], words[2:]))
-        if target < 0 and tris:
-            need = _need(threshold, len(tris))
-            # Prefix filter: a qualifying k holds >= 1 of any len(tris) - need + 1 trigrams of s.
-            probe = sorted(tris, key=lambda g: len(postings.get(g, ())))[: len(tris) - need + 1]
-            cands: set[int] = set()
-            for g in probe:
-                cands.update(postings.get(g, ()))
-            for k in sorted(cands):
-                if len(tris & kept_tris[k]) >= need and values(i) <= values(k):
+        for x in set(words).difference(word_ids):
+            word_ids[x] = len(word_ids)
+        w = list(map(word_ids.__getitem__, words))
+        tids = {(a << 64) | (b << 32) | c for a, b, c in zip(w, w[1:], w[2:])}
+        if tids:
+            need = _need(threshold, len(tids))
+            for k in _near_candidates(tids, need, postings, kept_tids):
+                if values(i) <= values(k):
                     target, why = k, "near"
                     break
         if target >= 0:
-            result.dropped[i] = target
-            result.reason[i] = why
+            result.dropped[i], result.reason[i] = target, why
             continue
         result.kept.append(i)
         exact.setdefault(norm, []).append(i)
-        if tris:
-            kept_tris[i] = tris
-            for g in tris:
-                postings.setdefault(g, []).append(i)
+        if tids:
+            kept_tids[i] = tids
+            for t in tids:
+                postings.setdefault(t, []).append(i)
     return result

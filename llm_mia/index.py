@@ -1,4 +1,4 @@
-"""Training-corpus index for verbatim-match verification (Carlini et al. 2021, section 6).
+"""Training-corpus index for verbatim-match verification (Carlini et al. 2021).
 
 An extracted sample is "memorized" when a long span of it occurs verbatim in the training data,
 and the number of training documents holding that span is its k in "k-eidetic memorization".
@@ -48,7 +48,7 @@ import numpy as np
 
 from llm_mia.errors import LlmMiaError
 
-__all__ = ["CorpusIndex", "Match", "text_occurrences"]
+__all__ = ["CorpusIndex", "Match", "text_occurrences", "tokenize_documents"]
 
 # Token id t is stored as code point t + 1; code point 0 separates documents.
 _MAX_ID = 0x10FFFF - 1
@@ -111,7 +111,10 @@ class CorpusIndex:
 
     def __init__(self, docs: Iterable[Sequence[int]]):
         """Prefer :meth:`from_token_ids`; same arguments and errors."""
-        from pydivsufsort import divsufsort
+        try:
+            from pydivsufsort import divsufsort
+        except ImportError:  # pragma: no cover - a declared dependency
+            raise LlmMiaError("CorpusIndex needs the pydivsufsort package: pip install pydivsufsort") from None
 
         parts: list[np.ndarray] = []
         starts: list[int] = []

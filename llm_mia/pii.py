@@ -6,7 +6,8 @@ value Faker's ``en_US`` provider writes is found):
 ========  ===============================================================  ====================
 type      what is matched                                                  ``normalized``
 ========  ===============================================================  ====================
-email     ``local@domain.tld`` (ASCII local part and domain labels)        lower-cased
+email     ``local@domain.tld`` (local part ASCII or Latin letters, ASCII   lower-cased
+          domain labels)
 phone     ``phonenumbers.PhoneNumberMatcher`` (region "US", leniency       E.164 digits (country
           POSSIBLE), so Faker's ``(460)648-7647x5938``, ``+1-641-985-      code first), then
           8398``, ``281.256.5938x7784`` and ``001-...`` forms are found;   ``x`` + extension
@@ -89,17 +90,24 @@ def _ssn_valid(area: str, group: str, serial: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- patterns
+# Local part: ASCII letters/digits, "._%+-" and Latin letters with diacritics (so "Äbc.x@..." is
+# taken whole, while CJK text glued to an address does not become part of it). Domain: ASCII.
+_L = "A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+-])"
-    r"[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
+    rf"[{_L}](?<![{_L}._%+-][{_L}])(?:[{_L}._%+-]{{0,62}}[{_L}_%+-])?"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
     r"(?![A-Za-z0-9-])"
 )
-# Not preceded by a digit, nor by "digit-"; not followed by a digit, nor by "-digit".
-_SSN = re.compile(r"(?<!\d)(?<!\d-)(\d{3})([- ])(\d{2})\2(\d{4})(?!\d)(?!-\d)")
-# Maximal runs of digit groups joined by single spaces or dashes, not part of a decimal number.
-_DIGIT_RUN = re.compile(r"(?<!\d)(?<!\d[.,])\d+(?:[ -]\d+)*(?!\d)")
-_GROUP = re.compile(r"\d+")
+# Not preceded by a letter/digit, nor by "digit-"; not followed by a letter/digit, nor by "-digit".
+# (Patterns start with a plain digit and check the look-behinds after it: much faster to scan.
+# SSN and card digits are ASCII [0-9]; phonenumbers itself also reads other scripts' digits.)
+_SSN = re.compile(r"([0-9](?<!\w[0-9])(?<![0-9]-[0-9])[0-9]{2})([- ])([0-9]{2})\2([0-9]{4})(?!\w)(?!-[0-9])")
+# Maximal runs of digit groups joined by single spaces or dashes, not part of a decimal number nor
+# glued to a preceding letter.
+# The look-ahead (at least 12 digits) lets the regex engine skip short numbers without Python work.
+_DIGIT_RUN = re.compile(r"[0-9](?<!\w[0-9])(?<!\d[.,][0-9])(?=(?:[ -]?[0-9]){11})[0-9]*(?:[ -][0-9]+)*(?![0-9])")
+_GROUP = re.compile(r"[0-9]+")
+_ANY_DIGIT = re.compile(r"\d")
 # "001" is how Faker (and some countries) write the international prefix before +1 numbers.
 _IDD_001 = re.compile(r"(?<![\w+.()-])001(?=[-. ]\(?\d|\(\d)")
 
@@ -166,26 +174,48 @@ def _nanp_shaped(number: phonenumbers.PhoneNumber) -> bool:
     return number.country_code == 1 and len(nat) == 10 and nat[0] in "23456789" and nat[3] in "23456789"
 
 
+# A stretch of digits and phone punctuation; the matcher only looks at windows around these.
+# The look-ahead requires 7 digits (no phone number has fewer).
+_PHONE_CANDIDATE = re.compile(r"\d(?=(?:[\s().\-/]*\d){6})[\d\s().\-/]*\d")
+_CONTEXT_BEFORE, _CONTEXT_AFTER = 8, 16  # room for "+1 (", "001-" and " ext. 12345"
+
+
+def _phone_windows(text: str) -> list[tuple[int, int]]:
+    """Merged [start, end) windows around digit stretches holding >= 7 digits."""
+    windows: list[tuple[int, int]] = []
+    for m in _PHONE_CANDIDATE.finditer(text):
+        a, b = max(0, m.start() - _CONTEXT_BEFORE), min(len(text), m.end() + _CONTEXT_AFTER)
+        if windows and a <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(b, windows[-1][1]))
+        else:
+            windows.append((a, b))
+    return windows
+
+
 def _phone_hits(text: str, region: str) -> list[PiiHit]:
-    if sum(ch.isdigit() for ch in text) < 7:  # cheap exit: no phone number has fewer digits
-        return []
-    # Rewrite "001" (3 chars) as " +1" (3 chars) so offsets are unchanged; remember where.
-    idd = {m.start() for m in _IDD_001.finditer(text)}
-    scan = _IDD_001.sub(" +1", text) if idd else text
+    # PhoneNumberMatcher parses every digit group it meets (~10 us each), so it only scans small
+    # windows around stretches that can hold a phone number; its own boundary checks look at the
+    # neighbouring characters only, which the windows keep.
     hits = []
-    for m in PhoneNumberMatcher(scan, region, leniency=Leniency.POSSIBLE):
-        start, end = m.start, m.end
-        if start - 1 in idd and scan[start] == "+":
-            start -= 1  # include the "001" of the original text
-        raw = text[start:end]
-        if _in_decimal(text, start, end):
-            continue
-        if raw.isdigit() and not (phonenumbers.is_valid_number(m.number) or _nanp_shaped(m.number)):
-            continue  # an unformatted digit run needs more than the right length
-        norm = phonenumbers.format_number(m.number, PhoneNumberFormat.E164).lstrip("+")
-        if m.number.extension:
-            norm += "x" + m.number.extension
-        hits.append(PiiHit("phone", raw, start, end, norm))
+    for a, b in _phone_windows(text):
+        window = text[a:b]
+        # Rewrite "001" (3 chars) as " +1" (3 chars) so offsets are unchanged; remember where.
+        idd = {m.start() for m in _IDD_001.finditer(window)}
+        scan = _IDD_001.sub(" +1", window) if idd else window
+        for m in PhoneNumberMatcher(scan, region, leniency=Leniency.POSSIBLE):
+            start, end = m.start, m.end
+            if start - 1 in idd and scan[start] == "+":
+                start -= 1  # include the "001" of the original text
+            start, end = start + a, end + a
+            raw = text[start:end]
+            if _in_decimal(text, start, end):
+                continue
+            if raw.isdigit() and not (phonenumbers.is_valid_number(m.number) or _nanp_shaped(m.number)):
+                continue  # an unformatted digit run needs more than the right length
+            norm = phonenumbers.format_number(m.number, PhoneNumberFormat.E164).lstrip("+")
+            if m.number.extension:
+                norm += "x" + m.number.extension
+            hits.append(PiiHit("phone", raw, start, end, norm))
     return hits
 
 
@@ -213,12 +243,13 @@ def find_pii(text: str, *, types: Iterable[str] | None = None, region: str = "US
     hits: list[PiiHit] = []
     if "email" in wanted and "@" in text:
         hits += _email_hits(text)
-    if "card" in wanted:
-        hits += _card_hits(text)
-    if "ssn" in wanted:
-        hits += _ssn_hits(text)
-    if "phone" in wanted:
-        hits += _phone_hits(text, region)
+    if _ANY_DIGIT.search(text) is not None:
+        if "card" in wanted:
+            hits += _card_hits(text)
+        if "ssn" in wanted:
+            hits += _ssn_hits(text)
+        if "phone" in wanted:
+            hits += _phone_hits(text, region)
     # Greedy: longest first, then type priority, then position; keep what does not overlap.
     hits.sort(key=lambda h: (-(h.end - h.start), _PRIORITY[h.type], h.start))
     chosen: list[PiiHit] = []

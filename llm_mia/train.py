@@ -252,13 +252,20 @@ def _load_tokenizer(folder: str):
     return tok
 
 
-def _scratch_model(p: TrainPreset, vocab_size: int, eos_id: int):
+def _scratch_model(p: TrainPreset, vocab_size: int, eos_id: int, device: torch.device):
+    """A freshly initialised GPT-2 of the preset's shape (seed the RNG before calling).
+
+    On CPU the eager attention trains faster than SDPA under bf16 autocast (198 vs 241 ms a step
+    for ``small``, equal in fp32); the attention choice is not saved in config.json, so a reloaded
+    model uses the library default (SDPA), which computes the same function.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_ctx,
                      vocab_size=vocab_size, resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
-                     bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=True)
-    return GPT2LMHeadModel(cfg)
+                     bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=True, loss_type="ForCausalLM")
+    attn = "eager" if device.type == "cpu" else "sdpa"
+    return GPT2LMHeadModel._from_config(cfg, attn_implementation=attn).to(device)
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -271,11 +278,25 @@ def _n_params(model: torch.nn.Module) -> int:
 
 def _save_model(model, tokenizer, recipe: dict, folder: Path) -> None:
     """Write the model (safetensors), the tokenizer and recipe.json into ``folder``."""
-    model.save_pretrained(str(folder))  # transformers >= 5 always writes safetensors
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a one-file model
+    try:
+        model.save_pretrained(str(folder))  # transformers >= 5 always writes safetensors
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
         raise RuntimeError("save_pretrained wrote no safetensors file")
     tokenizer.save_pretrained(str(folder))
     (folder / "recipe.json").write_text(dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    # mkdtemp made the folder 0700 and safetensors writes 0600: give them the usual umask modes.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
@@ -371,7 +392,7 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         raise LlmMiaError(f"tokenizer of '{base or tokenizer_from}' has no EOS token to separate documents")
     if base is None:
         torch.manual_seed(seed)  # the init does not depend on whether a tokenizer was trained
-        model = _scratch_model(p, len(tokenizer), eos_id).to(device)
+        model = _scratch_model(p, len(tokenizer), eos_id, device)
         model.generation_config.pad_token_id = eos_id  # greedy decoding without a pad warning
 
     train_docs = _encode(tokenizer, train_texts)

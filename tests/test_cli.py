@@ -1,0 +1,152 @@
+"""The whole CLI path end to end on a small slice of the real python-docs corpus, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from llm_mia import cli
+
+
+def run_cli(args, capsys):
+    """Run ``llm-mia ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["llm-mia", *map(str, args)]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """corpus build + train (tiny) via the library, shared by the CLI tests below."""
+    from llm_mia.corpus import build_corpus
+    from llm_mia.train import train_model
+
+    d = tmp_path_factory.mktemp("e2e")
+    build_corpus("python-docs", d / "corpus", seed=1, max_chars=30_000)
+    train_model(d / "corpus", d / "model", preset="tiny", max_steps=20, progress=False)
+    return d
+
+
+def test_help_lists_every_subcommand(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    for name in ("corpus", "train", "extract", "audit"):
+        assert name in out
+    for sub in (["corpus", "build"], ["train"], ["extract"], ["audit"]):
+        code, out, _ = run_cli([*sub, "--help"], capsys)
+        assert code == 0 and "Usage" in out
+
+
+def test_corpus_build_and_train_cli(tmp_path, capsys):
+    src = tmp_path / "docs.txt"
+    paras = [f"Paragraph {i} explains how the function number {i} returns a sorted list of items." * 3 for i in range(30)]
+    src.write_text("\n\n".join(paras), encoding="utf-8")
+    code, out, err = run_cli(["corpus", "build", "--source", src, "--out", tmp_path / "c", "--repeats", "1,4"], capsys)
+    assert code == 0, err
+    secrets = json.loads((tmp_path / "c" / "secrets.json").read_text())
+    assert sorted({s["count"] for s in secrets}) == [0, 1, 4]
+    code, out, err = run_cli(["train", "--corpus", tmp_path / "c", "--out", tmp_path / "m", "--preset", "tiny",
+                              "--max-steps", "3"], capsys)
+    assert code == 0, err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(tmp_path / "m")
+
+
+def test_extract_cli_writes_ranked_verified_samples(built, tmp_path, capsys):
+    out = tmp_path / "ex"
+    code, _, err = run_cli(["extract", "--model", built / "model", "--corpus", built / "corpus", "--num-samples", 12,
+                            "--length", 24, "--batch-size", 5, "--top-n", 4, "--out", out], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(12))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "model")
+    for r in rows:
+        assert len(r["token_ids"]) == 24
+        assert r["text"] == tok.decode(r["token_ids"])
+        assert set(r["scores"]) == {"loss", "zlib", "lowercase", "window"}
+        assert r["longest_match_tokens"] >= 1 and r["memorized"] in (True, False)
+        # the loss signal is minus the mean NLL the row reports
+        assert math.isclose(r["scores"]["loss"], -r["nll"], rel_tol=1e-6)
+    top = [json.loads(line) for line in (out / "top.jsonl").read_text().splitlines()]
+    for ranking in ("perplexity", "zlib", "lowercase", "window"):
+        scores = [t["score"] for t in top if t["ranking"] == ranking]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+    # Same seed, same samples; a rerun into the same folder resumes (nothing regenerated).
+    code, _, err = run_cli(["extract", "--model", built / "model", "--num-samples", 12, "--length", 24,
+                            "--batch-size", 7, "--out", tmp_path / "ex2"], capsys)
+    assert code == 0, err
+    rows2 = [json.loads(line) for line in (tmp_path / "ex2" / "samples.jsonl").read_text().splitlines()]
+    assert [r["token_ids"] for r in rows2] == [r["token_ids"] for r in rows]
+
+
+def test_audit_cli_writes_report_with_redacted_secrets(built, tmp_path, capsys):
+    out = tmp_path / "audit"
+    code, stdout, err = run_cli(["audit", "--corpus", built / "corpus", "--model", built / "model", "--out", out,
+                                 "--num-samples", 8, "--candidates", 16], capsys)
+    assert code == 0, err
+    assert "report.md" in stdout
+    report = json.loads((out / "report.json").read_text())
+    secrets = json.loads((built / "corpus" / "secrets.json").read_text())
+    assert report["schema_version"] == 1
+    assert {r["id"] for r in report["secrets"]} == {s["id"] for s in secrets}
+    for r in report["secrets"]:
+        # 16 candidates: exposure lies in [log2 16 - log2 17, log2 16]
+        assert math.log2(16) - math.log2(17) - 1e-9 <= r["exposure_rank"] <= 4.0 + 1e-9
+        assert isinstance(r["greedy_extracted"], bool)
+    assert set(report["extraction"]["rankings"]) == {"perplexity", "zlib", "lowercase", "window"}
+    assert "auc" in report["membership"]["signals"]["loss"]
+    md = (out / "report.md").read_text()
+    assert "## Planted secrets" in md and "## Extraction" in md
+    for s in secrets:
+        assert s["secret"] not in md, "secrets must be redacted by default"
+    code, _, err = run_cli(["audit", "--corpus", built / "corpus", "--model", built / "model", "--out", tmp_path / "a2",
+                            "--num-samples", 8, "--candidates", 16, "--show-secrets"], capsys)
+    assert code == 0, err
+    md2 = (tmp_path / "a2" / "report.md").read_text()
+    assert any(s["secret"] in md2 for s in secrets)
+
+
+@pytest.mark.parametrize("case", ["missing_corpus", "not_a_model", "corrupt_secrets", "unknown_source",
+                                  "empty_corpus", "missing_model_args"])
+def test_bad_input_one_line_error_exit_2(case, built, tmp_path, capsys):
+    import shutil
+
+    if case == "missing_corpus":
+        args = ["train", "--corpus", tmp_path / "nope", "--out", tmp_path / "m", "--preset", "tiny"]
+    elif case == "not_a_model":
+        (tmp_path / "fake").mkdir()
+        (tmp_path / "fake" / "notes.txt").write_text("hello")
+        args = ["extract", "--model", tmp_path / "fake", "--num-samples", 2, "--out", tmp_path / "o"]
+    elif case == "corrupt_secrets":
+        shutil.copytree(built / "corpus", tmp_path / "c")
+        (tmp_path / "c" / "secrets.json").write_text('[{"id": "x", "text": ')
+        args = ["audit", "--corpus", tmp_path / "c", "--model", built / "model", "--out", tmp_path / "o"]
+    elif case == "unknown_source":
+        args = ["corpus", "build", "--source", "no-such-source", "--out", tmp_path / "o"]
+    elif case == "empty_corpus":
+        (tmp_path / "empty.txt").write_text("   \n\n")
+        args = ["corpus", "build", "--source", tmp_path / "empty.txt", "--out", tmp_path / "o"]
+    else:
+        args = ["audit", "--out", tmp_path / "o"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o" / "report.json").exists()
+    assert not (tmp_path / "m").exists()

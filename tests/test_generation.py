@@ -1,0 +1,184 @@
+"""Batched generation (llm_mia.models.generation): scoring-cases.md C06 (prompt mask), C19, sampling seeds.
+
+The oracle is a slow loop that runs the model on one unpadded prompt at a time and picks each next
+token by hand (argmax, or top-k + temperature + torch.multinomial with the row's own generator).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llm_mia.errors import LlmMiaError
+from llm_mia.models.generation import PerSampleSampler, generate, left_pad, sample_seed
+
+EOS = 0
+PROMPTS = [[EOS], [5, 9, 3], [1, 2, 3, 4, 5, 6, 7]]  # 1 (EOS only), 3 and 7 tokens
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def gen_model():
+    """S2's shape with large weights (initializer_range 0.5): argmax gaps far above float noise."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16, initializer_range=0.5)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@torch.no_grad()
+def ref_generate(model, prompt, n, *, seed=None, top_k=0, temperature=1.0, eos=None, banned_n=0, min_gap=None):
+    """One prompt, no padding, no mask. Greedy when seed is None; stops before the first EOS."""
+    ids, out = list(prompt), []
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    for step in range(n):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        logits = logits / (temperature(step) if callable(temperature) else temperature)
+        if eos is not None and step < banned_n:
+            logits[eos] = -torch.inf
+        if top_k:
+            kth = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        if gen is None:
+            top2 = torch.topk(logits, 2).values
+            if min_gap is not None:
+                min_gap.append(float(top2[0] - top2[1]))
+            t = int(logits.argmax())
+        else:
+            t = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[0])
+        if eos is not None and t == eos:
+            break
+        ids.append(t)
+        out.append(t)
+    return out
+
+
+# ------------------------------------------------------------------------------------ C06 / left_pad
+
+def test_c06_single_eos_prompt_mask():
+    ids, mask = left_pad([[EOS]], EOS)
+    assert ids.tolist() == [[EOS]] and mask.tolist() == [[1]]
+
+
+def test_left_pad_masks_from_lengths_even_when_ids_equal_pad():
+    ids, mask = left_pad([[0], [0, 3, 0], [2, 0]], 0)
+    assert ids.tolist() == [[0, 0, 0], [0, 3, 0], [0, 2, 0]]
+    assert mask.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1]]
+    with pytest.raises(LlmMiaError):
+        left_pad([[1], []], 0)
+
+
+# ------------------------------------------------------------------------------------ C19
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1]])
+def test_c19_batched_greedy_equals_alone(gen_model, order):
+    prompts = [PROMPTS[i] for i in order]
+    batched = generate(gen_model, prompts, max_new_tokens=8, pad_id=EOS, greedy=True)
+    for p, g in zip(prompts, batched):
+        gaps = []
+        ref = ref_generate(gen_model, p, 8, min_gap=gaps)
+        assert min(gaps) > 1e-3  # no near-tie: the comparison below is not at the mercy of rounding
+        alone = generate(gen_model, [p], max_new_tokens=8, pad_id=EOS, greedy=True)[0]
+        assert g.prompt == p  # the prompt comes back without pads
+        assert len(g.new_ids) == 8  # new tokens only: no pads, no prompt
+        assert g.new_ids == alone.new_ids == ref
+
+
+def test_c19_greedy_stops_before_eos(gen_model):
+    p = PROMPTS[1]
+    free = ref_generate(gen_model, p, 8)
+    eos = free[3]  # a token the model emits at step 3 (maybe earlier too)
+    expected = free[: free.index(eos)]
+    got = generate(gen_model, [PROMPTS[2], p], max_new_tokens=8, pad_id=EOS, greedy=True, eos_id=eos)[1]
+    assert got.new_ids == expected
+    assert eos not in got.new_ids
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+SEEDS = [sample_seed(7, i) for i in range(6)]
+
+
+def test_sample_seed_is_deterministic_and_distinct():
+    assert SEEDS == [sample_seed(7, i) for i in range(6)]
+    assert len(set(SEEDS)) == 6
+    assert all(0 <= s < 2**63 for s in SEEDS)
+    assert sample_seed(8, 0) != sample_seed(7, 0)
+    ss = np.random.SeedSequence([7, 3]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)
+    assert sample_seed(7, 3) == int(ss)
+
+
+@pytest.mark.parametrize("prompts", [[[EOS]] * 6, [PROMPTS[i % 3] for i in range(6)]])
+def test_sampling_same_seeds_same_samples_any_batch_size(gen_model, prompts):
+    kw = dict(max_new_tokens=8, pad_id=EOS, top_k=40, temperature=1.0)
+    full = generate(gen_model, prompts, seeds=SEEDS, **kw)
+    for bs in (1, 2, 4):
+        parts = []
+        for b0 in range(0, 6, bs):
+            parts += generate(gen_model, prompts[b0:b0 + bs], seeds=SEEDS[b0:b0 + bs], **kw)
+        assert [g.new_ids for g in parts] == [g.new_ids for g in full]
+    for p, s, g in zip(prompts, SEEDS, full):
+        assert g.new_ids == ref_generate(gen_model, p, 8, seed=s, top_k=40)
+        assert len(g.new_ids) == 8 and g.prompt == p
+    # different seeds give different samples
+    other = generate(gen_model, prompts, seeds=[sample_seed(8, i) for i in range(6)], **kw)
+    assert [g.new_ids for g in other] != [g.new_ids for g in full]
+    if all(p == prompts[0] for p in prompts):  # same prompt, different seeds: different samples
+        assert len({tuple(g.new_ids) for g in full}) > 1
+
+
+def test_sampling_with_top_k_1_is_greedy(gen_model):
+    sampled = generate(gen_model, PROMPTS, max_new_tokens=8, pad_id=EOS, seeds=SEEDS[:3], top_k=1)
+    greedy = generate(gen_model, PROMPTS, max_new_tokens=8, pad_id=EOS, greedy=True)
+    assert [g.new_ids for g in sampled] == [g.new_ids for g in greedy]
+
+
+def test_sampling_temperature_schedule_and_banned_eos(gen_model):
+    calls = []
+
+    def temp(i):
+        calls.append(i)
+        return 0.7 if i < 3 else 1.3
+
+    # EOS banned for the first 5 new tokens, counted from each prompt's end whatever its padding
+    eos = 5
+    got = generate(gen_model, PROMPTS, max_new_tokens=8, pad_id=EOS, seeds=SEEDS[:3], top_k=10, temperature=temp,
+                   eos_id=eos, min_new_tokens=5)
+    assert sorted(set(calls)) == list(range(8))
+    for p, s, g in zip(PROMPTS, SEEDS[:3], got):
+        assert g.new_ids == ref_generate(gen_model, p, 8, seed=s, top_k=10, temperature=lambda i: 0.7 if i < 3 else 1.3,
+                                         eos=eos, banned_n=5)
+        assert len(g.new_ids) >= 5
+
+
+def test_sampling_needs_one_seed_per_prompt(gen_model):
+    with pytest.raises(LlmMiaError):
+        generate(gen_model, PROMPTS, max_new_tokens=2, pad_id=EOS, seeds=SEEDS[:2])
+    with pytest.raises(LlmMiaError):
+        generate(gen_model, PROMPTS, max_new_tokens=2, pad_id=EOS)
+
+
+def test_per_sample_sampler_rows_are_independent():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 50, generator=g)
+    ids = torch.zeros(3, 4, dtype=torch.long)
+    seeds = [11, 22, 11]
+    out = PerSampleSampler(seeds, top_k=5, temperature=1.0, prompt_width=4)(ids, scores.clone())
+    for r in range(3):
+        alone = PerSampleSampler([seeds[r]], top_k=5, temperature=1.0, prompt_width=4)(ids[r:r + 1], scores[r:r + 1].clone())
+        assert torch.equal(out[r], alone[0])
+        finite = torch.isfinite(out[r]).nonzero()[:, 0].tolist()
+        assert len(finite) == 1 and out[r, finite[0]] == 0.0
+        assert finite[0] in torch.topk(scores[r], 5).indices.tolist()
+        gen = torch.Generator().manual_seed(seeds[r])
+        kth = torch.topk(scores[r], 5).values[-1]
+        probs = torch.softmax(scores[r].masked_fill(scores[r] < kth, -torch.inf), -1)
+        assert finite[0] == int(torch.multinomial(probs, 1, generator=gen)[0])

@@ -1,0 +1,224 @@
+"""PII detectors: Faker-generated positives, hand-written negatives, offsets on unicode text."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from faker import Faker
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_mia.pii import PII_TYPES, PiiHit, find_pii, luhn_valid, pii_values
+
+
+def ref_luhn(digits: str) -> bool:
+    """Independent Luhn: double every second digit from the right via digit-sum strings."""
+    total = 0
+    for i, ch in enumerate(digits[::-1]):
+        total += sum(int(c) for c in str(int(ch) * (2 if i % 2 else 1)))
+    return total % 10 == 0
+
+
+def luhn_check_digit(payload: str) -> str:
+    return next(d for d in "0123456789" if ref_luhn(payload + d))
+
+
+def digits(s: str) -> str:
+    return "".join(c for c in s if c.isdigit())
+
+
+def expected_phone_norm(value: str) -> str:
+    """Faker en_US phone -> E.164 digits (+ 'x' + extension), computed by hand."""
+    main, _, ext = value.partition("x")
+    d = digits(main)
+    if d.startswith("001"):
+        d = d[2:]
+    if len(d) == 10:
+        d = "1" + d
+    return d + ("x" + ext if ext else "")
+
+
+# ----------------------------------------------------------------------------- luhn
+
+
+def test_luhn_known_values():
+    assert luhn_valid("79927398713")
+    assert luhn_valid("4111 1111 1111 1111")
+    assert luhn_valid("4111-1111-1111-1111")
+    assert not luhn_valid("79927398710")
+    assert not luhn_valid("4111 1111 1111 1112")
+    for bad in ["", "1", "abc", "4111x1111", "٤١١١١١١١١١١١١١١١"]:  # last: Arabic-Indic digits
+        assert not luhn_valid(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789", min_size=1, max_size=20))
+def test_luhn_matches_reference(payload):
+    assert luhn_valid(payload) == (len(payload) >= 2 and ref_luhn(payload))  # < 2 digits: False
+    full = payload + luhn_check_digit(payload)
+    assert luhn_valid(full)
+    # Luhn catches every single-digit error.
+    pos = len(full) // 2
+    changed = full[:pos] + str((int(full[pos]) + 1) % 10) + full[pos + 1 :]
+    assert not luhn_valid(changed)
+
+
+# ----------------------------------------------------------------------------- Faker positives
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = Faker("en_US")
+    f.seed_instance(1234)
+    return f
+
+
+@pytest.mark.parametrize("kind", ["email", "phone", "ssn", "card"])
+def test_faker_values_are_found(fake, kind):
+    gen = {"email": fake.email, "phone": fake.phone_number, "ssn": fake.ssn, "card": fake.credit_card_number}[kind]
+    for _ in range(150):
+        value = gen()
+        prefix = fake.sentence() + " Contact: "
+        text = prefix + value + ". " + fake.sentence()
+        hits = find_pii(text)
+        assert [(h.type, h.value, h.start, h.end) for h in hits] == [(kind, value, len(prefix), len(prefix) + len(value))], text
+        expected = {
+            "email": value.lower(),
+            "phone": expected_phone_norm(value) if kind == "phone" else None,
+            "ssn": digits(value),
+            "card": digits(value),
+        }[kind]
+        assert hits[0].normalized == expected
+
+
+def test_faker_ssn_follows_the_ssa_rules_we_check(fake):
+    for _ in range(300):
+        s = fake.ssn()
+        area, group, serial = s.split("-")
+        assert area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+        assert [h.type for h in find_pii(s)] == ["ssn"]
+
+
+@pytest.mark.parametrize(
+    "text, value, norm",
+    [
+        ("Call (555) 010-1234 today", "(555) 010-1234", "15550101234"),
+        ("Call +1-202-555-0143 today", "+1-202-555-0143", "12025550143"),
+        ("Call 202.555.0143x123 today", "202.555.0143x123", "12025550143x123"),
+        ("Call 001-202-555-0143x99 today", "001-202-555-0143x99", "12025550143x99"),
+        ("Tel: +1 (202) 555-0143 ext. 12345, ok", "+1 (202) 555-0143 ext. 12345", "12025550143x12345"),
+        ("Call 555-0100 now.", "555-0100", "15550100"),
+        ("tel 2025550143 now", "2025550143", "12025550143"),
+    ],
+)
+def test_phone_forms(text, value, norm):
+    hits = find_pii(text)
+    assert [(h.type, h.value, h.normalized) for h in hits] == [("phone", value, norm)]
+    assert text[hits[0].start : hits[0].end] == value
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("card 4111 1111 1111 1111 exp 2025", "4111 1111 1111 1111"),
+        ("card 4111-1111-1111-1111.", "4111-1111-1111-1111"),
+        ("amex 3782 822463 10005 ok", "3782 822463 10005"),
+        ("visa13 4222222222222 ok", "4222222222222"),
+        ("n=4111111111111111", "4111111111111111"),
+    ],
+)
+def test_card_forms(text, value):
+    assert [(h.type, h.value, h.normalized) for h in find_pii(text)] == [("card", value, digits(value))]
+
+
+def test_email_and_ssn_forms():
+    hits = find_pii("Mail John.Doe+x@Example.CO.uk, SSN 078 05 1120; or 123-45-6789.")
+    assert [(h.type, h.value, h.normalized) for h in hits] == [
+        ("email", "John.Doe+x@Example.CO.uk", "john.doe+x@example.co.uk"),
+        ("ssn", "078 05 1120", "078051120"),
+        ("ssn", "123-45-6789", "123456789"),
+    ]
+
+
+# ----------------------------------------------------------------------------- negatives
+
+
+def test_random_16_digit_non_luhn_numbers_are_not_cards():
+    rng = random.Random(7)
+    n = 0
+    while n < 200:
+        number = "".join(rng.choice("0123456789") for _ in range(16))
+        if ref_luhn(number):
+            continue
+        n += 1
+        assert find_pii(f"order {number} shipped") == []
+        assert find_pii(f"order {' '.join(number[i:i + 4] for i in range(0, 16, 4))} shipped") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Python 3.11.7 was released",
+        "version 1.2.3.4 and 10.0.19041.1",
+        "on 2023-01-15 at 10:30-11:45",
+        "dates 15/01/2023 and 01.15.2023 and Jan 5, 2024",
+        "ip 192.168.100.200",
+        "pi is 3.14159265358979 roughly",
+        "SSNs 000-12-3456 666-12-3456 912-34-5678 123-00-4567 123-45-0000",
+        "card 4111 1111 1111 1112",
+        "a long run 12345678901234567890123",
+        "the year 2023 and 1999, 42 apples, 1,234,567 people",
+        "user@localhost is not an address; neither is @handle",
+        "1234567890",  # right length, not a real number, no formatting
+    ],
+)
+def test_negatives(text):
+    assert find_pii(text) == []
+
+
+@pytest.mark.parametrize("text", ["id 123-45-67890", "id x123-45-6789", "id 1-123-45-6789", "123-45-6789-1"])
+def test_ssn_not_inside_longer_numbers(text):
+    assert find_pii(text, types=["ssn"]) == []
+
+
+# ----------------------------------------------------------------------------- offsets, overlaps
+
+
+def test_unicode_offsets():
+    text = "😀 İSTANBUL héllo — 电话 202-555-0143, mail ÄBC.x@ex.com? 电邮y@ex.org e\u0301 4111 1111 1111 1111 😀"
+    hits = find_pii(text)
+    assert [h.type for h in hits] == ["phone", "email", "email", "card"]
+    for h in hits:
+        assert text[h.start : h.end] == h.value
+    assert hits[0].start == text.index("202-555-0143")
+    assert (hits[1].value, hits[1].normalized) == ("ÄBC.x@ex.com", "äbc.x@ex.com")
+    assert hits[2].value == "y@ex.org"  # CJK glued to the address is not part of it
+    assert hits[3].start == text.index("4111")
+
+
+def test_overlapping_detectors_resolve_to_the_longer_span():
+    hits = find_pii("write to 2025550143@example.com now")
+    assert [(h.type, h.value) for h in hits] == [("email", "2025550143@example.com")]
+
+
+ALPHABET = "0123456789-. ()+x@abAB😀é"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=ALPHABET, max_size=60))
+def test_hits_are_sorted_non_overlapping_slices(text):
+    hits = find_pii(text)
+    for h in hits:
+        assert isinstance(h, PiiHit) and h.type in PII_TYPES
+        assert text[h.start : h.end] == h.value and h.start < h.end
+    for a, b in zip(hits, hits[1:]):
+        assert a.end <= b.start
+
+
+def test_types_filter_and_values():
+    text = "a@b.com 123-45-6789"
+    assert [h.type for h in find_pii(text, types=["ssn"])] == ["ssn"]
+    assert pii_values(text) == {("email", "a@b.com"), ("ssn", "123456789")}
+    with pytest.raises(ValueError, match="unknown PII type"):
+        find_pii(text, types=["ssn", "passport"])

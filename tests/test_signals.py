@@ -1,0 +1,445 @@
+"""Signals and the scoring pipeline: scoring-cases.md C02 (signals), C05, C08-C12, C20.
+
+Expected values come from hand arithmetic, ``zlib`` / ``math`` / ``numpy``, slow sort- or
+window-loops, or the Hugging Face model run directly on one unpadded id list at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import LIKELY, UNLIKELY, StepModel
+from llm_mia import signals as S
+from llm_mia.errors import LlmMiaError
+from llm_mia.models.loading import from_objects
+from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
+from llm_mia.scoring import score
+from llm_mia.signals import (
+    SignalInputs, mean_nll, min_k_plus_plus_scores, min_k_scores, perplexity, row_flags, window_scores, zlib_bytes,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: intra-op threads only add contention on a loaded box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def make_stats(rows: list[list[float]], *, mu: list[list[float]] | None = None, sigma: list[list[float]] | None = None,
+               junk: float = -100.0) -> TokenStats:
+    """Hand-built TokenStats; unscored cells hold ``junk`` so a signal that ignores the mask is caught."""
+    n = len(rows)
+    T = max([len(r) for r in rows] + [0])
+    out = torch.full((3, n, T), junk, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[0, i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+        out[1, i, : len(r)] = torch.tensor(mu[i] if mu else [0.0] * len(r), dtype=torch.float32)
+        out[2, i, : len(r)] = torch.tensor(sigma[i] if sigma else [1.0] * len(r), dtype=torch.float32)
+    ns = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    mask = torch.arange(T)[None, :] < ns[:, None]
+    return TokenStats(out[0], out[1], out[2], mask, ns, torch.zeros(n, dtype=torch.bool))
+
+
+@torch.no_grad()
+def ref_logprobs(model, ids: list[int]) -> np.ndarray:
+    """Log-probs of ids[1:] from one unpadded forward pass, log-softmax by hand in float64."""
+    if len(ids) < 2:
+        return np.zeros(0)
+    logits = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()  # (n, V)
+    out = []
+    for p in range(1, len(ids)):
+        x = logits[p - 1]
+        lse = x.max() + math.log(np.exp(x - x.max()).sum())
+        out.append(x[ids[p]] - lse)
+    return np.array(out)
+
+
+def ref_nll(model, ids: list[int]) -> float:
+    lp = ref_logprobs(model, ids)
+    return float(-lp.mean()) if len(lp) else math.nan
+
+
+def slow_min_k(values: list[float], k: float) -> float:
+    """Mean of the lowest max(1, floor(k n)) values, k read as the decimal it is written as."""
+    if not values:
+        return math.nan
+    kk = max(1, math.floor(Fraction(str(k)) * len(values)))
+    return sum(sorted(values)[:kk]) / kk
+
+
+def slow_window(values: list[float], w: int) -> float:
+    """-(lowest mean NLL over every window of min(w, n) consecutive tokens)."""
+    n = len(values)
+    if n == 0:
+        return math.nan
+    m = min(w, n)
+    return -min(-sum(values[s:s + m]) / m for s in range(0, n - m + 1))
+
+
+def same(a: float, b: float, tol: float = 1e-5) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+# ------------------------------------------------------------------------------------ C02 (signals)
+
+def test_c02_every_signal_batch_invariant_on_s2(s2_model):
+    torch.manual_seed(1)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ref_model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16)).eval()
+    A, B = [0, 1, 2], [0, 1, 2, 3, 4, 0, 1, 3, 4, 0]
+    Al, Bl = [5, 1, 2, 9], [5, 1, 2, 3, 4, 0, 1]  # stand-ins for the lowercase views (own lengths)
+    view = {tuple(A): (Al, "Abc."), tuple(B): (Bl, "Bcdea bde ab")}
+
+    def signals_of(batch, batch_size):
+        kw = dict(batch_size=batch_size, pad_id=4)
+        inp = SignalInputs(target=compute_token_stats(s2_model, batch, **kw),
+                           texts=[view[tuple(x)][1] for x in batch],
+                           lowercase=compute_token_stats(s2_model, [view[tuple(x)][0] for x in batch], **kw),
+                           reference=compute_token_stats(ref_model, batch, **kw))
+        return {name: sig.fn(inp) for name, sig in S.REGISTRY.items()}
+
+    assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window"} <= set(S.REGISTRY)
+    alone = {tuple(x): signals_of([x], 1) for x in (A, B)}
+    for batch in ([A], [B], [A, B], [B, A], [A, B, B]):
+        for bs in (1, 2, 3):
+            got = signals_of(batch, bs)
+            for name in S.REGISTRY:
+                for i, x in enumerate(batch):
+                    assert same(float(got[name][i]), float(alone[tuple(x)][name][0])), (name, batch, bs)
+    # and the unbatched loss is the oracle's
+    assert float(alone[tuple(B)]["loss"][0]) == pytest.approx(-ref_nll(s2_model, B), abs=1e-5)
+    assert float(alone[tuple(B)]["reference_diff"][0]) == pytest.approx(ref_nll(ref_model, B) - ref_nll(s2_model, B), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ C05
+
+def _tokenizer_state(tok):
+    return (tok.pad_token, tok.pad_token_id, len(tok), tok.padding_side, dict(tok.special_tokens_map),
+            tok.get_vocab(), tok("Hello world. Bye.")["input_ids"])
+
+
+def test_c05_tokenizer_without_pad_token(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    assert tok.pad_token is None
+    before = _tokenizer_state(tok)
+    emb = tuple(tiny_model.get_input_embeddings().weight.shape)
+    vocab = tiny_model.config.vocab_size
+    texts = ["Hello world. Bye.", "The quick brown fox jumps over the lazy dog."]
+    lens = [len(tok(t)["input_ids"]) for t in texts]
+    assert lens[0] != lens[1]
+    loaded = from_objects(tiny_model, tok)
+    r2 = score(loaded, texts, batch_size=2)
+    r1 = score(loaded, texts, batch_size=1)
+    assert _tokenizer_state(tok) == before
+    assert tuple(tiny_model.get_input_embeddings().weight.shape) == emb
+    assert tiny_model.config.vocab_size == vocab
+    for a, b, t in zip(r2.rows, r1.rows, texts):
+        assert a["n_scored_tokens"] == b["n_scored_tokens"] == len(tok(t)["input_ids"]) - 1
+        assert set(a["scores"]) == set(b["scores"]) and a["scores"]
+        for name in a["scores"]:
+            assert same(a["scores"][name], b["scores"][name]), name
+        assert a["nll"] == pytest.approx(ref_nll(tiny_model, tok(t)["input_ids"]), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ C08
+
+@pytest.mark.parametrize("text, literal", [
+    ("Hello world", 19), ("😀", 12), ("héllo wörld 😀 " * 3, 31), ("The quick brown fox " * 10, 31), ("", 8),
+])
+def test_c08_zlib_bytes(text, literal):
+    expected = len(zlib.compress(text.encode("utf-8")))
+    assert zlib_bytes(text) == expected
+    assert expected == literal  # the values of scoring-cases.md (stock zlib, level 6)
+
+
+def test_c08_zlib_signal_reads_the_whole_text():
+    text = "héllo wörld 😀 " * 3
+    stats = make_stats([[LIKELY, UNLIKELY]])
+    nll = -(LIKELY + UNLIKELY) / 2
+    got = float(S.REGISTRY["zlib"].fn(SignalInputs(target=stats, texts=[text]))[0])
+    assert got == pytest.approx(len(zlib.compress(text.encode("utf-8"))) / nll, rel=1e-6)
+    # not the characters, not the code points
+    assert got != pytest.approx(len(zlib.compress(text.encode("utf-32-le"))) / nll, rel=1e-3)
+    assert got != pytest.approx(len(text) / nll, rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------ C09
+
+@pytest.mark.parametrize("k, literal", [(0.1, -3.0), (0.2, -3.0), (0.5, -2.1), (1.0, -1.2)])
+def test_c09_min_k_short_text(k, literal):
+    lp = [-0.5, -3.0, -1.2, -0.1]
+    kept = max(1, math.floor(k * len(lp)))
+    expected = sum(sorted(lp)[:kept]) / kept
+    assert expected == pytest.approx(literal)
+    stats = make_stats([lp, [-7.0] * 2, lp[:1]])  # batch mates of other lengths, junk in unscored cells
+    got = min_k_scores(stats, k=k)
+    assert float(got[0]) == pytest.approx(expected, abs=1e-6)
+    assert float(got[2]) == pytest.approx(-0.5, abs=1e-6)  # n = 1 keeps its only token
+    assert not torch.isnan(got).any()
+
+
+def test_c09_min_k_bad_k_raises():
+    with pytest.raises(LlmMiaError):
+        min_k_scores(make_stats([[-1.0]]), k=0.0)
+    with pytest.raises(LlmMiaError):
+        min_k_scores(make_stats([[-1.0]]), k=1.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_k_matches_slow_sort_loop(seed):
+    rng = np.random.default_rng(seed)
+    rows = [list(rng.normal(-2, 2, size=int(rng.integers(0, 30))).round(4)) for _ in range(12)]
+    stats = make_stats(rows)
+    for k in (0.01, 0.1, 0.2, 0.25, 0.3, 0.5, 0.7, 0.99, 1.0):
+        got = min_k_scores(stats, k=k)
+        for i, r in enumerate(rows):
+            assert same(float(got[i]), slow_min_k(r, k)), (k, r)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.lists(st.floats(-50, 0, allow_nan=False, width=32), max_size=25), min_size=1, max_size=6),
+       k100=st.integers(1, 100))
+def test_property_min_k_and_min_k_plus_plus(rows, k100):
+    k = k100 / 100
+    stats = make_stats(rows)
+    got = min_k_scores(stats, k=k)
+    for i, r in enumerate(rows):
+        assert same(float(got[i]), slow_min_k(r, k), 1e-4)
+    # Min-K%++ with mu = 0 and sigma = 1 is Min-K%
+    pp, flag = min_k_plus_plus_scores(stats, k=k)
+    for i, r in enumerate(rows):
+        assert same(float(pp[i]), slow_min_k(r, k), 1e-4)
+    assert not flag.any()
+
+
+# ------------------------------------------------------------------------------------ window
+
+@pytest.mark.parametrize("seed", range(5))
+def test_window_matches_slow_loop(seed):
+    rng = np.random.default_rng(seed)
+    rows = [list(rng.normal(-2, 2, size=int(rng.integers(0, 40))).round(4)) for _ in range(12)]
+    stats = make_stats(rows)
+    for w in (1, 2, 3, 5, 17, 50):
+        got = window_scores(stats, window=w)
+        for i, r in enumerate(rows):
+            assert same(float(got[i]), slow_window(r, w)), (w, r)
+
+
+def test_window_registered_signal_uses_50_tokens_and_bad_window_raises():
+    rng = np.random.default_rng(9)
+    rows = [list(rng.normal(-2, 2, size=n).round(4)) for n in (120, 49, 50, 0)]
+    got = S.REGISTRY["window"].fn(SignalInputs(target=make_stats(rows), texts=["x"] * 4))
+    for i, r in enumerate(rows):
+        assert same(float(got[i]), slow_window(r, 50))
+    with pytest.raises(LlmMiaError):
+        window_scores(make_stats(rows), window=0)
+
+
+# ------------------------------------------------------------------------------------ C10 (b)
+
+def _hand_z(logits: list[float], target: int) -> float:
+    z = math.log(sum(math.exp(v) for v in logits))
+    lp = [v - z for v in logits]
+    p = [math.exp(v) for v in lp]
+    mu = sum(a * b for a, b in zip(p, lp))
+    sd = math.sqrt(sum(a * (b - mu) ** 2 for a, b in zip(p, lp)))
+    return (lp[target] - mu) / sd
+
+
+def test_c10a_min_k_plus_plus_values():
+    tok, mu, sigma = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 0]))
+    stats = make_stats([[float(tok[0])], [float(tok[1])], [float(tok[0]), float(tok[1])]],
+                       mu=[[float(mu[0])], [float(mu[1])], [float(mu[0]), float(mu[1])]],
+                       sigma=[[float(sigma[0])], [float(sigma[1])], [float(sigma[0]), float(sigma[1])]])
+    s, flag = min_k_plus_plus_scores(stats, k=0.2)
+    z1, z0 = _hand_z([2, 1, 0], 1), _hand_z([2, 1, 0], 0)
+    assert (z1, z0) == pytest.approx((-0.882951, 0.652054), abs=1e-6)
+    assert s.tolist() == pytest.approx([z1, z0, z1], abs=1e-5)
+    assert float(min_k_plus_plus_scores(stats, k=1.0)[0][2]) == pytest.approx((z1 + z0) / 2, abs=1e-5)
+    assert not flag.any()
+
+
+class UniformModel(torch.nn.Module):
+    """Logits 0 for all V ids at every position: sigma = 0 at every prediction."""
+
+    def __init__(self, V: int):
+        super().__init__()
+        self.V = V
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kw):
+        class Out:
+            pass
+
+        o = Out()
+        o.logits = torch.zeros(*input_ids.shape, self.V)
+        return o
+
+
+@pytest.mark.parametrize("V", [4, 7, 1000])
+def test_c10b_zero_sigma_is_finite_and_flagged(V):
+    stats = compute_token_stats(UniformModel(V), [[0, 1, 2], [3], [1, 2]], batch_size=3)
+    s, flag = min_k_plus_plus_scores(stats, k=0.2)
+    assert s[0].item() == 0.0 and s[2].item() == 0.0
+    assert math.isnan(s[1].item())  # no scored token
+    assert flag.tolist() == [True, False, True]
+    inp = SignalInputs(target=stats, texts=["abc", "d", "bc"])
+    flags = row_flags(inp)
+    assert "zero_sigma" in flags[0] and "zero_sigma" in flags[2] and "too_short" in flags[1]
+    # the loss is still the hand value
+    assert mean_nll(stats)[0].item() == pytest.approx(math.log(V), abs=1e-5)
+
+
+def test_c10b_zero_sigma_among_normal_tokens():
+    # one uniform prediction (z := 0) among two ordinary ones, k = 1.0 averages all three
+    z1, z0 = _hand_z([2, 1, 0], 1), _hand_z([2, 1, 0], 0)
+    tok, mu, sigma = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 2, 0]))
+    stats = make_stats([tok.tolist()], mu=[mu.tolist()], sigma=[sigma.tolist()])
+    s, flag = min_k_plus_plus_scores(stats, k=1.0)
+    assert s.item() == pytest.approx((z1 + 0.0 + z0) / 3, abs=1e-5)
+    assert flag.tolist() == [True]
+
+
+# ------------------------------------------------------------------------------------ C11
+
+SIGNAL_NAMES_NLL = ("loss", "zlib", "lowercase", "min_k", "min_k_plus_plus", "window")
+
+
+def test_c11_empty_and_too_short_texts(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    loaded = from_objects(tiny_model, tok)
+    normal = ["Hello world. Bye.", "Return a new list containing all items."]
+    short = ["", " ", "Hi", "H"]
+    texts = [short[0], normal[0], short[1], short[2], normal[1], short[3]]
+    ntok = [len(tok(t)["input_ids"]) if t else 0 for t in texts]
+    assert [ntok[0], ntok[2], ntok[5]] == [0, 1, 1]
+    res = score(loaded, texts, batch_size=4)
+    assert set(SIGNAL_NAMES_NLL) <= set(res.rows[0]["scores"])
+    for t, n, row in zip(texts, ntok, res.rows):
+        assert row["zlib_bytes"] == len(zlib.compress(t.encode("utf-8")))
+        assert row["n_scored_tokens"] == max(0, n - 1)
+        if n <= 1:
+            assert "too_short" in row["flags"]
+            assert math.isnan(row["nll"]) and math.isnan(row["perplexity"])
+            for name in SIGNAL_NAMES_NLL:
+                assert math.isnan(row["scores"][name]), name
+        else:
+            assert "too_short" not in row["flags"]
+            assert row["nll"] == pytest.approx(ref_nll(tiny_model, tok(t)["input_ids"]), abs=1e-5)
+            for name in SIGNAL_NAMES_NLL:
+                assert math.isfinite(row["scores"][name]), name
+    for t in normal:
+        alone = score(loaded, [t], batch_size=1).rows[0]
+        row = res.rows[texts.index(t)]
+        assert alone["flags"] == row["flags"]
+        for name, v in alone["scores"].items():
+            assert same(row["scores"][name], v), name
+
+
+def test_c11_all_rows_empty(tiny_model, tiny_tokenizer):
+    texts = ["", " "]
+    res = score(from_objects(tiny_model, tiny_tokenizer), texts, batch_size=2)
+    for t, row in zip(texts, res.rows):
+        assert "too_short" in row["flags"]
+        assert row["scores"] and all(math.isnan(v) for v in row["scores"].values())
+        assert row["zlib_bytes"] == len(zlib.compress(t.encode("utf-8")))
+
+
+# ------------------------------------------------------------------------------------ C12
+
+def test_c12_perplexity_overflow():
+    got = perplexity(torch.tensor([800.0, 900.0, 2.0, 0.0]))
+    assert math.isinf(got[0].item()) and got[0].item() > 0
+    assert math.isinf(got[1].item()) and got[1].item() > 0
+    assert got[2].item() == pytest.approx(math.exp(2.0), abs=1e-6)
+    assert got[2].item() == pytest.approx(7.389056, abs=1e-6)
+    assert got[3].item() == 1.0
+    # ranking uses the NLL: 800 and 900 stay ordered
+    loss = S.REGISTRY["loss"].fn(SignalInputs(target=make_stats([[-800.0], [-900.0]]), texts=["a", "b"]))
+    assert torch.isfinite(loss).all() and loss[0] > loss[1]
+    assert loss.tolist() == pytest.approx([-800.0, -900.0])
+
+
+def test_c12_zlib_ratio_with_zero_nll_is_plus_inf_and_flagged():
+    stats = make_stats([[0.0, 0.0, 0.0], [LIKELY], []])
+    inp = SignalInputs(target=stats, texts=["abc abc", "x", ""])
+    nll = mean_nll(stats)
+    assert nll[0].item() == 0.0 and not math.copysign(1.0, nll[0].item()) < 0  # +0.0, never -0.0
+    z = S.REGISTRY["zlib"].fn(inp)
+    assert z[0].item() == math.inf
+    assert z[1].item() == pytest.approx(len(zlib.compress(b"x")) / -LIKELY, rel=1e-6)
+    assert math.isnan(z[2].item())
+    flags = row_flags(inp)
+    assert "zero_nll" in flags[0] and "zero_nll" not in flags[1] and "too_short" in flags[2]
+    assert S.total_nll(stats)[0].item() == 0.0 and math.copysign(1.0, S.total_nll(stats)[0].item()) > 0
+
+
+def test_c12_certain_model_end_to_end():
+    """A model that is certain of every next token: NLL 0 -> the zlib ratio ranks it highest (+inf)."""
+
+    class Certain(StepModel):
+        def __init__(self):
+            super().__init__()
+            self.table = self.table * 200.0  # logit 400 for the likely step: p = 1 in fp32
+
+    stats = compute_token_stats(Certain(), [[0, 1, 2, 3, 4], [0, 2, 4]], batch_size=2)
+    inp = SignalInputs(target=stats, texts=["abcde", "ace"])
+    assert mean_nll(stats)[0].item() == 0.0
+    assert S.REGISTRY["zlib"].fn(inp)[0].item() == math.inf
+    assert S.REGISTRY["zlib"].fn(inp)[1].item() == pytest.approx(len(zlib.compress(b"ace")) / 400.0, rel=1e-5)
+    assert "zero_nll" in row_flags(inp)[0]
+
+
+# ------------------------------------------------------------------------------------ C20
+
+def test_c20_decode_whole_id_list(tiny_tokenizer, tiny_model):
+    tok = tiny_tokenizer
+    ids = tok("Bye 😀")["input_ids"]
+    whole = tok.decode(ids)
+    joined = "".join(tok.decode([i]) for i in ids)
+    assert whole == "Bye 😀"
+    assert "\ufffd" in joined and "\ufffd" not in whole
+    # scoring a sample from its ids and its whole decode: zlib over the real UTF-8 bytes
+    row = score(from_objects(tiny_model, tok), [whole], ids=[ids], signals=["zlib", "loss"]).rows[0]
+    assert row["zlib_bytes"] == len(zlib.compress("Bye 😀".encode("utf-8")))
+    assert row["zlib_bytes"] != len(zlib.compress(joined.encode("utf-8")))
+    assert row["nll"] == pytest.approx(ref_nll(tiny_model, ids), abs=1e-5)
+
+
+def test_c20_lowercase_view_tokenized_on_its_own(tiny_tokenizer, tiny_model):
+    tok = tiny_tokenizer
+    texts = ["İSTANBUL", "Hello world. Bye. İSTANBUL istanbul", "ABCDEF"]
+    assert len("İSTANBUL".lower()) == len("İSTANBUL") + 1
+    res = score(from_objects(tiny_model, tok), texts, signals=["lowercase", "loss"], batch_size=3)
+    low = res.inputs.lowercase
+    for i, t in enumerate(texts):
+        ids, lids = tok(t)["input_ids"], tok(t.lower())["input_ids"]
+        assert int(low.n_scored[i]) == len(lids) - 1
+        expected = ref_nll(tiny_model, lids) / ref_nll(tiny_model, ids)
+        assert res.rows[i]["scores"]["lowercase"] == pytest.approx(expected, rel=1e-5)
+        assert res.rows[i]["scores"]["loss"] == pytest.approx(-ref_nll(tiny_model, ids), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ registry
+
+def test_unknown_signal_suggests_a_name():
+    with pytest.raises(LlmMiaError, match="did you mean 'min_k'"):
+        S.get_signals(["min_kk"])
