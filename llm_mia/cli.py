@@ -100,6 +100,37 @@ def extract(
 
 
 @app.command()
+def score(
+    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    input: Path = typer.Option(..., "--input", help="Texts: .txt (one a line), .jsonl or .csv."),
+    output: Path = typer.Option(..., "--output", help="Output JSONL, one record per input, in input order."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model (enables the reference signals)."),
+    text_field: str = typer.Option("text", "--text-field"),
+    label_field: str = typer.Option("label", "--label-field", help="0/1 labels (member = 1), used for --metrics."),
+    signals: Optional[str] = typer.Option(None, "--signals", help="Comma-separated signal names (default: all whose inputs are given)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    prepend_bos: bool = typer.Option(False, "--prepend-bos", help="Condition on the BOS/EOS id so the first token is scored."),
+    recall_prefix: Optional[Path] = typer.Option(None, "--recall-prefix", help="File of non-member text to prefix (ReCaLL)."),
+    dc_pdd_corpus: Optional[Path] = typer.Option(None, "--dc-pdd-corpus", help="Texts whose token frequencies calibrate DC-PDD."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write AUC, bootstrap CI and TPR at FPR per signal (needs labels)."),
+    roc: Optional[Path] = typer.Option(None, "--roc", help="Draw log-log ROC curves to this PNG (needs labels)."),
+    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Known non-members: per-signal thresholds and decisions."),
+    target_fpr: float = typer.Option(0.01, "--target-fpr", help="FPR of the calibrated thresholds."),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """Score texts for membership with every signal; optional ROC metrics and calibrated decisions."""
+    from llm_mia.scoring import score_file
+
+    res = score_file(model, input, output, reference=reference, text_field=text_field, label_field=label_field,
+                     signals=[x.strip() for x in signals.split(",") if x.strip()] if signals else None,
+                     batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
+                     dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
+                     target_fpr=target_fpr, device=device)
+    typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
+               + (f"; metrics -> {metrics}" if metrics else ""))
+
+
+@app.command()
 def audit(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from llm_mia.errors import LlmMiaError
@@ -74,3 +75,40 @@ def roc_metrics(y_true, y_score, *, fprs: tuple[float, ...] = (0.001, 0.01, 0.05
             "tpr_at_fpr": {k: {"tpr": v.tpr, "realized_fpr": v.realized_fpr, "below_resolution": v.below_resolution}
                            for k, v in tprs.items()},
             "n_members": int((y == 1).sum()), "n_nonmembers": int((y == 0).sum()), "n_dropped_nan": dropped}
+
+
+def bootstrap_auc_ci(y_true, y_score, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the AUC (resampling members and non-members separately).
+
+    Returns (low, high); NaN scores are dropped first. Deterministic for a given ``seed``.
+    """
+    y, s, _ = _clean(y_true, y_score)
+    rng = np.random.default_rng(seed)
+    pos, neg = s[y == 1], s[y == 0]
+    aucs = np.empty(n_boot)
+    for b in range(n_boot):
+        p = pos[rng.integers(0, len(pos), len(pos))]
+        n = neg[rng.integers(0, len(neg), len(neg))]
+        r = rankdata(np.concatenate([p, n]))  # Mann-Whitney form of the AUC (ties count 1/2)
+        aucs[b] = (r[: len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n))
+    a = (1 - level) / 2
+    return float(np.quantile(aucs, a)), float(np.quantile(aucs, 1 - a))
+
+
+def calibrate_threshold(nonmember_scores, target_fpr: float) -> float:
+    """Threshold t from known non-members such that "member iff score > t" has FPR <= ``target_fpr`` on them.
+
+    t is the (floor(target_fpr * n) + 1)-th largest non-member score (ties are kept below the
+    threshold, so the realized FPR never exceeds the target). NaN scores are ignored.
+
+    Raises:
+        LlmMiaError: no finite calibration score, or target_fpr outside [0, 1).
+    """
+    s = np.asarray(nonmember_scores, dtype=np.float64)
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        raise LlmMiaError("calibration needs at least one non-member with a defined score")
+    if not 0 <= target_fpr < 1:
+        raise LlmMiaError(f"target FPR must be in [0, 1), got {target_fpr}")
+    k = int(np.floor(target_fpr * s.size + 1e-9))
+    return float(np.sort(s)[::-1][k])

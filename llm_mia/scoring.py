@@ -72,7 +72,8 @@ class ScoreResult:
 def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[int]] | None = None,
           context_lens: Sequence[int] | int | None = None, reference: LoadedModel | None = None,
           signals: Sequence[str] | None = None, batch_size: int = 32, prepend_bos: bool = False,
-          stride: int | None = None, progress: Callable[[int], None] | None = None) -> ScoreResult:
+          stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
+          progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
 
     Args:
@@ -82,18 +83,28 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         reference: a reference model; its tokenizer may differ (then compared per UTF-8 byte).
         signals: names from :data:`llm_mia.signals.REGISTRY`; default: every signal whose inputs exist.
         batch_size: forward-pass batch size; results do not depend on it.
+        recall_prefix: non-member text put before each text for the ReCaLL signal.
+        token_freq: Laplace-smoothed token frequencies of a reference corpus, shape (V,), for DC-PDD
+            (see :func:`llm_mia.signals.token_frequencies`).
 
     Raises:
         LlmMiaError: unknown signal name, or a signal that needs a reference without one.
     """
     texts = list(texts)
-    avail = {"text", "lowercase"} | ({"reference"} if reference is not None else set())
+    avail = {"text", "lowercase"} | ({"reference"} if reference is not None else set()) \
+        | ({"recall"} if recall_prefix else set()) | ({"token_freq"} if token_freq is not None else set())
     chosen = S.get_signals(list(signals) if signals is not None else None, available=avail)
     needs = set().union(*(s.needs for s in chosen)) if chosen else set()
     if "reference" in needs and reference is None:
         from llm_mia.errors import LlmMiaError
 
         raise LlmMiaError("the reference signals need a reference model (--reference)")
+    missing = needs - avail
+    if missing:
+        from llm_mia.errors import LlmMiaError
+
+        what = {"recall": "a non-member prefix (--recall-prefix)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)"}
+        raise LlmMiaError("signal input missing: " + ", ".join(what.get(m, m) for m in sorted(missing)))
     if ids is None:
         ids, ctx = encode(target, texts, prepend_bos=prepend_bos)
     else:
@@ -116,6 +127,13 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
             rids, rctx = encode(reference, texts, prepend_bos=True)
             inp.reference = run(reference, rids, rctx)
             inp.reference_per_byte = True
+    if "recall" in needs:
+        p_ids, _ = encode(target, [recall_prefix], prepend_bos=True)
+        # the text's own ids, without the BOS the plain view starts with (the prefix brings its own)
+        has_bos = tokenizer_adds_bos(target.tokenizer) or prepend_bos or _starts_with_bos(target, ids)
+        text_ids = [list(x[1:]) if has_bos and len(x) else list(x) for x in ids]
+        inp.recall = run(target, [p_ids[0] + x for x in text_ids], [len(p_ids[0])] * len(text_ids))
+    inp.token_freq = token_freq
     values = {s.name: s.fn(inp) for s in chosen}
     flags = S.row_flags(inp)
     nll = S.mean_nll(tstats)
@@ -133,3 +151,104 @@ def _starts_with_bos(target: LoadedModel, ids: Sequence[Sequence[int]]) -> bool:
     if tokenizer_adds_bos(target.tokenizer):
         return False
     return bool(ids) and all(len(x) > 0 and x[0] == target.bos_id for x in ids)
+
+
+def score_texts(model, texts: Sequence[str], *, reference=None, signals: Sequence[str] | None = None,
+                batch_size: int = 32, prepend_bos: bool = False, recall_prefix: str | None = None,
+                token_freq: torch.Tensor | None = None):
+    """Python API of ``llm-mia score``: a pandas DataFrame, one row per text in input order.
+
+    ``model`` / ``reference`` are a model folder, a hub id or a :class:`LoadedModel`. Columns:
+    ``n_scored_tokens``, ``nll`` (nats/token), ``perplexity``, ``zlib_bytes``, one column per signal
+    (higher = member, NaN where undefined) and ``flags``.
+    """
+    import pandas as pd
+
+    from llm_mia.models.loading import load_model
+
+    tgt = model if isinstance(model, LoadedModel) else load_model(str(model))
+    ref = reference if (reference is None or isinstance(reference, LoadedModel)) else load_model(str(reference))
+    res = score(tgt, list(texts), reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
+                recall_prefix=recall_prefix, token_freq=token_freq)
+    return pd.DataFrame([{"id": r["id"], "n_scored_tokens": r["n_scored_tokens"], "nll": r["nll"],
+                          "perplexity": r["perplexity"], "zlib_bytes": r["zlib_bytes"], **r["scores"],
+                          "flags": r["flags"]} for r in res.rows])
+
+
+def score_file(model: str, input_path, output_path, *, reference: str | None = None, text_field: str = "text",
+               label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int = 32,
+               prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
+               calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True) -> dict:
+    """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).
+
+    Every input is read and validated before the model is loaded, and every output is written
+    atomically, so bad input leaves nothing behind. Raises LlmMiaError with a one-line message.
+    """
+    from llm_mia import io
+    from llm_mia.errors import LlmMiaError
+    from llm_mia.metrics import bootstrap_auc_ci, calibrate_threshold, roc_metrics
+    from llm_mia.models.loading import load_model
+    from llm_mia.progress import bar
+    from llm_mia.signals import token_frequencies
+    from llm_mia.texts import read_texts
+
+    data = read_texts(input_path, text_field=text_field, label_field=label_field)
+    if not data.texts:
+        raise LlmMiaError(f"{input_path}: no texts to score")
+    if (metrics_path or roc_path) and data.labels is None:
+        raise LlmMiaError(f"--metrics/--roc need a 0/1 '{label_field}' field on every row of {input_path}")
+    prefix = io.read_text(recall_prefix).strip() if recall_prefix else None
+    if recall_prefix and not prefix:
+        raise LlmMiaError(f"{recall_prefix}: the ReCaLL prefix is empty")
+    calib = read_texts(calibrate_on, text_field=text_field, label_field=None) if calibrate_on else None
+    freq_texts = None
+    if dc_pdd_corpus:
+        freq_texts = read_texts(dc_pdd_corpus, text_field=text_field, label_field=None).texts
+    tgt = load_model(model, device=device)
+    ref = load_model(reference, device=device) if reference else None
+    freq = token_frequencies(tgt.tokenizer, freq_texts, len(tgt.tokenizer)) if freq_texts is not None else None
+    kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
+              recall_prefix=prefix, token_freq=freq)
+    with bar("scoring", None, enabled=progress) as adv:
+        res = score(tgt, data.texts, progress=adv, **kw)
+    rows = []
+    for r, i in zip(res.rows, data.ids):
+        r = dict(r, id=i)
+        rows.append(r)
+    out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows)}
+    if calib is not None:
+        cres = score(tgt, calib.texts, **kw)
+        thresholds = {}
+        for sig in rows[0]["scores"]:
+            thresholds[sig] = calibrate_threshold([r["scores"][sig] for r in cres.rows], target_fpr)
+        for r in rows:
+            r["member"] = {sig: (None if r["scores"][sig] != r["scores"][sig] else bool(r["scores"][sig] > t))
+                           for sig, t in thresholds.items()}
+        out["thresholds"] = thresholds
+    if data.labels is not None:
+        for r, y in zip(rows, data.labels):
+            r["label"] = y
+    io.write_jsonl(output_path, rows)
+    if metrics_path or roc_path:
+        per = {}
+        for sig in rows[0]["scores"]:
+            vals = [r["scores"][sig] for r in rows]
+            try:
+                m = roc_metrics(data.labels, vals)
+                lo, hi = bootstrap_auc_ci(data.labels, vals)
+                m["auc_ci"] = [lo, hi]
+            except LlmMiaError as e:
+                m = {"error": str(e)}
+            per[sig] = m
+        meta = {"model": model, "reference": reference, "input": str(input_path), "signals": per,
+                "sign_convention": "higher score = more likely member; label member = 1"}
+        if calib is not None:
+            meta["calibration"] = {"nonmembers": str(calibrate_on), "target_fpr": target_fpr, "thresholds": out["thresholds"]}
+        if metrics_path:
+            io.write_json(metrics_path, meta)
+        if roc_path:
+            from llm_mia.report.plots import roc_plot
+
+            roc_plot(roc_path, data.labels, {sig: [r["scores"][sig] for r in rows] for sig in rows[0]["scores"]})
+        out["metrics"] = per
+    return out

@@ -40,6 +40,7 @@ class TokenStats:
         mask: bool (N, T), True for the first ``n_scored[i]`` columns of row i.
         n_scored: int64 (N,), number of scored tokens of each sequence (0 is possible).
         truncated: bool (N,), True where the sequence was scored with a sliding context.
+        token_id: int64 (N, T), the id of each scored token (for frequency-based signals); -1 elsewhere.
         Unscored cells hold 0.0, never NaN; always select with ``mask``.
     """
 
@@ -49,6 +50,7 @@ class TokenStats:
     mask: torch.Tensor
     n_scored: torch.Tensor
     truncated: torch.Tensor
+    token_id: torch.Tensor | None = None  # int64 (N, T): the scored token ids (-1 where unscored)
 
     def __len__(self) -> int:
         return int(self.n_scored.shape[0])
@@ -62,7 +64,7 @@ class TokenStats:
     def select(self, index: Sequence[int]) -> "TokenStats":
         idx = torch.as_tensor(list(index), dtype=torch.long)
         return TokenStats(*(getattr(self, f)[idx] for f in
-                            ("token_logprob", "mean_logprob", "std_logprob", "mask", "n_scored", "truncated")))
+                            ("token_logprob", "mean_logprob", "std_logprob", "mask", "n_scored", "truncated", "token_id")))
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         truncated[i] = len(w) > 1
     width = int(n_scored.max()) if n else 0
     out = torch.zeros(3, n, width, dtype=torch.float32)
+    out_ids = torch.full((n, width), -1, dtype=torch.long)
 
     # Longest inputs first: minimal padding in each batch and an early out-of-memory error.
     order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
@@ -206,6 +209,7 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
                 part = slice(c0, c0 + max_rows_per_chunk)
                 tok, mu, sigma = vocab_stats(sel[part], targets[part].to(device))
                 ds, dc = ds_all[part], dc_all[part]
+                out_ids[ds, dc] = targets[part].cpu()
                 out[0, ds, dc] = tok.float().cpu()
                 out[1, ds, dc] = mu.float().cpu()
                 out[2, ds, dc] = sigma.float().cpu()
@@ -213,5 +217,5 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         if progress is not None:
             progress(len(batch))
     mask = torch.arange(width)[None, :] < n_scored[:, None]
-    return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask,
+    return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=out_ids,
                       n_scored=n_scored, truncated=truncated)

@@ -34,6 +34,9 @@ class SignalInputs:
         reference: TokenStats of the texts under a reference model.
         reference_per_byte: True when the reference model's tokenizer differs from the target's;
             the reference signals then compare NLL per UTF-8 byte, never per token.
+        recall: TokenStats of the texts conditioned on a non-member prefix (ReCaLL); only the
+            text's own tokens are scored.
+        token_freq: float (V,), Laplace-smoothed token frequencies in a reference corpus (DC-PDD).
     """
 
     target: TokenStats
@@ -41,6 +44,8 @@ class SignalInputs:
     lowercase: TokenStats | None = None
     reference: TokenStats | None = None
     reference_per_byte: bool = False
+    recall: TokenStats | None = None
+    token_freq: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,52 @@ def min_k_plus_plus(inp: SignalInputs) -> torch.Tensor:
           description="-(lowest mean NLL over 50-token windows)")
 def window(inp: SignalInputs) -> torch.Tensor:
     return window_scores(inp.target, window=50)
+
+
+@register("recall", needs=("recall",), source="Xie et al. 2024 (ReCaLL), eq. 1",
+          description="mean NLL given a non-member prefix / mean NLL")
+def recall(inp: SignalInputs) -> torch.Tensor:
+    return _ratio(mean_nll(inp.recall), mean_nll(inp.target))
+
+
+def dc_pdd_scores(stats: TokenStats, token_freq: torch.Tensor, *, a: float = 0.01) -> torch.Tensor:
+    """DC-PDD (Zhang et al. 2024, EMNLP, sec. 3, eq. 4-6).
+
+    For the first occurrence of each distinct token id in the scored tokens,
+    alpha_t = min(p(x_t) * log(1 / f(x_t)), a), with f the Laplace-smoothed frequency of the token
+    in a reference corpus; the score is the mean of alpha_t. Higher = member. Shape (N,);
+    NaN when no token is scored.
+    """
+    N, T = stats.token_id.shape
+    out = torch.full((N,), math.nan, dtype=torch.float32)
+    p = stats.token_logprob.double().exp()
+    for i in range(N):  # a first-occurrence mask needs the row's own ids; T ops per row, vectorised
+        n = int(stats.n_scored[i])
+        if n == 0:
+            continue
+        ids = stats.token_id[i, :n]
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.full((len(uniq),), n, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(n), "amin")
+        f = token_freq.double()[ids[first]]
+        alpha = (p[i, first] * torch.log(1.0 / f)).clamp(max=a)
+        out[i] = alpha.mean().float()
+    return out
+
+
+def token_frequencies(tokenizer, texts, vocab_size: int) -> torch.Tensor:
+    """Laplace-smoothed token frequencies (1 + count) / (total + V) over ``texts``, shape (V,)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        if ids:
+            counts += torch.bincount(torch.as_tensor(ids), minlength=vocab_size)[:vocab_size].double()
+    return (1 + counts) / (counts.sum() + vocab_size)
+
+
+@register("dc_pdd", needs=("token_freq",), source="Zhang et al. 2024 (DC-PDD), eq. 4-6, a = 0.01",
+          description="mean of min(p * log(1/f), 0.01) over first occurrences of tokens")
+def dc_pdd(inp: SignalInputs) -> torch.Tensor:
+    return dc_pdd_scores(inp.target, inp.token_freq)
 
 
 def row_flags(inp: SignalInputs) -> list[list[str]]:
