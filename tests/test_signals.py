@@ -107,13 +107,17 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     A, B = [0, 1, 2], [0, 1, 2, 3, 4, 0, 1, 3, 4, 0]
     Al, Bl = [5, 1, 2, 9], [5, 1, 2, 3, 4, 0, 1]  # stand-ins for the lowercase views (own lengths)
     view = {tuple(A): (Al, "Abc."), tuple(B): (Bl, "Bcdea bde ab")}
+    freq = torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.01
+    freq = freq / freq.sum()
 
     def signals_of(batch, batch_size):
         kw = dict(batch_size=batch_size, pad_id=4)
         inp = SignalInputs(target=compute_token_stats(s2_model, batch, **kw),
                            texts=[view[tuple(x)][1] for x in batch],
                            lowercase=compute_token_stats(s2_model, [view[tuple(x)][0] for x in batch], **kw),
-                           reference=compute_token_stats(ref_model, batch, **kw))
+                           reference=compute_token_stats(ref_model, batch, **kw),
+                           recall=compute_token_stats(s2_model, [[7, 8, 9] + x for x in batch], context_lens=3, **kw),
+                           token_freq=freq)
         return {name: sig.fn(inp) for name, sig in S.REGISTRY.items()}
 
     assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window"} <= set(S.REGISTRY)

@@ -62,7 +62,8 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
             f"{ext['num_samples']} samples of {ext['max_new_tokens']} tokens (top-k 40, seed {ext['seed']}), "
             f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
             f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
-    out.append(_table(["ranking", f"memorized in top {ext['top_n']}", "secrets surfaced", "PII hits in top"],
+    shown = min(ext["top_n"], ext["unique_samples"])
+    out.append(_table(["ranking", f"memorized in top {shown}", "secrets surfaced", "PII hits in top"],
                       [[k, v["memorized"], len(v["secrets"]), v["pii_hits"]] for k, v in ext["rankings"].items()]))
     out.append("")
     for name in ext["rankings"]:
