@@ -128,6 +128,8 @@ def score(
                      target_fpr=target_fpr, device=device)
     typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
                + (f"; metrics -> {metrics}" if metrics else ""))
+    for sig, t in res.get("thresholds", {}).items():
+        typer.echo(f"threshold at FPR {target_fpr:g} for {sig}: {t:.6g} (member iff score > threshold)")
 
 
 @app.command()

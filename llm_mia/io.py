@@ -103,7 +103,8 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file of objects; a malformed line -> LlmMiaError naming the file and line."""
     rows = []
-    for i, line in enumerate(read_text(path).splitlines(), 1):
+    # split on "\n" only: JSON strings may hold U+2028/U+2029/U+0085, which str.splitlines() breaks at
+    for i, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:

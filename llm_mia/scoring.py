@@ -127,6 +127,11 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
             rids, rctx = encode(reference, texts, prepend_bos=True)
             inp.reference = run(reference, rids, rctx)
             inp.reference_per_byte = True
+            # Per byte, the target's NLL must cover every byte as the reference's does: when the plain
+            # view leaves the first token unscored (GPT-2 convention), score a BOS-conditioned view too.
+            if not (tokenizer_adds_bos(target.tokenizer) or prepend_bos or _starts_with_bos(target, ids)):
+                bids, bctx = encode(target, texts, prepend_bos=True)
+                inp.target_all_bytes = run(target, bids, bctx)
     if "recall" in needs:
         p_ids, _ = encode(target, [recall_prefix], prepend_bos=True)
         # the text's own ids, without the BOS the plain view starts with (the prefix brings its own)

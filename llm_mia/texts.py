@@ -44,6 +44,8 @@ def read_texts(path: str | Path, *, text_field: str = "text", label_field: str |
     """
     p = Path(path)
     raw = read_text(p)
+    if raw.startswith("\ufeff"):  # a UTF-8 byte-order mark (e.g. "CSV UTF-8" from spreadsheets) is not text
+        raw = raw[1:]
     ext = p.suffix.lower()
     ids, texts, labels = [], [], []
     if ext == ".txt":
@@ -53,7 +55,9 @@ def read_texts(path: str | Path, *, text_field: str = "text", label_field: str |
         return TextSet(ids=list(range(len(lines))), texts=[x.rstrip("\r") for x in lines], labels=None)
     if ext == ".jsonl":
         rows = []
-        for i, line in enumerate(raw.splitlines(), 1):
+        # split on "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON
+        # allows unescaped inside strings (json.dumps(..., ensure_ascii=False) writes them raw)
+        for i, line in enumerate(raw.split("\n"), 1):
             if not line.strip():
                 continue
             try:

@@ -34,6 +34,9 @@ class SignalInputs:
         reference: TokenStats of the texts under a reference model.
         reference_per_byte: True when the reference model's tokenizer differs from the target's;
             the reference signals then compare NLL per UTF-8 byte, never per token.
+        target_all_bytes: TokenStats of the texts under the target model with every token scored
+            (conditioned on BOS), for the per-byte comparison when ``target`` leaves the first token
+            unscored (the GPT-2 convention); None when ``target`` already scores every token.
         recall: TokenStats of the texts conditioned on a non-member prefix (ReCaLL); only the
             text's own tokens are scored.
         token_freq: float (V,), Laplace-smoothed token frequencies in a reference corpus (DC-PDD).
@@ -44,6 +47,7 @@ class SignalInputs:
     lowercase: TokenStats | None = None
     reference: TokenStats | None = None
     reference_per_byte: bool = False
+    target_all_bytes: TokenStats | None = None
     recall: TokenStats | None = None
     token_freq: torch.Tensor | None = None
 
@@ -201,8 +205,9 @@ def lowercase_ratio(inp: SignalInputs) -> torch.Tensor:
 
 
 def _ref_nlls(inp: SignalInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    if inp.reference_per_byte:
-        return _nll_per_byte(inp.reference, inp.texts), _nll_per_byte(inp.target, inp.texts)
+    if inp.reference_per_byte:  # both NLLs must cover every byte of the text
+        tgt = inp.target_all_bytes if inp.target_all_bytes is not None else inp.target
+        return _nll_per_byte(inp.reference, inp.texts), _nll_per_byte(tgt, inp.texts)
     return mean_nll(inp.reference), mean_nll(inp.target)
 
 
