@@ -79,6 +79,8 @@ def extract(
     length: Optional[int] = typer.Option(None, "--length", help="New tokens per sample (default: min(256, context - 1))."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     top_n: int = typer.Option(100, "--top-n", min=1, help="Samples kept per ranking in top.jsonl."),
+    memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
+                                             help="A verbatim training match this long (or the whole sample) = memorized."),
 ):
     """Sample from a model (top-k 40), rank by the Carlini et al. 2021 metrics, flag memorized samples."""
     from llm_mia import io
@@ -94,7 +96,7 @@ def extract(
     tgt = load_model(model)
     ref = load_model(reference) if reference else None
     cfg = ExtractConfig(num_samples=num_samples, seed=seed, max_new_tokens=length, batch_size=batch_size,
-                        score_batch_size=batch_size, top_n=top_n)
+                        score_batch_size=batch_size, top_n=top_n, memorized_min_tokens=memorized_min_tokens)
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
 

@@ -70,8 +70,8 @@ PRESETS: dict[str, TrainPreset] = {
                         lr=3e-3, warmup_steps=3, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
     # For the demo: on python-docs (~1.1 MB, ~300 k tokens) secrets inserted >= 8 times come back
     # under greedy decoding of their prefix (measurements in the module's report / recipe.json).
-    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=600, batch_size=16,
-                         lr=2e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
+    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=900, batch_size=16,
+                         lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
 }
 
 _MAX_EVAL_TOKENS = 65_536  # held-out loss is measured on at most this many tokens (a few seconds on CPU)
@@ -128,6 +128,28 @@ def _read_texts(path: Path) -> list[str]:
         if text.strip():
             texts.append(text)
     return texts
+
+
+def _without_secrets(texts: Sequence[str], corpus: Path) -> list[str]:
+    """``texts`` with every planted secret sentence of ``corpus/secrets.json`` removed.
+
+    The tokenizer is trained on these: a BPE trained on text where a secret occurs 16 times learns
+    the secret as one token (measured: " 352740", " 347510074089939"), and the exposure of a secret
+    would then measure the vocabulary instead of the model.
+    """
+    path = corpus / "secrets.json"
+    if not path.is_file():
+        return list(texts)
+    from llm_mia.secrets import load_secrets
+
+    sentences = sorted({s.text for s in load_secrets(path)}, key=len, reverse=True)
+    out = []
+    for t in texts:
+        for sent in sentences:
+            if sent in t:
+                t = t.replace(sent, "")
+        out.append(t)
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -385,7 +407,7 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         n_ctx = min(p.n_ctx, model_max_context(model) or p.n_ctx)
     else:
         tokenizer = (_load_tokenizer(tokenizer_from) if tokenizer_from is not None
-                     else train_bpe_tokenizer(train_texts, vocab_size=p.vocab_size))
+                     else train_bpe_tokenizer(_without_secrets(train_texts, corpus), vocab_size=p.vocab_size))
         n_ctx = p.n_ctx
     eos_id = tokenizer.eos_token_id
     if eos_id is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -82,3 +83,20 @@ def s2_model():
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16)
     return GPT2LMHeadModel(cfg).eval()
+
+
+def run_cli(args, capsys):
+    """Run ``llm-mia ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
+    from llm_mia import cli
+
+    old = sys.argv
+    sys.argv = ["llm-mia", *map(str, args)]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err

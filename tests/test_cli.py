@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
 
-from llm_mia import cli
+from conftest import run_cli
 
 
-def run_cli(args, capsys):
-    """Run ``llm-mia ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["llm-mia", *map(str, args)]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+
 
 
 @pytest.fixture(scope="module")

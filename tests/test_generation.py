@@ -18,12 +18,6 @@ EOS = 0
 PROMPTS = [[EOS], [5, 9, 3], [1, 2, 3, 4, 5, 6, 7]]  # 1 (EOS only), 3 and 7 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

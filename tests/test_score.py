@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import zlib
 from collections import Counter
 
@@ -18,8 +17,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import TOKENIZER_TEXT, make_tiny_gpt2
-from llm_mia import cli
+from conftest import run_cli, TOKENIZER_TEXT, make_tiny_gpt2
 from llm_mia import signals as S
 from llm_mia.errors import LlmMiaError
 from llm_mia.metrics import bootstrap_auc_ci, calibrate_threshold
@@ -220,19 +218,6 @@ def folders(tmp_path_factory, tiny_model, tiny_tokenizer, ref_model, ref_tokeniz
     return d
 
 
-def run_cli(args, capsys):
-    """``llm-mia ARGS`` in-process through the real entry point: (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["llm-mia", *map(str, args)]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def read_out(path) -> list[dict]:

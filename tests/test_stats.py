@@ -25,13 +25,6 @@ B = [0, 1, 2, 3, 4, 0, 1, 3, 4, 0]
 C17_IDS = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 2, 0, 1, 2, 4, 0, 1, 3, 4, 0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: intra-op threads only add contention (a layer norm took 12 ms with 2 threads on a loaded box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------------ references
