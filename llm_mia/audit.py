@@ -166,7 +166,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     t = time.time()
     from llm_mia.progress import bar
 
-    with bar("exposure", len(secrets), enabled=cfg.progress) as adv:
+    with bar("exposure", len(secrets) * (cfg.n_candidates + 1), enabled=cfg.progress) as adv:
         exp = secret_exposure(target, secrets, n_candidates=cfg.n_candidates, seed=cfg.seed, batch_size=cfg.batch_size,
                               progress=adv)
     timings["exposure_s"] = round(time.time() - t, 1)

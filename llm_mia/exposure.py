@@ -101,7 +101,7 @@ class ExposureResult:
 def secret_exposure(loaded: LoadedModel, secrets: Sequence, *, n_candidates: int = 1000, seed: int = 0,
                     batch_size: int = 64, progress: Callable[[int], None] | None = None) -> ExposureResult:
     """Rank exposure (bits) of each secret against ``n_candidates`` random members of its space,
-    plus greedy extraction of its prefix. ``progress`` is called with 1 after each secret.
+    plus greedy extraction of its prefix. ``progress`` is called with the number of sentences scored.
 
     Candidates are drawn with ``random.Random(seed * 1_000_003 + i)`` for the i-th secret, from the secret's
     ``format`` (see :mod:`llm_mia.secrets`), and placed in the same prefix and suffix.
@@ -110,14 +110,18 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence, *, n_candidates: int
 
     rows = []
     greedy = greedy_extracted(loaded, list(secrets), batch_size=batch_size)
+    groups = []
     for i, s in enumerate(secrets):
         cands = sample_candidates(s.format, n_candidates, random.Random(seed * 1_000_003 + i))
-        sents = [s.text] + [s.prefix + c + s.suffix for c in cands]
-        lp = log_perplexity_bits(loaded, sents, batch_size=batch_size)
+        groups.append([s.text] + [s.prefix + c + s.suffix for c in cands])
+    # one call for all secrets: length-sorted batches across secrets pad less than one call each
+    lp_all = log_perplexity_bits(loaded, [x for g in groups for x in g], batch_size=batch_size, progress=progress)
+    start = 0
+    for i, (s, g) in enumerate(zip(secrets, groups)):
+        lp = lp_all[start:start + len(g)]
+        start += len(g)
         exp = float(rank_exposure(lp[0], lp[1:]))
         rows.append({"id": s.id, "kind": s.kind, "count": s.count, "format": s.format, "space_size": s.space_size,
                      "log_perplexity_bits": float(lp[0]), "exposure_rank": exp,
                      "max_exposure_rank": math.log2(n_candidates), **greedy[i]})
-        if progress is not None:
-            progress(1)
     return ExposureResult(rows=rows, n_candidates=n_candidates, seed=seed)

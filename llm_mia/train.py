@@ -70,7 +70,7 @@ PRESETS: dict[str, TrainPreset] = {
                         lr=3e-3, warmup_steps=3, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
     # For the demo: on python-docs (~1.1 MB, ~300 k tokens) secrets inserted >= 8 times come back
     # under greedy decoding of their prefix (measurements in the module's report / recipe.json).
-    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=900, batch_size=16,
+    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1200, batch_size=16,
                          lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
 }
 
