@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from llm_mia.errors import LlmMiaError
 from llm_mia.models.generation import generate
 from llm_mia.models.loading import LoadedModel
 from llm_mia.scoring import encode
@@ -66,7 +67,8 @@ def greedy_extracted(loaded: LoadedModel, secrets: Sequence, *, batch_size: int 
 
     The prompt is the prefix without its trailing whitespace (a byte-level BPE writes that space as
     part of the next word); the secret counts as extracted when the decoded continuation starts with
-    the trailing whitespace + secret. Returns one dict per secret: ``greedy_extracted`` (bool) and
+    the trailing whitespace + secret. A prompt that would not fit the model's context together with
+    its continuation keeps only its last tokens. Returns one dict per secret: ``greedy_extracted`` (bool) and
     ``greedy_completion`` (the decoded new text).
     """
     tok = loaded.tokenizer
@@ -81,6 +83,11 @@ def greedy_extracted(loaded: LoadedModel, secrets: Sequence, *, batch_size: int 
             prompts.append(p_ids[0])
             wants.append(want)
             budgets.append(len(tok(want + s.suffix, add_special_tokens=False)["input_ids"]) + 2)
+        if loaded.max_context:  # keep the end of a prompt that would not fit with its continuation
+            keep = loaded.max_context - max(budgets)
+            if keep < 1:
+                raise LlmMiaError(f"model context of {loaded.max_context} tokens is too short for these secrets")
+            prompts = [p[-keep:] for p in prompts]
         gens = generate(loaded.model, prompts, max_new_tokens=max(budgets), pad_id=loaded.bos_id, greedy=True,
                         eos_id=tok.eos_token_id)
         for g, want in zip(gens, wants):

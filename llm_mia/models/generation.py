@@ -99,6 +99,12 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
         B :class:`Generated`, in prompt order; ``new_ids`` stop before the first EOS if one is emitted.
     """
     ids, mask = left_pad(prompts, pad_id)
+    from llm_mia.models.loading import model_max_context
+
+    ctx = model_max_context(model)
+    if ctx is not None and ids.shape[1] + max_new_tokens > ctx:
+        raise LlmMiaError(f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's "
+                          f"context of {ctx} tokens")
     device = next(model.parameters()).device
     W = ids.shape[1]
     processors = LogitsProcessorList()
