@@ -80,16 +80,18 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read UTF-8 text; missing file or bad encoding -> LlmMiaError."""
+    """Read UTF-8 text (a leading byte-order mark dropped); missing file or bad encoding -> LlmMiaError."""
     p = Path(path)
     if not p.exists():
         raise LlmMiaError(f"file not found: {p}")
     if p.is_dir():
         raise LlmMiaError(f"expected a file, got a folder: {p}")
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LlmMiaError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+    # a UTF-8 byte-order mark (e.g. "CSV UTF-8" from spreadsheets) is not text
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -100,8 +102,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise LlmMiaError(f"{path}: corrupt JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file of objects; a malformed line -> LlmMiaError naming the file and line."""
+def jsonl_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file.
+
+    Raises LlmMiaError naming the file and line for a malformed line or one that is not an object.
+    """
     rows = []
     # split on "\n" only: JSON strings may hold U+2028/U+2029/U+0085, which str.splitlines() breaks at
     for i, line in enumerate(read_text(path).split("\n"), 1):
@@ -113,5 +118,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             raise LlmMiaError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise LlmMiaError(f"{path}: line {i} is not a JSON object")
-        rows.append(row)
+        rows.append((i, row))
     return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file of objects; a malformed line -> LlmMiaError naming the file and line."""
+    return [row for _, row in jsonl_records(path)]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from llm_mia.errors import LlmMiaError
-from llm_mia.io import read_text
+from llm_mia.io import jsonl_records, read_text
 
 
 @dataclass
@@ -43,10 +42,8 @@ def read_texts(path: str | Path, *, text_field: str = "text", label_field: str |
     non-UTF-8 bytes, corrupt JSON, a missing text field or a bad label.
     """
     p = Path(path)
-    raw = read_text(p)
-    if raw.startswith("\ufeff"):  # a UTF-8 byte-order mark (e.g. "CSV UTF-8" from spreadsheets) is not text
-        raw = raw[1:]
     ext = p.suffix.lower()
+    raw = read_text(p) if ext != ".jsonl" else ""
     ids, texts, labels = [], [], []
     if ext == ".txt":
         lines = raw.split("\n")
@@ -54,19 +51,7 @@ def read_texts(path: str | Path, *, text_field: str = "text", label_field: str |
             lines.pop()
         return TextSet(ids=list(range(len(lines))), texts=[x.rstrip("\r") for x in lines], labels=None)
     if ext == ".jsonl":
-        rows = []
-        # split on "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON
-        # allows unescaped inside strings (json.dumps(..., ensure_ascii=False) writes them raw)
-        for i, line in enumerate(raw.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LlmMiaError(f"{p}: line {i} is not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise LlmMiaError(f"{p}: line {i} is not a JSON object")
-            rows.append((f"{p}: line {i}", obj))
+        rows = [(f"{p}: line {i}", obj) for i, obj in jsonl_records(p)]
     elif ext == ".csv":
         reader = csv.DictReader(_io.StringIO(raw, newline=""))
         if reader.fieldnames is None:

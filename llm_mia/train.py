@@ -68,11 +68,11 @@ PRESETS: dict[str, TrainPreset] = {
     # For tests: trains in a few seconds on a few kB of text.
     "tiny": TrainPreset(n_layer=2, n_embd=64, n_head=2, n_ctx=128, vocab_size=512, steps=30, batch_size=8,
                         lr=3e-3, warmup_steps=3, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
-    # For the demo (audit.DEMO_MAX_CHARS: 300 k chars of python-docs, ~75 k tokens, ~26 epochs).
-    # Measured here: 900 steps gave greedy extraction of 8/8 secrets inserted >= 16 times but 2/4
-    # at 8 (near misses); on the full 1.2 MB corpus even 1,500 steps extracted only r = 32 ones.
-    # 8.5 k tokens/s on the idle 2-core CPU (bf16 autocast): 1,200 steps take about 5 minutes.
-    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1200, batch_size=16,
+    # For the demo (audit.DEMO_MAX_CHARS: 300 k chars of python-docs, ~75 k tokens). Measured on the
+    # idle 2-core CPU (bf16 autocast, ~10 k tokens/s): 1,600 steps take 5.3 minutes and greedy
+    # decoding returns 12/12 secrets inserted >= 8 times (4/4 at 4); 900 steps gave 2/4 at 8 and
+    # 1,200 steps 2/4 at 8 (near misses); on the full 1.2 MB corpus 1,500 steps extracted only r = 32.
+    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1600, batch_size=16,
                          lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
 }
 
