@@ -183,11 +183,13 @@ def main() -> None:
     except Exception as e:  # click usage errors and anything unexpected
         import click
 
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit) or type(e).__name__ == "Exit":
+            sys.exit(getattr(e, "exit_code", 0))
+        if isinstance(e, click.ClickException) or hasattr(e, "format_message"):  # typer may vendor click
+            msg = " ".join(e.format_message().split())
+            if msg:  # (no arguments at all: the help was printed, nothing more to say)
+                typer.echo(f"error: {msg} (see --help)", err=True)
+            sys.exit(2)
         if isinstance(e, click.exceptions.Abort):
             typer.echo("error: aborted", err=True)
             sys.exit(130)

@@ -15,10 +15,12 @@ def redact(value: str) -> str:
 
 
 def redact_text(text: str, secrets: Sequence) -> str:
-    """``text`` with every planted secret value and every detected PII value redacted."""
-    for s in secrets:
-        if s.secret and s.secret in text:
-            text = text.replace(s.secret, redact(s.secret))
+    """``text`` with every planted secret, every planted PII field (name, address, ...) and every
+    detected PII value redacted."""
+    values = {v for s in secrets for v in (s.secret, *(str(x) for x in s.fields.values())) if v}
+    for v in sorted(values, key=len, reverse=True):  # longest first: a value may contain another
+        if v in text:
+            text = text.replace(v, redact(v))
     for h in sorted(find_pii(text), key=lambda h: -h.start):
         text = text[:h.start] + redact(h.value) + text[h.end:]
     return text
