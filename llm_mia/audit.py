@@ -6,7 +6,6 @@ python-docs corpus with planted secrets and trains the target and reference GPT-
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import random
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_mia import __version__, io
+from llm_mia.io import sha256_file
 from llm_mia.errors import LlmMiaError
 from llm_mia.extract import ExtractConfig, extract
 from llm_mia.models.loading import load_model
@@ -38,16 +38,6 @@ class AuditConfig:
     show_secrets: bool = False
     progress: bool = True
     extract: ExtractConfig = field(default=None)  # filled from the fields above
-
-
-def sha256_file(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from llm_mia.errors import LlmMiaError
-from llm_mia.io import read_json, read_jsonl, read_text, write_json, write_jsonl
+from llm_mia.io import read_json, read_jsonl, read_text, sha256_file, write_json, write_jsonl
 from llm_mia.secrets import Secret, check_template, make_canary, make_pii, save_secrets
 
 PYTHON_DOCS = "python-docs"
@@ -336,10 +335,6 @@ def _insert(doc: str, sentences: list[str], rng: random.Random) -> str:
     return "".join(out)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
                  repeats: Sequence[int] = (1, 2, 4, 8, 16, 32), heldout_fraction: float = 0.2,
                  canaries_per_repeat: int = 2, pii_per_repeat: int = 2, controls_per_kind: int = 2,
@@ -425,7 +420,7 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
         "n_documents": len(docs), "n_train": len(train_rows), "n_heldout": len(held_rows),
         "n_secrets": len(secrets), "n_insertions": sum(s.count for s in secrets),
         "train_chars": train_chars, "heldout_chars": sum(len(r["text"]) for r in held_rows),
-        "sha256": {n: _sha256(paths[n]) for n in ("train.jsonl", "heldout.jsonl", "secrets.json")},
+        "sha256": {n: sha256_file(paths[n]) for n in ("train.jsonl", "heldout.jsonl", "secrets.json")},
     })
     return CorpusSummary(out_dir=out, train_path=paths["train.jsonl"],
                          heldout_path=paths["heldout.jsonl"], secrets_path=paths["secrets.json"],

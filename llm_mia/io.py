@@ -7,6 +7,7 @@ never leaves a half-written output under the final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -125,3 +126,15 @@ def jsonl_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file of objects; a malformed line -> LlmMiaError naming the file and line."""
     return [row for _, row in jsonl_records(path)]
+
+
+def sha256_file(path: str | os.PathLike) -> str | None:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks; None if the file does not exist."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import math
 import os
 import shutil
@@ -36,7 +35,7 @@ from typing import Iterator, Sequence
 import torch
 
 from llm_mia.errors import LlmMiaError
-from llm_mia.io import dumps, read_jsonl
+from llm_mia.io import dumps, read_jsonl, sha256_file
 
 __all__ = ["PRESETS", "TrainPreset", "TrainSummary", "train_model"]
 
@@ -152,14 +151,6 @@ def _without_secrets(texts: Sequence[str], corpus: Path) -> list[str]:
                 t = t.replace(sent, "")
         out.append(t)
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -484,9 +475,9 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         "seed": seed,
         "corpus": str(corpus.resolve()),
         "train_file": train_file.name,
-        "train_sha256": _sha256(train_file),
+        "train_sha256": sha256_file(train_file),
         "eval_file": eval_file.name if eval_docs else None,
-        "eval_sha256": _sha256(eval_file) if eval_docs else None,
+        "eval_sha256": sha256_file(eval_file) if eval_docs else None,
         "reference": reference,
         "base": base,
         "tokenizer_from": str(Path(tokenizer_from).resolve()) if tokenizer_from is not None else None,
