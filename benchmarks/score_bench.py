@@ -25,6 +25,7 @@ two (they must agree: same definitions, independent code).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import platform
 import random
@@ -135,8 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-n", type=int, default=None,
                     help="score only the first N texts with the baseline loop (default: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--batch-size", default="4,32",
-                    help="comma-separated batch sizes for ours (default 4,32: best on a small CPU, library default)")
+    ap.add_argument("--batch-size", default="auto,32",
+                    help="comma-separated batch sizes for ours; 'auto' = the library default, a per-device "
+                         "token budget (default: auto,32)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--seed", type=int, default=0)
@@ -155,7 +157,9 @@ def main(argv=None) -> int:
     texts = make_texts(tok, docs, args.n, args.seed)
     nb = len(texts) if args.baseline_n is None else min(args.baseline_n, len(texts))
     n_tok = [len(tok(t)["input_ids"]) for t in texts]
-    lm = from_objects(model, tok)
+    # ours gets the model as llm_mia's load_model prepares it (fused tanh GELU: same formula, one
+    # kernel); the baseline keeps the model as transformers builds it. Same weights.
+    lm = from_objects(copy.deepcopy(model), tok, fused_activations=True)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}, "
           f"{args.dtype}; torch {torch.__version__}, python {platform.python_version()}")
     print(f"model: GPT-2 {model.config.n_layer} layers, width {model.config.n_embd}, {model.config.n_head} heads, "
@@ -163,7 +167,7 @@ def main(argv=None) -> int:
     print(f"texts: {len(texts)}, {min(n_tok)}-{max(n_tok)} tokens (mean {sum(n_tok) / len(n_tok):.0f}); "
           f"signals: {', '.join(SIGNALS)}")
 
-    batch_sizes = [int(x) for x in str(args.batch_size).split(",") if x.strip()]
+    batch_sizes = [None if x.strip() == "auto" else int(x) for x in str(args.batch_size).split(",") if x.strip()]
     # warm-up (allocator, kernels) on a few texts, outside the timings
     score(lm, texts[:4], signals=SIGNALS, batch_size=batch_sizes[0])
     baseline_scores(model, tok, texts[0])
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rows = score(lm, texts, signals=SIGNALS, batch_size=bs).rows
         runs[bs] = (rows, time.perf_counter() - t0)
-        print(f"ours     (batched, batch size {bs:3d}, 2 forward passes per text): "
+        print(f"ours     (batched, batch size {bs or 'auto':>4}, 2 forward passes per text): "
               f"{len(texts)} texts in {runs[bs][1]:7.1f} s = {len(texts) / runs[bs][1]:7.1f} texts/s", flush=True)
 
     t0 = time.perf_counter()
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
     print(f"baseline (one text at a time, 7 forward passes per text):    "
           f"{nb} texts in {t_base:7.1f} s = {r_base:7.1f} texts/s")
     for bs, (_, t) in runs.items():
-        print(f"ratio (batch size {bs}): {len(texts) / t / r_base:.1f}x")
+        print(f"ratio (batch size {bs or 'auto'}): {len(texts) / t / r_base:.1f}x")
 
     print("\nagreement on the texts both scored (max |ours - baseline| over every batch size, max relative difference):")
     worst = 0.0

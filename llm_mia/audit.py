@@ -60,7 +60,7 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
         return {"skipped": "fewer than 2 held-out documents"}
     mem = rng.sample(members, n)
     non = rng.sample(heldout, n)
-    res = score(target, mem + non, reference=reference, batch_size=cfg.batch_size, prepend_bos=True)
+    res = score(target, mem + non, reference=reference, prepend_bos=True)
     y = [1] * n + [0] * n
     out = {}
     for sig in res.rows[0]["scores"]:
@@ -148,7 +148,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
 
     t = time.time()
     ecfg = ExtractConfig(num_samples=cfg.num_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, score_batch_size=cfg.batch_size, top_n=cfg.top_n,
+                         batch_size=cfg.batch_size, score_batch_size=None, top_n=cfg.top_n,
                          memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress)
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)

@@ -45,7 +45,7 @@ class ExtractConfig:
     max_new_tokens: int | None = None  # default: min(256, context - 1)
     top_k: int = 40
     batch_size: int = 64
-    score_batch_size: int = 64
+    score_batch_size: int | None = None  # None: the scorer's per-device token budget
     top_n: int = 100  # samples kept per ranking in top.jsonl (Carlini: 100)
     memorized_min_tokens: int = 50  # a verbatim match this long (or the whole sample) = memorized
     dedup: bool = True

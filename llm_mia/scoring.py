@@ -71,7 +71,7 @@ class ScoreResult:
 
 def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[int]] | None = None,
           context_lens: Sequence[int] | int | None = None, reference: LoadedModel | None = None,
-          signals: Sequence[str] | None = None, batch_size: int = 32, prepend_bos: bool = False,
+          signals: Sequence[str] | None = None, batch_size: int | None = None, prepend_bos: bool = False,
           stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
           progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
@@ -82,7 +82,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
             decode/re-encode round trip) and how many leading ids are context; default: encode ``texts``.
         reference: a reference model; its tokenizer may differ (then compared per UTF-8 byte).
         signals: names from :data:`llm_mia.signals.REGISTRY`; default: every signal whose inputs exist.
-        batch_size: forward-pass batch size; results do not depend on it.
+        batch_size: forward-pass batch size (default: a per-device token budget, see
+            :func:`~llm_mia.models.stats.compute_token_stats`); results do not depend on it.
         recall_prefix: non-member text put before each text for the ReCaLL signal.
         token_freq: Laplace-smoothed token frequencies of a reference corpus, shape (V,), for DC-PDD
             (see :func:`llm_mia.signals.token_frequencies`).
@@ -91,7 +92,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         LlmMiaError: unknown signal name, or a signal that needs a reference without one.
     """
     texts = list(texts)
-    avail = {"text", "lowercase"} | ({"reference"} if reference is not None else set()) \
+    avail = {"text", "lowercase", "moments"} | ({"reference"} if reference is not None else set()) \
         | ({"recall"} if recall_prefix else set()) | ({"token_freq"} if token_freq is not None else set())
     chosen = S.get_signals(list(signals) if signals is not None else None, available=avail)
     needs = set().union(*(s.needs for s in chosen)) if chosen else set()
@@ -111,11 +112,13 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         ids = [list(x) for x in ids]
         ctx = 1 if context_lens is None else context_lens
 
-    def run(model: LoadedModel, seqs, c) -> TokenStats:
+    def run(model: LoadedModel, seqs, c, moments: bool = False) -> TokenStats:
         return compute_token_stats(model.model, seqs, context_lens=c, batch_size=batch_size, pad_id=model.bos_id,
-                                   max_context=model.max_context, stride=stride, progress=progress)
+                                   max_context=model.max_context, stride=stride, moments=moments, progress=progress)
 
-    tstats = run(target, ids, ctx)
+    # mu and sigma over the vocabulary are read only from the target view (Min-K%++); other views
+    # need log p(token) alone
+    tstats = run(target, ids, ctx, moments="moments" in needs)
     inp = S.SignalInputs(target=tstats, texts=texts)
     if "lowercase" in needs:
         lids, lctx = encode(target, [t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
@@ -159,7 +162,7 @@ def _starts_with_bos(target: LoadedModel, ids: Sequence[Sequence[int]]) -> bool:
 
 
 def score_texts(model, texts: Sequence[str], *, reference=None, signals: Sequence[str] | None = None,
-                batch_size: int = 32, prepend_bos: bool = False, recall_prefix: str | None = None,
+                batch_size: int | None = None, prepend_bos: bool = False, recall_prefix: str | None = None,
                 token_freq: torch.Tensor | None = None):
     """Python API of ``llm-mia score``: a pandas DataFrame, one row per text in input order.
 
@@ -181,7 +184,7 @@ def score_texts(model, texts: Sequence[str], *, reference=None, signals: Sequenc
 
 
 def score_file(model: str, input_path, output_path, *, reference: str | None = None, text_field: str = "text",
-               label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int = 32,
+               label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int | None = None,
                prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
                calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True) -> dict:
     """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).

@@ -92,7 +92,7 @@ def test_c13_every_signal_ranks_a_planted_set_right():
     texts = ["".join("abcde"[i] for i in s) for s in seqs]
     inp = S.SignalInputs(target=compute_token_stats(StepModel(), seqs, batch_size=7),
                          texts=texts, reference=compute_token_stats(UniformStep(), seqs, batch_size=7))
-    runnable = [s for s in S.REGISTRY.values() if s.needs <= {"text", "reference"}]
+    runnable = [s for s in S.REGISTRY.values() if s.needs <= {"text", "reference", "moments"}]
     assert {"loss", "zlib", "min_k", "min_k_plus_plus", "window", "reference", "reference_diff"} <= {s.name for s in runnable}
     for sig in runnable:
         values = sig.fn(inp).tolist()

@@ -647,3 +647,35 @@ def test_cli_calibrate_thresholds_and_decisions(folders, tiny_model, tiny_tokeni
         assert flagged <= 2, sig
         if len({r["scores"][sig] for r in rows}) == len(rows):  # no ties: exactly floor(0.25 * 8)
             assert flagged == 2, sig
+
+
+def test_fused_activations_same_logits_and_applied_by_load_model(tiny_tokenizer, tmp_path):
+    """gelu_new -> torch's fused tanh GELU: one module per layer, logits equal to the original
+    model's (computed before the swap) to fp32 rounding; load_model applies it, from_objects only
+    when asked, and the saved config is untouched."""
+    import copy
+
+    from transformers.activations import NewGELUActivation
+
+    from llm_mia.models.loading import load_model, use_fused_activations
+
+    model = make_tiny_gpt2(len(tiny_tokenizer), seed=3)
+    ids = torch.tensor([[5, 17, 3, 99, 42, 7, 1]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    swapped = copy.deepcopy(model)
+    assert use_fused_activations(swapped) == 2
+    assert use_fused_activations(swapped) == 0
+    with torch.no_grad():
+        after = swapped(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5, rtol=0)
+    assert not torch.equal(before, make_tiny_gpt2(len(tiny_tokenizer), seed=4)(input_ids=ids).logits)
+    from_objects(model, tiny_tokenizer)
+    assert sum(isinstance(m, NewGELUActivation) for m in model.modules()) == 2
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    lm = load_model(str(tmp_path / "m"), device="cpu")
+    assert not any(isinstance(m, NewGELUActivation) for m in lm.model.modules())
+    assert lm.model.config.activation_function == "gelu_new"
+    with torch.no_grad():
+        assert torch.allclose(lm.model(input_ids=ids).logits, before, atol=1e-5, rtol=0)

@@ -283,6 +283,40 @@ def test_vocab_stats_uniform_is_exactly_degenerate(V):
         assert tok.item() == pytest.approx(-math.log(V), abs=1e-5)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 128])
+def test_vocab_stats_chunks_and_moments_flag(chunk_rows):
+    """Row blocks of any size give the same values as the slow reference; moments=False gives NaN
+    mu/sigma and the same log p; a target whose logit is -inf gets log p = -inf."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(17, 40, generator=g) * 4
+    logits[3, 5] = -math.inf
+    targets = torch.randint(0, 40, (17,), generator=g)
+    targets[3] = 5
+    tok, mu, sigma = vocab_stats(logits, targets, chunk_rows=chunk_rows)
+    tok2, mu2, sigma2 = vocab_stats(logits, targets, moments=False, chunk_rows=chunk_rows)
+    for r in range(17):
+        x = logits[r].double().numpy()
+        if r == 3:
+            assert tok[r].item() == -math.inf and tok2[r].item() == -math.inf
+            ref = logsoftmax_stats(np.delete(x, 5), 0)
+            assert [mu[r].item(), sigma[r].item()] == pytest.approx(list(ref[1:]), abs=1e-5)
+            continue
+        ref = logsoftmax_stats(x, int(targets[r]))
+        assert [tok[r].item(), mu[r].item(), sigma[r].item()] == pytest.approx(list(ref), abs=1e-5)
+        assert tok2[r].item() == tok[r].item()
+    assert torch.isnan(mu2).all() and torch.isnan(sigma2).all()
+
+
+def test_compute_token_stats_without_moments(s2_model):
+    seqs = [[1, 2, 3, 4, 5], [6, 7, 8]]
+    full = compute_token_stats(s2_model, seqs, max_rows_per_chunk=2)
+    light = compute_token_stats(s2_model, seqs, moments=False)
+    assert torch.equal(full.token_logprob, light.token_logprob)
+    assert torch.isnan(light.mean_logprob[light.mask]).all() and torch.isnan(light.std_logprob[light.mask]).all()
+    assert (light.mean_logprob[~light.mask] == 0).all()
+    assert torch.isfinite(full.mean_logprob[full.mask]).all()
+
+
 # ------------------------------------------------------------------------------------ C17
 
 def test_c17_s1_sliding_context_scores_each_position_once():
@@ -381,3 +415,55 @@ def test_unbatched_matches_slow_reference(s2_model, seed):
         row, _ = _unbatched(s2_model, tuple(ids))
         ref = ref_hf(s2_model, ids, start_of=lambda p: documented_window_start(p, 16, 8))
         np.testing.assert_allclose(row, ref, atol=1e-5)
+
+
+class _FullLogits(torch.nn.Module):
+    """Hides the model's class, so compute_token_stats takes the full-logits path."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+        self.config = m.config
+
+    def forward(self, **kw):
+        return self.m(**kw)
+
+
+def _tiny(arch: str):
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM)
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16)).eval()
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+                                            tie_word_embeddings=False)).eval()
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=2, max_position_embeddings=16)).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt-neox"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_head_on_scored_positions_equals_full_logits(arch, side):
+    """The head run on the scored positions only (no (B, T, V) logits) gives the full-logits values,
+    and both match a plain unbatched HF forward pass per sequence."""
+    from llm_mia.models.stats import _body_and_head
+
+    model = _tiny(arch)
+    assert _body_and_head(model) is not None and _body_and_head(_FullLogits(model)) is None
+    g = torch.Generator().manual_seed(5)
+    seqs = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in (12, 3, 16, 7, 1, 30)]
+    fast = compute_token_stats(model, seqs, batch_size=4, padding_side=side, max_context=16, stride=8)
+    full = compute_token_stats(_FullLogits(model), seqs, batch_size=4, padding_side=side, max_context=16, stride=8)
+    for f in ("token_logprob", "mean_logprob", "std_logprob"):
+        assert torch.allclose(getattr(fast, f), getattr(full, f), atol=1e-5, rtol=0), f
+    assert torch.equal(fast.n_scored, full.n_scored)
+    with torch.no_grad():
+        for i, s in enumerate(seqs[:4]):  # no sliding context needed: compare with one HF pass
+            if len(s) < 2:
+                continue
+            lp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0, :-1].double(), -1)
+            ref = lp.gather(-1, torch.tensor(s[1:])[:, None])[:, 0]
+            assert torch.allclose(fast.token_logprob[i, :len(s) - 1].double(), ref, atol=1e-5)

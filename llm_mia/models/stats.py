@@ -8,7 +8,9 @@ length, and t >= 1 since position 0 has no prediction):
 - ``std_logprob``    sigma_t = sqrt(sum_v p(v | x_<t) (log p(v | x_<t) - mu_t)^2)
 
 Everything is computed in one forward pass per batch, with log-softmax in fp32 whatever the model's
-dtype, and the ``(B, T, V)`` logits never leave this module.
+dtype, and the ``(B, T, V)`` logits never leave this module. For architectures whose logits are
+exactly ``lm_head(hidden)`` (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2) they are not even materialised:
+the head runs on the scored positions only, in cache-sized blocks.
 
 Correctness rules (see ../shared/cases/scoring-cases.md C01-C06, C17):
 - masks come from sequence lengths, never from ``ids != pad_id`` (pad may equal EOS/BOS);
@@ -41,7 +43,8 @@ class TokenStats:
         n_scored: int64 (N,), number of scored tokens of each sequence (0 is possible).
         truncated: bool (N,), True where the sequence was scored with a sliding context.
         token_id: int64 (N, T), the id of each scored token (for frequency-based signals); -1 elsewhere.
-        Unscored cells hold 0.0, never NaN; always select with ``mask``.
+        Unscored cells hold 0.0, never NaN; always select with ``mask``. Computed with
+        ``moments=False``, the scored cells of ``mean_logprob`` and ``std_logprob`` are NaN.
     """
 
     token_logprob: torch.Tensor
@@ -92,37 +95,95 @@ def _windows(length: int, context_len: int, max_context: int | None, stride: int
     return out
 
 
-def vocab_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = True,
+                chunk_rows: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p(target), mu and sigma of log p over the vocabulary, from logits of shape (M, V).
 
-    Computed in fp32. Tokens with probability 0 (logit -inf) contribute 0 to mu and sigma instead of
-    NaN. Returns three float32 tensors of shape (M,), in nats.
+    Args:
+        logits: (M, V), any float dtype; everything is computed in fp32.
+        targets: (M,) token ids.
+        moments: compute mu and sigma (Min-K%++); when False they come back as NaN (not computed),
+            and only log p(target) is paid for (one exp pass over the vocabulary).
+        chunk_rows: rows processed at a time, so the fp32 temporaries stay in the CPU cache.
 
-    Everything is computed from the logits shifted by their row maximum, ``x = logits - max``:
-    log p = x - lse(x), mu = E_p[x] - lse(x), sigma^2 = E_p[(x - E_p[x])^2] (log p and x differ by a
-    constant). A uniform (or uniform-over-its-support) distribution then has x = 0 exactly, so
-    sigma = 0 and log p(target) = mu exactly, instead of rounding noise (~1e-6) that would make
-    Min-K%++'s z = (log p - mu) / sigma an arbitrary number such as -1.
+    Returns:
+        three float32 tensors of shape (M,), in nats: log p(target) (-inf when the target's logit is
+        -inf), mu = E_p[log p] and sigma = sqrt(E_p[(log p - mu)^2]) (Zhang et al. 2025, eq. 3).
+
+    Everything is computed from the logits shifted by their row maximum, ``x = logits - max``, with
+    ``e = exp(x)`` and ``s = sum(e)``: log p = x - log s, mu = E_p[x] - log s,
+    sigma^2 = E_p[(x - E_p[x])^2] (centred: the E[x^2] - E[x]^2 form cancels badly in fp32), the
+    expectations as dot products e.x / s. A uniform (or uniform-over-its-support) distribution then
+    has x = 0 exactly, so sigma = 0 and log p(target) = mu exactly, instead of rounding noise (~1e-6)
+    that would make Min-K%++'s z = (log p - mu) / sigma an arbitrary number such as -1. Tokens with
+    probability 0 (logit -inf) contribute exactly 0 to mu and sigma, never NaN: their x is clamped
+    to -1e4 after e is taken (e = 0 there, and exp(-1e4) is 0 in fp32 anyway).
     """
-    x = logits.float()
-    x = x - x.max(dim=-1, keepdim=True).values  # (M, V), <= 0, max exactly 0
-    lse = torch.logsumexp(x, dim=-1)  # (M,)
-    p = torch.softmax(x, dim=-1)  # (M, V)
-    finite = p > 0
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    m = torch.where(finite, p * x, zero).sum(-1)  # (M,) E_p[x]
-    dev2 = torch.where(finite, p * (x - m[:, None]) ** 2, zero)
-    sigma = dev2.sum(-1).clamp_min(0).sqrt()
-    tok = x.gather(-1, targets.long()[:, None])[:, 0] - lse
-    return tok, m - lse, sigma
+    m_rows = logits.shape[0]
+    dev = logits.device
+    tok = torch.empty(m_rows, dtype=torch.float32, device=dev)
+    mu = torch.full((m_rows,), float("nan"), dtype=torch.float32, device=dev)
+    sigma = torch.full((m_rows,), float("nan"), dtype=torch.float32, device=dev)
+    for c0 in range(0, m_rows, max(1, chunk_rows)):
+        c = slice(c0, c0 + chunk_rows)
+        lg = logits[c].float()  # (m, V); a view when already fp32: never written to
+        mx = lg.max(dim=-1, keepdim=True).values  # (m, 1)
+        x = lg - mx  # (m, V), <= 0, max exactly 0
+        e = torch.exp(x)
+        s = e.sum(-1)  # (m,) >= 1
+        lse = s.log()
+        tok[c] = lg.gather(-1, targets[c].long()[:, None])[:, 0] - mx[:, 0] - lse
+        if moments:
+            x.clamp_(min=-1e4)  # -inf -> finite, so 0 * x stays 0
+            m = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s  # E_p[x]
+            x.sub_(m[:, None]).square_()
+            var = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
+            mu[c] = m - lse
+            sigma[c] = var.clamp_min(0).sqrt()
+    return tok, mu, sigma
+
+
+# Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no logit scaling or soft-capping),
+# so the head can run on the scored positions only: the (B, T, V) logits are never materialised.
+_PLAIN_HEAD = {"GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+               "Qwen2ForCausalLM"}
+
+
+def _body_and_head(model: torch.nn.Module):
+    """(decoder body, output head) for the architectures in ``_PLAIN_HEAD``, else None (full logits)."""
+    if type(model).__name__ not in _PLAIN_HEAD:
+        return None
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or not isinstance(head, torch.nn.Linear):
+        return None
+    return body, head
+
+
+def _batches(windows: list[_Window], batch_size: int | None, device: torch.device):
+    """Consecutive groups of the (length-sorted) windows: ``batch_size`` each, or by token budget."""
+    if batch_size is not None:
+        for b0 in range(0, len(windows), batch_size):
+            yield windows[b0:b0 + batch_size]
+        return
+    budget, max_rows = (1024, 64) if device.type == "cpu" else (32768, 256)
+    cur: list[_Window] = []
+    for w in windows:
+        longest = max([w.end - w.start] + [c.end - c.start for c in cur[:1]])
+        if cur and (len(cur) >= max_rows or (len(cur) + 1) * longest > budget):
+            yield cur
+            cur = []
+        cur.append(w)
+    if cur:
+        yield cur
 
 
 @torch.inference_mode()
 def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int]], *,
-                        context_lens: Sequence[int] | int = 1, batch_size: int = 32,
+                        context_lens: Sequence[int] | int = 1, batch_size: int | None = None,
                         max_context: int | None = None, stride: int | None = None,
-                        pad_id: int = 0, padding_side: str = "right", max_rows_per_chunk: int = 4096,
-                        progress: Callable[[int], None] | None = None) -> TokenStats:
+                        pad_id: int = 0, padding_side: str = "right", moments: bool = True,
+                        max_rows_per_chunk: int | None = None, progress: Callable[[int], None] | None = None) -> TokenStats:
     """Per-token statistics of ``sequences`` under ``model`` (see the module docstring).
 
     Args:
@@ -132,12 +193,19 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         context_lens: int or N ints; the first ``context_lens[i]`` tokens of sequence i condition the
             model but are not scored (1 = the GPT-2 convention: every token but the first is scored;
             a prompt or a prepended BOS is context too). Position 0 is never scored.
-        batch_size: model inputs per forward pass. Inputs are sorted by length (longest first, so an
-            out-of-memory error shows at once and padding is minimal); results come back in input order.
+        batch_size: model inputs per forward pass; default (None): as many as fit a token budget
+            (rows x longest row <= 1,024 tokens on a CPU, where larger batches only spill the cache,
+            and <= 32,768 tokens, at most 256 rows, on an accelerator). Inputs are sorted by length
+            (longest first, so an out-of-memory error shows at once and padding is minimal); results
+            come back in input order and never depend on the batching.
         max_context: longest input the model accepts; default: the model config's ``n_positions``.
         stride: sliding-context step for longer sequences; default ``max_context // 2``.
         pad_id: any valid token id used to fill padding; masks never depend on it.
         padding_side: "right" (default) or "left" (position ids then come from the attention mask).
+        max_rows_per_chunk: predictions whose vocabulary statistics are computed at a time;
+            default 128 on a CPU (fp32 temporaries stay in cache), 4096 elsewhere.
+        moments: compute ``mean_logprob`` and ``std_logprob`` (only Min-K%++ reads them); when False
+            they are NaN in every scored cell and the pass is cheaper.
         progress: called with the number of inputs finished after each batch.
 
     Returns:
@@ -150,7 +218,7 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
     ctx = [context_lens] * n if isinstance(context_lens, int) else list(context_lens)
     if len(ctx) != n:
         raise LlmMiaError(f"context_lens has {len(ctx)} entries for {n} sequences")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise LlmMiaError("batch size must be >= 1")
     if padding_side not in ("right", "left"):
         raise LlmMiaError(f"padding side must be 'right' or 'left', not '{padding_side}'")
@@ -181,8 +249,10 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    for b0 in range(0, len(order), batch_size):
-        batch = [windows[k] for k in order[b0:b0 + batch_size]]
+    if max_rows_per_chunk is None:  # cache-sized blocks on a CPU, large ones on an accelerator
+        max_rows_per_chunk = 128 if device.type == "cpu" else 4096
+    split = _body_and_head(model)
+    for batch in _batches([windows[k] for k in order], batch_size, device):
         lens = torch.tensor([w.end - w.start for w in batch])
         T = int(lens.max())
         ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
@@ -193,7 +263,13 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
             ids[r, o:o + int(lens[r])] = torch.as_tensor(sequences[w.seq][w.start:w.end], dtype=torch.long)
             attn[r, o:o + int(lens[r])] = 1
         pos = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T): 0.. for real tokens on either side
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)).logits
+        inputs = dict(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device))
+        if split is not None:  # hidden states only; the head runs on the predictions we need
+            hidden = split[0](**inputs).last_hidden_state  # (B, T, d)
+            predict = lambda r, c: split[1](hidden[r, c])  # noqa: E731  (m, V)
+        else:
+            logits = model(**inputs).logits  # (B, T, V)
+            predict = lambda r, c: logits[r, c]  # noqa: E731
         # Gather the (row, column) of every prediction we need: position p predicts token p+1.
         parts = []
         for r, w in enumerate(batch):
@@ -204,16 +280,18 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         if parts:
             rows_t, cols_t, tgt_t, ds_all, dc_all = torch.cat(parts, dim=1)
             targets = ids[rows_t, tgt_t]
-            sel = logits[rows_t.to(device), cols_t.to(device)]  # (M, V)
-            for c0 in range(0, sel.shape[0], max_rows_per_chunk):
+            rows_d, cols_d = rows_t.to(device), cols_t.to(device)
+            for c0 in range(0, rows_t.shape[0], max_rows_per_chunk):
                 part = slice(c0, c0 + max_rows_per_chunk)
-                tok, mu, sigma = vocab_stats(sel[part], targets[part].to(device))
+                sel = predict(rows_d[part], cols_d[part])  # (m, V), a cache-sized block of predictions
+                tok, mu, sigma = vocab_stats(sel, targets[part].to(device), moments=moments,
+                                             chunk_rows=max_rows_per_chunk)
                 ds, dc = ds_all[part], dc_all[part]
                 out_ids[ds, dc] = targets[part].cpu()
                 out[0, ds, dc] = tok.float().cpu()
                 out[1, ds, dc] = mu.float().cpu()
                 out[2, ds, dc] = sigma.float().cpu()
-        del logits
+        inputs = hidden = logits = predict = None  # free the batch's activations before the next
         if progress is not None:
             progress(len(batch))
     mask = torch.arange(width)[None, :] < n_scored[:, None]

@@ -65,7 +65,12 @@ REGISTRY: dict[str, Signal] = {}
 
 
 def register(name: str, *, needs: tuple[str, ...] = (), source: str, description: str):
-    """Decorator adding ``fn(inputs) -> Tensor (N,)`` to :data:`REGISTRY` under ``name``."""
+    """Decorator adding ``fn(inputs) -> Tensor (N,)`` to :data:`REGISTRY` under ``name``.
+
+    ``needs`` names what ``fn`` reads beyond ``inputs.target``'s log-probs: ``text``, ``lowercase``,
+    ``reference``, ``recall``, ``token_freq`` (fields of :class:`SignalInputs`) and ``moments`` (the
+    target view's mu and sigma over the vocabulary, computed only when a chosen signal needs them).
+    """
 
     def deco(fn):
         REGISTRY[name] = Signal(name, fn, frozenset(needs), source, description)
@@ -231,7 +236,7 @@ def min_k(inp: SignalInputs) -> torch.Tensor:
     return min_k_scores(inp.target, k=0.2)
 
 
-@register("min_k_plus_plus", source="Zhang et al. 2025 eq. 3-4 (Min-K%++), k = 0.2",
+@register("min_k_plus_plus", needs=("moments",), source="Zhang et al. 2025 eq. 3-4 (Min-K%++), k = 0.2",
           description="Min-K% over (log p - mu) / sigma")
 def min_k_plus_plus(inp: SignalInputs) -> torch.Tensor:
     return min_k_plus_plus_scores(inp.target, k=0.2)[0]
