@@ -27,7 +27,9 @@ SCHEMA_VERSION = 1
 class AuditConfig:
     """Every knob of an audit run and its default."""
 
-    num_samples: int = 1000
+    num_samples: int = 500  # per extraction strategy
+    strategies: tuple[str, ...] = ("top-k", "temperature-decay", "internet")
+    prompt_source: str | None = None  # internet prompts; None: the corpus's heldout.jsonl (never trained on)
     n_candidates: int = 1000  # random candidates per secret for rank exposure
     membership_docs: int = 200  # members and as many held-out documents scored for the ROC
     top_n: int = 100
@@ -147,9 +149,10 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     timings = {}
 
     t = time.time()
-    ecfg = ExtractConfig(num_samples=cfg.num_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, score_batch_size=None, top_n=cfg.top_n,
-                         memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress)
+    ecfg = ExtractConfig(num_samples=cfg.num_samples, strategies=tuple(cfg.strategies), seed=cfg.seed,
+                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
+                         top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
+                         prompt_source=cfg.prompt_source or str(corpus / "heldout.jsonl"), resume=True)
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)
 

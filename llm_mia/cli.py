@@ -71,18 +71,27 @@ def train(
 @app.command()
 def extract(
     model: str = typer.Option(..., "--model", help="Model folder or HF id."),
-    out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl)."),
-    num_samples: int = typer.Option(1000, "--num-samples", min=1),
+    out: Path = typer.Option(..., "--out", help="Output folder (shards/, generated.jsonl, samples.jsonl, top.jsonl, extract.json)."),
+    num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
+    strategy: str = typer.Option("top-k", "--strategy",
+                                 help="top-k, temperature-decay, internet, or several, comma-separated."),
+    prompts: Optional[str] = typer.Option(None, "--prompts",
+                                          help="Prompt corpus of the internet strategy: .txt/.jsonl/folder/hf:NAME "
+                                               "(default: prompts/internet.txt)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model for the reference ranking."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: verify samples against its train.jsonl and secrets.json."),
     seed: int = typer.Option(0, "--seed"),
-    length: Optional[int] = typer.Option(None, "--length", help="New tokens per sample (default: min(256, context - 1))."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    top_n: int = typer.Option(100, "--top-n", min=1, help="Samples kept per ranking in top.jsonl."),
+    length: Optional[int] = typer.Option(None, "--length", help="New tokens per sample (default: min(256, what fits the context))."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples generated per batch."),
+    top_n: int = typer.Option(100, "--top-n", min=1, help="Samples kept per (strategy, ranking) in top.jsonl."),
     memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
                                              help="A verbatim training match this long (or the whole sample) = memorized."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the samples already in --out (after a kill)."),
+    device: Optional[str] = typer.Option(None, "--device"),
 ):
-    """Sample from a model (top-k 40), rank by the Carlini et al. 2021 metrics, flag memorized samples."""
+    """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
+
+    Runs data-parallel under `accelerate launch` (each process its own share of sample indices)."""
     from llm_mia import io
     from llm_mia.extract import ExtractConfig, extract as run
     from llm_mia.models.loading import load_model
@@ -93,12 +102,18 @@ def extract(
         train_texts = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
         if (corpus / "secrets.json").exists():
             secrets = load_secrets(corpus / "secrets.json")
-    tgt = load_model(model)
-    ref = load_model(reference) if reference else None
-    cfg = ExtractConfig(num_samples=num_samples, seed=seed, max_new_tokens=length, batch_size=batch_size,
-                        score_batch_size=batch_size, top_n=top_n, memorized_min_tokens=memorized_min_tokens)
+    from llm_mia.extract import dist_state
+
+    state = dist_state()  # several processes: each on its own device (CPU: all on the CPU)
+    dev = device or (str(state.device) if state is not None else None)
+    tgt = load_model(model, device=dev)
+    ref = load_model(reference, device=dev) if reference else None
+    cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
+                        prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size,
+                        top_n=top_n, memorized_min_tokens=memorized_min_tokens, resume=resume)
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
-    typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
+    if s is not None:  # process 0
+        typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
 
 
 @app.command()
@@ -142,7 +157,11 @@ def audit(
     model: Optional[str] = typer.Option(None, "--model", help="Model folder to audit."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder."),
     demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
-    num_samples: int = typer.Option(1000, "--num-samples", min=1),
+    num_samples: int = typer.Option(500, "--num-samples", min=1, help="Extraction samples per strategy."),
+    strategy: str = typer.Option("top-k,temperature-decay,internet", "--strategy",
+                                 help="Extraction strategies, comma-separated."),
+    prompts: Optional[str] = typer.Option(None, "--prompts",
+                                          help="Prompt corpus of the internet strategy (default: the corpus's heldout.jsonl)."),
     candidates: int = typer.Option(1000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
     seed: int = typer.Option(0, "--seed"),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
@@ -152,7 +171,8 @@ def audit(
     """Run extraction, secret exposure and membership scoring; write report.json and report.md."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
 
-    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, seed=seed, show_secrets=show_secrets)
+    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, seed=seed, show_secrets=show_secrets,
+                      strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()), prompt_source=prompts)
     if demo:
         out = out or Path("audit-demo")
         run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps)

@@ -73,7 +73,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
           context_lens: Sequence[int] | int | None = None, reference: LoadedModel | None = None,
           signals: Sequence[str] | None = None, batch_size: int | None = None, prepend_bos: bool = False,
           stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
-          progress: Callable[[int], None] | None = None) -> ScoreResult:
+          prompts: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
 
     Args:
@@ -87,6 +87,9 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         recall_prefix: non-member text put before each text for the ReCaLL signal.
         token_freq: Laplace-smoothed token frequencies of a reference corpus, shape (V,), for DC-PDD
             (see :func:`llm_mia.signals.token_frequencies`).
+        prompts: with ``ids``: the text each sample was conditioned on (its prompt ids are the
+            context). The lowercase view is then [BOS] + lowercase prompt (context) + lowercase text,
+            so both NLLs of the lowercase ratio are conditioned on the prompt.
 
     Raises:
         LlmMiaError: unknown signal name, or a signal that needs a reference without one.
@@ -120,7 +123,12 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
     # need log p(token) alone
     tstats = run(target, ids, ctx, moments="moments" in needs)
     inp = S.SignalInputs(target=tstats, texts=texts)
-    if "lowercase" in needs:
+    if "lowercase" in needs and prompts is not None:
+        pl, _ = encode(target, [p.lower() for p in prompts], prepend_bos=True)
+        pl = [x or [target.bos_id] for x in pl]
+        tl = [list(target.tokenizer(t.lower(), add_special_tokens=False)["input_ids"]) if t else [] for t in texts]
+        inp.lowercase = run(target, [a + b for a, b in zip(pl, tl)], [len(a) for a in pl])
+    elif "lowercase" in needs:
         lids, lctx = encode(target, [t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
         inp.lowercase = run(target, lids, lctx)
     if "reference" in needs:

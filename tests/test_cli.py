@@ -137,3 +137,41 @@ def test_bad_input_one_line_error_exit_2(case, built, tmp_path, capsys):
     assert "Traceback" not in err
     assert not (tmp_path / "o" / "report.json").exists()
     assert not (tmp_path / "m").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_p06_two_process_accelerate_run_equals_one_process(built, tmp_path, capsys):
+    """`accelerate launch` with 2 CPU processes: every sample once (ids 0..N-1 per strategy), the same
+    tokens and scores as a 1-process run with the same seed, each process its own shard."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["extract", "--model", str(built / "model"), "--corpus", str(built / "corpus"), "--num-samples", "5",
+            "--length", "10", "--batch-size", "2", "--strategy", "top-k,internet", "--seed", "4"]
+    code, _, err = run_cli(args + ["--out", tmp_path / "one"], capsys)
+    assert code == 0, err
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "llm_mia.cli", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "two" / "shards").glob("*-of-*.jsonl") if not p.name.startswith("scores"))
+    assert shards == ["internet.0-of-2.jsonl", "internet.1-of-2.jsonl", "top-k.0-of-2.jsonl", "top-k.1-of-2.jsonl"]
+    one = [json.loads(line) for line in (tmp_path / "one" / "samples.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in two] == list(range(10))
+    assert [(r["strategy"], r["index"]) for r in two] == [(s, i) for s in ("top-k", "internet") for i in range(5)]
+    assert [r["token_ids"] for r in two] == [r["token_ids"] for r in one]
+    assert [r["prompt"] for r in two] == [r["prompt"] for r in one]
+    for a, b in zip(one, two):
+        for k, v in a["scores"].items():
+            assert math.isclose(v, b["scores"][k], rel_tol=1e-5, abs_tol=1e-6)

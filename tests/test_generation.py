@@ -176,3 +176,72 @@ def test_per_sample_sampler_rows_are_independent():
         kth = torch.topk(scores[r], 5).values[-1]
         probs = torch.softmax(scores[r].masked_fill(scores[r] < kth, -torch.inf), -1)
         assert finite[0] == int(torch.multinomial(probs, 1, generator=gen)[0])
+
+
+# ------------------------------------------------------------------------------------ P05
+
+@pytest.fixture(scope="module")
+def eos_model():
+    """A stub that always prefers EOS: gen_model's shape with +100 added to the EOS logit."""
+    torch.manual_seed(1)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64)
+    m = GPT2LMHeadModel(cfg).eval()
+
+    def hook(_mod, _inp, out):
+        out = out.clone()
+        out[..., EOS] += 100.0
+        return out
+
+    m.lm_head.register_forward_hook(hook)
+    return m
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_p05_min_new_tokens_counts_new_tokens_not_the_prompt(eos_model, greedy):
+    p5, p10 = [3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    kw = dict(max_new_tokens=30, pad_id=EOS, eos_id=EOS, min_new_tokens=20, greedy=greedy)
+    for prompts in ([p5], [p10], [p5, p10], [p10, p5]):
+        seeds = None if greedy else [sample_seed(0, i) for i in range(len(prompts))]
+        got = generate(eos_model, prompts, seeds=seeds, **kw)
+        assert [len(g.new_ids) for g in got] == [20] * len(prompts)  # min_length would give 15 / 10
+        assert all(EOS not in g.new_ids for g in got)
+
+
+@pytest.mark.parametrize("width", [5, 10])
+def test_p05_temperature_decay_processor(width):
+    from llm_mia.models.generation import TemperatureDecay
+
+    proc = TemperatureDecay(width)
+    scores = torch.tensor([[2.0, 0, 0, 0, 0, 0, 0, 0]])
+    expected_t = {0: 10.0, 10: 5.5, 19: 1.45, 20: 1.0, 25: 1.0}  # 10 - 9 i / 20, then 1
+    for i, t in expected_t.items():
+        ids = torch.zeros(1, width + i, dtype=torch.long)  # the i-th new token is being chosen
+        out = proc(ids, scores.clone())
+        assert torch.allclose(out, scores / t, atol=1e-6), (i, out)
+        if i < 20:
+            assert not torch.equal(out, scores)
+    with pytest.raises(LlmMiaError):
+        TemperatureDecay(5, start=0.0)
+
+
+def test_p05_temperature_decay_changes_the_samples_and_config_is_top_k_40(gen_model, monkeypatch):
+    """Samples with the decay equal the slow loop with T(i) = 10 - 9 i / 20; they differ from plain
+    top-k samples with the same seeds; the GenerationConfig actually passed to HF samples with
+    top_k 40 and top_p 1.0."""
+    seen = []
+    orig = type(gen_model).generate
+
+    def spy(self, *a, **kw):
+        seen.append(kw["generation_config"])
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(type(gen_model), "generate", spy)
+    seeds = [sample_seed(5, i) for i in range(3)]
+    decayed = generate(gen_model, PROMPTS, max_new_tokens=8, pad_id=EOS, seeds=seeds, top_k=40,
+                       temperature_decay=(10.0, 1.0, 20))
+    plain = generate(gen_model, PROMPTS, max_new_tokens=8, pad_id=EOS, seeds=seeds, top_k=40)
+    for p, s, g in zip(PROMPTS, seeds, decayed):
+        assert g.new_ids == ref_generate(gen_model, p, 8, seed=s, top_k=40, temperature=lambda i: 10 - 9 * min(i, 20) / 20)
+    assert [g.new_ids for g in decayed] != [g.new_ids for g in plain]
+    cfg = seen[0]
+    assert cfg.do_sample is True and cfg.top_k == 40 and cfg.top_p == 1.0

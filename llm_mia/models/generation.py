@@ -59,6 +59,31 @@ class PerSampleSampler(LogitsProcessor):
         return out
 
 
+class TemperatureDecay(LogitsProcessor):
+    """Carlini et al. 2021 sec. 5.1.1 "decaying temperature": logits / T(i) for the i-th new token.
+
+    T(i) falls linearly from ``start`` (10) at i = 0 to ``end`` (1) at i = ``steps`` (20) and stays at
+    ``end`` after: T(i) = start + (end - start) * min(i, steps) / steps. The high temperature at the
+    start lets a sample leave the model's most likely openings; the model then continues at T = 1.
+    ``i`` is counted from the end of the (left-padded) prompt batch of width ``prompt_width``, so it
+    is the same for every row and for any prompt length.
+
+    Runs before :class:`PerSampleSampler` in the processor list; returns a new tensor.
+    """
+
+    def __init__(self, prompt_width: int, *, start: float = 10.0, end: float = 1.0, steps: int = 20):
+        if start <= 0 or end <= 0 or steps < 1:
+            raise LlmMiaError("temperature decay needs start > 0, end > 0 and steps >= 1")
+        self.prompt_width, self.start, self.end, self.steps = prompt_width, float(start), float(end), int(steps)
+
+    def temperature(self, i: int) -> float:
+        """T(i) for the i-th generated token (0-based)."""
+        return self.start + (self.end - self.start) * min(max(i, 0), self.steps) / self.steps
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores / self.temperature(input_ids.shape[1] - self.prompt_width)
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token-id lists to (B, W) ids and attention mask; the mask comes from lengths."""
     if any(len(p) == 0 for p in prompts):
@@ -83,7 +108,8 @@ class Generated:
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
              seeds: Sequence[int] | None = None, top_k: int = 40, temperature: float | Callable[[int], float] = 1.0,
-             min_new_tokens: int = 0, eos_id: int | None = None, greedy: bool = False) -> list[Generated]:
+             min_new_tokens: int = 0, eos_id: int | None = None, greedy: bool = False,
+             temperature_decay: tuple[float, float, int] | None = None) -> list[Generated]:
     """Generate continuations of a batch of prompts (token ids) in one ``generate`` call.
 
     Args:
@@ -94,6 +120,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
         min_new_tokens: ``eos_id`` is forbidden for the first ``min_new_tokens`` NEW tokens (counted
             from the prompt's end, never including the prompt).
         greedy: argmax decoding (no seeds needed).
+        temperature_decay: ``(start, end, steps)``: a :class:`TemperatureDecay` processor runs before
+            the sampler (Carlini et al. 2021 use (10, 1, 20)); ``temperature`` then multiplies it.
 
     Returns:
         B :class:`Generated`, in prompt order; ``new_ids`` stop before the first EOS if one is emitted.
@@ -117,6 +145,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
         if seeds is None or len(seeds) != len(prompts):
             raise LlmMiaError("sampling needs one seed per prompt")
         banned = ([eos_id], min_new_tokens) if eos_id is not None else ((), 0)
+        if temperature_decay is not None:
+            start, end, steps = temperature_decay
+            processors.append(TemperatureDecay(W, start=start, end=end, steps=steps))
         processors.append(PerSampleSampler(seeds, top_k=top_k, temperature=temperature, prompt_width=W,
                                            banned_until=banned))
         cfg = GenerationConfig(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,

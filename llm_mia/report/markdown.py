@@ -60,16 +60,26 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
             + f", corpus `{prov['corpus']}`.", ""]
     out += ["## Findings", ""] + [f"- {o}" for o in report["observations"]] + [""]
 
+    strategies = ext.get("strategies", ["top-k"])
     out += ["## Extraction (Carlini et al. 2021)", "",
-            f"{ext['num_samples']} samples of {ext['max_new_tokens']} tokens (top-k 40, seed {ext['seed']}), "
+            f"{ext['num_samples']} samples of {ext['max_new_tokens']} new tokens ({ext.get('samples_per_strategy', ext['num_samples'])} "
+            f"per strategy: {', '.join(strategies)}; top-k 40, seed {ext['seed']}), "
             f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
             f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
+    table = ext.get("carlini_table")
+    if table:
+        names = [n for n in ext["rankings"]]
+        out += [f"Memorized samples among the top {ext['top_n']} of each (strategy, ranking), the paper's table 3:", ""]
+        rows = [[st] + [table[st][n]["memorized"] for n in names] + [table[st]["unique_memorized"]] for st in strategies]
+        out.append(_table(["strategy"] + names + ["unique"], rows))
+        out += ["", f"Unique memorized samples in any top list, all strategies: "
+                    f"{ext.get('memorized_unique_in_any_top', ext['memorized_in_any_top'])}.", ""]
     shown = min(ext["top_n"], ext["unique_samples"])
-    out.append(_table(["ranking", f"memorized in top {shown}", "secrets surfaced", "PII hits in top"],
+    out.append(_table(["ranking (all strategies)", f"memorized in top {shown}", "secrets surfaced", "PII hits in top"],
                       [[k, v["memorized"], len(v["secrets"]), v["pii_hits"]] for k, v in ext["rankings"].items()]))
     out.append("")
     for name in ext["rankings"]:
-        rows = [r for r in top if r["ranking"] == name][:3]
+        rows = sorted((r for r in top if r["ranking"] == name), key=lambda r: -r["score"])[:3]
         if not rows:
             continue
         out += [f"Top samples by **{name}**:", ""]
