@@ -135,6 +135,32 @@ def score(
 
 
 @app.command()
+def exposure(
+    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    secrets: Path = typer.Option(..., "--secrets", help="secrets.json (from `llm-mia corpus build` or written by hand)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: exposure.json, exposure.csv, exposure.png."),
+    references: int = typer.Option(10_000, "--references", min=1, help="Random candidates per secret for the rank estimator."),
+    exact_limit: int = typer.Option(1_000_000, "--exact-limit", min=0,
+                                    help="Enumerate spaces of at most this many members for the exact exposure."),
+    beams: int = typer.Option(5, "--beams", min=1, help="Beams for beam-search extraction."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """Canary exposure (Carlini et al. 2019) of every secret: rank, exact, extrapolated; greedy, beam, sampling extraction."""
+    from llm_mia.exposure import run_exposure
+
+    res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
+                       batch_size=batch_size, device=device)
+    c = res.controls
+    typer.echo(f"{len(res.rows)} secrets, {sum(r['greedy_extracted'] for r in res.rows)} greedily extracted -> "
+               f"{out / 'exposure.json'}")
+    if c.get("n"):
+        typer.echo(f"controls: mean rank exposure {c['mean_exposure_rank']:.2f} bits, expected {c['expected_bits']:.2f} "
+                   f"(1/ln 2 = 1.44); off by {c['difference_bits']:+.2f} bits = {c['z']:+.1f} standard errors")
+
+
+@app.command()
 def audit(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),
