@@ -270,7 +270,7 @@ class SpaceScores:
     sample_logprob: np.ndarray | None
 
 
-def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix: str, *, batch_size: int = 256,
+def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix: str, *, batch_size: int = 64,
                 top_k: int | None = None, progress: Callable[[int], None] | None = None) -> SpaceScores:
     """Log-perplexity (bits, Carlini et al. 2019 sec. 3) of ``prefix + r + suffix`` for every r, via the
     shared-prefix KV cache. Equal to :func:`log_perplexity_bits` of the same sentences (to ~1e-5 bits).
@@ -381,7 +381,7 @@ def control_summary(rows: Sequence[dict], n_references: int) -> dict:
 
 def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_references: int = DEFAULT_REFERENCES,
                     exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0, beams: int = 5, top_k: int = 40,
-                    batch_size: int = 256, progress: Callable[[int], None] | None = None,
+                    batch_size: int = 64, progress: Callable[[int], None] | None = None,
                     n_candidates: int | None = None) -> ExposureResult:
     """Every estimator of exposure and extraction for each secret (controls with ``count`` 0 included).
 
@@ -509,7 +509,7 @@ def rows_to_csv(rows: Sequence[dict]) -> str:
 
 def run_exposure(model: str, secrets_path: str | Path, out_dir: str | Path, *,
                  n_references: int = DEFAULT_REFERENCES, exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0,
-                 beams: int = 5, batch_size: int = 256, device: str | None = None,
+                 beams: int = 5, batch_size: int = 64, device: str | None = None,
                  progress: bool = True) -> ExposureResult:
     """``llm-mia exposure``: every secret of ``secrets_path`` against ``model``; writes
     ``out_dir/exposure.json``, ``exposure.csv`` and ``exposure.png`` (exposure against insertion count).

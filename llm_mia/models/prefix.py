@@ -95,7 +95,7 @@ def _expand_cache(cache, batch: int):
 
 @torch.inference_mode()
 def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int]], split: Sequence[int], *,
-                        batch_size: int = 256, top_k: int | None = None, min_group: int = 2,
+                        batch_size: int = 64, top_k: int | None = None, min_group: int = 2,
                         max_context: int | None = None,
                         progress: Callable[[int], None] | None = None) -> PrefixScores:
     """Sum of log p over every token of each sequence, with one prefix pass per group of equal prefixes.
