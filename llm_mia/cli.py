@@ -168,7 +168,9 @@ def audit(
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder."),
     demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1),
-    candidates: int = typer.Option(1000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
+    candidates: int = typer.Option(4000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
+    exact_limit: int = typer.Option(100_000, "--exact-limit", min=0,
+                                    help="Enumerate secret spaces of at most this many members for the exact exposure."),
     seed: int = typer.Option(0, "--seed"),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
@@ -177,7 +179,8 @@ def audit(
     """Run extraction, secret exposure and membership scoring; write report.json and report.md."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
 
-    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, seed=seed, show_secrets=show_secrets)
+    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
+                      show_secrets=show_secrets)
     if demo:
         out = out or Path("audit-demo")
         run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps)

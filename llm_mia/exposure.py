@@ -273,24 +273,37 @@ class SpaceScores:
 def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix: str, *, batch_size: int = 64,
                 top_k: int | None = None, progress: Callable[[int], None] | None = None) -> SpaceScores:
     """Log-perplexity (bits, Carlini et al. 2019 sec. 3) of ``prefix + r + suffix`` for every r, via the
-    shared-prefix KV cache. Equal to :func:`log_perplexity_bits` of the same sentences (to ~1e-5 bits).
+    shared-prefix KV cache. Equal to :func:`log_perplexity_bits` of the same sentences (to ~1e-4 bits);
+    a sentence longer than the model's context is scored whole with its sliding context, as there.
 
     With ``top_k``, also the natural log of the probability that one top-k sample continuing the
     prefix tokens emits exactly the random part's tokens (sum over those tokens of
-    ``log(p(token) / sum of the top-k p)``, -inf if one is outside the top k), shape (N,).
+    ``log(p(token) / sum of the top-k p)``, -inf if one is outside the top k), shape (N,); NaN for a
+    sentence longer than the context.
     """
     sents = _tokenize(loaded, prefix, randoms, suffix)
-    res = score_shared_prefix(loaded.model, sents.ids, sents.split, batch_size=batch_size, top_k=top_k,
-                              max_context=loaded.max_context, progress=progress)
-    logppl = -res.total_logprob.numpy() / LN2
-    sample = None
-    if top_k is not None:
-        sample = np.zeros(len(randoms))
-        kk = res.tail_topk_logprob.double().numpy()
-        for i in range(len(randoms)):
-            used = int(res.split[i])  # rows scored whole have split 1; their tail starts after BOS
-            a, b = sents.split[i] - used, sents.rand_end[i] - used
-            sample[i] = float(kk[i, a:b].sum()) if b > a else 0.0
+    ctx = loaded.max_context
+    fits = [i for i, x in enumerate(sents.ids) if ctx is None or len(x) <= ctx]
+    long = [i for i, x in enumerate(sents.ids) if ctx is not None and len(x) > ctx]
+    logppl = np.zeros(len(randoms))
+    sample = np.full(len(randoms), np.nan) if top_k is not None else None
+    if long:  # sentences longer than the context: whole-sentence scoring with a sliding context
+        from llm_mia.models.stats import compute_token_stats
+        from llm_mia.signals import total_nll
+
+        st = compute_token_stats(loaded.model, [sents.ids[i] for i in long], context_lens=1, batch_size=batch_size,
+                                 pad_id=loaded.bos_id, max_context=ctx, progress=progress)
+        logppl[long] = total_nll(st).double().numpy() / LN2  # sample probability stays NaN there
+    if fits:
+        res = score_shared_prefix(loaded.model, [sents.ids[i] for i in fits], [sents.split[i] for i in fits],
+                                  batch_size=batch_size, top_k=top_k, max_context=ctx, progress=progress)
+        logppl[fits] = -res.total_logprob.numpy() / LN2
+        if top_k is not None:
+            kk = res.tail_topk_logprob.double().numpy()
+            for row, i in enumerate(fits):
+                used = int(res.split[row])  # rows scored whole have split 1; their tail starts after BOS
+                a, b = sents.split[i] - used, sents.rand_end[i] - used
+                sample[i] = float(kk[row, a:b].sum()) if b > a else 0.0
     return SpaceScores(logppl=logppl + 0.0, sample_logprob=sample)
 
 
@@ -425,8 +438,13 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
         nonfinite = int((~np.isfinite(ref)).sum())
         ext = extrapolated_exposure(lp, ref)
         flags += ext.flags
-        p = float(math.exp(sc.sample_logprob[0])) if np.isfinite(sc.sample_logprob[0]) else 0.0
-        p = min(max(p, 0.0), 1.0)
+        slp = float(sc.sample_logprob[0])
+        if math.isnan(slp):
+            p, half = float("nan"), float("nan")
+            flags.append("sentence_longer_than_context")
+        else:
+            p = min(max(math.exp(slp), 0.0), 1.0)
+            half = samples_for_half(p)
         rows.append({"id": s.id, "kind": s.kind, "count": s.count, "format": s.format, "space_size": s.space_size,
                      "log_perplexity_bits": lp, "n_references": n_references,
                      "n_references_nonfinite": nonfinite,
@@ -434,7 +452,7 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
                      "exposure_exact": float("nan"), "exposure_extrapolated": ext.bits,
                      "skewnorm": list(ext.params) if ext.params else None,
                      "sample_probability": p, "sample_log2_probability": float(sc.sample_logprob[0]) / LN2,
-                     "samples_for_half": samples_for_half(p), "flags": flags})
+                     "samples_for_half": half, "flags": flags})
 
     # exact: one enumeration per (format, prefix, suffix), counts for every secret sharing it
     groups: dict[tuple[str, str, str], list[int]] = {}

@@ -212,6 +212,21 @@ def test_shared_prefix_scorer_groups_ragged_tails_and_small_groups(tiny_model):
     assert res.split[-3:].tolist() == [1, 1, 1]
 
 
+def test_sentences_longer_than_the_context_scored_like_whole_sentences(tiny_tokenizer):
+    from conftest import make_tiny_gpt2
+    from llm_mia.exposure import log_perplexity_bits, score_space
+    from llm_mia.models.loading import from_objects
+
+    lm = from_objects(make_tiny_gpt2(len(tiny_tokenizer), n_positions=24), tiny_tokenizer)
+    prefix, suffix = "Call ", " now!"
+    randoms = ["555-0100", "555-0100 " * 4 + "or 555-0199"]  # the second is longer than 24 tokens
+    got = score_space(lm, prefix, randoms, suffix, top_k=40)
+    want = log_perplexity_bits(lm, [prefix + r + suffix for r in randoms])  # sliding context there
+    assert np.allclose(got.logppl, want, atol=1e-4)
+    assert np.isfinite(got.sample_logprob[0]) or got.sample_logprob[0] == -math.inf
+    assert math.isnan(got.sample_logprob[1])
+
+
 # ------------------------------------------------------------------ exact exposure against brute force
 
 def test_exact_exposure_on_a_space_of_ten_thousand_equals_brute_force(tiny_model, tiny_tokenizer):
