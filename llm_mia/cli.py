@@ -39,12 +39,14 @@ def corpus_build(
     repeats: str = typer.Option("1,2,4,8,16,32", "--repeats", help="Insertion counts of the planted secrets."),
     heldout_fraction: float = typer.Option(0.2, "--heldout-fraction", help="Share of documents held out as non-members."),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
+    templates: Optional[Path] = typer.Option(None, "--templates",
+                                             help="Canary templates JSON (default prompts/canary_templates.json)."),
 ):
     """Split a corpus into members / held-out and plant canaries and synthetic PII in the members."""
     from llm_mia.corpus import build_corpus
 
     s = build_corpus(source, out, seed=seed, repeats=tuple(_parse_ints(repeats, "--repeats")),
-                     heldout_fraction=heldout_fraction, max_chars=max_chars)
+                     heldout_fraction=heldout_fraction, max_chars=max_chars, templates=templates)
     typer.echo(f"corpus: {s.n_train} member and {s.n_heldout} held-out documents, {s.n_secrets} secrets -> {out}")
 
 

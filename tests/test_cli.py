@@ -43,6 +43,13 @@ def test_corpus_build_and_train_cli(tmp_path, capsys):
     assert code == 0, err
     secrets = json.loads((tmp_path / "c" / "secrets.json").read_text())
     assert sorted({s["count"] for s in secrets}) == [0, 1, 4]
+    tpl = tmp_path / "templates.json"
+    tpl.write_text(json.dumps([{"prefix_template": "The locker code of {name} is ", "format": "{h3}", "suffix": "!"}]))
+    code, _, err = run_cli(["corpus", "build", "--source", src, "--out", tmp_path / "c2", "--repeats", "2",
+                            "--templates", tpl], capsys)
+    assert code == 0, err
+    canaries = [s for s in json.loads((tmp_path / "c2" / "secrets.json").read_text()) if s["kind"] == "canary"]
+    assert canaries and all(s["format"] == "{h3}" and s["prefix"].startswith("The locker code of ") for s in canaries)
     code, out, err = run_cli(["train", "--corpus", tmp_path / "c", "--out", tmp_path / "m", "--preset", "tiny",
                               "--max-steps", "3"], capsys)
     assert code == 0, err
