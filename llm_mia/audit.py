@@ -28,10 +28,10 @@ class AuditConfig:
     """Every knob of an audit run and its default."""
 
     num_samples: int = 1000
-    # Random candidates per secret for rank exposure. Measured with benchmarks/exposure_bench.py on the
-    # small preset (2-core CPU, 1 thread): ~1,300 canary and ~630 PII candidates/s with the shared-prefix
-    # cache, so the demo's 28 secrets take ~2.2 min at 4,000 (10,000 would take ~5.5 min).
-    n_candidates: int = 4000
+    # Random candidates per secret for rank exposure. Measured: `llm-mia exposure --references 4000` on the
+    # demo's model and 28 secrets took 262 s on the shared 2-core CPU (112 k sentences, ~430/s), so the
+    # audit uses 2,000 (~2 min; the old whole-sentence path took 159 s for 1,000). 10,000 would take ~11 min.
+    n_candidates: int = 2000
     # Spaces up to this size are enumerated whole for the exact exposure. A space of 10**6 (the {d6}
     # canaries) costs ~13 min per secret on that CPU, so the audit stops at 10**5; `llm-mia exposure
     # --exact-limit` goes higher.

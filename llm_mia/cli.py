@@ -170,7 +170,7 @@ def audit(
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder."),
     demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1),
-    candidates: int = typer.Option(4000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
+    candidates: int = typer.Option(2000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
     exact_limit: int = typer.Option(100_000, "--exact-limit", min=0,
                                     help="Enumerate secret spaces of at most this many members for the exact exposure."),
     seed: int = typer.Option(0, "--seed"),
