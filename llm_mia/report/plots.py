@@ -9,6 +9,16 @@ import numpy as np
 from llm_mia.io import atomic_path
 
 
+def _save(fig, path: str | Path) -> None:
+    """Write a figure as PNG atomically (temp file + rename) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def roc_plot(path: str | Path, y_true, scores: dict[str, list[float]], *, title: str = "Membership ROC") -> None:
     """Draw log-log ROC curves, one per signal, into ``path`` (PNG); NaN scores are dropped per signal."""
     import matplotlib
@@ -34,10 +44,7 @@ def roc_plot(path: str | Path, y_true, scores: dict[str, list[float]], *, title:
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def exposure_plot(path: str | Path, rows: list[dict], *, n_references: int | None = None,
@@ -85,7 +92,4 @@ def exposure_plot(path: str | Path, rows: list[dict], *, n_references: int | Non
     ax.set_ylabel("exposure (bits)")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
