@@ -30,7 +30,15 @@ class AuditConfig:
     num_samples: int = 500  # per extraction strategy
     strategies: tuple[str, ...] = ("top-k", "temperature-decay", "internet")
     prompt_source: str | None = None  # internet prompts; None: the corpus's heldout.jsonl (never trained on)
-    n_candidates: int = 1000  # random candidates per secret for rank exposure
+    # Random candidates per secret for rank exposure. Measured: `llm-mia exposure --references 4000` on the
+    # demo's model and 28 secrets took 262 s on the shared 2-core CPU (112 k sentences, ~430/s), so the
+    # audit uses 2,000 (~2 min; the old whole-sentence path took 159 s for 1,000). 10,000 would take ~11 min.
+    n_candidates: int = 2000
+    # Spaces up to this size are enumerated whole for the exact exposure. A space of 10**6 (the {d6}
+    # canaries) costs ~13 min per secret on that CPU, so the audit stops at 10**5; `llm-mia exposure
+    # --exact-limit` goes higher.
+    exact_limit: int = 100_000
+    beams: int = 5
     membership_docs: int = 200  # members and as many held-out documents scored for the ROC
     top_n: int = 100
     seed: int = 0
@@ -73,19 +81,6 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
     return {"n_members": n, "n_nonmembers": n, "signals": out}
 
 
-def _exposure_by_count(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple[int, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["count"], r["kind"]), []).append(r)
-    out = []
-    for (count, kind), rs in sorted(groups.items()):
-        out.append({"count": count, "kind": kind, "n": len(rs),
-                    "mean_exposure_rank": float(np.mean([r["exposure_rank"] for r in rs])),
-                    "greedy_extracted": sum(r["greedy_extracted"] for r in rs),
-                    "surfaced_in_samples": sum(r.get("surfaced_in_samples", 0) > 0 for r in rs)})
-    return out
-
-
 def _observations(report: dict) -> list[str]:
     """Plain statements of what happened, including what went worse than expected."""
     obs = []
@@ -98,8 +93,11 @@ def _observations(report: dict) -> list[str]:
     ctrl = [s for s in secrets if s["count"] == 0]
     if ctrl:
         m = float(np.mean([s["exposure_rank"] for s in ctrl]))
-        obs.append(f"never-inserted controls: mean rank exposure {m:.2f} bits (chance level is about 1/ln 2 = 1.44 bits; "
-                   f"{'within' if abs(m - 1.44) < 1.0 else 'off by'} {abs(m - 1.44):.2f} bits), "
+        c = report.get("exposure_controls") or {}
+        exp = c.get("expected_bits", 1 / np.log(2))
+        se = c.get("stderr_bits", (1 / np.log(2)) / np.sqrt(len(ctrl)))
+        obs.append(f"never-inserted controls: mean rank exposure {m:.2f} bits (chance: {exp:.2f} bits, about 1/ln 2; "
+                   f"off by {m - exp:+.2f} bits = {(m - exp) / se:+.1f} standard errors of {se:.2f}), "
                    f"{sum(s['greedy_extracted'] for s in ctrl)} of {len(ctrl)} greedily 'extracted'.")
     ext = report["extraction"]
     for name, row in ext["rankings"].items():
@@ -128,7 +126,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         LlmMiaError: missing corpus files, corrupt secrets.json, a folder that is not a model.
     """
     from llm_mia.secrets import load_secrets
-    from llm_mia.exposure import secret_exposure
+    from llm_mia.exposure import exposure_by_count, secret_exposure
+    from llm_mia.report.plots import exposure_plot
     from llm_mia.report.markdown import render_markdown
 
     cfg = cfg or AuditConfig()
@@ -159,9 +158,10 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     t = time.time()
     from llm_mia.progress import bar
 
-    with bar("exposure", len(secrets) * (cfg.n_candidates + 1), enabled=cfg.progress) as adv:
-        exp = secret_exposure(target, secrets, n_candidates=cfg.n_candidates, seed=cfg.seed, batch_size=cfg.batch_size,
-                              progress=adv)
+    total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
+    with bar("exposure", total, enabled=cfg.progress) as adv:
+        exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
+                              seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
     timings["exposure_s"] = round(time.time() - t, 1)
     surfaced = set(ext["secrets_surfaced"])
     for r in exp.rows:
@@ -187,10 +187,13 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         },
         "extraction": ext,
         "secrets": exp.rows,
-        "exposure_by_count": _exposure_by_count(exp.rows),
+        "exposure_by_count": exposure_by_count(exp.rows),
+        "exposure_controls": exp.controls,
+        "exposure_plot": "exposure.png",
         "membership": membership,
     }
     report["observations"] = _observations(report)
+    exposure_plot(out / "exposure.png", exp.rows, n_references=cfg.n_candidates)
     io.write_json(out / "report.json", report)
     top = io.read_jsonl(out / "extract" / "top.jsonl")
     io.write_text(out / "report.md", render_markdown(report, top, secrets, show_secrets=cfg.show_secrets))

@@ -39,12 +39,14 @@ def corpus_build(
     repeats: str = typer.Option("1,2,4,8,16,32", "--repeats", help="Insertion counts of the planted secrets."),
     heldout_fraction: float = typer.Option(0.2, "--heldout-fraction", help="Share of documents held out as non-members."),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
+    templates: Optional[Path] = typer.Option(None, "--templates",
+                                             help="Canary templates JSON (default prompts/canary_templates.json)."),
 ):
     """Split a corpus into members / held-out and plant canaries and synthetic PII in the members."""
     from llm_mia.corpus import build_corpus
 
     s = build_corpus(source, out, seed=seed, repeats=tuple(_parse_ints(repeats, "--repeats")),
-                     heldout_fraction=heldout_fraction, max_chars=max_chars)
+                     heldout_fraction=heldout_fraction, max_chars=max_chars, templates=templates)
     typer.echo(f"corpus: {s.n_train} member and {s.n_heldout} held-out documents, {s.n_secrets} secrets -> {out}")
 
 
@@ -151,6 +153,32 @@ def score(
 
 
 @app.command()
+def exposure(
+    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    secrets: Path = typer.Option(..., "--secrets", help="secrets.json (from `llm-mia corpus build` or written by hand)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: exposure.json, exposure.csv, exposure.png."),
+    references: int = typer.Option(10_000, "--references", min=1, help="Random candidates per secret for the rank estimator."),
+    exact_limit: int = typer.Option(1_000_000, "--exact-limit", min=0,
+                                    help="Enumerate spaces of at most this many members for the exact exposure."),
+    beams: int = typer.Option(5, "--beams", min=1, help="Beams for beam-search extraction."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass (64 was fastest on a 2-core CPU)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """Canary exposure (Carlini et al. 2019) of every secret: rank, exact, extrapolated; greedy, beam, sampling extraction."""
+    from llm_mia.exposure import run_exposure
+
+    res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
+                       batch_size=batch_size, device=device)
+    c = res.controls
+    typer.echo(f"{len(res.rows)} secrets, {sum(r['greedy_extracted'] for r in res.rows)} greedily extracted -> "
+               f"{out / 'exposure.json'}")
+    if c.get("n"):
+        typer.echo(f"controls: mean rank exposure {c['mean_exposure_rank']:.2f} bits, expected {c['expected_bits']:.2f} "
+                   f"(1/ln 2 = 1.44); off by {c['difference_bits']:+.2f} bits = {c['z']:+.1f} standard errors")
+
+
+@app.command()
 def audit(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),
@@ -162,7 +190,9 @@ def audit(
                                  help="Extraction strategies, comma-separated."),
     prompts: Optional[str] = typer.Option(None, "--prompts",
                                           help="Prompt corpus of the internet strategy (default: the corpus's heldout.jsonl)."),
-    candidates: int = typer.Option(1000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
+    candidates: int = typer.Option(2000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
+    exact_limit: int = typer.Option(100_000, "--exact-limit", min=0,
+                                    help="Enumerate secret spaces of at most this many members for the exact exposure."),
     seed: int = typer.Option(0, "--seed"),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
@@ -171,8 +201,9 @@ def audit(
     """Run extraction, secret exposure and membership scoring; write report.json and report.md."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
 
-    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, seed=seed, show_secrets=show_secrets,
-                      strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()), prompt_source=prompts)
+    cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
+                      show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
+                      prompt_source=prompts)
     if demo:
         out = out or Path("audit-demo")
         run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps)

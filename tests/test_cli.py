@@ -28,9 +28,9 @@ def built(tmp_path_factory):
 def test_help_lists_every_subcommand(capsys):
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
-    for name in ("corpus", "train", "extract", "audit"):
+    for name in ("corpus", "train", "extract", "exposure", "audit"):
         assert name in out
-    for sub in (["corpus", "build"], ["train"], ["extract"], ["audit"]):
+    for sub in (["corpus", "build"], ["train"], ["extract"], ["exposure"], ["audit"]):
         code, out, _ = run_cli([*sub, "--help"], capsys)
         assert code == 0 and "Usage" in out
 
@@ -43,6 +43,13 @@ def test_corpus_build_and_train_cli(tmp_path, capsys):
     assert code == 0, err
     secrets = json.loads((tmp_path / "c" / "secrets.json").read_text())
     assert sorted({s["count"] for s in secrets}) == [0, 1, 4]
+    tpl = tmp_path / "templates.json"
+    tpl.write_text(json.dumps([{"prefix_template": "The locker code of {name} is ", "format": "{h3}", "suffix": "!"}]))
+    code, _, err = run_cli(["corpus", "build", "--source", src, "--out", tmp_path / "c2", "--repeats", "2",
+                            "--templates", tpl], capsys)
+    assert code == 0, err
+    canaries = [s for s in json.loads((tmp_path / "c2" / "secrets.json").read_text()) if s["kind"] == "canary"]
+    assert canaries and all(s["format"] == "{h3}" and s["prefix"].startswith("The locker code of ") for s in canaries)
     code, out, err = run_cli(["train", "--corpus", tmp_path / "c", "--out", tmp_path / "m", "--preset", "tiny",
                               "--max-steps", "3"], capsys)
     assert code == 0, err
@@ -99,6 +106,9 @@ def test_audit_cli_writes_report_with_redacted_secrets(built, tmp_path, capsys):
     assert "auc" in report["membership"]["signals"]["loss"]
     md = (out / "report.md").read_text()
     assert "## Planted secrets" in md and "## Extraction" in md
+    assert "![exposure against insertion count](exposure.png)" in md and (out / "exposure.png").exists()
+    for r in report["secrets"]:
+        assert {"exposure_exact", "exposure_extrapolated", "beam_extracted", "sample_probability"} <= set(r)
     for s in secrets:
         assert s["secret"] not in md, "secrets must be redacted by default"
     code, _, err = run_cli(["audit", "--corpus", built / "corpus", "--model", built / "model", "--out", tmp_path / "a2",
@@ -106,6 +116,29 @@ def test_audit_cli_writes_report_with_redacted_secrets(built, tmp_path, capsys):
     assert code == 0, err
     md2 = (tmp_path / "a2" / "report.md").read_text()
     assert any(s["secret"] in md2 for s in secrets)
+
+
+def test_exposure_cli_on_secrets_from_corpus_build(built, tmp_path, capsys):
+    out = tmp_path / "exp"
+    code, stdout, err = run_cli(["exposure", "--model", built / "model", "--secrets", built / "corpus" / "secrets.json",
+                                 "--out", out, "--references", 32, "--exact-limit", 10, "--beams", 2], capsys)
+    assert code == 0, err
+    rec = json.loads((out / "exposure.json").read_text())
+    secrets = json.loads((built / "corpus" / "secrets.json").read_text())
+    assert [r["id"] for r in rec["rows"]] == [s["id"] for s in secrets]  # controls included, file order
+    assert any(r["count"] == 0 for r in rec["rows"])
+    for r in rec["rows"]:
+        assert math.log2(32) - math.log2(33) - 1e-9 <= r["exposure_rank"] <= 5.0 + 1e-9
+        assert r["exposure_exact"] == "NaN" and "exact_skipped_space_above_limit" in r["flags"]
+        assert isinstance(r["greedy_extracted"], bool) and isinstance(r["beam_extracted"], bool)
+        if r["sample_probability"] == "NaN":  # the tiny BPE writes some PII sentences in > 128 tokens
+            assert "sentence_longer_than_context" in r["flags"]
+        else:
+            assert 0.0 <= r["sample_probability"] <= 1.0
+    c = rec["controls"]
+    assert c["n"] == sum(s["count"] == 0 for s in secrets)
+    assert "controls: mean rank exposure" in stdout
+    assert (out / "exposure.csv").exists() and (out / "exposure.png").exists()
 
 
 @pytest.mark.parametrize("case", ["missing_corpus", "not_a_model", "corrupt_secrets", "unknown_source",

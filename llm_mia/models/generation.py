@@ -109,7 +109,7 @@ class Generated:
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
              seeds: Sequence[int] | None = None, top_k: int = 40, temperature: float | Callable[[int], float] = 1.0,
              min_new_tokens: int = 0, eos_id: int | None = None, greedy: bool = False,
-             temperature_decay: tuple[float, float, int] | None = None) -> list[Generated]:
+             temperature_decay: tuple[float, float, int] | None = None, num_beams: int = 1) -> list[Generated]:
     """Generate continuations of a batch of prompts (token ids) in one ``generate`` call.
 
     Args:
@@ -122,10 +122,17 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
         greedy: argmax decoding (no seeds needed).
         temperature_decay: ``(start, end, steps)``: a :class:`TemperatureDecay` processor runs before
             the sampler (Carlini et al. 2021 use (10, 1, 20)); ``temperature`` then multiplies it.
+        num_beams: with ``greedy``, beam search with this many beams (HF ``num_beams``, no sampling,
+            no length penalty); the best beam of each prompt is returned. Raises LlmMiaError if < 1 or
+            used with sampling.
 
     Returns:
         B :class:`Generated`, in prompt order; ``new_ids`` stop before the first EOS if one is emitted.
     """
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise LlmMiaError(f"number of beams must be a positive int, got {num_beams!r}")
+    if num_beams > 1 and not greedy:
+        raise LlmMiaError("beam search is deterministic: use it with greedy=True")
     ids, mask = left_pad(prompts, pad_id)
     from llm_mia.models.loading import model_max_context
 
@@ -138,7 +145,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
     processors = LogitsProcessorList()
     if greedy:
         cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                               eos_token_id=eos_id, num_beams=1)
+                               eos_token_id=eos_id, num_beams=num_beams, num_return_sequences=1,
+                               length_penalty=0.0 if num_beams > 1 else 1.0, early_stopping=True if num_beams > 1 else False)
         if min_new_tokens and eos_id is not None:
             cfg.min_new_tokens = min_new_tokens
     else:

@@ -88,21 +88,36 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
             out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) `{_snippet(hide(r['text']))}`")
         out.append("")
 
+    n_ref = prov["settings"]["n_candidates"]
     out += ["## Planted secrets (Carlini et al. 2019)", "",
-            f"Rank exposure in bits against {prov['settings']['n_candidates']} random candidates from each secret's space "
-            f"(maximum log2 N = {math.log2(prov['settings']['n_candidates']):.2f} bits).", ""]
-    out.append(_table(["insertions", "kind", "secrets", "mean exposure (bits)", "greedy extracted", "seen in samples"],
-                      [[g["count"], g["kind"], g["n"], g["mean_exposure_rank"], f"{g['greedy_extracted']}/{g['n']}",
-                        f"{g['surfaced_in_samples']}/{g['n']}"] for g in report["exposure_by_count"]]))
+            f"Exposure in bits (higher = more exposed): *rank* against {n_ref} random candidates from each secret's "
+            f"space (at most log2 N = {math.log2(n_ref):.2f} bits), *exact* over the whole space where it has at most "
+            f"{prov['settings'].get('exact_limit', 0)} members, *extrapolated* from a skew-normal fitted to the "
+            "candidates (inf: beyond the fit's numerical range). Extraction by greedy decoding and beam search of "
+            "the prefix, and the probability that one top-40 sample continuing the prefix is the secret.", ""]
+    if report.get("exposure_plot"):
+        out += [f"![exposure against insertion count]({report['exposure_plot']})", ""]
+    out.append(_table(["insertions", "kind", "secrets", "rank (bits)", "exact (bits)", "extrapolated (bits)",
+                       "greedy extracted", "beam extracted", "seen in samples"],
+                      [[g["count"], g["kind"], g["n"], g["mean_exposure_rank"], g.get("mean_exposure_exact"),
+                        g.get("mean_exposure_extrapolated"), f"{g['greedy_extracted']}/{g['n']}",
+                        f"{g.get('beam_extracted', 0)}/{g['n']}", f"{g['surfaced_in_samples']}/{g['n']}"]
+                       for g in report["exposure_by_count"]]))
     out.append("")
     by_id = {s.id: s for s in secrets}
     rows = []
     for r in report["secrets"]:
         s = by_id.get(r["id"])
         val = (s.secret if show_secrets else redact(s.secret)) if s else "?"
-        rows.append([r["id"], r["kind"], r["count"], val, r["exposure_rank"], "yes" if r["greedy_extracted"] else "no"])
+        p = r.get("sample_probability")
+        rows.append([r["id"], r["kind"], r["count"], val, r["exposure_rank"], r.get("exposure_exact"),
+                     r.get("exposure_extrapolated"), "yes" if r["greedy_extracted"] else "no",
+                     "yes" if r.get("beam_extracted") else "no", f"{p:.3g}" if isinstance(p, float) else "-",
+                     r.get("samples_for_half")])
     out += ["<details><summary>Every secret</summary>", "",
-            _table(["id", "kind", "insertions", "secret", "exposure (bits)", "greedy extracted"], rows), "", "</details>", ""]
+            _table(["id", "kind", "insertions", "secret", "rank (bits)", "exact (bits)", "extrapolated (bits)",
+                    "greedy", "beam", "P(top-40 sample = secret)", "samples for 50 %"], rows),
+            "", "</details>", ""]
 
     mem = report.get("membership", {})
     if mem.get("signals"):
