@@ -257,7 +257,7 @@ def log_perplexity_bits(loaded: LoadedModel, sentences: Sequence[str], *, batch_
 
     ids, ctx = encode(loaded, sentences, prepend_bos=True)
     st = compute_token_stats(loaded.model, ids, context_lens=ctx, batch_size=batch_size, pad_id=loaded.bos_id,
-                             max_context=loaded.max_context, progress=progress)
+                             max_context=loaded.max_context, moments=False, progress=progress)
     return total_nll(st).double().numpy() / LN2
 
 
@@ -292,7 +292,7 @@ def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix
         from llm_mia.signals import total_nll
 
         st = compute_token_stats(loaded.model, [sents.ids[i] for i in long], context_lens=1, batch_size=batch_size,
-                                 pad_id=loaded.bos_id, max_context=ctx, progress=progress)
+                                 pad_id=loaded.bos_id, max_context=ctx, moments=False, progress=progress)
         logppl[long] = total_nll(st).double().numpy() / LN2  # sample probability stays NaN there
     if fits:
         res = score_shared_prefix(loaded.model, [sents.ids[i] for i in fits], [sents.split[i] for i in fits],
