@@ -32,7 +32,9 @@ def gen_model():
 def ref_generate(model, prompt, n, *, seed=None, top_k=0, temperature=1.0, eos=None, banned_n=0, min_gap=None):
     """One prompt, no padding, no mask. Greedy when seed is None; stops before the first EOS."""
     ids, out = list(prompt), []
-    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    # sampling oracle: the row's n uniforms drawn once from its seed; token = first id whose
+    # cumulative probability (id order) exceeds u * total, found by a plain Python scan
+    u = torch.rand(n, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64) if seed is not None else None
     for step in range(n):
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         logits = logits / (temperature(step) if callable(temperature) else temperature)
@@ -41,18 +43,28 @@ def ref_generate(model, prompt, n, *, seed=None, top_k=0, temperature=1.0, eos=N
         if top_k:
             kth = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < kth, -torch.inf)
-        if gen is None:
+        if u is None:
             top2 = torch.topk(logits, 2).values
             if min_gap is not None:
                 min_gap.append(float(top2[0] - top2[1]))
             t = int(logits.argmax())
         else:
-            t = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[0])
+            t = inverse_cdf_pick(torch.softmax(logits.double(), -1).tolist(), float(u[step]))
         if eos is not None and t == eos:
             break
         ids.append(t)
         out.append(t)
     return out
+
+
+def inverse_cdf_pick(probs: list[float], u: float) -> int:
+    acc = 0.0
+    cum = []
+    for p in probs:
+        acc += p
+        cum.append(acc)
+    x = u * cum[-1]
+    return next((i for i, c in enumerate(cum) if c > x), len(probs) - 1)
 
 
 # ------------------------------------------------------------------------------------ C06 / left_pad
@@ -165,17 +177,17 @@ def test_per_sample_sampler_rows_are_independent():
     scores = torch.randn(3, 50, generator=g)
     ids = torch.zeros(3, 4, dtype=torch.long)
     seeds = [11, 22, 11]
-    out = PerSampleSampler(seeds, top_k=5, temperature=1.0, prompt_width=4)(ids, scores.clone())
+    out = PerSampleSampler(seeds, top_k=5, temperature=1.0, prompt_width=4, n_steps=4)(ids, scores.clone())
     for r in range(3):
-        alone = PerSampleSampler([seeds[r]], top_k=5, temperature=1.0, prompt_width=4)(ids[r:r + 1], scores[r:r + 1].clone())
+        alone = PerSampleSampler([seeds[r]], top_k=5, temperature=1.0, prompt_width=4, n_steps=4)(ids[r:r + 1], scores[r:r + 1].clone())
         assert torch.equal(out[r], alone[0])
         finite = torch.isfinite(out[r]).nonzero()[:, 0].tolist()
         assert len(finite) == 1 and out[r, finite[0]] == 0.0
         assert finite[0] in torch.topk(scores[r], 5).indices.tolist()
-        gen = torch.Generator().manual_seed(seeds[r])
+        u0 = float(torch.rand(4, generator=torch.Generator().manual_seed(seeds[r]), dtype=torch.float64)[0])
         kth = torch.topk(scores[r], 5).values[-1]
-        probs = torch.softmax(scores[r].masked_fill(scores[r] < kth, -torch.inf), -1)
-        assert finite[0] == int(torch.multinomial(probs, 1, generator=gen)[0])
+        probs = torch.softmax(scores[r].masked_fill(scores[r] < kth, -torch.inf).double(), -1)
+        assert finite[0] == inverse_cdf_pick(probs.tolist(), u0)
 
 
 # ------------------------------------------------------------------------------------ P05

@@ -1,10 +1,11 @@
 """Batched generation with Hugging Face ``generate``: left padding, per-sample seeds.
 
 Sampling randomness comes from one ``torch.Generator`` per sample, seeded from
-(base seed, sample index): the same seed gives the same samples whatever the batch size or the
-number of processes (only numerically different batched forward passes could change a draw).
-The draw is made by :class:`PerSampleSampler`, a logits processor that applies the temperature and
-top-k, samples, and hands ``generate`` a one-point distribution, so HF's own sampling step only
+(base seed, sample index), which draws that sample's uniforms once: the same seed gives the same
+samples whatever the batch size or the number of processes (only numerically different batched
+forward passes could change a draw). The draw is made by :class:`PerSampleSampler`, a logits
+processor that applies the temperature and top-k, picks every row's token by inverse transform in
+one vectorised step, and hands ``generate`` a one-point distribution, so HF's own sampling step only
 confirms the choice.
 """
 
@@ -26,19 +27,29 @@ def sample_seed(base_seed: int, index: int) -> int:
 
 
 class PerSampleSampler(LogitsProcessor):
-    """Temperature + top-k sampling with one generator per batch row.
+    """Temperature + top-k sampling with one random stream per batch row, vectorised over the batch.
+
+    Row r's sample seed fixes a ``torch.Generator`` that draws, once, ``n_steps`` uniforms
+    u_0, u_1, ... in [0, 1) (float64). The i-th new token of row r is drawn by inverse transform:
+    with p the row's top-k, temperature-scaled distribution over the vocabulary (in id order) and
+    F its cumulative sum, the token is the first id v with F(v) > u_i * F(V - 1). So a row's
+    sample depends only on its seed and its own logits: never on batch mates, batch size or the
+    number of processes, and one step costs a few tensor operations for the whole batch (no
+    per-row sampling call).
 
     Args:
         seeds: one seed per row of the batch.
-        top_k: keep the k most likely tokens (0 = all).
+        top_k: keep the k most likely tokens (0 = all); ties with the k-th logit are kept.
         temperature: callable ``i -> T`` for the i-th generated token (0-based), or a float.
         prompt_width: width of the (left-padded) prompt batch, to count generated tokens.
         banned_until: ``(ids, n)``: forbid these ids for the first n generated tokens (e.g. EOS).
+        n_steps: how many tokens each row may generate (uniforms drawn per row).
     """
 
     def __init__(self, seeds: Sequence[int], *, top_k: int, temperature: float | Callable[[int], float],
-                 prompt_width: int, banned_until: tuple[Sequence[int], int] = ((), 0)):
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+                 prompt_width: int, banned_until: tuple[Sequence[int], int] = ((), 0), n_steps: int = 1024):
+        self.uniforms = torch.stack([torch.rand(n_steps, generator=torch.Generator().manual_seed(int(s)),
+                                                dtype=torch.float64) for s in seeds])  # (B, n_steps)
         self.top_k = top_k
         self.temperature = temperature if callable(temperature) else (lambda i, t=float(temperature): t)
         self.prompt_width = prompt_width
@@ -46,16 +57,19 @@ class PerSampleSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_width
+        if step >= self.uniforms.shape[1]:
+            raise LlmMiaError(f"sampler asked for token {step + 1} of at most {self.uniforms.shape[1]}")
         logits = scores.float() / self.temperature(step)  # (B, V)
         if self.banned and step < self.banned_n:
             logits[:, self.banned] = -torch.inf
         if self.top_k and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -torch.inf)
-        probs = torch.softmax(logits, dim=-1).cpu()
-        choice = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.gens)])
+        cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1)  # (B, V)
+        x = self.uniforms[:, step].to(cdf.device)[:, None] * cdf[:, -1:]
+        choice = torch.searchsorted(cdf, x, right=True)[:, 0].clamp_max(cdf.shape[-1] - 1)  # (B,)
         out = torch.full_like(scores, -torch.inf)
-        out[torch.arange(out.shape[0]), choice.to(out.device)] = 0.0
+        out[torch.arange(out.shape[0], device=out.device), choice.to(out.device)] = 0.0
         return out
 
 
@@ -157,7 +171,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
             start, end, steps = temperature_decay
             processors.append(TemperatureDecay(W, start=start, end=end, steps=steps))
         processors.append(PerSampleSampler(seeds, top_k=top_k, temperature=temperature, prompt_width=W,
-                                           banned_until=banned))
+                                           n_steps=max_new_tokens, banned_until=banned))
         cfg = GenerationConfig(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
                                pad_token_id=pad_id, eos_token_id=eos_id, num_beams=1)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
