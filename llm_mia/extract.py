@@ -78,6 +78,23 @@ def _read_generated(path: Path) -> list[dict]:
     return good
 
 
+def _char_span(text: str, match_text: str, before: str) -> list[int] | None:
+    """[start, end) character offsets of the longest verbatim match in the decoded sample.
+
+    ``before`` is the decoding of the tokens ahead of the match: its length is the offset when the
+    match text sits there (a byte-level BPE may split a character across the boundary; then the
+    first occurrence of the match text is taken). None when the text is not found at all.
+    """
+    if not match_text:
+        return None
+    start = len(before)
+    if text[start:start + len(match_text)] != match_text:
+        start = text.find(match_text)
+        if start < 0:
+            return None
+    return [start, start + len(match_text)]
+
+
 def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path) -> list[dict]:
     """Generate ``cfg.num_samples`` samples (resuming ``out_dir/generated.jsonl`` if present).
 
@@ -163,9 +180,10 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
             row["longest_match_tokens"] = m.length
             row["longest_match_count"] = m.count
             row["longest_match_text"] = tok.decode(ids[m.start:m.start + m.length]) if m.length else ""
+            row["match_span"] = _char_span(text, row["longest_match_text"], tok.decode(ids[:m.start])) if m.length else None
             row["memorized"] = bool(len(ids) > 0 and (m.length >= cfg.memorized_min_tokens or m.length == len(ids)))
         else:
-            row["longest_match_tokens"] = row["longest_match_count"] = None
+            row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
             row["memorized"] = None
         row["secrets"] = [s.id for s in secrets if s.secret in text]
         row["pii"] = [{"type": h.type, "value": h.value, "start": h.start, "end": h.end,
@@ -184,7 +202,7 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
         for rank, s in enumerate(top, 1):
             top_rows.append({"ranking": name, "rank": rank, "id": s["id"], "score": s["scores"][sig],
                              "memorized": s["memorized"], "longest_match_tokens": s["longest_match_tokens"],
-                             "secrets": s["secrets"], "text": s["text"]})
+                             "match_span": s["match_span"], "secrets": s["secrets"], "text": s["text"]})
         table[name] = {"signal": sig, "top_n": len(top),
                        "memorized": sum(bool(s["memorized"]) for s in top),
                        "secrets": sorted({x for s in top for x in s["secrets"]}),
