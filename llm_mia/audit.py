@@ -49,8 +49,25 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
-def _membership(target, reference, members: list[str], heldout: list[str], cfg: AuditConfig) -> dict:
-    """ROC metrics of every signal, members (1) against held-out non-members (0)."""
+def strip_planted(text: str, secrets) -> str:
+    """``text`` without the sentences of inserted secrets (and the separator each insertion added).
+
+    The membership audit scores member documents as they were before planting: otherwise the
+    planted sentences (random digits, Faker records) alone tell members from held-out documents,
+    and the model-free baseline would rightly flag every demo corpus.
+    """
+    for sec in sorted((x for x in secrets if x.count > 0), key=lambda x: -len(x.text)):
+        t = sec.text
+        if t in text:
+            text = text.replace(t + "\n\n", "").replace(t + " ", "").replace("\n\n" + t, "").replace(t, "")
+    return text
+
+
+def _membership(target, reference, members: list[str], heldout: list[str], cfg: AuditConfig,
+                secrets=()) -> dict:
+    """ROC metrics of every signal, members (1) against held-out non-members (0), and the
+    model-free baseline. Planted secret sentences are removed from the members first
+    (:func:`strip_planted`)."""
     from llm_mia.metrics import roc_metrics
     from llm_mia.scoring import score
 
@@ -58,7 +75,7 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
     n = min(cfg.membership_docs, len(members), len(heldout))
     if n < 2:
         return {"skipped": "fewer than 2 held-out documents"}
-    mem = rng.sample(members, n)
+    mem = [strip_planted(t, secrets) for t in rng.sample(members, n)]
     non = rng.sample(heldout, n)
     res = score(target, mem + non, reference=reference, batch_size=cfg.batch_size, prepend_bos=True)
     y = [1] * n + [0] * n
@@ -69,8 +86,8 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
         except LlmMiaError as e:
             out[sig] = {"error": str(e)}
     per_doc = {"labels": y, "scores": {sig: [r["scores"][sig] for r in res.rows] for sig in out}}
-    return {"n_members": n, "n_nonmembers": n, "signals": out, "baseline": _baseline(mem, non, cfg.seed),
-            "per_doc": per_doc}
+    return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
+            "baseline": _baseline(mem, non, cfg.seed), "per_doc": per_doc}
 
 
 def _baseline(members: list[str], nonmembers: list[str], seed: int) -> dict:
@@ -240,7 +257,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         r["surfaced_in_samples"] = int(r["id"] in surfaced)
 
     t = time.time()
-    membership = _membership(target, reference, train, heldout, cfg)
+    membership = _membership(target, reference, train, heldout, cfg, secrets)
     timings["membership_s"] = round(time.time() - t, 1)
     t = time.time()
     from llm_mia.pii_findings import pii_findings

@@ -60,3 +60,19 @@ def test_too_few_texts_is_an_error():
         model_free_baseline(["a"], ["b", "c"])
     res = model_free_baseline(["a b", "c d e"], ["f", "g h"])  # two of each: 2 folds
     assert res["folds"] == 2 and 0.0 <= res["auc"] <= 1.0
+
+
+def test_strip_planted_removes_each_insertion_form():
+    from llm_mia.audit import strip_planted
+    from llm_mia.secrets import Secret, space_size
+
+    fmt = "{d4}"
+    s = Secret(id="c", kind="canary", text="The PIN of Al is 1234.", prefix="The PIN of Al is ", secret="1234", suffix=".",
+               format=fmt, space_size=space_size(fmt), count=3)
+    ctrl = Secret(id="k", kind="canary", text="The PIN of Bo is 9999.", prefix="The PIN of Bo is ", secret="9999",
+                  suffix=".", format=fmt, space_size=space_size(fmt), count=0)
+    doc = ("The PIN of Al is 1234.\n\nFirst para. The PIN of Al is 1234. Second sentence.\n\nLast."
+           "\n\nThe PIN of Al is 1234.")
+    assert strip_planted(doc, [s, ctrl]) == "First para. Second sentence.\n\nLast."
+    # controls were never inserted: their text (were it there) is left alone
+    assert strip_planted("x The PIN of Bo is 9999. y", [s, ctrl]) == "x The PIN of Bo is 9999. y"
