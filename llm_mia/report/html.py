@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llm_mia.pii import find_pii
-from llm_mia.report.markdown import redact
+from llm_mia.report.markdown import _fmt as _md_fmt
+from llm_mia.report.markdown import planted_strings, redact
 
 _TEMPLATES = Path(__file__).parent / "templates"
-
-
-def planted_strings(secrets: Sequence) -> list[str]:
-    """Every planted secret and PII field value, longest first (a value may contain another)."""
-    vals = {v for s in secrets for v in (s.secret, *(str(x) for x in s.fields.values())) if v}
-    return sorted(vals, key=len, reverse=True)
 
 
 def redaction_spans(text: str, secrets: Sequence) -> list[tuple[int, int]]:
@@ -106,21 +101,12 @@ def redact_report(report: Any, secrets: Sequence) -> Any:
 
 
 def _fmt(x, nd: int = 2) -> str:
-    if x is None:
-        return "-"
+    """Markdown's number format, plus yes/no for booleans and the JSON tokens "NaN" / "Infinity"."""
     if isinstance(x, bool):
         return "yes" if x else "no"
-    if isinstance(x, str):
-        if x in ("NaN", "Infinity", "-Infinity"):
-            return {"NaN": "NaN", "Infinity": "inf", "-Infinity": "-inf"}[x]
-        return x
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "NaN"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return f"{x:.{nd}f}"
-    return str(x)
+    if isinstance(x, str) and x in ("NaN", "Infinity", "-Infinity"):
+        return {"NaN": "NaN", "Infinity": "inf", "-Infinity": "-inf"}[x]
+    return _md_fmt(x, nd)
 
 
 def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secrets: Sequence, *,

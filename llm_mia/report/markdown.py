@@ -23,11 +23,16 @@ def redact(value: str) -> str:
     return value[:2] + "…" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
 
 
+def planted_strings(secrets: Sequence) -> list[str]:
+    """Every planted secret and PII field value, longest first (a value may contain another)."""
+    vals = {v for s in secrets for v in (s.secret, *(str(x) for x in s.fields.values())) if v}
+    return sorted(vals, key=len, reverse=True)
+
+
 def redact_text(text: str, secrets: Sequence) -> str:
     """``text`` with every planted secret, every planted PII field (name, address, ...) and every
     detected PII value redacted."""
-    values = {v for s in secrets for v in (s.secret, *(str(x) for x in s.fields.values())) if v}
-    for v in sorted(values, key=len, reverse=True):  # longest first: a value may contain another
+    for v in planted_strings(secrets):
         if v in text:
             text = text.replace(v, redact(v))
     for h in sorted(find_pii(text), key=lambda h: -h.start):
