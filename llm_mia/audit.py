@@ -286,7 +286,12 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "pii": pii,
     }
     report["observations"] = _observations(report)
-    apply_policy(report, policy)
+    try:
+        apply_policy(report, policy)
+    except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail
+        report["verdict"] = {"policy": policy.source, "passed": None, "line": f"ERROR: {e}", "checks": []}
+        write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
+        raise
     return write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
 
 

@@ -179,3 +179,14 @@ def test_audit_with_a_bad_policy_stops_before_any_work(leak_models, tmp_path, ca
     code, out, err = _audit(d, "clean", tmp_path / "o", capsys, "--policy", pol)
     assert code == 2 and err.startswith("error: ") and "must be a number" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_limit_the_report_cannot_answer_exits_2_but_keeps_the_report(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    pol = tmp_path / "p.toml"
+    pol.write_text("[limits]\nmax_canary_exposure_bits = 9.0\n[settings]\nmin_insertions = 1000\n")
+    code, out, err = _audit(d, "clean", tmp_path / "o", capsys, "--policy", pol)
+    last = err.strip().splitlines()[-1]  # (progress bars come before it on stderr)
+    assert code == 2 and last.startswith("error: ") and "inserted >= 1000 times" in last
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["verdict"]["passed"] is None and rep["verdict"]["line"].startswith("ERROR: ")
