@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from conftest import run_cli
 from llm_mia.errors import LlmMiaError
 from llm_mia.policy import evaluate, load_policy, parse_policy
 
-EXAMPLE = "examples/policy.toml"
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "policy.toml")
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +74,8 @@ def leaky_audit(leak_models, tmp_path_factory):
         def readouterr(self):
             return "", ""
 
-    for name, extra, want in (("hidden", ["--policy", "examples/policy.toml"], 1), ("shown", ["--show-secrets"], 0)):
+    policy = str(Path(__file__).resolve().parents[1] / "examples" / "policy.toml")
+    for name, extra, want in (("hidden", ["--policy", policy], 1), ("shown", ["--show-secrets"], 0)):
         code, _, _ = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", out / name,
                               "--num-samples", 8, "--length", 24, "--candidates", 16, *extra], Cap())
         assert code == want
