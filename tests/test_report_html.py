@@ -107,6 +107,15 @@ def test_html_is_self_contained_and_escapes_model_output(leaky_audit):
     tags = _Tags()
     tags.feed(page)
     assert len(tags.imgs) >= 3 and all(s.startswith("data:image/png;base64,") for s in tags.imgs)
+    import base64
+    import io as _io
+
+    from PIL import Image
+
+    for src in tags.imgs:  # each figure is a real, non-blank PNG
+        im = Image.open(_io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+        assert im.width >= 300 and im.height >= 200
+        assert len(im.getcolors(maxcolors=1 << 20)) > 20
     assert tags.scripts == 0 and tags.links == []
     assert "http://" not in page and "https://" not in page
     assert "<link" not in page and "@import" not in page and "url(" not in page

@@ -93,7 +93,7 @@ def redact_report(report: Any, secrets: Sequence) -> Any:
         for k, v in list(row.items()):
             if isinstance(v, str) and k not in ("id", "kind", "format"):
                 row[k] = redact_text(v, secrets)
-    for v in out.get("pii", {}).get("values", []):
+    for v in (out.get("pii") or {}).get("values", []):
         for k in ("value", "normalized"):
             if isinstance(v.get(k), str):
                 v[k] = redact(v[k])
