@@ -59,8 +59,25 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
-def _membership(target, reference, members: list[str], heldout: list[str], cfg: AuditConfig) -> dict:
-    """ROC metrics of every signal, members (1) against held-out non-members (0)."""
+def strip_planted(text: str, secrets) -> str:
+    """``text`` without the sentences of inserted secrets (and the separator each insertion added).
+
+    The membership audit scores member documents as they were before planting: otherwise the
+    planted sentences (random digits, Faker records) alone tell members from held-out documents,
+    and the model-free baseline would rightly flag every demo corpus.
+    """
+    for sec in sorted((x for x in secrets if x.count > 0), key=lambda x: -len(x.text)):
+        t = sec.text
+        if t in text:
+            text = text.replace(t + "\n\n", "").replace(t + " ", "").replace("\n\n" + t, "").replace(t, "")
+    return text
+
+
+def _membership(target, reference, members: list[str], heldout: list[str], cfg: AuditConfig,
+                secrets=()) -> dict:
+    """ROC metrics of every signal, members (1) against held-out non-members (0), and the
+    model-free baseline. Planted secret sentences are removed from the members first
+    (:func:`strip_planted`)."""
     from llm_mia.metrics import roc_metrics
     from llm_mia.scoring import score
 
@@ -68,7 +85,7 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
     n = min(cfg.membership_docs, len(members), len(heldout))
     if n < 2:
         return {"skipped": "fewer than 2 held-out documents"}
-    mem = rng.sample(members, n)
+    mem = [strip_planted(t, secrets) for t in rng.sample(members, n)]
     non = rng.sample(heldout, n)
     res = score(target, mem + non, reference=reference, prepend_bos=True)
     y = [1] * n + [0] * n
@@ -78,7 +95,19 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
             out[sig] = roc_metrics(y, [r["scores"][sig] for r in res.rows])
         except LlmMiaError as e:
             out[sig] = {"error": str(e)}
-    return {"n_members": n, "n_nonmembers": n, "signals": out}
+    per_doc = {"labels": y, "scores": {sig: [r["scores"][sig] for r in res.rows] for sig in out}}
+    return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
+            "baseline": _baseline(mem, non, cfg.seed), "per_doc": per_doc}
+
+
+def _baseline(members: list[str], nonmembers: list[str], seed: int) -> dict:
+    """The model-free baseline (:func:`llm_mia.baseline.model_free_baseline`), or why it was skipped."""
+    from llm_mia.baseline import model_free_baseline
+
+    try:
+        return model_free_baseline(members, nonmembers, seed=seed)
+    except LlmMiaError as e:
+        return {"skipped": str(e), "auc": None, "warning": None}
 
 
 def _observations(report: dict) -> list[str]:
@@ -115,20 +144,84 @@ def _observations(report: dict) -> list[str]:
             weak = [k for k, a in aucs.items() if a < 0.5]
             if weak:
                 obs.append(f"signals ranking members below non-members (AUC < 0.5): {', '.join(weak)}.")
+    base = report.get("membership", {}).get("baseline") or {}
+    if base.get("auc") is not None:
+        obs.append(f"model-free baseline (text features only): AUC {base['auc']:.3f}"
+                   + (f" -- WARNING: {base['warning']}." if base.get("warning") else ", members and held-out "
+                      "documents are not told apart without the model."))
+    pii = report.get("pii")
+    if pii:
+        pl = pii["planted"]
+        obs.append(f"PII: {pii['n_values']} distinct values in the samples, {pii['extracted_training_values']} of them "
+                   f"training data; {pl['n_planted_extracted']} of {pl['n_planted']} planted PII values emitted.")
     return obs
 
 
+def headline(report: dict) -> str:
+    """One line summing up the leakage when no policy is given (the verdict slot of the report)."""
+    parts = []
+    ins = [s for s in report.get("secrets", []) if s.get("count", 0) >= 1]
+    if ins:
+        got = sum(bool(s.get("greedy_extracted") or s.get("surfaced_in_samples")) for s in ins)
+        parts.append(f"{got} of {len(ins)} inserted secrets extracted")
+    parts.append(f"{report['extraction'].get('memorized_total', 0)} memorized samples")
+    if report.get("pii"):
+        parts.append(f"{report['pii']['extracted_training_values']} training PII values emitted")
+    sigs = report.get("membership", {}).get("signals", {})
+    tprs = {k: v["tpr_at_fpr"]["0.01"]["tpr"] for k, v in sigs.items() if "tpr_at_fpr" in v}
+    if tprs:
+        k = max(tprs, key=tprs.get)
+        parts.append(f"best membership TPR at 1% FPR {tprs[k]:.3f} ({k})")
+    return "NO POLICY: " + "; ".join(parts)
+
+
+def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: bool = False) -> dict:
+    """Write report.json, report.md and report.html into ``out_dir`` (atomic writes).
+
+    Secrets and PII are redacted everywhere unless ``show_secrets``; the (possibly redacted) report
+    that went into report.json is returned. Reads ``extract/top.jsonl`` and ``extract/samples.jsonl``
+    beside it for the sample listings and the scatter.
+    """
+    from llm_mia.report.html import redact_report, render_html
+    from llm_mia.report.markdown import render_markdown
+
+    out = Path(out_dir)
+    if not show_secrets:
+        report = redact_report(report, secrets)
+    io.write_json(out / "report.json", report)
+    top = io.read_jsonl(out / "extract" / "top.jsonl") if (out / "extract" / "top.jsonl").exists() else []
+    samples = io.read_jsonl(out / "extract" / "samples.jsonl") if (out / "extract" / "samples.jsonl").exists() else []
+    io.write_text(out / "report.md", render_markdown(report, top, secrets, show_secrets=show_secrets))
+    io.write_text(out / "report.html", render_html(report, top, samples, secrets, show_secrets=show_secrets))
+    return report
+
+
+def apply_policy(report: dict, policy) -> dict:
+    """Put the verdict into ``report["verdict"]``: the policy's (:func:`llm_mia.policy.evaluate`) or,
+    without one, :func:`headline`. Returns the verdict dict."""
+    if policy is None:
+        report["verdict"] = {"policy": None, "passed": None, "line": headline(report), "checks": []}
+    else:
+        from llm_mia.policy import evaluate
+
+        report["verdict"] = {"policy": policy.source, **evaluate(report, policy).to_dict()}
+    return report["verdict"]
+
+
 def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Path, *,
-              reference_path: str | Path | None = None, cfg: AuditConfig | None = None) -> dict:
-    """Audit ``model_path`` against the corpus in ``corpus_dir``; write report.json / report.md.
+              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None) -> dict:
+    """Audit ``model_path`` against the corpus in ``corpus_dir``; write report.json / .md / .html.
+
+    ``policy`` (:class:`llm_mia.policy.Policy`) puts the release gate's verdict at the top of the
+    report (``report["verdict"]``); without one the verdict slot holds :func:`headline`.
 
     Raises:
-        LlmMiaError: missing corpus files, corrupt secrets.json, a folder that is not a model.
+        LlmMiaError: missing corpus files, corrupt secrets.json, a folder that is not a model, a
+            report that lacks what a policy limit needs.
     """
     from llm_mia.secrets import load_secrets
     from llm_mia.exposure import exposure_by_count, secret_exposure
     from llm_mia.report.plots import exposure_plot
-    from llm_mia.report.markdown import render_markdown
 
     cfg = cfg or AuditConfig()
     t0 = time.time()
@@ -168,8 +261,13 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         r["surfaced_in_samples"] = int(r["id"] in surfaced)
 
     t = time.time()
-    membership = _membership(target, reference, train, heldout, cfg)
+    membership = _membership(target, reference, train, heldout, cfg, secrets)
     timings["membership_s"] = round(time.time() - t, 1)
+    t = time.time()
+    from llm_mia.pii_findings import pii_findings
+
+    pii = pii_findings(io.read_jsonl(out / "extract" / "samples.jsonl"), secrets, "\n\n".join(train))
+    timings["pii_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 
     recipe = Path(model_path) / "recipe.json"
@@ -191,13 +289,17 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "exposure_controls": exp.controls,
         "exposure_plot": "exposure.png",
         "membership": membership,
+        "pii": pii,
     }
     report["observations"] = _observations(report)
     exposure_plot(out / "exposure.png", exp.rows, n_references=cfg.n_candidates)
-    io.write_json(out / "report.json", report)
-    top = io.read_jsonl(out / "extract" / "top.jsonl")
-    io.write_text(out / "report.md", render_markdown(report, top, secrets, show_secrets=cfg.show_secrets))
-    return report
+    try:
+        apply_policy(report, policy)
+    except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail
+        report["verdict"] = {"policy": policy.source, "passed": None, "line": f"ERROR: {e}", "checks": []}
+        write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
+        raise
+    return write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
 
 
 #: The demo's corpus: the first 300 k characters of python-docs (~75 k tokens). Measured here: on
@@ -206,7 +308,8 @@ DEMO_MAX_CHARS = 300_000
 
 
 def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: AuditConfig | None = None,
-             max_steps: int | None = None, max_chars: int | None = DEMO_MAX_CHARS, progress: bool = True) -> dict:
+             max_steps: int | None = None, max_chars: int | None = DEMO_MAX_CHARS, progress: bool = True,
+             policy=None) -> dict:
     """The whole path on the embedded python-docs corpus: corpus -> target + reference -> audit.
 
     The reference model is trained with the target's recipe and tokenizer on the held-out split for
@@ -229,14 +332,10 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     train_model(out / "corpus", out / "reference", preset=preset, reference=True, tokenizer_from=str(out / "model"),
                 max_steps=ref_steps, progress=progress)
     timings["train_reference_s"] = round(time.time() - t, 1)
-    report = run_audit(out / "corpus", out / "model", out, reference_path=out / "reference", cfg=cfg)
+    report = run_audit(out / "corpus", out / "model", out, reference_path=out / "reference", cfg=cfg, policy=policy)
     report["provenance"]["timings"].update(timings)
     report["provenance"]["timings"]["demo_total_s"] = round(time.time() - t0, 1)
-    io.write_json(out / "report.json", report)
-    top = io.read_jsonl(out / "extract" / "top.jsonl")
-    from llm_mia.report.markdown import render_markdown
     from llm_mia.secrets import load_secrets
 
-    io.write_text(out / "report.md", render_markdown(report, top, load_secrets(out / "corpus" / "secrets.json"),
-                                                      show_secrets=(cfg.show_secrets if cfg else False)))
-    return report
+    return write_reports(out, report, load_secrets(out / "corpus" / "secrets.json"),
+                         show_secrets=(cfg.show_secrets if cfg else False))

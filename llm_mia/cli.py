@@ -197,21 +197,54 @@ def audit(
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Release gate: a policy TOML (see examples/policy.toml). "
+                                          "Exit 0 = pass, 1 = fail, 2 = error; the verdict is printed."),
+    membership_docs: int = typer.Option(200, "--membership-docs", min=2, help="Members (and as many held-out documents) scored."),
+    length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
 ):
-    """Run extraction, secret exposure and membership scoring; write report.json and report.md."""
+    """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
+    report.md and report.json; with --policy, gate the release on the result."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
 
+    pol = None
+    if policy is not None:
+        from llm_mia.policy import load_policy
+
+        pol = load_policy(policy)  # a bad policy fails before any work is done
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
-                      prompt_source=prompts)
+                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length)
     if demo:
         out = out or Path("audit-demo")
-        run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps)
+        report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
     else:
         if corpus is None or model is None or out is None:
             raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
-        run_audit(corpus, model, out, reference_path=reference, cfg=cfg)
-    typer.echo(f"report: {out / 'report.md'} (and {out / 'report.json'})")
+        report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol)
+    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'})")
+    _verdict_exit(report["verdict"], gated=pol is not None)
+
+
+def _verdict_exit(verdict: dict, *, gated: bool) -> None:
+    """Print the verdict line on stdout; exit 1 when a policy was checked and failed."""
+    typer.echo(verdict["line"])
+    if gated and not verdict["passed"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def gate(
+    report: Path = typer.Argument(..., help="report.json of an earlier `llm-mia audit`."),
+    policy: Path = typer.Option(..., "--policy", help="Policy TOML (see examples/policy.toml)."),
+):
+    """Check a release policy against an existing report.json (no model is run).
+
+    Exit 0 = pass, 1 = fail, 2 = error (bad policy, not a report, or a limit the report cannot answer).
+    """
+    from llm_mia.policy import gate_report
+
+    v = gate_report(report, policy)
+    _verdict_exit({"line": v.line, "passed": v.passed}, gated=True)
 
 
 def main() -> None:
@@ -225,7 +258,7 @@ def main() -> None:
     except ImportError:
         pass
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns (not raises) the code of typer.Exit here
     except LlmMiaError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -250,6 +283,8 @@ def main() -> None:
         msg = " ".join(str(e).split()) or type(e).__name__
         typer.echo(f"error: {type(e).__name__}: {msg} (set LLM_MIA_DEBUG=1 for the traceback)", err=True)
         sys.exit(2)
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,23 @@ class _Prompts:
         return list(d[s:s + n])
 
 
+def _char_span(text: str, match_text: str, before: str) -> list[int] | None:
+    """[start, end) character offsets of the longest verbatim match in the decoded sample.
+
+    ``before`` is the decoding of the tokens ahead of the match: its length is the offset when the
+    match text sits there (a byte-level BPE may split a character across the boundary; then the
+    first occurrence of the match text is taken). None when the text is not found at all.
+    """
+    if not match_text:
+        return None
+    start = len(before)
+    if text[start:start + len(match_text)] != match_text:
+        start = text.find(match_text)
+        if start < 0:
+            return None
+    return [start, start + len(match_text)]
+
+
 def _max_new(target: LoadedModel, cfg: ExtractConfig) -> int:
     ctx = target.max_context or 1024
     room = ctx - 1 - (cfg.prompt_tokens[1] if "internet" in cfg.strategies else 0)
@@ -363,9 +380,10 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
             row["longest_match_tokens"] = m.length
             row["longest_match_count"] = m.count
             row["longest_match_text"] = tok.decode(ids[m.start:m.start + m.length]) if m.length else ""
+            row["match_span"] = _char_span(text, row["longest_match_text"], tok.decode(ids[:m.start])) if m.length else None
             row["memorized"] = bool(len(ids) > 0 and (m.length >= cfg.memorized_min_tokens or m.length == len(ids)))
         else:
-            row["longest_match_tokens"] = row["longest_match_count"] = None
+            row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
             row["memorized"] = None
         row["secrets"] = [s.id for s in secrets if s.secret in text]
         row["pii"] = [{"type": h.type, "value": h.value, "start": h.start, "end": h.end,
@@ -395,8 +413,8 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
             for rank, s in enumerate(top, 1):
                 top_rows.append({"strategy": strategy, "ranking": name, "rank": rank, "id": s["id"],
                                  "score": s["scores"][sig], "memorized": s["memorized"],
-                                 "longest_match_tokens": s["longest_match_tokens"], "secrets": s["secrets"],
-                                 "text": s["text"]})
+                                 "longest_match_tokens": s["longest_match_tokens"], "match_span": s["match_span"],
+                                 "secrets": s["secrets"], "text": s["text"]})
         ids_top = {r["id"] for r in top_rows if r["strategy"] == strategy and r["memorized"]}
         carlini[strategy]["unique_memorized"] = len(ids_top)
     for name, sig in RANKINGS.items():

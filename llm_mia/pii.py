@@ -1,6 +1,6 @@
 """Pattern-based detectors for personal data in what a model emits.
 
-Four types, each a pattern plus a validator (precision over recall where they conflict, but every
+Seven types, each a pattern plus a validator (precision over recall where they conflict, but every
 value Faker's ``en_US`` provider writes is found):
 
 ========  ===============================================================  ====================
@@ -20,16 +20,32 @@ ssn       ``ddd-dd-dddd`` or ``ddd dd dddd``, area not 000 / 666 / 9xx,    the 9
 card      13-19 digits, contiguous or in 4-4-4-4(-1..3) / 4-6-4 / 4-6-5    the digits
           groups separated by single spaces or dashes, Luhn-valid; also
           12 contiguous digits with a Maestro prefix (Faker writes those)
+iban      2 capital letters, 2 check digits, then the country's BBAN,      the compact IBAN
+          contiguous or in groups of 4 separated by single spaces; the     (no spaces)
+          country's length (ISO 13616 registry) and the mod-97 check
+          (ISO 7064) must hold
+ipv4      dotted quad, each part 0-255, validated by ``ipaddress``; only   ``ipaddress``'s
+          globally routable addresses (``is_global``: no private,          compressed form
+          loopback, documentation or reserved ranges, which identify
+          nobody); not part of a longer dotted number, not after
+          "version" / "v" / "release"
+ipv6      hex groups and colons validated by ``ipaddress``, at least 3     compressed form
+          non-empty groups (so slices such as ``1::2`` are not taken),
+          globally routable only
 ========  ===============================================================  ====================
 
 :func:`find_pii` returns non-overlapping hits sorted by start; where two detectors claim
 overlapping text the longer span wins, then the type earlier in the table. Offsets are indices
 into the Python string (code points), so ``text[hit.start:hit.end] == hit.value`` for any text.
-Microsoft Presidio is not used: it needs spaCy models, and these four types are all we audit.
+With ``presidio=True`` and `presidio-analyzer <https://microsoft.github.io/presidio/>`_ plus a spaCy
+model installed (the optional extra ``llm_mia[presidio]``), person names and locations are added
+as types ``person`` and ``location``; :func:`pii_detectors` says which detectors run here.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -37,10 +53,13 @@ from typing import Iterable
 import phonenumbers
 from phonenumbers import Leniency, PhoneNumberFormat, PhoneNumberMatcher
 
-__all__ = ["PII_TYPES", "PiiHit", "find_pii", "luhn_valid", "pii_values"]
+__all__ = ["PII_TYPES", "PRESIDIO_TYPES", "PiiHit", "find_pii", "iban_valid", "luhn_valid", "pii_detectors",
+           "pii_values"]
 
-PII_TYPES: tuple[str, ...] = ("email", "card", "ssn", "phone")
-_PRIORITY = {t: i for i, t in enumerate(PII_TYPES)}
+PII_TYPES: tuple[str, ...] = ("email", "iban", "card", "ssn", "phone", "ipv6", "ipv4")
+#: Types added by Presidio (``find_pii(..., presidio=True)``) when it is installed: its entity -> our type.
+PRESIDIO_TYPES: dict[str, str] = {"PERSON": "person", "LOCATION": "location"}
+_PRIORITY = {t: i for i, t in enumerate((*PII_TYPES, *PRESIDIO_TYPES.values()))}
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,33 @@ def luhn_valid(number: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+#: IBAN length per country (ISO 13616 registry): the 2-letter code, then the whole IBAN's length.
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
+    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+
+
+def iban_valid(iban: str) -> bool:
+    """True when ``iban`` (spaces ignored) has its country's registered length and passes ISO 7064 mod 97-10.
+
+    The check: move the first four characters to the end, replace each letter by two digits
+    (A = 10 ... Z = 35), and the resulting integer modulo 97 must be 1. Lower-case letters, an
+    unknown country code or any character other than A-Z / 0-9 give False.
+    """
+    compact = iban.replace(" ", "")
+    if not re.fullmatch(r"[A-Z]{2}[0-9]{2}[A-Z0-9]+", compact) or IBAN_LENGTHS.get(compact[:2]) != len(compact):
+        return False
+    moved = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
 def _ssn_valid(area: str, group: str, serial: str) -> bool:
@@ -162,6 +208,70 @@ def _email_hits(text: str) -> list[PiiHit]:
     return [PiiHit("email", m.group(), m.start(), m.end(), m.group().lower()) for m in _EMAIL.finditer(text)]
 
 
+_IBAN = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})([0-9]{2})((?: ?[A-Z0-9]){8,32})")
+
+
+def _iban_hits(text: str) -> list[PiiHit]:
+    hits = []
+    for m in _IBAN.finditer(text):
+        need = IBAN_LENGTHS.get(m.group(1))
+        if need is None:
+            continue
+        # Walk the BBAN up to the registered length; the IBAN must end where a group ends.
+        rest, start_rest = m.group(3), m.start(3)
+        n, k = 0, 0
+        while k < len(rest) and n < need - 4:
+            n += rest[k] != " "
+            k += 1
+        end = start_rest + k
+        if n != need - 4 or (end < len(text) and text[end].isalnum()):
+            continue
+        value = text[m.start():end]
+        groups = value[4:].split(" ")
+        spaced = value[4:5] == " "
+        if spaced:  # "GB82 WEST 1234 ...": groups of 4, the last 1-4
+            ok = groups[0] == "" and all(len(g) == 4 for g in groups[1:-1]) and 1 <= len(groups[-1]) <= 4
+        else:
+            ok = len(groups) == 1
+        compact = value.replace(" ", "")
+        if ok and iban_valid(compact):
+            hits.append(PiiHit("iban", value, m.start(), end, compact))
+    return hits
+
+
+_IPV4 = re.compile(r"(?<![\w.])(?<!\d\.)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![\w]|\.[0-9])")
+_VERSION_BEFORE = re.compile(r"\b(?:version|ver\.?|release|rev\.?|v)[:\s]*$", re.IGNORECASE)
+_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:[0-9A-Fa-f:]*(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3})?(?![\w:]|\.[0-9])")
+
+
+def _ip_hits(text: str, want4: bool, want6: bool) -> list[PiiHit]:
+    hits = []
+    if want4:
+        for m in _IPV4.finditer(text):
+            if _VERSION_BEFORE.search(text[max(0, m.start() - 10):m.start()]):
+                continue  # "version 1.2.3.4"
+            try:
+                addr = ipaddress.IPv4Address(m.group())
+            except ValueError:  # a part > 255 or a leading zero
+                continue
+            if addr.is_global:
+                hits.append(PiiHit("ipv4", m.group(), m.start(), m.end(), addr.compressed))
+    if want6:
+        for m in _IPV6.finditer(text):
+            value = m.group()
+            if value.endswith(":") and not value.endswith("::"):
+                value = value[:-1]  # "... 2001:4860::8888: the DNS" -- sentence punctuation
+            if sum(1 for g in value.split(":") if g) < 3:
+                continue
+            try:
+                addr = ipaddress.IPv6Address(value)
+            except ValueError:
+                continue
+            if addr.is_global:
+                hits.append(PiiHit("ipv6", value, m.start(), m.start() + len(value), addr.compressed))
+    return hits
+
+
 def _in_decimal(text: str, start: int, end: int) -> bool:
     before = start >= 2 and text[start - 1] in ".," and text[start - 2].isdigit()
     after = text[end : end + 1] in (".", ",") and text[end + 1 : end + 2].isdigit()
@@ -220,14 +330,53 @@ def _phone_hits(text: str, region: str) -> list[PiiHit]:
 
 
 # ---------------------------------------------------------------------------- public API
-def find_pii(text: str, *, types: Iterable[str] | None = None, region: str = "US") -> list[PiiHit]:
-    """Detect e-mail addresses, phone numbers, US SSNs and payment-card numbers in ``text``.
+@functools.lru_cache(maxsize=1)
+def _presidio_engine():
+    """(engine, None) when Presidio and a spaCy model load, else (None, the reason)."""
+    try:
+        from presidio_analyzer import AnalyzerEngine  # optional extra
+    except ImportError:
+        return None, "presidio-analyzer is not installed (pip install 'llm_mia[presidio]')"
+    try:
+        return AnalyzerEngine(supported_languages=["en"]), None
+    except Exception as e:  # no spaCy model, a broken install: patterns only
+        return None, f"presidio-analyzer could not start ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+
+
+def pii_detectors(*, presidio: bool = True) -> dict:
+    """Which detectors :func:`find_pii` runs here.
+
+    Returns ``{"patterns": [the PII_TYPES], "presidio": [its types] or [], "presidio_note": why
+    not, or None}``. With ``presidio=False`` Presidio is not even loaded.
+    """
+    engine, why = _presidio_engine() if presidio else (None, "not requested")
+    return {"patterns": list(PII_TYPES), "presidio": list(PRESIDIO_TYPES.values()) if engine else [],
+            "presidio_note": why}
+
+
+def _presidio_hits(text: str) -> list[PiiHit]:
+    engine, _ = _presidio_engine()
+    if engine is None:
+        return []
+    out = []
+    for r in engine.analyze(text=text, language="en", entities=list(PRESIDIO_TYPES)):
+        value = text[r.start:r.end]
+        out.append(PiiHit(PRESIDIO_TYPES[r.entity_type], value, r.start, r.end, " ".join(value.split())))
+    return out
+
+
+def find_pii(text: str, *, types: Iterable[str] | None = None, region: str = "US",
+             presidio: bool = False) -> list[PiiHit]:
+    """Detect e-mail addresses, IBANs, payment-card numbers, US SSNs, phone numbers and public IP
+    addresses in ``text`` (and person names / locations with ``presidio=True`` when installed).
 
     Args:
         text: any string (unicode fine; offsets are code-point indices).
         types: subset of :data:`PII_TYPES` to look for; default all.
         region: default region for phone numbers written without a country code (ISO 3166
             alpha-2, as ``phonenumbers`` expects).
+        presidio: also run Presidio's name and location recognizers when it can be loaded (see
+            :func:`pii_detectors`); silently patterns only otherwise.
 
     Returns:
         Non-overlapping :class:`PiiHit` list sorted by ``start``. Overlaps between detectors are
@@ -250,6 +399,12 @@ def find_pii(text: str, *, types: Iterable[str] | None = None, region: str = "US
             hits += _ssn_hits(text)
         if "phone" in wanted:
             hits += _phone_hits(text, region)
+        if "iban" in wanted:
+            hits += _iban_hits(text)
+        if ("ipv4" in wanted and "." in text) or ("ipv6" in wanted and ":" in text):
+            hits += _ip_hits(text, "ipv4" in wanted, "ipv6" in wanted)
+    if presidio:
+        hits += _presidio_hits(text)
     # Greedy: longest first, then type priority, then position; keep what does not overlap.
     hits.sort(key=lambda h: (-(h.end - h.start), _PRIORITY[h.type], h.start))
     chosen: list[PiiHit] = []

@@ -85,6 +85,48 @@ def s2_model():
     return GPT2LMHeadModel(cfg).eval()
 
 
+def _fit(texts, tok, *, steps, seed):
+    """A tiny GPT-2 fitted in-process on ``texts`` (full batch, fp32): fast, unlike the bf16 trainer."""
+    model = make_tiny_gpt2(len(tok), seed=seed)
+    ids = [[tok.eos_token_id] + tok(t)["input_ids"][:127] for t in texts]
+    n = max(map(len, ids))
+    x = torch.tensor([s + [0] * (n - len(s)) for s in ids])
+    mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in ids])
+    labels = x.masked_fill(mask == 0, -100)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), float(loss.detach())
+
+
+@pytest.fixture(scope="session")
+def leak_models(tmp_path_factory):
+    """A corpus whose members hold a canary and a PII record inserted 16 times; a 'leaky' model fitted
+    on the members (it memorizes them) and a 'clean' one fitted on the held-out split (never saw a secret)."""
+    from llm_mia import io
+    from llm_mia.corpus import build_corpus
+    from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+    d = tmp_path_factory.mktemp("gate")
+    paras = [f"Section {i}: the function number {i} returns a sorted copy of the list it is given." for i in range(16)]
+    (d / "src.txt").write_text("\n\n".join(paras), encoding="utf-8")
+    build_corpus(str(d / "src.txt"), d / "corpus", seed=0, repeats=(16,), canaries_per_repeat=1, pii_per_repeat=1,
+                 controls_per_kind=1)
+    train = [r["text"] for r in io.read_jsonl(d / "corpus" / "train.jsonl")]
+    held = [r["text"] for r in io.read_jsonl(d / "corpus" / "heldout.jsonl")]
+    tok = train_bpe_tokenizer(train + held, vocab_size=400, min_frequency=1)
+    losses = {}
+    for name, texts in (("leaky", train), ("clean", held)):
+        model, losses[name] = _fit(texts, tok, steps=120, seed=1)
+        model.save_pretrained(d / name)
+        tok.save_pretrained(d / name)
+    return d, losses
+
+
 def run_cli(args, capsys):
     """Run ``llm-mia ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
     from llm_mia import cli

@@ -179,3 +179,31 @@ def test_internet_memorized_span_in_the_prompt_does_not_count(lm, tmp_path):
     t = s["carlini_table"]
     assert t["internet"]["perplexity"]["memorized"] == 1 and t["internet"]["unique_memorized"] == 1
     assert t["top-k"]["perplexity"]["memorized"] == 1 and t["top-k"]["perplexity"]["top_n"] == 1
+
+
+def test_char_span_of_the_longest_match():
+    from llm_mia.extract import _char_span
+
+    assert _char_span("hello brave world", "brave", "hello ") == [6, 11]
+    # a boundary inside a character (byte-level BPE): the decoded prefix is off, found by search
+    assert _char_span("é brave", "brave", "\ufffd\ufffd\ufffd") == [2, 7]
+    assert _char_span("abc", "zzz", "") is None and _char_span("abc", "", "") is None
+
+
+def test_extract_records_the_match_span_in_samples_and_top(lm, tiny_tokenizer, tmp_path):
+    from llm_mia.extract import extract
+
+    cfg = ExtractConfig(num_samples=6, seed=1, max_new_tokens=12, top_n=3, progress=False, resume=True)
+    # the corpus is made of the samples' own first halves: every sample has a known match
+    gen = sample(lm, cfg, tmp_path / "pre")
+    train = [tiny_tokenizer.decode(r["token_ids"][:6]) for r in gen]
+    extract(lm, tmp_path / "pre", train_texts=train, cfg=cfg)
+    rows = _lines(tmp_path / "pre" / "samples.jsonl")
+    assert any(r["match_span"] for r in rows)
+    for r in rows:
+        if r["longest_match_tokens"]:
+            s, e = r["match_span"]
+            assert r["text"][s:e] == r["longest_match_text"]
+            assert r["longest_match_tokens"] >= 1
+    for t in _lines(tmp_path / "pre" / "top.jsonl"):
+        assert t["match_span"] == next(r["match_span"] for r in rows if r["id"] == t["id"])

@@ -9,7 +9,7 @@ from faker import Faker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_mia.pii import PII_TYPES, PiiHit, find_pii, luhn_valid, pii_values
+from llm_mia.pii import PII_TYPES, PiiHit, find_pii, luhn_valid, pii_detectors, pii_values
 
 
 def ref_luhn(digits: str) -> bool:
@@ -222,3 +222,102 @@ def test_types_filter_and_values():
     assert pii_values(text) == {("email", "a@b.com"), ("ssn", "123456789")}
     with pytest.raises(ValueError, match="unknown PII type"):
         find_pii(text, types=["ssn", "passport"])
+
+
+# ----------------------------------------------------------------------------- IBAN, IP addresses
+
+
+def ref_iban_ok(iban: str) -> bool:
+    """Independent mod-97: digit-by-digit remainder over the rearranged string (ISO 7064 'piecewise')."""
+    s = iban.replace(" ", "")
+    r = 0
+    for ch in s[4:] + s[:4]:
+        for d in (str(ord(ch) - 55) if ch.isalpha() else ch):
+            r = (r * 10 + int(d)) % 97
+    return r == 1
+
+
+@pytest.mark.parametrize(
+    "text, value, norm",
+    [
+        ("pay to GB82 WEST 1234 5698 7654 32 today", "GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765432"),
+        ("iban DE89370400440532013000.", "DE89370400440532013000", "DE89370400440532013000"),
+        ("IBAN: DE89 3704 0044 0532 0130 00 THEN STOP", "DE89 3704 0044 0532 0130 00", "DE89370400440532013000"),
+        ("fr FR14 2004 1010 0505 0001 3M02 606 ok", "FR14 2004 1010 0505 0001 3M02 606", "FR1420041010050500013M02606"),
+        ("no NO9386011117947", "NO9386011117947", "NO9386011117947"),
+    ],
+)
+def test_iban_forms(text, value, norm):
+    assert ref_iban_ok(value)
+    assert [(h.type, h.value, h.normalized) for h in find_pii(text)] == [("iban", value, norm)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GB83 WEST 1234 5698 7654 32",  # check digits off by one
+        "GB82 WEST 1234 5698 7654 3",  # one character short of GB's 22
+        "DE89370400440532013001",  # last digit changed
+        "gb82 west 1234 5698 7654 32",  # lower case is not how an IBAN is written
+        "XX82WEST12345698765432",  # no such country
+        "GB82WEST12345698765432X",  # glued to more text
+    ],
+)
+def test_iban_negatives(text):
+    assert [h for h in find_pii(text) if h.type == "iban"] == []
+
+
+def test_iban_check_digits_are_what_the_reference_says():
+    assert not ref_iban_ok("GB83WEST12345698765432") and not ref_iban_ok("DE89370400440532013001")
+    assert ref_iban_ok("GB82WEST12345698765432")
+
+
+def test_faker_ibans_are_found(fake):
+    for _ in range(50):
+        v = fake.iban()
+        assert ref_iban_ok(v)
+        assert [(h.type, h.value) for h in find_pii(f"Account {v}, thanks")] == [("iban", v)]
+
+
+@pytest.mark.parametrize(
+    "text, kind, value, norm",
+    [
+        ("resolver 8.8.8.8, then", "ipv4", "8.8.8.8", "8.8.8.8"),
+        ("login from 81.2.69.160 at noon", "ipv4", "81.2.69.160", "81.2.69.160"),
+        ("dns 2001:4860:4860::8888: ok", "ipv6", "2001:4860:4860::8888", "2001:4860:4860::8888"),
+        ("host E544:6DD4:552B:82F6:BE3E:DC0B:1EF2:A4F0 up", "ipv6", "E544:6DD4:552B:82F6:BE3E:DC0B:1EF2:A4F0",
+         "e544:6dd4:552b:82f6:be3e:dc0b:1ef2:a4f0"),
+        ("full 2607:f8b0:4005:0805:0000:0000:0000:200e.", "ipv6", "2607:f8b0:4005:0805:0000:0000:0000:200e",
+         "2607:f8b0:4005:805::200e"),
+    ],
+)
+def test_ip_forms(text, kind, value, norm):
+    assert [(h.type, h.value, h.normalized) for h in find_pii(text)] == [(kind, value, norm)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "local 127.0.0.1 and 10.1.2.3 and 172.16.0.9",  # loopback / private: nobody's address
+        "docs 192.0.2.44 and 2001:db8::1 and fe80::1",  # documentation and link-local ranges
+        "bad 256.1.1.1 and 1.2.3",  # not a quad
+        "release 4.3.2.1, version 1.2.3.4, v5.6.7.8",  # versions
+        "a longer 1.2.3.4.5 dotted number",
+        "slices a[1::2] b[::3] and std::vector<int>",
+        "at 10:30:45, mac 00:1A:2B:3C:4D:5E",
+    ],
+)
+def test_ip_negatives(text):
+    assert [h for h in find_pii(text) if h.type in ("ipv4", "ipv6")] == []
+
+
+def test_detectors_report_what_runs():
+    d = pii_detectors(presidio=False)
+    assert d["patterns"] == list(PII_TYPES) and d["presidio"] == [] and d["presidio_note"] == "not requested"
+    try:
+        import presidio_analyzer  # noqa: F401
+    except ImportError:
+        d = pii_detectors()
+        assert d["presidio"] == [] and "not installed" in d["presidio_note"]
+        # without Presidio, presidio=True is the patterns alone
+        assert find_pii("John Smith lives in Paris, a@b.com", presidio=True) == find_pii("John Smith lives in Paris, a@b.com")

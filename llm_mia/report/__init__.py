@@ -1,1 +1,1 @@
-"""Audit reports: JSON (the record), Markdown (for people)."""
+"""Audit reports: JSON (the record), Markdown and self-contained HTML (for people), figures."""

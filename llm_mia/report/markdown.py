@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import Sequence
 
 from llm_mia.pii import find_pii
 
 
+_REDACTED = re.compile(r"[^…]{0,2}…[0-9a-f]{8}")
+
+
 def redact(value: str) -> str:
-    """First two characters, an ellipsis and 8 hex digits of the value's SHA-256: ``48…1f2e3d4c``."""
+    """First two characters, an ellipsis and 8 hex digits of the value's SHA-256: ``48…1f2e3d4c``.
+
+    Idempotent: a value that already has this shape is returned unchanged.
+    """
+    if _REDACTED.fullmatch(value):
+        return value
     return value[:2] + "…" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
+
+
+def planted_strings(secrets: Sequence) -> list[str]:
+    """Every planted secret and PII field value, longest first (a value may contain another)."""
+    vals = {v for s in secrets for v in (s.secret, *(str(x) for x in s.fields.values())) if v}
+    return sorted(vals, key=len, reverse=True)
 
 
 def redact_text(text: str, secrets: Sequence) -> str:
     """``text`` with every planted secret, every planted PII field (name, address, ...) and every
     detected PII value redacted."""
-    values = {v for s in secrets for v in (s.secret, *(str(x) for x in s.fields.values())) if v}
-    for v in sorted(values, key=len, reverse=True):  # longest first: a value may contain another
+    for v in planted_strings(secrets):
         if v in text:
             text = text.replace(v, redact(v))
     for h in sorted(find_pii(text), key=lambda h: -h.start):
@@ -58,6 +72,11 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
     out = ["# llm_mia audit report", ""]
     out += [f"Model `{prov['model']}`" + (f", reference `{prov['reference']}`" if prov.get("reference") else "")
             + f", corpus `{prov['corpus']}`.", ""]
+    v = report.get("verdict")
+    if v:
+        out += [f"**Verdict: {v['line']}**", ""]
+        if v.get("policy"):
+            out += [f"Release gate policy `{v['policy']}`.", ""]
     out += ["## Findings", ""] + [f"- {o}" for o in report["observations"]] + [""]
 
     strategies = ext.get("strategies", ["top-k"])
@@ -128,8 +147,33 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
             if "auc" in v:
                 t1 = v["tpr_at_fpr"].get("0.01", {})
                 rows.append([k, v["auc"], t1.get("tpr"), t1.get("realized_fpr")])
+        base = mem.get("baseline") or {}
+        if base.get("auc") is not None:
+            t1 = base["tpr_at_fpr"].get("0.01", {})
+            rows.append(["model-free baseline (text features)", base["auc"], t1.get("tpr"), t1.get("realized_fpr")])
         out.append(_table(["signal", "AUC", "TPR at 1% FPR", "realized FPR"], rows))
         out.append("")
+        if base.get("warning"):
+            out += [f"**Warning:** {base['warning']}.", ""]
+
+    pii = report.get("pii")
+    if pii:
+        pl = pii["planted"]
+        det = pii["detectors"]
+        out += ["## PII in the samples", "",
+                f"Detectors: {', '.join(det['patterns'])}"
+                + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"] else f" (patterns only: {det['presidio_note']})")
+                + ".", "",
+                f"{pii['n_hits']} hits, {pii['n_values']} distinct values, {pii['extracted_training_values']} of them "
+                f"training data. Planted PII (Lukas et al. 2023): precision {_fmt(pl['precision'], 3)} "
+                f"({pl['n_emitted_in_training']}/{pl['n_emitted']}), recall {_fmt(pl['recall'], 3)} "
+                f"({pl['n_planted_extracted']}/{pl['n_planted']}).", ""]
+        rows = [[v["type"], v["value"] if show_secrets else redact(v["value"]), f"{v['first_sample']} ({v['span'][0]}-{v['span'][1]})",
+                 v["n_samples"], "-" if v["train_count"] is None else str(v["train_count"]),
+                 f"{v['secret']} ({v['field']})" if v["secret"] else "-"] for v in pii["values"][:50]]
+        if rows:
+            out.append(_table(["type", "value", "sample (span)", "samples", "in training (x)", "planted secret"], rows))
+            out.append("")
 
     t = prov["timings"]
     out += ["## Provenance", "",

@@ -1,0 +1,131 @@
+"""Figures of the HTML report as PNG bytes (matplotlib, Agg backend), to be inlined as data: URIs."""
+
+from __future__ import annotations
+
+import base64
+import io as _io
+import math
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: Exposure estimators drawn when a secret record carries them (bits), with their legend labels.
+EXPOSURE_KEYS = {"exposure_rank": "rank", "exposure_exact": "exact", "exposure_extrapolated": "extrapolated"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for an <img src>."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _num(v) -> float | None:
+    from llm_mia.io import to_float
+
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = to_float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def exposure_png(secret_rows: Sequence[dict]) -> bytes | None:
+    """Exposure (bits) of each secret against its insertion count, one colour per estimator found
+    in the records (``exposure_rank`` / ``exposure_exact`` / ``exposure_extrapolated``), the mean
+    per count as a line, chance level (1/ln 2 bits) and the rank estimator's ceiling log2 N dashed.
+    None when no record has an exposure."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    counts = sorted({int(r.get("count", 0)) for r in secret_rows})
+    xpos = {c: i for i, c in enumerate(counts)}
+    drawn = False
+    for j, (key, label) in enumerate(EXPOSURE_KEYS.items()):
+        pts = [(xpos[int(r.get("count", 0))], _num(r.get(key))) for r in secret_rows]
+        pts = [(x, y) for x, y in pts if y is not None]
+        if not pts:
+            continue
+        drawn = True
+        finite_max = max((y for _, y in pts if math.isfinite(y)), default=0.0)
+        ys = [min(y, finite_max * 1.1 + 1) for _, y in pts]  # an infinite exposure is drawn at the top
+        xs = [x + (j - 1) * 0.12 for x, _ in pts]
+        ax.scatter(xs, ys, s=18, alpha=0.7, color=f"C{j}", label=label)
+        means = [(xpos[c], float(np.mean([y for (x, _), y in zip(pts, ys) if x == xpos[c]])))
+                 for c in counts if any(x == xpos[c] for x, _ in pts)]
+        ax.plot([m[0] for m in means], [m[1] for m in means], color=f"C{j}", lw=1.2)
+    if not drawn:
+        _plt().close(fig)
+        return None
+    ceil = [_num(r.get("max_exposure_rank")) for r in secret_rows]
+    ceil = [c for c in ceil if c is not None]
+    if ceil:
+        ax.axhline(max(ceil), ls="--", lw=0.8, color="grey", label=f"rank ceiling log2 N = {max(ceil):.2f}")
+    ax.axhline(1 / math.log(2), ls=":", lw=0.8, color="black", label="chance (1/ln 2)")
+    ax.set_xticks(range(len(counts)), [("0 (control)" if c == 0 else str(c)) for c in counts])
+    ax.set_xlabel("insertions in the training data")
+    ax.set_ylabel("exposure (bits)")
+    ax.set_title("Canary exposure against insertion count")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def roc_png(labels: Sequence[int], scores: dict[str, Sequence[float]]) -> bytes | None:
+    """Log-log ROC curves of the membership signals (:func:`llm_mia.report.plots.roc_plot`) as PNG bytes."""
+    from llm_mia.io import to_float
+    from llm_mia.report.plots import roc_plot
+
+    if len(set(labels)) < 2 or not scores:
+        return None
+    clean = {k: [to_float(x) for x in v] for k, v in scores.items()}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "roc.png"
+        roc_plot(path, list(labels), clean, title="Membership ROC (members vs held-out)")
+        return path.read_bytes()
+
+
+def zlib_scatter_png(samples: Sequence[dict]) -> bytes | None:
+    """Carlini et al. 2021 fig. 3: zlib entropy (bits) against the model's perplexity (log scale),
+    one dot per unique sample, memorized samples in colour and those holding a planted secret
+    circled. None without samples."""
+    rows = [s for s in samples if s.get("duplicate_of") is None]
+    pts = [(_num(s.get("perplexity")), _num(s.get("zlib_bytes")), s.get("memorized"), bool(s.get("secrets"))) for s in rows]
+    pts = [p for p in pts if p[0] is not None and p[1] is not None and math.isfinite(p[0]) and p[0] > 0]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for flag, colour, label in ((False, "#9aa0a6", "not memorized"), (None, "#9aa0a6", None), (True, "#d93025", "memorized")):
+        sel = [p for p in pts if p[2] is flag]
+        if sel:
+            ax.scatter([p[0] for p in sel], [8 * p[1] for p in sel], s=12, alpha=0.75, color=colour,
+                       label=label if label else None)
+    sec = [p for p in pts if p[3]]
+    if sec:
+        ax.scatter([p[0] for p in sec], [8 * p[1] for p in sec], s=60, facecolors="none", edgecolors="#1a73e8",
+                   label="holds a planted secret")
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity under the model (log scale)")
+    ax.set_ylabel("zlib entropy (bits)")
+    ax.set_title("Samples: zlib entropy against perplexity")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,193 @@
+"""Release gate: policy parsing, verdicts on hand-made reports, and `llm-mia audit --policy` /
+`llm-mia gate` exit codes (0 pass, 1 fail, 2 error) on a leaky and a clean tiny model."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from llm_mia.errors import LlmMiaError
+from llm_mia.policy import evaluate, load_policy, parse_policy
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "policy.toml")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_example_policy_loads():
+    p = load_policy(EXAMPLE)
+    assert p.limits == {"max_canary_exposure_bits": 9.0, "max_extracted_secrets": 0,
+                        "max_extracted_training_pii": 0, "max_membership_tpr_at_1pct_fpr": 0.1}
+    assert p.exposure_estimator == "exposure_rank" and p.min_insertions == 1
+
+
+@pytest.mark.parametrize("data, msg", [
+    ({"limits": {"max_canary_exposure_bit": 6}}, "did you mean 'max_canary_exposure_bits'"),
+    ({"limits": {"max_extracted_secrets": 0}, "extra": {}}, "unknown key 'extra'"),
+    ({"limits": {}}, "needs a [limits] table"),
+    ({"settings": {"min_insertions": 1}}, "needs a [limits] table"),
+    ({"limits": {"max_extracted_secrets": 1.5}}, "whole number"),
+    ({"limits": {"max_extracted_secrets": True}}, "must be a number"),
+    ({"limits": {"max_canary_exposure_bits": "6"}}, "must be a number"),
+    ({"limits": {"max_canary_exposure_bits": -1}}, ">= 0"),
+    ({"limits": {"max_membership_tpr_at_1pct_fpr": 1.5}}, "rate in [0, 1]"),
+    ({"limits": {"max_canary_exposure_bits": float("nan")}}, "NaN"),
+    ({"limits": {"max_extracted_secrets": 0}, "settings": {"exposure_estimator": "median"}}, "exposure_estimator"),
+    ({"limits": {"max_extracted_secrets": 0}, "settings": {"min_insertion": 1}}, "did you mean 'min_insertions'"),
+])
+def test_bad_policies_are_one_line_errors(data, msg):
+    with pytest.raises(LlmMiaError) as e:
+        parse_policy(data)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def _report(**over):
+    r = {
+        "schema_version": 1,
+        "secrets": [
+            {"id": "c0", "count": 0, "exposure_rank": 9.97, "greedy_extracted": False, "surfaced_in_samples": 0},
+            {"id": "c8", "count": 8, "exposure_rank": 3.0, "greedy_extracted": False, "surfaced_in_samples": 0},
+            {"id": "c32", "count": 32, "exposure_rank": 5.5, "exposure_extrapolated": "Infinity",
+             "greedy_extracted": True, "surfaced_in_samples": 1},
+        ],
+        "pii": {"extracted_training_values": 2, "values": [{"type": "email", "train_count": 3}, {"type": "ssn", "train_count": 1},
+                                                           {"type": "phone", "train_count": 0}]},
+        "membership": {"n_nonmembers": 50, "signals": {
+            "loss": {"tpr_at_fpr": {"0.01": {"tpr": 0.30, "below_resolution": True}}},
+            "zlib": {"tpr_at_fpr": {"0.01": {"tpr": 0.05, "below_resolution": True}}},
+            "broken": {"error": "no members"}}},
+        "extraction": {"memorized_total": 7},
+    }
+    r.update(over)
+    return r
+
+
+def test_exposure_limit_by_estimator():
+    rep = _report()
+    # rank estimator: the control (9.97 bits) is not gated with min_insertions 1; the highest inserted is 5.5
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 6.0},
+                                    "settings": {"exposure_estimator": "exposure_rank"}}))
+    assert v.passed and v.checks[0].value == 5.5 and v.line.startswith("PASS: canary exposure max 5.50 bits <= 6.0 (secret c32")
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 5.0},
+                                    "settings": {"exposure_estimator": "exposure_rank"}}))
+    assert not v.passed and v.line == "FAIL: canary exposure 5.50 bits > 5.0 (secret c32, inserted 32x, exposure_rank)"
+    # min_insertions 0 gates the control too
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 9.0},
+                                    "settings": {"exposure_estimator": "exposure_rank", "min_insertions": 0}}))
+    assert not v.passed and "secret c0, inserted 0x" in v.line
+    # "max": the extrapolated estimate (infinite) of c32 wins
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 100.0}}))
+    assert not v.passed and v.checks[0].value == math.inf and "exposure_extrapolated" in v.line
+    # an estimator the report lacks is an error, not a pass
+    with pytest.raises(LlmMiaError, match="exposure_exact"):
+        evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 6.0},
+                                    "settings": {"exposure_estimator": "exposure_exact"}}))
+
+
+def test_counts_and_membership_limits():
+    rep = _report()
+    pol = parse_policy({"limits": {"max_extracted_secrets": 0, "max_extracted_training_pii": 2,
+                                   "max_membership_tpr_at_1pct_fpr": 0.25, "max_memorized_samples": 7}})
+    v = evaluate(rep, pol)
+    by = {c.name: c for c in v.checks}
+    assert by["max_extracted_secrets"].value == 1 and not by["max_extracted_secrets"].passed  # c32 only (count >= 1)
+    assert by["max_extracted_training_pii"].value == 2 and by["max_extracted_training_pii"].passed
+    assert by["max_membership_tpr_at_1pct_fpr"].value == 0.30 and not by["max_membership_tpr_at_1pct_fpr"].passed
+    assert by["max_memorized_samples"].value == 7 and by["max_memorized_samples"].passed
+    assert v.line == ("FAIL: extracted secrets 1 > 0 (c32); membership TPR at 1% FPR 0.300 > 0.25 (signal loss) "
+                      "(50 non-members cannot resolve 1% FPR: TPR at FPR 0 used)")
+    d = v.to_dict()
+    assert d["passed"] is False and len(d["checks"]) == 4
+
+
+def test_missing_evidence_is_an_error():
+    with pytest.raises(LlmMiaError, match="no membership metrics"):
+        evaluate(_report(membership={"skipped": "fewer than 2"}),
+                 parse_policy({"limits": {"max_membership_tpr_at_1pct_fpr": 0.1}}))
+    with pytest.raises(LlmMiaError, match="no PII findings"):
+        evaluate(_report(pii=None), parse_policy({"limits": {"max_extracted_training_pii": 0}}))
+
+
+# ----------------------------------------------------------------------------- leaky vs clean, end to end
+
+
+def _audit(d, model, out, capsys, *extra):
+    return run_cli(["audit", "--corpus", d / "corpus", "--model", d / model, "--out", out, "--num-samples", 8,
+                    "--length", 24, "--candidates", 16, *extra], capsys)
+
+
+def test_leaky_model_fails_and_clean_model_passes_the_example_policy(leak_models, tmp_path, capsys):
+    d, losses = leak_models
+    assert losses["leaky"] < 0.5, losses  # the leaky model did memorize its members
+
+    code, out, err = _audit(d, "leaky", tmp_path / "leaky", capsys, "--policy", EXAMPLE)
+    assert code == 1, err
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("FAIL: ") and "extracted secrets" in line
+    rep = json.loads((tmp_path / "leaky" / "report.json").read_text())
+    assert rep["verdict"]["passed"] is False and rep["verdict"]["line"] == line
+    assert any(s["greedy_extracted"] for s in rep["secrets"] if s["count"] == 16)
+    for name in ("report.md", "report.html"):
+        assert line in html.unescape((tmp_path / "leaky" / name).read_text())
+
+    code, out, err = _audit(d, "clean", tmp_path / "clean", capsys, "--policy", EXAMPLE)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("PASS: ")
+
+    # the gate re-checks an existing report without running anything
+    code, out, err = run_cli(["gate", tmp_path / "leaky" / "report.json", "--policy", EXAMPLE], capsys)
+    assert code == 1 and out.strip() == line
+    code, out, err = run_cli(["gate", tmp_path / "clean" / "report.json", "--policy", EXAMPLE], capsys)
+    assert code == 0 and out.startswith("PASS: ")
+
+
+@pytest.mark.parametrize("case", ["bad_toml", "unknown_key", "missing_policy", "not_a_report", "unanswerable"])
+def test_gate_errors_exit_2(case, tmp_path, capsys):
+    pol = tmp_path / "policy.toml"
+    pol.write_text("[limits]\nmax_extracted_secrets = 0\n")
+    rep = tmp_path / "report.json"
+    rep.write_text(json.dumps(_report()))
+    if case == "bad_toml":
+        pol.write_text("[limits\nmax = ")
+    elif case == "unknown_key":
+        pol.write_text("[limits]\nmax_secrets = 0\n")
+    elif case == "missing_policy":
+        pol = tmp_path / "nope.toml"
+    elif case == "not_a_report":
+        rep.write_text("[1, 2]")
+    else:
+        pol.write_text("[limits]\nmax_membership_tpr_at_1pct_fpr = 0.1\n")
+        rep.write_text(json.dumps(_report(membership={})))
+    code, out, err = run_cli(["gate", rep, "--policy", pol], capsys)
+    assert code == 2, (out, err)
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+
+
+def test_audit_with_a_bad_policy_stops_before_any_work(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    pol = tmp_path / "p.toml"
+    pol.write_text("[limits]\nmax_canary_exposure_bits = 'high'\n")
+    code, out, err = _audit(d, "clean", tmp_path / "o", capsys, "--policy", pol)
+    assert code == 2 and err.startswith("error: ") and "must be a number" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_limit_the_report_cannot_answer_exits_2_but_keeps_the_report(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    pol = tmp_path / "p.toml"
+    pol.write_text("[limits]\nmax_canary_exposure_bits = 9.0\n[settings]\nmin_insertions = 1000\n")
+    code, out, err = _audit(d, "clean", tmp_path / "o", capsys, "--policy", pol)
+    last = err.strip().splitlines()[-1]  # (progress bars come before it on stderr)
+    assert code == 2 and last.startswith("error: ") and "inserted >= 1000 times" in last
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["verdict"]["passed"] is None and rep["verdict"]["line"].startswith("ERROR: ")

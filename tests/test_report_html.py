@@ -1,0 +1,163 @@
+"""report.html: escaping of model output, marked spans, redaction, self-containment, and a real
+render in headless Chromium with the network off (skipped only when no Chromium is installed)."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from llm_mia.report.html import redaction_spans, render_html, segments
+from llm_mia.report.markdown import redact
+from llm_mia.secrets import Secret, space_size
+
+
+def _secret(sid="pii-r4-0", ssn="123-45-6789", count=4):
+    fields = {"name": "Jane Roe", "email": "jane.roe@example.org", "ssn": ssn}
+    prefix = "Customer record: Jane Roe, email jane.roe@example.org, SSN "
+    return Secret(id=sid, kind="pii", text=prefix + ssn + ".", prefix=prefix, secret=ssn, suffix=".",
+                  format="{d3}-{d2}-{d4}", space_size=space_size("{d3}-{d2}-{d4}"), count=count, fields=fields)
+
+
+def test_segments_mark_the_span_and_redact_values():
+    text = "abc Jane Roe said 8.8.8.8 and more"
+    #       0123456789...
+    segs = segments(text, [4, 17], [_secret()], hide=True)
+    assert segs == [
+        {"text": "abc ", "mem": False, "red": False},
+        {"text": redact("Jane Roe"), "mem": True, "red": True},  # the planted name, inside the span
+        {"text": " said", "mem": True, "red": False},
+        {"text": " ", "mem": False, "red": False},
+        {"text": redact("8.8.8.8"), "mem": False, "red": True},  # detected PII (a public IP)
+        {"text": " and more", "mem": False, "red": False},
+    ]
+    assert "".join(s["text"] for s in segments(text, [4, 17], [_secret()], hide=False)) == text
+    assert [s["mem"] for s in segments(text, [4, 17], [], hide=False)] == [False, True, False]
+    assert segments(text, None, [], hide=False) == [{"text": text, "mem": False, "red": False}]
+
+
+def test_redaction_spans_merge_overlaps():
+    # the e-mail is both a planted value and a detected e-mail; the SSN overlaps nothing
+    text = "mail jane.roe@example.org ssn 123-45-6789"
+    assert redaction_spans(text, [_secret()]) == [(5, 25), (30, 41)]
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.links, self.scripts = [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag == "script":
+            self.scripts += 1
+        for k in ("src", "href"):
+            if k in a and tag != "img":
+                self.links.append(a[k])
+
+
+@pytest.fixture(scope="module")
+def leaky_audit(leak_models, tmp_path_factory):
+    """`llm-mia audit` of the leaky tiny model, gated (it fails) with secrets hidden, and with --show-secrets."""
+    d, _ = leak_models
+    out = tmp_path_factory.mktemp("html")
+
+    class Cap:  # run_cli wants capsys; a minimal stand-in that keeps nothing
+        def readouterr(self):
+            return "", ""
+
+    policy = str(Path(__file__).resolve().parents[1] / "examples" / "policy.toml")
+    for name, extra, want in (("hidden", ["--policy", policy], 1), ("shown", ["--show-secrets"], 0)):
+        code, _, _ = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", out / name,
+                              "--num-samples", 8, "--length", 24, "--candidates", 16, *extra], Cap())
+        assert code == want
+    return d, out
+
+
+def _planted(d):
+    return [v for s in json.loads((d / "corpus" / "secrets.json").read_text())
+            for v in [s["secret"], *s["fields"].values()]]
+
+
+def test_report_files_never_show_a_planted_value_unless_asked(leaky_audit):
+    d, out = leaky_audit
+    values = _planted(d)
+    rep = json.loads((out / "hidden" / "report.json").read_text())
+    assert any(s["greedy_extracted"] for s in rep["secrets"])  # the model did give secrets back
+    for name in ("report.json", "report.md", "report.html"):
+        text = (out / "hidden" / name).read_text()
+        for v in values:
+            assert v not in text and html.escape(v) not in text, (name, v)
+    shown = (out / "shown" / "report.html").read_text()
+    assert any(html.escape(s["secret"]) in shown for s in json.loads((d / "corpus" / "secrets.json").read_text())
+               if s["count"] > 0)
+
+
+def test_html_is_self_contained_and_escapes_model_output(leaky_audit):
+    d, out = leaky_audit
+    page = (out / "hidden" / "report.html").read_text()
+    tags = _Tags()
+    tags.feed(page)
+    assert len(tags.imgs) >= 3 and all(s.startswith("data:image/png;base64,") for s in tags.imgs)
+    import base64
+    import io as _io
+
+    from PIL import Image
+
+    for src in tags.imgs:  # each figure is a real, non-blank PNG
+        im = Image.open(_io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+        assert im.width >= 300 and im.height >= 200
+        assert len(im.getcolors(maxcolors=1 << 20)) > 20
+    assert tags.scripts == 0 and tags.links == []
+    assert "http://" not in page and "https://" not in page
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    # the verdict comes first: before the first section heading
+    assert page.index('id="verdict"') < page.index("<h2>")
+    for section in ("Extraction (Carlini et al. 2021)", "Planted secrets", "Membership inference", "PII in the samples",
+                    "Provenance", "model-free baseline"):
+        assert section in page
+    # a sample holding markup is shown as text
+    from llm_mia import io
+    from llm_mia.secrets import load_secrets
+
+    rep = io.read_json(out / "hidden" / "report.json")
+    top = [dict(r) for r in io.read_jsonl(out / "hidden" / "extract" / "top.jsonl")]
+    top[0]["text"] = 'x <script>alert("pwn")</script> <img src=http://evil.example/a.png> y'
+    top[0]["match_span"] = [2, 10]
+    evil = render_html(rep, top, [], load_secrets(d / "corpus" / "secrets.json"))
+    assert "<script>" not in evil and "<img src=http" not in evil
+    assert "&lt;script&gt;alert(&#34;pwn&#34;)&lt;/script&gt;" in evil.replace("<mark class=\"mem\">", "").replace("</mark>", "")
+    assert '<mark class="mem">&lt;script&gt;</mark>' in evil  # chars 2-10 are the marked span
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+def test_chromium_renders_the_report_offline(leaky_audit, tmp_path):
+    from PIL import Image
+
+    _, out = leaky_audit
+    shot = tmp_path / "report.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           '--host-resolver-rules=MAP * ~NOTFOUND', "--disable-background-networking", "--hide-scrollbars",
+           f"--screenshot={shot}", "--window-size=1200,3000", (out / "hidden" / "report.html").as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1200, 3000)
+    colours = img.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200  # text, tables, figures: many colours
+    white = sum(n for n, c in colours if c == (255, 255, 255))
+    assert white < 0.95 * 1200 * 3000
+    # the verdict box (fail: light red #fce8e6) is drawn near the top of the page
+    top = img.crop((0, 0, 1200, 400)).getcolors(maxcolors=1 << 20)
+    assert any(c == (0xFC, 0xE8, 0xE6) and n > 1000 for n, c in top)
