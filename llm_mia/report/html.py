@@ -149,7 +149,7 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
 
     tops = {}
     for name in report["extraction"]["rankings"]:
-        rows = [r for r in top if r["ranking"] == name][:per_ranking]
+        rows = sorted((r for r in top if r["ranking"] == name), key=lambda r: -r["score"])[:per_ranking]
         tops[name] = [dict(r, segments=segments(r["text"], r.get("match_span"), secrets, hide=hide)) for r in rows]
     by_id = {s.id: s for s in secrets}
     secret_rows = []
