@@ -60,12 +60,26 @@ def train(
     tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
     seed: int = typer.Option(0, "--seed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the preset's number of steps."),
+    defense: str = typer.Option("none", "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup)."),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
+    delta: float = typer.Option(1e-5, "--delta", help="DP delta."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="DP per-record clipping norm."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="DP records per forward pass."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Override the preset's AdamW weight decay."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the preset's dropout (from scratch only)."),
+    early_stopping: Optional[int] = typer.Option(None, "--early-stopping",
+                                                 help="Patience (held-out evaluations without a new best)."),
+    dedup_min_chars: int = typer.Option(30, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
 ):
-    """Train (or fine-tune) a GPT-2 on a corpus."""
+    """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
     from llm_mia.train import train_model
 
     s = train_model(corpus, out, base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from,
-                    seed=seed, max_steps=max_steps)
+                    seed=seed, max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta,
+                    noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, micro_batch=micro_batch,
+                    weight_decay=weight_decay, dropout=dropout, early_stopping=early_stopping,
+                    dedup_min_chars=dedup_min_chars)
     typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
                f"held-out loss {s.heldout_loss:.3f} -> {out}")
 
