@@ -192,11 +192,13 @@ def score_under_limit(target: LoadedModel, texts: Sequence[str], mode: ApiMode, 
 
 def membership_under_limits(target: LoadedModel, members: Sequence[str], nonmembers: Sequence[str], *,
                             modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
-                            reference: LoadedModel | None = None, n: int = 100, seed: int = 0) -> dict:
+                            reference: LoadedModel | None = None, n: int = 100, seed: int = 0,
+                            n_boot: int = 1000) -> dict:
     """Membership ROC metrics of every computable signal under each API mode.
 
     ``n`` members and ``n`` non-members (seeded sample) are scored under each mode. A signal
-    "still works" when the lower end of its 95% bootstrap AUC interval is above 0.5.
+    "still works" when the lower end of its 95% bootstrap AUC interval (``n_boot`` resamples) is
+    above 0.5.
 
     Returns:
         {"n_members", "n_nonmembers", "modes": {mode: {"computable": [...], "not_computable":
@@ -225,7 +227,7 @@ def membership_under_limits(target: LoadedModel, members: Sequence[str], nonmemb
         for sig, vals in scores.items():
             try:
                 m = roc_metrics(y, vals)
-                lo, hi = bootstrap_auc_ci(y, vals, seed=seed)
+                lo, hi = bootstrap_auc_ci(y, vals, seed=seed, n_boot=n_boot)
                 per[sig] = {"auc": m["auc"], "auc_ci": [lo, hi], "tpr_at_1pct_fpr": m["tpr_at_fpr"]["0.01"]["tpr"],
                             "works": bool(lo > 0.5)}
             except LlmMiaError as e:
