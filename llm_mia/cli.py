@@ -211,9 +211,27 @@ def audit(
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
+    compare: Optional[list[str]] = typer.Option(None, "--compare",
+                                                help="Compare models: NAME=FOLDER or FOLDER, repeatable or comma-separated "
+                                                     "(needs --corpus, --out); writes compare.json / compare.md."),
+    compare_defenses: bool = typer.Option(False, "--compare-defenses",
+                                          help="With --demo: train the baseline and defended models and compare them."),
+    quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
+    api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
+                                  help="With --compare: API output limits to run the membership signals through."),
 ):
     """Run extraction, secret exposure and membership scoring; write report.json and report.md."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
+
+    if compare or compare_defenses:
+        _audit_compare(out=out, corpus=corpus, reference=reference, demo=demo, compare=compare,
+                       compare_defenses=compare_defenses, quick=quick, api_modes=api_modes, seed=seed,
+                       cfg=AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit,
+                                       seed=seed, show_secrets=show_secrets, prompt_source=prompts,
+                                       strategies=tuple(x.strip() for x in strategy.split(",") if x.strip())))
+        return
+    if quick:
+        raise LlmMiaError("--quick goes with --demo --compare-defenses")
 
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
@@ -226,6 +244,43 @@ def audit(
             raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
         run_audit(corpus, model, out, reference_path=reference, cfg=cfg)
     typer.echo(f"report: {out / 'report.md'} (and {out / 'report.json'})")
+
+
+def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
+    """``NAME=FOLDER`` or ``FOLDER`` items (each may be comma-separated) -> (name, folder) pairs."""
+    pairs = []
+    for item in items:
+        for part in (x.strip() for x in item.split(",")):
+            if not part:
+                continue
+            name, sep, path = part.partition("=")
+            if not sep:
+                name, path = Path(part.rstrip("/")).name, part
+            pairs.append((name.strip(), path.strip()))
+    return pairs
+
+
+def _audit_compare(*, out, corpus, reference, demo, compare, compare_defenses, quick, api_modes, seed, cfg) -> None:
+    from llm_mia.compare import compare_models, run_compare_defenses
+    from llm_mia.output_limits import parse_mode
+
+    modes = [x.strip() for x in api_modes.split(",") if x.strip()]
+    for m in modes:
+        parse_mode(m)  # unknown modes fail before any work
+    if compare_defenses:
+        if not demo:
+            raise LlmMiaError("--compare-defenses goes with --demo")
+        if compare:
+            raise LlmMiaError("--compare-defenses trains its own models: drop --compare")
+        out = out or Path("compare-demo")
+        res = run_compare_defenses(out, quick=quick, seed=seed)
+    else:
+        if demo or quick:
+            raise LlmMiaError("--compare audits existing models: use --demo --compare-defenses to train them")
+        if corpus is None or out is None:
+            raise LlmMiaError("--compare needs --corpus and --out")
+        res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes)
+    typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
 
 
 def main() -> None:

@@ -93,9 +93,15 @@ def epsilon_lower_bound(*, tp: int, fn: int, fp: int, tn: int, delta: float, alp
 
 
 def _best_threshold(y: np.ndarray, s: np.ndarray, delta: float, alpha: float) -> tuple[float, float]:
-    """(threshold, bound) maximising the epsilon bound of "member iff score >= threshold" on (y, s)."""
+    """(threshold, bound) maximising the epsilon bound of "member iff score >= threshold" on (y, s).
+
+    Thresholds are the midpoints between consecutive distinct scores (a threshold at an observed
+    score would sit on the edge of the selection half's range, and the evaluation half falls on
+    either side of it by chance); the first (lowest) of equally good thresholds wins.
+    """
     best_t, best_e = math.inf, 0.0
-    for t in np.unique(s):
+    u = np.unique(s)
+    for t in (u[:-1] + u[1:]) / 2:
         pred = s >= t
         e = epsilon_lower_bound(tp=int((pred & (y == 1)).sum()), fn=int((~pred & (y == 1)).sum()),
                                 fp=int((pred & (y == 0)).sum()), tn=int((~pred & (y == 0)).sum()),
