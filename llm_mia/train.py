@@ -430,9 +430,11 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     if base is not None and tokenizer_from is not None:
         raise LlmMiaError("tokenizer_from cannot be combined with base (a base model keeps its own tokenizer)")
     steps = max_steps if max_steps is not None else p.steps
-    if defense not in ("none", "dp", "dedup"):
-        close = difflib.get_close_matches(str(defense), ["none", "dp", "dedup"], n=1)
-        raise LlmMiaError(f"unknown defense '{defense}' (known: none, dp, dedup)"
+    from llm_mia.defenses import DEFENSES
+
+    if defense not in DEFENSES:
+        close = difflib.get_close_matches(str(defense), list(DEFENSES), n=1)
+        raise LlmMiaError(f"unknown defense '{defense}' (known: {', '.join(DEFENSES)})"
                           + (f"; did you mean '{close[0]}'?" if close else ""))
     if defense != "dp" and (epsilon is not None or noise_multiplier is not None):
         raise LlmMiaError("--epsilon / --noise-multiplier need --defense dp")
