@@ -60,12 +60,26 @@ def train(
     tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
     seed: int = typer.Option(0, "--seed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the preset's number of steps."),
+    defense: str = typer.Option("none", "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup)."),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
+    delta: float = typer.Option(1e-5, "--delta", help="DP delta."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="DP per-record clipping norm."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="DP records per forward pass."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Override the preset's AdamW weight decay."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the preset's dropout (from scratch only)."),
+    early_stopping: Optional[int] = typer.Option(None, "--early-stopping",
+                                                 help="Patience (held-out evaluations without a new best)."),
+    dedup_min_chars: int = typer.Option(30, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
 ):
-    """Train (or fine-tune) a GPT-2 on a corpus."""
+    """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
     from llm_mia.train import train_model
 
     s = train_model(corpus, out, base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from,
-                    seed=seed, max_steps=max_steps)
+                    seed=seed, max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta,
+                    noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, micro_batch=micro_batch,
+                    weight_decay=weight_decay, dropout=dropout, early_stopping=early_stopping,
+                    dedup_min_chars=dedup_min_chars)
     typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
                f"held-out loss {s.heldout_loss:.3f} -> {out}")
 
@@ -201,6 +215,14 @@ def audit(
                                           "Exit 0 = pass, 1 = fail, 2 = error; the verdict is printed."),
     membership_docs: int = typer.Option(200, "--membership-docs", min=2, help="Members (and as many held-out documents) scored."),
     length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
+    compare: Optional[list[str]] = typer.Option(None, "--compare",
+                                                help="Compare models: NAME=FOLDER or FOLDER, repeatable or comma-separated "
+                                                     "(needs --corpus, --out); writes compare.json / compare.md."),
+    compare_defenses: bool = typer.Option(False, "--compare-defenses",
+                                          help="With --demo: train the baseline and defended models and compare them."),
+    quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
+    api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
+                                  help="With --compare: API output limits to run the membership signals through."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md and report.json; with --policy, gate the release on the result."""
@@ -211,6 +233,17 @@ def audit(
         from llm_mia.policy import load_policy
 
         pol = load_policy(policy)  # a bad policy fails before any work is done
+
+    if compare or compare_defenses:
+        _audit_compare(out=out, corpus=corpus, reference=reference, demo=demo, compare=compare,
+                       compare_defenses=compare_defenses, quick=quick, api_modes=api_modes, seed=seed,
+                       cfg=AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit,
+                                       seed=seed, show_secrets=show_secrets, prompt_source=prompts,
+                                       strategies=tuple(x.strip() for x in strategy.split(",") if x.strip())))
+        return
+    if quick:
+        raise LlmMiaError("--quick goes with --demo --compare-defenses")
+
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                       prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length)
@@ -245,6 +278,43 @@ def gate(
 
     v = gate_report(report, policy)
     _verdict_exit({"line": v.line, "passed": v.passed}, gated=True)
+
+
+def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
+    """``NAME=FOLDER`` or ``FOLDER`` items (each may be comma-separated) -> (name, folder) pairs."""
+    pairs = []
+    for item in items:
+        for part in (x.strip() for x in item.split(",")):
+            if not part:
+                continue
+            name, sep, path = part.partition("=")
+            if not sep:
+                name, path = Path(part.rstrip("/")).name, part
+            pairs.append((name.strip(), path.strip()))
+    return pairs
+
+
+def _audit_compare(*, out, corpus, reference, demo, compare, compare_defenses, quick, api_modes, seed, cfg) -> None:
+    from llm_mia.compare import compare_models, run_compare_defenses
+    from llm_mia.output_limits import parse_mode
+
+    modes = [x.strip() for x in api_modes.split(",") if x.strip()]
+    for m in modes:
+        parse_mode(m)  # unknown modes fail before any work
+    if compare_defenses:
+        if not demo:
+            raise LlmMiaError("--compare-defenses goes with --demo")
+        if compare:
+            raise LlmMiaError("--compare-defenses trains its own models: drop --compare")
+        out = out or Path("compare-demo")
+        res = run_compare_defenses(out, quick=quick, seed=seed)
+    else:
+        if demo or quick:
+            raise LlmMiaError("--compare audits existing models: use --demo --compare-defenses to train them")
+        if corpus is None or out is None:
+            raise LlmMiaError("--compare needs --corpus and --out")
+        res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes)
+    typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
 
 
 def main() -> None:

@@ -211,11 +211,11 @@ def _batches(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: 
 
 @torch.no_grad()
 def _eval_loss(model, docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: int,
-               device: torch.device) -> float | None:
-    """Mean next-token loss (nats) over the first ``_MAX_EVAL_TOKENS`` of the documents, in fp32."""
+               device: torch.device, max_tokens: int = _MAX_EVAL_TOKENS) -> float | None:
+    """Mean next-token loss (nats) over the first ``max_tokens`` of the documents, in fp32."""
     if not docs:
         return None
-    stream = _stream(docs, range(len(docs)), eos_id)[:_MAX_EVAL_TOKENS]
+    stream = _stream(docs, range(len(docs)), eos_id)[:max_tokens]
     T = _block_len(len(stream), n_ctx)
     blocks = [stream[i:i + T] for i in range(0, len(stream), T)]
     blocks = [b for b in blocks if len(b) >= 2]
@@ -330,9 +330,53 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 # The entry point
 
 
+def _fixed_blocks(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, generator: torch.Generator) -> torch.Tensor:
+    """The DP training records: documents in one seeded order, EOS-separated, cut once into (N, T) blocks.
+
+    Unlike :func:`_batches`, the cut never moves, so each block is one fixed record for the
+    privacy accounting (a trailing partial block is dropped).
+    """
+    n_tokens = sum(len(d) + 1 for d in docs)
+    T = _block_len(n_tokens, n_ctx)
+    order = torch.randperm(len(docs), generator=generator).tolist()
+    stream = _stream(docs, order, eos_id)  # (n_tokens,)
+    return stream[: (len(stream) // T) * T].view(-1, T)  # (N, T)
+
+
+class _EarlyStopper:
+    """Held-out loss every ``every`` steps; stop after ``patience`` evaluations without a new best.
+
+    The best weights are kept (a copy of the state dict) and restored by :meth:`restore`.
+    """
+
+    def __init__(self, model, evaluate, *, patience: int, every: int):
+        self.model, self.evaluate, self.patience, self.every = model, evaluate, patience, every
+        self.best, self.best_step, self.bad, self.state, self.log = math.inf, 0, 0, None, []
+
+    def __call__(self, step: int, loss: float) -> bool:
+        if step % self.every:
+            return False
+        v = self.evaluate()
+        self.log.append({"step": step, "heldout_loss": round(v, 5)})
+        if v < self.best:
+            self.best, self.best_step, self.bad = v, step, 0
+            self.state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+
 def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base: str | None = None,
                 preset: str = "small", reference: bool = False, tokenizer_from: str | None = None,
-                seed: int = 0, max_steps: int | None = None, progress: bool = True) -> TrainSummary:
+                seed: int = 0, max_steps: int | None = None, progress: bool = True, defense: str = "none",
+                epsilon: float | None = None, delta: float = 1e-5, noise_multiplier: float | None = None,
+                max_grad_norm: float = 1.0, micro_batch: int | None = None, weight_decay: float | None = None,
+                dropout: float | None = None, early_stopping: int | None = None, eval_every: int | None = None,
+                dedup_min_chars: int = 30) -> TrainSummary:
     """Train a causal LM on a corpus folder and save it to ``out_dir``.
 
     Args:
@@ -354,6 +398,22 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         seed: seeds the initialisation and the data order.
         max_steps: overrides the preset's number of optimizer steps.
         progress: show a progress bar on stderr.
+        defense: "none", "dp" (DP-SGD, see :mod:`llm_mia.defenses`) or "dedup" (exact, near and
+            repeated-span dedup of the training documents before training; counts in the recipe).
+        epsilon / delta: with ``defense="dp"``: the target privacy budget; the noise multiplier is
+            the smallest that the RDP accountant says reaches ``epsilon`` at ``delta`` after the
+            planned steps. The accountant's final epsilon for the steps actually taken is written
+            to ``recipe.json["dp"]["epsilon"]``.
+        noise_multiplier: with ``defense="dp"``: sigma directly, instead of ``epsilon``.
+        max_grad_norm: DP per-record clipping norm C.
+        micro_batch: DP records per forward/backward pass (default: the preset's batch size); it
+            changes neither the sampling rate nor the step count.
+        weight_decay / dropout: override the preset's values (dropout: from-scratch models only).
+        early_stopping: patience, in evaluations of the held-out loss (every ``eval_every`` steps,
+            default steps // 20, on at most 16 k tokens of the evaluation file) without a new best;
+            the best weights are restored. Selecting on held-out loss uses the non-member file, a
+            small optimistic bias for the audit's membership results that the recipe states.
+        dedup_min_chars: with ``defense="dedup"``: the repeated-span length in characters.
 
     Returns:
         A :class:`TrainSummary`; the same numbers and the full recipe are in ``out_dir/recipe.json``.
@@ -370,6 +430,41 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     if base is not None and tokenizer_from is not None:
         raise LlmMiaError("tokenizer_from cannot be combined with base (a base model keeps its own tokenizer)")
     steps = max_steps if max_steps is not None else p.steps
+    from llm_mia.defenses import DEFENSES
+
+    if defense not in DEFENSES:
+        close = difflib.get_close_matches(str(defense), list(DEFENSES), n=1)
+        raise LlmMiaError(f"unknown defense '{defense}' (known: {', '.join(DEFENSES)})"
+                          + (f"; did you mean '{close[0]}'?" if close else ""))
+    if defense != "dp" and (epsilon is not None or noise_multiplier is not None):
+        raise LlmMiaError("--epsilon / --noise-multiplier need --defense dp")
+    if defense == "dp":
+        if (epsilon is None) == (noise_multiplier is None):
+            raise LlmMiaError("--defense dp needs exactly one of --epsilon and --noise-multiplier")
+        if not 0 < delta < 1:
+            raise LlmMiaError(f"--delta must be in (0, 1), got {delta}")
+        if noise_multiplier is not None and not noise_multiplier >= 0:
+            raise LlmMiaError(f"--noise-multiplier must be >= 0, got {noise_multiplier}")
+        if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
+            raise LlmMiaError(f"--epsilon must be a positive number, got {epsilon}")
+        if not max_grad_norm > 0:
+            raise LlmMiaError(f"--max-grad-norm must be positive, got {max_grad_norm}")
+        if micro_batch is not None and micro_batch < 1:
+            raise LlmMiaError(f"--micro-batch must be positive, got {micro_batch}")
+    if weight_decay is not None:
+        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise LlmMiaError(f"--weight-decay must be >= 0, got {weight_decay}")
+        p = dataclasses.replace(p, weight_decay=float(weight_decay))
+    if dropout is not None:
+        if not 0 <= dropout < 1:
+            raise LlmMiaError(f"--dropout must be in [0, 1), got {dropout}")
+        if base is not None:
+            raise LlmMiaError("--dropout applies to models trained from scratch, not to --base")
+        p = dataclasses.replace(p, dropout=float(dropout))
+    if early_stopping is not None and (not isinstance(early_stopping, int) or early_stopping < 1):
+        raise LlmMiaError(f"--early-stopping (patience) must be a positive integer, got {early_stopping!r}")
+    if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
+        raise LlmMiaError(f"eval_every must be a positive integer, got {eval_every!r}")
 
     corpus = Path(corpus_dir)
     if not corpus.is_dir():
@@ -385,6 +480,16 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     if not train_texts:
         raise LlmMiaError(f"{train_file} holds no text: cannot train on an empty corpus")
     eval_texts = _read_texts(eval_file) if eval_file.is_file() else []
+    dedup_info = None
+    if defense == "dedup":
+        from llm_mia.defenses import dedup_training_texts
+
+        d = dedup_training_texts(train_texts, min_span_chars=dedup_min_chars)
+        if not d.texts:
+            raise LlmMiaError(f"{train_file}: nothing left to train on after dedup")
+        train_texts, dedup_info = d.texts, d.counts()
+    if early_stopping is not None and not eval_texts:
+        raise LlmMiaError(f"--early-stopping needs held-out text ({eval_file.name} is missing or empty)")
 
     from transformers import get_cosine_schedule_with_warmup
 
@@ -421,9 +526,16 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
                              {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(p.warmup_steps, steps // 10),
                                             num_training_steps=steps)
-    autocast_bf16 = _bf16_autocast_ok(device)
+    autocast_bf16 = _bf16_autocast_ok(device) and defense != "dp"  # DP: per-sample grads in fp32
     gen = torch.Generator().manual_seed(seed)
     batches = _batches(train_docs, eos_id=eos_id, n_ctx=n_ctx, batch_size=p.batch_size, generator=gen)
+    stopper = None
+    if early_stopping is not None:
+        every = eval_every or max(1, steps // 20)
+        stopper = _EarlyStopper(model, lambda: _eval_loss(model, eval_docs, eos_id=eos_id, n_ctx=n_ctx,
+                                                          batch_size=2 * p.batch_size, device=device,
+                                                          max_tokens=16_384),
+                                patience=early_stopping, every=every)
 
     losses: list[float] = []
     log: list[dict] = []
@@ -431,8 +543,38 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     model.train()
     bar = _progress(progress, steps, "reference" if reference else "target")
     t_loop = time.perf_counter()
+    dp_info = None
+    steps_taken = 0
+    if defense == "dp":
+        from llm_mia.defenses import dp_train_loop, noise_for_epsilon
+
+        blocks = _fixed_blocks(train_docs, eos_id=eos_id, n_ctx=n_ctx, generator=gen)  # (N, T)
+        q = min(1.0, p.batch_size / len(blocks))
+        sigma = noise_multiplier if noise_multiplier is not None else noise_for_epsilon(
+            epsilon=epsilon, delta=delta, sample_rate=q, steps=steps)
+        noise_gen = torch.Generator().manual_seed(seed + 1_000_003)
+
+        def on_step(step: int, value: float) -> bool:
+            if math.isfinite(value):
+                losses.append(value)
+            if step == 1 or step % max(1, steps // 50) == 0 or step == steps:
+                log.append({"step": step, "loss": round(value, 4) if math.isfinite(value) else None,
+                            "lr": sched.get_last_lr()[0]})
+            bar.advance(value)
+            return stopper(step, value) if stopper is not None else False
+
+        try:
+            run = dp_train_loop(model, blocks, steps=steps, batch_size=p.batch_size,
+                                micro_batch=micro_batch or p.batch_size, noise_multiplier=sigma,
+                                max_grad_norm=max_grad_norm, delta=delta, optimizer=opt, scheduler=sched,
+                                generator=noise_gen, on_step=on_step)
+        finally:
+            bar.close()
+        dp_info = dict(run.accounting, target_epsilon=epsilon)
+        n_seen = round(q * len(blocks) * run.accounting["steps"] * blocks.shape[1])  # expected tokens
+        steps_taken = run.accounting["steps"]
     try:
-        for step in range(1, steps + 1):
+        for step in (range(1, steps + 1) if defense != "dp" else ()):
             x = next(batches).to(device)  # (B, T)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                 loss = model(input_ids=x, labels=x).loss
@@ -449,10 +591,17 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
             if step == 1 or step % max(1, steps // 50) == 0 or step == steps:
                 log.append({"step": step, "loss": round(value, 4), "lr": sched.get_last_lr()[0]})
             bar.advance(value)
+            steps_taken = step
+            if stopper is not None and stopper(step, value):
+                break
     finally:
         bar.close()
     train_seconds = time.perf_counter() - t_loop
+    if stopper is not None:
+        stopper.restore()
     model.eval()
+    if not losses:
+        losses = [math.nan]
     tail = losses[-max(1, steps // 10):]
     train_loss = sum(tail) / len(tail)
     heldout_loss = _eval_loss(model, eval_docs, eos_id=eos_id, n_ctx=n_ctx, batch_size=2 * p.batch_size,
@@ -463,7 +612,8 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         "preset": preset,
         "preset_values": dataclasses.asdict(p),
         "config": model.config.to_diff_dict() if base is not None else model.config.to_dict(),
-        "steps": steps,
+        "steps": steps_taken,
+        "planned_steps": steps,
         "batch_size": p.batch_size,
         "context": n_ctx,
         "lr": p.lr,
@@ -471,7 +621,16 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         "warmup_steps": min(p.warmup_steps, steps // 10),
         "optimizer": "AdamW(betas=(0.9, 0.95))",
         "weight_decay": p.weight_decay,
-        "grad_clip": p.grad_clip,
+        "dropout": p.dropout if base is None else None,
+        "grad_clip": p.grad_clip if defense != "dp" else None,
+        "defense": defense,
+        "dp": dp_info,
+        "dedup": dedup_info,
+        "early_stopping": None if stopper is None else {
+            "patience": stopper.patience, "eval_every": stopper.every, "best_step": stopper.best_step,
+            "best_heldout_loss": stopper.best, "stopped_at": steps_taken, "evals": stopper.log,
+            "note": "selected on the evaluation file's loss (non-members for a target): a small optimistic "
+                    "bias for membership results"},
         "seed": seed,
         "corpus": str(corpus.resolve()),
         "train_file": train_file.name,
@@ -508,7 +667,7 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return TrainSummary(out_dir=out_dir, steps=steps, seconds=time.perf_counter() - t_start, train_loss=train_loss,
+    return TrainSummary(out_dir=out_dir, steps=steps_taken, seconds=time.perf_counter() - t_start, train_loss=train_loss,
                         heldout_loss=heldout_loss, n_params=recipe["n_params"],
                         tokens_per_second=recipe["tokens_per_second"])
 

@@ -1,0 +1,400 @@
+"""Compare models (a baseline and its defended versions) in one report, and the empirical epsilon.
+
+``compare_models`` audits each model with :func:`llm_mia.audit.run_audit` (one sub-folder each),
+adds the held-out perplexity, the membership scores' empirical epsilon lower bound and the
+signals that still work under each API output limit (:mod:`llm_mia.output_limits`), and writes
+``compare.json`` and ``compare.md`` with one row per model.
+
+Empirical epsilon (Jagielski, Ullman, Oprea 2020, "Auditing Differentially Private Machine
+Learning: How Private is Private SGD?", sec. 3): a membership test with false-positive rate FPR and
+false-negative rate FNR against an (epsilon, delta)-DP mechanism satisfies
+``FPR + e^eps FNR >= 1 - delta`` and ``FNR + e^eps FPR >= 1 - delta``, so
+``eps >= max(log((1 - delta - FPR) / FNR), log((1 - delta - FNR) / FPR))``. With one-sided
+Clopper-Pearson upper bounds on FPR and FNR, each at confidence ``1 - alpha / 2`` (so both hold
+together with probability >= 1 - alpha, union bound), the value is a lower bound on the true
+epsilon at confidence 1 - alpha. The signal and its threshold are chosen on one half of the
+members / non-members and the bound is computed on the other half, so choosing among many
+thresholds does not inflate it. Caveat: the membership test here is between documents, while the
+DP guarantee is per training block; a document spanning k blocks is protected only at k epsilon,
+so a bound above the trained epsilon does not by itself prove a bug.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llm_mia import io
+from llm_mia.errors import LlmMiaError
+
+__all__ = ["clopper_pearson_upper", "clopper_pearson_lower", "epsilon_lower_bound", "empirical_epsilon",
+           "heldout_perplexity", "compare_models", "render_compare_markdown"]
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided Clopper-Pearson upper bound on a binomial rate: P(rate <= bound) >= 1 - alpha.
+
+    ``k`` successes in ``n`` trials (0 <= k <= n, n >= 1). Returns ``Beta.ppf(1 - alpha; k + 1, n - k)``,
+    and 1 when k = n. Raises LlmMiaError on bad counts or alpha outside (0, 1).
+    """
+    _check_counts(k, n, alpha)
+    if k == n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1 - alpha, k + 1, n - k))
+
+
+def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+    """One-sided Clopper-Pearson lower bound: ``Beta.ppf(alpha; k, n - k + 1)``, and 0 when k = 0."""
+    _check_counts(k, n, alpha)
+    if k == 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(alpha, k, n - k + 1))
+
+
+def _check_counts(k: int, n: int, alpha: float) -> None:
+    if not (isinstance(k, (int, np.integer)) and isinstance(n, (int, np.integer)) and n >= 1 and 0 <= k <= n):
+        raise LlmMiaError(f"need integer counts 0 <= k <= n, n >= 1; got k={k}, n={n}")
+    if not 0 < alpha < 1:
+        raise LlmMiaError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def epsilon_lower_bound(*, tp: int, fn: int, fp: int, tn: int, delta: float, alpha: float = 0.05) -> float:
+    """Empirical epsilon lower bound of one membership test (Jagielski et al. 2020; module docstring).
+
+    Args:
+        tp / fn: members called member / non-member; fp / tn: non-members called member / non-member.
+        delta: the mechanism's delta, in [0, 1).
+        alpha: 1 - confidence of the bound (split evenly over the FPR and FNR bounds).
+
+    Returns:
+        epsilon lower bound in nats (>= 0; 0 when the test does no better than chance at this
+        confidence; +inf when an upper bound is 0, impossible with Clopper-Pearson).
+    Raises:
+        LlmMiaError: empty classes, negative counts, delta or alpha out of range.
+    """
+    if not 0 <= delta < 1:
+        raise LlmMiaError(f"delta must be in [0, 1), got {delta}")
+    fpr_ub = clopper_pearson_upper(fp, fp + tn, alpha / 2)
+    fnr_ub = clopper_pearson_upper(fn, tp + fn, alpha / 2)
+    best = 0.0
+    for num, den in ((1 - delta - fpr_ub, fnr_ub), (1 - delta - fnr_ub, fpr_ub)):
+        if num > 0:
+            best = max(best, math.inf if den <= 0 else math.log(num / den))
+    return best
+
+
+def _best_threshold(y: np.ndarray, s: np.ndarray, delta: float, alpha: float) -> tuple[float, float]:
+    """(threshold, bound) maximising the epsilon bound of "member iff score >= threshold" on (y, s).
+
+    Thresholds are the midpoints between consecutive distinct scores (a threshold at an observed
+    score would sit on the edge of the selection half's range, and the evaluation half falls on
+    either side of it by chance); the first (lowest) of equally good thresholds wins.
+    """
+    best_t, best_e = math.inf, 0.0
+    u = np.unique(s)
+    for t in (u[:-1] + u[1:]) / 2:
+        pred = s >= t
+        e = epsilon_lower_bound(tp=int((pred & (y == 1)).sum()), fn=int((~pred & (y == 1)).sum()),
+                                fp=int((pred & (y == 0)).sum()), tn=int((~pred & (y == 0)).sum()),
+                                delta=delta, alpha=alpha)
+        if e > best_e:
+            best_t, best_e = float(t), e
+    return best_t, best_e
+
+
+def empirical_epsilon(y_true: Sequence[int], scores: dict[str, Sequence[float]], *, delta: float,
+                      alpha: float = 0.05, seed: int = 0) -> dict:
+    """Empirical epsilon lower bound from membership scores (selection half / evaluation half).
+
+    Args:
+        y_true: (n_samples,), member = 1, non-member = 0.
+        scores: signal name -> (n_samples,) scores, higher = member; NaN rows are dropped per signal.
+        delta: the trained model's delta (1e-5 style); alpha: 1 - confidence.
+        seed: the random split of members and of non-members into two halves.
+
+    Returns:
+        {"epsilon_lower_bound", "signal", "threshold", "selection_bound", "counts" {tp, fn, fp, tn}
+        on the evaluation half, "alpha", "delta", "n_eval"}. The signal and threshold with the
+        largest bound on the selection half are applied to the evaluation half.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    rng = random.Random(seed)
+    pos, neg = [i for i in range(len(y)) if y[i] == 1], [i for i in range(len(y)) if y[i] == 0]
+    if len(pos) < 2 or len(neg) < 2:
+        raise LlmMiaError("the empirical epsilon needs at least 2 members and 2 non-members")
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    sel = np.array(pos[: len(pos) // 2] + neg[: len(neg) // 2])
+    ev = np.array(pos[len(pos) // 2:] + neg[len(neg) // 2:])
+    choice = (None, math.inf, -1.0)
+    for name, vals in scores.items():
+        s = np.asarray(vals, dtype=np.float64)
+        ok = ~np.isnan(s[sel])
+        if ok.sum() < 2:
+            continue
+        t, e = _best_threshold(y[sel][ok], s[sel][ok], delta, alpha)
+        if e > choice[2]:
+            choice = (name, t, e)
+    name, t, e_sel = choice
+    out = {"alpha": alpha, "delta": delta, "signal": name, "threshold": t, "selection_bound": max(e_sel, 0.0),
+           "n_eval": int(len(ev)), "epsilon_lower_bound": 0.0, "counts": None}
+    if name is None:
+        return out
+    s = np.asarray(scores[name], dtype=np.float64)[ev]
+    yy = y[ev]
+    pred = np.where(np.isnan(s), False, s >= t)
+    c = {"tp": int((pred & (yy == 1)).sum()), "fn": int((~pred & (yy == 1)).sum()),
+         "fp": int((pred & (yy == 0)).sum()), "tn": int((~pred & (yy == 0)).sum())}
+    out["counts"] = c
+    out["epsilon_lower_bound"] = epsilon_lower_bound(**c, delta=delta, alpha=alpha)
+    return out
+
+
+def heldout_perplexity(loaded, texts: Sequence[str], *, max_tokens: int = 65_536) -> float | None:
+    """exp(mean next-token NLL) over the EOS-joined stream of ``texts`` (at most ``max_tokens``), in blocks
+    of the model's context; the same measure as the ``heldout_loss`` of :func:`llm_mia.train.train_model`."""
+    from llm_mia.train import _encode, _eval_loss
+
+    eos = loaded.tokenizer.eos_token_id if loaded.tokenizer.eos_token_id is not None else loaded.bos_id
+    docs = _encode(loaded.tokenizer, list(texts))
+    loss = _eval_loss(loaded.model, docs, eos_id=eos, n_ctx=loaded.max_context or 128, batch_size=16,
+                      device=loaded.device, max_tokens=max_tokens)
+    return math.exp(loss) if loss is not None else None
+
+
+def _model_row(name: str, path: Path, report: dict, heldout_ppl, emp: dict, limits: dict | None) -> dict:
+    recipe = report["provenance"].get("recipe") or {}
+    mem = report.get("membership", {}).get("signals", {})
+    tprs = {k: v["tpr_at_fpr"]["0.01"]["tpr"] for k, v in mem.items() if "tpr_at_fpr" in v}
+    aucs = {k: v["auc"] for k, v in mem.items() if "auc" in v}
+    best = max(tprs, key=lambda k: (tprs[k], aucs.get(k, 0)), default=None)
+    inserted = [s for s in report["secrets"] if s["count"] > 0]
+    controls = [s for s in report["secrets"] if s["count"] == 0]
+    by_count = {}
+    for g in report["exposure_by_count"]:
+        d = by_count.setdefault(str(g["count"]), {"n": 0, "rank_sum": 0.0})
+        d["n"] += g["n"]
+        d["rank_sum"] += g["mean_exposure_rank"] * g["n"]
+    dp = recipe.get("dp") or {}
+    return {
+        "name": name, "model": str(path), "defense": recipe.get("defense", "none"),
+        "settings": {k: recipe.get(k) for k in ("weight_decay", "dropout", "steps", "planned_steps")},
+        "early_stopping_best_step": (recipe.get("early_stopping") or {}).get("best_step"),
+        "dedup": recipe.get("dedup"),
+        "heldout_perplexity": heldout_ppl,
+        "exposure_by_count": {c: d["rank_sum"] / d["n"] for c, d in sorted(by_count.items(), key=lambda kv: int(kv[0]))},
+        "secrets_extracted": sum(bool(s["greedy_extracted"]) for s in inserted), "secrets_inserted": len(inserted),
+        "controls_extracted": sum(bool(s["greedy_extracted"]) for s in controls),
+        "memorized_samples": report["extraction"].get("memorized_total"),
+        "best_signal": best, "best_tpr_at_1pct_fpr": tprs.get(best), "best_signal_auc": aucs.get(best),
+        "trained_epsilon": dp.get("epsilon"), "trained_delta": dp.get("delta"),
+        "empirical_epsilon": emp,
+        "output_limits": limits,
+    }
+
+
+def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
+                   reference_path: str | Path | None = None, cfg=None, delta: float = 1e-5,
+                   api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
+                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True) -> dict:
+    """Audit every model of ``models`` ((name, folder) pairs) and write one comparison.
+
+    Each model gets ``out_dir/<name>/report.json`` (the usual audit); ``out_dir/compare.json``
+    and ``compare.md`` hold one row per model (see :func:`render_compare_markdown` for the
+    columns). The empirical epsilon uses the membership scores of ``cfg.membership_docs`` members
+    and as many held-out documents, at the model's trained delta (``delta`` when it has none).
+
+    Raises:
+        LlmMiaError: no models, a repeated or unsafe name, a missing corpus file or model folder.
+    """
+    from llm_mia.audit import AuditConfig, run_audit
+    from llm_mia.models.loading import load_model
+    from llm_mia.output_limits import membership_under_limits
+    from llm_mia.scoring import score
+
+    cfg = cfg or AuditConfig()
+    if not models:
+        raise LlmMiaError("--compare needs at least one model")
+    names = [n for n, _ in models]
+    if len(set(names)) != len(names):
+        raise LlmMiaError(f"model names must be distinct, got {names}")
+    for n, p in models:
+        if not n or "/" in n or n.startswith(".") or n in ("compare.json", "compare.md"):
+            raise LlmMiaError(f"bad model name '{n}' (a plain folder name)")
+        if not (Path(p) / "config.json").is_file():
+            raise LlmMiaError(f"not a model folder: {p}")
+    corpus = Path(corpus_dir)
+    for f in ("train.jsonl", "heldout.jsonl", "secrets.json"):
+        if not (corpus / f).is_file():
+            raise LlmMiaError(f"corpus folder {corpus} has no {f}")
+    train = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
+    heldout = [r["text"] for r in io.read_jsonl(corpus / "heldout.jsonl")]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reference = load_model(str(reference_path)) if reference_path else None
+    rng = random.Random(cfg.seed)
+    n = min(cfg.membership_docs, len(train), len(heldout))
+    mem, non = rng.sample(train, n), rng.sample(heldout, n)
+    rows = []
+    for name, path in models:
+        t0 = time.time()
+        report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg)
+        target = load_model(str(path))
+        recipe = report["provenance"].get("recipe") or {}
+        d = (recipe.get("dp") or {}).get("delta") or delta
+        emp = {"skipped": "fewer than 2 held-out documents"}
+        if n >= 2:
+            res = score(target, mem + non, reference=reference, prepend_bos=True)
+            y = [1] * n + [0] * n
+            emp = empirical_epsilon(y, {s: [r["scores"][s] for r in res.rows] for s in res.rows[0]["scores"]},
+                                    delta=d, seed=cfg.seed)
+        limits = None
+        if api_modes and n >= 2:
+            limits = membership_under_limits(target, train, heldout, modes=api_modes, reference=reference,
+                                             n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
+        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), emp, limits)
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+    result = {"corpus": str(corpus), "reference": str(reference_path) if reference_path else None,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
+              "settings": {"membership_docs": n, "api_modes": list(api_modes), "limit_docs": limit_docs,
+                           "n_candidates": cfg.n_candidates, "num_samples": cfg.num_samples,
+                           "strategies": list(cfg.strategies), "seed": cfg.seed}}
+    io.write_json(out / "compare.json", result)
+    io.write_text(out / "compare.md", render_compare_markdown(result))
+    return result
+
+
+def _f(v, fmt: str = ".2f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, fmt)
+
+
+def render_compare_markdown(result: dict) -> str:
+    """The comparison as Markdown: the main table, then exposure by insertion count, then output limits."""
+    rows = result["rows"]
+    lines = ["# Defences compared", "",
+             f"Corpus: `{result['corpus']}`; reference: `{result['reference']}`; membership: "
+             f"{result['settings']['membership_docs']} members vs as many held-out documents.", "",
+             "| model | defence | held-out ppl | secrets extracted (greedy) | controls extracted | memorized samples "
+             "| best signal | TPR@1%FPR | AUC | trained eps | empirical eps (95% lower bound) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = r["empirical_epsilon"]
+        lines.append(f"| {r['name']} | {r['defense']} | {_f(r['heldout_perplexity'])} | "
+                     f"{r['secrets_extracted']}/{r['secrets_inserted']} | {r['controls_extracted']} | "
+                     f"{_f(r['memorized_samples'], 'd') if r['memorized_samples'] is not None else '-'} | "
+                     f"{r['best_signal'] or '-'} | {_f(r['best_tpr_at_1pct_fpr'], '.3f')} | "
+                     f"{_f(r['best_signal_auc'], '.3f')} | {_f(r['trained_epsilon'])} | "
+                     f"{_f(e.get('epsilon_lower_bound'))} |")
+    counts = sorted({c for r in rows for c in r["exposure_by_count"]}, key=int)
+    lines += ["", "## Mean rank exposure (bits) by insertion count", "",
+              "| model | " + " | ".join(f"r={c}" for c in counts) + " |", "|---|" + "---|" * len(counts)]
+    for r in rows:
+        lines.append(f"| {r['name']} | " + " | ".join(_f(r["exposure_by_count"].get(c)) for c in counts) + " |")
+    if any(r["output_limits"] for r in rows):
+        lines += ["", "## Membership signals under API output limits", "",
+                  "A signal works when the lower end of its 95% bootstrap AUC interval is above 0.5.", "",
+                  "| model | API mode | computable | working signals (AUC) | not computable |", "|---|---|---|---|---|"]
+        for r in rows:
+            for mode, m in (r["output_limits"] or {}).get("modes", {}).items():
+                work = ", ".join(f"{s} ({m['signals'][s]['auc']:.2f})" for s in m["working"]) or "none"
+                lines.append(f"| {r['name']} | {mode} | {len(m['computable'])} | {work} | "
+                             f"{', '.join(sorted(m['not_computable'])) or '-'} |")
+    lines += ["", "Empirical epsilon: Jagielski et al. 2020, one-sided Clopper-Pearson bounds on FPR and FNR "
+              "(alpha/2 each), signal and threshold chosen on one half of the documents, bound on the other.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo: train the baseline and the defended models on the python-docs corpus, compare them
+
+#: (name, train_model keyword arguments) of the demo's models; the baseline first.
+DEMO_DEFENSES: list[tuple[str, dict]] = [
+    ("baseline", {}),
+    ("dp-eps8", {"defense": "dp", "epsilon": 8.0, "delta": 1e-5}),
+    ("dp-eps1", {"defense": "dp", "epsilon": 1.0, "delta": 1e-5}),
+    ("dedup", {"defense": "dedup"}),
+    ("weight-decay", {"weight_decay": 0.1}),
+    ("dropout", {"dropout": 0.1}),
+    ("early-stop", {"early_stopping": 3}),
+]
+#: The ``--quick`` subset (tests): one model per kind of defence.
+QUICK_DEFENSES: list[tuple[str, dict]] = [
+    ("baseline", {}),
+    ("dp-eps1", {"defense": "dp", "epsilon": 1.0, "delta": 1e-5}),
+    ("dedup", {"defense": "dedup"}),
+    ("regularised", {"weight_decay": 0.1, "dropout": 0.1}),
+    ("early-stop", {"early_stopping": 2}),
+]
+
+
+def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
+                         progress: bool = True) -> dict:
+    """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, comparison.
+
+    ``quick`` (for tests; about 40 s on one thread of the shared 2-core CPU): five models
+    (:data:`QUICK_DEFENSES`), 40 k characters of python-docs split half / half, the ``tiny``
+    preset for 40 steps, secrets inserted 1, 4 and 16 times, 4 extraction samples, 20 exposure
+    candidates, 10 + 10 membership documents (6 + 6 per API mode): a check of the machinery, not a measurement. The full mode uses the demo corpus and
+    the ``small`` preset (DP models with fewer steps: a per-sample-gradient step costs several
+    plain ones) and a lighter audit than ``--demo``; its wall time was not measured here.
+    Every model shares the baseline's tokenizer, so exposures and scores compare.
+    """
+    from llm_mia.audit import DEMO_MAX_CHARS, AuditConfig
+    from llm_mia.corpus import build_corpus
+    from llm_mia.train import PRESETS, train_model
+
+    out = Path(out_dir)
+    t0 = time.time()
+    if quick:
+        preset, steps, dp_steps, max_chars, repeats = "tiny", 40, 40, 40_000, (1, 4, 16)
+        heldout_fraction, defenses, n_boot = 0.5, QUICK_DEFENSES, 200
+        cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=20, exact_limit=0, beams=1,
+                          membership_docs=10, top_n=4, max_new_tokens=16, seed=seed, progress=False)
+        limit_docs = 6
+    else:
+        preset, steps, dp_steps, max_chars, repeats = "small", PRESETS["small"].steps, 400, DEMO_MAX_CHARS, (1, 2, 4, 8, 16, 32)
+        heldout_fraction, defenses, n_boot = 0.2, DEMO_DEFENSES, 1000
+        cfg = AuditConfig(num_samples=100, n_candidates=500, exact_limit=10_000, membership_docs=200, seed=seed,
+                          progress=progress)
+        limit_docs = 50
+    build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, repeats=repeats,
+                 heldout_fraction=heldout_fraction)
+    models, timings = [], {}
+    for name, kw in defenses:
+        t = time.time()
+        n_steps = dp_steps if kw.get("defense") == "dp" else steps
+        tok = None if name == "baseline" else str(out / "models" / "baseline")
+        train_model(out / "corpus", out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
+                    tokenizer_from=tok, progress=progress, **kw)
+        timings[f"train_{name}_s"] = round(time.time() - t, 1)
+        models.append((name, out / "models" / name))
+    t = time.time()
+    ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
+    train_model(out / "corpus", out / "models" / "reference", preset=preset, reference=True, seed=seed,
+                tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(steps * ratio)),
+                progress=progress)
+    timings["train_reference_s"] = round(time.time() - t, 1)
+    t = time.time()
+    result = compare_models(out / "corpus", models, out, reference_path=out / "models" / "reference", cfg=cfg,
+                            limit_docs=limit_docs, n_boot=n_boot, progress=progress)
+    timings["audits_s"] = round(time.time() - t, 1)
+    timings["total_s"] = round(time.time() - t0, 1)
+    result["settings"].update({"quick": quick, "preset": preset, "steps": steps, "dp_steps": dp_steps,
+                               "max_chars": max_chars, "repeats": list(repeats), "timings": timings})
+    io.write_json(out / "compare.json", result)
+    io.write_text(out / "compare.md", render_compare_markdown(result))
+    return result

@@ -1,0 +1,111 @@
+"""Comparison of defended models: Clopper-Pearson bounds, the empirical epsilon, the --quick demo."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy.stats import binom
+
+from llm_mia import compare as C
+from llm_mia.defenses import dp_epsilon
+from llm_mia.errors import LlmMiaError
+from conftest import run_cli
+
+
+@pytest.mark.parametrize("n", [1, 7, 50])
+def test_clopper_pearson_edges_closed_form(n):
+    a = 0.05
+    assert C.clopper_pearson_upper(0, n, a) == pytest.approx(1 - a ** (1 / n), rel=1e-9)  # (1-u)^n = a
+    assert C.clopper_pearson_lower(n, n, a) == pytest.approx(a ** (1 / n), rel=1e-9)  # l^n = a
+    assert C.clopper_pearson_upper(n, n, a) == 1.0 and C.clopper_pearson_lower(0, n, a) == 0.0
+
+
+@pytest.mark.parametrize("k,n", [(3, 20), (10, 40), (1, 5)])
+def test_clopper_pearson_is_the_binomial_tail_inversion(k, n):
+    a = 0.05
+    u, lo = C.clopper_pearson_upper(k, n, a), C.clopper_pearson_lower(k, n, a)
+    assert binom.cdf(k, n, u) == pytest.approx(a, abs=1e-9)  # P(X <= k | p = u) = a
+    assert binom.sf(k - 1, n, lo) == pytest.approx(a, abs=1e-9)  # P(X >= k | p = l) = a
+    assert lo < k / n < u
+    with pytest.raises(LlmMiaError):
+        C.clopper_pearson_upper(k, 0, a)
+    with pytest.raises(LlmMiaError):
+        C.clopper_pearson_upper(n + 1, n, a)
+
+
+def test_epsilon_lower_bound_by_hand():
+    # perfect test on 50 + 50: both error-rate upper bounds are u = 1 - 0.025**(1/50)
+    u = 1 - 0.025 ** (1 / 50)
+    got = C.epsilon_lower_bound(tp=50, fn=0, fp=0, tn=50, delta=0.0, alpha=0.05)
+    assert got == pytest.approx(math.log((1 - u) / u), rel=1e-9)
+    assert 2.56 < got < 2.58  # u = 0.0711: at most ~2.57 nats from 100 documents at 95%
+    # delta enters the numerator
+    d = 1e-3
+    assert C.epsilon_lower_bound(tp=50, fn=0, fp=0, tn=50, delta=d) == pytest.approx(math.log((1 - d - u) / u))
+    # a coin flip proves nothing
+    assert C.epsilon_lower_bound(tp=25, fn=25, fp=25, tn=25, delta=1e-5) == 0.0
+    with pytest.raises(LlmMiaError, match="delta"):
+        C.epsilon_lower_bound(tp=1, fn=1, fp=1, tn=1, delta=1.5)
+
+
+def test_empirical_epsilon_split():
+    y = [1] * 40 + [0] * 40
+    perfect = {"a": [10.0 + i for i in range(40)] + [float(-i) for i in range(40)], "b": [0.0] * 80}
+    res = C.empirical_epsilon(y, perfect, delta=0.0, seed=3)
+    u = 1 - 0.025 ** (1 / 20)  # 20 members and 20 non-members in the evaluation half
+    assert res["signal"] == "a" and res["n_eval"] == 40
+    assert res["counts"] == {"tp": 20, "fn": 0, "fp": 0, "tn": 20}
+    assert res["epsilon_lower_bound"] == pytest.approx(math.log((1 - u) / u), rel=1e-9)
+    flat = C.empirical_epsilon(y, {"b": [0.0] * 80}, delta=1e-5)
+    assert flat["epsilon_lower_bound"] == 0.0
+    with pytest.raises(LlmMiaError, match="2 members"):
+        C.empirical_epsilon([1, 0, 0], {"a": [1.0, 0.0, 0.0]}, delta=1e-5)
+
+
+def test_compare_bad_inputs(tmp_path, capsys):
+    code, _, err = run_cli(["audit", "--compare", f"a={tmp_path}", "--corpus", tmp_path, "--out", tmp_path / "o"],
+                           capsys)
+    assert code == 2 and "not a model folder" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["audit", "--compare-defenses", "--quick"], capsys)
+    assert code == 2 and "--demo" in err
+    code, _, err = run_cli(["audit", "--compare", "x", "--corpus", tmp_path, "--out", tmp_path, "--api-modes", "top5"],
+                           capsys)
+    assert code == 2 and "unknown API mode" in err
+    with pytest.raises(LlmMiaError, match="distinct"):
+        C.compare_models(tmp_path, [("a", tmp_path), ("a", tmp_path)], tmp_path / "o")
+    from llm_mia.cli import _parse_compare
+
+    assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a"), ("dp", "m/dp/"), ("c", "x")]
+
+
+def test_quick_compare_defenses_demo(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(["audit", "--demo", "--compare-defenses", "--quick", "--out", out], capsys)
+    assert code == 0, err
+    res = json.loads((out / "compare.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == [n for n, _ in C.QUICK_DEFENSES]
+    for name, r in rows.items():
+        recipe = json.loads((out / "models" / name / "recipe.json").read_text())
+        assert r["heldout_perplexity"] > 1 and (out / name / "report.json").is_file()
+        assert r["secrets_inserted"] > 0 and 0 <= r["secrets_extracted"] <= r["secrets_inserted"]
+        assert r["empirical_epsilon"]["epsilon_lower_bound"] >= 0
+        assert set(r["output_limits"]["modes"]) == {"full", "topk:5", "rounded:2", "label-only"}
+        assert r["output_limits"]["modes"]["label-only"]["computable"] == ["greedy_match"]
+        if recipe["defense"] == "dp":
+            dp = recipe["dp"]
+            assert r["trained_epsilon"] == dp["epsilon"] <= 1.0
+            assert dp["epsilon"] == pytest.approx(dp_epsilon(noise_multiplier=dp["noise_multiplier"],
+                                                             sample_rate=dp["sample_rate"], steps=dp["steps"],
+                                                             delta=dp["delta"]))
+        else:
+            assert r["trained_epsilon"] is None
+    assert rows["dedup"]["dedup"]["chars_removed"] > 0
+    # every model shares the baseline's tokenizer
+    vocab = (out / "models" / "baseline" / "tokenizer.json").read_text()
+    assert all((out / "models" / n / "tokenizer.json").read_text() == vocab for n in rows)
+    md = (out / "compare.md").read_text()
+    assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "label-only" in md
+    assert "compared 5 models" in stdout
