@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from llm_mia.report.html import redaction_spans, render_html, segments
+from llm_mia.report.html import render_html, segments
+from llm_mia.report.markdown import redact_text, redaction_spans
 from llm_mia.report.markdown import redact
 from llm_mia.secrets import Secret, space_size
 
@@ -46,6 +47,18 @@ def test_redaction_spans_merge_overlaps():
     # the e-mail is both a planted value and a detected e-mail; the SSN overlaps nothing
     text = "mail jane.roe@example.org ssn 123-45-6789"
     assert redaction_spans(text, [_secret()]) == [(5, 25), (30, 41)]
+
+
+def test_mangled_numbers_are_redacted_but_short_ones_kept():
+    """A card or phone number the model got one digit wrong fails the detectors (Luhn, phone
+    validity) yet is still mostly a training value: any run of 6+ digits is hidden by default."""
+    text = "card 270775 17604558, phone 689-767-6993, version 3.8, PIN 4471, year 2024."
+    spans = redaction_spans(text, [])
+    assert [text[a:b] for a, b in spans] == ["270775 17604558", "689-767-6993"]
+    out = redact_text(text, [])
+    assert "270775" not in out and "767-6993" not in out
+    assert out.endswith(", version 3.8, PIN 4471, year 2024.")
+    assert out == text.replace("270775 17604558", redact("270775 17604558")).replace("689-767-6993", redact("689-767-6993"))
 
 
 class _Tags(HTMLParser):

@@ -12,30 +12,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from llm_mia.pii import find_pii
 from llm_mia.report.markdown import _fmt as _md_fmt
-from llm_mia.report.markdown import planted_strings, redact
+from llm_mia.report.markdown import planted_strings, redact, redaction_spans
 
 _TEMPLATES = Path(__file__).parent / "templates"
-
-
-def redaction_spans(text: str, secrets: Sequence) -> list[tuple[int, int]]:
-    """Merged [start, end) character ranges of ``text`` to hide: planted values and detected PII."""
-    spans = []
-    for v in planted_strings(secrets):
-        i = text.find(v)
-        while i >= 0:
-            spans.append((i, i + len(v)))
-            i = text.find(v, i + 1)
-    spans += [(h.start, h.end) for h in find_pii(text)]
-    spans.sort()
-    merged: list[list[int]] = []
-    for a, b in spans:
-        if merged and a < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return [(a, b) for a, b in merged]
 
 
 def segments(text: str, span: Sequence[int] | None, secrets: Sequence, *, hide: bool) -> list[dict]:

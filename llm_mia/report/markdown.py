@@ -29,14 +29,37 @@ def planted_strings(secrets: Sequence) -> list[str]:
     return sorted(vals, key=len, reverse=True)
 
 
-def redact_text(text: str, secrets: Sequence) -> str:
-    """``text`` with every planted secret, every planted PII field (name, address, ...) and every
-    detected PII value redacted."""
+#: Six or more digits, single spaces, dashes or dots allowed between them: a card, phone or ID
+#: number the model mangled (a wrong digit breaks Luhn or a phone number's validity, so the PII
+#: detectors pass it over) still shows most of a training value. Redacted by default.
+_DIGIT_RUN = re.compile(r"\d(?:[ \-.]?\d){5,}")
+
+
+def redaction_spans(text: str, secrets: Sequence) -> list[tuple[int, int]]:
+    """Merged [start, end) character ranges of ``text`` hidden by default: every occurrence of a
+    planted secret or planted PII field, every detected PII value, and every run of 6+ digits."""
+    spans = []
     for v in planted_strings(secrets):
-        if v in text:
-            text = text.replace(v, redact(v))
-    for h in sorted(find_pii(text), key=lambda h: -h.start):
-        text = text[:h.start] + redact(h.value) + text[h.end:]
+        i = text.find(v)
+        while i >= 0:
+            spans.append((i, i + len(v)))
+            i = text.find(v, i + 1)
+    spans += [(h.start, h.end) for h in find_pii(text)]
+    spans += [m.span() for m in _DIGIT_RUN.finditer(text)]
+    spans.sort()
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def redact_text(text: str, secrets: Sequence) -> str:
+    """``text`` with every range of :func:`redaction_spans` replaced by :func:`redact` of it."""
+    for a, b in reversed(redaction_spans(text, secrets)):
+        text = text[:a] + redact(text[a:b]) + text[b:]
     return text
 
 
