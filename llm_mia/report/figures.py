@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 #: Exposure estimators drawn when a secret record carries them (bits), with their legend labels.
 EXPOSURE_KEYS = {"exposure_rank": "rank", "exposure_exact": "exact", "exposure_extrapolated": "extrapolated"}
 
@@ -48,44 +46,20 @@ def _num(v) -> float | None:
     return None if math.isnan(f) else f
 
 
-def exposure_png(secret_rows: Sequence[dict]) -> bytes | None:
-    """Exposure (bits) of each secret against its insertion count, one colour per estimator found
-    in the records (``exposure_rank`` / ``exposure_exact`` / ``exposure_extrapolated``), the mean
-    per count as a line, chance level (1/ln 2 bits) and the rank estimator's ceiling log2 N dashed.
-    None when no record has an exposure."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    counts = sorted({int(r.get("count", 0)) for r in secret_rows})
-    xpos = {c: i for i, c in enumerate(counts)}
-    drawn = False
-    for j, (key, label) in enumerate(EXPOSURE_KEYS.items()):
-        pts = [(xpos[int(r.get("count", 0))], _num(r.get(key))) for r in secret_rows]
-        pts = [(x, y) for x, y in pts if y is not None]
-        if not pts:
-            continue
-        drawn = True
-        finite_max = max((y for _, y in pts if math.isfinite(y)), default=0.0)
-        ys = [min(y, finite_max * 1.1 + 1) for _, y in pts]  # an infinite exposure is drawn at the top
-        xs = [x + (j - 1) * 0.12 for x, _ in pts]
-        ax.scatter(xs, ys, s=18, alpha=0.7, color=f"C{j}", label=label)
-        means = [(xpos[c], float(np.mean([y for (x, _), y in zip(pts, ys) if x == xpos[c]])))
-                 for c in counts if any(x == xpos[c] for x, _ in pts)]
-        ax.plot([m[0] for m in means], [m[1] for m in means], color=f"C{j}", lw=1.2)
-    if not drawn:
-        _plt().close(fig)
+def exposure_png(secret_rows: Sequence[dict], n_references: int | None = None) -> bytes | None:
+    """Exposure against insertion count (:func:`llm_mia.report.plots.exposure_plot`, the figure the
+    audit and ``llm-mia exposure`` write as exposure.png) as PNG bytes; None without exposures."""
+    from llm_mia.io import to_float
+    from llm_mia.report.plots import exposure_plot
+
+    rows = [{**r, **{k: to_float(r[k]) for k in EXPOSURE_KEYS if r.get(k) is not None}}
+            for r in secret_rows if _num(r.get("exposure_rank")) is not None]
+    if not rows:
         return None
-    ceil = [_num(r.get("max_exposure_rank")) for r in secret_rows]
-    ceil = [c for c in ceil if c is not None]
-    if ceil:
-        ax.axhline(max(ceil), ls="--", lw=0.8, color="grey", label=f"rank ceiling log2 N = {max(ceil):.2f}")
-    ax.axhline(1 / math.log(2), ls=":", lw=0.8, color="black", label="chance (1/ln 2)")
-    ax.set_xticks(range(len(counts)), [("0 (control)" if c == 0 else str(c)) for c in counts])
-    ax.set_xlabel("insertions in the training data")
-    ax.set_ylabel("exposure (bits)")
-    ax.set_title("Canary exposure against insertion count")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return _png(fig)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "exposure.png"
+        exposure_plot(path, rows, n_references=n_references)
+        return path.read_bytes()
 
 
 def roc_png(labels: Sequence[int], scores: dict[str, Sequence[float]]) -> bytes | None:

@@ -114,7 +114,7 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = _fmt
     figs = {}
-    png = figures.exposure_png(report.get("secrets", []))
+    png = figures.exposure_png(report.get("secrets", []), report["provenance"].get("settings", {}).get("n_candidates"))
     if png:
         figs["exposure"] = figures.data_uri(png)
     mem = report.get("membership", {})
