@@ -171,7 +171,10 @@ class _Prompts:
         lo, hi = bounds
         if not 1 <= lo <= hi:
             raise LlmMiaError(f"prompt span bounds must satisfy 1 <= min <= max, got {bounds}")
-        docs = load_source(str(source or DEFAULT_PROMPTS))
+        try:
+            docs = load_source(str(source or DEFAULT_PROMPTS))
+        except LlmMiaError as e:
+            raise LlmMiaError(f"prompts of the internet strategy: {e}") from None
         tok = target.tokenizer
         self.docs = [ids for ids in (tok(d, add_special_tokens=False)["input_ids"] for d in docs) if len(ids) >= hi]
         if not self.docs:
