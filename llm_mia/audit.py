@@ -100,6 +100,30 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
             "baseline": _baseline(mem, non, cfg.seed), "per_doc": per_doc}
 
 
+def reference_saw_nonmembers(reference_path: str | Path | None, corpus_dir: str | Path) -> bool:
+    """True when the reference model was trained on this corpus's ``heldout.jsonl``, the file the
+    membership evaluation draws its non-members from (its ``recipe.json`` ``train_sha256`` equals
+    the file's SHA-256; ``llm-mia train --reference`` and the demo train it there). Its signals
+    (``reference``, ``reference_diff``) would then separate members from non-members by the
+    reference's own memorization of the non-members, whatever the target leaks, so the membership
+    evaluation leaves them out. False without a reference or a recipe."""
+    if reference_path is None:
+        return False
+    recipe = Path(reference_path) / "recipe.json"
+    if not recipe.is_file():
+        return False
+    try:
+        sha = io.read_json(recipe).get("train_sha256")
+    except (LlmMiaError, AttributeError):
+        return False
+    return sha is not None and sha == sha256_file(Path(corpus_dir) / "heldout.jsonl")
+
+
+#: Why the reference signals are missing from a membership evaluation (see reference_saw_nonmembers).
+REFERENCE_EXCLUDED = ("the reference model was trained on the held-out documents used as non-members: "
+                      "its signals would measure its own memorization of them, not the target's leakage")
+
+
 def _baseline(members: list[str], nonmembers: list[str], seed: int) -> dict:
     """The model-free baseline (:func:`llm_mia.baseline.model_free_baseline`), or why it was skipped."""
     from llm_mia.baseline import model_free_baseline
@@ -135,6 +159,8 @@ def _observations(report: dict) -> list[str]:
     best = max(ext["rankings"].items(), key=lambda kv: kv[1]["memorized"], default=None)
     if best and best[1]["memorized"]:
         obs.append(f"best ranking: '{best[0]}' with {best[1]['memorized']} memorized samples in its top {best[1]['top_n']}.")
+    if report.get("membership", {}).get("reference_excluded"):
+        obs.append("membership: the reference signals are left out: " + report["membership"]["reference_excluded"] + ".")
     mem = report.get("membership", {}).get("signals", {})
     if mem:
         aucs = {k: v["auc"] for k, v in mem.items() if "auc" in v}
@@ -261,7 +287,10 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         r["surfaced_in_samples"] = int(r["id"] in surfaced)
 
     t = time.time()
-    membership = _membership(target, reference, train, heldout, cfg, secrets)
+    excluded = reference_saw_nonmembers(reference_path, corpus)
+    membership = _membership(target, None if excluded else reference, train, heldout, cfg, secrets)
+    if excluded and "signals" in membership:
+        membership["reference_excluded"] = REFERENCE_EXCLUDED
     timings["membership_s"] = round(time.time() - t, 1)
     t = time.time()
     from llm_mia.pii_findings import pii_findings

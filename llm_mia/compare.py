@@ -241,6 +241,10 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reference = load_model(str(reference_path)) if reference_path else None
+    # a reference trained on the non-members would make its signals measure itself (see audit)
+    from llm_mia.audit import reference_saw_nonmembers
+
+    mia_reference = None if reference_saw_nonmembers(reference_path, corpus) else reference
     rng = random.Random(cfg.seed)
     n = min(cfg.membership_docs, len(train), len(heldout))
     mem, non = rng.sample(train, n), rng.sample(heldout, n)
@@ -253,13 +257,13 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
         d = (recipe.get("dp") or {}).get("delta") or delta
         emp = {"skipped": "fewer than 2 held-out documents"}
         if n >= 2:
-            res = score(target, mem + non, reference=reference, prepend_bos=True)
+            res = score(target, mem + non, reference=mia_reference, prepend_bos=True)
             y = [1] * n + [0] * n
             emp = empirical_epsilon(y, {s: [r["scores"][s] for r in res.rows] for s in res.rows[0]["scores"]},
                                     delta=d, seed=cfg.seed)
         limits = None
         if api_modes and n >= 2:
-            limits = membership_under_limits(target, train, heldout, modes=api_modes, reference=reference,
+            limits = membership_under_limits(target, train, heldout, modes=api_modes, reference=mia_reference,
                                              n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
         row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), emp, limits)
         row["seconds"] = round(time.time() - t0, 1)

@@ -232,3 +232,25 @@ def test_extract_cli_resume_after_a_kill(built, tmp_path, capsys):
     assert [(r["strategy"], r["index"], r["token_ids"], r["prompt"]) for r in got] == \
         [(r["strategy"], r["index"], r["token_ids"], r["prompt"]) for r in full]
     assert [r["id"] for r in got] == list(range(12))
+
+
+def test_reference_trained_on_the_nonmembers_is_left_out_of_membership(tmp_path):
+    """The demo's reference trains on heldout.jsonl, the membership evaluation's non-members: its
+    recipe's train_sha256 says so, and only then are its signals left out."""
+    import hashlib
+
+    from llm_mia.audit import reference_saw_nonmembers
+
+    corpus, ref = tmp_path / "corpus", tmp_path / "ref"
+    corpus.mkdir()
+    ref.mkdir()
+    (corpus / "heldout.jsonl").write_text('{"text": "a held-out document"}\n')
+    sha = hashlib.sha256((corpus / "heldout.jsonl").read_bytes()).hexdigest()
+    assert reference_saw_nonmembers(None, corpus) is False
+    assert reference_saw_nonmembers(ref, corpus) is False  # no recipe
+    (ref / "recipe.json").write_text(json.dumps({"train_sha256": sha}))
+    assert reference_saw_nonmembers(ref, corpus) is True
+    (ref / "recipe.json").write_text(json.dumps({"train_sha256": "0" * 64}))
+    assert reference_saw_nonmembers(ref, corpus) is False
+    (ref / "recipe.json").write_text("{corrupt")
+    assert reference_saw_nonmembers(ref, corpus) is False
