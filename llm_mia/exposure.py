@@ -392,6 +392,10 @@ def control_summary(rows: Sequence[dict], n_references: int) -> dict:
             "difference_bits": m - exp, "stderr_bits": se, "z": (m - exp) / se}
 
 
+#: The largest --exact-limit accepted: enumerating 10^9 sentences already takes days on a CPU.
+MAX_EXACT_LIMIT = 10**9
+
+
 def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_references: int = DEFAULT_REFERENCES,
                     exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0, beams: int = 5, top_k: int = 40,
                     batch_size: int = 64, progress: Callable[[int], None] | None = None,
@@ -427,6 +431,9 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
                         ("beams", beams, 1), ("top-k", top_k, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise LlmMiaError(f"{name} must be an int >= {lo}, got {v!r}")
+    if exact_limit > MAX_EXACT_LIMIT:
+        raise LlmMiaError(f"exact limit {exact_limit} would enumerate spaces of up to that many sentences; "
+                          f"use at most {MAX_EXACT_LIMIT:.0e} (10^6 takes ~13 min per secret on a 2-core CPU)")
     secrets = list(secrets)
     rows = []
     for i, s in enumerate(secrets):

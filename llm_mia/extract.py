@@ -209,6 +209,8 @@ def _char_span(text: str, match_text: str, before: str) -> list[int] | None:
 def _max_new(target: LoadedModel, cfg: ExtractConfig) -> int:
     ctx = target.max_context or 1024
     room = ctx - 1 - (cfg.prompt_tokens[1] if "internet" in cfg.strategies else 0)
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens < 1:
+        raise LlmMiaError(f"--length must be >= 1, got {cfg.max_new_tokens}")
     max_new = cfg.max_new_tokens or min(256, room)
     if max_new < 1 or max_new > room:
         raise LlmMiaError(f"--length {max_new} does not fit the model's context of {ctx} tokens"
@@ -231,6 +233,8 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
     bad = [s for s in cfg.strategies if s not in STRATEGIES]
     if bad or not cfg.strategies:
         raise LlmMiaError(f"unknown strategy {', '.join(bad) or '(none)'}; use {', '.join(STRATEGIES)}")
+    if len(set(cfg.strategies)) != len(cfg.strategies):
+        raise LlmMiaError(f"strategy given twice: {', '.join(cfg.strategies)}")
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     max_new = _max_new(target, cfg)

@@ -200,6 +200,8 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
 
     if "max_extracted_secrets" in lim:
         limit = lim["max_extracted_secrets"]
+        if not report.get("secrets") or not report.get("extraction"):
+            raise LlmMiaError("the report has no planted secrets or no extraction; cannot check max_extracted_secrets")
         got = [s["id"] for s in secrets if s.get("greedy_extracted") or s.get("beam_extracted")
                or s.get("surfaced_in_samples")]
         ok = len(got) <= limit
@@ -237,7 +239,10 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
 
     if "max_memorized_samples" in lim:
         limit = lim["max_memorized_samples"]
-        n = int(report.get("extraction", {}).get("memorized_total", 0))
+        ext = report.get("extraction")
+        if not isinstance(ext, dict) or "memorized_total" not in ext:
+            raise LlmMiaError("the report has no extraction results; cannot check max_memorized_samples")
+        n = int(ext["memorized_total"])
         ok = n <= limit
         checks.append(Check("max_memorized_samples", limit, n, ok, f"memorized samples {n} {'<=' if ok else '>'} {limit}"))
 

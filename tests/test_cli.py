@@ -254,3 +254,17 @@ def test_reference_trained_on_the_nonmembers_is_left_out_of_membership(tmp_path)
     assert reference_saw_nonmembers(ref, corpus) is False
     (ref / "recipe.json").write_text("{corrupt")
     assert reference_saw_nonmembers(ref, corpus) is False
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    """Atomic writes go through a 0600 temporary file; the result must get 0666 & ~umask."""
+    import os
+
+    from llm_mia import io
+
+    old = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

@@ -346,3 +346,12 @@ def test_exposure_cli_bad_input_one_line_exit_2(case, memorizing_model, tmp_path
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_exact_limit_beyond_what_can_be_enumerated_is_an_error(tiny_model, tiny_tokenizer):
+    from llm_mia.errors import LlmMiaError
+    from llm_mia.exposure import MAX_EXACT_LIMIT, secret_exposure
+    from llm_mia.models.loading import from_objects
+
+    with pytest.raises(LlmMiaError, match="exact limit"):
+        secret_exposure(from_objects(tiny_model, tiny_tokenizer), [], exact_limit=MAX_EXACT_LIMIT + 1)

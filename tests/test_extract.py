@@ -207,3 +207,11 @@ def test_extract_records_the_match_span_in_samples_and_top(lm, tiny_tokenizer, t
             assert r["longest_match_tokens"] >= 1
     for t in _lines(tmp_path / "pre" / "top.jsonl"):
         assert t["match_span"] == next(r["match_span"] for r in rows if r["id"] == t["id"])
+
+
+def test_length_below_one_and_repeated_strategy_are_errors(lm, tmp_path):
+    with pytest.raises(LlmMiaError, match="--length must be >= 1"):
+        sample(lm, ExtractConfig(num_samples=1, max_new_tokens=0, progress=False), tmp_path / "a")
+    with pytest.raises(LlmMiaError, match="strategy given twice"):
+        sample(lm, ExtractConfig(num_samples=1, max_new_tokens=2, strategies=("top-k", "top-k"), progress=False),
+               tmp_path / "b")

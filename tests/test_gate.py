@@ -191,3 +191,13 @@ def test_a_limit_the_report_cannot_answer_exits_2_but_keeps_the_report(leak_mode
     assert code == 2 and last.startswith("error: ") and "inserted >= 1000 times" in last
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["verdict"]["passed"] is None and rep["verdict"]["line"].startswith("ERROR: ")
+
+
+def test_limits_without_extraction_in_the_report_are_errors():
+    """A report without extraction results cannot answer the extraction limits: error, never a pass."""
+    rep = _report()
+    for bad in ({}, None):
+        rep["extraction"] = bad
+        for key in ("max_extracted_secrets", "max_memorized_samples"):
+            with pytest.raises(LlmMiaError, match=f"cannot check {key}"):
+                evaluate(rep, parse_policy({"limits": {key: 0}}))
