@@ -142,3 +142,24 @@ def run_cli(args, capsys):
         sys.argv = old
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def train_capturing(corpus, out, **kw):
+    """``llm_mia.train.train_model(corpus, out, **kw)`` that also returns the in-memory model and
+    tokenizer at the moment they are saved: ``(summary, model, tokenizer)``."""
+    import llm_mia.train as train_mod
+
+    captured = {}
+    original = train_mod._save_model
+
+    def spy(model, tokenizer, recipe, folder):
+        captured["model"], captured["tokenizer"] = model, tokenizer
+        original(model, tokenizer, recipe, folder)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "_save_model", spy)
+    try:
+        summary = train_mod.train_model(corpus, out, **kw)
+    finally:
+        mp.undo()
+    return summary, captured["model"], captured["tokenizer"]

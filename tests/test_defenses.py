@@ -17,7 +17,7 @@ import llm_mia.defenses as D
 import llm_mia.train as train_mod
 from llm_mia.errors import LlmMiaError
 from llm_mia.train import train_model
-from conftest import run_cli
+from conftest import run_cli, train_capturing
 from test_train import write_corpus
 
 X = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18]])
@@ -185,22 +185,9 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dp_trained(corpus, tmp_path_factory):
-    captured = {}
-    original = train_mod._save_model
-
-    def spy(model, tokenizer, recipe, folder):
-        captured["model"] = model
-        original(model, tokenizer, recipe, folder)
-
-    out = tmp_path_factory.mktemp("dp") / "m"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(train_mod, "_save_model", spy)
-    try:
-        s = train_model(corpus, out, preset="tiny", defense="dp", epsilon=8.0, delta=1e-5, max_steps=6,
-                        micro_batch=3, progress=False)
-    finally:
-        mp.undo()
-    return s, captured["model"]
+    s, model, _ = train_capturing(corpus, tmp_path_factory.mktemp("dp") / "m", preset="tiny", defense="dp",
+                                  epsilon=8.0, delta=1e-5, max_steps=6, micro_batch=3, progress=False)
+    return s, model
 
 
 def test_p03_dp_checkpoint_round_trip(dp_trained):

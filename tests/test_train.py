@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import llm_mia.train as train_mod
+from conftest import train_capturing
 from llm_mia.errors import LlmMiaError
 from llm_mia.train import TrainSummary, train_model
 
@@ -44,21 +45,8 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     """One tiny training run; the in-memory model is captured at the moment it is saved."""
-    captured = {}
-    original = train_mod._save_model
-
-    def spy(model, tokenizer, recipe, folder):
-        captured["model"], captured["tokenizer"] = model, tokenizer
-        original(model, tokenizer, recipe, folder)
-
-    out = tmp_path_factory.mktemp("models") / "target"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(train_mod, "_save_model", spy)
-    try:
-        summary = train_model(corpus, out, preset="tiny", seed=0, progress=False)
-    finally:
-        mp.undo()
-    return summary, captured["model"], captured["tokenizer"]
+    return train_capturing(corpus, tmp_path_factory.mktemp("models") / "target", preset="tiny", seed=0,
+                           progress=False)
 
 
 def _sha(path: Path) -> str:
