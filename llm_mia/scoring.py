@@ -73,7 +73,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
           context_lens: Sequence[int] | int | None = None, reference: LoadedModel | None = None,
           signals: Sequence[str] | None = None, batch_size: int | None = None, prepend_bos: bool = False,
           stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
-          prompts: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> ScoreResult:
+          prompts: Sequence[str] | None = None, score_mask: Sequence[Sequence[bool]] | None = None,
+          progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
 
     Args:
@@ -90,9 +91,15 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         prompts: with ``ids``: the text each sample was conditioned on (its prompt ids are the
             context). The lowercase view is then [BOS] + lowercase prompt (context) + lowercase text,
             so both NLLs of the lowercase ratio are conditioned on the prompt.
+        score_mask: with ``ids``: one bool per id of each sequence; only ids flagged True (and past
+            the context) are scored, in the target view and in a reference view with the same
+            tokenizer (e.g. the assistant turns of a chat, :mod:`llm_mia.chat`). Views re-encoded
+            from ``texts`` (lowercase, ReCaLL, a reference with another tokenizer) read ``texts`` as
+            given, so pass the scored text there.
 
     Raises:
-        LlmMiaError: unknown signal name, or a signal that needs a reference without one.
+        LlmMiaError: unknown signal name, a signal that needs a reference without one, or a
+            ``score_mask`` without ``ids`` or of the wrong length.
     """
     texts = list(texts)
     avail = {"text", "lowercase", "moments"} | ({"reference"} if reference is not None else set()) \
@@ -110,18 +117,27 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         what = {"recall": "a non-member prefix (--recall-prefix)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)"}
         raise LlmMiaError("signal input missing: " + ", ".join(what.get(m, m) for m in sorted(missing)))
     if ids is None:
+        if score_mask is not None:
+            from llm_mia.errors import LlmMiaError
+
+            raise LlmMiaError("score_mask needs the token ids it flags (ids=)")
         ids, ctx = encode(target, texts, prepend_bos=prepend_bos)
     else:
         ids = [list(x) for x in ids]
         ctx = 1 if context_lens is None else context_lens
+    if score_mask is not None and (len(score_mask) != len(ids) or any(len(m) != len(x) for m, x in zip(score_mask, ids))):
+        from llm_mia.errors import LlmMiaError
 
-    def run(model: LoadedModel, seqs, c, moments: bool = False) -> TokenStats:
-        return compute_token_stats(model.model, seqs, context_lens=c, batch_size=batch_size, pad_id=model.bos_id,
-                                   max_context=model.max_context, stride=stride, moments=moments, progress=progress)
+        raise LlmMiaError("score_mask needs one flag per token id of every sequence")
+
+    def run(model: LoadedModel, seqs, c, moments: bool = False, masked: bool = False) -> TokenStats:
+        st = compute_token_stats(model.model, seqs, context_lens=c, batch_size=batch_size, pad_id=model.bos_id,
+                                 max_context=model.max_context, stride=stride, moments=moments, progress=progress)
+        return _restrict(st, c, score_mask) if masked and score_mask is not None else st
 
     # mu and sigma over the vocabulary are read only from the target view (Min-K%++); other views
     # need log p(token) alone
-    tstats = run(target, ids, ctx, moments="moments" in needs)
+    tstats = run(target, ids, ctx, moments="moments" in needs, masked=True)
     inp = S.SignalInputs(target=tstats, texts=texts)
     if "lowercase" in needs and prompts is not None:
         pl, _ = encode(target, [p.lower() for p in prompts], prepend_bos=True)
@@ -133,7 +149,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         inp.lowercase = run(target, lids, lctx)
     if "reference" in needs:
         if same_tokenizer(reference.tokenizer, target.tokenizer):
-            inp.reference = run(reference, ids, ctx)
+            inp.reference = run(reference, ids, ctx, masked=True)
         else:
             rids, rctx = encode(reference, texts, prepend_bos=True)
             inp.reference = run(reference, rids, rctx)
@@ -160,6 +176,30 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
                      "perplexity": float(ppl[i]), "zlib_bytes": S.zlib_bytes(t),
                      "scores": {k: float(v[i]) for k, v in values.items()}, "flags": flags[i]})
     return ScoreResult(rows=rows, target=tstats, inputs=inp)
+
+
+def _restrict(stats: TokenStats, context_lens: Sequence[int] | int, keep: Sequence[Sequence[bool]]) -> TokenStats:
+    """``stats`` with only the scored tokens whose id is flagged in ``keep`` (re-left-aligned).
+
+    Column j of row i is the id at position ``max(1, context_lens[i]) + j`` (each token is scored
+    once, sliding context or not), so ``keep[i][max(1, c_i) + j]`` decides it.
+    """
+    n = len(stats)
+    ctx = [context_lens] * n if isinstance(context_lens, int) else list(context_lens)
+    cols = [[j for j in range(int(stats.n_scored[i])) if keep[i][max(1, ctx[i]) + j]] for i in range(n)]
+    width = max((len(c) for c in cols), default=0)
+    out = [torch.zeros(n, width, dtype=torch.float32) for _ in range(3)]
+    tid = torch.full((n, width), -1, dtype=torch.long)
+    for i, c in enumerate(cols):
+        idx = torch.as_tensor(c, dtype=torch.long)
+        for o, src in zip(out, (stats.token_logprob, stats.mean_logprob, stats.std_logprob)):
+            o[i, :len(c)] = src[i, idx]
+        if stats.token_id is not None:
+            tid[i, :len(c)] = stats.token_id[i, idx]
+    n_scored = torch.tensor([len(c) for c in cols], dtype=torch.long)
+    mask = torch.arange(width)[None, :] < n_scored[:, None]
+    return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, n_scored=n_scored,
+                      truncated=stats.truncated.clone(), token_id=tid if stats.token_id is not None else None)
 
 
 def _starts_with_bos(target: LoadedModel, ids: Sequence[Sequence[int]]) -> bool:
