@@ -45,6 +45,11 @@ class AuditConfig:
     batch_size: int = 64
     max_new_tokens: int | None = None
     memorized_min_tokens: int = 50
+    # Discoverable memorization (llm_mia.discoverable): training examples sampled (0 = off), prompt and suffix tokens
+    discoverable_samples: int = 200
+    discoverable_prefix: int = 50
+    discoverable_suffix: int = 50
+    score_spans: str = "assistant"  # chat rows: score the assistant turns only, or "all" tokens
     show_secrets: bool = False
     progress: bool = True
     extract: ExtractConfig = field(default=None)  # filled from the fields above
@@ -73,11 +78,12 @@ def strip_planted(text: str, secrets) -> str:
     return text
 
 
-def _membership(target, reference, members: list[str], heldout: list[str], cfg: AuditConfig,
-                secrets=()) -> dict:
+def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=()) -> dict:
     """ROC metrics of every signal, members (1) against held-out non-members (0), and the
-    model-free baseline. Planted secret sentences are removed from the members first
-    (:func:`strip_planted`)."""
+    model-free baseline. ``members`` / ``heldout`` are :class:`llm_mia.chat.Doc` (or str); planted
+    secret sentences are removed from plain members first (:func:`strip_planted`); documents with
+    spans (chat rows) are scored on those tokens only (``scoring.score(score_mask=)``)."""
+    from llm_mia.chat import Doc, encode_docs
     from llm_mia.metrics import roc_metrics
     from llm_mia.scoring import score
 
@@ -85,9 +91,17 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
     n = min(cfg.membership_docs, len(members), len(heldout))
     if n < 2:
         return {"skipped": "fewer than 2 held-out documents"}
-    mem = [strip_planted(t, secrets) for t in rng.sample(members, n)]
-    non = rng.sample(heldout, n)
-    res = score(target, mem + non, reference=reference, prepend_bos=True)
+    as_doc = lambda d: d if isinstance(d, Doc) else Doc(d)  # noqa: E731
+    mem = [as_doc(d) for d in rng.sample(list(members), n)]
+    mem = [Doc(strip_planted(d.text, secrets)) if d.spans is None else d for d in mem]
+    non = [as_doc(d) for d in rng.sample(list(heldout), n)]
+    docs = mem + non
+    texts = [d.scored_text for d in docs]
+    if any(d.spans is not None for d in docs):
+        ids, keep = encode_docs(target, docs, prepend_bos=True)
+        res = score(target, texts, ids=ids, context_lens=1, score_mask=keep, reference=reference)
+    else:
+        res = score(target, texts, reference=reference, prepend_bos=True)
     y = [1] * n + [0] * n
     out = {}
     for sig in res.rows[0]["scores"]:
@@ -95,14 +109,29 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
             out[sig] = roc_metrics(y, [r["scores"][sig] for r in res.rows])
         except LlmMiaError as e:
             out[sig] = {"error": str(e)}
-    per_doc = {"labels": y, "scores": {sig: [r["scores"][sig] for r in res.rows] for sig in out}}
+    per_doc = {"labels": y, "n_scored_tokens": [r["n_scored_tokens"] for r in res.rows],
+               "scores": {sig: [r["scores"][sig] for r in res.rows] for sig in out}}
     return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
-            "baseline": _baseline(mem, non, cfg.seed), "per_doc": per_doc}
+            "baseline": _baseline(texts[:n], texts[n:], cfg.seed), "per_doc": per_doc}
 
 
-def reference_saw_nonmembers(reference_path: str | Path | None, corpus_dir: str | Path) -> bool:
-    """True when the reference model was trained on this corpus's ``heldout.jsonl``, the file the
-    membership evaluation draws its non-members from (its ``recipe.json`` ``train_sha256`` equals
+def overlap(members: list[str], nonmembers: list[str]) -> dict[int, str]:
+    """Non-members that are exact or near duplicates of a member, by :func:`llm_mia.dedup.dedup`'s
+    rules (normalised text; >= 50 % word-trigram containment; differing PII values never merge).
+
+    Returns:
+        {index into ``nonmembers``: "exact" | "near"}.
+    """
+    from llm_mia.dedup import dedup
+
+    res = dedup(list(members) + list(nonmembers))
+    n = len(members)
+    return {i - n: res.reason[i] for i, k in res.dropped.items() if i >= n and k < n}
+
+
+def reference_saw_nonmembers(reference_path: str | Path | None, nonmembers: str | Path) -> bool:
+    """True when the reference model was trained on the non-members file (``nonmembers``; a corpus
+    folder stands for its ``heldout.jsonl``), the file the membership evaluation draws its non-members from (its ``recipe.json`` ``train_sha256`` equals
     the file's SHA-256; ``llm-mia train --reference`` and the demo train it there). Its signals
     (``reference``, ``reference_diff``) would then separate members from non-members by the
     reference's own memorization of the non-members, whatever the target leaks, so the membership
@@ -116,7 +145,8 @@ def reference_saw_nonmembers(reference_path: str | Path | None, corpus_dir: str 
         sha = io.read_json(recipe).get("train_sha256")
     except (LlmMiaError, AttributeError):
         return False
-    return sha is not None and sha == sha256_file(Path(corpus_dir) / "heldout.jsonl")
+    path = Path(nonmembers) / "heldout.jsonl" if Path(nonmembers).is_dir() else Path(nonmembers)
+    return sha is not None and path.is_file() and sha == sha256_file(path)
 
 
 #: Why the reference signals are missing from a membership evaluation (see reference_saw_nonmembers).
@@ -152,6 +182,19 @@ def _observations(report: dict) -> list[str]:
         obs.append(f"never-inserted controls: mean rank exposure {m:.2f} bits (chance: {exp:.2f} bits, about 1/ln 2; "
                    f"off by {m - exp:+.2f} bits = {(m - exp) / se:+.1f} standard errors of {se:.2f}), "
                    f"{sum(s['greedy_extracted'] for s in ctrl)} of {len(ctrl)} greedily 'extracted'.")
+    if report.get("exposure", {}).get("measured") is False:
+        obs.append("exposure: " + report["exposure"]["reason"] + ".")
+    ov = report.get("membership", {}).get("overlap") or {}
+    if ov.get("n_overlapping"):
+        obs.append(f"WARNING: {ov['n_overlapping']} of {ov['n_nonmembers']} non-members ({ov['exact']} exact, "
+                   f"{ov['near']} near duplicates) also occur among the members; they were left out of membership.")
+    disc = report.get("discoverable") or {}
+    if disc.get("greedy_rate") is not None:
+        obs.append(f"discoverable memorization: {disc['n_greedy']} of {disc['n_examples']} training examples "
+                   f"({disc['greedy_rate']:.1%}) give back their next {disc['suffix_len']} tokens greedily from their "
+                   f"first {disc['prefix_len']}; ({disc['n']}, {disc['p']})-discoverable: {disc['np_discoverable_rate']:.1%}.")
+    elif disc.get("skipped"):
+        obs.append(f"discoverable memorization not measured: {disc['skipped']}.")
     ext = report["extraction"]
     for name, row in ext["rankings"].items():
         if row["memorized"] == 0:
@@ -191,6 +234,8 @@ def headline(report: dict) -> str:
         got = sum(bool(s.get("greedy_extracted") or s.get("surfaced_in_samples")) for s in ins)
         parts.append(f"{got} of {len(ins)} inserted secrets extracted")
     parts.append(f"{report['extraction'].get('memorized_total', 0)} memorized samples")
+    if (report.get("discoverable") or {}).get("greedy_rate") is not None:
+        parts.append(f"discoverable memorization {report['discoverable']['greedy_rate']:.1%}")
     if report.get("pii"):
         parts.append(f"{report['pii']['extracted_training_values']} training PII values emitted")
     sigs = report.get("membership", {}).get("signals", {})
@@ -234,64 +279,172 @@ def apply_policy(report: dict, policy) -> dict:
     return report["verdict"]
 
 
-def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Path, *,
-              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None) -> dict:
-    """Audit ``model_path`` against the corpus in ``corpus_dir``; write report.json / .md / .html.
+def adapter_base(model_path: str | Path) -> str | None:
+    """The base model a PEFT adapter folder names (``adapter_config.json``
+    ``base_model_name_or_path``), or None when ``model_path`` is not an adapter folder."""
+    cfg = Path(model_path) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    base = io.read_json(cfg).get("base_model_name_or_path") if cfg.is_file() else None
+    if not isinstance(base, str) or not base:
+        raise LlmMiaError(f"{cfg} names no base model (base_model_name_or_path)")
+    return base
 
+
+def resolve_reference(model_path: str | Path, reference: str | Path | None) -> tuple[str | None, str | None]:
+    """(reference model to load, where it came from) for ``--reference R|base|none``.
+
+    None (the default) is "base" for a PEFT adapter and "none" otherwise; "base" is the adapter's
+    base model ("adapter's base"); "none" disables the reference; anything else is the user's
+    model ("--reference"). Raises LlmMiaError for "base" with a model that is not an adapter.
+    """
+    ref = None if reference is None else str(reference)
+    base = adapter_base(model_path)
+    if ref is None:
+        ref = "base" if base is not None else "none"
+    if ref == "none":
+        return None, None
+    if ref == "base":
+        if base is None:
+            raise LlmMiaError(f"--reference base: '{model_path}' is not a PEFT adapter (no adapter_config.json); "
+                              "name the reference model or use --reference none")
+        return base, "adapter's base"
+    return ref, "--reference"
+
+
+def _inputs(corpus_dir, members, nonmembers, secrets_path):
+    """(members, non-members, secrets or None) from ``--corpus`` or the three files."""
+    if corpus_dir is not None:
+        if members is not None or nonmembers is not None:
+            raise LlmMiaError("give either --corpus or --members/--nonmembers, not both")
+        corpus = Path(corpus_dir)
+        for name in ("train.jsonl", "heldout.jsonl", "secrets.json"):
+            if not (corpus / name).exists():
+                raise LlmMiaError(f"corpus folder {corpus} has no {name} (build one with `llm-mia corpus build`)")
+        return str(corpus / "train.jsonl"), str(corpus / "heldout.jsonl"), secrets_path or corpus / "secrets.json"
+    if members is None or nonmembers is None:
+        raise LlmMiaError("an audit needs --members and --nonmembers files (or a --corpus folder)")
+    return str(members), str(nonmembers), secrets_path
+
+
+def _sha(spec: str | Path | None) -> str | None:
+    return sha256_file(Path(spec)) if spec is not None and Path(str(spec)).is_file() else None
+
+
+def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: str | Path, *,
+              members: str | Path | None = None, nonmembers: str | Path | None = None,
+              secrets_path: str | Path | None = None, text_column: str = "text",
+              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None) -> dict:
+    """Audit ``model_path`` on its training data; write report.json / .md / .html.
+
+    The data: ``members`` (the training examples: extraction verification, the suffix-array index,
+    membership, discoverable memorization) and ``nonmembers`` (held-out examples: membership only),
+    each a .txt/.jsonl/.csv/.parquet file or ``hf:NAME[:CONFIG]:SPLIT`` read with
+    :func:`llm_mia.texts.read_texts` (column ``text_column``; chat rows with ``messages`` are
+    rendered with the tokenizer's chat template, :mod:`llm_mia.chat`), and optionally
+    ``secrets_path`` (planted canaries: exposure; without it exposure is reported as not measured).
+    ``corpus_dir`` is the shorthand for its train.jsonl, heldout.jsonl and secrets.json.
+
+    ``reference_path``: a model, "base" (a PEFT adapter's base; the default for an adapter) or
+    "none"; report.json's provenance says which was used and where it came from.
     ``policy`` (:class:`llm_mia.policy.Policy`) puts the release gate's verdict at the top of the
     report (``report["verdict"]``); without one the verdict slot holds :func:`headline`.
 
     Raises:
-        LlmMiaError: missing corpus files, corrupt secrets.json, a folder that is not a model, a
-            report that lacks what a policy limit needs.
+        LlmMiaError: missing or unreadable input files, a column that does not exist, chat rows with
+            a tokenizer that has no chat template, corrupt secrets.json, a folder that is not a
+            model, a report that lacks what a policy limit needs. Input errors come before any model runs.
     """
-    from llm_mia.secrets import load_secrets
+    import warnings
+
+    from llm_mia.chat import Doc, check_template, render_chat, SCORE_SPANS
     from llm_mia.exposure import exposure_by_count, secret_exposure
     from llm_mia.report.plots import exposure_plot
+    from llm_mia.secrets import load_secrets
+    from llm_mia.texts import read_texts
 
     cfg = cfg or AuditConfig()
+    if cfg.score_spans not in SCORE_SPANS:
+        raise LlmMiaError(f"--score-spans must be one of {', '.join(SCORE_SPANS)}, got {cfg.score_spans!r}")
     t0 = time.time()
-    corpus = Path(corpus_dir)
-    for name in ("train.jsonl", "heldout.jsonl", "secrets.json"):
-        if not (corpus / name).exists():
-            raise LlmMiaError(f"corpus folder {corpus} has no {name} (build one with `llm-mia corpus build`)")
-    train = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
-    heldout = [r["text"] for r in io.read_jsonl(corpus / "heldout.jsonl")]
-    secrets = load_secrets(corpus / "secrets.json")
-    if not train:
-        raise LlmMiaError(f"{corpus / 'train.jsonl'} holds no documents")
+    mem_spec, non_spec, secrets_path = _inputs(corpus_dir, members, nonmembers, secrets_path)
+    mem_set = read_texts(mem_spec, text_field=text_column, label_field=None, allow_chat=True)
+    non_set = read_texts(non_spec, text_field=text_column, label_field=None, allow_chat=True)
+    secrets = load_secrets(secrets_path) if secrets_path is not None else []
+    if not mem_set.texts:
+        raise LlmMiaError(f"{mem_spec} holds no documents")
+    ref_spec, ref_source = resolve_reference(model_path, reference_path)
     target = load_model(str(model_path))
-    reference = load_model(str(reference_path)) if reference_path else None
+    chat = mem_set.chats is not None or non_set.chats is not None
+    if chat:
+        check_template(target.tokenizer, str(model_path))  # before any model runs
+
+    def docs(ts) -> list:
+        return [render_chat(target.tokenizer, c, score_spans=cfg.score_spans) if c is not None else Doc(t)
+                for t, c in zip(ts.texts, ts.chats or [None] * len(ts.texts))]
+
+    mem_docs, non_docs = docs(mem_set), docs(non_set)
+    train = [d.text for d in mem_docs]  # rendered: what extraction verification searches
+    reference = load_model(ref_spec) if ref_spec else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
 
+    dup = overlap(train, [d.text for d in non_docs])
+    overlap_info = {"n_nonmembers": len(non_docs), "n_overlapping": len(dup),
+                    "exact": sum(v == "exact" for v in dup.values()), "near": sum(v == "near" for v in dup.values()),
+                    "rule": "llm_mia.dedup: normalised exact match or >= 50% word-trigram containment"}
+    if dup:
+        warnings.warn(f"{len(dup)} of {len(non_docs)} non-members ({overlap_info['exact']} exact, "
+                      f"{overlap_info['near']} near) duplicate a member; left out of membership", stacklevel=2)
+        non_docs = [d for i, d in enumerate(non_docs) if i not in dup]
+
     t = time.time()
+    plain_prompts = non_set.chats is None and Path(non_spec).suffix.lower() in (".txt", ".jsonl") \
+        and not non_spec.startswith("hf:") and text_column == "text"
     ecfg = ExtractConfig(num_samples=cfg.num_samples, strategies=tuple(cfg.strategies), seed=cfg.seed,
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
                          top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
-                         prompt_source=cfg.prompt_source or str(corpus / "heldout.jsonl"), resume=True)
+                         prompt_source=cfg.prompt_source or (non_spec if plain_prompts else None), resume=True)
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)
 
     t = time.time()
     from llm_mia.progress import bar
 
-    total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
-    with bar("exposure", total, enabled=cfg.progress) as adv:
-        exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
-                              seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
+    rows, controls = [], {}
+    if secrets:
+        total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
+        with bar("exposure", total, enabled=cfg.progress) as adv:
+            exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
+                                  seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
+        rows, controls = exp.rows, exp.controls
+        surfaced = set(ext["secrets_surfaced"])
+        for r in rows:
+            r["surfaced_in_samples"] = int(r["id"] in surfaced)
     timings["exposure_s"] = round(time.time() - t, 1)
-    surfaced = set(ext["secrets_surfaced"])
-    for r in exp.rows:
-        r["surfaced_in_samples"] = int(r["id"] in surfaced)
 
     t = time.time()
-    excluded = reference_saw_nonmembers(reference_path, corpus)
-    membership = _membership(target, None if excluded else reference, train, heldout, cfg, secrets)
+    excluded = reference_saw_nonmembers(ref_spec, non_spec)
+    membership = _membership(target, None if excluded else reference, mem_docs, non_docs, cfg, secrets)
     if excluded and "signals" in membership:
         membership["reference_excluded"] = REFERENCE_EXCLUDED
+    membership["overlap"] = overlap_info
     timings["membership_s"] = round(time.time() - t, 1)
+
+    t = time.time()
+    discoverable = {"skipped": "disabled (--discoverable 0)"}
+    if cfg.discoverable_samples > 0:
+        from llm_mia.discoverable import discoverable_memorization
+
+        try:
+            discoverable = discoverable_memorization(target, train, n_examples=cfg.discoverable_samples,
+                                                     prefix_len=cfg.discoverable_prefix,
+                                                     suffix_len=cfg.discoverable_suffix, seed=cfg.seed)
+        except LlmMiaError as e:  # e.g. a context shorter than prompt + suffix
+            discoverable = {"skipped": str(e)}
+    timings["discoverable_s"] = round(time.time() - t, 1)
+
     t = time.time()
     from llm_mia.pii_findings import pii_findings
 
@@ -305,23 +458,30 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "provenance": {
             "model": str(model_path), "model_weights_sha256": sha256_file(Path(model_path) / "model.safetensors"),
-            "reference": str(reference_path) if reference_path else None,
-            "corpus": str(corpus), "train_sha256": sha256_file(corpus / "train.jsonl"),
-            "secrets_sha256": sha256_file(corpus / "secrets.json"),
+            "reference": ref_spec, "reference_source": ref_source,
+            "corpus": str(corpus_dir) if corpus_dir is not None else None,
+            "members": mem_spec, "nonmembers": non_spec, "text_column": text_column,
+            "chat": {"rendered_with": "tokenizer chat template", "score_spans": cfg.score_spans} if chat else None,
+            "train_sha256": _sha(mem_spec), "nonmembers_sha256": _sha(non_spec),
+            "secrets_sha256": _sha(secrets_path),
             "recipe": io.read_json(recipe) if recipe.exists() else None,
             "seed": cfg.seed, "versions": _versions(), "timings": timings,
             "settings": {k: v for k, v in asdict(cfg).items() if k != "extract"},
         },
         "extraction": ext,
-        "secrets": exp.rows,
-        "exposure_by_count": exposure_by_count(exp.rows),
-        "exposure_controls": exp.controls,
-        "exposure_plot": "exposure.png",
+        "secrets": rows,
+        "exposure": {"measured": True} if secrets else
+                    {"measured": False, "reason": "no planted secrets given (--secrets): canary exposure not measured"},
+        "exposure_by_count": exposure_by_count(rows) if rows else [],
+        "exposure_controls": controls,
+        "exposure_plot": "exposure.png" if rows else None,
         "membership": membership,
+        "discoverable": discoverable,
         "pii": pii,
     }
     report["observations"] = _observations(report)
-    exposure_plot(out / "exposure.png", exp.rows, n_references=cfg.n_candidates)
+    if rows:
+        exposure_plot(out / "exposure.png", rows, n_references=cfg.n_candidates)
     try:
         apply_policy(report, policy)
     except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail

@@ -195,9 +195,23 @@ def exposure(
 @app.command()
 def audit(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder to audit."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: shorthand for --members DIR/train.jsonl "
+                                          "--nonmembers DIR/heldout.jsonl --secrets DIR/secrets.json."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id to audit."),
+    members: Optional[str] = typer.Option(None, "--members", help="Training examples: .txt/.jsonl/.csv/.parquet or "
+                                          "hf:NAME[:CONFIG]:SPLIT (plain text or chat 'messages')."),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Held-out examples (same formats), for membership."),
+    secrets: Optional[Path] = typer.Option(None, "--secrets", help="Planted canaries (secrets.json); without it exposure "
+                                           "is not measured."),
+    text_column: str = typer.Option("text", "--text-column", help="Column / field holding the text."),
+    score_spans: str = typer.Option("assistant", "--score-spans", help="Chat rows: score the assistant turns only "
+                                    "(assistant) or every token (all)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder, 'base' (a PEFT adapter's "
+                                            "base; the default for an adapter) or 'none'."),
+    discoverable: int = typer.Option(200, "--discoverable", min=0, help="Training examples sampled for discoverable "
+                                     "memorization (0 = off)."),
+    discoverable_prefix: int = typer.Option(50, "--discoverable-prefix", min=1,
+                                            help="Prompt tokens of discoverable memorization (the suffix is 50 tokens)."),
     demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
     num_samples: int = typer.Option(500, "--num-samples", min=1, help="Extraction samples per strategy."),
     strategy: str = typer.Option("top-k,temperature-decay,internet", "--strategy",
@@ -244,16 +258,24 @@ def audit(
     if quick:
         raise LlmMiaError("--quick goes with --demo --compare-defenses")
 
+    from llm_mia.chat import SCORE_SPANS
+
+    if score_spans not in SCORE_SPANS:
+        raise LlmMiaError(f"--score-spans must be one of {', '.join(SCORE_SPANS)}, got '{score_spans}'")
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
-                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length)
+                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length,
+                      discoverable_samples=discoverable, discoverable_prefix=discoverable_prefix, score_spans=score_spans)
     if demo:
+        if any(x is not None for x in (corpus, model, members, nonmembers, secrets)):
+            raise LlmMiaError("--demo builds its own data and models: drop --corpus/--model/--members/--nonmembers/--secrets")
         out = out or Path("audit-demo")
         report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
     else:
-        if corpus is None or model is None or out is None:
-            raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
-        report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol)
+        if model is None or out is None or (corpus is None and (members is None or nonmembers is None)):
+            raise LlmMiaError("audit needs --model, --out and --members/--nonmembers files or a --corpus folder (or --demo)")
+        report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
+                           text_column=text_column, reference_path=reference, cfg=cfg, policy=pol)
     typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'})")
     _verdict_exit(report["verdict"], gated=pol is not None)
 

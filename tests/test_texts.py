@@ -116,8 +116,8 @@ def test_csv_header_quoted_commas_and_newlines(tmp_path):
                                    'r2,"two\nlines, and ""quotes""",0\n'
                                    'r3,,1\n', newline="\r\n")
     ts = read_texts(p)
-    # files are read with universal newlines: the CRLF inside the quoted field reads as "\n"
-    assert ts.texts == ["Hello, world", 'two\nlines, and "quotes"', ""]
+    # read with newline="": the CRLF inside the quoted field stays byte for byte
+    assert ts.texts == ["Hello, world", 'two\r\nlines, and "quotes"', ""]
     assert ts.ids == ["r1", "r2", "r3"]
     assert ts.labels == [1, 0, 1]
 
@@ -175,7 +175,57 @@ def test_jsonl_missing_or_non_string_text_field(tmp_path, row):
 
 def test_csv_missing_text_column(tmp_path):
     p = write(tmp_path / "in.csv", "body,label\nx,1\n")
-    assert "'text'" in one_line_error(p)
+    msg = one_line_error(p)
+    assert "no column 'text'" in msg and "columns: body, label" in msg
+
+
+def test_non_string_text_and_missing_column_are_different_errors(tmp_path):
+    """A non-string `text` and a missing `text` column used to be the same "no text field"."""
+    p = write(tmp_path / "in.jsonl", json.dumps({"text": 5}) + "\n")
+    assert "is int, not a string" in one_line_error(p)
+    p = write(tmp_path / "other.jsonl", json.dumps({"body": "x", "id": 1}) + "\n")
+    msg = one_line_error(p)
+    assert "no field 'text'" in msg and "fields: body, id" in msg
+
+
+def test_t3_15_csv_quoted_crlf_and_lone_cr_kept(tmp_path):
+    import zlib
+
+    p = tmp_path / "in.csv"
+    p.write_bytes(b'id,text,label\r\n1,"Dear Ada,\r\nyour PIN is 4821.",1\r\n2,"line one\rline two",0\r\n')
+    ts = read_texts(p)
+    assert ts.texts == ["Dear Ada,\r\nyour PIN is 4821.", "line one\rline two"]
+    assert len(zlib.compress(ts.texts[0].encode())) == 36  # the case's zlib size (35 with the CR lost)
+    assert ts.labels == [1, 0] and ts.ids == ["1", "2"]
+
+
+def test_parquet_and_a_local_hf_dataset(tmp_path):
+    import datasets
+    import pandas as pd
+
+    rows = {"text": ["alpha\r\nbeta", "gamma"], "label": [1, 0]}
+    pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
+    ts = read_texts(tmp_path / "in.parquet")
+    assert ts.texts == rows["text"] and ts.labels == [1, 0]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    ts = read_texts(f"hf:{tmp_path / 'ds'}:train")
+    assert ts.texts == rows["text"]
+    (tmp_path / "files").mkdir()  # a folder of data files: datasets.load_dataset(folder, split=...)
+    pd.DataFrame(rows).to_parquet(tmp_path / "files" / "train.parquet")
+    assert read_texts(f"hf:{tmp_path / 'files'}:train").texts == rows["text"]
+    msg = one_line_error(f"hf:{tmp_path / 'ds'}:train", text_field="body")
+    assert "no column 'body'" in msg and "columns: text, label" in msg
+    assert "expected hf:NAME" in one_line_error("hf:only-a-name")
+
+
+def test_chat_rows(tmp_path):
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "PIN 4821"}]
+    p = write(tmp_path / "in.jsonl", json.dumps({"messages": msgs}) + "\n" + json.dumps({"text": "plain"}) + "\n")
+    ts = read_texts(p, allow_chat=True)
+    assert ts.chats == [msgs, None] and ts.texts == ["", "plain"]
+    assert "no field 'text'" in one_line_error(p)  # chat rows only where the caller renders them
+    bad = write(tmp_path / "bad.jsonl", json.dumps({"messages": [{"role": "user"}]}) + "\n")
+    assert "message 0" in one_line_error(bad, allow_chat=True)
 
 
 @pytest.mark.parametrize("bad", [2, -1, 0.5, "yes", "maybe", [1]])
