@@ -71,15 +71,26 @@ def train(
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping",
                                                  help="Patience (held-out evaluations without a new best)."),
     dedup_min_chars: int = typer.Option(30, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
+    lora: bool = typer.Option(False, "--lora", help="With --base: fine-tune LoRA matrices (peft) and save the adapter only."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
+    lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="Dropout on the LoRA input."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names "
+                                               "(default: c_attn,c_proj,c_fc for GPT-2, peft's default otherwise)."),
 ):
     """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
-    from llm_mia.train import train_model
+    from llm_mia.train import LoraSpec, train_model
 
+    if not lora and (lora_targets is not None or (lora_r, lora_alpha, lora_dropout) != (16, 32.0, 0.0)):
+        raise LlmMiaError("--lora-r/--lora-alpha/--lora-dropout/--lora-targets go with --lora")
+    spec = LoraSpec(r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
+                    target_modules=tuple(x.strip() for x in lora_targets.split(",") if x.strip()) if lora_targets else None) \
+        if lora else None
     s = train_model(corpus, out, base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from,
                     seed=seed, max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta,
                     noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, micro_batch=micro_batch,
                     weight_decay=weight_decay, dropout=dropout, early_stopping=early_stopping,
-                    dedup_min_chars=dedup_min_chars)
+                    dedup_min_chars=dedup_min_chars, lora=spec)
     typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
                f"held-out loss {s.heldout_loss:.3f} -> {out}")
 

@@ -37,7 +37,7 @@ import torch
 from llm_mia.errors import LlmMiaError
 from llm_mia.io import dumps, read_jsonl, sha256_file
 
-__all__ = ["PRESETS", "TrainPreset", "TrainSummary", "train_model"]
+__all__ = ["PRESETS", "LoraSpec", "TrainPreset", "TrainSummary", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,25 @@ PRESETS: dict[str, TrainPreset] = {
     "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1600, batch_size=16,
                          lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
 }
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA fine-tune of ``base`` (Hu et al. 2021, "LoRA: Low-Rank Adaptation"; the ``peft`` library).
+
+    Only the low-rank matrices are trained and saved: the output folder is a PEFT adapter
+    (``adapter_config.json`` naming the base by its absolute path, ``adapter_model.safetensors``).
+    ``target_modules`` None: GPT-2's attention and MLP projections (``c_attn``, ``c_proj``, ``c_fc``;
+    Conv1D, so ``fan_in_fan_out``), peft's default for other architectures.
+    """
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+
+#: LoRA targets of a GPT-2 when none are given: every projection (attention and MLP).
+GPT2_LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 
 _MAX_EVAL_TOKENS = 65_536  # held-out loss is measured on at most this many tokens (a few seconds on CPU)
 
@@ -283,6 +302,23 @@ def _scratch_model(p: TrainPreset, vocab_size: int, eos_id: int, device: torch.d
     return GPT2LMHeadModel._from_config(cfg, attn_implementation=attn).to(device)
 
 
+def _with_lora(model, spec: LoraSpec, base: str):
+    """``model`` wrapped by peft with LoRA matrices (only they train); the adapter names ``base`` by
+    its absolute path when it is a local folder."""
+    from peft import LoraConfig, get_peft_model
+
+    gpt2 = getattr(model.config, "model_type", None) == "gpt2"
+    targets = list(spec.target_modules) if spec.target_modules else (list(GPT2_LORA_TARGETS) if gpt2 else None)
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                     fan_in_fan_out=gpt2, task_type="CAUSAL_LM", bias="none")
+    try:
+        model = get_peft_model(model, cfg)
+    except (ValueError, KeyError) as e:  # unknown target modules, an architecture peft has no default for
+        raise LlmMiaError(f"--lora: {_one_line(e)}") from None
+    model.peft_config["default"].base_model_name_or_path = str(Path(base).resolve()) if Path(base).exists() else base
+    return model
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # .parameters() yields a tied tensor once
 
@@ -302,7 +338,8 @@ def _save_model(model, tokenizer, recipe: dict, folder: Path) -> None:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
+    if not any((folder / f).exists() for f in ("model.safetensors", "model.safetensors.index.json",
+                                               "adapter_model.safetensors")):
         raise RuntimeError("save_pretrained wrote no safetensors file")
     tokenizer.save_pretrained(str(folder))
     (folder / "recipe.json").write_text(dumps(recipe, indent=2) + "\n", encoding="utf-8")
@@ -376,7 +413,7 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
                 epsilon: float | None = None, delta: float = 1e-5, noise_multiplier: float | None = None,
                 max_grad_norm: float = 1.0, micro_batch: int | None = None, weight_decay: float | None = None,
                 dropout: float | None = None, early_stopping: int | None = None, eval_every: int | None = None,
-                dedup_min_chars: int = 30) -> TrainSummary:
+                dedup_min_chars: int = 30, lora: LoraSpec | None = None) -> TrainSummary:
     """Train a causal LM on a corpus folder and save it to ``out_dir``.
 
     Args:
@@ -414,6 +451,7 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
             the best weights are restored. Selecting on held-out loss uses the non-member file, a
             small optimistic bias for the audit's membership results that the recipe states.
         dedup_min_chars: with ``defense="dedup"``: the repeated-span length in characters.
+        lora: fine-tune ``base`` with LoRA (:class:`LoraSpec`) and save only the adapter.
 
     Returns:
         A :class:`TrainSummary`; the same numbers and the full recipe are in ``out_dir/recipe.json``.
@@ -429,6 +467,14 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         raise LlmMiaError(f"max_steps must be a positive integer, got {max_steps!r}")
     if base is not None and tokenizer_from is not None:
         raise LlmMiaError("tokenizer_from cannot be combined with base (a base model keeps its own tokenizer)")
+    if lora is not None:
+        if base is None:
+            raise LlmMiaError("--lora fine-tunes a --base model")
+        if defense == "dp":
+            raise LlmMiaError("--lora cannot be combined with --defense dp")
+        if not (isinstance(lora.r, int) and lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1):
+            raise LlmMiaError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1); got r={lora.r}, "
+                              f"alpha={lora.alpha}, dropout={lora.dropout}")
     steps = max_steps if max_steps is not None else p.steps
     from llm_mia.defenses import DEFENSES
 
@@ -503,6 +549,8 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         loaded = load_model(base, device=str(device), dtype=torch.float32)
         model, tokenizer = loaded.model, loaded.tokenizer
         n_ctx = min(p.n_ctx, model_max_context(model) or p.n_ctx)
+        if lora is not None:
+            model = _with_lora(model, lora, base)
     else:
         tokenizer = (_load_tokenizer(tokenizer_from) if tokenizer_from is not None
                      else train_bpe_tokenizer(_without_secrets(train_texts, corpus), vocab_size=p.vocab_size))
@@ -639,6 +687,10 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         "eval_sha256": sha256_file(eval_file) if eval_docs else None,
         "reference": reference,
         "base": base,
+        "lora": None if lora is None else {
+            "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout,
+            "target_modules": sorted(model.peft_config["default"].target_modules),
+            "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad)},
         "tokenizer_from": str(Path(tokenizer_from).resolve()) if tokenizer_from is not None else None,
         "vocab_size": len(tokenizer),
         "n_params": _n_params(model),

@@ -112,7 +112,12 @@ def leak_models(tmp_path_factory):
     from llm_mia.models.tokenizer import train_bpe_tokenizer
 
     d = tmp_path_factory.mktemp("gate")
-    paras = [f"Section {i}: the function number {i} returns a sorted copy of the list it is given." for i in range(16)]
+    import random
+
+    # distinct paragraphs: members and held-out documents must not be near duplicates (the audit drops those)
+    words = ("sorted copy list function returns value index key table record field string number order items "
+             "alpha beta gamma delta file path module class method object error count limit").split()
+    paras = [f"Section {i}: the " + " ".join(random.Random(i).sample(words, 12)) + "." for i in range(16)]
     (d / "src.txt").write_text("\n\n".join(paras), encoding="utf-8")
     build_corpus(str(d / "src.txt"), d / "corpus", seed=0, repeats=(16,), canaries_per_repeat=1, pii_per_repeat=1,
                  controls_per_kind=1)

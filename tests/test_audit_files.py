@@ -1,0 +1,158 @@
+"""The audit on the user's own files: --members/--nonmembers (plain or chat), no --secrets, LoRA adapters,
+overlapping sets, and bad input refused before any model runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
+from llm_mia import io
+from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+EXAMPLE = "examples/policy.toml"
+FAST = ["--num-samples", 4, "--length", 12, "--strategy", "top-k", "--discoverable", 4, "--discoverable-prefix", 8]
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron sigma omega "
+         "red green blue yellow violet orange brown black white grey pink cyan").split()
+
+
+def _doc(i: int, n: int = 12) -> str:
+    import random
+
+    return " ".join(random.Random(i).choices(WORDS, k=n)) + f" number {i}."
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """A tiny GPT-2 whose tokenizer has role tokens and a chat template; and one without a template."""
+    d = tmp_path_factory.mktemp("chat")
+    tok = train_bpe_tokenizer(TOKENIZER_TEXT + [" ".join(WORDS)] * 3, vocab_size=320, min_frequency=1)
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]})
+    model = make_tiny_gpt2(len(tok), n_positions=128)
+    model.save_pretrained(d / "plain")
+    tok.save_pretrained(d / "plain")
+    tok.chat_template = TEMPLATE
+    model.save_pretrained(d / "chat")
+    tok.save_pretrained(d / "chat")
+    return d, tok
+
+
+def _chat_rows(lo, hi):
+    return [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": _doc(i, 5)},
+                          {"role": "assistant", "content": _doc(i + 100)}, {"role": "user", "content": "and?"},
+                          {"role": "assistant", "content": _doc(i + 200, 4)}]} for i in range(lo, hi)]
+
+
+def test_assistant_only_scoring_counts_the_assistant_tokens(chat_model, tmp_path, capsys):
+    d, tok = chat_model
+    mem, non = _chat_rows(0, 6), _chat_rows(50, 56)
+    io.write_jsonl(tmp_path / "m.jsonl", mem)
+    io.write_jsonl(tmp_path / "n.jsonl", non)
+    code, out, err = run_cli(["audit", "--model", d / "chat", "--members", tmp_path / "m.jsonl", "--nonmembers",
+                              tmp_path / "n.jsonl", "--out", tmp_path / "o", "--membership-docs", 6, *FAST], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    # counted independently: the assistant contents tokenized alone (the template puts special tokens and a
+    # newline, its own pre-token, around every content)
+    count = lambda r: sum(len(tok(m["content"], add_special_tokens=False)["input_ids"])  # noqa: E731
+                          for m in r["messages"] if m["role"] == "assistant")
+    n_scored = rep["membership"]["per_doc"]["n_scored_tokens"]
+    assert sorted(n_scored[:6]) == sorted(map(count, mem)) and sorted(n_scored[6:]) == sorted(map(count, non))
+    assert rep["provenance"]["chat"]["score_spans"] == "assistant"
+    assert rep["exposure"]["measured"] is False and rep["secrets"] == []
+    assert "discoverable" in rep and rep["provenance"]["reference_source"] is None
+
+    code, out, err = run_cli(["audit", "--model", d / "chat", "--members", tmp_path / "m.jsonl", "--nonmembers",
+                              tmp_path / "n.jsonl", "--out", tmp_path / "all", "--membership-docs", 6,
+                              "--score-spans", "all", *FAST], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert min(rep["membership"]["per_doc"]["n_scored_tokens"]) > max(map(count, mem + non))
+
+
+def test_plain_files_without_secrets_gate_on_what_was_measured(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    code, out, err = run_cli(["audit", "--model", d / "leaky", "--members", d / "corpus" / "train.jsonl",
+                              "--nonmembers", d / "corpus" / "heldout.jsonl", "--out", tmp_path / "o",
+                              "--policy", EXAMPLE, *FAST], capsys)
+    assert code in (0, 1), err  # a verdict, not an error
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    checks = {c["name"]: c for c in rep["verdict"]["checks"]}
+    assert checks["max_canary_exposure_bits"]["value"] is None and "not measured" in checks["max_canary_exposure_bits"]["text"]
+    assert checks["max_extracted_secrets"]["value"] is None
+    assert checks["max_membership_tpr_at_1pct_fpr"]["value"] is not None
+    assert any("not measured" in o for o in rep["observations"])
+    assert rep["exposure_plot"] is None and not (tmp_path / "o" / "exposure.png").exists()
+
+
+def test_overlapping_nonmembers_are_left_out_of_membership(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    train = io.read_jsonl(d / "corpus" / "train.jsonl")
+    held = io.read_jsonl(d / "corpus" / "heldout.jsonl")
+    rows = held + [train[0], {"text": "  " + train[1]["text"].replace(" ", "  ") + "!"}]  # exact copy, normalised copy
+    io.write_jsonl(tmp_path / "n.jsonl", rows)
+    with pytest.warns(UserWarning, match="2 of .* non-members"):
+        from llm_mia.audit import AuditConfig, run_audit
+
+        rep = run_audit(None, d / "leaky", tmp_path / "o", members=d / "corpus" / "train.jsonl",
+                        nonmembers=tmp_path / "n.jsonl",
+                        cfg=AuditConfig(num_samples=2, strategies=("top-k",), max_new_tokens=8, discoverable_samples=0,
+                                        membership_docs=100, progress=False))
+    ov = rep["membership"]["overlap"]
+    assert ov["n_overlapping"] == 2 and ov["exact"] >= 1 and ov["exact"] + ov["near"] == 2 and ov["n_nonmembers"] == len(rows)
+    assert rep["membership"]["n_nonmembers"] == min(len(held), len(train))
+    assert any(o.startswith("WARNING: 2 of") for o in rep["observations"])
+
+
+@pytest.mark.parametrize("case", ["missing_column", "no_template", "reference_base_not_adapter", "bad_spans",
+                                  "missing_members", "members_and_corpus"])
+def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys):
+    d, _ = chat_model
+    io.write_jsonl(tmp_path / "m.jsonl", _chat_rows(0, 3))
+    io.write_jsonl(tmp_path / "p.jsonl", [{"body": _doc(i)} for i in range(3)])
+    args = ["audit", "--model", d / "chat", "--members", tmp_path / "m.jsonl", "--nonmembers", tmp_path / "m.jsonl",
+            "--out", tmp_path / "o", *FAST]
+    want = {"missing_column": "(fields: body)", "no_template": "no chat template",
+            "reference_base_not_adapter": "not a PEFT adapter", "bad_spans": "--score-spans",
+            "missing_members": "file not found", "members_and_corpus": "not both"}[case]
+    if case == "missing_column":
+        args[args.index(tmp_path / "m.jsonl")] = tmp_path / "p.jsonl"
+    elif case == "no_template":
+        args[2] = d / "plain"
+    elif case == "reference_base_not_adapter":
+        args += ["--reference", "base"]
+    elif case == "bad_spans":
+        args += ["--score-spans", "user"]
+    elif case == "missing_members":
+        args[args.index(tmp_path / "m.jsonl")] = tmp_path / "nope.jsonl"
+    else:
+        args += ["--corpus", tmp_path]
+    code, out, err = run_cli(args, capsys)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], err
+    assert not (tmp_path / "o").exists()  # nothing written: no model ran
+
+
+def test_lora_fine_tune_writes_an_adapter_on_its_base(leak_models, tmp_path):
+    from llm_mia.train import LoraSpec, train_model
+
+    d, _ = leak_models
+    s = train_model(d / "corpus", tmp_path / "adapter", base=str(d / "clean"), preset="tiny", max_steps=3,
+                    progress=False, lora=LoraSpec(r=4, alpha=8))
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "recipe.json"} <= files
+    assert "model.safetensors" not in files
+    cfg = io.read_json(tmp_path / "adapter" / "adapter_config.json")
+    assert cfg["base_model_name_or_path"] == str((d / "clean").resolve()) and cfg["r"] == 4
+    recipe = io.read_json(tmp_path / "adapter" / "recipe.json")
+    assert recipe["lora"]["target_modules"] == ["c_attn", "c_fc", "c_proj"]
+    assert 0 < recipe["lora"]["trainable_params"] < recipe["n_params"] and s.steps == 3
+    from llm_mia.errors import LlmMiaError
+
+    with pytest.raises(LlmMiaError, match="--base"):
+        train_model(d / "corpus", tmp_path / "x", preset="tiny", lora=LoraSpec())
+    with pytest.raises(LlmMiaError, match="lora"):
+        train_model(d / "corpus", tmp_path / "x", base=str(d / "clean"), preset="tiny", max_steps=1, progress=False,
+                    lora=LoraSpec(target_modules=("no_such_module",)))
