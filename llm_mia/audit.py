@@ -279,34 +279,25 @@ def apply_policy(report: dict, policy) -> dict:
     return report["verdict"]
 
 
-def adapter_base(model_path: str | Path) -> str | None:
-    """The base model a PEFT adapter folder names (``adapter_config.json``
-    ``base_model_name_or_path``), or None when ``model_path`` is not an adapter folder."""
-    cfg = Path(model_path) / "adapter_config.json"
-    if not cfg.is_file():
-        return None
-    base = io.read_json(cfg).get("base_model_name_or_path") if cfg.is_file() else None
-    if not isinstance(base, str) or not base:
-        raise LlmMiaError(f"{cfg} names no base model (base_model_name_or_path)")
-    return base
 
 
-def resolve_reference(model_path: str | Path, reference: str | Path | None) -> tuple[str | None, str | None]:
+def resolve_reference(target, reference: str | Path | None) -> tuple[str | None, str | None]:
     """(reference model to load, where it came from) for ``--reference R|base|none``.
 
-    None (the default) is "base" for a PEFT adapter and "none" otherwise; "base" is the adapter's
-    base model ("adapter's base"); "none" disables the reference; anything else is the user's
-    model ("--reference"). Raises LlmMiaError for "base" with a model that is not an adapter.
+    None (the default) is "base" when ``target`` (a LoadedModel) is a PEFT adapter and "none"
+    otherwise; "base" is the adapter's base model (``target.base``: "adapter's base"); "none"
+    disables the reference; anything else is the user's model ("--reference"). Raises
+    LlmMiaError for "base" with a model that is not an adapter.
     """
     ref = None if reference is None else str(reference)
-    base = adapter_base(model_path)
+    base = target.base
     if ref is None:
         ref = "base" if base is not None else "none"
     if ref == "none":
         return None, None
     if ref == "base":
         if base is None:
-            raise LlmMiaError(f"--reference base: '{model_path}' is not a PEFT adapter (no adapter_config.json); "
+            raise LlmMiaError(f"--reference base: '{target.source}' is not a PEFT adapter (no adapter_config.json); "
                               "name the reference model or use --reference none")
         return base, "adapter's base"
     return ref, "--reference"
@@ -334,8 +325,9 @@ def _sha(spec: str | Path | None) -> str | None:
 def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: str | Path, *,
               members: str | Path | None = None, nonmembers: str | Path | None = None,
               secrets_path: str | Path | None = None, text_column: str = "text",
-              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None) -> dict:
-    """Audit ``model_path`` on its training data; write report.json / .md / .html.
+              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
+              model_args: str | None = None) -> dict:
+    """Audit ``model_path`` (or the model ``model_args`` names) on its training data; write report.json / .md / .html.
 
     The data: ``members`` (the training examples: extraction verification, the suffix-array index,
     membership, discoverable memorization) and ``nonmembers`` (held-out examples: membership only),
@@ -373,11 +365,11 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     secrets = load_secrets(secrets_path) if secrets_path is not None else []
     if not mem_set.texts:
         raise LlmMiaError(f"{mem_spec} holds no documents")
-    ref_spec, ref_source = resolve_reference(model_path, reference_path)
-    target = load_model(str(model_path))
+    target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
+    ref_spec, ref_source = resolve_reference(target, reference_path)
     chat = mem_set.chats is not None or non_set.chats is not None
     if chat:
-        check_template(target.tokenizer, str(model_path))  # before any model runs
+        check_template(target.tokenizer, target.source)  # before any model runs
 
     def docs(ts) -> list:
         return [render_chat(target.tokenizer, c, score_spans=cfg.score_spans) if c is not None else Doc(t)
@@ -452,13 +444,15 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     timings["pii_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 
-    recipe = Path(model_path) / "recipe.json"
+    recipe = (target.folder or Path(".")) / "recipe.json"
     report = {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "provenance": {
-            "model": str(model_path), "model_weights_sha256": sha256_file(Path(model_path) / "model.safetensors"),
+            "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256,
+            "model_base": target.base,
             "reference": ref_spec, "reference_source": ref_source,
+            "reference_weights_sha256": reference.weights_sha256 if reference is not None else None,
             "corpus": str(corpus_dir) if corpus_dir is not None else None,
             "members": mem_spec, "nonmembers": non_spec, "text_column": text_column,
             "chat": {"rendered_with": "tokenizer chat template", "score_spans": cfg.score_spans} if chat else None,
