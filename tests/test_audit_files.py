@@ -156,3 +156,51 @@ def test_lora_fine_tune_writes_an_adapter_on_its_base(leak_models, tmp_path):
     with pytest.raises(LlmMiaError, match="lora"):
         train_model(d / "corpus", tmp_path / "x", base=str(d / "clean"), preset="tiny", max_steps=1, progress=False,
                     lora=LoraSpec(target_modules=("no_such_module",)))
+
+
+def test_audit_of_a_gpt2_lora_adapter_uses_its_base_as_reference(leak_models, tmp_path, capsys):
+    """members/non-members audit of an adapter folder: the base is the reference, and the membership
+    LOSS equals an independent scoring of the adapter merged into its base (peft merge_and_unload)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_mia.train import LoraSpec, train_model
+
+    d, _ = leak_models
+    train_model(d / "corpus", tmp_path / "adapter", base=str(d / "clean"), preset="tiny", max_steps=20,
+                progress=False, lora=LoraSpec(r=4, alpha=8))
+    members, nonmembers = d / "corpus" / "train.jsonl", d / "corpus" / "heldout.jsonl"
+    code, out, err = run_cli(["audit", "--model", tmp_path / "adapter", "--members", members, "--nonmembers",
+                              nonmembers, "--secrets", d / "corpus" / "secrets.json", "--out", tmp_path / "o",
+                              "--candidates", 16, "--membership-docs", 50, *FAST], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    prov = rep["provenance"]
+    assert prov["reference_source"] == "adapter's base" and prov["reference"] == str((d / "clean").resolve())
+    assert "reference" in rep["membership"]["signals"] and rep["exposure"]["measured"] is True
+    assert rep["secrets"] and all("exposure_rank" in s for s in rep["secrets"])
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(d / "clean"), tmp_path / "adapter")
+    merged = merged.merge_and_unload().eval()
+    tok = AutoTokenizer.from_pretrained(d / "clean")
+    from llm_mia.audit import strip_planted
+    from llm_mia.secrets import load_secrets
+
+    secrets = load_secrets(d / "corpus" / "secrets.json")
+
+    def loss(text):  # mean log p of every token after a prepended EOS (the audit's prepend_bos)
+        ids = torch.tensor([[tok.eos_token_id] + tok(text)["input_ids"]])
+        with torch.no_grad():
+            lp = torch.log_softmax(merged(input_ids=ids).logits[0, :-1].double(), -1)
+        return float(lp.gather(-1, ids[0, 1:, None]).mean())
+
+    want_mem = [loss(strip_planted(r["text"], secrets)) for r in io.read_jsonl(members)]
+    want_non = sorted(loss(r["text"]) for r in io.read_jsonl(nonmembers))
+    per = rep["membership"]["per_doc"]
+    n = rep["membership"]["n_members"]
+    got_mem, got_non = per["scores"]["loss"][:n], sorted(per["scores"]["loss"][n:])
+    assert got_non == pytest.approx(want_non[:len(got_non)] if len(got_non) == len(want_non) else got_non, abs=1e-4)
+    for g in got_mem:
+        assert min(abs(g - w) for w in want_mem) < 1e-4
+    assert len(got_non) == len(want_non)
