@@ -204,3 +204,49 @@ def test_audit_of_a_gpt2_lora_adapter_uses_its_base_as_reference(leak_models, tm
     for g in got_mem:
         assert min(abs(g - w) for w in want_mem) < 1e-4
     assert len(got_non) == len(want_non)
+
+
+def test_policy_reports_limits_on_unmeasured_things_as_not_measured():
+    from llm_mia.errors import LlmMiaError
+    from llm_mia.policy import evaluate, parse_policy
+
+    rep = {"secrets": [], "exposure": {"measured": False, "reason": "no planted secrets given"},
+           "extraction": {"memorized_total": 0}, "discoverable": {"greedy_rate": 0.25, "n_greedy": 5, "n_examples": 20}}
+    pol = parse_policy({"limits": {"max_canary_exposure_bits": 9.0, "max_extracted_secrets": 0,
+                                   "max_discoverable_rate": 0.1}})
+    v = evaluate(rep, pol)
+    checks = {c.name: c for c in v.checks}
+    assert checks["max_canary_exposure_bits"].value is None and checks["max_extracted_secrets"].value is None
+    assert "not measured" in checks["max_extracted_secrets"].text
+    assert checks["max_discoverable_rate"].value == 0.25 and not checks["max_discoverable_rate"].passed
+    assert v.passed is False and "discoverable memorization 0.250 > 0.1" in v.line
+    rep["discoverable"] = {"skipped": "disabled (--discoverable 0)", "greedy_rate": None}
+    assert evaluate(rep, pol).passed is True
+    del rep["exposure"]  # a report that does not say exposure was skipped still cannot answer the limit
+    with pytest.raises(LlmMiaError):
+        evaluate(rep, pol)
+    with pytest.raises(LlmMiaError, match="rate in"):
+        parse_policy({"limits": {"max_discoverable_rate": 2}})
+
+
+def test_score_mask_scores_only_the_flagged_tokens(tiny_model, tiny_tokenizer):
+    """LOSS and Min-K% over a score_mask equal the same statistics computed by hand over the flagged tokens."""
+    import torch
+
+    from llm_mia.models.loading import from_objects
+    from llm_mia.scoring import score
+
+    m = from_objects(tiny_model, tiny_tokenizer)
+    texts = ["The quick brown fox jumps over the lazy dog.", "Return a new list containing all items."]
+    ids = [[0] + tiny_tokenizer(t)["input_ids"] for t in texts]
+    keep = [[j % 3 != 0 for j in range(len(x))] for x in ids]
+    res = score(m, texts, ids=ids, context_lens=1, score_mask=keep, signals=["loss", "min_k"])
+    for i, x in enumerate(ids):
+        with torch.no_grad():
+            lp = torch.log_softmax(tiny_model(input_ids=torch.tensor([x])).logits[0, :-1].double(), -1)
+        tok = lp.gather(-1, torch.tensor(x[1:])[:, None])[:, 0]
+        sel = tok[[j - 1 for j in range(1, len(x)) if keep[i][j]]]
+        assert res.rows[i]["n_scored_tokens"] == len(sel)
+        assert res.rows[i]["scores"]["loss"] == pytest.approx(float(sel.mean()), abs=1e-5)
+        k = max(1, int(0.2 * len(sel)))
+        assert res.rows[i]["scores"]["min_k"] == pytest.approx(float(sel.sort().values[:k].mean()), abs=1e-5)
