@@ -102,10 +102,13 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     view = {tuple(A): (Al, "Abc."), tuple(B): (Bl, "Bcdea bde ab")}
     freq = torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.01
     freq = freq / freq.sum()
+    pop = [[3, 4, 5, 6], [9, 8, 7, 6, 5, 1], [2, 2]]  # RMIA's population, batched with the texts' batch size
 
     def signals_of(batch, batch_size):
         kw = dict(batch_size=batch_size, pad_id=4)
-        inp = SignalInputs(target=compute_token_stats(s2_model, batch, **kw),
+        population = SignalInputs(target=compute_token_stats(s2_model, pop, **kw), texts=["pop"] * 3,
+                                  reference=compute_token_stats(ref_model, pop, **kw))
+        inp = SignalInputs(population=population, target=compute_token_stats(s2_model, batch, **kw),
                            texts=[view[tuple(x)][1] for x in batch],
                            lowercase=compute_token_stats(s2_model, [view[tuple(x)][0] for x in batch], **kw),
                            reference=compute_token_stats(ref_model, batch, **kw),
@@ -113,7 +116,8 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
                            token_freq=freq)
         return {name: sig.fn(inp) for name, sig in S.REGISTRY.items()}
 
-    assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window"} <= set(S.REGISTRY)
+    assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window",
+            "ez_mia", "wbc", "rmia"} <= set(S.REGISTRY)
     alone = {tuple(x): signals_of([x], 1) for x in (A, B)}
     for batch in ([A], [B], [A, B], [B, A], [A, B, B]):
         for bs in (1, 2, 3):
@@ -262,7 +266,7 @@ def _hand_z(logits: list[float], target: int) -> float:
 
 
 def test_c10a_min_k_plus_plus_values():
-    tok, mu, sigma = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 0]))
+    tok, mu, sigma, _ = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 0]))
     stats = make_stats([[float(tok[0])], [float(tok[1])], [float(tok[0]), float(tok[1])]],
                        mu=[[float(mu[0])], [float(mu[1])], [float(mu[0]), float(mu[1])]],
                        sigma=[[float(sigma[0])], [float(sigma[1])], [float(sigma[0]), float(sigma[1])]])
@@ -308,7 +312,7 @@ def test_c10b_zero_sigma_is_finite_and_flagged(V):
 def test_c10b_zero_sigma_among_normal_tokens():
     # one uniform prediction (z := 0) among two ordinary ones, k = 1.0 averages all three
     z1, z0 = _hand_z([2, 1, 0], 1), _hand_z([2, 1, 0], 0)
-    tok, mu, sigma = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 2, 0]))
+    tok, mu, sigma, _ = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 2, 0]))
     stats = make_stats([tok.tolist()], mu=[mu.tolist()], sigma=[sigma.tolist()])
     s, flag = min_k_plus_plus_scores(stats, k=1.0)
     assert s.item() == pytest.approx((z1 + 0.0 + z0) / 3, abs=1e-5)

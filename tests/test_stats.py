@@ -229,7 +229,7 @@ def test_c06_pad_equals_eos_equals_bos(tiny_model, tiny_tokenizer, side):
 
 def test_c10a_vocab_stats_by_hand():
     logits = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
-    tok, mu, sigma = vocab_stats(logits, torch.tensor([1, 0]))
+    tok, mu, sigma, _ = vocab_stats(logits, torch.tensor([1, 0]))
     z = math.log(math.e**2 + math.e + 1)
     lp = [2 - z, 1 - z, -z]
     p = [math.exp(v) for v in lp]
@@ -250,7 +250,7 @@ def test_c10a_vocab_stats_by_hand():
 def test_c10c_low_precision_logits_use_fp32_log_softmax(dtype):
     logits = torch.zeros(1, 1000)
     logits[0, 0], logits[0, 1] = 20.0, -2.0
-    tok, mu, sigma = vocab_stats(logits.to(dtype), torch.tensor([1]))
+    tok, mu, sigma, _ = vocab_stats(logits.to(dtype), torch.tensor([1]))
     x = logits[0].double().numpy()
     ref = logsoftmax_stats(x, 1)
     assert tok.item() == pytest.approx(-22.000, abs=1e-3)
@@ -261,13 +261,13 @@ def test_c10c_low_precision_logits_use_fp32_log_softmax(dtype):
 
 def test_vocab_stats_minus_inf_logits_and_random_rows():
     logits = torch.tensor([[0.0, -math.inf, 1.0, -math.inf]])
-    tok, mu, sigma = vocab_stats(logits, torch.tensor([2]))
+    tok, mu, sigma, _ = vocab_stats(logits, torch.tensor([2]))
     ref = logsoftmax_stats(np.array([0.0, 1.0]), 1)  # the -inf ids have p = 0 and contribute 0
     assert [tok.item(), mu.item(), sigma.item()] == pytest.approx(list(ref), abs=1e-6)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(20, 50, generator=g) * 3
     targets = torch.randint(0, 50, (20,), generator=g)
-    tok, mu, sigma = vocab_stats(logits, targets)
+    tok, mu, sigma, _ = vocab_stats(logits, targets)
     for r in range(20):
         ref = logsoftmax_stats(logits[r].double().numpy(), int(targets[r]))
         assert [tok[r].item(), mu[r].item(), sigma[r].item()] == pytest.approx(list(ref), abs=1e-5)
@@ -277,7 +277,7 @@ def test_vocab_stats_minus_inf_logits_and_random_rows():
 def test_vocab_stats_uniform_is_exactly_degenerate(V):
     """Uniform logits: sigma exactly 0 and log p(target) exactly mu, whatever V (no rounding noise)."""
     for c in (0.0, 3.7, -12.3):
-        tok, mu, sigma = vocab_stats(torch.full((1, V), c), torch.tensor([1]))
+        tok, mu, sigma, _ = vocab_stats(torch.full((1, V), c), torch.tensor([1]))
         assert sigma.item() == 0.0
         assert tok.item() == mu.item()
         assert tok.item() == pytest.approx(-math.log(V), abs=1e-5)
@@ -292,8 +292,8 @@ def test_vocab_stats_chunks_and_moments_flag(chunk_rows):
     logits[3, 5] = -math.inf
     targets = torch.randint(0, 40, (17,), generator=g)
     targets[3] = 5
-    tok, mu, sigma = vocab_stats(logits, targets, chunk_rows=chunk_rows)
-    tok2, mu2, sigma2 = vocab_stats(logits, targets, moments=False, chunk_rows=chunk_rows)
+    tok, mu, sigma, _ = vocab_stats(logits, targets, chunk_rows=chunk_rows)
+    tok2, mu2, sigma2, _ = vocab_stats(logits, targets, moments=False, chunk_rows=chunk_rows)
     for r in range(17):
         x = logits[r].double().numpy()
         if r == 3:
@@ -308,10 +308,12 @@ def test_vocab_stats_chunks_and_moments_flag(chunk_rows):
 
 
 def test_compute_token_stats_without_moments(s2_model):
+    """Two batchings (row blocks of 2 vs the default) agree within fp32 rounding: BLAS promises no
+    bit-equality across block shapes or CPUs, so atol = 1e-6 nats, rtol = 1e-6."""
     seqs = [[1, 2, 3, 4, 5], [6, 7, 8]]
     full = compute_token_stats(s2_model, seqs, max_rows_per_chunk=2)
     light = compute_token_stats(s2_model, seqs, moments=False)
-    assert torch.equal(full.token_logprob, light.token_logprob)
+    torch.testing.assert_close(full.token_logprob, light.token_logprob, atol=1e-6, rtol=1e-6)
     assert torch.isnan(light.mean_logprob[light.mask]).all() and torch.isnan(light.std_logprob[light.mask]).all()
     assert (light.mean_logprob[~light.mask] == 0).all()
     assert torch.isfinite(full.mean_logprob[full.mask]).all()
