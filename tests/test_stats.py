@@ -469,3 +469,30 @@ def test_head_on_scored_positions_equals_full_logits(arch, side):
             lp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0, :-1].double(), -1)
             ref = lp.gather(-1, torch.tensor(s[1:])[:, None])[:, 0]
             assert torch.allclose(fast.token_logprob[i, :len(s) - 1].double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_is_top1_matches_hand_argmax(s2_model, side):
+    """token_is_top1 (EZ-MIA's error zone is where it is False) is the true token having the row's
+    largest logit, read from one unpadded HF pass per sequence; False in unscored cells."""
+    g = torch.Generator().manual_seed(11)
+    seqs = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in (9, 1, 16, 4)]
+    seqs.append([5] * 12)  # a repeated token: the untrained model's top-1 is often the last input
+    stats = compute_token_stats(s2_model, seqs, batch_size=2, padding_side=side)
+    with torch.no_grad():
+        for i, s in enumerate(seqs):
+            n = len(s) - 1
+            if n < 1:
+                assert not stats.token_is_top1[i].any()
+                continue
+            logits = s2_model(input_ids=torch.tensor([s])).logits[0, :-1].double().tolist()
+            want = [row[t] == max(row) for row, t in zip(logits, s[1:])]
+            # a near-tie (margin < 1e-4) may flip between code paths, like any argmax: not compared
+            clear = [abs(row[t] - max(v for j, v in enumerate(row) if j != t)) > 1e-4 for row, t in zip(logits, s[1:])]
+            got = stats.token_is_top1[i, :n].tolist()
+            assert [g for g, c in zip(got, clear) if c] == [w for w, c in zip(want, clear) if c]
+            assert sum(clear) >= n - 1
+            assert not stats.token_is_top1[i, n:].any()
+    assert stats.token_is_top1.any() and (stats.mask & ~stats.token_is_top1).any()  # both kinds occur
+    _, _, _, top1 = vocab_stats(torch.tensor([[1.0, 3.0, 3.0], [0.0, -math.inf, 2.0]]), torch.tensor([2, 1]))
+    assert top1.tolist() == [True, False]  # a tie counts as top-1; a -inf logit never is
