@@ -22,7 +22,7 @@ from llm_mia.errors import LlmMiaError
 from llm_mia.models.loading import from_objects
 from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
 from llm_mia.scoring import score
-from llm_mia.signals import (  # noqa: I001
+from llm_mia.signals import (
     SignalInputs, mean_nll, min_k_plus_plus_scores, min_k_scores, perplexity, row_flags, window_scores, zlib_bytes,
 )
 
