@@ -167,6 +167,7 @@ def rmia_scores(x_target: torch.Tensor, x_reference: torch.Tensor, z_target: tor
           source="EZ-MIA, arXiv 2601.12104 sec. 3 (error zone); P/(P+N), order-preserving",
           description="error-zone positive / (positive + negative) log-prob differences vs the reference")
 def ez_mia(inp: SignalInputs) -> torch.Tensor:
+    """(N,) in [0, 1], higher = member: :func:`ez_mia_scores` of the target against the reference."""
     _aligned(inp.target, inp.reference, inp.reference_per_byte, "ez_mia")
     return ez_mia_scores(inp.target, inp.reference)[0]
 
@@ -175,6 +176,7 @@ def ez_mia(inp: SignalInputs) -> torch.Tensor:
           source="WBC, arXiv 2601.02751 (USENIX Security 2026), windows 2-40",
           description="fraction of windows where the reference's loss exceeds the target's, mean over sizes")
 def wbc(inp: SignalInputs) -> torch.Tensor:
+    """(N,) in [0, 1], higher = member: :func:`wbc_scores` with the paper's window sizes."""
     _aligned(inp.target, inp.reference, inp.reference_per_byte, "wbc")
     return wbc_scores(inp.target, inp.reference)[0]
 
@@ -192,6 +194,7 @@ def rmia_from_inputs(inp: SignalInputs, *, a: float = 0.3, gamma: float = 1.0) -
           source="Zarifzadeh et al. 2024 (RMIA), offline, one reference, a = 0.3, gamma = 1",
           description="fraction of population texts z with LR(x) / LR(z) > 1, LR = p_target / Pr(x)")
 def rmia(inp: SignalInputs) -> torch.Tensor:
+    """(N,) in [0, 1], higher = member: :func:`rmia_scores` with a = 0.3, gamma = 1."""
     return rmia_from_inputs(inp)
 
 
