@@ -73,7 +73,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
           context_lens: Sequence[int] | int | None = None, reference: LoadedModel | None = None,
           signals: Sequence[str] | None = None, batch_size: int | None = None, prepend_bos: bool = False,
           stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
-          prompts: Sequence[str] | None = None, score_mask: Sequence[Sequence[bool]] | None = None,
+          prompts: Sequence[str] | None = None, population: Sequence[str] | None = None,
+          score_mask: Sequence[Sequence[bool]] | None = None,
           progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
 
@@ -91,6 +92,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         prompts: with ``ids``: the text each sample was conditioned on (its prompt ids are the
             context). The lowercase view is then [BOS] + lowercase prompt (context) + lowercase text,
             so both NLLs of the lowercase ratio are conditioned on the prompt.
+        population: non-member texts (e.g. held-out data from the training distribution) that RMIA
+            compares each text with; scored once per call under the target and the reference.
         score_mask: with ``ids``: one bool per id of each sequence; only ids flagged True (and past
             the context) are scored, in the target view and in a reference view with the same
             tokenizer (e.g. the assistant turns of a chat, :mod:`llm_mia.chat`). Views re-encoded
@@ -98,12 +101,19 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
             given, so pass the scored text there.
 
     Raises:
-        LlmMiaError: unknown signal name, a signal that needs a reference without one, or a
+        LlmMiaError: unknown signal name, a signal whose input is missing (a reference, a population,
+            a reference with the target's tokenizer for ez_mia / wbc), an empty population, or a
             ``score_mask`` without ``ids`` or of the wrong length.
     """
     texts = list(texts)
+    if population is not None and not [p for p in population if p]:
+        from llm_mia.errors import LlmMiaError
+
+        raise LlmMiaError("the population (non-member texts for rmia) is empty")
+    aligned = reference is not None and same_tokenizer(reference.tokenizer, target.tokenizer)
     avail = {"text", "lowercase", "moments"} | ({"reference"} if reference is not None else set()) \
-        | ({"recall"} if recall_prefix else set()) | ({"token_freq"} if token_freq is not None else set())
+        | ({"recall"} if recall_prefix else set()) | ({"token_freq"} if token_freq is not None else set()) \
+        | ({"aligned_reference"} if aligned else set()) | ({"population"} if population is not None else set())
     chosen = S.get_signals(list(signals) if signals is not None else None, available=avail)
     needs = set().union(*(s.needs for s in chosen)) if chosen else set()
     if "reference" in needs and reference is None:
@@ -114,7 +124,9 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
     if missing:
         from llm_mia.errors import LlmMiaError
 
-        what = {"recall": "a non-member prefix (--recall-prefix)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)"}
+        what = {"recall": "a non-member prefix (--recall-prefix)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)",
+                "population": "a population of non-member texts (population=)",
+                "aligned_reference": "a reference with the target's tokenizer (ez_mia and wbc compare token by token)"}
         raise LlmMiaError("signal input missing: " + ", ".join(what.get(m, m) for m in sorted(missing)))
     if ids is None:
         if score_mask is not None:
@@ -148,7 +160,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         lids, lctx = encode(target, [t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
         inp.lowercase = run(target, lids, lctx)
     if "reference" in needs:
-        if same_tokenizer(reference.tokenizer, target.tokenizer):
+        if aligned:
             inp.reference = run(reference, ids, ctx, masked=True)
         else:
             rids, rctx = encode(reference, texts, prepend_bos=True)
@@ -166,6 +178,9 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         text_ids = [list(x[1:]) if has_bos and len(x) else list(x) for x in ids]
         inp.recall = run(target, [p_ids[0] + x for x in text_ids], [len(p_ids[0])] * len(text_ids))
     inp.token_freq = token_freq
+    if "population" in needs:  # the same views of the population, under both models
+        inp.population = score(target, [p for p in population if p], reference=reference, signals=["reference_diff"],
+                               batch_size=batch_size, prepend_bos=prepend_bos, stride=stride).inputs
     values = {s.name: s.fn(inp) for s in chosen}
     flags = S.row_flags(inp)
     nll = S.mean_nll(tstats)

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import run_cli, TOKENIZER_TEXT, make_tiny_gpt2
+from test_signals import hand_rows, slow_ez, slow_wbc
 from llm_mia import signals as S
 from llm_mia.errors import LlmMiaError
 from llm_mia.metrics import bootstrap_auc_ci, calibrate_threshold
@@ -113,9 +114,12 @@ def expected_row(text: str, model, tok, *, ref=None, ref_tok=None, prefix: str |
         "window": slow_window(lp) if n else math.nan,
     }
     if ref is not None:
-        if ref_tok is tok:  # same tokenizer: per token, same positions
+        if ref_tok is tok:  # same tokenizer: per token, same positions (and EZ-MIA, WBC token by token)
             r = hf_stats(ref, ids, 1)[:, 0]
             ref_nll, tgt_nll = (float(-r.mean()) if n else math.nan), nll
+            ht, hr = (hand_rows(model, ids), hand_rows(ref, ids)) if n else ([], [])
+            s["ez_mia"] = slow_ez(ht, hr) if n else math.nan
+            s["wbc"] = slow_wbc([a for a, _ in ht], [a for a, _ in hr])
         else:  # per UTF-8 byte, each model scoring every token of the text after its BOS
             nb = max(1, len(text.encode("utf-8")))
             r = hf_stats(ref, [ref_tok.bos_token_id] + ref_tok(text)["input_ids"], 1)[:, 0]
@@ -525,7 +529,7 @@ def test_cli_jsonl_labels_metrics_roc(folders, tiny_model, tiny_tokenizer, ref_m
     for r, t in zip(rows, TEXTS):
         assert_row_matches(r, expected_row(t, tiny_model, tiny_tokenizer, ref=ref_model, ref_tok=tiny_tokenizer))
     m = json.loads(met.read_text())
-    sigs = ALL_NO_EXTRA + ["reference", "reference_diff"]
+    sigs = ALL_NO_EXTRA + ["reference", "reference_diff", "ez_mia", "wbc"]
     assert set(m["signals"]) == set(sigs)
     for sig in sigs:
         e = m["signals"][sig]

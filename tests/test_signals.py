@@ -102,10 +102,13 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     view = {tuple(A): (Al, "Abc."), tuple(B): (Bl, "Bcdea bde ab")}
     freq = torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.01
     freq = freq / freq.sum()
+    pop = [[3, 4, 5, 6], [9, 8, 7, 6, 5, 1], [2, 2]]  # RMIA's population, batched with the texts' batch size
 
     def signals_of(batch, batch_size):
         kw = dict(batch_size=batch_size, pad_id=4)
-        inp = SignalInputs(target=compute_token_stats(s2_model, batch, **kw),
+        population = SignalInputs(target=compute_token_stats(s2_model, pop, **kw), texts=["pop"] * 3,
+                                  reference=compute_token_stats(ref_model, pop, **kw))
+        inp = SignalInputs(population=population, target=compute_token_stats(s2_model, batch, **kw),
                            texts=[view[tuple(x)][1] for x in batch],
                            lowercase=compute_token_stats(s2_model, [view[tuple(x)][0] for x in batch], **kw),
                            reference=compute_token_stats(ref_model, batch, **kw),
@@ -113,7 +116,8 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
                            token_freq=freq)
         return {name: sig.fn(inp) for name, sig in S.REGISTRY.items()}
 
-    assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window"} <= set(S.REGISTRY)
+    assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window",
+            "ez_mia", "wbc", "rmia"} <= set(S.REGISTRY)
     alone = {tuple(x): signals_of([x], 1) for x in (A, B)}
     for batch in ([A], [B], [A, B], [B, A], [A, B, B]):
         for bs in (1, 2, 3):
@@ -262,7 +266,7 @@ def _hand_z(logits: list[float], target: int) -> float:
 
 
 def test_c10a_min_k_plus_plus_values():
-    tok, mu, sigma = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 0]))
+    tok, mu, sigma, _ = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 0]))
     stats = make_stats([[float(tok[0])], [float(tok[1])], [float(tok[0]), float(tok[1])]],
                        mu=[[float(mu[0])], [float(mu[1])], [float(mu[0]), float(mu[1])]],
                        sigma=[[float(sigma[0])], [float(sigma[1])], [float(sigma[0]), float(sigma[1])]])
@@ -308,7 +312,7 @@ def test_c10b_zero_sigma_is_finite_and_flagged(V):
 def test_c10b_zero_sigma_among_normal_tokens():
     # one uniform prediction (z := 0) among two ordinary ones, k = 1.0 averages all three
     z1, z0 = _hand_z([2, 1, 0], 1), _hand_z([2, 1, 0], 0)
-    tok, mu, sigma = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 2, 0]))
+    tok, mu, sigma, _ = vocab_stats(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 2, 0]))
     stats = make_stats([tok.tolist()], mu=[mu.tolist()], sigma=[sigma.tolist()])
     s, flag = min_k_plus_plus_scores(stats, k=1.0)
     assert s.item() == pytest.approx((z1 + 0.0 + z0) / 3, abs=1e-5)
@@ -440,3 +444,226 @@ def test_c20_lowercase_view_tokenized_on_its_own(tiny_tokenizer, tiny_model):
 def test_unknown_signal_suggests_a_name():
     with pytest.raises(LlmMiaError, match="did you mean 'min_k'"):
         S.get_signals(["min_kk"])
+
+
+# ------------------------------------------------------------------------------------ T3-01
+
+class G4(StepModel):
+    """G4: S1's table with logit[2][4] = -inf, so after id 2, id 4 has probability exactly 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.table[2, 4] = -math.inf
+
+
+def g4_logprobs(ids: list[int]) -> list[float]:
+    """Plain-Python log-softmax of G4's rows, one step at a time."""
+    out = []
+    for a, b in zip(ids[:-1], ids[1:]):
+        logits = [2.0 if j == (a + 1) % 5 else 0.0 for j in range(5)]
+        if a == 2:
+            logits[4] = -math.inf
+        z = math.log(sum(math.exp(v) for v in logits if v != -math.inf))
+        out.append(logits[b] - z if logits[b] != -math.inf else -math.inf)
+    return out
+
+
+def test_t3_01_zero_probability_token_is_not_padding():
+    rows = [[0, 1, 2, 4], [0, 1, 2, 3, 4, 0, 1, 2, 4, 0, 1, 2, 3]]
+    stats = compute_token_stats(G4(), rows, batch_size=2)
+    lps = [g4_logprobs(r) for r in rows]
+    assert lps[0] == pytest.approx([-0.432653, -0.432653, -math.inf], abs=1e-6)
+    assert lps[1][2] == pytest.approx(-0.340753, abs=1e-6) and lps[1].count(-math.inf) == 1
+    for i, lp in enumerate(lps):
+        got = stats.token_logprob[i, :len(lp)].tolist()
+        assert [v == -math.inf for v in got] == [v == -math.inf for v in lp]
+        assert [v for v in got if v != -math.inf] == pytest.approx([v for v in lp if v != -math.inf], abs=1e-6)
+    mk = min_k_scores(stats, k=0.2).tolist()
+    mkpp, _ = min_k_plus_plus_scores(stats, k=0.2)
+    win = window_scores(stats, window=2).tolist()
+    assert mk == [slow_min_k(lp, 0.2) for lp in lps] == [-math.inf, -math.inf]
+    assert mkpp.tolist() == [-math.inf, -math.inf]  # z = (-inf - mu) / sigma
+    assert win == pytest.approx([slow_window(lp, 2) for lp in lps], abs=1e-6)
+    assert win == pytest.approx([-0.432653, -0.386703], abs=1e-6)
+    assert mean_nll(stats).tolist() == [math.inf, math.inf]  # loss -inf, as before
+    # the same text padded next to a long one, on either side: the mask, not a value, marks padding
+    for side in ("right", "left"):
+        alone = compute_token_stats(G4(), [rows[0]], batch_size=1)
+        both = compute_token_stats(G4(), [rows[1], rows[0]], batch_size=2, padding_side=side)
+        assert min_k_scores(both, k=0.2)[1].item() == min_k_scores(alone, k=0.2)[0].item() == -math.inf
+        assert window_scores(both, window=2)[1].item() == pytest.approx(window_scores(alone, window=2)[0].item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------ EZ-MIA, WBC, RMIA
+
+@torch.no_grad()
+def hand_rows(model, ids: list[int]) -> list[tuple[float, bool]]:
+    """(log p(x_t), x_t is the top-1 prediction) for ids[1:], one unpadded pass, by hand in float64."""
+    logits = model(input_ids=torch.tensor([ids])).logits[0].double().tolist()
+    out = []
+    for p in range(1, len(ids)):
+        x = logits[p - 1]
+        m = max(x)
+        lse = m + math.log(sum(math.exp(v - m) for v in x))
+        out.append((x[ids[p]] - lse, x[ids[p]] == m))
+    return out
+
+
+def slow_ez(tgt: list[tuple[float, bool]], ref: list[tuple[float, bool]]) -> float:
+    pos = neg = 0.0
+    zone = 0
+    for (lt, top1), (lr, _) in zip(tgt, ref):
+        if top1:
+            continue
+        zone += 1
+        if lt > lr:
+            pos += lt - lr
+        else:
+            neg += lr - lt
+    if zone == 0 or pos + neg == 0:
+        return math.nan
+    return pos / (pos + neg)
+
+
+def slow_wbc(lt: list[float], lr: list[float], sizes=(2, 3, 4, 6, 9, 13, 18, 25, 32, 40)) -> float:
+    fracs = []
+    for w in sizes:
+        if w > len(lt):
+            continue
+        wins = range(len(lt) - w + 1)
+        fracs.append(sum(-sum(lr[s:s + w]) > -sum(lt[s:s + w]) for s in wins) / len(wins))
+    return sum(fracs) / len(fracs) if fracs else math.nan
+
+
+def _models_and_seqs(seed: int = 7):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    ref = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=64)).eval()
+    torch.manual_seed(seed + 1)
+    tgt = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64)).eval()
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in (2, 3, 12, 45, 5, 30, 1)]
+    return tgt, ref, seqs
+
+
+def test_ez_mia_and_wbc_match_slow_loops():
+    tgt, ref, seqs = _models_and_seqs()
+    inp = SignalInputs(target=compute_token_stats(tgt, seqs, batch_size=3),
+                       texts=["x"] * len(seqs), reference=compute_token_stats(ref, seqs, batch_size=2))
+    ez = S.REGISTRY["ez_mia"].fn(inp).tolist()
+    wbc = S.REGISTRY["wbc"].fn(inp).tolist()
+    flags = row_flags(inp)
+    for i, ids in enumerate(seqs):
+        if len(ids) < 2:
+            assert math.isnan(ez[i]) and math.isnan(wbc[i])
+            assert {"ez_mia_no_error_zone", "wbc_too_short"} <= set(flags[i])
+            continue
+        t, r = hand_rows(tgt, ids), hand_rows(ref, ids)
+        assert same(ez[i], slow_ez(t, r)), (i, ez[i], slow_ez(t, r))
+        assert same(wbc[i], slow_wbc([a for a, _ in t], [a for a, _ in r])), i
+        assert ("wbc_too_short" in flags[i]) == (len(ids) - 1 < 2)
+    assert 0 < sum(1 for v in ez if v == v and 0 < v < 1)  # the oracle is not only NaN / edge values
+
+
+def _hand_stats(lt: list[list[float]], lr: list[list[float]], top1: list[list[bool]]):
+    t, r = make_stats(lt), make_stats(lr)
+    T = t.mask.shape[1]
+    t.token_is_top1 = torch.tensor([row + [True] * (T - len(row)) for row in top1], dtype=torch.bool)  # junk past n
+    return SignalInputs(target=t, texts=["x"] * len(lt), reference=r)
+
+
+def test_ez_mia_limit_keeps_its_order_and_is_flagged():
+    """N = 0 (the target never less sure than the reference on its errors) is the most member-like
+    case: it scores the top value 1 (the reference code returns 0), flagged; nothing is NaN from
+    inf - inf; no error-zone token or no difference at all is NaN, flagged."""
+    inp = _hand_stats(
+        lt=[[-1.0, -2.0, -0.1], [-1.0, -3.0, -0.5], [-0.1, -0.2], [-1.0, -1.0], [-math.inf, -1.0], [-math.inf, -1.0]],
+        lr=[[-3.0, -2.5, -9.0], [-2.0, -2.5, -0.5], [-3.0, -3.0], [-1.0, -1.0], [-math.inf, -2.0], [-2.0, -1.5]],
+        top1=[[False, False, True], [False, False, False], [True, True], [False, False], [False, False],
+              [False, False]])
+    ez = S.REGISTRY["ez_mia"].fn(inp).tolist()
+    # row 0: d = +2, +0.5 (third token is top-1: outside the zone) -> P = 2.5, N = 0
+    # row 1: d = +1, -0.5, 0 -> 1 / 1.5; row 4: both -inf give d = 0, then +1 -> 1
+    # row 5: d = -inf, +0.5 -> 0
+    assert ez[0] == 1.0 and ez[1] == pytest.approx(2 / 3, abs=1e-6) and ez[4] == 1.0 and ez[5] == 0.0
+    assert math.isnan(ez[2]) and math.isnan(ez[3])
+    assert ez[0] > ez[1]  # order kept: P/N = inf ranks above P/N = 2
+    flags = row_flags(inp)
+    assert "ez_mia_no_negative" in flags[0] and "ez_mia_no_negative" not in flags[1]
+    assert "ez_mia_no_error_zone" in flags[2] and "ez_mia_undefined" in flags[3]
+
+
+def test_wbc_infinite_windows_and_ties():
+    inp = _hand_stats(lt=[[-1.0, -1.0, -1.0], [-1.0, -math.inf, -1.0], [-1.0, -1.0, -1.0], [-0.5, -2.0, -0.1]],
+                      lr=[[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0], [-1.0, -math.inf, -1.0], [-1.0, -1.0, -1.0]],
+                      top1=[[True] * 3] * 4)
+    got = S.REGISTRY["wbc"].fn(inp).tolist()
+    # sizes 2 and 3 (3 tokens): ties never exceed; a window with a target -inf never exceeds; with a
+    # reference -inf always. Row 3, reference NLL - target NLL: w = 2: -0.5, -0.1 (0 of 2); w = 3: +0.4 (1 of 1)
+    assert got == [0.0, 0.0, 1.0, 0.5]
+    assert got[3] == slow_wbc([-0.5, -2.0, -0.1], [-1.0, -1.0, -1.0])
+
+
+def test_ez_mia_and_wbc_refuse_another_tokenizer(tiny_model, tiny_tokenizer):
+    from conftest import TOKENIZER_TEXT, make_tiny_gpt2
+    from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+    other = train_bpe_tokenizer(TOKENIZER_TEXT[::-1], vocab_size=270, min_frequency=1)
+    tgt = from_objects(tiny_model, tiny_tokenizer)
+    ref = from_objects(make_tiny_gpt2(len(other), seed=5), other)
+    texts = ["Hello world. Bye.", "The quick brown fox."]
+    res = score(tgt, texts, reference=ref)  # default: every signal whose inputs exist
+    assert "reference" in res.rows[0]["scores"]
+    assert not {"ez_mia", "wbc", "rmia"} & set(res.rows[0]["scores"])
+    for name in ("ez_mia", "wbc"):
+        with pytest.raises(LlmMiaError, match="tokenizer"):
+            score(tgt, texts, reference=ref, signals=[name])
+        with pytest.raises(LlmMiaError, match="token by token"):
+            S.REGISTRY[name].fn(res.inputs)  # per-byte inputs: refused, never paired by position
+
+
+def same_list(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+
+
+def test_rmia_matches_slow_loop(tiny_model, tiny_tokenizer):
+    from conftest import make_tiny_gpt2
+    from llm_mia.signals.finetuned import rmia_from_inputs, rmia_scores
+
+    tok = tiny_tokenizer
+    ref_model = make_tiny_gpt2(len(tok), seed=3)
+    tgt, ref = from_objects(tiny_model, tok), from_objects(ref_model, tok)
+    texts = ["Hello world. Bye.", "The quick brown fox jumps over the lazy dog.", "A", "def f(x):\n    return x + 1"]
+    pop = ["Alpha beta gamma delta.", "Call 555-0100 now!", "my social security number", "héllo wörld", "B"]
+
+    def mean_lp(model, t):  # mean log p per scored token (GPT-2 convention: the first token is context)
+        lp = ref_logprobs(model, tok(t)["input_ids"])
+        return float(lp.mean()) if len(lp) else math.nan
+
+    def lr(t, a):  # Pr(x | theta) / Pr(x), Pr(x) = ((1 + a) p_ref + (1 - a)) / 2, plain floats
+        pt, pr = math.exp(mean_lp(tiny_model, t)), math.exp(mean_lp(ref_model, t))
+        return pt / (((1 + a) * pr + (1 - a)) / 2)
+
+    res = score(tgt, texts, reference=ref, population=pop)
+    for a in (0.3, 1.0, 0.0):
+        z = [lr(p, a) for p in pop if len(tok(p)["input_ids"]) > 1]
+        vals = rmia_from_inputs(res.inputs, a=a).tolist()
+        if a == 0.3:  # the registered signal's defaults
+            assert same_list(vals, [r["scores"]["rmia"] for r in res.rows])
+        for t, v in zip(texts, vals):
+            if len(tok(t)["input_ids"]) < 2:
+                assert math.isnan(v)
+                continue
+            expected = sum(lr(t, a) / lz > 1.0 for lz in z) / len(z)
+            assert v == pytest.approx(expected, abs=1e-9), (a, t)
+            assert 0 < expected < 1 or a != 0.3  # not an edge value: the population comparison matters
+    assert "rmia_undefined" in res.rows[2]["flags"]
+    assert {"ez_mia", "wbc", "rmia"} <= set(res.rows[0]["scores"])  # all picked when their inputs exist
+    assert "rmia" not in score(tgt, texts, reference=ref).rows[0]["scores"]  # no population: not picked
+    with pytest.raises(LlmMiaError, match="population"):
+        score(tgt, texts, reference=ref, signals=["rmia"])
+    with pytest.raises(LlmMiaError, match="empty"):
+        score(tgt, texts, reference=ref, population=[""])
+    with pytest.raises(LlmMiaError):
+        rmia_scores(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), a=1.5)

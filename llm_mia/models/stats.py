@@ -6,6 +6,8 @@ length, and t >= 1 since position 0 has no prediction):
 - ``token_logprob``  log p(x_t | x_<t), natural log, read from the logits at position t-1;
 - ``mean_logprob``   mu_t    = sum_v p(v | x_<t) log p(v | x_<t)            (Zhang et al. 2025, eq. 3)
 - ``std_logprob``    sigma_t = sqrt(sum_v p(v | x_<t) (log p(v | x_<t) - mu_t)^2)
+- ``token_is_top1``  whether x_t has the highest logit at that prediction (ties count as top-1),
+  i.e. the model's greedy prediction is right there (EZ-MIA's error zone is where it is not)
 
 Everything is computed in one forward pass per batch, with log-softmax in fp32 whatever the model's
 dtype, and the ``(B, T, V)`` logits never leave this module. For architectures whose logits are
@@ -43,6 +45,8 @@ class TokenStats:
         n_scored: int64 (N,), number of scored tokens of each sequence (0 is possible).
         truncated: bool (N,), True where the sequence was scored with a sliding context.
         token_id: int64 (N, T), the id of each scored token (for frequency-based signals); -1 elsewhere.
+        token_is_top1: bool (N, T), True where the scored token's logit equals the maximum logit of
+            its prediction (the model's top-1 is the true token; ties count as top-1); False elsewhere.
         Unscored cells hold 0.0, never NaN; always select with ``mask``. Computed with
         ``moments=False``, the scored cells of ``mean_logprob`` and ``std_logprob`` are NaN.
     """
@@ -54,6 +58,7 @@ class TokenStats:
     n_scored: torch.Tensor
     truncated: torch.Tensor
     token_id: torch.Tensor | None = None  # int64 (N, T): the scored token ids (-1 where unscored)
+    token_is_top1: torch.Tensor | None = None  # bool (N, T): the scored token is the model's top-1
 
     def __len__(self) -> int:
         return int(self.n_scored.shape[0])
@@ -66,8 +71,9 @@ class TokenStats:
 
     def select(self, index: Sequence[int]) -> "TokenStats":
         idx = torch.as_tensor(list(index), dtype=torch.long)
-        return TokenStats(*(getattr(self, f)[idx] for f in
-                            ("token_logprob", "mean_logprob", "std_logprob", "mask", "n_scored", "truncated", "token_id")))
+        fields = ("token_logprob", "mean_logprob", "std_logprob", "mask", "n_scored", "truncated", "token_id",
+                  "token_is_top1")
+        return TokenStats(*(None if getattr(self, f) is None else getattr(self, f)[idx] for f in fields))
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,8 @@ def _windows(length: int, context_len: int, max_context: int | None, stride: int
 
 
 def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = True,
-                chunk_rows: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log p(target), mu and sigma of log p over the vocabulary, from logits of shape (M, V).
+                chunk_rows: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p(target), mu and sigma of log p over the vocabulary, and whether the target is top-1.
 
     Args:
         logits: (M, V), any float dtype; everything is computed in fp32.
@@ -108,7 +114,10 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = 
 
     Returns:
         three float32 tensors of shape (M,), in nats: log p(target) (-inf when the target's logit is
-        -inf), mu = E_p[log p] and sigma = sqrt(E_p[(log p - mu)^2]) (Zhang et al. 2025, eq. 3).
+        -inf), mu = E_p[log p] and sigma = sqrt(E_p[(log p - mu)^2]) (Zhang et al. 2025, eq. 3);
+        and a bool tensor (M,): the target's logit equals the row maximum (it is the top-1
+        prediction; ties count as top-1), read from the same fp32 row maximum, never a second pass
+        (like any argmax, a near-tie within rounding may flip between batchings).
 
     Everything is computed from the logits shifted by their row maximum, ``x = logits - max``, with
     ``e = exp(x)`` and ``s = sum(e)``: log p = x - log s, mu = E_p[x] - log s,
@@ -124,6 +133,7 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = 
     tok = torch.empty(m_rows, dtype=torch.float32, device=dev)
     mu = torch.full((m_rows,), float("nan"), dtype=torch.float32, device=dev)
     sigma = torch.full((m_rows,), float("nan"), dtype=torch.float32, device=dev)
+    top1 = torch.empty(m_rows, dtype=torch.bool, device=dev)
     for c0 in range(0, m_rows, max(1, chunk_rows)):
         c = slice(c0, c0 + chunk_rows)
         lg = logits[c].float()  # (m, V); a view when already fp32: never written to
@@ -132,7 +142,9 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = 
         e = torch.exp(x)
         s = e.sum(-1)  # (m,) >= 1
         lse = s.log()
-        tok[c] = lg.gather(-1, targets[c].long()[:, None])[:, 0] - mx[:, 0] - lse
+        tgt = lg.gather(-1, targets[c].long()[:, None])[:, 0]  # (m,) the target's logit
+        top1[c] = tgt == mx[:, 0]
+        tok[c] = tgt - mx[:, 0] - lse
         if moments:
             x.clamp_(min=-1e4)  # -inf -> finite, so 0 * x stays 0
             m = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s  # E_p[x]
@@ -140,7 +152,7 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = 
             var = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
             mu[c] = m - lse
             sigma[c] = var.clamp_min(0).sqrt()
-    return tok, mu, sigma
+    return tok, mu, sigma, top1
 
 
 # Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no logit scaling or soft-capping),
@@ -242,6 +254,7 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
     width = int(n_scored.max()) if n else 0
     out = torch.zeros(3, n, width, dtype=torch.float32)
     out_ids = torch.full((n, width), -1, dtype=torch.long)
+    out_top1 = torch.zeros((n, width), dtype=torch.bool)
 
     # Longest inputs first: minimal padding in each batch and an early out-of-memory error.
     order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
@@ -284,10 +297,11 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
             for c0 in range(0, rows_t.shape[0], max_rows_per_chunk):
                 part = slice(c0, c0 + max_rows_per_chunk)
                 sel = predict(rows_d[part], cols_d[part])  # (m, V), a cache-sized block of predictions
-                tok, mu, sigma = vocab_stats(sel, targets[part].to(device), moments=moments,
+                tok, mu, sigma, top1 = vocab_stats(sel, targets[part].to(device), moments=moments,
                                              chunk_rows=max_rows_per_chunk)
                 ds, dc = ds_all[part], dc_all[part]
                 out_ids[ds, dc] = targets[part].cpu()
+                out_top1[ds, dc] = top1.cpu()
                 out[0, ds, dc] = tok.float().cpu()
                 out[1, ds, dc] = mu.float().cpu()
                 out[2, ds, dc] = sigma.float().cpu()
@@ -296,4 +310,4 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
             progress(len(batch))
     mask = torch.arange(width)[None, :] < n_scored[:, None]
     return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=out_ids,
-                      n_scored=n_scored, truncated=truncated)
+                      token_is_top1=out_top1, n_scored=n_scored, truncated=truncated)

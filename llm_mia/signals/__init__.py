@@ -40,6 +40,8 @@ class SignalInputs:
         recall: TokenStats of the texts conditioned on a non-member prefix (ReCaLL); only the
             text's own tokens are scored.
         token_freq: float (V,), Laplace-smoothed token frequencies in a reference corpus (DC-PDD).
+        population: the same inputs (``target``, ``reference``, ...) for a population of non-member
+            texts, scored once per call under both models (RMIA compares each text with them).
     """
 
     target: TokenStats
@@ -50,6 +52,7 @@ class SignalInputs:
     target_all_bytes: TokenStats | None = None
     recall: TokenStats | None = None
     token_freq: torch.Tensor | None = None
+    population: "SignalInputs | None" = None
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ def register(name: str, *, needs: tuple[str, ...] = (), source: str, description
     """Decorator adding ``fn(inputs) -> Tensor (N,)`` to :data:`REGISTRY` under ``name``.
 
     ``needs`` names what ``fn`` reads beyond ``inputs.target``'s log-probs: ``text``, ``lowercase``,
-    ``reference``, ``recall``, ``token_freq`` (fields of :class:`SignalInputs`) and ``moments`` (the
-    target view's mu and sigma over the vocabulary, computed only when a chosen signal needs them).
+    ``reference``, ``recall``, ``token_freq``, ``population`` (fields of :class:`SignalInputs`),
+    ``moments`` (the target view's mu and sigma over the vocabulary, computed only when a chosen
+    signal needs them) and ``aligned_reference`` (the reference scored the target's own token ids:
+    same tokenizer, so the two models can be compared token by token).
     """
 
     def deco(fn):
@@ -126,14 +131,17 @@ def zlib_bytes(text: str) -> int:
 
 
 def _lowest_k_mean(values: torch.Tensor, mask: torch.Tensor, n: torch.Tensor, k: float) -> torch.Tensor:
-    """Mean of the lowest max(1, floor(k n)) masked values per row; NaN for n = 0. Shape (N,)."""
+    """Mean of the lowest max(1, floor(k n)) masked values per row; NaN for n = 0. Shape (N,).
+
+    The mask alone marks the unscored cells (sorted last); a real -inf stays -inf (T3-01).
+    """
     if not 0 < k <= 1:
         raise LlmMiaError(f"k must be in (0, 1], got {k}")
     v = torch.where(mask, values.to(torch.float64), torch.full((), math.inf, dtype=torch.float64))
     srt, _ = torch.sort(v, dim=1)
     kk = torch.clamp(torch.floor(k * n.to(torch.float64) + 1e-9), min=1).long()
-    csum = torch.cat([torch.zeros(len(n), 1, dtype=torch.float64), torch.where(torch.isinf(srt), 0.0, srt).cumsum(1)], 1)
-    res = csum.gather(1, kk.clamp(max=csum.shape[1] - 1)[:, None])[:, 0] / kk
+    take = torch.arange(srt.shape[1])[None, :] < kk[:, None]  # the first kk sorted cells, by position
+    res = torch.where(take, srt, torch.zeros((), dtype=torch.float64)).sum(1) / kk
     return torch.where(n > 0, res, torch.full_like(res, math.nan)).to(torch.float32)
 
 
@@ -148,12 +156,14 @@ def min_k_scores(stats: TokenStats, *, k: float = 0.2) -> torch.Tensor:
 def min_k_plus_plus_scores(stats: TokenStats, *, k: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-K%++ (Zhang et al. 2025, eq. 3-4): Min-K% over z_t = (log p(x_t) - mu_t) / sigma_t.
 
-    Where sigma_t = 0 (a uniform next-token distribution) z_t is defined as 0 and the row is flagged.
+    Where sigma_t = 0 (a uniform next-token distribution) z_t is defined as 0 and the row is flagged;
+    a token of probability 0 (log p = -inf) has z_t = -inf.
     Returns (scores (N,) dimensionless, higher = member; zero_sigma flag (N,) bool).
     """
-    sigma = stats.std_logprob
-    zero = (sigma <= 0) & stats.mask
-    z = torch.where(zero | ~stats.mask, torch.zeros(()), (stats.token_logprob - stats.mean_logprob) / torch.where(zero, 1.0, sigma))
+    sigma, lp = stats.std_logprob, stats.token_logprob
+    zero = (sigma <= 0) & stats.mask & (lp > -math.inf)
+    z = torch.where(zero | ~stats.mask, torch.zeros(()), (lp - stats.mean_logprob) / torch.where(zero, 1.0, sigma))
+    z = torch.where(stats.mask & (lp == -math.inf), torch.full((), -math.inf), z)
     return _lowest_k_mean(z, stats.mask, stats.n_scored, k), zero.any(1)
 
 
@@ -161,18 +171,23 @@ def window_scores(stats: TokenStats, *, window: int = 50) -> torch.Tensor:
     """Minus the lowest mean NLL over windows of ``window`` tokens, stride 1, last window included.
 
     Texts shorter than ``window`` form one window. Carlini et al. 2021, sec. 5.2 ("Window").
+    A window holding a token of probability 0 has infinite NLL (it loses the minimum; T3-01).
     Nats, shape (N,), higher = member; NaN when no token is scored.
     """
     if window < 1:
         raise LlmMiaError("window must be >= 1")
     n = stats.n_scored
-    nll = -torch.where(stats.mask, stats.token_logprob, torch.zeros(())).to(torch.float64)
+    lp = torch.where(stats.mask, stats.token_logprob, torch.zeros(())).to(torch.float64)
+    zero_p = lp == -math.inf  # counted apart, so a cumulative sum never meets inf - inf
+    nll = torch.where(zero_p, torch.zeros((), dtype=torch.float64), -lp)
     N, T = nll.shape
     cs = torch.cat([torch.zeros(N, 1, dtype=torch.float64), nll.cumsum(1)], 1)  # (N, T+1)
+    ci = torch.cat([torch.zeros(N, 1, dtype=torch.long), zero_p.long().cumsum(1)], 1)  # (N, T+1)
     m = torch.clamp(torch.minimum(n, torch.tensor(window)), min=1)  # (N,)
     starts = torch.arange(T)[None, :]  # (1, T)
     ends = (starts + m[:, None]).clamp(max=T)
     means = (cs.gather(1, ends) - cs[:, :T]) / m[:, None]  # (N, T)
+    means = torch.where(ci.gather(1, ends) - ci[:, :T] > 0, torch.full((), math.inf, dtype=torch.float64), means)
     valid = starts + m[:, None] <= n[:, None]
     best = torch.where(valid, means, torch.full_like(means, math.inf)).min(1).values if T else torch.full((N,), math.inf, dtype=torch.float64)
     return torch.where(n > 0, -best, torch.full_like(best, math.nan)).to(torch.float32)
@@ -298,8 +313,15 @@ def row_flags(inp: SignalInputs) -> list[list[str]]:
     """Per-row reasons a score may be undefined or approximate.
 
     ``too_short`` (no scored token: NLL-based scores are NaN), ``truncated`` (scored with a sliding
-    context), ``zero_nll`` (NLL = 0: ratios are inf), ``zero_sigma`` (Min-K%++ met sigma = 0).
+    context), ``zero_nll`` (NLL = 0: ratios are inf), ``zero_sigma`` (Min-K%++ met sigma = 0); with a
+    reference of the same tokenizer ``ez_mia_no_error_zone`` (the target's top-1 is right at every
+    token: EZ-MIA is NaN), ``ez_mia_no_negative`` (no negative difference: EZ-MIA is 1, the limit of
+    P / N = +inf), ``ez_mia_undefined`` (P + N = 0 or both infinite: NaN), ``wbc_too_short`` (fewer
+    tokens than the smallest window: NaN); with a population ``rmia_undefined`` (NaN).
     """
+    from llm_mia.signals.finetuned import finetuned_flags
+
+    extra = finetuned_flags(inp)
     t = inp.target
     nll = mean_nll(t)
     zs = min_k_plus_plus_scores(t)[1]
@@ -318,5 +340,8 @@ def row_flags(inp: SignalInputs) -> list[list[str]]:
             f.append("lowercase_too_short")
         if inp.reference is not None and inp.reference.n_scored[i] == 0 and t.n_scored[i] > 0:
             f.append("reference_too_short")
-        flags.append(f)
+        flags.append(f + extra[i])
     return flags
+
+
+from llm_mia.signals import finetuned as _finetuned  # noqa: E402,F401  (registers ez_mia, wbc, rmia)
