@@ -159,6 +159,9 @@ def _observations(report: dict) -> list[str]:
     best = max(ext["rankings"].items(), key=lambda kv: kv[1]["memorized"], default=None)
     if best and best[1]["memorized"]:
         obs.append(f"best ranking: '{best[0]}' with {best[1]['memorized']} memorized samples in its top {best[1]['top_n']}.")
+    if report.get("provenance", {}).get("reference_excluded"):
+        obs.append("reference: " + report["provenance"]["reference_excluded"] + " (its ranking and membership signals "
+                   "are left out).")
     if report.get("membership", {}).get("reference_excluded"):
         obs.append("membership: the reference signals are left out: " + report["membership"]["reference_excluded"] + ".")
     mem = report.get("membership", {}).get("signals", {})
@@ -263,6 +266,17 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         raise LlmMiaError(f"{corpus / 'train.jsonl'} holds no documents")
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     reference = load_model(str(reference_path)) if reference_path else None
+    from llm_mia.scoring import reference_warning
+
+    ref_is_target = reference_warning(target, reference)
+    ref_sha = reference.weights_sha256 if reference is not None else None
+    if ref_is_target:  # its signals would be constant: left out of the rankings and the membership
+        import warnings
+
+        from llm_mia.errors import LlmMiaWarning
+
+        warnings.warn(ref_is_target, LlmMiaWarning, stacklevel=2)
+        reference = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -281,7 +295,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
     with bar("exposure", total, enabled=cfg.progress) as adv:
         exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
-                              seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
+                              seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv,
+                              train_texts=train)
     timings["exposure_s"] = round(time.time() - t, 1)
     surfaced = set(ext["secrets_surfaced"])
     for r in exp.rows:
@@ -307,7 +322,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "provenance": {
             "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256, "model_base": target.base,
             "reference": str(reference_path) if reference_path else None,
-            "reference_weights_sha256": reference.weights_sha256 if reference is not None else None,
+            "reference_weights_sha256": ref_sha,
+            "reference_excluded": ref_is_target,
             "corpus": str(corpus), "train_sha256": sha256_file(corpus / "train.jsonl"),
             "secrets_sha256": sha256_file(corpus / "secrets.json"),
             "recipe": io.read_json(recipe) if recipe.exists() else None,
