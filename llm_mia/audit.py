@@ -204,6 +204,9 @@ def _observations(report: dict) -> list[str]:
     best = max(ext["rankings"].items(), key=lambda kv: kv[1]["memorized"], default=None)
     if best and best[1]["memorized"]:
         obs.append(f"best ranking: '{best[0]}' with {best[1]['memorized']} memorized samples in its top {best[1]['top_n']}.")
+    if report.get("provenance", {}).get("reference_excluded"):
+        obs.append("reference: " + report["provenance"]["reference_excluded"] + " (its ranking and membership signals "
+                   "are left out).")
     if report.get("membership", {}).get("reference_excluded"):
         obs.append("membership: the reference signals are left out: " + report["membership"]["reference_excluded"] + ".")
     mem = report.get("membership", {}).get("signals", {})
@@ -380,6 +383,15 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     mem_docs, non_docs = docs(mem_set), docs(non_set)
     train = [d.text for d in mem_docs]  # rendered: what extraction verification searches
     reference = load_model(ref_spec) if ref_spec else None
+    from llm_mia.scoring import reference_warning
+
+    ref_is_target = reference_warning(target, reference)
+    ref_sha = reference.weights_sha256 if reference is not None else None
+    if ref_is_target:  # its signals would be constant: left out of the rankings and the membership
+        from llm_mia.errors import LlmMiaWarning
+
+        warnings.warn(ref_is_target, LlmMiaWarning, stacklevel=2)
+        reference = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -389,8 +401,10 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
                     "exact": sum(v == "exact" for v in dup.values()), "near": sum(v == "near" for v in dup.values()),
                     "rule": "llm_mia.dedup: normalised exact match or >= 50% word-trigram containment"}
     if dup:
+        from llm_mia.errors import LlmMiaWarning
+
         warnings.warn(f"{len(dup)} of {len(non_docs)} non-members ({overlap_info['exact']} exact, "
-                      f"{overlap_info['near']} near) duplicate a member; left out of membership", stacklevel=2)
+                      f"{overlap_info['near']} near) duplicate a member; left out of membership", LlmMiaWarning, stacklevel=2)
         non_docs = [d for i, d in enumerate(non_docs) if i not in dup]
 
     t = time.time()
@@ -411,7 +425,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
         total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
         with bar("exposure", total, enabled=cfg.progress) as adv:
             exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
-                                  seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
+                                  seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv,
+                                  train_texts=train)
         rows, controls = exp.rows, exp.controls
         surfaced = set(ext["secrets_surfaced"])
         for r in rows:
@@ -454,7 +469,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
             "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256,
             "model_base": target.base,
             "reference": ref_spec, "reference_source": ref_source,
-            "reference_weights_sha256": reference.weights_sha256 if reference is not None else None,
+            "reference_weights_sha256": ref_sha,
+            "reference_excluded": ref_is_target,
             "corpus": str(corpus_dir) if corpus_dir is not None else None,
             "members": mem_spec, "nonmembers": non_spec, "text_column": text_column,
             "chat": {"rendered_with": "tokenizer chat template", "score_spans": cfg.score_spans} if chat else None,

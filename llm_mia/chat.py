@@ -69,7 +69,7 @@ def render_chat(tokenizer, messages: Sequence[dict], *, score_spans: str = "assi
 
 
 def encode_docs(loaded, docs: Sequence[Doc], *, prepend_bos: bool = True) -> tuple[list[list[int]], list[list[bool]]]:
-    """Token ids of each document (start-token rule of :func:`llm_mia.scoring.encode`) and, per id,
+    """Token ids of each document (start-token rule of :func:`llm_mia.models.tokenizer.encode`) and, per id,
     whether it is scored: True for ids whose character offsets overlap one of the document's spans
     (every id of a document without spans), False for a prepended BOS.
 
@@ -79,7 +79,7 @@ def encode_docs(loaded, docs: Sequence[Doc], *, prepend_bos: bool = True) -> tup
     Raises:
         LlmMiaError: a slow tokenizer with documents that have spans.
     """
-    from llm_mia.scoring import tokenizer_adds_bos
+    from llm_mia.models.tokenizer import tokenizer_adds_bos
 
     tok = loaded.tokenizer
     adds = tokenizer_adds_bos(tok)

@@ -188,6 +188,8 @@ def score(
                      batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
                      target_fpr=target_fpr, device=device, model_args=model_args)
+    for w in res.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
                + (f"; metrics -> {metrics}" if metrics else ""))
     for sig, t in res.get("thresholds", {}).items():
@@ -304,8 +306,22 @@ def audit(
     else:
         if (model is None and model_args is None) or out is None or (corpus is None and (members is None or nonmembers is None)):
             raise LlmMiaError("audit needs --model, --out and --members/--nonmembers files or a --corpus folder (or --demo)")
-        report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
-                           text_column=text_column, reference_path=reference, cfg=cfg, policy=pol, model_args=model_args)
+        import warnings
+
+        from llm_mia.errors import LlmMiaWarning
+
+        with warnings.catch_warnings():  # printed below as one line each
+            warnings.simplefilter("ignore", LlmMiaWarning)
+            report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
+                               text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
+                               model_args=model_args)
+        if report["provenance"].get("reference_excluded"):
+            typer.echo(f"warning: {report['provenance']['reference_excluded']}; the reference signals are left out",
+                       err=True)
+        ov = report.get("membership", {}).get("overlap") or {}
+        if ov.get("n_overlapping"):
+            typer.echo(f"warning: {ov['n_overlapping']} of {ov['n_nonmembers']} non-members duplicate a member "
+                       f"({ov['exact']} exact, {ov['near']} near); left out of membership", err=True)
     typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'})")
     _verdict_exit(report["verdict"], gated=pol is not None)
 

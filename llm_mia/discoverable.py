@@ -61,7 +61,6 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
     """
     from llm_mia.models.generation import generate
     from llm_mia.models.prefix import score_shared_prefix
-    from llm_mia.scoring import encode
 
     for name, v in (("n_examples", n_examples), ("prefix_len", prefix_len), ("suffix_len", suffix_len),
                     ("top_k", top_k), ("n", n), ("batch_size", batch_size)):
@@ -69,7 +68,7 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
             raise LlmMiaError(f"discoverable memorization: {name} must be a positive integer, got {v!r}")
     if not 0 < p <= 1:
         raise LlmMiaError(f"discoverable memorization: p must be in (0, 1], got {p!r}")
-    ids, _ = encode(loaded, texts, prepend_bos=True)
+    ids, _ = loaded.encode(texts, prepend_bos=True)
     start = 1  # the BOS (prepended or the tokenizer's own) conditions; document tokens follow
     if loaded.max_context is not None and start + prefix_len + suffix_len > loaded.max_context:
         raise LlmMiaError(f"discoverable memorization: 1 + {prefix_len} + {suffix_len} tokens exceed the model's "
