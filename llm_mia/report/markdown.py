@@ -93,8 +93,10 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
     prov = report["provenance"]
     ext = report["extraction"]
     out = ["# llm_mia audit report", ""]
+    data = (f"corpus `{prov['corpus']}`" if prov.get("corpus") else
+            f"members `{prov.get('members')}`, non-members `{prov.get('nonmembers')}`")
     out += [f"Model `{prov['model']}`" + (f", reference `{prov['reference']}`" if prov.get("reference") else "")
-            + f", corpus `{prov['corpus']}`.", ""]
+            + (f" ({prov['reference_source']})" if prov.get("reference_source") else "") + f", {data}.", ""]
     v = report.get("verdict")
     if v:
         out += [f"**Verdict: {v['line']}**", ""]
