@@ -509,8 +509,8 @@ DEMO_MAX_CHARS = 300_000
 #: The demo's public text, on which the base model is pre-trained: the next 300 k characters of python-docs.
 DEMO_PUBLIC_CHARS = 300_000
 #: Optimizer steps (small preset, 16 x 128 tokens each) of the base pre-training and of the LoRA fine-tune.
-DEMO_BASE_STEPS = 600
-DEMO_LORA_STEPS = 1200
+DEMO_BASE_STEPS = 300
+DEMO_LORA_STEPS = 1000
 
 
 def _public_corpus(folder: Path, max_chars: int | None) -> None:
