@@ -17,7 +17,7 @@ import numpy as np
 from llm_mia import __version__, io
 from llm_mia.io import sha256_file
 from llm_mia.errors import LlmMiaError
-from llm_mia.extract import ExtractConfig, extract
+from llm_mia.extract import ExtractConfig, extract, read_clear
 from llm_mia.models.loading import load_model
 
 SCHEMA_VERSION = 1
@@ -48,6 +48,12 @@ class AuditConfig:
     show_secrets: bool = False
     progress: bool = True
     extract: ExtractConfig = field(default=None)  # filled from the fields above
+
+    def __post_init__(self) -> None:
+        """Check the extraction options now, before any folder or model (one-line LlmMiaError)."""
+        self.extract = ExtractConfig(num_samples=self.num_samples, strategies=tuple(self.strategies), seed=self.seed,
+                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, top_n=self.top_n,
+                                     memorized_min_tokens=self.memorized_min_tokens, show_secrets=self.show_secrets)
 
 
 def _versions() -> dict:
@@ -205,8 +211,8 @@ def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: b
     """Write report.json, report.md and report.html into ``out_dir`` (atomic writes).
 
     Secrets and PII are redacted everywhere unless ``show_secrets``; the (possibly redacted) report
-    that went into report.json is returned. Reads ``extract/top.jsonl`` and ``extract/samples.jsonl``
-    beside it for the sample listings and the scatter.
+    that went into report.json is returned. Reads the clear ``extract/private/top.jsonl`` and
+    ``extract/private/samples.jsonl`` beside it for the sample listings and the scatter (redacted here).
     """
     from llm_mia.report.html import redact_report, render_html
     from llm_mia.report.markdown import render_markdown
@@ -215,8 +221,7 @@ def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: b
     if not show_secrets:
         report = redact_report(report, secrets)
     io.write_json(out / "report.json", report)
-    top = io.read_jsonl(out / "extract" / "top.jsonl") if (out / "extract" / "top.jsonl").exists() else []
-    samples = io.read_jsonl(out / "extract" / "samples.jsonl") if (out / "extract" / "samples.jsonl").exists() else []
+    top, samples = read_clear(out / "extract", "top.jsonl"), read_clear(out / "extract", "samples.jsonl")
     io.write_text(out / "report.md", render_markdown(report, top, secrets, show_secrets=show_secrets))
     io.write_text(out / "report.html", render_html(report, top, samples, secrets, show_secrets=show_secrets))
     return report
@@ -270,7 +275,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     ecfg = ExtractConfig(num_samples=cfg.num_samples, strategies=tuple(cfg.strategies), seed=cfg.seed,
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
                          top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
-                         prompt_source=cfg.prompt_source or str(corpus / "heldout.jsonl"), resume=True)
+                         prompt_source=cfg.prompt_source or str(corpus / "heldout.jsonl"), resume=True,
+                         show_secrets=cfg.show_secrets)
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)
 
@@ -295,7 +301,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     t = time.time()
     from llm_mia.pii_findings import pii_findings
 
-    pii = pii_findings(io.read_jsonl(out / "extract" / "samples.jsonl"), secrets, "\n\n".join(train))
+    pii = pii_findings(read_clear(out / "extract", "samples.jsonl"), secrets, "\n\n".join(train))
     timings["pii_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 

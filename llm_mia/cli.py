@@ -103,6 +103,8 @@ def extract(
     memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
                                              help="A verbatim training match this long (or the whole sample) = memorized."),
     resume: bool = typer.Option(False, "--resume", help="Continue the samples already in --out (after a kill)."),
+    show_secrets: bool = typer.Option(False, "--show-secrets",
+                                      help="samples.jsonl / top.jsonl in clear text (default: redacted; clear copies in --out/private/)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ):
     """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
@@ -113,6 +115,10 @@ def extract(
     from llm_mia.models.loading import load_model
     from llm_mia.secrets import load_secrets
 
+    cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
+                        prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size, top_n=top_n,
+                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets)  # checks options
+    io.check_output_dir(out)
     train_texts, secrets = None, []
     if corpus is not None:
         train_texts = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
@@ -124,9 +130,6 @@ def extract(
     dev = device or (str(state.device) if state is not None else None)
     tgt = load_model(model, device=dev)
     ref = load_model(reference, device=dev) if reference else None
-    cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
-                        prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size,
-                        top_n=top_n, memorized_min_tokens=memorized_min_tokens, resume=resume)
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     if s is not None:  # process 0
         typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
@@ -233,6 +236,10 @@ def audit(
         from llm_mia.policy import load_policy
 
         pol = load_policy(policy)  # a bad policy fails before any work is done
+    if out is not None:
+        from llm_mia.io import check_output_dir
+
+        check_output_dir(out)
 
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, demo=demo, compare=compare,

@@ -32,7 +32,7 @@ def test_same_seed_same_samples_whatever_the_batch_size(lm, tmp_path):
     assert all(len(r["token_ids"]) == 6 for r in a)
 
 
-SHARD = "shards/top-k.0-of-1.jsonl"
+SHARD = "private/shards/top-k.0-of-1.jsonl"
 
 
 @pytest.mark.parametrize("cut", ["mid_json", "mid_utf8", "no_newline"])
@@ -40,7 +40,7 @@ def test_p07_torn_shard_resumes_without_loss_or_duplicates(lm, tmp_path, cut):
     cfg = ExtractConfig(num_samples=5, seed=0, max_new_tokens=6, batch_size=2, progress=False)
     full = sample(lm, cfg, tmp_path / "full")
     d = tmp_path / "torn"
-    (d / "shards").mkdir(parents=True)
+    (d / "private" / "shards").mkdir(parents=True)
     good = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in full[:3])
     if cut == "mid_json":
         tail = b'{"strategy": "top-k", "index": 3, "seed": 0, "text": "Call 555-01'
@@ -64,7 +64,7 @@ def test_p07_corrupt_line_in_the_middle_stops_with_the_shard_and_line(lm, tmp_pa
     full = sample(lm, cfg, tmp_path / "full")
     lines = [json.dumps(r) for r in full]
     lines[1] = '{"index": 1, "tok'
-    (tmp_path / "bad" / "shards").mkdir(parents=True)
+    (tmp_path / "bad" / "private" / "shards").mkdir(parents=True)
     (tmp_path / "bad" / SHARD).write_text("\n".join(lines) + "\n")
     with pytest.raises(LlmMiaError, match=r"top-k\.0-of-1\.jsonl: line 2"):
         sample(lm, cfg, tmp_path / "bad")
@@ -109,9 +109,9 @@ def test_p06_ranks_together_equal_one_process(lm, tmp_path):
     key = lambda r: (r["strategy"], r["index"], r["token_ids"])  # noqa: E731
     assert [key(r) for r in both] == [key(r) for r in one]
     assert [r["index"] for r in both if r["strategy"] == "top-k"] == list(range(8))
-    assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "two" / "private" / "shards").iterdir()) == [
         "temperature-decay.0-of-2.jsonl", "temperature-decay.1-of-2.jsonl", "top-k.0-of-2.jsonl", "top-k.1-of-2.jsonl"]
-    on_disk = _lines(tmp_path / "two" / "shards" / "top-k.1-of-2.jsonl")
+    on_disk = _lines(tmp_path / "two" / "private" / "shards" / "top-k.1-of-2.jsonl")
     assert [r["index"] for r in on_disk] == [1, 3, 5, 7]
 
 
@@ -166,14 +166,14 @@ def test_internet_memorized_span_in_the_prompt_does_not_count(lm, tmp_path):
     bos = lm.bos_id
     gen = [{"strategy": "internet", "index": 0, "prompt_ids": [bos] + span[:8], "token_ids": other},
            {"strategy": "internet", "index": 1, "prompt_ids": [bos] + other[:5], "token_ids": span},
-           {"strategy": "top-k", "index": 0, "prompt_ids": [bos], "token_ids": span[:6]}]
+           {"strategy": "top-k", "index": 0, "prompt_ids": [bos], "token_ids": span[:8]}]
     cfg = ExtractConfig(num_samples=2, strategies=("top-k", "internet"), memorized_min_tokens=10, top_n=5, progress=False)
     scored = _score_rows(lm, None, gen, cfg, ["loss", "zlib", "lowercase", "window"], None)
     assert scored[0]["text"] == tok.decode(other)
     assert scored[0]["zlib_bytes"] == len(zlib.compress(tok.decode(other).encode("utf-8")))
     s = _verify_and_rank(lm, gen, scored, tmp_path, train, [], cfg, ["loss", "zlib", "lowercase", "window"])
-    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert [r["memorized"] for r in rows] == [False, True, True]  # the last: the whole sample is a match
+    rows = [json.loads(line) for line in (tmp_path / "private" / "samples.jsonl").read_text().splitlines()]
+    assert [r["memorized"] for r in rows] == [False, True, True]  # the last: the whole 8-token sample is a match
     assert rows[0]["longest_match_tokens"] < 8 and rows[1]["longest_match_tokens"] == 12
     assert rows[1]["prompt"] == tok.decode(other[:5])
     t = s["carlini_table"]
@@ -198,19 +198,19 @@ def test_extract_records_the_match_span_in_samples_and_top(lm, tiny_tokenizer, t
     gen = sample(lm, cfg, tmp_path / "pre")
     train = [tiny_tokenizer.decode(r["token_ids"][:6]) for r in gen]
     extract(lm, tmp_path / "pre", train_texts=train, cfg=cfg)
-    rows = _lines(tmp_path / "pre" / "samples.jsonl")
+    rows = _lines(tmp_path / "pre" / "private" / "samples.jsonl")
     assert any(r["match_span"] for r in rows)
     for r in rows:
         if r["longest_match_tokens"]:
             s, e = r["match_span"]
             assert r["text"][s:e] == r["longest_match_text"]
             assert r["longest_match_tokens"] >= 1
-    for t in _lines(tmp_path / "pre" / "top.jsonl"):
+    for t in _lines(tmp_path / "pre" / "private" / "top.jsonl"):
         assert t["match_span"] == next(r["match_span"] for r in rows if r["id"] == t["id"])
 
 
 def test_length_below_one_and_repeated_strategy_are_errors(lm, tmp_path):
-    with pytest.raises(LlmMiaError, match="--length must be >= 1"):
+    with pytest.raises(LlmMiaError, match="--length must be an integer >= 1"):
         sample(lm, ExtractConfig(num_samples=1, max_new_tokens=0, progress=False), tmp_path / "a")
     with pytest.raises(LlmMiaError, match="strategy given twice"):
         sample(lm, ExtractConfig(num_samples=1, max_new_tokens=2, strategies=("top-k", "top-k"), progress=False),
