@@ -41,12 +41,19 @@ def corpus_build(
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
     templates: Optional[Path] = typer.Option(None, "--templates",
                                              help="Canary templates JSON (default prompts/canary_templates.json)."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="One document = a whole file, a blank-line paragraph or a "
+                                       "line: file | paragraph | line (default: file for a folder, paragraph for one "
+                                       "text file, the record for .jsonl and hf:)."),
+    min_chars: int = typer.Option(50, "--min-chars", help="Drop (and count) documents shorter than this."),
 ):
-    """Split a corpus into members / held-out and plant canaries and synthetic PII in the members."""
+    """Deduplicate a corpus, split it into members / held-out and plant canaries and synthetic PII in the members."""
     from llm_mia.corpus import build_corpus
 
     s = build_corpus(source, out, seed=seed, repeats=tuple(_parse_ints(repeats, "--repeats")),
-                     heldout_fraction=heldout_fraction, max_chars=max_chars, templates=templates)
+                     heldout_fraction=heldout_fraction, max_chars=max_chars, templates=templates,
+                     unit=unit, min_chars=min_chars)
+    for line in s.lines():
+        typer.echo(line)
     typer.echo(f"corpus: {s.n_train} member and {s.n_heldout} held-out documents, {s.n_secrets} secrets -> {out}")
 
 
