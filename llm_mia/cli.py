@@ -80,7 +80,10 @@ def train(
     dedup_min_chars: int = typer.Option(30, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
 ):
     """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
+    from llm_mia.io import check_output_dir
     from llm_mia.train import train_model
+
+    check_output_dir(out)
 
     s = train_model(corpus, out, base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from,
                     seed=seed, max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta,
@@ -94,7 +97,7 @@ def train(
 @app.command()
 def extract(
     model: str = typer.Option(..., "--model", help="Model folder or HF id."),
-    out: Path = typer.Option(..., "--out", help="Output folder (shards/, generated.jsonl, samples.jsonl, top.jsonl, extract.json)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl, extract.json; private/: shards and clear-text rows)."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
     strategy: str = typer.Option("top-k", "--strategy",
                                  help="top-k, temperature-decay, internet, or several, comma-separated."),
@@ -191,6 +194,9 @@ def exposure(
 ):
     """Canary exposure (Carlini et al. 2019) of every secret: rank, exact, extrapolated; greedy, beam, sampling extraction."""
     from llm_mia.exposure import run_exposure
+    from llm_mia.io import check_output_dir
+
+    check_output_dir(out)
 
     res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
                        batch_size=batch_size, device=device)

@@ -20,11 +20,20 @@ Sample ``index`` of a strategy is drawn with its own generator seeded from (seed
 strategy (:func:`strategy_seed`), so the samples do not depend on the batch size or the number of
 processes. Processes (``accelerate launch``) take the indices ``rank, rank + P, ...`` of every
 strategy (:func:`shard_indices`) and append each finished batch to their own shard file
-``shards/<strategy>.<rank>-of-<P>.jsonl`` (whole lines, flushed and fsynced). A killed run started
+``private/shards/<strategy>.<rank>-of-<P>.jsonl`` (whole lines, flushed and fsynced), each record
+carrying the model's and tokenizer's SHA-256 (:func:`model_fingerprint`). A killed run started
 again resumes from every shard on disk (any earlier number of processes): nothing is lost or
-generated twice. When all are done the shards are merged into ``generated.jsonl``; scoring is split
-over the processes the same way; process 0 dedups, verifies and writes ``samples.jsonl``,
-``top.jsonl`` and ``extract.json`` (temporary name, then rename).
+generated twice, and a folder of another model or tokenizer is refused. When all are done the
+shards are merged into ``private/generated.jsonl``; scoring is split over the processes the same
+way; process 0 dedups, verifies and writes ``samples.jsonl``, ``top.jsonl`` and ``extract.json``
+(temporary name, then rename).
+
+Why a private folder: resume and verification are exact only on token ids, and ids decode to the
+clear text, so redacting a text field next to its ids would hide nothing. The clear rows (ids,
+text, PII values) therefore live in ``private/`` (mode 0700), which the audit's PII pass and the
+report renderers read (they redact from clear text, with character offsets); the shareable
+``samples.jsonl`` / ``top.jsonl`` are redacted like the reports and hold no ids, unless
+``show_secrets``.
 """
 
 from __future__ import annotations

@@ -315,6 +315,9 @@ def test_outputs_that_cannot_be_written_fail_before_the_work(tmp_path, capsys):
         (["audit", "--corpus", tmp_path, "--model", tmp_path / "no-model", "--out", tmp_path / "file" / "x"],
          "which is a file"),
         (["corpus", "build", "--out", tmp_path / "file" / "c"], "which is a file"),
+        (["train", "--corpus", tmp_path, "--out", tmp_path / "file" / "m"], "which is a file"),
+        (["exposure", "--model", tmp_path / "no-model", "--secrets", tmp_path / "s.json", "--out", tmp_path / "file"],
+         "is a file"),
     ]
     for args, match in cases:
         line = _one_error_line(*run_cli(args, capsys)[::2])
