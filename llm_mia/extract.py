@@ -401,6 +401,9 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
 
 
 def _check_fresh(out_dir: Path, cfg: ExtractConfig) -> None:
+    if any((Path(out_dir) / "shards").glob("*.jsonl")):
+        raise LlmMiaError(f"{out_dir}/shards holds samples of an older llm-mia that did not record the model; "
+                          "use another --out")
     if not cfg.resume and any((Path(out_dir) / PRIVATE / "shards").glob("*.jsonl")):
         raise LlmMiaError(f"{out_dir} holds samples of an earlier run: pass --resume to continue it, or use another --out")
 

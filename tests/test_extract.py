@@ -246,6 +246,11 @@ def test_resume_refuses_a_folder_made_by_another_model_or_tokenizer(lm, tiny_tok
     rows = sample(lm, replace(cfg, num_samples=5), tmp_path)
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
     assert all({k: r[k] for k in fp} == fp for r in _lines(tmp_path / SHARD))
+    # shards of the old layout (top-level shards/, no model recorded) are refused, not ignored
+    (tmp_path / "old" / "shards").mkdir(parents=True)
+    (tmp_path / "old" / "shards" / "top-k.0-of-1.jsonl").write_text('{"index": 0, "seed": 0, "token_ids": [1]}\n')
+    with pytest.raises(LlmMiaError, match="older llm-mia that did not record the model"):
+        sample(lm, cfg, tmp_path / "old")
 
 
 def test_fingerprint_of_a_model_folder_digests_its_weight_files(tiny_model, tiny_tokenizer, tmp_path):
