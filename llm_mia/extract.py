@@ -221,11 +221,10 @@ def model_fingerprint(target: LoadedModel) -> dict:
     """
     import hashlib
 
+    digest = getattr(target, "weights_sha256", None)  # branch models: LoadedModel.weights_sha256 (adapters too)
     folder = Path(str(target.source))
-    digest = None
-    if folder.is_dir():
-        files_digest = getattr(io, "weights_sha256", None) or _files_sha256
-        digest = files_digest(folder)
+    if digest is None and folder.is_dir():
+        digest = (getattr(io, "weights_sha256", None) or _files_sha256)(folder)
     kind = "files" if digest else "tensors"
     digest = digest or _tensors_sha256(target.model)
     tok = target.tokenizer
