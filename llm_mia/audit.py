@@ -79,6 +79,17 @@ def strip_planted(text: str, secrets) -> str:
     return text
 
 
+def membership_sample(members: list[str], heldout: list[str], secrets, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """The membership evaluation's documents: ``min(n, len(members), len(heldout))`` members (planted
+    sentences removed, :func:`strip_planted`) and as many held-out documents, sampled with
+    ``random.Random(seed)``. The audit and the comparison of defences score exactly these."""
+    rng = random.Random(seed)
+    k = min(n, len(members), len(heldout))
+    if k < 2:
+        return [], []
+    return [strip_planted(t, secrets) for t in rng.sample(members, k)], rng.sample(heldout, k)
+
+
 def _membership(target, reference, members: list[str], heldout: list[str], cfg: AuditConfig,
                 secrets=()) -> dict:
     """ROC metrics of every signal, members (1) against held-out non-members (0), and the
@@ -87,12 +98,10 @@ def _membership(target, reference, members: list[str], heldout: list[str], cfg: 
     from llm_mia.metrics import roc_metrics
     from llm_mia.scoring import score
 
-    rng = random.Random(cfg.seed)
-    n = min(cfg.membership_docs, len(members), len(heldout))
+    mem, non = membership_sample(members, heldout, secrets, cfg.membership_docs, cfg.seed)
+    n = len(mem)
     if n < 2:
         return {"skipped": "fewer than 2 held-out documents"}
-    mem = [strip_planted(t, secrets) for t in rng.sample(members, n)]
-    non = rng.sample(heldout, n)
     res = score(target, mem + non, reference=reference, prepend_bos=True)
     y = [1] * n + [0] * n
     out = {}
@@ -208,7 +217,7 @@ def headline(report: dict) -> str:
 
 
 def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: bool = False) -> dict:
-    """Write report.json, report.md and report.html into ``out_dir`` (atomic writes).
+    """Write report.json, report.md, report.html and modelcard.md into ``out_dir`` (atomic writes).
 
     Secrets and PII are redacted everywhere unless ``show_secrets``; the (possibly redacted) report
     that went into report.json is returned. Reads the clear ``extract/private/top.jsonl`` and
@@ -224,6 +233,9 @@ def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: b
     top, samples = read_clear(out / "extract", "top.jsonl"), read_clear(out / "extract", "samples.jsonl")
     io.write_text(out / "report.md", render_markdown(report, top, secrets, show_secrets=show_secrets))
     io.write_text(out / "report.html", render_html(report, top, samples, secrets, show_secrets=show_secrets))
+    from llm_mia.report.modelcard import render_modelcard
+
+    io.write_text(out / "modelcard.md", render_modelcard(report))
     return report
 
 
@@ -231,11 +243,15 @@ def apply_policy(report: dict, policy) -> dict:
     """Put the verdict into ``report["verdict"]``: the policy's (:func:`llm_mia.policy.evaluate`) or,
     without one, :func:`headline`. Returns the verdict dict."""
     if policy is None:
-        report["verdict"] = {"policy": None, "passed": None, "line": headline(report), "checks": []}
+        report["verdict"] = {"policy": None, "status": None, "passed": None, "line": headline(report), "checks": []}
     else:
-        from llm_mia.policy import evaluate
+        from llm_mia.policy import UnanswerableLimit, evaluate
 
-        report["verdict"] = {"policy": policy.source, **evaluate(report, policy).to_dict()}
+        try:
+            report["verdict"] = {"policy": policy.source, **evaluate(report, policy).to_dict()}
+        except UnanswerableLimit as e:  # ERROR: the verdict goes into the report all the same
+            report["verdict"] = {"policy": policy.source, **e.verdict.to_dict()}
+            raise
     return report["verdict"]
 
 
@@ -331,8 +347,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     try:
         apply_policy(report, policy)
     except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail
-        report["verdict"] = {"policy": policy.source, "passed": None, "line": f"ERROR: {e}", "checks": []}
-        write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
+        e.report = write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
         raise
     return write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
 

