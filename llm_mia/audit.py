@@ -267,7 +267,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
             report that lacks what a policy limit needs.
     """
     from llm_mia.secrets import load_secrets
-    from llm_mia.exposure import exposure_by_count, secret_exposure
+    from llm_mia.exposure import exposure_by_count, exposure_work, secret_exposure
     from llm_mia.report.plots import exposure_plot
 
     cfg = cfg or AuditConfig()
@@ -299,8 +299,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     t = time.time()
     from llm_mia.progress import bar
 
-    total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
-    with bar("exposure", total, enabled=cfg.progress) as adv:
+    with bar("exposure", exposure_work(secrets, cfg.n_candidates, cfg.exact_limit), enabled=cfg.progress) as adv:
         exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
                               seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
     timings["exposure_s"] = round(time.time() - t, 1)

@@ -447,6 +447,8 @@ def main() -> None:
             _fail("interrupted")
         msg = " ".join(str(e).split()) or type(e).__name__
         _fail(f"{type(e).__name__}: {msg}{_raised_in(e)} (set LLM_MIA_DEBUG=1 for the traceback)", e)
+    if rc == 130:  # typer turns Ctrl-C into Exit(130); no command of ours exits 130
+        _fail("interrupted")
     if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
         sys.exit(rc)
 

@@ -350,3 +350,43 @@ def test_extract_writes_redacted_samples_unless_show_secrets(built, tmp_path, ca
     code, _, err = run_cli(args + ["--out", tmp_path / "shown", "--show-secrets"], capsys)
     assert code == 0, err
     assert io.read_jsonl(tmp_path / "shown" / "samples.jsonl") == io.read_jsonl(tmp_path / "shown" / "private" / "samples.jsonl")
+
+# ----------------------------------------------------------------------------- progress (issue 15 item 10)
+
+
+def test_progress_off_a_terminal_prints_a_line_per_stage_and_every_tenth():
+    import io as _io
+
+    from llm_mia.progress import bar
+
+    buf = _io.StringIO()  # not a terminal
+    with bar("sampling", 20, stream=buf) as adv:
+        for _ in range(20):
+            adv(1)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "sampling: started (20 to do)" and lines[-1].startswith("sampling: done 20/20 in ")
+    assert [x.split()[1] for x in lines[1:-1]] == [f"{p}%" for p in range(10, 100, 10)]
+    buf = _io.StringIO()
+    with bar("scoring", None, stream=buf) as adv:
+        adv(5)
+    assert buf.getvalue().splitlines()[0] == "scoring: started" and "done 5 in" in buf.getvalue()
+
+
+def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
+    """The bar's total equals the sentences scored: two secrets share one {d3} space (enumerated once),
+    a third's {d4} space is above the exact limit (the old total counted spaces per secret)."""
+    from llm_mia.exposure import exposure_work, secret_exposure
+    from llm_mia.models.loading import from_objects
+    from llm_mia.secrets import Secret
+
+    lm = from_objects(tiny_model, tiny_tokenizer)
+    p, sfx = "Code ", "."
+    secrets = [Secret(id="a", kind="canary", text=p + "123" + sfx, prefix=p, secret="123", suffix=sfx, format="{d3}",
+                      space_size=1000, count=4),
+               Secret(id="b", kind="canary", text=p + "999" + sfx, prefix=p, secret="999", suffix=sfx, format="{d3}",
+                      space_size=1000, count=0),
+               Secret(id="c", kind="canary", text=p + "1234" + sfx, prefix=p, secret="1234", suffix=sfx,
+                      format="{d4}", space_size=10**4, count=1)]
+    seen = []
+    secret_exposure(lm, secrets, n_references=7, exact_limit=1000, beams=1, progress=seen.append)
+    assert sum(seen) == exposure_work(secrets, 7, 1000) == 3 * (7 + 1) + 1000

@@ -304,3 +304,130 @@ def test_limits_without_extraction_in_the_report_are_errors():
         for key in ("max_extracted_secrets", "max_memorized_samples"):
             with pytest.raises(LlmMiaError, match=f"cannot check {key}"):
                 evaluate(rep, parse_policy({"limits": {key: 0}}))
+
+
+# ----------------------------------------------------------------------------- detection power (item 7)
+
+
+def test_secret_positive_control_threshold_by_hand():
+    from llm_mia.policy import secret_control
+
+    # k = 2 secrets inserted >= 16 times: exposed above log2(2 / 0.05) = log2(40) = 5.32 bits
+    hi = [{"id": "a", "count": 16, "exposure_rank": 5.3, "greedy_extracted": False, "surfaced_in_samples": 0},
+          {"id": "b", "count": 32, "exposure_rank": 1.0, "exposure_exact": 2.0}]
+    rep = {"secrets": hi + [{"id": "c", "count": 8, "exposure_rank": 9.9, "greedy_extracted": True}]}
+    why = secret_control(rep, 16)
+    assert why is not None and "none of the 2 secrets inserted >= 16 times" in why and "5.32 bits" in why
+    hi[0]["exposure_rank"] = 5.33
+    assert secret_control(rep, 16) is None
+    hi[0]["exposure_rank"] = 0.0
+    hi[1]["beam_extracted"] = True
+    assert secret_control(rep, 16) is None
+    assert "no planted secret was inserted >= 64 times" in secret_control(rep, 64)
+    assert secret_control(rep, 0) is None  # control switched off
+
+
+def test_membership_control_needs_resolution_and_a_signal_above_chance():
+    from llm_mia.policy import membership_control
+
+    y = [1] * 100 + [0] * 100
+    sep = list(range(100, 200)) + list(range(100))  # perfectly separated: AUC 1, CI [1, 1]
+    flat = [0.0] * 200  # AUC 0.5: CI includes 0.5
+    rep = {"membership": {"n_nonmembers": 100, "signals": {"loss": {"auc": 1.0}, "zlib": {"auc": 0.5}},
+                          "per_doc": {"labels": y, "scores": {"loss": sep, "zlib": flat}}}}
+    assert membership_control(rep, 100) is None
+    rep["membership"]["signals"]["loss"]["auc"] = 0.5
+    rep["membership"]["per_doc"]["scores"]["loss"] = flat
+    assert "at or below chance" in membership_control(rep, 100)
+    rep["membership"]["n_nonmembers"] = 99  # 99 * 0.01 < 1
+    assert "99 non-members cannot resolve 1% FPR" in membership_control(rep, 100)
+    with pytest.raises(LlmMiaError, match="min_nonmembers must be >= 100"):
+        parse_policy({"limits": {"max_extracted_secrets": 0}, "settings": {"min_nonmembers": 50}})
+
+
+def test_inconclusive_verdict_and_exit_code():
+    rep = _report()
+    # the 32x secret: not extracted, and 3.0 bits < log2(1 / 0.05) = 4.32 (not exposed either)
+    rep["secrets"][2].update(greedy_extracted=False, surfaced_in_samples=0, exposure_rank=3.0)
+    pol = {"limits": {"max_extracted_secrets": 0, "max_membership_tpr_at_1pct_fpr": 0.5}}
+    v = evaluate(rep, parse_policy(pol))
+    assert v.status == "INCONCLUSIVE" and not v.passed and v.exit_code == 3
+    assert [c.status for c in v.checks] == ["inconclusive", "inconclusive"]
+    assert v.line.startswith("INCONCLUSIVE: extracted secrets 0 <= 0, but none of the 1 secrets inserted >= 16")
+    assert "50 non-members cannot resolve 1% FPR" in v.line
+    v = evaluate(rep, parse_policy({**pol, "settings": {"allow_inconclusive": True}}))
+    assert v.status == "INCONCLUSIVE" and v.passed and v.exit_code == 0
+    # a failed limit is a finding whatever the controls say
+    v = evaluate(rep, parse_policy({"limits": {"max_memorized_samples": 3}}))
+    assert v.status == "FAIL" and v.exit_code == 1
+
+
+# ----------------------------------------------------------------------------- leftovers
+
+
+@pytest.mark.parametrize("content, msg", [
+    ({"schema_version": 99}, "schema_version 99 is not supported"),
+    ({"schema_version": 1, "secrets": {"a": 1}}, "'secrets' must be a list"),
+    ({"schema_version": 1, "secrets": [3]}, "every entry of 'secrets' must be a mapping"),
+    ({"schema_version": 1, "membership": [1]}, "'membership' must be a mapping"),
+    ({"schema_version": 1, "membership": {"signals": {"loss": 0.5}}}, "'membership.signals' must map"),
+    ({"schema_version": 1, "membership": {"signals": {"loss": {"tpr_at_fpr": {"0.01": {}}}}}}, "malformed report"),
+])
+def test_gate_on_a_corrupt_or_unknown_report_exits_2_with_one_line(content, msg, tmp_path, capsys):
+    rep, pol = tmp_path / "report.json", tmp_path / "p.toml"
+    rep.write_text(json.dumps(content))
+    pol.write_text("[limits]\nmax_membership_tpr_at_1pct_fpr = 0.1\n")
+    code, out, err = run_cli(["gate", rep, "--policy", pol], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
+    assert "AttributeError" not in err and "Traceback" not in err
+
+
+def test_backtick_in_a_sample_keeps_the_code_span():
+    from llm_mia.report.markdown import code_span
+
+    assert code_span("plain") == "`plain`"
+    assert code_span("a `b` c") == "``a `b` c``"  # a longer fence than any backtick run inside
+    assert code_span("``x") == "``` ``x ```"  # padded when it starts with a backtick
+    import re
+
+    for text in ("a `b` c", "``x", "x`", "```"):
+        span = code_span(text)
+        fence = re.match(r"`+", span).group()
+        inner = span[len(fence):-len(fence)]
+        if inner.startswith(" ") and inner.endswith(" ") and inner.strip(" "):
+            inner = inner[1:-1]  # CommonMark strips one space each side
+        assert inner == text and fence not in text
+
+
+# ----------------------------------------------------------------------------- exit codes (item 1)
+
+
+@pytest.mark.parametrize("exc, want", [(SystemExit(1), "SystemExit(1)"), (SystemExit(0), "SystemExit(0)"),
+                                       (KeyboardInterrupt(), "interrupted"), (RuntimeError("boom"), "RuntimeError: boom")])
+def test_every_crash_exits_2_with_one_line(exc, want, tmp_path, capsys, monkeypatch):
+    import llm_mia.policy as P
+
+    def crash(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(P, "load_policy", crash)
+    code, out, err = run_cli(["gate", tmp_path / "r.json", "--policy", tmp_path / "p.toml"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], err
+
+
+def test_t2_09_dependency_systemexit_inside_a_stage_exits_2(leak_models, tmp_path, capsys, monkeypatch):
+    """T2-09: a dependency's sys.exit(1) in the PII stage (presidio fetching a spaCy model offline)
+    is exit 2 with a message, never 1 (the gate's 'a limit is exceeded') and never silent."""
+    import llm_mia.pii_findings as F
+
+    def presidio_like(*a, **k):
+        raise SystemExit(1)
+
+    monkeypatch.setattr(F, "pii_findings", presidio_like)
+    d, _ = leak_models
+    code, out, err = _audit(d, "leaky", tmp_path / "o", capsys, "--policy", EXAMPLE)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: a dependency ended the program with SystemExit(1)"), err
+    assert "nothing was gated" in last and not out.strip().startswith(("PASS", "FAIL"))
