@@ -25,6 +25,10 @@ def test_example_policy_loads():
     assert p.limits == {"max_canary_exposure_bits": 9.0, "max_extracted_secrets": 0,
                         "max_extracted_training_pii": 0, "max_membership_tpr_at_1pct_fpr": 0.1}
     assert p.exposure_estimator == "exposure_rank" and p.min_insertions == 1
+    assert p.positive_control_min_insertions == 16 and p.min_nonmembers == 100 and p.allow_inconclusive is False
+    bare = parse_policy({"limits": {"max_canary_exposure_bits": 9.0}})  # no [settings]: the same defaults
+    assert (bare.exposure_estimator, bare.min_insertions, bare.positive_control_min_insertions, bare.min_nonmembers,
+            bare.allow_inconclusive) == ("exposure_rank", 1, 16, 100, False)
 
 
 @pytest.mark.parametrize("data, msg", [
@@ -210,7 +214,7 @@ def test_leaky_model_fails_and_the_clean_model_is_inconclusive(leak_models, tmp_
     assert code == 3 and out.startswith("INCONCLUSIVE: ")
     # ... unless the policy accepts an inconclusive verdict
     allow = tmp_path / "allow.toml"
-    allow.write_text(Path(EXAMPLE).read_text() + "allow_inconclusive = true\n")
+    allow.write_text(Path(EXAMPLE).read_text().replace("allow_inconclusive = false", "allow_inconclusive = true"))
     code, out, err = run_cli(["gate", tmp_path / "clean" / "report.json", "--policy", allow], capsys)
     assert code == 0 and out.startswith("INCONCLUSIVE: ") and "the policy allows inconclusive verdicts" in out
 
