@@ -390,3 +390,20 @@ def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
     seen = []
     secret_exposure(lm, secrets, n_references=7, exact_limit=1000, beams=1, progress=seen.append)
     assert sum(seen) == exposure_work(secrets, 7, 1000) == 3 * (7 + 1) + 1000
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--corpus", "c", "--model", "m", "--out", "o", "--preset", "tiny"], "--preset is not used by `audit --corpus --model`"),
+    (["--corpus", "c", "--model", "m", "--out", "o", "--api-modes", "full"], "--api-modes is not used"),
+    (["--corpus", "c", "--model", "m", "--out", "o", "--sarif", "x.sarif"], "add --policy"),
+    (["--demo", "--reference", "r"], "--reference is not used by `audit --demo`"),
+    (["--demo", "--compare-defenses", "--num-samples", "9"], "--num-samples is not used by `audit --demo --compare-defenses`"),
+    (["--demo", "--compare-defenses", "--policy", "p.toml"], "--policy is not used"),
+])
+def test_audit_options_a_mode_cannot_honour_are_refused(args, msg, tmp_path, capsys, monkeypatch):
+    """Issue 15 item 2: an option is honoured or refused (exit 2, one line) before any work."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["audit", *args], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and msg in lines[0], err
+    assert list(tmp_path.iterdir()) == []  # nothing built, trained or written

@@ -249,6 +249,16 @@ def test_audit_compare_with_a_policy_gates_every_model(leak_models, tmp_path, ca
     rep = json.loads((tmp_path / "cmp" / "leaky" / "report.json").read_text())
     assert rep["membership"]["n_members"] == 3 and rep["extraction"]["max_new_tokens"] == 12
     assert rep["verdict"]["status"] == "FAIL"
+    # one membership sample: the comparison's empirical epsilon is the audit's own per-document scores
+    # (planted sentences removed), and the output-limit runs draw from the same documents
+    from llm_mia.compare import empirical_epsilon
+
+    assert rep["membership"]["planted_sentences_removed"] is True
+    pd = rep["membership"]["per_doc"]
+    want = empirical_epsilon(pd["labels"], {k: [float(x) for x in v] for k, v in pd["scores"].items()},
+                             delta=1e-5, seed=0)["epsilon_lower_bound"]
+    assert rows["leaky"]["empirical_epsilon"]["epsilon_lower_bound"] == pytest.approx(want, abs=1e-9)
+    assert rows["leaky"]["output_limits"]["n_members"] == 3
     for bad, msg in ((["--model", d / "leaky"], "--model is not used by `audit --compare`"),
                      (["--sarif", tmp_path / "x.sarif"], "--sarif is not used by `audit --compare`"),
                      (["--preset", "tiny"], "--preset is not used by `audit --compare` (it goes with --demo)")):
@@ -435,3 +445,19 @@ def test_t2_09_dependency_systemexit_inside_a_stage_exits_2(leak_models, tmp_pat
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: a dependency ended the program with SystemExit(1)"), err
     assert "nothing was gated" in last and not out.strip().startswith(("PASS", "FAIL"))
+
+
+def test_membership_sample_is_shared_and_stripped_of_planted_sentences():
+    """Item 2: the audit and the comparison score the same documents, members without their planted
+    sentences (the comparison used to score them with the planted sentences left in)."""
+    from llm_mia.audit import membership_sample
+    from llm_mia.secrets import Secret
+
+    sec = Secret(id="c", kind="canary", text="My PIN is 4242.", prefix="My PIN is ", secret="4242", suffix=".",
+                 format="{d4}", space_size=10**4, count=3)
+    members = [f"Doc {i} says hello." + ("\n\nMy PIN is 4242." if i % 2 else "") for i in range(10)]
+    heldout = [f"Held {i}." for i in range(6)]
+    mem, non = membership_sample(members, heldout, [sec], 50, seed=4)
+    assert len(mem) == len(non) == 6  # min(50, 10, 6)
+    assert not any("4242" in t for t in mem) and set(mem) <= {f"Doc {i} says hello." for i in range(10)}
+    assert (mem, non) == membership_sample(members, heldout, [sec], 50, seed=4)
