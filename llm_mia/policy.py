@@ -463,8 +463,7 @@ def load_report(report_path: str | Path) -> dict:
     return report
 
 
-def gate_report(report_path: str | Path, policy_path: str | Path) -> tuple[Verdict, dict]:
-    """Evaluate the policy file against an existing report.json (no model is run): (verdict, report)."""
+def gate_report(report_path: str | Path, policy_path: str | Path) -> Verdict:
+    """Evaluate the policy file against an existing report.json (no model is run)."""
     policy = load_policy(policy_path)
-    report = load_report(report_path)
-    return evaluate(report, policy), report
+    return evaluate(load_report(report_path), policy)
