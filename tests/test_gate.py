@@ -461,3 +461,46 @@ def test_membership_sample_is_shared_and_stripped_of_planted_sentences():
     assert len(mem) == len(non) == 6  # min(50, 10, 6)
     assert not any("4242" in t for t in mem) and set(mem) <= {f"Doc {i} says hello." for i in range(10)}
     assert (mem, non) == membership_sample(members, heldout, [sec], 50, seed=4)
+
+
+def test_sarif_and_junit_of_inconclusive_error_and_memorized_results(tmp_path):
+    """Item 6 on a hand-made report: a failed memorized-samples limit gives one result per unique
+    memorized sample of extract/samples.jsonl, an inconclusive and an unanswerable limit one each;
+    the log validates against the SARIF 2.1.0 schema and JUnit has failure / error per case."""
+    import jsonschema
+    import xml.etree.ElementTree as ET
+
+    from llm_mia.policy import UnanswerableLimit
+    from llm_mia.report.junit import junit_xml
+    from llm_mia.report.sarif import sarif_log
+
+    rep = _report()
+    rep["secrets"][2].update(greedy_extracted=False, surfaced_in_samples=0, exposure_rank=3.0)
+    (tmp_path / "extract").mkdir()
+    (tmp_path / "extract" / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"id": 0, "text": "same", "memorized": True, "longest_match_tokens": 60},
+        {"id": 1, "text": "same", "memorized": True, "longest_match_tokens": 60},  # a duplicate: one result
+        {"id": 2, "text": "other", "memorized": True, "longest_match_tokens": 51},
+        {"id": 3, "text": "free", "memorized": False, "longest_match_tokens": 3}]) + "\n")
+    pol = parse_policy({"limits": {"max_memorized_samples": 1, "max_extracted_secrets": 0,
+                                   "max_membership_tpr_at_1pct_fpr": 0.5}})
+    v = evaluate(rep, pol).to_dict()
+    assert v["status"] == "FAIL" and [c["status"] for c in v["checks"]] == ["inconclusive", "inconclusive", "failed"]
+    log = sarif_log(rep, {"policy": "p.toml", **v}, report_dir=tmp_path)
+    jsonschema.validate(log, _sarif_schema())
+    res = log["runs"][0]["results"]
+    mem = [r for r in res if r["ruleId"] == "llm-mia/max_memorized_samples"]
+    assert sorted(r["properties"]["sample_id"] for r in mem) == [0, 2] and all(r["level"] == "warning" for r in mem)
+    assert sum(r["properties"]["check_status"] == "inconclusive" for r in res) == 2
+    root = ET.fromstring(junit_xml(rep, v).split("\n", 1)[1])
+    suite = root.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "2")
+
+    with pytest.raises(UnanswerableLimit) as e:
+        evaluate(_report(pii=None), parse_policy({"limits": {"max_extracted_training_pii": 0}}))
+    bad = {"policy": "p.toml", **e.value.verdict.to_dict()}
+    assert bad["status"] == "ERROR" and bad["exit_code"] == 2
+    log = sarif_log(rep, bad, report_dir=tmp_path)
+    jsonschema.validate(log, _sarif_schema())
+    assert log["runs"][0]["invocations"][0]["executionSuccessful"] is False
+    assert [r["level"] for r in log["runs"][0]["results"]] == ["error"]
