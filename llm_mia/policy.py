@@ -412,8 +412,11 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
         if c.status == "passed":
             key = "secret" if name in EXTRACTION_LIMITS else "membership"
             if key not in controls:
-                controls[key] = (secret_control(report, policy.positive_control_min_insertions) if key == "secret"
-                                 else membership_control(report, policy.min_nonmembers))
+                try:
+                    controls[key] = (secret_control(report, policy.positive_control_min_insertions) if key == "secret"
+                                     else membership_control(report, policy.min_nonmembers))
+                except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+                    controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
             if controls[key]:
                 c.status, c.reason = "inconclusive", controls[key]
         checks.append(c)

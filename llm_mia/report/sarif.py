@@ -69,7 +69,7 @@ def _memorized_samples(report_dir: Path | None) -> list[dict]:
     return out
 
 
-def _results_of(check: dict, rule_index: int, report: dict, samples: list[dict]) -> list[dict]:
+def _results_of(check: dict, report: dict, samples: list[dict]) -> list[tuple]:
     name, level = check["name"], RULES[check["name"]][1]
     salt = (report.get("provenance") or {}).get("secrets_sha256")
     if check["status"] in ("inconclusive", "error"):
@@ -123,7 +123,7 @@ def sarif_log(report: dict, verdict: dict, *, report_dir: Path | None = None, re
     loc_uri = report_uri or (_uri(report_dir / "report.json") if report_dir is not None else "report.json")
     results = []
     for i, c in enumerate(checks):
-        for msg, level, fp, props in _results_of(c, i, report, samples):
+        for msg, level, fp, props in _results_of(c, report, samples):
             results.append({
                 "ruleId": f"llm-mia/{c['name']}", "ruleIndex": i, "kind": "fail", "level": level,
                 "message": {"text": msg},
