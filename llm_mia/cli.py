@@ -116,6 +116,9 @@ def extract(
     show_secrets: bool = typer.Option(False, "--show-secrets",
                                       help="samples.jsonl / top.jsonl in clear text (default: redacted; clear copies in --out/private/)."),
     device: Optional[str] = typer.Option(None, "--device"),
+    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
+                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
 ):
     """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
 
@@ -123,11 +126,14 @@ def extract(
     from llm_mia import io
     from llm_mia.extract import ExtractConfig, extract as run
     from llm_mia.models.loading import load_model
+    from llm_mia.pii_findings import resolve_regions
     from llm_mia.secrets import load_secrets
 
+    regions = resolve_regions(pii_regions, corpus)  # checked before any model work
     cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                         prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size, top_n=top_n,
-                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets)  # checks options
+                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets,
+                        pii_regions=regions)  # checks options
     io.check_output_dir(out)
     train_texts, secrets = None, []
     if corpus is not None:
@@ -239,11 +245,16 @@ def audit(
     quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
     api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
                                   help="With --compare: API output limits to run the membership signals through."),
+    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
+                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md and report.json; with --policy, gate the release on the result."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
+    from llm_mia.pii import parse_regions
 
+    regions = parse_regions(pii_regions) if pii_regions else None  # checked before any model work
     pol = None
     if policy is not None:
         from llm_mia.policy import load_policy
@@ -258,7 +269,7 @@ def audit(
         _audit_compare(out=out, corpus=corpus, reference=reference, demo=demo, compare=compare,
                        compare_defenses=compare_defenses, quick=quick, api_modes=api_modes, seed=seed,
                        cfg=AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit,
-                                       seed=seed, show_secrets=show_secrets, prompt_source=prompts,
+                                       seed=seed, show_secrets=show_secrets, prompt_source=prompts, pii_regions=regions,
                                        strategies=tuple(x.strip() for x in strategy.split(",") if x.strip())))
         return
     if quick:
@@ -266,7 +277,8 @@ def audit(
 
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
-                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length)
+                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length,
+                      pii_regions=regions)
     if demo:
         out = out or Path("audit-demo")
         report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)

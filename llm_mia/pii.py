@@ -16,13 +16,18 @@ email     ``local@domain.tld``; local part and domain labels ASCII or      lower
           punycode labels (``xn--bcher-kva.de``)                           domain in Unicode
                                                                            (IDNA/UTS 46)
 phone     ``phonenumbers.PhoneNumberMatcher`` (leniency POSSIBLE) in each  E.164 digits (country
-          of ``regions`` (default :data:`DEFAULT_REGIONS`); where several  code first), then
-          regions read a number, the one whose national format groups the  ``x`` + extension
-          digits as written wins, then a valid one, then the earlier       when there is one
-          region (``hit.region``). An unformatted digit run must be VALID
-          and start with the region's trunk prefix (``0``), or, in the
-          first region, be VALID or NANP-shaped (NXXNXXXXXX); never part
-          of a decimal number (``3.14159265358``) or a version
+          of ``regions`` (default :data:`DEFAULT_REGIONS`, the first one  code first), then
+          preferred). A number with a country code reads the same in all  ``x`` + extension
+          regions. A national one is taken by the first region whose      when there is one
+          national format groups its digits as written ("020 7946 0958":
+          GB, "01 99 00 12 34": FR), else by the first region (any
+          POSSIBLE number; an unformatted digit run only when VALID or
+          NANP-shaped NXXNXXXXXX), else by a later region where it is
+          VALID, written with the trunk prefix and the area code as its
+          first group (rules in ``_national_reading``); ``hit.region``
+          records which. Never glued to a word, inside a longer run of
+          digit groups, part of a decimal number (``3.14159265358``) or a
+          version (``3.11.7``)
 ssn       ``ddd-dd-dddd`` or ``ddd dd dddd``, area not 000 / 666 / 9xx,    the 9 digits
           group not 00, serial not 0000 (the SSA rules Faker's ``ssn()``
           follows); not inside a longer digit/dash run

@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Sequence
 from llm_mia.index import text_occurrences
 from llm_mia.pii import DEFAULT_REGIONS, PRESIDIO_TYPES, find_pii, parse_regions, pii_detectors
 
-__all__ = ["TrainingPii", "audit_regions", "corpus_regions", "pii_findings", "planted_values", "sample_pii", "tokenizer_normalizer",
-           "training_pii_index"]
+__all__ = ["TrainingPii", "corpus_regions", "pii_findings", "planted_values", "resolve_regions", "sample_pii",
+           "tokenizer_normalizer", "training_pii_index"]
 
 
 def _nfkc(text: str) -> str:
@@ -126,7 +126,7 @@ def corpus_regions(corpus_dir: str | Path) -> tuple[str, ...]:
     return parse_regions(locales) if isinstance(locales, list) and locales else ()
 
 
-def audit_regions(setting: str | Iterable[str] | None, corpus_dir: str | Path | None = None) -> tuple[str, ...]:
+def resolve_regions(setting: str | Iterable[str] | None, corpus_dir: str | Path | None = None) -> tuple[str, ...]:
     """The phone regions an audit uses: ``setting`` when given, else the corpus's own locales
     (:func:`corpus_regions`) followed by :data:`llm_mia.pii.DEFAULT_REGIONS`."""
     if setting:
