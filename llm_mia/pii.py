@@ -474,21 +474,39 @@ def _national_reading(raw: str, number: phonenumbers.PhoneNumber, region: str, r
     code "0217-7403"), and an invalid but well-grouped one only with its trunk prefix (GB's drama
     range "07700 900123", not an 8-digit local "4825-4212" in BR).
     """
-    want = _national_groups(number)
     written = _DIGITS.findall(raw)
-    fits = len(want) > 1 and written[:len(want)] == want
-    unformatted = raw.isdigit()
-    if fits and ri == 0:
-        return (0, ri)
-    valid = _valid(number, region)
     if ri == 0:
-        return None if unformatted and not (valid or _nanp_shaped(number)) else (1, not valid, ri)
+        want = _national_groups(number)
+        if len(want) > 1 and written[:len(want)] == want:
+            return (0, ri)
+        valid = _valid(number, region)
+        return None if raw.isdigit() and not (valid or _nanp_shaped(number)) else (1, not valid, ri)
     trunk = _with_trunk_prefix(raw, number, region)
-    if fits:
-        return (0, ri) if valid or trunk else None
-    if valid and trunk and (unformatted or written[0] == want[0]):
+    valid = None
+    if not trunk:  # only a valid number grouped as written
+        valid = _valid(number, region)
+        if not valid:
+            return None
+    want = _national_groups(number)
+    if len(want) > 1 and written[:len(want)] == want:
+        return (0, ri)
+    if trunk and (raw.isdigit() or written[0] == want[0]) and (valid if valid is not None else _valid(number, region)):
         return (1, False, ri)
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _always_trunk(region: str) -> bool:
+    """Every number type's example number in ``region`` is written nationally with its trunk
+    prefix (GB, FR: "0..."; not DE, whose UAN example "16412345" has none, nor the US)."""
+    trunk = _trunk_prefix(region)
+    if not trunk or trunk == "1":
+        return False
+    for t in range(phonenumbers.PhoneNumberType.VOICEMAIL + 1):
+        n = phonenumbers.example_number_for_type(region, t)
+        if n is not None and not phonenumbers.format_number(n, PhoneNumberFormat.NATIONAL).lstrip("(").startswith(trunk):
+            return False
+    return True
 
 
 def _phone_hits(text: str, regions: Sequence[str], claimed: Sequence[tuple[int, int]] = ()) -> list[PiiHit]:
@@ -505,16 +523,26 @@ def _phone_hits(text: str, regions: Sequence[str], claimed: Sequence[tuple[int, 
         # Rewrite "001" (3 chars) as " +1" (3 chars) so offsets are unchanged; remember where.
         idd = {m.start() for m in _IDD_001.finditer(window)}
         scan = _IDD_001.sub(" +1", window) if idd else window
-        settled: list[tuple[int, int]] = []  # first-region spans read as written (or international)
+        settled: list[tuple[int, int]] = []  # spans read as written (or international) by some region
         for ri, region in enumerate(regions):
-            if ri and all(any(x <= s and e <= y for x, y in settled) for s, e in stretches):
-                break
-            for m in PhoneNumberMatcher(scan, region, leniency=Leniency.POSSIBLE):
-                start, end = m.start, m.end
+            spans = [(a, b)]
+            if ri:  # later regions: only the stretches still open, each in its own window
+                open_ = [(s, e) for s, e in stretches if not any(x <= s and e <= y for x, y in settled)]
+                if _always_trunk(region):  # (GB, FR: a national number there starts with its "0")
+                    open_ = [(s, e) for s, e in open_ if text.startswith(_trunk_prefix(region), s)]
+                if not open_:
+                    continue
+                spans = [(a, b)] if len(open_) == len(stretches) else [
+                    (max(a, s - _CONTEXT_BEFORE), min(b, e + _CONTEXT_AFTER)) for s, e in open_]
+            for m, off in ((m, w0) for w0, w1 in spans
+                           for m in PhoneNumberMatcher(scan[w0 - a:w1 - a], region, leniency=Leniency.POSSIBLE)):
+                start, end = m.start + off - a, m.end + off - a  # (in scan)
                 intl = scan[start] == "+"
                 if start - 1 in idd and intl:
                     start -= 1  # include the "001" of the original text
                 start, end = start + a, end + a
+                if ri and (start, end) in best and best[(start, end)][0][0] == 0:
+                    continue  # an earlier region already reads it as written
                 if _in_decimal(text, start, end) or (start and text[start - 1].isalnum()) or _in_digit_run(text, start, end):
                     continue  # part of a decimal number or a longer run of digit groups, or glued to a word
                 raw, number = text[start:end], m.number
@@ -527,7 +555,7 @@ def _phone_hits(text: str, regions: Sequence[str], claimed: Sequence[tuple[int, 
                     key, where = _national_reading(raw, number, region, ri), region
                     if key is None:
                         continue
-                if ri == 0 and key[0] == 0:
+                if key[0] == 0:  # read as written: no later region reads this stretch better
                     settled.append((start, end))
                 if (start, end) in best and best[(start, end)][0] <= key:
                     continue

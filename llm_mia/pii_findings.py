@@ -94,7 +94,7 @@ def training_pii_index(train_texts: str | Iterable[str], *, normalizer: Callable
         regions: phone regions (:func:`llm_mia.pii.parse_regions`), the same as for the samples.
 
     Returns:
-        :class:`TrainingPii`. Linear in the corpus size; about 2 s per MB of text on one core.
+        :class:`TrainingPii`. Linear in the corpus size: 0.2 s for the demo corpus's 270 k characters on one core.
     """
     norm = normalizer or _nfkc
     texts = [norm(t) for t in ([train_texts] if isinstance(train_texts, str) else train_texts)]

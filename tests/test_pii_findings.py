@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
+from conftest import make_tiny_gpt2, run_cli
 
 from llm_mia.pii import DEFAULT_REGIONS
 from llm_mia.pii_findings import (corpus_regions, pii_findings, planted_values, resolve_regions, sample_pii,
@@ -115,8 +116,6 @@ def test_t3_12a_through_extract_samples_and_findings_agree(nfkc_t1, tmp_path):
     from llm_mia.extract import ExtractConfig, extract, sample
     from llm_mia.models.loading import from_objects
 
-    from conftest import make_tiny_gpt2
-
     lm = from_objects(make_tiny_gpt2(len(nfkc_t1)), nfkc_t1)
     ids = nfkc_t1(T3_12_DOC, add_special_tokens=False)["input_ids"]
     cfg = ExtractConfig(num_samples=1, seed=0, max_new_tokens=len(ids), top_n=1, progress=False, resume=True,
@@ -200,3 +199,10 @@ def test_regions_of_the_corpus_come_first(tmp_path):
     assert corpus_regions(tmp_path) == ("GB", "ES")
     assert resolve_regions(None, tmp_path) == ("GB", "ES", *[r for r in DEFAULT_REGIONS if r != "GB"])
     assert corpus_regions(tmp_path / "none") == ()
+
+
+@pytest.mark.parametrize("cmd", ["extract", "audit"])
+def test_pii_regions_option_is_checked_before_any_model_work(cmd, tmp_path, capsys):
+    args = [cmd, "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o"), "--pii-regions", "GB,XX"]
+    code, _, err = run_cli(args + (["--corpus", str(tmp_path)] if cmd == "audit" else []), capsys)
+    assert code == 2 and "unknown phone region 'XX'" in err and "model" not in err
