@@ -47,6 +47,7 @@ class AuditConfig:
     memorized_min_tokens: int = 50
     show_secrets: bool = False
     progress: bool = True
+    pii_regions: tuple[str, ...] | None = None  # phone regions; None: the corpus's locales + llm_mia.pii.DEFAULT_REGIONS
     extract: ExtractConfig = field(default=None)  # filled from the fields above
 
     def __post_init__(self) -> None:
@@ -281,6 +282,9 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     secrets = load_secrets(corpus / "secrets.json")
     if not train:
         raise LlmMiaError(f"{corpus / 'train.jsonl'} holds no documents")
+    from llm_mia.pii_findings import resolve_regions
+
+    regions = resolve_regions(cfg.pii_regions, corpus)  # (a bad region fails before any model work)
     target = load_model(str(model_path))
     reference = load_model(str(reference_path)) if reference_path else None
     out = Path(out_dir)
@@ -292,7 +296,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
                          top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
                          prompt_source=cfg.prompt_source or str(corpus / "heldout.jsonl"), resume=True,
-                         show_secrets=cfg.show_secrets)
+                         show_secrets=cfg.show_secrets, pii_regions=regions)
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)
 
@@ -314,9 +318,11 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         membership["reference_excluded"] = REFERENCE_EXCLUDED
     timings["membership_s"] = round(time.time() - t, 1)
     t = time.time()
-    from llm_mia.pii_findings import pii_findings
+    from llm_mia.pii_findings import pii_findings, tokenizer_normalizer
 
-    pii = pii_findings(read_clear(out / "extract", "samples.jsonl"), secrets, "\n\n".join(train))
+    # the hits extract wrote into samples.jsonl (its clear copy): one PII pass, one detector set
+    pii = pii_findings(read_clear(out / "extract", "samples.jsonl"), secrets, train, regions=regions,
+                       normalizer=tokenizer_normalizer(target.tokenizer), presidio=ecfg.pii_presidio)
     timings["pii_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 

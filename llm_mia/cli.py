@@ -118,6 +118,9 @@ def extract(
     show_secrets: bool = typer.Option(False, "--show-secrets",
                                       help="samples.jsonl / top.jsonl in clear text (default: redacted; clear copies in --out/private/)."),
     device: Optional[str] = typer.Option(None, "--device"),
+    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
+                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
 ):
     """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
 
@@ -125,11 +128,14 @@ def extract(
     from llm_mia import io
     from llm_mia.extract import ExtractConfig, extract as run
     from llm_mia.models.loading import load_model
+    from llm_mia.pii_findings import resolve_regions
     from llm_mia.secrets import load_secrets
 
+    regions = resolve_regions(pii_regions, corpus)  # checked before any model work
     cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                         prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size, top_n=top_n,
-                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets)  # checks options
+                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets,
+                        pii_regions=regions)  # checks options
     io.check_output_dir(out)
     train_texts, secrets = None, []
     if corpus is not None:
@@ -245,6 +251,9 @@ def audit(
     sarif: Optional[Path] = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
                                          "(GitHub code scanning) to this file."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
+    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
+                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md, report.json and modelcard.md; with --policy, gate the release on the result.
@@ -252,6 +261,7 @@ def audit(
     Exit 0 = pass (or no policy), 1 = a limit exceeded, 2 = error, 3 = inconclusive (the audit could
     not have detected a leak; 0 when the policy sets allow_inconclusive)."""
     from llm_mia.audit import AuditConfig, run_audit, run_demo
+    from llm_mia.pii import parse_regions
 
     mode = "compare-defenses" if compare_defenses else "compare" if compare else "demo" if demo else "audit"
     if compare_defenses and not demo:
@@ -259,6 +269,7 @@ def audit(
     _refuse_unused(ctx, mode)
     if (sarif or junit) and policy is None:
         raise LlmMiaError("--sarif and --junit report a release gate's verdict: add --policy")
+    regions = parse_regions(pii_regions) if pii_regions else None  # checked before any model work
     pol = None
     if policy is not None:
         from llm_mia.policy import load_policy
@@ -271,7 +282,8 @@ def audit(
 
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
-                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length)
+                      prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length,
+                      pii_regions=regions)
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
                        quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol)
@@ -297,7 +309,7 @@ def audit(
 #: The audit options each mode uses (every other one given on the command line is refused).
 _COMMON = {"out", "seed"}
 _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit", "show_secrets", "policy",
-                "membership_docs", "length"}
+                "membership_docs", "length", "pii_regions"}
 _MODE_OPTIONS = {
     "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "reference", "sarif", "junit"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},

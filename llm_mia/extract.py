@@ -89,6 +89,8 @@ class ExtractConfig:
     prompt_tokens: tuple[int, int] = (5, 10)  # internet: span length, inclusive bounds
     dedup: bool = True
     resume: bool = False  # continue the samples already in out_dir/private/shards (else: refuse a used folder)
+    pii_regions: tuple[str, ...] | None = None  # phone regions of the PII pass; None: llm_mia.pii.DEFAULT_REGIONS
+    pii_presidio: bool = True  # Presidio's names / locations in the PII pass when installed
     progress: bool = True
     show_secrets: bool = False  # samples.jsonl / top.jsonl in clear text (default: redacted like the reports)
 
@@ -537,15 +539,14 @@ def read_clear(out_dir: str | os.PathLike, name: str) -> list[dict]:
 
 def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: ExtractConfig, sigs) -> dict:
     from llm_mia.dedup import dedup
-    from llm_mia.index import CorpusIndex, text_occurrences
-    from llm_mia.pii import find_pii
+    from llm_mia.index import CorpusIndex
+    from llm_mia.pii_findings import sample_pii, tokenizer_normalizer, training_pii_index
 
     tok = target.tokenizer
-    index = None
-    train_blob = ""
+    index = pii_index = None
     if train_texts is not None:
         index = CorpusIndex.from_texts(list(train_texts), tok)
-        train_blob = "\n\n".join(train_texts)
+        pii_index = training_pii_index(train_texts, normalizer=tokenizer_normalizer(tok), regions=cfg.pii_regions)
     protect_vals = [s.secret for s in secrets]
 
     def protect(text: str) -> set[str]:
@@ -576,9 +577,7 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
             row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
             row["memorized"] = None
         row["secrets"] = [s.id for s in secrets if s.secret in text]
-        row["pii"] = [{"type": h.type, "value": h.value, "start": h.start, "end": h.end,
-                       "train_count": text_occurrences(train_blob, h.value) if train_texts is not None else None}
-                      for h in find_pii(text)]
+        row["pii"] = sample_pii(text, pii_index, regions=cfg.pii_regions, presidio=cfg.pii_presidio)  # the one PII pass
         samples.append(row)
     _write_samples(out, "samples.jsonl", samples, secrets, cfg.show_secrets)
 

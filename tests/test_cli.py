@@ -105,7 +105,10 @@ def test_audit_cli_writes_report_with_redacted_secrets(built, tmp_path, capsys):
         assert isinstance(r["greedy_extracted"], bool)
     assert set(report["extraction"]["rankings"]) == {"perplexity", "zlib", "lowercase", "window"}
     assert "auc" in report["membership"]["signals"]["loss"]
+    # one PII pass: the report's PII table is built from the hits samples.jsonl holds
+    assert report["pii"]["n_hits"] == sum(len(json.loads(x)["pii"]) for x in (out / "extract" / "samples.jsonl").open())
     md = (out / "report.md").read_text()
+    assert "phone regions US, GB, DE, FR, IN, BR" in md  # the corpus records no locales: the default
     assert "## Planted secrets" in md and "## Extraction" in md
     assert "![exposure against insertion count](exposure.png)" in md and (out / "exposure.png").exists()
     for r in report["secrets"]:

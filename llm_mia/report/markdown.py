@@ -196,6 +196,7 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
         out += ["## PII in the samples", "",
                 f"Detectors: {', '.join(det['patterns'])}"
                 + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"] else f" (patterns only: {det['presidio_note']})")
+                + (f"; phone regions {', '.join(det['phone_regions'])}" if det.get("phone_regions") else "")
                 + ".", "",
                 f"{pii['n_hits']} hits, {pii['n_values']} distinct values, {pii['extracted_training_values']} of them "
                 f"training data. Planted PII (Lukas et al. 2023): precision {_fmt(pl['precision'], 3)} "
