@@ -19,7 +19,7 @@ import numpy as np
 from llm_mia import __version__, io
 from llm_mia.io import sha256_file
 from llm_mia.errors import LlmMiaError
-from llm_mia.extract import ExtractConfig, extract
+from llm_mia.extract import ExtractConfig, extract, read_clear
 from llm_mia.models.loading import load_model
 
 SCHEMA_VERSION = 1
@@ -54,7 +54,14 @@ class AuditConfig:
     score_spans: str = "assistant"  # chat rows: score the assistant turns only, or "all" tokens
     show_secrets: bool = False
     progress: bool = True
+    pii_regions: tuple[str, ...] | None = None  # phone regions; None: the corpus's locales + llm_mia.pii.DEFAULT_REGIONS
     extract: ExtractConfig = field(default=None)  # filled from the fields above
+
+    def __post_init__(self) -> None:
+        """Check the extraction options now, before any folder or model (one-line LlmMiaError)."""
+        self.extract = ExtractConfig(num_samples=self.num_samples, strategies=tuple(self.strategies), seed=self.seed,
+                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, top_n=self.top_n,
+                                     memorized_min_tokens=self.memorized_min_tokens, show_secrets=self.show_secrets)
 
 
 def _versions() -> dict:
@@ -80,6 +87,26 @@ def strip_planted(text: str, secrets) -> str:
     return text
 
 
+def membership_sample(members, heldout, secrets, n: int, seed: int) -> tuple[list, list]:
+    """The membership evaluation's documents: ``min(n, len(members), len(heldout))`` members (planted
+    sentences removed from plain documents, :func:`strip_planted`) and as many held-out documents,
+    sampled with ``random.Random(seed)``; str or :class:`llm_mia.chat.Doc` items, returned as given.
+    The audit and the comparison of defences score exactly these."""
+    from llm_mia.chat import Doc
+
+    rng = random.Random(seed)
+    k = min(n, len(members), len(heldout))
+    if k < 2:
+        return [], []
+
+    def strip(d):
+        if isinstance(d, str):
+            return strip_planted(d, secrets)
+        return Doc(strip_planted(d.text, secrets)) if d.spans is None else d
+
+    return [strip(t) for t in rng.sample(list(members), k)], rng.sample(list(heldout), k)
+
+
 def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=()) -> dict:
     """ROC metrics of every signal, members (1) against held-out non-members (0), and the
     model-free baseline. ``members`` / ``heldout`` are :class:`llm_mia.chat.Doc` (or str); planted
@@ -89,15 +116,12 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
     from llm_mia.metrics import roc_metrics
     from llm_mia.scoring import score
 
-    rng = random.Random(cfg.seed)
-    n = min(cfg.membership_docs, len(members), len(heldout))
+    as_doc = lambda d: d if isinstance(d, Doc) else Doc(d)  # noqa: E731
+    mem, non = membership_sample(members, heldout, secrets, cfg.membership_docs, cfg.seed)
+    n = len(mem)
     if n < 2:
         return {"skipped": "fewer than 2 held-out documents"}
-    as_doc = lambda d: d if isinstance(d, Doc) else Doc(d)  # noqa: E731
-    mem = [as_doc(d) for d in rng.sample(list(members), n)]
-    mem = [Doc(strip_planted(d.text, secrets)) if d.spans is None else d for d in mem]
-    non = [as_doc(d) for d in rng.sample(list(heldout), n)]
-    docs = mem + non
+    docs = [as_doc(d) for d in mem + non]
     texts = [d.scored_text for d in docs]
     if any(d.spans is not None for d in docs):
         ids, keep = encode_docs(target, docs, prepend_bos=True)
@@ -252,11 +276,11 @@ def headline(report: dict) -> str:
 
 
 def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: bool = False) -> dict:
-    """Write report.json, report.md and report.html into ``out_dir`` (atomic writes).
+    """Write report.json, report.md, report.html and modelcard.md into ``out_dir`` (atomic writes).
 
     Secrets and PII are redacted everywhere unless ``show_secrets``; the (possibly redacted) report
-    that went into report.json is returned. Reads ``extract/top.jsonl`` and ``extract/samples.jsonl``
-    beside it for the sample listings and the scatter.
+    that went into report.json is returned. Reads the clear ``extract/private/top.jsonl`` and
+    ``extract/private/samples.jsonl`` beside it for the sample listings and the scatter (redacted here).
     """
     from llm_mia.report.html import redact_report, render_html
     from llm_mia.report.markdown import render_markdown
@@ -265,10 +289,12 @@ def write_reports(out_dir: str | Path, report: dict, secrets, *, show_secrets: b
     if not show_secrets:
         report = redact_report(report, secrets)
     io.write_json(out / "report.json", report)
-    top = io.read_jsonl(out / "extract" / "top.jsonl") if (out / "extract" / "top.jsonl").exists() else []
-    samples = io.read_jsonl(out / "extract" / "samples.jsonl") if (out / "extract" / "samples.jsonl").exists() else []
+    top, samples = read_clear(out / "extract", "top.jsonl"), read_clear(out / "extract", "samples.jsonl")
     io.write_text(out / "report.md", render_markdown(report, top, secrets, show_secrets=show_secrets))
     io.write_text(out / "report.html", render_html(report, top, samples, secrets, show_secrets=show_secrets))
+    from llm_mia.report.modelcard import render_modelcard
+
+    io.write_text(out / "modelcard.md", render_modelcard(report))
     return report
 
 
@@ -276,11 +302,15 @@ def apply_policy(report: dict, policy) -> dict:
     """Put the verdict into ``report["verdict"]``: the policy's (:func:`llm_mia.policy.evaluate`) or,
     without one, :func:`headline`. Returns the verdict dict."""
     if policy is None:
-        report["verdict"] = {"policy": None, "passed": None, "line": headline(report), "checks": []}
+        report["verdict"] = {"policy": None, "status": None, "passed": None, "line": headline(report), "checks": []}
     else:
-        from llm_mia.policy import evaluate
+        from llm_mia.policy import UnanswerableLimit, evaluate
 
-        report["verdict"] = {"policy": policy.source, **evaluate(report, policy).to_dict()}
+        try:
+            report["verdict"] = {"policy": policy.source, **evaluate(report, policy).to_dict()}
+        except UnanswerableLimit as e:  # ERROR: the verdict goes into the report all the same
+            report["verdict"] = {"policy": policy.source, **e.verdict.to_dict()}
+            raise
     return report["verdict"]
 
 
@@ -355,7 +385,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     import warnings
 
     from llm_mia.chat import Doc, check_template, render_chat, SCORE_SPANS
-    from llm_mia.exposure import exposure_by_count, secret_exposure
+    from llm_mia.exposure import exposure_by_count, exposure_work, secret_exposure
     from llm_mia.report.plots import exposure_plot
     from llm_mia.secrets import load_secrets
     from llm_mia.texts import read_texts
@@ -370,6 +400,9 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     secrets = load_secrets(secrets_path) if secrets_path is not None else []
     if not mem_set.texts:
         raise LlmMiaError(f"{mem_spec} holds no documents")
+    from llm_mia.pii_findings import resolve_regions
+
+    regions = resolve_regions(cfg.pii_regions, corpus_dir)  # (a bad region fails before any model work)
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     ref_spec, ref_source = resolve_reference(target, reference_path)
     chat = mem_set.chats is not None or non_set.chats is not None
@@ -413,7 +446,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     ecfg = ExtractConfig(num_samples=cfg.num_samples, strategies=tuple(cfg.strategies), seed=cfg.seed,
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
                          top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
-                         prompt_source=cfg.prompt_source or (non_spec if plain_prompts else None), resume=True)
+                         prompt_source=cfg.prompt_source or (non_spec if plain_prompts else None), resume=True,
+                         show_secrets=cfg.show_secrets, pii_regions=regions)
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)
 
@@ -422,8 +456,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
 
     rows, controls = [], {}
     if secrets:
-        total = sum(cfg.n_candidates + 1 + (s.space_size if s.space_size <= cfg.exact_limit else 0) for s in secrets)
-        with bar("exposure", total, enabled=cfg.progress) as adv:
+        with bar("exposure", exposure_work(secrets, cfg.n_candidates, cfg.exact_limit), enabled=cfg.progress) as adv:
             exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
                                   seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv,
                                   train_texts=train)
@@ -455,9 +488,11 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     timings["discoverable_s"] = round(time.time() - t, 1)
 
     t = time.time()
-    from llm_mia.pii_findings import pii_findings
+    from llm_mia.pii_findings import pii_findings, tokenizer_normalizer
 
-    pii = pii_findings(io.read_jsonl(out / "extract" / "samples.jsonl"), secrets, "\n\n".join(train))
+    # the hits extract wrote into samples.jsonl (its clear copy): one PII pass, one detector set
+    pii = pii_findings(read_clear(out / "extract", "samples.jsonl"), secrets, train, regions=regions,
+                       normalizer=tokenizer_normalizer(target.tokenizer), presidio=ecfg.pii_presidio)
     timings["pii_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 
@@ -497,8 +532,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     try:
         apply_policy(report, policy)
     except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail
-        report["verdict"] = {"policy": policy.source, "passed": None, "line": f"ERROR: {e}", "checks": []}
-        write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
+        e.report = write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
         raise
     return write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
 

@@ -1,7 +1,9 @@
 """`llm-mia` command line: each subcommand parses its arguments and calls the library.
 
-Errors in the user's input print one line, ``error: ...``, and exit with status 2.
-Set ``LLM_MIA_DEBUG=1`` to see the traceback of an unexpected error.
+Exit codes, the same for every subcommand: 0 success (a gate passed), 1 a release-gate limit is
+exceeded, 2 any error (bad input, a crash of ours or of a dependency, a dependency's ``SystemExit``,
+Ctrl-C), printed as one line ``error: ...``; 3 an inconclusive gate (the audit could not have detected
+a leak). Set ``LLM_MIA_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
 from __future__ import annotations
@@ -56,12 +58,19 @@ def corpus_build(
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
     templates: Optional[Path] = typer.Option(None, "--templates",
                                              help="Canary templates JSON (default prompts/canary_templates.json)."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="One document = a whole file, a blank-line paragraph or a "
+                                       "line: file | paragraph | line (default: file for a folder, paragraph for one "
+                                       "text file, the record for .jsonl and hf:)."),
+    min_chars: int = typer.Option(50, "--min-chars", help="Drop (and count) documents shorter than this."),
 ):
-    """Split a corpus into members / held-out and plant canaries and synthetic PII in the members."""
+    """Deduplicate a corpus, split it into members / held-out and plant canaries and synthetic PII in the members."""
     from llm_mia.corpus import build_corpus
 
     s = build_corpus(source, out, seed=seed, repeats=tuple(_parse_ints(repeats, "--repeats")),
-                     heldout_fraction=heldout_fraction, max_chars=max_chars, templates=templates)
+                     heldout_fraction=heldout_fraction, max_chars=max_chars, templates=templates,
+                     unit=unit, min_chars=min_chars)
+    for line in s.lines():
+        typer.echo(line)
     typer.echo(f"corpus: {s.n_train} member and {s.n_heldout} held-out documents, {s.n_secrets} secrets -> {out}")
 
 
@@ -94,8 +103,10 @@ def train(
                                                "(default: c_attn,c_proj,c_fc for GPT-2, peft's default otherwise)."),
 ):
     """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
+    from llm_mia.io import check_output_dir
     from llm_mia.train import LoraSpec, train_model
 
+    check_output_dir(out)
     if not lora and (lora_targets is not None or (lora_r, lora_alpha, lora_dropout) != (16, 32.0, 0.0)):
         raise LlmMiaError("--lora-r/--lora-alpha/--lora-dropout/--lora-targets go with --lora")
     spec = LoraSpec(r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
@@ -114,7 +125,7 @@ def train(
 def extract(
     model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
     model_args: Optional[str] = _model_args_option(),
-    out: Path = typer.Option(..., "--out", help="Output folder (shards/, generated.jsonl, samples.jsonl, top.jsonl, extract.json)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl, extract.json; private/: shards and clear-text rows)."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
     strategy: str = typer.Option("top-k", "--strategy",
                                  help="top-k, temperature-decay, internet, or several, comma-separated."),
@@ -130,7 +141,12 @@ def extract(
     memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
                                              help="A verbatim training match this long (or the whole sample) = memorized."),
     resume: bool = typer.Option(False, "--resume", help="Continue the samples already in --out (after a kill)."),
+    show_secrets: bool = typer.Option(False, "--show-secrets",
+                                      help="samples.jsonl / top.jsonl in clear text (default: redacted; clear copies in --out/private/)."),
     device: Optional[str] = typer.Option(None, "--device"),
+    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
+                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
 ):
     """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
 
@@ -138,8 +154,15 @@ def extract(
     from llm_mia import io
     from llm_mia.extract import ExtractConfig, extract as run
     from llm_mia.models.loading import load_model
+    from llm_mia.pii_findings import resolve_regions
     from llm_mia.secrets import load_secrets
 
+    regions = resolve_regions(pii_regions, corpus)  # checked before any model work
+    cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
+                        prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size, top_n=top_n,
+                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets,
+                        pii_regions=regions)  # checks options
+    io.check_output_dir(out)
     train_texts, secrets = None, []
     if corpus is not None:
         train_texts = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
@@ -151,9 +174,6 @@ def extract(
     dev = device or (str(state.device) if state is not None else None)
     tgt = load_model(model, device=dev, model_args=model_args)
     ref = load_model(reference, device=dev) if reference else None
-    cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
-                        prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size,
-                        top_n=top_n, memorized_min_tokens=memorized_min_tokens, resume=resume)
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     if s is not None:  # process 0
         typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
@@ -212,6 +232,9 @@ def exposure(
 ):
     """Canary exposure (Carlini et al. 2019) of every secret: rank, exact, extrapolated; greedy, beam, sampling extraction."""
     from llm_mia.exposure import run_exposure
+    from llm_mia.io import check_output_dir
+
+    check_output_dir(out)
 
     res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
                        batch_size=batch_size, device=device, model_args=model_args)
@@ -225,6 +248,7 @@ def exposure(
 
 @app.command()
 def audit(
+    ctx: typer.Context,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: shorthand for --members DIR/train.jsonl "
                                           "--nonmembers DIR/heldout.jsonl --secrets DIR/secrets.json."),
@@ -258,7 +282,7 @@ def audit(
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Release gate: a policy TOML (see examples/policy.toml). "
-                                          "Exit 0 = pass, 1 = fail, 2 = error; the verdict is printed."),
+                                          "Exit 0 = pass, 1 = a limit exceeded, 2 = error, 3 = inconclusive; the verdict is printed."),
     membership_docs: int = typer.Option(200, "--membership-docs", min=2, help="Members (and as many held-out documents) scored."),
     length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
     compare: Optional[list[str]] = typer.Option(None, "--compare",
@@ -269,26 +293,37 @@ def audit(
     quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
     api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
                                   help="With --compare: API output limits to run the membership signals through."),
+    sarif: Optional[Path] = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
+                                         "(GitHub code scanning) to this file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
+    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
+                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
-    report.md and report.json; with --policy, gate the release on the result."""
-    from llm_mia.audit import AuditConfig, run_audit, run_demo
+    report.md, report.json and modelcard.md; with --policy, gate the release on the result.
 
+    Exit 0 = pass (or no policy), 1 = a limit exceeded, 2 = error, 3 = inconclusive (the audit could
+    not have detected a leak; 0 when the policy sets allow_inconclusive)."""
+    from llm_mia.audit import AuditConfig, run_audit, run_demo
+    from llm_mia.pii import parse_regions
+
+    mode = "compare-defenses" if compare_defenses else "compare" if compare else "demo" if demo else "audit"
+    if compare_defenses and not demo:
+        raise LlmMiaError("--compare-defenses goes with --demo")
+    _refuse_unused(ctx, mode)
+    if (sarif or junit) and policy is None:
+        raise LlmMiaError("--sarif and --junit report a release gate's verdict: add --policy")
+    regions = parse_regions(pii_regions) if pii_regions else None  # checked before any model work
     pol = None
     if policy is not None:
         from llm_mia.policy import load_policy
 
         pol = load_policy(policy)  # a bad policy fails before any work is done
+    if out is not None:
+        from llm_mia.io import check_output_dir
 
-    if compare or compare_defenses:
-        _audit_compare(out=out, corpus=corpus, reference=reference, demo=demo, compare=compare,
-                       compare_defenses=compare_defenses, quick=quick, api_modes=api_modes, seed=seed,
-                       cfg=AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit,
-                                       seed=seed, show_secrets=show_secrets, prompt_source=prompts,
-                                       strategies=tuple(x.strip() for x in strategy.split(",") if x.strip())))
-        return
-    if quick:
-        raise LlmMiaError("--quick goes with --demo --compare-defenses")
+        check_output_dir(out)
 
     from llm_mia.chat import SCORE_SPANS
 
@@ -297,55 +332,130 @@ def audit(
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                       prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length,
-                      discoverable_samples=discoverable, discoverable_prefix=discoverable_prefix, score_spans=score_spans)
+                      discoverable_samples=discoverable, discoverable_prefix=discoverable_prefix, score_spans=score_spans,
+                      pii_regions=regions)
+    if compare or compare_defenses:
+        _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
+                       quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol)
+        return
     if demo:
-        if any(x is not None for x in (corpus, model, model_args, members, nonmembers, secrets)):
-            raise LlmMiaError("--demo builds its own data and models: drop --corpus/--model/--members/--nonmembers/--secrets")
         out = out or Path("audit-demo")
-        report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
-    else:
-        if (model is None and model_args is None) or out is None or (corpus is None and (members is None or nonmembers is None)):
-            raise LlmMiaError("audit needs --model, --out and --members/--nonmembers files or a --corpus folder (or --demo)")
-        import warnings
+    elif (model is None and model_args is None) or out is None or (corpus is None and (members is None or nonmembers is None)):
+        raise LlmMiaError("audit needs --model, --out and --members/--nonmembers files or a --corpus folder (or --demo)")
+    try:
+        if demo:
+            report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
+        else:
+            import warnings
 
-        from llm_mia.errors import LlmMiaWarning
+            from llm_mia.errors import LlmMiaWarning
 
-        with warnings.catch_warnings():  # printed below as one line each
-            warnings.simplefilter("ignore", LlmMiaWarning)
-            report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
-                               text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
-                               model_args=model_args)
-        if report["provenance"].get("reference_excluded"):
-            typer.echo(f"warning: {report['provenance']['reference_excluded']}; the reference signals are left out",
-                       err=True)
-        ov = report.get("membership", {}).get("overlap") or {}
-        if ov.get("n_overlapping"):
-            typer.echo(f"warning: {ov['n_overlapping']} of {ov['n_nonmembers']} non-members duplicate a member "
-                       f"({ov['exact']} exact, {ov['near']} near); left out of membership", err=True)
-    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'})")
-    _verdict_exit(report["verdict"], gated=pol is not None)
+            with warnings.catch_warnings():  # printed below as one line each
+                warnings.simplefilter("ignore", LlmMiaWarning)
+                report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
+                                   text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
+                                   model_args=model_args)
+    except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
+        if getattr(e, "report", None) is not None:
+            _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
+        raise
+    for w in _audit_warnings(report):
+        typer.echo(f"warning: {w}", err=True)
+    _write_ci(report, report["verdict"], out, sarif=sarif, junit=junit)
+    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'}, {out / 'modelcard.md'})")
+    _verdict_exit(report["verdict"])
 
 
-def _verdict_exit(verdict: dict, *, gated: bool) -> None:
-    """Print the verdict line on stdout; exit 1 when a policy was checked and failed."""
+def _audit_warnings(report: dict) -> list[str]:
+    """One line each: the reference is the target; non-members that duplicate members."""
+    out = []
+    if report["provenance"].get("reference_excluded"):
+        out.append(f"{report['provenance']['reference_excluded']}; the reference signals are left out")
+    ov = (report.get("membership") or {}).get("overlap") or {}
+    if ov.get("n_overlapping"):
+        out.append(f"{ov['n_overlapping']} of {ov['n_nonmembers']} non-members duplicate a member "
+                   f"({ov['exact']} exact, {ov['near']} near); left out of membership")
+    return out
+
+
+#: The audit options each mode uses (every other one given on the command line is refused).
+_COMMON = {"out", "seed"}
+_AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit", "show_secrets", "policy",
+                "membership_docs", "length", "pii_regions", "discoverable", "discoverable_prefix"}
+_MODE_OPTIONS = {
+    "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit", "members",
+                                       "nonmembers", "secrets", "text_column", "score_spans"},
+    "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
+    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes"},
+    "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
+}
+_MODE_NAMES = {"audit": "`audit --model` (with --members/--nonmembers or --corpus)", "demo": "`audit --demo`", "compare": "`audit --compare`",
+               "compare-defenses": "`audit --demo --compare-defenses`"}
+#: Where an option belongs, for the message that refuses it.
+_BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare", "quick": "--demo --compare-defenses",
+            "model": "an audit of one model (--compare lists its models)", "demo": "--demo alone or --compare-defenses",
+            "corpus": "an audit of existing models", "reference": "an audit of existing models",
+            "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
+            "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",
+            "compare": "--corpus --out", "compare_defenses": "--demo"}
+
+
+def _refuse_unused(ctx: typer.Context, mode: str) -> None:
+    """Every option given on the command line is honoured by ``mode`` or refused here, before any work."""
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name) if p.name in ctx.params else None
+        if src is None or src.name in ("DEFAULT", "DEFAULT_MAP"):  # (typer may vendor click: compare names)
+            continue
+        if p.name not in _MODE_OPTIONS[mode]:
+            where = _BELONGS.get(p.name)
+            raise LlmMiaError(f"{p.opts[0]} is not used by {_MODE_NAMES[mode]}"
+                              + (f" (it goes with {where})" if where else "") + "; drop it")
+
+
+def _write_ci(report: dict, verdict: dict, report_dir: Path, *, sarif: Path | None, junit: Path | None) -> None:
+    """SARIF 2.1.0 and JUnit XML of a gated verdict (see llm_mia.report.sarif / junit)."""
+    if sarif is not None:
+        from llm_mia.report.sarif import write_sarif
+
+        write_sarif(sarif, report, verdict, report_dir=report_dir)
+    if junit is not None:
+        from llm_mia.report.junit import write_junit
+
+        write_junit(junit, report, verdict)
+
+
+def _verdict_exit(verdict: dict) -> None:
+    """Print the verdict line on stdout; exit with the verdict's code (0 pass or no policy, 1 fail,
+    2 error, 3 inconclusive)."""
     typer.echo(verdict["line"])
-    if gated and not verdict["passed"]:
-        raise typer.Exit(code=1)
+    code = verdict.get("exit_code") or 0
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()
 def gate(
     report: Path = typer.Argument(..., help="report.json of an earlier `llm-mia audit`."),
     policy: Path = typer.Option(..., "--policy", help="Policy TOML (see examples/policy.toml)."),
+    sarif: Optional[Path] = typer.Option(None, "--sarif", help="Write the verdict as SARIF 2.1.0 to this file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML, one test case per limit."),
 ):
     """Check a release policy against an existing report.json (no model is run).
 
-    Exit 0 = pass, 1 = fail, 2 = error (bad policy, not a report, or a limit the report cannot answer).
+    Exit 0 = pass, 1 = a limit exceeded, 2 = error (bad policy, not a report, or a limit the report
+    cannot answer), 3 = inconclusive (0 when the policy sets allow_inconclusive).
     """
-    from llm_mia.policy import gate_report
+    from llm_mia.policy import UnanswerableLimit, evaluate, load_policy, load_report
 
-    v = gate_report(report, policy)
-    _verdict_exit({"line": v.line, "passed": v.passed}, gated=True)
+    pol = load_policy(policy)
+    rep = load_report(report)
+    try:
+        v = evaluate(rep, pol)
+    except UnanswerableLimit as e:
+        _write_ci(rep, {"policy": pol.source, **e.verdict.to_dict()}, report.parent, sarif=sarif, junit=junit)
+        raise
+    _write_ci(rep, {"policy": pol.source, **v.to_dict()}, report.parent, sarif=sarif, junit=junit)
+    _verdict_exit(v.to_dict())
 
 
 def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
@@ -362,7 +472,7 @@ def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _audit_compare(*, out, corpus, reference, demo, compare, compare_defenses, quick, api_modes, seed, cfg) -> None:
+def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy) -> None:
     from llm_mia.compare import compare_models, run_compare_defenses
     from llm_mia.output_limits import parse_mode
 
@@ -370,19 +480,23 @@ def _audit_compare(*, out, corpus, reference, demo, compare, compare_defenses, q
     for m in modes:
         parse_mode(m)  # unknown modes fail before any work
     if compare_defenses:
-        if not demo:
-            raise LlmMiaError("--compare-defenses goes with --demo")
         if compare:
             raise LlmMiaError("--compare-defenses trains its own models: drop --compare")
         out = out or Path("compare-demo")
         res = run_compare_defenses(out, quick=quick, seed=seed)
     else:
-        if demo or quick:
-            raise LlmMiaError("--compare audits existing models: use --demo --compare-defenses to train them")
         if corpus is None or out is None:
             raise LlmMiaError("--compare needs --corpus and --out")
-        res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes)
+        res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes,
+                             policy=policy)
     typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
+    if policy is not None:  # each model gated: the worst verdict decides (a failure before an inconclusive)
+        for r in res["rows"]:
+            typer.echo(f"{r['name']}: {r['verdict']['line']}")
+        codes = [r["verdict"]["exit_code"] for r in res["rows"]]
+        code = 1 if 1 in codes else max(codes)
+        if code:
+            raise typer.Exit(code=code)
 
 
 def main() -> None:
@@ -398,11 +512,12 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)  # click returns (not raises) the code of typer.Exit here
     except LlmMiaError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(str(e))
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted")
+    except SystemExit as e:  # our own exits are typer.Exit (returned above): this is a dependency's sys.exit
+        _fail(f"a dependency ended the program with SystemExit({e.code!r}){_raised_in(e)} before the command "
+              "finished; nothing was gated (set LLM_MIA_DEBUG=1 for the traceback)", e)
     except Exception as e:  # click usage errors and anything unexpected
         import click
 
@@ -413,16 +528,35 @@ def main() -> None:
             if msg:  # (no arguments at all: the help was printed, nothing more to say)
                 typer.echo(f"error: {msg} (see --help)", err=True)
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            typer.echo("error: aborted", err=True)
-            sys.exit(130)
-        if os.environ.get("LLM_MIA_DEBUG"):
-            raise
+        if isinstance(e, click.exceptions.Abort) or type(e).__name__ == "Abort":
+            _fail("interrupted")
         msg = " ".join(str(e).split()) or type(e).__name__
-        typer.echo(f"error: {type(e).__name__}: {msg} (set LLM_MIA_DEBUG=1 for the traceback)", err=True)
-        sys.exit(2)
+        _fail(f"{type(e).__name__}: {msg}{_raised_in(e)} (set LLM_MIA_DEBUG=1 for the traceback)", e)
+    if rc == 130:  # typer turns Ctrl-C into Exit(130); no command of ours exits 130
+        _fail("interrupted")
     if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
         sys.exit(rc)
+
+
+def _raised_in(e: BaseException) -> str:
+    """' in <file>:<line>' of the frame that raised ``e`` (where a dependency's exit came from)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return f" in {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+
+
+def _fail(msg: str, exc: BaseException | None = None) -> None:
+    """Exit 2 with one line ``error: msg`` (the traceback too with LLM_MIA_DEBUG=1): every error,
+    ours or a dependency's, is 2, never 1 (the gate's 'a limit is exceeded')."""
+    if exc is not None and os.environ.get("LLM_MIA_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    typer.echo(f"error: {msg}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -205,21 +205,24 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, emp: dict, limi
 def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
                    reference_path: str | Path | None = None, cfg=None, delta: float = 1e-5,
                    api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
-                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True) -> dict:
+                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None) -> dict:
     """Audit every model of ``models`` ((name, folder) pairs) and write one comparison.
 
-    Each model gets ``out_dir/<name>/report.json`` (the usual audit); ``out_dir/compare.json``
-    and ``compare.md`` hold one row per model (see :func:`render_compare_markdown` for the
-    columns). The empirical epsilon uses the membership scores of ``cfg.membership_docs`` members
-    and as many held-out documents, at the model's trained delta (``delta`` when it has none).
+    Each model gets ``out_dir/<name>/report.json`` (the usual audit, gated by ``policy`` when one is
+    given: each row then carries its ``verdict``); ``out_dir/compare.json`` and ``compare.md`` hold one
+    row per model (see :func:`render_compare_markdown` for the columns). The empirical epsilon uses
+    the audit's own membership scores (:func:`llm_mia.audit.membership_sample`: ``cfg.membership_docs``
+    members with their planted sentences removed, and as many held-out documents), at the model's
+    trained delta (``delta`` when it has none); the output-limit runs draw from the same documents.
 
     Raises:
-        LlmMiaError: no models, a repeated or unsafe name, a missing corpus file or model folder.
+        LlmMiaError: no models, a repeated or unsafe name, a missing corpus file or model folder, a
+            policy limit a report cannot answer (after that model's report is written).
     """
-    from llm_mia.audit import AuditConfig, run_audit
+    from llm_mia.audit import AuditConfig, membership_sample, reference_saw_nonmembers, run_audit
     from llm_mia.models.loading import load_model
     from llm_mia.output_limits import membership_under_limits
-    from llm_mia.scoring import score
+    from llm_mia.secrets import load_secrets
 
     cfg = cfg or AuditConfig()
     if not models:
@@ -242,30 +245,28 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     out.mkdir(parents=True, exist_ok=True)
     reference = load_model(str(reference_path)) if reference_path else None
     # a reference trained on the non-members would make its signals measure itself (see audit)
-    from llm_mia.audit import reference_saw_nonmembers
-
     mia_reference = None if reference_saw_nonmembers(reference_path, corpus) else reference
-    rng = random.Random(cfg.seed)
-    n = min(cfg.membership_docs, len(train), len(heldout))
-    mem, non = rng.sample(train, n), rng.sample(heldout, n)
+    mem, non = membership_sample(train, heldout, load_secrets(corpus / "secrets.json"), cfg.membership_docs, cfg.seed)
+    n = len(mem)
     rows = []
     for name, path in models:
         t0 = time.time()
-        report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg)
+        report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy)
         target = load_model(str(path))
         recipe = report["provenance"].get("recipe") or {}
         d = (recipe.get("dp") or {}).get("delta") or delta
         emp = {"skipped": "fewer than 2 held-out documents"}
-        if n >= 2:
-            res = score(target, mem + non, reference=mia_reference, prepend_bos=True)
-            y = [1] * n + [0] * n
-            emp = empirical_epsilon(y, {s: [r["scores"][s] for r in res.rows] for s in res.rows[0]["scores"]},
-                                    delta=d, seed=cfg.seed)
+        per_doc = report.get("membership", {}).get("per_doc") or {}
+        if n >= 2 and per_doc.get("labels"):
+            emp = empirical_epsilon(per_doc["labels"], per_doc["scores"], delta=d, seed=cfg.seed)
         limits = None
         if api_modes and n >= 2:
-            limits = membership_under_limits(target, train, heldout, modes=api_modes, reference=mia_reference,
+            limits = membership_under_limits(target, mem, non, modes=api_modes, reference=mia_reference,
                                              n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
         row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), emp, limits)
+        if policy is not None:
+            v = report["verdict"]
+            row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
     result = {"corpus": str(corpus), "reference": str(reference_path) if reference_path else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import importlib.metadata
 import os
 import platform
@@ -25,12 +26,12 @@ import random
 import re
 import sysconfig
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from llm_mia.errors import LlmMiaError
-from llm_mia.io import read_json, read_jsonl, read_text, sha256_file, write_json, write_jsonl
+from llm_mia.io import check_output_dir, read_json, sha256_file, write_json, write_jsonl
 from llm_mia.secrets import Secret, check_template, make_canary, make_pii, save_secrets
 
 PYTHON_DOCS = "python-docs"
@@ -41,54 +42,113 @@ TEMPLATES_PATH = Path(__file__).resolve().parents[1] / "prompts" / "canary_templ
 # Stdlib folders that are tests, tools, generated tables or third-party code, not documentation.
 _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo", "encodings",
               "pydoc_data", "ensurepip", "__pycache__"}
-_LOCAL_SUFFIXES = (".txt", ".jsonl")
 
 
 # ---------------------------------------------------------------------------------------- sources
 
-def load_source(source: str, *, max_chars: int | None = None) -> list[str]:
-    """Load a corpus source as a list of non-empty document strings, in a deterministic order.
+#: How a text file (or a .jsonl / hf record) becomes documents: whole, blank-line paragraphs, lines.
+UNITS = ("file", "paragraph", "line")
+MIN_CHARS = 50  # corpus build: shorter documents are dropped (and counted) by default
+MAX_LISTED = 1000  # corpus.json lists at most this many merged documents and skipped files (counts are whole)
+
+
+@dataclass
+class SourceDocs:
+    """What :func:`read_source` read: ``docs`` (n,) and where each came from, ``origins`` (n,)
+    (``path#k`` of the k-th document of a file, ``path:line`` of a .jsonl record, ``hf:NAME#k``,
+    ``python-docs#k``); ``unit`` used; ``n_short`` documents dropped below ``min_chars``;
+    ``n_capped`` documents left out by ``max_chars``; ``skipped`` files not read,
+    ``[{"path", "reason"}]`` (hidden, unsupported type, binary, unreadable)."""
+
+    docs: list[str]
+    origins: list[str]
+    unit: str | None
+    n_short: int = 0
+    n_capped: int = 0
+    skipped: list[dict] = field(default_factory=list)
+
+
+def load_source(source: str, *, max_chars: int | None = None, unit: str | None = None,
+                min_chars: int = 1) -> list[str]:
+    """The documents of :func:`read_source` (a list of non-empty strings, deterministic order)."""
+    return read_source(source, max_chars=max_chars, unit=unit, min_chars=min_chars).docs
+
+
+def read_source(source: str, *, max_chars: int | None = None, unit: str | None = None,
+                min_chars: int = 1) -> SourceDocs:
+    """Load a corpus source as documents, in a deterministic order, saying what was left out.
 
     Sources: ``"python-docs"`` (embedded: the stdlib's pydoc topics, then one document per stdlib
     module made of its docstrings, read with ``ast``, never imported; long documents split into
-    ~2,000-char chunks at paragraph boundaries; documents under 200 chars dropped); a ``.txt`` file
-    (documents separated by blank lines); a ``.jsonl`` file (string field ``"text"`` per line); a
-    folder holding such files (recursively, sorted by path); ``"hf:NAME[:CONFIG]"`` (split
-    ``train`` of a Hugging Face dataset, field ``"text"``).
+    ~2,000-char chunks at paragraph boundaries; documents under 200 chars dropped); a text file
+    (``.txt``, ``.md`` or no extension); a ``.jsonl`` file (string field ``"text"`` per line); any
+    of these gzip-compressed (``.gz``); a folder holding such files (recursively, sorted by path);
+    ``"hf:NAME[:CONFIG]"`` (split ``train`` of a Hugging Face dataset, field ``"text"``).
 
-    ``max_chars`` caps the total size in characters: documents are taken in order while they fit.
-    Default: 1,200,000 for python-docs, no cap otherwise.
-    Raises :class:`LlmMiaError` for an unknown source, a missing or unreadable file, a malformed
-    line, a dataset that cannot be loaded, or an empty result.
+    ``unit`` (:data:`UNITS`) says what one document is: ``"file"`` a whole text file (a .jsonl or
+    hf record stays one document), ``"paragraph"`` each blank-line-separated paragraph of a text
+    file or record, ``"line"`` each line. Default: ``"paragraph"`` for a single text file (so one
+    file gives several documents), ``"file"`` for a folder, the record for .jsonl and hf sources;
+    python-docs has its own chunks and refuses a unit. Documents are stripped; those shorter than
+    ``min_chars`` characters are dropped and counted (``n_short``). ``max_chars`` caps the total
+    size: documents are taken in order while they fit. Default: 1,200,000 for python-docs, no cap
+    otherwise. In a folder, hidden entries, other file types, binary (non-UTF-8) files and files
+    that cannot be decoded are skipped and listed in ``skipped``, never silently.
+
+    Raises :class:`LlmMiaError` for an unknown source or unit, a missing or unreadable file given
+    by name, a malformed .jsonl line in a file given by name, a dataset that cannot be loaded, or
+    an empty result.
     """
     if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int)
                                   or max_chars <= 0):
         raise LlmMiaError(f"max_chars must be a positive int, got {max_chars!r}")
+    _check_int("min_chars", min_chars, 1)
+    if unit is not None and unit not in UNITS:
+        raise LlmMiaError(f"unknown document unit {unit!r}: use {', '.join(UNITS)}")
     if not isinstance(source, str) or not source:
         raise LlmMiaError(f"corpus source must be a non-empty string, got {source!r}")
+    skipped: list[dict] = []
     if source == PYTHON_DOCS:
-        docs: Iterable[str] = _python_docs()
+        if unit is not None:
+            raise LlmMiaError(f"--unit does not apply to {PYTHON_DOCS} (its documents are ~2,000-char chunks)")
+        pairs: Iterable[tuple[str, str]] = ((f"{PYTHON_DOCS}#{k}", d) for k, d in enumerate(_python_docs()))
         max_chars = PYTHON_DOCS_MAX_CHARS if max_chars is None else max_chars
     elif source.startswith("hf:"):
-        docs = _hf_docs(source)
+        unit = unit or "record"
+        pairs = _split_records(((f"{source}#{k}", t) for k, t in enumerate(_hf_docs(source))), unit)
     elif Path(source).exists():
-        docs = _local_docs(Path(source))
+        path = Path(source)
+        unit = unit or ("file" if path.is_dir() else "paragraph" if _file_type(path) == "text" else "record")
+        pairs = _local_docs(path, unit, skipped)
     elif source.endswith(_LOCAL_SUFFIXES) or os.sep in source or "/" in source:
         raise LlmMiaError(f"corpus file not found: {source}")
     else:
         near = difflib.get_close_matches(source, [PYTHON_DOCS], n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise LlmMiaError(f"unknown corpus source {source!r}: expected {PYTHON_DOCS!r}, "
-                          f"hf:NAME[:CONFIG], a .txt or .jsonl file, or a folder of them{hint}")
-    out, total = [], 0
-    for doc in docs:
-        if max_chars is not None and total + len(doc) > max_chars:
-            break
-        out.append(doc)
+                          f"hf:NAME[:CONFIG], a .txt/.md/.jsonl(.gz) file, or a folder of them{hint}")
+    out = SourceDocs(docs=[], origins=[], unit=unit, skipped=skipped)
+    total, full = 0, False
+    for origin, doc in pairs:
+        doc = doc.strip()
+        if not doc:
+            continue
+        if len(doc) < min_chars:
+            out.n_short += 1
+            continue
+        if full or (max_chars is not None and total + len(doc) > max_chars):
+            if source == PYTHON_DOCS:
+                break  # lazily generated: the rest is never parsed
+            full = True
+            out.n_capped += 1
+            continue
+        out.docs.append(doc)
+        out.origins.append(origin)
         total += len(doc)
-    if not out:
+    if not out.docs:
         cap = f" within max_chars={max_chars}" if max_chars is not None else ""
-        raise LlmMiaError(f"corpus source {source} gave no documents{cap}")
+        short = f" ({out.n_short} shorter than min_chars={min_chars})" if out.n_short else ""
+        raise LlmMiaError(f"corpus source {source} gave no documents{cap}{short}")
     return out
 
 
@@ -183,30 +243,112 @@ def _python_docs() -> Iterator[str]:
         yield from emit(_module_docstrings(path))
 
 
-def _local_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _LOCAL_SUFFIXES
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        if not files:
-            raise LlmMiaError(f"folder {path} holds no .txt or .jsonl files")
-        return files
-    if path.suffix not in _LOCAL_SUFFIXES:
-        raise LlmMiaError(f"unsupported corpus file type {path.suffix or '(none)'!r}: {path}; "
-                          "expected .txt or .jsonl")
-    return [path]
+_TEXT_TYPES = (".txt", ".md", "")  # "" = a file without an extension
+_LOCAL_SUFFIXES = (".txt", ".md", ".jsonl", ".gz")
 
 
-def _local_docs(path: Path) -> Iterator[str]:
-    for file in _local_files(path):
-        if file.suffix == ".txt":
-            docs = re.split(r"\n[ \t]*\n", read_text(file).replace("\r\n", "\n"))
+def _file_type(path: Path) -> str | None:
+    """"text", "jsonl" or None (unsupported) from the name; ``x.txt.gz`` is a gzipped text file."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    suffix = Path(name).suffix if not name.startswith(".") else ""
+    if suffix == ".jsonl":
+        return "jsonl"
+    return "text" if suffix in _TEXT_TYPES else None
+
+
+def _read_local(path: Path) -> str:
+    """UTF-8 text of a file (gunzipped for .gz; a byte-order mark dropped); LlmMiaError if it is
+    not valid gzip, not UTF-8, or holds NUL bytes (a binary file)."""
+    import gzip
+
+    try:
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise LlmMiaError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+    if b"\x00" in data:
+        raise LlmMiaError(f"{path} is a binary file (NUL bytes), not text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LlmMiaError(f"{path} is not valid UTF-8 (byte {e.start})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _split(text: str, unit: str | None) -> list[str]:
+    text = text.replace("\r\n", "\n")
+    if unit == "paragraph":
+        return re.split(r"\n[ \t]*\n", text)
+    if unit == "line":
+        return text.split("\n")
+    return [text]
+
+
+def _split_records(records: Iterable[tuple[str, str]], unit: str | None) -> Iterator[tuple[str, str]]:
+    """A .jsonl / hf record is one document for unit file (or None); paragraph and line split it."""
+    for origin, text in records:
+        parts = _split(text, unit if unit in ("paragraph", "line") else None)
+        if len(parts) == 1:
+            yield origin, parts[0]
         else:
-            docs = []
-            for i, row in enumerate(read_jsonl(file)):
-                if not isinstance(row.get("text"), str):
-                    raise LlmMiaError(f"{file}: record {i} has no string field 'text'")
-                docs.append(row["text"])
-        yield from (d.strip() for d in docs if d.strip())
+            yield from ((f"{origin}#{k}", p) for k, p in enumerate(parts))
+
+
+def _file_docs(file: Path, unit: str) -> list[tuple[str, str]]:
+    if _file_type(file) == "text":
+        return [(f"{file}#{k}", d) for k, d in enumerate(_split(_read_local(file), unit))]
+    records = []
+    for i, line in enumerate(_read_local(file).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LlmMiaError(f"{file}: line {i} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise LlmMiaError(f"{file}: line {i} has no string field 'text'")
+        records.append((f"{file}:{i}", row["text"]))
+    return list(_split_records(records, unit))
+
+
+def _local_docs(path: Path, unit: str, skipped: list[dict]) -> Iterator[tuple[str, str]]:
+    """(origin, document) of a file or of every supported file under a folder (sorted by path).
+
+    A file named as the source must be readable (else LlmMiaError); in a folder, hidden entries,
+    unsupported types and unreadable or binary files are appended to ``skipped`` with the reason.
+    """
+    if not path.is_dir():
+        if _file_type(path) is None:
+            raise LlmMiaError(f"unsupported corpus file type {path.suffix!r}: {path}; "
+                              "expected .txt, .md, .jsonl, a file without extension, or one of them .gz")
+        yield from _file_docs(path, unit)
+        return
+    files = []
+    for root, dirs, names in os.walk(path):
+        for d in sorted(dirs):
+            if d.startswith("."):
+                skipped.append({"path": str(Path(root) / d), "reason": "hidden folder"})
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for n in names:
+            p = Path(root) / n
+            if n.startswith("."):
+                skipped.append({"path": str(p), "reason": "hidden file"})
+            elif _file_type(p) is None:
+                skipped.append({"path": str(p), "reason": f"unsupported type {''.join(p.suffixes)}"})
+            else:
+                files.append(p)
+    for file in sorted(files):
+        try:
+            docs = _file_docs(file, unit)
+        except LlmMiaError as e:
+            skipped.append({"path": str(file), "reason": str(e).replace(f"{file}: ", "").replace(f"{file} ", "")})
+            continue
+        yield from docs
+    if not files:
+        raise LlmMiaError(f"folder {path} holds no .txt, .md, .jsonl or extensionless text files"
+                          + (f" ({len(skipped)} skipped: {skipped[0]['reason']}, ...)" if skipped else ""))
+    skipped.sort(key=lambda r: r["path"])
 
 
 def _hf_docs(source: str) -> list[str]:
@@ -219,7 +361,7 @@ def _hf_docs(source: str) -> list[str]:
         ds = datasets.load_dataset(name, config or None, split="train")
         if "text" not in ds.column_names:
             raise LlmMiaError(f"has no 'text' field (fields: {', '.join(ds.column_names)})")
-        return [t.strip() for t in ds["text"] if isinstance(t, str) and t.strip()]
+        return [t for t in ds["text"] if isinstance(t, str)]
     except Exception as e:  # network, missing dataset, bad config: all one user-facing error
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LlmMiaError(f"could not load Hugging Face dataset {name}: {msg}") from None
@@ -240,9 +382,28 @@ class CorpusSummary:
     n_heldout: int
     n_secrets: int
     train_chars: int
+    unit: str | None = None
+    n_short: int = 0  # documents shorter than min_chars, dropped
+    n_capped: int = 0  # documents past max_chars, left out
+    merged: list[dict] = field(default_factory=list)  # duplicates dropped: {"dropped", "kept", "reason"}
+    skipped: list[dict] = field(default_factory=list)  # files not read: {"path", "reason"}
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+    def lines(self) -> list[str]:
+        """What the build read, dropped, merged and skipped, for the CLI (one line each)."""
+        exact = sum(m["reason"] == "exact" for m in self.merged)
+        out = [f"documents: unit {self.unit or 'python-docs chunks'}; {self.n_short} dropped as shorter than "
+               f"min_chars, {self.n_capped} past max_chars; {exact} exact and {len(self.merged) - exact} near "
+               f"duplicates merged into their first copy"]
+        if self.skipped:
+            why: dict[str, int] = {}
+            for r in self.skipped:
+                why[r["reason"]] = why.get(r["reason"], 0) + 1
+            out.append(f"skipped {len(self.skipped)} files: " + "; ".join(f"{n} {k}" for k, n in sorted(why.items())))
+        out.append(f"(listed in {self.meta_path})")
+        return out
 
 
 def load_templates(templates: str | os.PathLike | Sequence[dict] | None = None) -> list[dict]:
@@ -339,11 +500,14 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
                  repeats: Sequence[int] = (1, 2, 4, 8, 16, 32), heldout_fraction: float = 0.2,
                  canaries_per_repeat: int = 2, pii_per_repeat: int = 2, controls_per_kind: int = 2,
                  max_chars: int | None = None,
-                 templates: str | os.PathLike | Sequence[dict] | None = None) -> CorpusSummary:
+                 templates: str | os.PathLike | Sequence[dict] | None = None,
+                 unit: str | None = None, min_chars: int = MIN_CHARS) -> CorpusSummary:
     """Build a member / held-out corpus with planted secrets and write it to ``out_dir``.
 
-    Steps: load ``source`` (see :func:`load_source`; ``max_chars`` in characters); shuffle the
-    documents with ``seed`` and hold out ``round(heldout_fraction * n)`` of them (at least one on
+    Steps: load ``source`` (see :func:`read_source`: ``unit``, ``min_chars``, ``max_chars``);
+    drop exact and near duplicates with the rules of :func:`llm_mia.dedup.dedup` (normalised text,
+    word-trigram containment >= 0.5, personal data never merged; the earlier document by path
+    wins), so no held-out document is a copy of a member; shuffle the documents with ``seed`` and hold out ``round(heldout_fraction * n)`` of them (at least one on
     each side); for each ``r`` in ``repeats`` make ``canaries_per_repeat`` canaries (templates in
     rotation, a Faker name each, the random part uniform over the format's space) and
     ``pii_per_repeat`` Faker PII records (SSN as the secret, Luhn-valid card), each inserted ``r``
@@ -370,13 +534,19 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
                     ("controls_per_kind", controls_per_kind)):
         _check_int(name, v, 0)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LlmMiaError(f"output folder {out} exists and is a file")
+    check_output_dir(out)
     templates = load_templates(templates)
-    docs = load_source(source, max_chars=max_chars)
+    src = read_source(source, max_chars=max_chars, unit=unit, min_chars=min_chars)
+    from llm_mia.dedup import dedup
+
+    dd = dedup(src.docs)
+    docs = dd.kept_texts(src.docs)
+    merged = [{"dropped": src.origins[i], "kept": src.origins[k], "reason": dd.reason[i]}
+              for i, k in sorted(dd.dropped.items())]
     if len(docs) < 2:
-        raise LlmMiaError(f"corpus source {source} gave {len(docs)} document; need at least 2 "
-                          "(members and held-out)")
+        hint = "; --unit paragraph or line splits files into more" if src.unit == "file" else ""
+        raise LlmMiaError(f"corpus source {source} gave {len(docs)} document after removing {len(merged)} "
+                          f"duplicate(s); need at least 2 (members and held-out){hint}")
 
     order = list(range(len(docs)))
     random.Random(f"{seed}:split").shuffle(order)
@@ -398,9 +568,10 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
     for i in sorted(pending):
         texts[i] = _insert(docs[i], pending[i], rng)
 
-    width = max(5, len(str(len(docs) - 1)))
-    train_rows = [{"id": f"doc-{i:0{width}d}", "text": texts[i]} for i in train_idx]
-    held_rows = [{"id": f"doc-{i:0{width}d}", "text": texts[i]} for i in held_idx]
+    # ids number the documents as read (before duplicates were dropped), so an id names its source
+    width = max(5, len(str(len(src.docs) - 1)))
+    train_rows = [{"id": f"doc-{dd.kept[i]:0{width}d}", "text": texts[i]} for i in train_idx]
+    held_rows = [{"id": f"doc-{dd.kept[i]:0{width}d}", "text": texts[i]} for i in held_idx]
     train_chars = sum(len(r["text"]) for r in train_rows)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -416,7 +587,11 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
         "source": source, "versions": versions, "seed": seed, "repeats": list(repeats),
         "heldout_fraction": heldout_fraction, "canaries_per_repeat": canaries_per_repeat,
         "pii_per_repeat": pii_per_repeat, "controls_per_kind": controls_per_kind,
-        "max_chars": max_chars, "templates": templates,
+        "max_chars": max_chars, "templates": templates, "unit": src.unit, "min_chars": min_chars,
+        "reading": {"documents_read": len(src.docs) + src.n_short + src.n_capped, "short_dropped": src.n_short,
+                    "over_max_chars": src.n_capped, "exact_duplicates": sum(m["reason"] == "exact" for m in merged),
+                    "near_duplicates": sum(m["reason"] == "near" for m in merged),
+                    "merged": merged[:MAX_LISTED], "skipped_files": src.skipped[:MAX_LISTED]},
         "n_documents": len(docs), "n_train": len(train_rows), "n_heldout": len(held_rows),
         "n_secrets": len(secrets), "n_insertions": sum(s.count for s in secrets),
         "train_chars": train_chars, "heldout_chars": sum(len(r["text"]) for r in held_rows),
@@ -425,4 +600,5 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
     return CorpusSummary(out_dir=out, train_path=paths["train.jsonl"],
                          heldout_path=paths["heldout.jsonl"], secrets_path=paths["secrets.json"],
                          meta_path=paths["corpus.json"], n_train=len(train_rows),
-                         n_heldout=len(held_rows), n_secrets=len(secrets), train_chars=train_chars)
+                         n_heldout=len(held_rows), n_secrets=len(secrets), train_chars=train_chars,
+                         unit=src.unit, n_short=src.n_short, n_capped=src.n_capped, merged=merged, skipped=src.skipped)

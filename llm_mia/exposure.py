@@ -470,6 +470,14 @@ def control_summary(rows: Sequence[dict], n_references: int) -> dict:
 MAX_EXACT_LIMIT = 10**9
 
 
+def exposure_work(secrets: Sequence[Secret], n_references: int, exact_limit: int) -> int:
+    """Sentences :func:`secret_exposure` scores (its ``progress`` total): the secret and its
+    ``n_references`` candidates per secret, plus each distinct (format, prefix, suffix) space of at
+    most ``exact_limit`` members once."""
+    groups = {(s.format, s.prefix, s.suffix) for s in secrets if space_size(s.format) <= exact_limit}
+    return len(secrets) * (n_references + 1) + sum(space_size(f) for f, _, _ in groups)
+
+
 def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_references: int = DEFAULT_REFERENCES,
                     exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0, beams: int = 5, top_k: int = 40,
                     batch_size: int = 64, progress: Callable[[int], None] | None = None,
@@ -637,8 +645,7 @@ def run_exposure(model: str, secrets_path: str | Path, out_dir: str | Path, *,
     if out.exists() and not out.is_dir():
         raise LlmMiaError(f"--out {out} exists and is not a folder")
     loaded = load_model(model, device=device, model_args=model_args)
-    total = sum(n_references + 1 + (s.space_size if s.space_size <= exact_limit else 0) for s in secrets)
-    with bar("exposure", total, enabled=progress) as adv:
+    with bar("exposure", exposure_work(secrets, n_references, exact_limit), enabled=progress) as adv:
         res = secret_exposure(loaded, secrets, n_references=n_references, exact_limit=exact_limit, seed=seed,
                               beams=beams, batch_size=batch_size, progress=adv)
     record = {"model": loaded.source, "model_weights_sha256": loaded.weights_sha256, "secrets": str(secrets_path),

@@ -20,11 +20,20 @@ Sample ``index`` of a strategy is drawn with its own generator seeded from (seed
 strategy (:func:`strategy_seed`), so the samples do not depend on the batch size or the number of
 processes. Processes (``accelerate launch``) take the indices ``rank, rank + P, ...`` of every
 strategy (:func:`shard_indices`) and append each finished batch to their own shard file
-``shards/<strategy>.<rank>-of-<P>.jsonl`` (whole lines, flushed and fsynced). A killed run started
+``private/shards/<strategy>.<rank>-of-<P>.jsonl`` (whole lines, flushed and fsynced), each record
+carrying the model's and tokenizer's SHA-256 (:func:`model_fingerprint`). A killed run started
 again resumes from every shard on disk (any earlier number of processes): nothing is lost or
-generated twice. When all are done the shards are merged into ``generated.jsonl``; scoring is split
-over the processes the same way; process 0 dedups, verifies and writes ``samples.jsonl``,
-``top.jsonl`` and ``extract.json`` (temporary name, then rename).
+generated twice, and a folder of another model or tokenizer is refused. When all are done the
+shards are merged into ``private/generated.jsonl``; scoring is split over the processes the same
+way; process 0 dedups, verifies and writes ``samples.jsonl``, ``top.jsonl`` and ``extract.json``
+(temporary name, then rename).
+
+Why a private folder: resume and verification are exact only on token ids, and ids decode to the
+clear text, so redacting a text field next to its ids would hide nothing. The clear rows (ids,
+text, PII values) therefore live in ``private/`` (mode 0700), which the audit's PII pass and the
+report renderers read (they redact from clear text, with character offsets); the shareable
+``samples.jsonl`` / ``top.jsonl`` are redacted like the reports and hold no ids, unless
+``show_secrets``.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -79,8 +88,36 @@ class ExtractConfig:
     prompt_source: str | None = None  # internet strategy; None: prompts/internet.txt
     prompt_tokens: tuple[int, int] = (5, 10)  # internet: span length, inclusive bounds
     dedup: bool = True
-    resume: bool = False  # continue the samples already in out_dir/shards (else: refuse a used folder)
+    resume: bool = False  # continue the samples already in out_dir/private/shards (else: refuse a used folder)
+    pii_regions: tuple[str, ...] | None = None  # phone regions of the PII pass; None: llm_mia.pii.DEFAULT_REGIONS
+    pii_presidio: bool = True  # Presidio's names / locations in the PII pass when installed
     progress: bool = True
+    show_secrets: bool = False  # samples.jsonl / top.jsonl in clear text (default: redacted like the reports)
+
+    def __post_init__(self) -> None:
+        """Validate every option before any work (one-line :class:`LlmMiaError`)."""
+        self.strategies = tuple(self.strategies)
+        bad = [s for s in self.strategies if s not in STRATEGIES]
+        if bad or not self.strategies:
+            raise LlmMiaError(f"unknown strategy {', '.join(bad) or '(none)'}; use {', '.join(STRATEGIES)}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise LlmMiaError(f"strategy given twice: {', '.join(self.strategies)}")
+        for name, lo in (("num_samples", 1), ("seed", 0), ("top_k", 1), ("batch_size", 1), ("top_n", 1),
+                         ("memorized_min_tokens", 1)):
+            _check_int(name, getattr(self, name), lo)
+        if self.max_new_tokens is not None:
+            _check_int("--length", self.max_new_tokens, 1)
+        if self.score_batch_size is not None:
+            _check_int("score_batch_size", self.score_batch_size, 1)
+        lo, hi = (tuple(self.prompt_tokens) + (None, None))[:2]
+        if len(tuple(self.prompt_tokens)) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi)) \
+                or not 1 <= lo <= hi:
+            raise LlmMiaError(f"prompt span bounds must satisfy 1 <= min <= max, got {self.prompt_tokens}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LlmMiaError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def strategy_seed(seed: int, strategy: str, index: int) -> int:
@@ -93,15 +130,15 @@ def strategy_seed(seed: int, strategy: str, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index), k]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def shard_indices(n: int, world: int, rank: int) -> list[int]:
+def shard_indices(n: int, world: int, rank: int) -> range:
     """Indices of ``range(n)`` taken by process ``rank`` of ``world``: rank, rank + world, ...
 
     Disjoint over the ranks and covering ``range(n)`` exactly; a rank may get none (never a padded
-    copy). Case P06 of ../shared/cases/pipeline-cases.md.
+    copy). A lazy ``range``, so a huge ``n`` costs no memory. Case P06.
     """
     if world < 1 or not 0 <= rank < world:
         raise LlmMiaError(f"bad process rank {rank} of {world}")
-    return list(range(rank, max(0, n), world))
+    return range(rank, max(0, n), world)
 
 
 def dist_state():
@@ -129,37 +166,128 @@ class _Dist:
             self._state.wait_for_everyone()
 
 
+PRIVATE = "private"  # the folder of clear-text working files (owner-only permissions)
+
+
+def private_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir/private``: the shards (token ids, which resume needs exactly), ``generated.jsonl``
+    and the clear-text ``samples.jsonl`` / ``top.jsonl`` the audit's PII pass and report read.
+    Created with mode 0700 (its files are written 0666 & ~umask inside it)."""
+    p = Path(out_dir) / PRIVATE
+    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(p, 0o700)
+    return p
+
+
 def _shard_path(out_dir: Path, strategy: str, rank: int, world: int) -> Path:
-    return out_dir / "shards" / f"{strategy}.{rank}-of-{world}.jsonl"
+    return out_dir / PRIVATE / "shards" / f"{strategy}.{rank}-of-{world}.jsonl"
 
 
-def _read_shard(path: Path) -> list[dict]:
-    """Complete records of a partly written shard; a torn last line is dropped (case P07)."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    rows = []
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if k == len(lines) - 1:  # torn tail of a killed run: regenerated
-                break
-            raise LlmMiaError(f"{path}: line {k + 1} is corrupt; delete the file to start over") from None
-    return rows
+def _tensors_sha256(model) -> str:
+    """SHA-256 over the state_dict (names, dtypes, shapes, bytes), for models not loaded from files."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
-def _done(out_dir: Path, strategy: str, cfg: ExtractConfig, max_new: int) -> dict[int, dict]:
-    """Every finished sample of ``strategy`` in any shard on disk, by index."""
-    done: dict[int, dict] = {}
-    for path in sorted((out_dir / "shards").glob(f"{strategy}.*-of-*.jsonl")):
-        for r in _read_shard(path):
-            if r.get("seed") != cfg.seed or len(r.get("token_ids", [])) > max_new or r.get("max_new_tokens") != max_new:
+def _files_sha256(folder: Path) -> str | None:
+    """Temporary fallback for ``llm_mia.io.weights_sha256`` (branch models): names and bytes of
+    every weight file in the folder, sorted; None when it holds none."""
+    import hashlib
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}|{io.sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(target: LoadedModel) -> dict:
+    """What every shard record carries so ``--resume`` never mixes two models' samples.
+
+    ``weights_sha256``: :func:`llm_mia.io.weights_sha256` of the model folder (every weight file,
+    sharded ones included) when the model was loaded from a folder; otherwise (a hub id, an
+    in-memory model) the SHA-256 of its state_dict tensors, so a retrained or edited model differs.
+    ``weights_digest`` says which ("files" or "tensors"), so the two never compare equal by accident.
+    ``tokenizer_sha256``: SHA-256 of the tokenizer's ``tokenizer.json`` serialisation (vocabulary,
+    merges, normalizer, special tokens), or of its sorted vocabulary for a slow tokenizer.
+    """
+    import hashlib
+
+    digest = getattr(target, "weights_sha256", None)  # branch models: LoadedModel.weights_sha256 (adapters too)
+    folder = Path(str(target.source))
+    if digest is None and folder.is_dir():
+        digest = (getattr(io, "weights_sha256", None) or _files_sha256)(folder)
+    kind = "files" if digest else "tensors"
+    digest = digest or _tensors_sha256(target.model)
+    tok = target.tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    tok_text = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    return {"weights_sha256": digest, "weights_digest": kind,
+            "tokenizer_sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest()}
+
+
+def _scan_shard(path: Path, *, repair: bool = False) -> Iterator[dict]:
+    """Stream the complete records of a partly written shard; a torn last line is dropped (case P07).
+
+    A line that does not parse is fine only as the last one (a killed run); anywhere else it is an
+    error. ``repair`` truncates the file after its last complete record (and ends it with a newline)
+    so that new records can be appended. Reads one line at a time: memory does not grow with the file.
+    """
+    good_end, bad = 0, None
+    with open(path, "rb") as f:
+        pos = 0
+        for k, line in enumerate(f, 1):
+            if bad is not None:
+                raise LlmMiaError(f"{path}: line {bad} is corrupt; delete the file to start over")
+            pos += len(line)
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                bad = k
+                continue
+            if not isinstance(rec, dict) or isinstance(rec.get("index"), bool) or not isinstance(rec.get("index"), int) \
+                    or rec["index"] < 0 or not isinstance(rec.get("token_ids"), list):
+                raise LlmMiaError(f"{path}: line {k} is not a sample record; delete the file to start over")
+            good_end = pos
+            yield rec
+    if repair:
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            if good_end:
+                f.seek(good_end - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+
+def _records(out_dir: Path, strategy: str, cfg: ExtractConfig, max_new: int, fp: dict) -> Iterator[dict]:
+    """Every finished sample of ``strategy`` (index < num_samples) in any shard on disk, streamed.
+
+    Raises :class:`LlmMiaError` for a record of another model or tokenizer, or of another seed or length.
+    """
+    for path in sorted((out_dir / PRIVATE / "shards").glob(f"{strategy}.*-of-*.jsonl")):
+        for r in _scan_shard(path):
+            got = {k: r.get(k) for k in fp}
+            if got != fp:
+                which = "tokenizer" if got["weights_sha256"] == fp["weights_sha256"] else "model"
+                raise LlmMiaError(f"{path} holds samples of another {which} (weights sha256 "
+                                  f"{str(got['weights_sha256'])[:12]}, tokenizer {str(got['tokenizer_sha256'])[:12]}; "
+                                  f"this one: {fp['weights_sha256'][:12]}, {fp['tokenizer_sha256'][:12]}): use another --out")
+            if r.get("seed") != cfg.seed or len(r["token_ids"]) > max_new or r.get("max_new_tokens") != max_new:
                 raise LlmMiaError(f"{path} holds samples of another run (seed or length differ); use another --out")
             if r["index"] < cfg.num_samples:
-                done.setdefault(r["index"], r)
-    return done
+                yield r
 
 
 class _Prompts:
@@ -209,8 +337,6 @@ def _char_span(text: str, match_text: str, before: str) -> list[int] | None:
 def _max_new(target: LoadedModel, cfg: ExtractConfig) -> int:
     ctx = target.max_context or 1024
     room = ctx - 1 - (cfg.prompt_tokens[1] if "internet" in cfg.strategies else 0)
-    if cfg.max_new_tokens is not None and cfg.max_new_tokens < 1:
-        raise LlmMiaError(f"--length must be >= 1, got {cfg.max_new_tokens}")
     max_new = cfg.max_new_tokens or min(256, room)
     if max_new < 1 or max_new > room:
         raise LlmMiaError(f"--length {max_new} does not fit the model's context of {ctx} tokens"
@@ -221,40 +347,46 @@ def _max_new(target: LoadedModel, cfg: ExtractConfig) -> int:
 def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int = 0, world: int = 1) -> list[dict]:
     """Generate this process's share of ``cfg.num_samples`` samples per strategy, resuming from disk.
 
-    Appends every finished batch to ``out_dir/shards/<strategy>.<rank>-of-<world>.jsonl``. Returns
-    every sample on disk afterwards (all processes' shards), sorted by (strategy, index): dicts with
-    ``strategy``, ``index``, ``seed``, ``max_new_tokens``, ``prompt_ids`` ([BOS] + span for
-    internet) and ``token_ids`` (the new tokens, EOS forbidden so each has ``max_new_tokens``).
+    Appends every finished batch to ``out_dir/private/shards/<strategy>.<rank>-of-<world>.jsonl``.
+    Returns every sample on disk afterwards (all processes' shards), sorted by (strategy, index):
+    dicts with ``strategy``, ``index``, ``seed``, ``max_new_tokens``, the model's
+    :func:`model_fingerprint` (``weights_sha256``, ``weights_digest``, ``tokenizer_sha256``),
+    ``prompt_ids`` ([BOS] + span for internet) and ``token_ids`` (the new tokens, EOS forbidden so
+    each has ``max_new_tokens``). The sampling itself holds one batch and a bitset of the finished
+    indices (num_samples / 8 bytes), however large ``num_samples`` is; the returned list holds them all.
 
     Raises:
-        LlmMiaError: unknown strategy, a length that does not fit the context, shards of another
-            run, a corrupt line inside a shard.
+        LlmMiaError: a length that does not fit the context, shards of another model, tokenizer or
+            run, a corrupt line inside a shard (options are checked by :class:`ExtractConfig`).
     """
-    bad = [s for s in cfg.strategies if s not in STRATEGIES]
-    if bad or not cfg.strategies:
-        raise LlmMiaError(f"unknown strategy {', '.join(bad) or '(none)'}; use {', '.join(STRATEGIES)}")
-    if len(set(cfg.strategies)) != len(cfg.strategies):
-        raise LlmMiaError(f"strategy given twice: {', '.join(cfg.strategies)}")
+    from itertools import islice
+
     out_dir = Path(out_dir)
-    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    io.check_output_dir(out_dir)
     max_new = _max_new(target, cfg)
     bos = target.bos_id
     prompts = _Prompts(target, cfg.prompt_source, cfg.prompt_tokens) if "internet" in cfg.strategies else None
-    total = len(shard_indices(cfg.num_samples, world, rank)) * len(cfg.strategies)  # this process's share
+    fp = model_fingerprint(target)
     if world == 1:  # several processes check together before any of them writes (see extract)
         _check_fresh(out_dir, cfg)
-    with bar("sampling", total, enabled=cfg.progress and rank == 0) as adv:
+    (private_dir(out_dir) / "shards").mkdir(exist_ok=True)
+    mine = shard_indices(cfg.num_samples, world, rank)
+    with bar("sampling", len(mine) * len(cfg.strategies), enabled=cfg.progress and rank == 0) as adv:
         for strategy in cfg.strategies:
-            done = _done(out_dir, strategy, cfg, max_new)
+            done, n_mine = bytearray((cfg.num_samples + 7) // 8), 0
+            is_done = lambda i: done[i >> 3] >> (i & 7) & 1  # noqa: E731
+            for r in _records(out_dir, strategy, cfg, max_new, fp):
+                i = r["index"]
+                n_mine += not is_done(i) and i % world == rank
+                done[i >> 3] |= 1 << (i & 7)
             path = _shard_path(out_dir, strategy, rank, world)
             if path.exists():  # drop a torn tail before appending
-                io.write_jsonl(path, _read_shard(path))
-            mine = shard_indices(cfg.num_samples, world, rank)
-            todo = [i for i in mine if i not in done]
-            adv(len(mine) - len(todo))
+                for _ in _scan_shard(path, repair=True):
+                    pass
+            adv(n_mine)
+            todo = (i for i in mine if not is_done(i))
             with open(path, "a", encoding="utf-8") as f:
-                for b0 in range(0, len(todo), cfg.batch_size):
-                    idx = todo[b0:b0 + cfg.batch_size]
+                for idx in iter(lambda: list(islice(todo, cfg.batch_size)), []):
                     seeds = [strategy_seed(cfg.seed, strategy, i) for i in idx]
                     pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(idx)
                     gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds,
@@ -262,23 +394,28 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
                                     temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
                     for i, g in zip(idx, gens):
                         f.write(io.dumps({"strategy": strategy, "index": i, "seed": cfg.seed, "max_new_tokens": max_new,
-                                          "prompt_ids": g.prompt, "token_ids": g.new_ids}) + "\n")
+                                          **fp, "prompt_ids": g.prompt, "token_ids": g.new_ids}) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
                     adv(len(idx))
-    return _collect(out_dir, cfg, max_new)
+    return _collect(out_dir, cfg, max_new, fp)
 
 
 def _check_fresh(out_dir: Path, cfg: ExtractConfig) -> None:
-    if not cfg.resume and any((Path(out_dir) / "shards").glob("*.jsonl")):
+    if any((Path(out_dir) / "shards").glob("*.jsonl")):
+        raise LlmMiaError(f"{out_dir}/shards holds samples of an older llm-mia that did not record the model; "
+                          "use another --out")
+    if not cfg.resume and any((Path(out_dir) / PRIVATE / "shards").glob("*.jsonl")):
         raise LlmMiaError(f"{out_dir} holds samples of an earlier run: pass --resume to continue it, or use another --out")
 
 
-def _collect(out_dir: Path, cfg: ExtractConfig, max_new: int) -> list[dict]:
+def _collect(out_dir: Path, cfg: ExtractConfig, max_new: int, fp: dict) -> list[dict]:
     """Every sample on disk, all processes' shards, sorted by (strategy, index)."""
     rows = []
     for strategy in cfg.strategies:
-        done = _done(out_dir, strategy, cfg, max_new)
+        done: dict[int, dict] = {}
+        for r in _records(out_dir, strategy, cfg, max_new, fp):
+            done.setdefault(r["index"], r)
         rows.extend(done[i] for i in sorted(done))
     return rows
 
@@ -319,7 +456,7 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
     """
     cfg = cfg or ExtractConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    io.check_output_dir(out)
     dist = _Dist()
     if dist.world > 1:
         _check_fresh(out, cfg)  # every process, before any of them writes a shard
@@ -327,7 +464,7 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
     gen = sample(target, cfg, out, rank=dist.rank, world=dist.world)
     dist.barrier()  # every shard complete
     if dist.world > 1:
-        gen = _collect(out, cfg, _max_new(target, cfg))
+        gen = _collect(out, cfg, _max_new(target, cfg), model_fingerprint(target))
     if len(gen) != cfg.num_samples * len(cfg.strategies):
         raise LlmMiaError(f"{len(gen)} samples on disk, expected {cfg.num_samples * len(cfg.strategies)}; run again to resume")
     sigs = [s for s in RANKINGS.values() if s != "reference" or reference is not None]
@@ -335,34 +472,81 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
     with bar("scoring", None, enabled=cfg.progress and dist.rank == 0) as adv:
         scored_mine = _score_rows(target, reference, [gen[k] for k in mine], cfg, sigs, adv)
     if dist.world > 1:
-        io.write_jsonl(out / "shards" / f"scores.{dist.rank}-of-{dist.world}.jsonl",
+        io.write_jsonl(out / PRIVATE / "shards" / f"scores.{dist.rank}-of-{dist.world}.jsonl",
                        [{"k": k, **r} for k, r in zip(mine, scored_mine)])
         dist.barrier()
         if dist.rank != 0:
             return None
         scored: list[dict | None] = [None] * len(gen)
         for r in range(dist.world):
-            for row in io.read_jsonl(out / "shards" / f"scores.{r}-of-{dist.world}.jsonl"):
+            for row in io.read_jsonl(out / PRIVATE / "shards" / f"scores.{r}-of-{dist.world}.jsonl"):
                 scored[row.pop("k")] = row
         if any(x is None for x in scored):
             raise LlmMiaError("a process's scores are missing; run again to resume")
     else:
         scored = scored_mine
-    io.write_jsonl(out / "generated.jsonl", ({"id": k, **g} for k, g in enumerate(gen)))
+    io.write_jsonl(private_dir(out) / "generated.jsonl", ({"id": k, **g} for k, g in enumerate(gen)))
     return _verify_and_rank(target, gen, scored, out, train_texts, secrets, cfg, sigs)
+
+
+#: A sample shorter than ``memorized_min_tokens`` counts as memorized only when all of it is a
+#: verbatim training match AND it has at least this many tokens: one or two common tokens found in
+#: the training text are no evidence of memorization.
+WHOLE_SAMPLE_MIN_TOKENS = 8
+
+
+def is_memorized(match_tokens: int, n_tokens: int, min_tokens: int) -> bool:
+    """Carlini et al. 2021 sec. 6 (verbatim training-data match): a longest verbatim match of at
+    least ``min_tokens`` tokens, or a whole sample of at least :data:`WHOLE_SAMPLE_MIN_TOKENS`
+    tokens that is all training text (samples shorter than ``min_tokens``)."""
+    return match_tokens >= min_tokens or (match_tokens == n_tokens >= WHOLE_SAMPLE_MIN_TOKENS)
+
+
+#: Keys of sample rows that hold (or encode) the model's clear-text output.
+_TEXT_KEYS = ("text", "prompt", "longest_match_text")
+_ID_KEYS = ("token_ids", "prompt_ids")
+
+
+def redact_row(row: dict, secrets: Sequence) -> dict:
+    """A copy of a samples.jsonl / top.jsonl row as the shareable files hold it by default: text
+    fields redacted like the reports (:func:`llm_mia.report.markdown.redact_text`: planted values,
+    detected PII, 6+ digit runs), PII values replaced by :func:`~llm_mia.report.markdown.redact`,
+    token ids left out (they decode to the clear text). ``match_span`` still indexes the clear text."""
+    from llm_mia.report.markdown import redact, redact_text
+
+    out = {k: v for k, v in row.items() if k not in _ID_KEYS}
+    for k in _TEXT_KEYS:
+        if isinstance(out.get(k), str):
+            out[k] = redact_text(out[k], secrets)
+    if isinstance(out.get("pii"), list):
+        out["pii"] = [{k: (redact(v) if k != "type" and isinstance(v, str) else v) for k, v in h.items()}
+                      for h in out["pii"]]
+    return out
+
+
+def _write_samples(out: Path, name: str, rows: list[dict], secrets: Sequence, show_secrets: bool) -> None:
+    """The clear rows to ``private/<name>`` (what resume, the audit's PII pass and the report's own
+    redaction read); the shareable ``<name>`` redacted unless ``show_secrets``."""
+    io.write_jsonl(private_dir(out) / name, rows)
+    io.write_jsonl(out / name, rows if show_secrets else (redact_row(r, secrets) for r in rows))
+
+
+def read_clear(out_dir: str | os.PathLike, name: str) -> list[dict]:
+    """Rows of ``out_dir/private/<name>`` (``samples.jsonl`` or ``top.jsonl``) in clear text; [] if absent."""
+    path = Path(out_dir) / PRIVATE / name
+    return io.read_jsonl(path) if path.exists() else []
 
 
 def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: ExtractConfig, sigs) -> dict:
     from llm_mia.dedup import dedup
-    from llm_mia.index import CorpusIndex, text_occurrences
-    from llm_mia.pii import find_pii
+    from llm_mia.index import CorpusIndex
+    from llm_mia.pii_findings import sample_pii, tokenizer_normalizer, training_pii_index
 
     tok = target.tokenizer
-    index = None
-    train_blob = ""
+    index = pii_index = None
     if train_texts is not None:
         index = CorpusIndex.from_texts(list(train_texts), tok)
-        train_blob = "\n\n".join(train_texts)
+        pii_index = training_pii_index(train_texts, normalizer=tokenizer_normalizer(tok), regions=cfg.pii_regions)
     protect_vals = [s.secret for s in secrets]
 
     def protect(text: str) -> set[str]:
@@ -388,16 +572,14 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
             row["longest_match_count"] = m.count
             row["longest_match_text"] = target.decode(ids[m.start:m.start + m.length]) if m.length else ""
             row["match_span"] = _char_span(text, row["longest_match_text"], target.decode(ids[:m.start])) if m.length else None
-            row["memorized"] = bool(len(ids) > 0 and (m.length >= cfg.memorized_min_tokens or m.length == len(ids)))
+            row["memorized"] = is_memorized(m.length, len(ids), cfg.memorized_min_tokens)
         else:
             row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
             row["memorized"] = None
         row["secrets"] = [s.id for s in secrets if s.secret in text]
-        row["pii"] = [{"type": h.type, "value": h.value, "start": h.start, "end": h.end,
-                       "train_count": text_occurrences(train_blob, h.value) if train_texts is not None else None}
-                      for h in find_pii(text)]
+        row["pii"] = sample_pii(text, pii_index, regions=cfg.pii_regions, presidio=cfg.pii_presidio)  # the one PII pass
         samples.append(row)
-    io.write_jsonl(out / "samples.jsonl", samples)
+    _write_samples(out, "samples.jsonl", samples, secrets, cfg.show_secrets)
 
     def top_of(pool: list[dict], sig: str) -> list[dict]:
         ranked = sorted((s for s in pool if s["scores"][sig] == s["scores"][sig]), key=lambda s: -s["scores"][sig])
@@ -427,7 +609,7 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
     for name, sig in RANKINGS.items():
         if sig in sigs:
             table[name] = cell(top_of(kept, sig), sig)
-    io.write_jsonl(out / "top.jsonl", top_rows)
+    _write_samples(out, "top.jsonl", top_rows, secrets, cfg.show_secrets)
     mem_top = [s for s in samples if s["id"] in {r["id"] for r in top_rows if r["memorized"]}]
     # unique across strategies: memorized samples that are not (near) duplicates of one another
     unique_top = len(mem_top) - len(dedup([s["text"] for s in mem_top], protect=protect).dropped) if mem_top else 0

@@ -198,3 +198,42 @@ def weights_sha256(folder: str | os.PathLike | None, *, base_folder: str | os.Pa
     elif len(lines) == 1:
         return lines[0].split()[0]
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` that is not a folder (so ``path`` cannot be made)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Raise :class:`LlmMiaError` unless ``path`` is, or can be made as, a folder: checked before
+    any work, so a bad ``--out`` never fails after it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise LlmMiaError(f"output folder {p} exists and is a file")
+    above = _file_above(p)
+    if above is not None:
+        raise LlmMiaError(f"output folder {p} lies under {above}, which is a file")
+
+
+def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (),
+                      what: str = "output") -> None:
+    """Raise :class:`LlmMiaError` unless ``path`` can be written as a file without harm: not a
+    folder, not under a file, and not the same file as any of ``inputs`` (which would be
+    overwritten). Checked before any work."""
+    p = Path(path)
+    if p.is_dir():
+        raise LlmMiaError(f"{what} {p} is a folder; give a file name")
+    above = _file_above(p)
+    if above is not None:
+        raise LlmMiaError(f"{what} {p} lies under {above}, which is a file")
+    for src in inputs:
+        if src is None:
+            continue
+        q = Path(src)
+        same = p.exists() and q.exists() and os.path.samefile(p, q)
+        if same or p.resolve() == q.resolve():
+            raise LlmMiaError(f"{what} {p} is also an input ({q}); it would be overwritten: write elsewhere")

@@ -12,13 +12,33 @@ an optional ``[settings]`` table::
     max_discoverable_rate = 0.01            # training examples whose suffix greedy decoding gives back
 
     [settings]
-    exposure_estimator = "max"              # or exposure_rank | exposure_exact | exposure_extrapolated
+    exposure_estimator = "exposure_rank"    # default; or exposure_exact | exposure_extrapolated | max
     min_insertions = 1                      # secrets inserted fewer times are not gated (0 = controls too)
+    positive_control_min_insertions = 16    # see "Detection power" below (0 = no positive control)
+    min_nonmembers = 100                    # held-out documents needed to gate TPR at 1% FPR
+    allow_inconclusive = false              # true: an INCONCLUSIVE verdict exits 0
 
-:func:`evaluate` returns a :class:`Verdict`; the CLI exits 0 when it passes, 1 when it fails and
-2 for a bad policy or a report that lacks what a limit needs (never a silent pass). A limit on
-something the audit says it did not measure (exposure without planted secrets, discoverable
-memorization switched off) is reported as "not measured" in its check and the verdict's notes.
+Without ``[settings]`` the exposure limit is gated on ``exposure_rank``: its chance behaviour is exact
+(a never-inserted secret reaches t bits with probability at most 2^-t) and it is bounded by
+log2(candidates); the skew-normal extrapolation reads the far tail of a fit and is only used when asked.
+
+Detection power (positive controls). A limit that passed only counts when the audit could have
+seen it fail:
+
+- extraction-side limits (exposure, extracted secrets, training PII, memorized samples) need at least
+  one secret inserted >= ``positive_control_min_insertions`` times that was extracted (greedy, beam or
+  in the samples) or exposed: its rank or exact exposure above log2(k / 0.05) bits, k such secrets
+  (the level a never-seen secret reaches with probability <= 5% / k);
+- the membership limit needs ``min_nonmembers`` held-out documents (at least 1 / 0.01 = 100, so
+  that a 1% FPR is one document or more) and one signal whose 95% bootstrap AUC interval lies above
+  0.5 (a signal at or below chance cannot show a leak).
+
+Otherwise that check is *inconclusive*. Verdicts, in order: FAIL (a limit exceeded: exit 1), ERROR (a
+limit the report cannot answer: exit 2), INCONCLUSIVE (exit 3, or 0 with ``allow_inconclusive``),
+PASS (exit 0). A limit on something the audit says it did not measure (exposure and extracted
+secrets without planted secrets, discoverable memorization switched off) is a check with status
+"not measured" (value None) and a note, never an error. :func:`evaluate` returns a :class:`Verdict` and raises :class:`UnanswerableLimit` on
+ERROR (the verdict attached), so the gate never passes on missing evidence.
 """
 
 from __future__ import annotations
@@ -47,6 +67,23 @@ LIMITS: dict[str, type] = {
 }
 #: Exposure estimators a report's secret records may carry (bits); "max" takes the highest present.
 ESTIMATORS: tuple[str, ...] = ("exposure_rank", "exposure_exact", "exposure_extrapolated")
+#: The limits whose evidence is extraction (vouched for by the planted-secret positive control).
+EXTRACTION_LIMITS = ("max_canary_exposure_bits", "max_extracted_secrets", "max_extracted_training_pii",
+                     "max_memorized_samples")
+#: Exit codes of ``llm-mia audit --policy`` and ``llm-mia gate`` by verdict status.
+EXIT_CODES = {"PASS": 0, "FAIL": 1, "ERROR": 2, "INCONCLUSIVE": 3}
+#: False-positive rate of the membership limit, and the significance level of the positive controls.
+GATED_FPR, CONTROL_ALPHA = 0.01, 0.05
+SETTINGS = ("exposure_estimator", "min_insertions", "positive_control_min_insertions", "min_nonmembers",
+            "allow_inconclusive")
+
+
+class UnanswerableLimit(LlmMiaError):
+    """A policy limit the report cannot answer (ERROR verdict); ``verdict`` holds every check."""
+
+    def __init__(self, message: str, verdict: "Verdict"):
+        super().__init__(message)
+        self.verdict = verdict
 
 
 @dataclass(frozen=True)
@@ -54,43 +91,78 @@ class Policy:
     """Parsed policy: ``limits`` (a subset of :data:`LIMITS`) and the settings."""
 
     limits: dict[str, float | int]
-    exposure_estimator: str = "max"
+    exposure_estimator: str = "exposure_rank"
     min_insertions: int = 1
+    positive_control_min_insertions: int = 16
+    min_nonmembers: int = 100
+    allow_inconclusive: bool = False
     source: str | None = None
 
 
 @dataclass
 class Check:
-    """One limit checked: its ``value`` in the report, whether it ``passed`` and the verdict ``text``."""
+    """One limit checked: its ``value`` in the report, ``status`` (passed | failed | inconclusive |
+    error), the verdict ``text``, ``reason`` (why inconclusive / error) and the offending ``items``
+    (secrets, PII values or signals over the limit: what SARIF reports)."""
 
     name: str
     limit: float | int
-    value: float | int | None  # None: not measured
-    passed: bool
+    value: float | int | None
+    passed: bool | None
     text: str
+    status: str = ""
+    reason: str | None = None
+    items: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.status:
+            self.status = "passed" if self.passed else ("failed" if self.passed is False else "error")
 
 
 @dataclass
 class Verdict:
-    """The gate's outcome: ``passed``, the ``checks`` and one ``line`` (``PASS: ...`` / ``FAIL: ...``)."""
+    """The gate's outcome: ``status`` (PASS | FAIL | ERROR | INCONCLUSIVE), ``passed`` (the exit code
+    is 0), the ``checks`` and one ``line``."""
 
     passed: bool
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    status: str = ""
+    allow_inconclusive: bool = False
+
+    def __post_init__(self):
+        if not self.status:
+            self.status = "PASS" if self.passed else "FAIL"
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass (or inconclusive allowed by the policy), 1 fail, 2 error, 3 inconclusive."""
+        return 0 if self.passed else EXIT_CODES[self.status]
 
     @property
     def line(self) -> str:
-        """One line: ``FAIL: <each failed check>; ...`` or ``PASS: <each check>; ...``, then any notes."""
-        shown = [c for c in self.checks if not c.passed] if not self.passed else self.checks
-        text = ("PASS: " if self.passed else "FAIL: ") + "; ".join(c.text for c in shown)
-        if self.notes:
-            text += " (" + "; ".join(self.notes) + ")"
+        """One line: ``<STATUS>: <the checks that decided it>; ...``, then any notes in parentheses."""
+        by = {s: [c for c in self.checks if c.status == s] for s in ("failed", "error", "inconclusive")}
+        if self.status == "PASS":
+            parts = [c.text for c in self.checks]
+        else:
+            parts = [c.text for c in by["failed"]] + [f"cannot check {c.name}: {c.reason}" for c in by["error"]]
+            if self.status == "INCONCLUSIVE":
+                parts = [f"{c.text}, but {c.reason}" for c in by["inconclusive"]]
+        text = f"{self.status}: " + "; ".join(parts)
+        notes = list(self.notes)
+        if self.status == "INCONCLUSIVE" and self.allow_inconclusive:
+            notes.append("the policy allows inconclusive verdicts")
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
         return text
 
     def to_dict(self) -> dict:
-        """JSON record for report.json: passed, line, checks, notes."""
-        return {"passed": self.passed, "line": self.line, "notes": list(self.notes),
-                "checks": [{"name": c.name, "limit": c.limit, "value": c.value, "passed": c.passed, "text": c.text}
+        """JSON record for report.json: status, passed, exit_code, line, checks, notes."""
+        return {"status": self.status, "passed": self.passed, "exit_code": self.exit_code, "line": self.line,
+                "notes": list(self.notes),
+                "checks": [{"name": c.name, "limit": c.limit, "value": c.value, "passed": c.passed,
+                            "status": c.status, "text": c.text, "reason": c.reason, "items": c.items}
                            for c in self.checks]}
 
 
@@ -131,17 +203,23 @@ def parse_policy(data: dict, *, where: str = "policy") -> Policy:
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise LlmMiaError(f"{where}: [settings] must be a table")
-    est, min_ins = "max", 1
+    kw = {}
     for k, v in settings.items():
         if k == "exposure_estimator":
             if v not in ("max", *ESTIMATORS):
-                raise LlmMiaError(f"{where}: exposure_estimator must be one of max, {', '.join(ESTIMATORS)}; got {v!r}")
-            est = v
-        elif k == "min_insertions":
-            min_ins = _number(k, v, int, where)
+                raise LlmMiaError(f"{where}: exposure_estimator must be one of {', '.join(ESTIMATORS)}, max; got {v!r}")
+        elif k in ("min_insertions", "positive_control_min_insertions", "min_nonmembers"):
+            v = _number(k, v, int, where)
+            if k == "min_nonmembers" and v < math.ceil(1 / GATED_FPR):
+                raise LlmMiaError(f"{where}: min_nonmembers must be >= {math.ceil(1 / GATED_FPR)} "
+                                  f"(fewer cannot resolve {GATED_FPR:.0%} FPR), got {v}")
+        elif k == "allow_inconclusive":
+            if not isinstance(v, bool):
+                raise LlmMiaError(f"{where}: allow_inconclusive must be true or false, got {v!r}")
         else:
-            raise unknown(k, ["exposure_estimator", "min_insertions"])
-    return Policy(limits=limits, exposure_estimator=est, min_insertions=min_ins, source=where)
+            raise unknown(k, SETTINGS)
+        kw[k] = v
+    return Policy(limits=limits, source=where, **kw)
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -172,113 +250,255 @@ def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.2f}"
 
 
+def _how_extracted(s: dict) -> list[str]:
+    return [k for k, key in (("greedy", "greedy_extracted"), ("beam", "beam_extracted"),
+                             ("samples", "surfaced_in_samples")) if s.get(key)]
+
+
+def _check_exposure(report: dict, policy: Policy, secrets: list[dict], limit) -> Check:
+    vals = [(_exposure(s, policy.exposure_estimator), s) for s in secrets]
+    vals = [(v, name, s) for (v, name), s in vals if v is not None]
+    if not vals:
+        raise LlmMiaError(f"the report has no {policy.exposure_estimator} exposure for secrets inserted "
+                          f">= {policy.min_insertions} times")
+    over = sorted([x for x in vals if x[0] > limit], key=lambda x: -x[0])
+    v, name, s = over[0] if over else max(vals, key=lambda x: x[0])
+    where = f"secret {s['id']}, inserted {s.get('count')}x, {name}"
+    if over:
+        more = f", {len(over) - 1} more secrets over" if len(over) > 1 else ""
+        text = f"canary exposure {_fmt(v)} bits > {limit} ({where}{more})"
+    else:
+        text = f"canary exposure max {_fmt(v)} bits <= {limit} ({where})"
+    items = [{"kind": "secret", "id": s["id"], "secret_kind": s.get("kind"), "count": s.get("count"),
+              "estimator": name, "value": b} for b, name, s in over]
+    return Check("max_canary_exposure_bits", limit, v, not over, text, items=items)
+
+
+def _check_extracted_secrets(report: dict, secrets: list[dict], limit) -> Check:
+    if not report.get("secrets") or not report.get("extraction"):
+        raise LlmMiaError("the report has no planted secrets or no extraction")
+    got = [s for s in secrets if _how_extracted(s)]
+    ok = len(got) <= limit
+    ids = [s["id"] for s in got]
+    text = (f"extracted secrets {len(got)} {'<=' if ok else '>'} {limit}"
+            + (f" ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" if got else ""))
+    items = [{"kind": "secret", "id": s["id"], "secret_kind": s.get("kind"), "count": s.get("count"),
+              "how": _how_extracted(s)} for s in got]
+    return Check("max_extracted_secrets", limit, len(got), ok, text, items=items)
+
+
+def _check_pii(report: dict, limit) -> Check:
+    pii = report.get("pii")
+    if not isinstance(pii, dict) or "extracted_training_values" not in pii:
+        raise LlmMiaError("the report has no PII findings")
+    n = int(pii["extracted_training_values"])
+    ok = n <= limit
+    train = [v for v in pii.get("values", []) if (v.get("train_count") or 0) > 0]
+    types = sorted({v["type"] for v in train})
+    text = f"extracted training PII values {n} {'<=' if ok else '>'} {limit}" + (f" ({', '.join(types)})" if types else "")
+    items = [{"kind": "pii", "type": v["type"], "value": v.get("value"), "train_count": v.get("train_count"),
+              "first_sample": v.get("first_sample")} for v in train]
+    return Check("max_extracted_training_pii", limit, n, ok, text, items=items)
+
+
+def _tprs(report: dict) -> dict:
+    sigs = (report.get("membership") or {}).get("signals") or {}
+    return {k: v["tpr_at_fpr"]["0.01"] for k, v in sigs.items() if "0.01" in v.get("tpr_at_fpr", {})}
+
+
+def _check_membership(report: dict, limit) -> Check:
+    sigs = (report.get("membership") or {}).get("signals") or {}
+    tprs = _tprs(report)
+    if not tprs:
+        raise LlmMiaError("the report has no membership metrics")
+    best = max(tprs, key=lambda k: tprs[k]["tpr"])
+    v = float(tprs[best]["tpr"])
+    ok = v <= limit
+    text = f"membership TPR at 1% FPR {v:.3f} {'<=' if ok else '>'} {limit} (signal {best})"
+    items = [{"kind": "metric", "signal": k, "tpr": float(t["tpr"]), "auc": sigs[k].get("auc")}
+             for k, t in sorted(tprs.items(), key=lambda kv: -kv[1]["tpr"]) if t["tpr"] > limit]
+    return Check("max_membership_tpr_at_1pct_fpr", limit, v, ok, text, items=items)
+
+
+def _check_memorized(report: dict, limit) -> Check:
+    ext = report.get("extraction")
+    if not isinstance(ext, dict) or "memorized_total" not in ext:
+        raise LlmMiaError("the report has no extraction results")
+    n = int(ext["memorized_total"])
+    ok = n <= limit
+    return Check("max_memorized_samples", limit, n, ok, f"memorized samples {n} {'<=' if ok else '>'} {limit}")
+
+
+def _check_discoverable(report: dict, limit) -> Check:
+    disc = report.get("discoverable")
+    if not isinstance(disc, dict):
+        raise LlmMiaError("the report has no discoverable memorization section")
+    v = float(disc["greedy_rate"])
+    ok = v <= limit
+    return Check("max_discoverable_rate", limit, v, ok, f"discoverable memorization {v:.3f} {'<=' if ok else '>'} "
+                 f"{limit} ({disc.get('n_greedy')} of {disc.get('n_examples')} examples)")
+
+
+def _not_measured(report: dict, name: str) -> str | None:
+    """Why the audit says it did not measure what limit ``name`` reads (None: it did, or does not say)."""
+    exp = report.get("exposure")
+    if name in ("max_canary_exposure_bits", "max_extracted_secrets") and isinstance(exp, dict) \
+            and exp.get("measured") is False:
+        return str(exp.get("reason") or "no planted secrets")
+    disc = report.get("discoverable")
+    if name == "max_discoverable_rate" and isinstance(disc, dict) and disc.get("greedy_rate") is None:
+        return str(disc.get("skipped") or "not run")
+    return None
+
+
+def secret_control(report: dict, min_insertions: int) -> str | None:
+    """Why the planted-secret positive control fails (None when it holds, or is off with 0).
+
+    It holds when a secret inserted >= ``min_insertions`` times was extracted, or has a rank or exact
+    exposure above ``log2(k / 0.05)`` bits (k such secrets): a never-inserted secret reaches t bits
+    with probability <= 2^-t (Carlini et al. 2019, sec. 4), so by chance at most 5% of audits show one.
+    """
+    if not min_insertions:
+        return None
+    hi = [s for s in report.get("secrets") or [] if (s.get("count") or 0) >= min_insertions]
+    if not hi:
+        return f"no planted secret was inserted >= {min_insertions} times to show the audit detects leaks"
+    bits = math.log2(len(hi) / CONTROL_ALPHA)
+    for s in hi:
+        exp = [io.to_float(s[k]) for k in ("exposure_rank", "exposure_exact") if s.get(k) is not None]
+        if _how_extracted(s) or any(e > bits for e in exp):
+            return None
+    return (f"none of the {len(hi)} secrets inserted >= {min_insertions} times was extracted or exposed "
+            f"above {bits:.2f} bits (positive control: the audit could not have seen a leak)")
+
+
+def membership_control(report: dict, min_nonmembers: int) -> str | None:
+    """Why the membership evaluation cannot resolve the gated FPR or a leak (None when it can).
+
+    Needs ``min_nonmembers`` non-members and one signal whose 95% percentile-bootstrap AUC interval
+    (:func:`llm_mia.metrics.bootstrap_auc_ci`, 1,000 resamples, seed 0, over the report's per-document
+    scores) lies above 0.5; without per-document scores the point AUC must exceed 0.5.
+    """
+    mem = report.get("membership") or {}
+    n_non = int(mem.get("n_nonmembers") or 0)
+    if n_non < min_nonmembers:
+        return (f"{n_non} non-members cannot resolve {GATED_FPR:.0%} FPR "
+                f"(needs >= {min_nonmembers}; n * FPR = {n_non * GATED_FPR:g})")
+    sigs = {k: v["auc"] for k, v in (mem.get("signals") or {}).items() if v.get("auc") is not None}
+    per_doc = mem.get("per_doc") or {}
+    if per_doc.get("labels") and per_doc.get("scores"):
+        from llm_mia.metrics import bootstrap_auc_ci
+
+        for k in sorted(sigs, key=lambda k: -sigs[k]):
+            if sigs[k] <= 0.5:
+                break
+            vals = [io.to_float(x) for x in per_doc["scores"].get(k) or []]
+            if len(vals) == len(per_doc["labels"]) and bootstrap_auc_ci(per_doc["labels"], vals, seed=0)[0] > 0.5:
+                return None
+        return "no membership signal has a 95% AUC interval above 0.5 (every signal at or below chance)"
+    if any(a > 0.5 for a in sigs.values()):
+        return None
+    return "every membership signal has AUC <= 0.5 (at or below chance)"
+
+
 def evaluate(report: dict, policy: Policy) -> Verdict:
     """Check every limit of ``policy`` against ``report`` (the dict of report.json).
 
+    Returns the :class:`Verdict`; FAIL when a limit is exceeded, INCONCLUSIVE when a limit passed
+    but its positive control says the audit could not have seen it fail (module docstring).
+
     Raises:
-        LlmMiaError: the report lacks what a limit needs (no secrets with the estimator, no
-            membership metrics, no PII section), so the gate never passes on missing evidence.
+        UnanswerableLimit: the report lacks what a limit needs (no secrets with the estimator, no
+            membership metrics, no PII section) or is malformed there, and no limit failed; the
+            verdict (status ERROR) is attached, so the gate never passes on missing evidence.
     """
     checks: list[Check] = []
     notes: list[str] = []
     lim = policy.limits
-    secrets = [s for s in report.get("secrets", []) if s.get("count", 0) >= policy.min_insertions]
+    all_secrets = report.get("secrets") or []
+    secrets = [s for s in all_secrets if (s.get("count") or 0) >= policy.min_insertions]
+    runs = {
+        "max_canary_exposure_bits": lambda v: _check_exposure(report, policy, secrets, v),
+        "max_extracted_secrets": lambda v: _check_extracted_secrets(report, secrets, v),
+        "max_extracted_training_pii": lambda v: _check_pii(report, v),
+        "max_membership_tpr_at_1pct_fpr": lambda v: _check_membership(report, v),
+        "max_memorized_samples": lambda v: _check_memorized(report, v),
+        "max_discoverable_rate": lambda v: _check_discoverable(report, v),
+    }
+    controls = {}
+    for name, run in runs.items():
+        if name not in lim:
+            continue
+        why = _not_measured(report, name)
+        if why is not None:
+            checks.append(Check(name, lim[name], None, None, f"{name} not measured", status="not measured", reason=why))
+            notes.append(f"{name} not measured: {why}")
+            continue
+        try:
+            c = run(lim[name])
+        except LlmMiaError as e:
+            c = Check(name, lim[name], None, None, f"cannot check {name}", status="error", reason=str(e))
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            c = Check(name, lim[name], None, None, f"cannot check {name}", status="error",
+                      reason=f"malformed report ({type(e).__name__}: {' '.join(str(e).split())})")
+        if c.status == "passed":
+            key = "secret" if name in EXTRACTION_LIMITS else "membership"
+            if key not in controls:
+                try:
+                    controls[key] = (secret_control(report, policy.positive_control_min_insertions) if key == "secret"
+                                     else membership_control(report, policy.min_nonmembers))
+                except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+                    controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
+            if controls[key]:
+                c.status, c.reason = "inconclusive", controls[key]
+        checks.append(c)
+    mc = next((c for c in checks if c.name == "max_membership_tpr_at_1pct_fpr" and c.status == "failed"), None)
+    if mc is not None and any(t.get("below_resolution") for t in _tprs(report).values()):
+        n_non = (report.get("membership") or {}).get("n_nonmembers")
+        notes.append(f"{n_non} non-members cannot resolve 1% FPR: TPR at FPR 0 used")
+    base = (report.get("membership") or {}).get("baseline") or {}
+    if "max_membership_tpr_at_1pct_fpr" in lim and base.get("warning"):
+        notes.append(f"model-free baseline AUC {base['auc']:.3f}: members and non-members differ without the model")
+    statuses = {c.status for c in checks}
+    status = ("FAIL" if "failed" in statuses else "ERROR" if "error" in statuses
+              else "INCONCLUSIVE" if "inconclusive" in statuses else "PASS")
+    passed = status == "PASS" or (status == "INCONCLUSIVE" and policy.allow_inconclusive)
+    v = Verdict(passed=passed, checks=checks, notes=notes, status=status, allow_inconclusive=policy.allow_inconclusive)
+    if status == "ERROR":
+        first = next(c for c in checks if c.status == "error")
+        raise UnanswerableLimit(f"{first.reason}; cannot check {first.name}", v)
+    return v
 
-    def not_measured(key: str, what: str, why: str) -> None:
-        checks.append(Check(key, lim[key], None, True, f"{what} not measured"))
-        notes.append(f"{key} not checked: {why}")
 
-    exposure_missing = (report.get("exposure") or {}).get("measured") is False
-    for key, what in (("max_canary_exposure_bits", "canary exposure"), ("max_extracted_secrets", "extracted secrets")):
-        if key in lim and exposure_missing:
-            not_measured(key, what, report["exposure"].get("reason", "no planted secrets"))
-    if "max_canary_exposure_bits" in lim and not exposure_missing:
-        limit = lim["max_canary_exposure_bits"]
-        vals = [(_exposure(s, policy.exposure_estimator), s) for s in secrets]
-        vals = [(v, name, s) for (v, name), s in vals if v is not None]
-        if not vals:
-            raise LlmMiaError(f"the report has no {policy.exposure_estimator} exposure for secrets inserted "
-                              f">= {policy.min_insertions} times; cannot check max_canary_exposure_bits")
-        over = sorted([x for x in vals if x[0] > limit], key=lambda x: -x[0])
-        top = over[0] if over else max(vals, key=lambda x: x[0])
-        v, name, s = top
-        where = f"secret {s['id']}, inserted {s.get('count')}x, {name}"
-        if over:
-            more = f", {len(over) - 1} more secrets over" if len(over) > 1 else ""
-            text = f"canary exposure {_fmt(v)} bits > {limit} ({where}{more})"
-        else:
-            text = f"canary exposure max {_fmt(v)} bits <= {limit} ({where})"
-        checks.append(Check("max_canary_exposure_bits", limit, v, not over, text))
+def load_report(report_path: str | Path) -> dict:
+    """Read an llm-mia report.json and check its structure (the sections a policy reads).
 
-    if "max_extracted_secrets" in lim and not exposure_missing:
-        limit = lim["max_extracted_secrets"]
-        if not report.get("secrets") or not report.get("extraction"):
-            raise LlmMiaError("the report has no planted secrets or no extraction; cannot check max_extracted_secrets")
-        got = [s["id"] for s in secrets if s.get("greedy_extracted") or s.get("beam_extracted")
-               or s.get("surfaced_in_samples")]
-        ok = len(got) <= limit
-        text = (f"extracted secrets {len(got)} {'<=' if ok else '>'} {limit}"
-                + (f" ({', '.join(got[:3])}{', ...' if len(got) > 3 else ''})" if got else ""))
-        checks.append(Check("max_extracted_secrets", limit, len(got), ok, text))
+    Raises:
+        LlmMiaError: not JSON, not a report (no ``schema_version``), an unknown schema version, or a
+            section of the wrong type.
+    """
+    from llm_mia.audit import SCHEMA_VERSION
 
-    if "max_extracted_training_pii" in lim:
-        limit = lim["max_extracted_training_pii"]
-        pii = report.get("pii")
-        if not isinstance(pii, dict) or "extracted_training_values" not in pii:
-            raise LlmMiaError("the report has no PII findings; cannot check max_extracted_training_pii")
-        n = int(pii["extracted_training_values"])
-        ok = n <= limit
-        types = sorted({v["type"] for v in pii.get("values", []) if (v.get("train_count") or 0) > 0})
-        text = f"extracted training PII values {n} {'<=' if ok else '>'} {limit}" + (f" ({', '.join(types)})" if types else "")
-        checks.append(Check("max_extracted_training_pii", limit, n, ok, text))
-
-    if "max_membership_tpr_at_1pct_fpr" in lim:
-        limit = lim["max_membership_tpr_at_1pct_fpr"]
-        sigs = report.get("membership", {}).get("signals", {})
-        tprs = {k: v["tpr_at_fpr"]["0.01"] for k, v in sigs.items() if "0.01" in v.get("tpr_at_fpr", {})}
-        if not tprs:
-            raise LlmMiaError("the report has no membership metrics; cannot check max_membership_tpr_at_1pct_fpr")
-        best = max(tprs, key=lambda k: tprs[k]["tpr"])
-        v = float(tprs[best]["tpr"])
-        ok = v <= limit
-        text = f"membership TPR at 1% FPR {v:.3f} {'<=' if ok else '>'} {limit} (signal {best})"
-        checks.append(Check("max_membership_tpr_at_1pct_fpr", limit, v, ok, text))
-        if tprs[best].get("below_resolution"):
-            notes.append(f"{report['membership'].get('n_nonmembers')} non-members cannot resolve 1% FPR: TPR at FPR 0 used")
-        base = report.get("membership", {}).get("baseline", {})
-        if base.get("warning"):
-            notes.append(f"model-free baseline AUC {base['auc']:.3f}: members and non-members differ without the model")
-
-    if "max_memorized_samples" in lim:
-        limit = lim["max_memorized_samples"]
-        ext = report.get("extraction")
-        if not isinstance(ext, dict) or "memorized_total" not in ext:
-            raise LlmMiaError("the report has no extraction results; cannot check max_memorized_samples")
-        n = int(ext["memorized_total"])
-        ok = n <= limit
-        checks.append(Check("max_memorized_samples", limit, n, ok, f"memorized samples {n} {'<=' if ok else '>'} {limit}"))
-
-    if "max_discoverable_rate" in lim:
-        limit = lim["max_discoverable_rate"]
-        disc = report.get("discoverable")
-        if not isinstance(disc, dict):
-            raise LlmMiaError("the report has no discoverable memorization section; cannot check max_discoverable_rate")
-        if disc.get("greedy_rate") is None:
-            not_measured("max_discoverable_rate", "discoverable memorization", disc.get("skipped", "not run"))
-        else:
-            v = float(disc["greedy_rate"])
-            ok = v <= limit
-            checks.append(Check("max_discoverable_rate", limit, v, ok,
-                                f"discoverable memorization {v:.3f} {'<=' if ok else '>'} {limit} "
-                                f"({disc.get('n_greedy')} of {disc.get('n_examples')} examples)"))
-
-    return Verdict(passed=all(c.passed for c in checks), checks=checks, notes=notes)
+    report = io.read_json(report_path)
+    if not isinstance(report, dict) or "schema_version" not in report:
+        raise LlmMiaError(f"{report_path} is not an llm-mia report.json (no schema_version)")
+    if report["schema_version"] != SCHEMA_VERSION:
+        raise LlmMiaError(f"{report_path}: report schema_version {report['schema_version']!r} is not supported "
+                          f"(this llm-mia reads version {SCHEMA_VERSION}); re-run the audit")
+    shapes = {"secrets": list, "extraction": dict, "membership": dict, "pii": dict, "verdict": dict}
+    for key, kind in shapes.items():
+        if report.get(key) is not None and not isinstance(report[key], kind):
+            raise LlmMiaError(f"{report_path}: corrupt report: '{key}' must be a {'list' if kind is list else 'mapping'}, "
+                              f"got {type(report[key]).__name__}")
+    if any(not isinstance(s, dict) or not isinstance(s.get("id"), str) for s in report.get("secrets") or []):
+        raise LlmMiaError(f"{report_path}: corrupt report: every entry of 'secrets' must be a mapping with an 'id'")
+    sigs = (report.get("membership") or {}).get("signals")
+    if sigs is not None and (not isinstance(sigs, dict) or any(not isinstance(v, dict) for v in sigs.values())):
+        raise LlmMiaError(f"{report_path}: corrupt report: 'membership.signals' must map signal names to mappings")
+    return report
 
 
 def gate_report(report_path: str | Path, policy_path: str | Path) -> Verdict:
     """Evaluate the policy file against an existing report.json (no model is run)."""
     policy = load_policy(policy_path)
-    report = io.read_json(report_path)
-    if not isinstance(report, dict) or "schema_version" not in report:
-        raise LlmMiaError(f"{report_path} is not an llm-mia report.json (no schema_version)")
-    return evaluate(report, policy)
+    return evaluate(load_report(report_path), policy)

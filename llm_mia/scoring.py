@@ -242,6 +242,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     Every input is read and validated before the model is loaded, and every output is written
     atomically, so bad input leaves nothing behind. Raises LlmMiaError with a one-line message.
     """
+    from pathlib import Path
+
     from llm_mia import io
     from llm_mia.errors import LlmMiaError
     from llm_mia.metrics import bootstrap_auc_ci, calibrate_threshold, roc_metrics
@@ -250,6 +252,19 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     from llm_mia.signals import token_frequencies
     from llm_mia.texts import read_texts
 
+    import math
+
+    if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not math.isfinite(target_fpr) \
+            or not 0 <= target_fpr < 1:
+        raise LlmMiaError(f"--target-fpr must be in [0, 1), got {target_fpr!r}")
+    inputs = [input_path, recall_prefix, dc_pdd_corpus, calibrate_on]
+    outputs = [(output_path, "--output"), (metrics_path, "--metrics"), (roc_path, "--roc")]
+    for path, what in outputs:
+        if path is not None:
+            io.check_output_file(path, inputs=inputs, what=what)
+    named = [(str(Path(p).resolve()), w) for p, w in outputs if p is not None]
+    if len({p for p, _ in named}) < len(named):
+        raise LlmMiaError(f"{' and '.join(w for _, w in named)} must be different files")
     data = read_texts(input_path, text_field=text_field, label_field=label_field)
     if not data.texts:
         raise LlmMiaError(f"{input_path}: no texts to score")

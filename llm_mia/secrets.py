@@ -29,6 +29,7 @@ from llm_mia.io import read_json, write_json
 
 ALPHABETS = {"d": string.digits, "h": string.digits + "abcdef", "a": string.ascii_lowercase}
 KINDS = ("canary", "pii")
+MAX_COUNT = 10**9  # insertions of one secret: more is a typo, and fails late in integer-typed stages
 _SLOT = re.compile(r"\{([dha])([1-9][0-9]*)\}")
 
 
@@ -257,6 +258,12 @@ class Secret:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise LlmMiaError(f"{name} must be a non-negative int, got {v!r}")
+        if self.count > MAX_COUNT:
+            raise LlmMiaError(f"count of {self.id!r} is {self.count}, more than {MAX_COUNT:,} insertions; "
+                              "count is how many times the text was inserted into the training data")
+        if not self.prefix.strip():
+            raise LlmMiaError(f"prefix of {self.id!r} is empty: exposure and extraction condition on the text "
+                              "before the secret, so give the words that precede it in training")
         if not isinstance(self.fields, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.fields.items()):
             raise LlmMiaError("fields must be an object of string values")
@@ -264,6 +271,9 @@ class Secret:
             raise LlmMiaError(f"text of {self.id!r} is not prefix + secret + suffix")
         if not matches_format(self.secret, self.format):
             raise LlmMiaError(f"secret of {self.id!r} does not match its format {self.format!r}")
+        if space_size(self.format) < 2:
+            raise LlmMiaError(f"format of {self.id!r} is {self.format!r}, which has no random field ({{dN}}, {{hN}} "
+                              "or {{aN}}): its space has one member, so rank and exposure are undefined")
         if self.space_size != space_size(self.format):
             raise LlmMiaError(f"space_size of {self.id!r} is {self.space_size}, "
                               f"but its format {self.format!r} has {space_size(self.format)}")
@@ -273,13 +283,24 @@ class Secret:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, record: Any) -> "Secret":
-        """Build and validate a Secret from a JSON record with exactly the ten keys.
+    def from_dict(cls, record: Any, *, default_id: str | None = None) -> "Secret":
+        """Build and validate a Secret from a JSON record of the ten keys.
 
+        ``id``, ``suffix`` and ``fields`` may be left out (a record written by hand with the keys the
+        README lists): ``id`` becomes ``default_id`` (``"<kind>-<record index>"`` in
+        :func:`load_secrets`), ``suffix`` what ``text`` holds after ``prefix + secret`` (empty when
+        it ends there), ``fields`` ``{}``.
         Raises :class:`LlmMiaError` for a non-object, a missing or unknown key, or a broken invariant.
         """
         if not isinstance(record, dict):
             raise LlmMiaError(f"expected an object, got {type(record).__name__}")
+        record = dict(record)
+        if "id" not in record and default_id is not None:
+            record["id"] = default_id
+        if "suffix" not in record and all(isinstance(record.get(k), str) for k in ("text", "prefix", "secret")):
+            head = record["prefix"] + record["secret"]
+            record["suffix"] = record["text"][len(head):] if record["text"].startswith(head) else ""
+        record.setdefault("fields", {})
         keys = [f for f in cls.__dataclass_fields__]
         missing = [k for k in keys if k not in record]
         unknown = sorted(set(record) - set(keys))
@@ -296,8 +317,9 @@ def load_secrets(path: str | os.PathLike) -> list[Secret]:
     Returns the secrets in file order. Raises :class:`LlmMiaError` with a one-line message naming
     the file (and the record index where one is at fault) for: a missing file, corrupt JSON, a
     top level that is not a list, a record with missing/unknown keys or wrong types, ``text`` not
-    equal to ``prefix + secret + suffix``, a secret outside its format's space, a wrong
-    ``space_size``, or a duplicate id.
+    equal to ``prefix + secret + suffix``, a secret outside its format's space, a format without a
+    random field, an empty prefix, a wrong ``space_size``, a ``count`` above 10^9, or a duplicate
+    id. ``id``, ``suffix`` and ``fields`` may be omitted (see :meth:`Secret.from_dict`).
     """
     data = read_json(path)
     if not isinstance(data, list):
@@ -306,7 +328,8 @@ def load_secrets(path: str | os.PathLike) -> list[Secret]:
     seen: set[str] = set()
     for i, record in enumerate(data):
         try:
-            s = Secret.from_dict(record)
+            kind = record.get("kind") if isinstance(record, dict) else None
+            s = Secret.from_dict(record, default_id=f"{kind}-{i}" if isinstance(kind, str) else None)
         except LlmMiaError as e:
             raise LlmMiaError(f"{path}: record {i}: {e}") from None
         if s.id in seen:

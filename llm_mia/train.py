@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import os
 import shutil
 import tempfile
@@ -725,11 +726,17 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
 
 
 class _progress:
-    """A rich progress bar on stderr showing the loss, or nothing when disabled."""
+    """A rich progress bar on stderr showing the loss (plain lines every 10% when stderr is not a
+    terminal, :class:`llm_mia.progress.PlainProgress`), or nothing when disabled."""
 
     def __init__(self, enabled: bool, total: int, what: str):
-        self._p = None
+        self._p = self._plain = None
         if not enabled:
+            return
+        if not sys.stderr.isatty():
+            from llm_mia.progress import PlainProgress
+
+            self._plain = PlainProgress(f"train {what}", total, sys.stderr)
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -743,7 +750,12 @@ class _progress:
     def advance(self, loss: float) -> None:
         if self._p is not None:
             self._p.update(self._task, advance=1, loss=f"{loss:.3f}")
+        elif self._plain is not None:
+            self._plain.description = f"{self._plain.description.split(' (loss')[0]} (loss {loss:.3f})"
+            self._plain(1)
 
     def close(self) -> None:
         if self._p is not None:
             self._p.stop()
+        elif self._plain is not None:
+            self._plain.close()

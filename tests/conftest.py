@@ -103,6 +103,24 @@ def _fit(texts, tok, *, steps, seed):
     return model.eval(), float(loss.detach())
 
 
+_WORDS = ("amber basalt cedar delta ember fjord garnet harbor iris jasper kelp lagoon meadow nectar onyx prairie "
+          "quartz reef sierra tundra umber valley willow xenon yarrow zephyr").split()
+
+
+def distinct_docs(n: int, *, sentences: int = 3, seed: int = 0) -> list[str]:
+    """``n`` documents of ``sentences`` seven-word sentences drawn from 26 words (seeded), so no two
+    are (near) duplicates under llm_mia.dedup's rules, as ``corpus build`` requires."""
+    import random
+
+    rng = random.Random(seed)
+
+    def sentence() -> str:
+        w = rng.sample(_WORDS, 7)
+        return " ".join([w[0].capitalize(), *w[1:]]) + "."
+
+    return [f"Document {i}. " + " ".join(sentence() for _ in range(sentences)) for i in range(n)]
+
+
 @pytest.fixture(scope="session")
 def leak_models(tmp_path_factory):
     """A corpus whose members hold a canary and a PII record inserted 16 times; a 'leaky' model fitted
@@ -112,13 +130,7 @@ def leak_models(tmp_path_factory):
     from llm_mia.models.tokenizer import train_bpe_tokenizer
 
     d = tmp_path_factory.mktemp("gate")
-    import random
-
-    # distinct paragraphs: members and held-out documents must not be near duplicates (the audit drops those)
-    words = ("sorted copy list function returns value index key table record field string number order items "
-             "alpha beta gamma delta file path module class method object error count limit").split()
-    paras = [f"Section {i}: the " + " ".join(random.Random(i).sample(words, 12)) + "." for i in range(16)]
-    (d / "src.txt").write_text("\n\n".join(paras), encoding="utf-8")
+    (d / "src.txt").write_text("\n\n".join(distinct_docs(16, sentences=2)), encoding="utf-8")
     build_corpus(str(d / "src.txt"), d / "corpus", seed=0, repeats=(16,), canaries_per_repeat=1, pii_per_repeat=1,
                  controls_per_kind=1)
     train = [r["text"] for r in io.read_jsonl(d / "corpus" / "train.jsonl")]

@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from conftest import run_cli
+from conftest import distinct_docs, run_cli
+
+from llm_mia import io
 
 
 
@@ -37,8 +39,7 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_corpus_build_and_train_cli(tmp_path, capsys):
     src = tmp_path / "docs.txt"
-    paras = [f"Paragraph {i} explains how the function number {i} returns a sorted list of items." * 3 for i in range(30)]
-    src.write_text("\n\n".join(paras), encoding="utf-8")
+    src.write_text("\n\n".join(distinct_docs(30, sentences=6)), encoding="utf-8")
     code, out, err = run_cli(["corpus", "build", "--source", src, "--out", tmp_path / "c", "--repeats", "1,4"], capsys)
     assert code == 0, err
     secrets = json.loads((tmp_path / "c" / "secrets.json").read_text())
@@ -64,7 +65,7 @@ def test_extract_cli_writes_ranked_verified_samples(built, tmp_path, capsys):
     code, _, err = run_cli(["extract", "--model", built / "model", "--corpus", built / "corpus", "--num-samples", 12,
                             "--length", 24, "--batch-size", 5, "--top-n", 4, "--out", out], capsys)
     assert code == 0, err
-    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "private" / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(12))
     from transformers import AutoTokenizer
 
@@ -76,7 +77,7 @@ def test_extract_cli_writes_ranked_verified_samples(built, tmp_path, capsys):
         assert r["longest_match_tokens"] >= 1 and r["memorized"] in (True, False)
         # the loss signal is minus the mean NLL the row reports
         assert math.isclose(r["scores"]["loss"], -r["nll"], rel_tol=1e-6)
-    top = [json.loads(line) for line in (out / "top.jsonl").read_text().splitlines()]
+    top = [json.loads(line) for line in (out / "private" / "top.jsonl").read_text().splitlines()]
     for ranking in ("perplexity", "zlib", "lowercase", "window"):
         scores = [t["score"] for t in top if t["ranking"] == ranking]
         assert len(scores) == 4 and scores == sorted(scores, reverse=True)
@@ -84,7 +85,7 @@ def test_extract_cli_writes_ranked_verified_samples(built, tmp_path, capsys):
     code, _, err = run_cli(["extract", "--model", built / "model", "--num-samples", 12, "--length", 24,
                             "--batch-size", 7, "--out", tmp_path / "ex2"], capsys)
     assert code == 0, err
-    rows2 = [json.loads(line) for line in (tmp_path / "ex2" / "samples.jsonl").read_text().splitlines()]
+    rows2 = [json.loads(line) for line in (tmp_path / "ex2" / "private" / "samples.jsonl").read_text().splitlines()]
     assert [r["token_ids"] for r in rows2] == [r["token_ids"] for r in rows]
 
 
@@ -104,7 +105,10 @@ def test_audit_cli_writes_report_with_redacted_secrets(built, tmp_path, capsys):
         assert isinstance(r["greedy_extracted"], bool)
     assert set(report["extraction"]["rankings"]) == {"perplexity", "zlib", "lowercase", "window"}
     assert "auc" in report["membership"]["signals"]["loss"]
+    # one PII pass: the report's PII table is built from the hits samples.jsonl holds
+    assert report["pii"]["n_hits"] == sum(len(json.loads(x)["pii"]) for x in (out / "extract" / "samples.jsonl").open())
     md = (out / "report.md").read_text()
+    assert "phone regions US, GB, DE, FR, IN, BR" in md  # the corpus records no locales: the default
     assert "## Planted secrets" in md and "## Extraction" in md
     assert "![exposure against insertion count](exposure.png)" in md and (out / "exposure.png").exists()
     for r in report["secrets"]:
@@ -197,10 +201,10 @@ def test_p06_two_process_accelerate_run_equals_one_process(built, tmp_path, caps
            "--main_process_port", str(_free_port()), "-m", "llm_mia.cli", *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shards = sorted(p.name for p in (tmp_path / "two" / "shards").glob("*-of-*.jsonl") if not p.name.startswith("scores"))
+    shards = sorted(p.name for p in (tmp_path / "two" / "private" / "shards").glob("*-of-*.jsonl") if not p.name.startswith("scores"))
     assert shards == ["internet.0-of-2.jsonl", "internet.1-of-2.jsonl", "top-k.0-of-2.jsonl", "top-k.1-of-2.jsonl"]
-    one = [json.loads(line) for line in (tmp_path / "one" / "samples.jsonl").read_text().splitlines()]
-    two = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (tmp_path / "one" / "private" / "samples.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "private" / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in two] == list(range(10))
     assert [(r["strategy"], r["index"]) for r in two] == [(s, i) for s in ("top-k", "internet") for i in range(5)]
     assert [r["token_ids"] for r in two] == [r["token_ids"] for r in one]
@@ -217,18 +221,18 @@ def test_extract_cli_resume_after_a_kill(built, tmp_path, capsys):
             "--batch-size", 2, "--strategy", "temperature-decay,internet", "--seed", 3]
     code, _, err = run_cli(args + ["--out", tmp_path / "full"], capsys)
     assert code == 0, err
-    full = [json.loads(x) for x in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()]
+    full = [json.loads(x) for x in (tmp_path / "full" / "private" / "samples.jsonl").read_text().splitlines()]
     code, _, err = run_cli(args + ["--out", tmp_path / "full"], capsys)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
     # a killed run: shards hold 3 complete samples and a torn fourth; no merged outputs yet
     killed = tmp_path / "killed"
-    (killed / "shards").mkdir(parents=True)
+    (killed / "private" / "shards").mkdir(parents=True)
     for s in ("temperature-decay", "internet"):
-        lines = (tmp_path / "full" / "shards" / f"{s}.0-of-1.jsonl").read_text().splitlines()
-        (killed / "shards" / f"{s}.0-of-1.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
+        lines = (tmp_path / "full" / "private" / "shards" / f"{s}.0-of-1.jsonl").read_text().splitlines()
+        (killed / "private" / "shards" / f"{s}.0-of-1.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
     code, _, err = run_cli(args + ["--out", killed, "--resume"], capsys)
     assert code == 0, err
-    got = [json.loads(x) for x in (killed / "samples.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (killed / "private" / "samples.jsonl").read_text().splitlines()]
     assert [(r["strategy"], r["index"], r["token_ids"], r["prompt"]) for r in got] == \
         [(r["strategy"], r["index"], r["token_ids"], r["prompt"]) for r in full]
     assert [r["id"] for r in got] == list(range(12))
@@ -268,3 +272,141 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------------------------ issue 15 items 9 and 11
+
+def _one_error_line(code, err):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["--strategy", "nucleus"], "unknown strategy nucleus"),
+    (["--strategy", "top-k,top-k"], "strategy given twice"),
+    (["--length", "0"], "--length must be an integer >= 1"),
+])
+@pytest.mark.parametrize("cmd", ["extract", "audit"])
+def test_bad_numbers_and_strategies_fail_before_any_folder_or_model(tmp_path, capsys, cmd, args, match):
+    """--seed -1 used to crash with an internal ValueError after writing a shard; --strategy nucleus
+    left an empty extract/ folder. Both are one-line errors now, before the (missing) model is read."""
+    out = tmp_path / "o"
+    base = ["--model", tmp_path / "no-model", "--out", out]
+    if cmd == "audit":
+        base += ["--corpus", tmp_path / "no-corpus"]
+    line = _one_error_line(*run_cli([cmd, *base, *args], capsys)[::2])
+    assert match in line
+    assert not out.exists()
+
+
+def test_outputs_that_cannot_be_written_fail_before_the_work(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    score = ["score", "--model", tmp_path / "no-model", "--input", tmp_path / "a.txt"]
+    cases = [
+        (score + ["--output", tmp_path / "a.txt"], "is also an input"),
+        (score + ["--output", tmp_path / "sub" / ".." / "a.txt"], "is also an input"),
+        (score + ["--output", tmp_path / "folder"], "is a folder"),
+        (score + ["--output", tmp_path / "file" / "out.jsonl"], "which is a file"),
+        (score + ["--output", tmp_path / "o.jsonl", "--metrics", tmp_path / "o.jsonl"], "must be different files"),
+        (score + ["--output", tmp_path / "o.jsonl", "--target-fpr", "1.5"], "--target-fpr must be in [0, 1)"),
+        (["extract", "--model", tmp_path / "no-model", "--out", tmp_path / "file" / "x"], "which is a file"),
+        (["extract", "--model", tmp_path / "no-model", "--out", tmp_path / "file"], "is a file"),
+        (["audit", "--corpus", tmp_path, "--model", tmp_path / "no-model", "--out", tmp_path / "file" / "x"],
+         "which is a file"),
+        (["corpus", "build", "--out", tmp_path / "file" / "c"], "which is a file"),
+        (["train", "--corpus", tmp_path, "--out", tmp_path / "file" / "m"], "which is a file"),
+        (["exposure", "--model", tmp_path / "no-model", "--secrets", tmp_path / "s.json", "--out", tmp_path / "file"],
+         "is a file"),
+    ]
+    for args, match in cases:
+        line = _one_error_line(*run_cli(args, capsys)[::2])
+        assert match in line, (args, line)
+    assert (tmp_path / "a.txt").read_text() == "one\ntwo\n" and not (tmp_path / "o.jsonl").exists()
+
+
+def test_extract_writes_redacted_samples_unless_show_secrets(built, tmp_path, capsys):
+    """samples.jsonl / top.jsonl hold the text redacted like the reports and no token ids; the clear
+    rows (what resume and the audit's PII pass read) are in private/, owner-only."""
+    import stat
+
+    from llm_mia.report.markdown import redact_text
+    from llm_mia.secrets import load_secrets
+
+    secrets = load_secrets(built / "corpus" / "secrets.json")
+    args = ["extract", "--model", built / "model", "--corpus", built / "corpus", "--num-samples", 6, "--length", 16,
+            "--top-n", 3]
+    code, _, err = run_cli(args + ["--out", tmp_path / "hidden"], capsys)
+    assert code == 0, err
+    clear = io.read_jsonl(tmp_path / "hidden" / "private" / "samples.jsonl")
+    shown = io.read_jsonl(tmp_path / "hidden" / "samples.jsonl")
+    assert [r["text"] for r in shown] == [redact_text(r["text"], secrets) for r in clear]
+    assert all("token_ids" not in r and "prompt_ids" not in r for r in shown)
+    assert all("token_ids" in r for r in clear)
+    assert stat.S_IMODE((tmp_path / "hidden" / "private").stat().st_mode) == 0o700
+    top = io.read_jsonl(tmp_path / "hidden" / "top.jsonl")
+    by_id = {r["id"]: r for r in clear}
+    assert [t["text"] for t in top] == [redact_text(by_id[t["id"]]["text"], secrets) for t in top]
+    code, _, err = run_cli(args + ["--out", tmp_path / "shown", "--show-secrets"], capsys)
+    assert code == 0, err
+    assert io.read_jsonl(tmp_path / "shown" / "samples.jsonl") == io.read_jsonl(tmp_path / "shown" / "private" / "samples.jsonl")
+
+# ----------------------------------------------------------------------------- progress (issue 15 item 10)
+
+
+def test_progress_off_a_terminal_prints_a_line_per_stage_and_every_tenth():
+    import io as _io
+
+    from llm_mia.progress import bar
+
+    buf = _io.StringIO()  # not a terminal
+    with bar("sampling", 20, stream=buf) as adv:
+        for _ in range(20):
+            adv(1)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "sampling: started (20 to do)" and lines[-1].startswith("sampling: done 20/20 in ")
+    assert [x.split()[1] for x in lines[1:-1]] == [f"{p}%" for p in range(10, 100, 10)]
+    buf = _io.StringIO()
+    with bar("scoring", None, stream=buf) as adv:
+        adv(5)
+    assert buf.getvalue().splitlines()[0] == "scoring: started" and "done 5 in" in buf.getvalue()
+
+
+def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
+    """The bar's total equals the sentences scored: two secrets share one {d3} space (enumerated once),
+    a third's {d4} space is above the exact limit (the old total counted spaces per secret)."""
+    from llm_mia.exposure import exposure_work, secret_exposure
+    from llm_mia.models.loading import from_objects
+    from llm_mia.secrets import Secret
+
+    lm = from_objects(tiny_model, tiny_tokenizer)
+    p, sfx = "Code ", "."
+    secrets = [Secret(id="a", kind="canary", text=p + "123" + sfx, prefix=p, secret="123", suffix=sfx, format="{d3}",
+                      space_size=1000, count=4),
+               Secret(id="b", kind="canary", text=p + "999" + sfx, prefix=p, secret="999", suffix=sfx, format="{d3}",
+                      space_size=1000, count=0),
+               Secret(id="c", kind="canary", text=p + "1234" + sfx, prefix=p, secret="1234", suffix=sfx,
+                      format="{d4}", space_size=10**4, count=1)]
+    seen = []
+    secret_exposure(lm, secrets, n_references=7, exact_limit=1000, beams=1, progress=seen.append)
+    assert sum(seen) == exposure_work(secrets, 7, 1000) == 3 * (7 + 1) + 1000
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--corpus", "c", "--model", "m", "--out", "o", "--preset", "tiny"], "--preset is not used by `audit --corpus --model`"),
+    (["--corpus", "c", "--model", "m", "--out", "o", "--api-modes", "full"], "--api-modes is not used"),
+    (["--corpus", "c", "--model", "m", "--out", "o", "--sarif", "x.sarif"], "add --policy"),
+    (["--demo", "--reference", "r"], "--reference is not used by `audit --demo`"),
+    (["--demo", "--compare-defenses", "--num-samples", "9"], "--num-samples is not used by `audit --demo --compare-defenses`"),
+    (["--demo", "--compare-defenses", "--policy", "p.toml"], "--policy is not used"),
+])
+def test_audit_options_a_mode_cannot_honour_are_refused(args, msg, tmp_path, capsys, monkeypatch):
+    """Issue 15 item 2: an option is honoured or refused (exit 2, one line) before any work."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["audit", *args], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and msg in lines[0], err
+    assert list(tmp_path.iterdir()) == []  # nothing built, trained or written

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import distinct_docs
+
 from llm_mia.corpus import build_corpus, load_source
 from llm_mia.errors import LlmMiaError
 from llm_mia.io import read_jsonl
@@ -60,18 +62,60 @@ def test_jsonl_source(tmp_path):
 def test_jsonl_without_text_field(tmp_path):
     p = tmp_path / "docs.jsonl"
     p.write_text('{"text": "alpha"}\n{"body": "beta"}\n')
-    with pytest.raises(LlmMiaError, match=r"docs\.jsonl: record 1 has no string field 'text'"):
+    with pytest.raises(LlmMiaError, match=r"docs\.jsonl: line 2 has no string field 'text'"):
         load_source(str(p))
 
 
-def test_folder_source_sorted_recursive(tmp_path):
+def test_folder_reads_md_extensionless_and_gz_and_reports_what_it_skips(tmp_path):
+    """Every supported file of a folder is read (.txt, .md, .jsonl, no extension, and .gz of them),
+    one document per file by default, sorted by path; what is not read is listed with the reason."""
+    import gzip
+
+    from llm_mia.corpus import read_source
+
     (tmp_path / "sub").mkdir()
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main")
     (tmp_path / "b.txt").write_text("bee one\n\nbee two")
-    (tmp_path / "a.jsonl").write_text('{"text": "ay"}\n')
+    (tmp_path / "a.jsonl").write_text('{"text": "ay"}\n{"text": "line x\\nline y"}\n')
     (tmp_path / "sub" / "c.txt").write_text("sea")
-    (tmp_path / "notes.md").write_text("ignored")
-    (tmp_path / ".hidden.txt").write_text("ignored")
-    assert load_source(str(tmp_path)) == ["ay", "bee one", "bee two", "sea"]
+    (tmp_path / "notes.md").write_text("markdown notes")
+    (tmp_path / "README").write_text("read me")
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress("gzipped dee".encode()))
+    (tmp_path / "e.jsonl.gz").write_bytes(gzip.compress(b'{"text": "ee"}\n'))
+    (tmp_path / "blob").write_bytes(b"\x89PNG\x00\x01")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / ".hidden.txt").write_text("hidden")
+    got = read_source(str(tmp_path))
+    assert got.unit == "file"
+    assert got.docs == ["read me", "ay", "line x\nline y", "bee one\n\nbee two", "gzipped dee", "ee",
+                        "markdown notes", "sea"]
+    assert got.origins[0] == f"{tmp_path / 'README'}#0" and got.origins[2] == f"{tmp_path / 'a.jsonl'}:2"
+    assert [(r["path"], r["reason"]) for r in got.skipped] == [
+        (str(tmp_path / ".git"), "hidden folder"), (str(tmp_path / ".hidden.txt"), "hidden file"),
+        (str(tmp_path / "blob"), "is a binary file (NUL bytes), not text"),
+        (str(tmp_path / "image.png"), "unsupported type .png")]
+    assert load_source(str(tmp_path), unit="paragraph")[3:5] == ["bee one", "bee two"]
+    assert load_source(str(tmp_path), unit="line")[2:4] == ["line x", "line y"]
+
+
+def test_units_and_min_chars(tmp_path):
+    from llm_mia.corpus import read_source
+
+    p = tmp_path / "docs.txt"
+    p.write_text("First paragraph, line one.\nline two\n\nok\n\nThird paragraph here.")
+    assert load_source(str(p)) == ["First paragraph, line one.\nline two", "ok", "Third paragraph here."]
+    assert load_source(str(p), unit="file") == ["First paragraph, line one.\nline two\n\nok\n\nThird paragraph here."]
+    got = read_source(str(p), unit="line", min_chars=9)
+    assert got.docs == ["First paragraph, line one.", "Third paragraph here."] and got.n_short == 2
+    with pytest.raises(LlmMiaError, match="unknown document unit 'sentence'"):
+        load_source(str(p), unit="sentence")
+    with pytest.raises(LlmMiaError, match="--unit does not apply to python-docs"):
+        load_source("python-docs", unit="file")
+    with pytest.raises(LlmMiaError, match="min_chars"):
+        load_source(str(p), min_chars=0)
+    with pytest.raises(LlmMiaError, match="4 shorter than min_chars=100"):
+        load_source(str(p), unit="line", min_chars=100)
 
 
 def test_max_chars_caps_in_order(tmp_path):
@@ -101,7 +145,7 @@ def test_unsupported_file_and_empty_sources(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(LlmMiaError, match="unsupported corpus file type"):
         load_source(str(tmp_path / "data.csv"))
-    with pytest.raises(LlmMiaError, match="no .txt or .jsonl files"):
+    with pytest.raises(LlmMiaError, match="holds no .txt, .md, .jsonl"):
         load_source(str(tmp_path))
     (tmp_path / "empty.txt").write_text("\n\n  \n")
     with pytest.raises(LlmMiaError, match="no documents"):
@@ -249,8 +293,7 @@ def test_same_seed_identical_files_other_seed_differs(tmp_path):
 
 def _docs_file(tmp_path, n=10):
     p = tmp_path / "docs.txt"
-    p.write_text("\n\n".join(f"Document {i} starts here. It has a second sentence. And a third."
-                             for i in range(n)))
+    p.write_text("\n\n".join(distinct_docs(n)))
     return str(p)
 
 
@@ -291,7 +334,7 @@ def test_build_too_few_documents_keeps_previous_build(tmp_path):
     build_corpus(_docs_file(tmp_path), out, repeats=(1,))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     one = tmp_path / "one.txt"
-    one.write_text("Only one document here.")
+    one.write_text("Only one document here, long enough to pass the fifty character minimum.")
     with pytest.raises(LlmMiaError, match="at least 2"):
         build_corpus(str(one), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -306,3 +349,55 @@ def test_build_errors_for_sources_and_out_dir(tmp_path):
     f.write_text("x")
     with pytest.raises(LlmMiaError, match="is a file"):
         build_corpus(_docs_file(tmp_path), f)
+
+
+def _norm_words(text):
+    """An independent copy of the dedup normalisation: lower-case, punctuation to spaces, split."""
+    return re.sub(r"[^\w\s$+=]|_", " ", text.lower()).split()
+
+
+def _tri(text):
+    w = _norm_words(text)
+    return {tuple(w[i:i + 3]) for i in range(len(w) - 2)}
+
+
+def test_build_dedups_before_the_split_and_reports_it(tmp_path):
+    """Issue 15 item 8: a folder with an exact copy (other case and spacing) and a near copy (one
+    sentence added) of two files: both copies are merged into the earlier file before the split,
+    so no held-out document is an exact or near (>= half its trigrams) copy of a member."""
+    docs = distinct_docs(8, sentences=4, seed=5)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, d in enumerate(docs):
+        (src / f"f{i}.txt").write_text(d)
+    (src / "g_copy.txt").write_text("  " + docs[2].upper().replace(" ", "   ") + "\n")
+    (src / "h_near.md").write_text(docs[3] + " Walrus tapir okapi lemur gibbon.")
+    (src / "z.bin").write_bytes(b"\x00\x01")
+    s = build_corpus(str(src), tmp_path / "out", repeats=(1,), heldout_fraction=0.5, canaries_per_repeat=1,
+                     pii_per_repeat=0, controls_per_kind=0)
+    assert (s.unit, s.n_train + s.n_heldout) == ("file", 8)
+    assert s.merged == [{"dropped": f"{src / 'g_copy.txt'}#0", "kept": f"{src / 'f2.txt'}#0", "reason": "exact"},
+                        {"dropped": f"{src / 'h_near.md'}#0", "kept": f"{src / 'f3.txt'}#0", "reason": "near"}]
+    assert s.skipped == [{"path": str(src / "z.bin"), "reason": "unsupported type .bin"}]
+    meta = json.loads(s.meta_path.read_text())["reading"]
+    assert (meta["documents_read"], meta["exact_duplicates"], meta["near_duplicates"]) == (10, 1, 1)
+    assert meta["merged"] == s.merged and meta["skipped_files"] == s.skipped
+    train = [r["text"] for r in read_jsonl(s.train_path)]
+    held = [r["text"] for r in read_jsonl(s.heldout_path)]
+    for h in held:  # brute force over every pair, with an independent normalisation
+        for t in train:
+            assert _norm_words(h) != _norm_words(t)
+            assert len(_tri(h) & _tri(t)) < 0.5 * len(_tri(h))
+    lines = s.lines()
+    assert "1 exact and 1 near duplicates merged" in lines[0] and lines[1] == "skipped 1 files: 1 unsupported type .bin"
+
+
+def test_build_drops_short_documents_and_names_the_unit_when_too_few(tmp_path):
+    p = tmp_path / "docs.txt"
+    p.write_text("\n\n".join(distinct_docs(6) + ["tiny", "ok."]))
+    s = build_corpus(str(p), tmp_path / "out", repeats=(1,), canaries_per_repeat=1, pii_per_repeat=0,
+                     controls_per_kind=0)
+    assert (s.unit, s.n_short, s.n_train + s.n_heldout) == ("paragraph", 2, 6)
+    with pytest.raises(LlmMiaError, match="gave 1 document .*--unit paragraph or line"):
+        build_corpus(str(p), tmp_path / "out2", unit="file")
+    assert not (tmp_path / "out2").exists()

@@ -32,7 +32,7 @@ def test_same_seed_same_samples_whatever_the_batch_size(lm, tmp_path):
     assert all(len(r["token_ids"]) == 6 for r in a)
 
 
-SHARD = "shards/top-k.0-of-1.jsonl"
+SHARD = "private/shards/top-k.0-of-1.jsonl"
 
 
 @pytest.mark.parametrize("cut", ["mid_json", "mid_utf8", "no_newline"])
@@ -40,7 +40,7 @@ def test_p07_torn_shard_resumes_without_loss_or_duplicates(lm, tmp_path, cut):
     cfg = ExtractConfig(num_samples=5, seed=0, max_new_tokens=6, batch_size=2, progress=False)
     full = sample(lm, cfg, tmp_path / "full")
     d = tmp_path / "torn"
-    (d / "shards").mkdir(parents=True)
+    (d / "private" / "shards").mkdir(parents=True)
     good = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in full[:3])
     if cut == "mid_json":
         tail = b'{"strategy": "top-k", "index": 3, "seed": 0, "text": "Call 555-01'
@@ -64,7 +64,7 @@ def test_p07_corrupt_line_in_the_middle_stops_with_the_shard_and_line(lm, tmp_pa
     full = sample(lm, cfg, tmp_path / "full")
     lines = [json.dumps(r) for r in full]
     lines[1] = '{"index": 1, "tok'
-    (tmp_path / "bad" / "shards").mkdir(parents=True)
+    (tmp_path / "bad" / "private" / "shards").mkdir(parents=True)
     (tmp_path / "bad" / SHARD).write_text("\n".join(lines) + "\n")
     with pytest.raises(LlmMiaError, match=r"top-k\.0-of-1\.jsonl: line 2"):
         sample(lm, cfg, tmp_path / "bad")
@@ -109,9 +109,9 @@ def test_p06_ranks_together_equal_one_process(lm, tmp_path):
     key = lambda r: (r["strategy"], r["index"], r["token_ids"])  # noqa: E731
     assert [key(r) for r in both] == [key(r) for r in one]
     assert [r["index"] for r in both if r["strategy"] == "top-k"] == list(range(8))
-    assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "two" / "private" / "shards").iterdir()) == [
         "temperature-decay.0-of-2.jsonl", "temperature-decay.1-of-2.jsonl", "top-k.0-of-2.jsonl", "top-k.1-of-2.jsonl"]
-    on_disk = _lines(tmp_path / "two" / "shards" / "top-k.1-of-2.jsonl")
+    on_disk = _lines(tmp_path / "two" / "private" / "shards" / "top-k.1-of-2.jsonl")
     assert [r["index"] for r in on_disk] == [1, 3, 5, 7]
 
 
@@ -166,14 +166,14 @@ def test_internet_memorized_span_in_the_prompt_does_not_count(lm, tmp_path):
     bos = lm.bos_id
     gen = [{"strategy": "internet", "index": 0, "prompt_ids": [bos] + span[:8], "token_ids": other},
            {"strategy": "internet", "index": 1, "prompt_ids": [bos] + other[:5], "token_ids": span},
-           {"strategy": "top-k", "index": 0, "prompt_ids": [bos], "token_ids": span[:6]}]
+           {"strategy": "top-k", "index": 0, "prompt_ids": [bos], "token_ids": span[:8]}]
     cfg = ExtractConfig(num_samples=2, strategies=("top-k", "internet"), memorized_min_tokens=10, top_n=5, progress=False)
     scored = _score_rows(lm, None, gen, cfg, ["loss", "zlib", "lowercase", "window"], None)
     assert scored[0]["text"] == tok.decode(other)
     assert scored[0]["zlib_bytes"] == len(zlib.compress(tok.decode(other).encode("utf-8")))
     s = _verify_and_rank(lm, gen, scored, tmp_path, train, [], cfg, ["loss", "zlib", "lowercase", "window"])
-    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert [r["memorized"] for r in rows] == [False, True, True]  # the last: the whole sample is a match
+    rows = [json.loads(line) for line in (tmp_path / "private" / "samples.jsonl").read_text().splitlines()]
+    assert [r["memorized"] for r in rows] == [False, True, True]  # the last: the whole 8-token sample is a match
     assert rows[0]["longest_match_tokens"] < 8 and rows[1]["longest_match_tokens"] == 12
     assert rows[1]["prompt"] == tok.decode(other[:5])
     t = s["carlini_table"]
@@ -198,20 +198,163 @@ def test_extract_records_the_match_span_in_samples_and_top(lm, tiny_tokenizer, t
     gen = sample(lm, cfg, tmp_path / "pre")
     train = [tiny_tokenizer.decode(r["token_ids"][:6]) for r in gen]
     extract(lm, tmp_path / "pre", train_texts=train, cfg=cfg)
-    rows = _lines(tmp_path / "pre" / "samples.jsonl")
+    rows = _lines(tmp_path / "pre" / "private" / "samples.jsonl")
     assert any(r["match_span"] for r in rows)
     for r in rows:
         if r["longest_match_tokens"]:
             s, e = r["match_span"]
             assert r["text"][s:e] == r["longest_match_text"]
             assert r["longest_match_tokens"] >= 1
-    for t in _lines(tmp_path / "pre" / "top.jsonl"):
+    for t in _lines(tmp_path / "pre" / "private" / "top.jsonl"):
         assert t["match_span"] == next(r["match_span"] for r in rows if r["id"] == t["id"])
 
 
 def test_length_below_one_and_repeated_strategy_are_errors(lm, tmp_path):
-    with pytest.raises(LlmMiaError, match="--length must be >= 1"):
+    with pytest.raises(LlmMiaError, match="--length must be an integer >= 1"):
         sample(lm, ExtractConfig(num_samples=1, max_new_tokens=0, progress=False), tmp_path / "a")
     with pytest.raises(LlmMiaError, match="strategy given twice"):
         sample(lm, ExtractConfig(num_samples=1, max_new_tokens=2, strategies=("top-k", "top-k"), progress=False),
                tmp_path / "b")
+
+
+# ------------------------------------------------------------------ issue 15 item 9
+
+def test_resume_refuses_a_folder_made_by_another_model_or_tokenizer(lm, tiny_tokenizer, tmp_path):
+    """A retrained model (same architecture, other weights) or another tokenizer resuming a folder is
+    a one-line error, and the folder's shard is left as it was."""
+    import copy
+
+    from conftest import make_tiny_gpt2
+
+    from llm_mia.extract import model_fingerprint
+
+    cfg = ExtractConfig(num_samples=3, seed=0, max_new_tokens=4, progress=False, resume=True)
+    sample(lm, cfg, tmp_path)
+    before = (tmp_path / SHARD).read_bytes()
+    other = from_objects(make_tiny_gpt2(len(tiny_tokenizer), seed=7), tiny_tokenizer)
+    with pytest.raises(LlmMiaError, match="holds samples of another model") as e:
+        sample(other, replace(cfg, num_samples=5), tmp_path)
+    assert "\n" not in str(e.value) and "use another --out" in str(e.value)
+    tok2 = copy.deepcopy(tiny_tokenizer)
+    tok2.add_tokens(["zzqqxx"])
+    with pytest.raises(LlmMiaError, match="holds samples of another tokenizer"):
+        sample(from_objects(lm.model, tok2), replace(cfg, num_samples=5), tmp_path)
+    assert (tmp_path / SHARD).read_bytes() == before
+    # the same model and tokenizer resume; every record carries the fingerprint
+    fp = model_fingerprint(lm)
+    assert fp["weights_digest"] == "tensors" and model_fingerprint(from_objects(lm.model, tiny_tokenizer)) == fp
+    rows = sample(lm, replace(cfg, num_samples=5), tmp_path)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all({k: r[k] for k in fp} == fp for r in _lines(tmp_path / SHARD))
+    # shards of the old layout (top-level shards/, no model recorded) are refused, not ignored
+    (tmp_path / "old" / "shards").mkdir(parents=True)
+    (tmp_path / "old" / "shards" / "top-k.0-of-1.jsonl").write_text('{"index": 0, "seed": 0, "token_ids": [1]}\n')
+    with pytest.raises(LlmMiaError, match="older llm-mia that did not record the model"):
+        sample(lm, cfg, tmp_path / "old")
+
+
+def test_fingerprint_of_a_model_folder_digests_its_weight_files(tiny_model, tiny_tokenizer, tmp_path):
+    from conftest import make_tiny_gpt2
+
+    from llm_mia.extract import model_fingerprint
+    from llm_mia.models.loading import load_model
+
+    tiny_model.save_pretrained(tmp_path / "a")
+    tiny_tokenizer.save_pretrained(tmp_path / "a")
+    make_tiny_gpt2(len(tiny_tokenizer), seed=7).save_pretrained(tmp_path / "b")
+    tiny_tokenizer.save_pretrained(tmp_path / "b")
+    fa = model_fingerprint(load_model(str(tmp_path / "a"), device="cpu"))
+    fb = model_fingerprint(load_model(str(tmp_path / "b"), device="cpu"))
+    assert fa["weights_digest"] == fb["weights_digest"] == "files"
+    assert fa["weights_sha256"] != fb["weights_sha256"] and fa["tokenizer_sha256"] == fb["tokenizer_sha256"]
+    assert model_fingerprint(load_model(str(tmp_path / "a"), device="cpu")) == fa
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"top_k": 0}, "top_k"),
+    ({"top_n": 0}, "top_n"),
+    ({"memorized_min_tokens": 0}, "memorized_min_tokens"),
+    ({"num_samples": 2.5}, "num_samples"),
+    ({"prompt_tokens": (0, 3)}, "prompt span bounds"),
+    ({"strategies": ("nucleus",)}, "unknown strategy nucleus"),
+])
+def test_options_are_checked_before_any_folder(lm, tmp_path, kw, match):
+    from llm_mia.extract import extract
+
+    with pytest.raises(LlmMiaError, match=match):
+        extract(lm, tmp_path / "x", cfg=ExtractConfig(progress=False, **kw))
+    assert not (tmp_path / "x").exists()
+
+
+def test_sampling_memory_stays_bounded_for_a_huge_num_samples(lm, tmp_path, monkeypatch):
+    """--num-samples 10^8 used to build index lists of several GB before the first batch: now the
+    first batch starts with a bitset of the finished indices (12.5 MB) and lazy index ranges."""
+    import tracemalloc
+
+    import llm_mia.extract as ex
+
+    class FirstBatch(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise FirstBatch
+
+    monkeypatch.setattr(ex, "generate", stop)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FirstBatch):
+            sample(lm, ExtractConfig(num_samples=10**8, max_new_tokens=4, progress=False), tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, peak  # a list of 10^8 indices alone is 800 MB
+
+
+def test_one_token_sample_found_in_training_is_not_memorized(lm, tmp_path):
+    from llm_mia.extract import WHOLE_SAMPLE_MIN_TOKENS, _score_rows, _verify_and_rank, is_memorized
+
+    assert WHOLE_SAMPLE_MIN_TOKENS == 8
+    assert not is_memorized(1, 1, 50) and not is_memorized(7, 7, 50) and is_memorized(8, 8, 50)
+    assert is_memorized(50, 256, 50) and not is_memorized(49, 256, 50) and is_memorized(3, 3, 2)
+    tok = lm.tokenizer
+    train = ["the quick brown fox jumps over the lazy dog while the river keeps flowing past the mill"]
+    ids = tok(train[0])["input_ids"]
+    gen = [{"strategy": "top-k", "index": 0, "prompt_ids": [lm.bos_id], "token_ids": ids[:1]},
+           {"strategy": "top-k", "index": 1, "prompt_ids": [lm.bos_id], "token_ids": ids[2:12]}]
+    cfg = ExtractConfig(num_samples=2, top_n=5, progress=False)
+    sigs = ["loss", "zlib"]
+    _verify_and_rank(lm, gen, _score_rows(lm, None, gen, cfg, sigs, None), tmp_path, train, [], cfg, sigs)
+    rows = _lines(tmp_path / "private" / "samples.jsonl")
+    assert [(r["longest_match_tokens"], r["memorized"]) for r in rows] == [(1, False), (10, True)]
+
+
+def test_samples_and_top_are_redacted_unless_show_secrets(lm, tmp_path):
+    """A sample holding a planted secret and a phone number: the shareable files hide both (the
+    reports' redaction), keep no token ids, and name the secret by id; private/ holds the clear rows."""
+    from llm_mia.extract import _score_rows, _verify_and_rank
+    from llm_mia.report.markdown import redact
+    from llm_mia.secrets import Secret
+
+    sec = Secret(id="canary-r4-0", kind="canary", text="The PIN of Ann Lee is 4821.", prefix="The PIN of Ann Lee is ",
+                 secret="4821", suffix=".", format="{d4}", space_size=10**4, count=4)
+    tok = lm.tokenizer
+    text = "The PIN of Ann Lee is 4821. Call (415) 555-0142 today"
+    gen = [{"strategy": "top-k", "index": 0, "prompt_ids": [lm.bos_id], "token_ids": tok(text)["input_ids"]}]
+    sigs = ["loss"]
+    for show in (False, True):
+        cfg = ExtractConfig(num_samples=1, top_n=1, progress=False, show_secrets=show)
+        out = tmp_path / str(show)
+        _verify_and_rank(lm, gen, _score_rows(lm, None, gen, cfg, sigs, None), out, [text], [sec], cfg, sigs)
+        clear, shown = _lines(out / "private" / "samples.jsonl")[0], _lines(out / "samples.jsonl")[0]
+        top = _lines(out / "top.jsonl")[0]
+        assert tok.decode(clear["token_ids"]) == clear["text"] and "4821" in clear["text"]
+        assert shown["secrets"] == ["canary-r4-0"]
+        if show:
+            assert shown == clear and top["text"] == clear["text"]
+            continue
+        assert "4821" not in shown["text"] and "555-0142" not in shown["text"] and redact("4821") in shown["text"]
+        assert "4821" not in top["text"] and "token_ids" not in shown
+        assert all(h["value"] == redact(c["value"]) for h, c in zip(shown["pii"], clear["pii"]))

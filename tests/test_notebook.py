@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_mia.policy import EXIT_CODES
+
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks" / "walkthrough.ipynb"
 
@@ -28,9 +30,9 @@ def test_walkthrough_notebook_runs(monkeypatch):
     assert not errors
     joined = "\n".join(outs.values())
     # the audit cell printed a verdict and wrote the three reports; the gate agreed with it
-    assert ("PASS: " in joined) or ("FAIL: " in joined)
+    assert any(w in joined for w in ("PASS: ", "FAIL: ", "INCONCLUSIVE: "))
     assert "'report.html'" in joined and "'report.json'" in joined and "'report.md'" in joined
     lines = joined.splitlines()
-    verdict = next(x for x in lines if x.startswith(("PASS: ", "FAIL: ")))
+    verdict = next(x for x in lines if x.startswith(("PASS: ", "FAIL: ", "INCONCLUSIVE: ")))
     gate = next(x for x in lines if x.startswith("exit "))
-    assert gate == f"exit {0 if verdict.startswith('PASS') else 1} | {verdict}"
+    assert gate == f"exit {EXIT_CODES[verdict.split(':')[0]]} | {verdict}"

@@ -183,9 +183,33 @@ def test_load_secrets_not_a_list(tmp_path):
 def test_load_secrets_missing_key_names_record(tmp_path):
     good = _secret().to_dict()
     bad = dict(good, id="b")
-    del bad["suffix"]
+    del bad["space_size"]
     msg = _one_line_error(_write(tmp_path, [good, bad]), "missing key")
-    assert "record 1" in msg and "suffix" in msg
+    assert "record 1" in msg and "space_size" in msg
+
+
+def test_load_secrets_with_the_readme_keys_derives_id_suffix_and_fields(tmp_path):
+    """A hand-written secrets.json with only the keys the README lists loads: id is
+    "<kind>-<record index>", suffix is what text holds after prefix + secret, fields empty."""
+    recs = [{"text": "The PIN of Jane Roe is 123456.", "prefix": "The PIN of Jane Roe is ", "secret": "123456",
+             "format": "{d6}", "space_size": 10**6, "kind": "canary", "count": 4},
+            {"text": "Key ab12", "prefix": "Key ", "secret": "ab12", "format": "{a2}{d2}",
+             "space_size": 26**2 * 100, "kind": "canary", "count": 0}]
+    got = load_secrets(_write(tmp_path, recs))
+    assert [(s.id, s.suffix, s.fields) for s in got] == [("canary-0", ".", {}), ("canary-1", "", {})]
+    assert got[0].text == "The PIN of Jane Roe is 123456." and got[0].count == 4
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"count": 10**30}, "more than 1,000,000,000 insertions"),
+    ({"prefix": "", "text": "123456."}, "prefix of 'canary-r16-0' is empty"),
+    ({"prefix": "  ", "text": "  123456."}, "prefix of 'canary-r16-0' is empty"),
+    ({"format": "123456", "space_size": 1}, "has no random field"),
+])
+def test_load_secrets_refuses_counts_and_spaces_it_cannot_use(tmp_path, change, match):
+    rec = dict(_secret().to_dict(), **change)
+    msg = _one_line_error(_write(tmp_path, [rec]), match)
+    assert "record 0" in msg
 
 
 @pytest.mark.parametrize("change, match", [

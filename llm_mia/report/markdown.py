@@ -87,21 +87,31 @@ def _snippet(text: str, n: int = 160) -> str:
     return (t[:n] + "…") if len(t) > n else t
 
 
+def code_span(text: str) -> str:
+    """``text`` as one Markdown code span (CommonMark 6.1): delimited by a backtick run longer than
+    any inside it, padded with a space when it starts or ends with a backtick (or a space)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_secrets: bool = False) -> str:
     """The report as Markdown: findings first, then extraction, secrets, membership, provenance."""
     hide = (lambda t: t) if show_secrets else (lambda t: redact_text(t, secrets))
     prov = report["provenance"]
     ext = report["extraction"]
     out = ["# llm_mia audit report", ""]
-    data = (f"corpus `{prov['corpus']}`" if prov.get("corpus") else
-            f"members `{prov.get('members')}`, non-members `{prov.get('nonmembers')}`")
-    out += [f"Model `{prov['model']}`" + (f", reference `{prov['reference']}`" if prov.get("reference") else "")
+    data = (f"corpus {code_span(str(prov['corpus']))}" if prov.get("corpus") else
+            f"members {code_span(str(prov.get('members')))}, non-members {code_span(str(prov.get('nonmembers')))}")
+    out += [f"Model {code_span(str(prov['model']))}"
+            + (f", reference {code_span(str(prov['reference']))}" if prov.get("reference") else "")
             + (f" ({prov['reference_source']})" if prov.get("reference_source") else "") + f", {data}.", ""]
     v = report.get("verdict")
     if v:
         out += [f"**Verdict: {v['line']}**", ""]
         if v.get("policy"):
-            out += [f"Release gate policy `{v['policy']}`.", ""]
+            out += [f"Release gate policy {code_span(str(v['policy']))}.", ""]
     out += ["## Findings", ""] + [f"- {o}" for o in report["observations"]] + [""]
 
     strategies = ext.get("strategies", ["top-k"])
@@ -129,7 +139,7 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
         out += [f"Top samples by **{name}**:", ""]
         for r in rows:
             tag = "memorized" if r["memorized"] else "not memorized"
-            out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) `{_snippet(hide(r['text']))}`")
+            out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) {code_span(_snippet(hide(r['text'])))}")
         out.append("")
 
     n_ref = prov["settings"]["n_candidates"]
@@ -188,6 +198,7 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
         out += ["## PII in the samples", "",
                 f"Detectors: {', '.join(det['patterns'])}"
                 + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"] else f" (patterns only: {det['presidio_note']})")
+                + (f"; phone regions {', '.join(det['phone_regions'])}" if det.get("phone_regions") else "")
                 + ".", "",
                 f"{pii['n_hits']} hits, {pii['n_values']} distinct values, {pii['extracted_training_values']} of them "
                 f"training data. Planted PII (Lukas et al. 2023): precision {_fmt(pl['precision'], 3)} "
