@@ -77,11 +77,11 @@ def test_plain_files_without_secrets_gate_on_what_was_measured(leak_models, tmp_
     code, out, err = run_cli(["audit", "--model", d / "leaky", "--members", d / "corpus" / "train.jsonl",
                               "--nonmembers", d / "corpus" / "heldout.jsonl", "--out", tmp_path / "o",
                               "--policy", EXAMPLE, *FAST], capsys)
-    assert code in (0, 1), err  # a verdict, not an error
+    assert code in (0, 1, 3), err  # a verdict (PASS, FAIL or INCONCLUSIVE), not an error (2)
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     checks = {c["name"]: c for c in rep["verdict"]["checks"]}
     assert checks["max_canary_exposure_bits"]["value"] is None and "not measured" in checks["max_canary_exposure_bits"]["text"]
-    assert checks["max_extracted_secrets"]["value"] is None
+    assert checks["max_extracted_secrets"]["value"] is None and checks["max_extracted_secrets"]["status"] == "not measured"
     assert checks["max_membership_tpr_at_1pct_fpr"]["value"] is not None
     assert any("not measured" in o for o in rep["observations"])
     assert rep["exposure_plot"] is None and not (tmp_path / "o" / "exposure.png").exists()
