@@ -1,12 +1,28 @@
-"""Load a causal LM and its tokenizer from a hub id, a local folder, or objects.
+"""Load a causal LM and its tokenizer from a local folder, a hub id, a PEFT adapter, or objects.
 
-safetensors weights are preferred, ``trust_remote_code`` is off unless asked, the device is chosen
-automatically (cuda, mps, cpu) and the dtype is fp32 on CPU and bf16 on GPU. Log-softmax is always
-taken in fp32 by :mod:`llm_mia.models.stats`, whatever the weights' dtype.
+The model spec follows lm-evaluation-harness: ``--model`` names a folder or hub id and
+``--model-args`` takes ``pretrained=...,peft=...,revision=...,dtype=...,trust_remote_code=...``
+(plus ``allow_pickle``), parsed by :func:`parse_model_args`. Rules, decided here once:
+
+* a path-like name (``./m``, ``/m``, ``~/m``, ``a/b/c``) that does not exist, or a bare name
+  (no ``/``) that is not a folder and not in the local hub cache, is "model folder not found" at
+  once (legacy hub ids such as ``gpt2`` need their full id, ``openai-community/gpt2``);
+* a hub id ``org/name`` is read from the local cache when it is there (no network); otherwise, with
+  ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` set, it is an error that says how to work offline;
+  otherwise the hub is asked once (no retries) before the snapshot is downloaded;
+* a folder with ``adapter_config.json`` and no ``config.json`` is a PEFT adapter: the base named in
+  it (or ``pretrained=``) is loaded and the adapter applied with ``peft`` (LoRA is merged into the
+  weights); :attr:`LoadedModel.base` names the base, the default reference model;
+* weights are safetensors; a pickle-only checkpoint (``*.bin``) is refused unless ``allow_pickle``;
+* ``trust_remote_code`` is off unless asked; the device is chosen automatically (cuda, mps, cpu) and
+  the dtype is fp32 on CPU and bf16 on GPU. Log-softmax is always taken in fp32 by
+  :mod:`llm_mia.models.stats`, whatever the weights' dtype.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +31,28 @@ import torch
 
 from llm_mia.errors import LlmMiaError
 
+MODEL_ARGS = ("pretrained", "peft", "revision", "dtype", "trust_remote_code", "allow_pickle")
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
 
 @dataclass
 class LoadedModel:
-    """A model ready to score: ``model`` in eval mode, its ``tokenizer`` (never mutated), and where it came from."""
+    """A model ready to score: ``model`` in eval mode, its ``tokenizer`` (never mutated), and where it came from.
+
+    ``base`` is the name or path of the base model of a PEFT adapter (None for a full model);
+    ``adapter`` the adapter folder; ``folder`` the local folder the weights were read from (a hub
+    id's cache snapshot included; the adapter folder for an adapter), ``base_folder`` the base's
+    folder of an adapter; both None for in-memory objects.
+    """
 
     model: torch.nn.Module
     tokenizer: object
     source: str
     max_context: int | None
+    base: str | None = None
+    adapter: str | None = None
+    folder: Path | None = None
+    base_folder: Path | None = None
 
     @property
     def device(self) -> torch.device:
@@ -60,47 +89,233 @@ def model_max_context(model: torch.nn.Module) -> int | None:
     return None
 
 
-def load_model(name_or_path: str, *, device: str | None = None, dtype: str | torch.dtype | None = None,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer.
+def parse_model_args(text: str | None) -> dict:
+    """Parse lm-evaluation-harness's ``key=value,key=value`` model arguments.
+
+    Keys: ``pretrained`` (model folder or hub id), ``peft`` (adapter folder or id), ``revision``,
+    ``dtype`` (float32/bfloat16/float16), ``trust_remote_code`` and ``allow_pickle`` (true/false).
+    Returns a dict with the keys given (booleans parsed).
+
+    Raises:
+        LlmMiaError: an item without ``=``, an unknown key (with a "did you mean" hint), a repeated
+            key or a boolean that is not true/false.
+    """
+    out: dict = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise LlmMiaError(f"--model-args: '{item.strip()}' is not key=value")
+        if key not in MODEL_ARGS:
+            close = difflib.get_close_matches(key, MODEL_ARGS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(MODEL_ARGS)})"
+            raise LlmMiaError(f"--model-args: unknown key '{key}'{hint}")
+        if key in out:
+            raise LlmMiaError(f"--model-args: '{key}' given twice")
+        if key in ("trust_remote_code", "allow_pickle"):
+            if value.lower() not in _BOOL:
+                raise LlmMiaError(f"--model-args: {key} must be true or false, got '{value}'")
+            out[key] = _BOOL[value.lower()]
+        else:
+            if not value:
+                raise LlmMiaError(f"--model-args: '{key}' has no value")
+            out[key] = value
+    return out
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _path_like(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local hub-cache snapshot of ``repo_id`` (no network), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id
+        return None
+
+
+_SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+
+
+def resolve_folder(name: str, *, revision: str | None = None, allow_pickle: bool = False, what: str = "model") -> Path:
+    """A local folder for ``name``: the folder itself, or a hub id's snapshot (see the module rules).
+
+    Raises:
+        LlmMiaError: "model folder not found" for a missing path-like or bare name; a hub id not in
+            the cache when offline or when the hub cannot be reached (one attempt), with how to make
+            it work offline.
+    """
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise LlmMiaError(f"{what} '{name}' is a file, not a model folder")
+    if _path_like(name):
+        raise LlmMiaError(f"{what} folder not found: {name}")
+    cached = _cached_snapshot(name, revision)
+    if cached is not None:
+        return cached
+    if "/" not in name:
+        raise LlmMiaError(f"{what} folder not found: {name} (and not in the local hub cache; a hub model needs "
+                          f"its full id, e.g. openai-community/gpt2)")
+    how = (f"download it once with `hf download {name}` (it then loads from the cache), "
+           f"or pass a local folder")
+    if _offline():
+        raise LlmMiaError(f"{what} '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: {how}")
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:  # one request, no retries: tells "unreachable" / "no such model" apart at once
+        HfApi().model_info(name, revision=revision, timeout=10)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LlmMiaError(f"{what} '{name}' is not in the local cache and the hub could not give it ({msg}); "
+                          f"to work offline, {how}") from None
+    patterns = _SNAPSHOT_FILES + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LlmMiaError(f"could not download {what} '{name}': {msg}") from None
+
+
+def _check_weights(folder: Path, name: str, *, adapter: bool, allow_pickle: bool) -> None:
+    """Refuse a folder whose only weights are pickles (``*.bin``, ``*.pt``) unless ``allow_pickle``."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles and not allow_pickle:
+        raise LlmMiaError(f"{'adapter' if adapter else 'model'} '{name}' has only pickle weights ({pickles[0]}), which "
+                          f"can run code when loaded: convert them to safetensors, or pass --model-args "
+                          f"allow_pickle=true (allow_pickle=True) if you trust the file")
+    if not pickles:
+        raise LlmMiaError(f"{'adapter' if adapter else 'model'} folder '{name}' holds no weights "
+                          f"(*.safetensors)")
+
+
+def _dtype(dtype: str | torch.dtype | None, dev: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32 if dev.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise LlmMiaError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)") from None
+    return dtype
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"))
+
+
+def load_model(name_or_path: str | None = None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
+               trust_remote_code: bool = False, revision: str | None = None, peft: str | None = None,
+               allow_pickle: bool = False, model_args: str | dict | None = None) -> LoadedModel:
+    """Load a causal LM (or a PEFT adapter on its base) and its tokenizer.
 
     Args:
-        name_or_path: a local folder (``save_pretrained`` layout) or a Hugging Face hub id.
+        name_or_path: a local folder (``save_pretrained`` layout, or a PEFT adapter folder) or a hub id;
+            may be None when ``model_args`` names ``pretrained`` or ``peft``.
         device: "cpu", "cuda", "cuda:1", "mps"; default: the best available.
         dtype: "float32", "bfloat16", "float16" or a torch dtype; default fp32 on CPU, bf16 on GPU.
         trust_remote_code: run code shipped with the model (off unless the user asks).
+        revision: hub revision (branch, tag or commit) of a hub id.
+        peft: a PEFT adapter (folder or hub id) to apply on ``name_or_path``, which is then the base.
+        allow_pickle: accept ``*.bin`` (pickle) weights, which can run code when loaded.
+        model_args: lm-evaluation-harness string or dict (:func:`parse_model_args`); its keys override
+            the keyword arguments; ``pretrained`` is the model (or, with an adapter, its base).
+
+    Returns:
+        LoadedModel; for an adapter, ``base`` names the base model and ``adapter`` the adapter.
 
     Raises:
-        LlmMiaError: one line, if the folder is not a model or the id cannot be loaded.
+        LlmMiaError: one line, before any model work, for a missing folder, an uncached hub id offline,
+            an adapter whose base is missing, pickle-only weights, or bad model args; and if loading fails.
     """
+    args = parse_model_args(model_args) if isinstance(model_args, str) or model_args is None else dict(model_args)
+    pretrained = args.get("pretrained")
+    peft = args.get("peft", peft)
+    revision = args.get("revision", revision)
+    dtype = args.get("dtype", dtype)
+    trust_remote_code = args.get("trust_remote_code", trust_remote_code)
+    allow_pickle = args.get("allow_pickle", allow_pickle)
+    if name_or_path is None and pretrained is None and peft is None:
+        raise LlmMiaError("no model given: pass --model or --model-args pretrained=...")
+    # Which is the adapter, which the base: --model is the adapter unless peft= names one.
+    adapter_name, base_name = (peft, pretrained or name_or_path) if peft else (None, name_or_path or pretrained)
+    if peft is None and pretrained and name_or_path and pretrained != name_or_path:
+        adapter_name, base_name = name_or_path, pretrained  # --model ADAPTER --model-args pretrained=BASE
+    dev = pick_device(device)
+    dt = _dtype(dtype, dev)
+    adapter_folder = None
+    if adapter_name is not None:
+        adapter_folder = resolve_folder(adapter_name, revision=revision, allow_pickle=allow_pickle, what="adapter")
+        if not (adapter_folder / "adapter_config.json").exists():
+            raise LlmMiaError(f"'{adapter_name}' is not a PEFT adapter folder (no adapter_config.json)")
+    if base_name is None:
+        raise LlmMiaError("no base model given for the adapter")
+    folder = resolve_folder(base_name, revision=None if adapter_folder else revision, allow_pickle=allow_pickle)
+    if adapter_folder is None and not (folder / "config.json").exists() and (folder / "adapter_config.json").exists():
+        adapter_name, adapter_folder = base_name, folder
+        base_name = None
+    if adapter_folder is not None and base_name is None:
+        cfg = json.loads((adapter_folder / "adapter_config.json").read_text(encoding="utf-8"))
+        base_name = cfg.get("base_model_name_or_path")
+        if not base_name:
+            raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter that names no base model: pass "
+                              f"--model-args pretrained=BASE,peft={adapter_name}")
+        try:
+            folder = resolve_folder(base_name, allow_pickle=allow_pickle, what="base model")
+        except LlmMiaError as e:
+            raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter for '{base_name}', which cannot be loaded ({e}); "
+                              f"pass --model-args pretrained=BASE to give the base") from None
+    if not (folder / "config.json").exists():
+        raise LlmMiaError(f"'{base_name}' is not a model folder (no config.json)")
+    _check_weights(folder, base_name, adapter=False, allow_pickle=allow_pickle)
+    if adapter_folder is not None:
+        _check_weights(adapter_folder, adapter_name, adapter=True, allow_pickle=allow_pickle)
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter: install peft (pip install peft) or merge it "
+                              f"into its base") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = pick_device(device)
-    if dtype is None:
-        dt = torch.float32 if dev.type == "cpu" else torch.bfloat16
-    elif isinstance(dtype, str):
-        try:
-            dt = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-        except KeyError:
-            raise LlmMiaError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)") from None
-    else:
-        dt = dtype
-    p = Path(name_or_path)
-    if p.exists() and not (p / "config.json").exists():
-        raise LlmMiaError(f"'{name_or_path}' is not a model folder (no config.json)")
-    if not p.exists() and (name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1)):
-        raise LlmMiaError(f"model folder not found: {name_or_path}")
+    tok_folder = adapter_folder if adapter_folder is not None and _has_tokenizer(adapter_folder) else folder
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt, use_safetensors=None,
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, use_safetensors=None if allow_pickle else True,
                                                      trust_remote_code=trust_remote_code)
+        if adapter_folder is not None:
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+            model = PeftModel.from_pretrained(model, str(adapter_folder))
+            if hasattr(model, "merge_and_unload"):
+                try:  # LoRA and kin: merged weights, a plain transformers model again
+                    model = model.merge_and_unload()
+                except Exception:  # adapter types that cannot merge (prompt tuning) stay wrapped
+                    pass
     except Exception as e:  # transformers raises many types; the user needs one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LlmMiaError(f"could not load model '{name_or_path}': {msg}") from None
+        raise LlmMiaError(f"could not load model '{adapter_name or base_name}': {msg}") from None
     model.to(dev).eval()
     use_fused_activations(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=str(name_or_path), max_context=model_max_context(model))
+    source = str(adapter_name if adapter_folder is not None else base_name)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, max_context=model_max_context(model),
+                       base=str(base_name) if adapter_folder is not None else None,
+                       adapter=str(adapter_folder) if adapter_folder is not None else None,
+                       folder=adapter_folder if adapter_folder is not None else folder,
+                       base_folder=folder if adapter_folder is not None else None)
 
 
 def use_fused_activations(model: torch.nn.Module) -> int:

@@ -1,0 +1,148 @@
+"""Model spec: PEFT adapters, --model-args, pickle refusal, offline behaviour (T3-18, T2-09 a)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+
+from llm_mia.errors import LlmMiaError
+from llm_mia.models.loading import load_model, parse_model_args
+from tests.conftest import make_tiny_gpt2
+
+
+def _lora_adapter(base, tok, folder, seed=1):
+    """A LoRA adapter on c_attn with non-zero B (so it changes the logits), saved with peft."""
+    from peft import LoraConfig, get_peft_model
+
+    import copy
+    torch.manual_seed(seed)
+    pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0))
+    for n, p in pm.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    pm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return pm.eval()
+
+
+@pytest.fixture(scope="module")
+def gpt2_with_adapter(tiny_tokenizer, tmp_path_factory):
+    d = tmp_path_factory.mktemp("lora")
+    base = make_tiny_gpt2(len(tiny_tokenizer), n_positions=64)
+    base.save_pretrained(d / "base")
+    tiny_tokenizer.save_pretrained(d / "base")
+    pm = _lora_adapter(base, tiny_tokenizer, d / "adapter")
+    cfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(d / "base")
+    (d / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    return d, base, pm
+
+
+def test_t3_18_lora_adapter_folder_loads_on_its_base(gpt2_with_adapter, tiny_tokenizer):
+    d, base, pm = gpt2_with_adapter
+    lm = load_model(str(d / "adapter"), device="cpu")
+    assert lm.base == str(d / "base") and lm.adapter == str(d / "adapter")
+    ids = torch.tensor([tiny_tokenizer("The quick brown fox jumps")["input_ids"]])
+    with torch.no_grad():
+        want = pm(input_ids=ids).logits  # peft's own unmerged forward pass
+        plain = base(input_ids=ids).logits
+        got = lm.model(input_ids=ids).logits
+    assert not torch.allclose(want, plain, atol=1e-3)  # the adapter matters
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_t3_18_model_args_pretrained_and_peft(gpt2_with_adapter, tiny_tokenizer):
+    d, _, pm = gpt2_with_adapter
+    lm = load_model(None, device="cpu", model_args=f"pretrained={d / 'base'},peft={d / 'adapter'}")
+    lm2 = load_model(str(d / "base"), device="cpu", model_args=f"peft={d / 'adapter'}")
+    ids = torch.tensor([tiny_tokenizer("Hello world")["input_ids"]])
+    with torch.no_grad():
+        want = pm(input_ids=ids).logits
+        torch.testing.assert_close(lm.model(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(lm2.model(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
+    assert lm.base == lm2.base == str(d / "base")
+
+
+def test_t3_18_adapter_with_missing_base_is_one_line_error(gpt2_with_adapter, tmp_path):
+    d, _, _ = gpt2_with_adapter
+    import shutil
+
+    shutil.copytree(d / "adapter", tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "gone")
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LlmMiaError) as e:
+        load_model(str(tmp_path / "a"), device="cpu")
+    msg = str(e.value)
+    assert "PEFT adapter for" in msg and "gone" in msg and "\n" not in msg
+
+
+def test_pickle_only_checkpoint_refused_unless_allowed(tiny_tokenizer, tmp_path):
+    m = make_tiny_gpt2(len(tiny_tokenizer), n_positions=32)
+    m.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()  # a pickle-only checkpoint, as older tools write
+    torch.save(m.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    assert not list((tmp_path / "m").glob("*.safetensors"))
+    with pytest.raises(LlmMiaError, match="pickle"):
+        load_model(str(tmp_path / "m"), device="cpu")
+    lm = load_model(str(tmp_path / "m"), device="cpu", model_args="allow_pickle=true")
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(input_ids=ids).logits, m(input_ids=ids).logits)
+
+
+def test_parse_model_args():
+    assert parse_model_args("pretrained=a/b,peft=./x,revision=main,dtype=bfloat16,trust_remote_code=True") == {
+        "pretrained": "a/b", "peft": "./x", "revision": "main", "dtype": "bfloat16", "trust_remote_code": True}
+    with pytest.raises(LlmMiaError, match="did you mean 'pretrained'"):
+        parse_model_args("pretrianed=a")
+    with pytest.raises(LlmMiaError, match="true or false"):
+        parse_model_args("trust_remote_code=maybe")
+    with pytest.raises(LlmMiaError, match="key=value"):
+        parse_model_args("pretrained")
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """T2-09 guard: record and refuse every connection attempt; an empty hub cache."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    attempts = []
+
+    def refuse(*a, **k):
+        attempts.append(a)
+        raise OSError("network disabled")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.chdir(tmp_path)
+    return attempts
+
+
+def test_t2_09_mistyped_folder_makes_no_network_attempt(no_network):
+    for name in ("modle", "./modle", "runs/x/modle"):
+        with pytest.raises(LlmMiaError, match="model folder not found"):
+            load_model(name, device="cpu")
+    assert no_network == []
+
+
+def test_t2_09_uncached_hub_id_offline_makes_no_attempt(no_network, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LlmMiaError, match="not in the local Hugging Face cache.*hf download"):
+        load_model("sshleifer/tiny-gpt2", device="cpu")
+    assert no_network == []
+
+
+def test_t2_09_uncached_hub_id_online_is_tried_once(no_network):
+    with pytest.raises(LlmMiaError, match="to work offline"):
+        load_model("sshleifer/tiny-gpt2", device="cpu")
+    hosts = [a[0] for a in no_network if a and isinstance(a[0], str)]
+    assert 1 <= len(no_network) <= 2 and set(hosts) <= {"huggingface.co"}
