@@ -331,8 +331,9 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "provenance": {
-            "model": str(model_path), "model_weights_sha256": sha256_file(Path(model_path) / "model.safetensors"),
+            "model": str(model_path), "model_weights_sha256": target.weights_sha256, "model_base": target.base,
             "reference": str(reference_path) if reference_path else None,
+            "reference_weights_sha256": reference.weights_sha256 if reference is not None else None,
             "corpus": str(corpus), "train_sha256": sha256_file(corpus / "train.jsonl"),
             "secrets_sha256": sha256_file(corpus / "secrets.json"),
             "recipe": io.read_json(recipe) if recipe.exists() else None,

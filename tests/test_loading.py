@@ -146,3 +146,52 @@ def test_t2_09_uncached_hub_id_online_is_tried_once(no_network):
         load_model("sshleifer/tiny-gpt2", device="cpu")
     hosts = [a[0] for a in no_network if a and isinstance(a[0], str)]
     assert 1 <= len(no_network) <= 2 and set(hosts) <= {"huggingface.co"}
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_t3_17_sharded_checkpoint_digest_covers_every_shard(tiny_tokenizer, tmp_path):
+    from llm_mia.io import weights_sha256
+
+    import hashlib
+
+    m = make_tiny_gpt2(400, n_positions=32, n_embd=32)
+    m.save_pretrained(tmp_path / "whole")
+    m.save_pretrained(tmp_path / "sharded", max_shard_size="60KB")
+    tiny_tokenizer.save_pretrained(tmp_path / "sharded")
+    files = sorted(p for p in (tmp_path / "sharded").iterdir() if p.name.endswith((".safetensors", ".index.json")))
+    assert len(files) >= 3 and (tmp_path / "sharded" / "model.safetensors.index.json") in files
+    listing = "".join(f"{_sha(p)}  {p.name}\n" for p in files)  # sha256sum's output, sorted by name
+    assert weights_sha256(tmp_path / "sharded") == hashlib.sha256(listing.encode()).hexdigest()
+    assert weights_sha256(tmp_path / "whole") == _sha(tmp_path / "whole" / "model.safetensors")
+    lm = load_model(str(tmp_path / "sharded"), device="cpu")  # the sharded checkpoint loads
+    assert lm.weights_sha256 == weights_sha256(tmp_path / "sharded")
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(input_ids=ids).logits, m(input_ids=ids).logits)
+    # a changed shard changes the digest; a missing one is an error, never a silent partial digest
+    shard = files[0] if files[0].suffix == ".safetensors" else files[1]
+    before = weights_sha256(tmp_path / "sharded")
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
+    assert weights_sha256(tmp_path / "sharded") != before
+    shard.unlink()
+    with pytest.raises(LlmMiaError, match="missing"):
+        weights_sha256(tmp_path / "sharded")
+    assert weights_sha256(tmp_path / "nothing") is None and weights_sha256(None) is None
+
+
+def test_adapter_digest_is_adapter_weights_plus_base(gpt2_with_adapter):
+    import hashlib
+
+    from llm_mia.io import weights_sha256
+
+    d, _, _ = gpt2_with_adapter
+    base = _sha(d / "base" / "model.safetensors")
+    want = hashlib.sha256(f"{_sha(d / 'adapter' / 'adapter_model.safetensors')}  adapter_model.safetensors\n"
+                          f"{base}  base\n".encode()).hexdigest()
+    assert weights_sha256(d / "adapter") == want
+    assert load_model(str(d / "adapter"), device="cpu").weights_sha256 == want

@@ -22,6 +22,7 @@ The model spec follows lm-evaluation-harness: ``--model`` names a folder or hub 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -53,6 +54,13 @@ class LoadedModel:
     adapter: str | None = None
     folder: Path | None = None
     base_folder: Path | None = None
+
+    @functools.cached_property
+    def weights_sha256(self) -> str | None:
+        """Digest of every weight file (:func:`llm_mia.io.weights_sha256`); None for in-memory objects."""
+        from llm_mia.io import weights_sha256
+
+        return weights_sha256(self.folder, base_folder=self.base_folder)
 
     @property
     def device(self) -> torch.device:
