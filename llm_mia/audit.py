@@ -257,7 +257,8 @@ def apply_policy(report: dict, policy) -> dict:
 
 
 def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Path, *,
-              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None) -> dict:
+              reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
+              model_args: str | None = None) -> dict:
     """Audit ``model_path`` against the corpus in ``corpus_dir``; write report.json / .md / .html.
 
     ``policy`` (:class:`llm_mia.policy.Policy`) puts the release gate's verdict at the top of the
@@ -285,7 +286,7 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     from llm_mia.pii_findings import resolve_regions
 
     regions = resolve_regions(cfg.pii_regions, corpus)  # (a bad region fails before any model work)
-    target = load_model(str(model_path))
+    target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     reference = load_model(str(reference_path)) if reference_path else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,12 +327,12 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     timings["pii_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 
-    recipe = Path(model_path) / "recipe.json"
+    recipe = (target.folder or Path(".")) / "recipe.json"
     report = {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "provenance": {
-            "model": str(model_path), "model_weights_sha256": target.weights_sha256, "model_base": target.base,
+            "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256, "model_base": target.base,
             "reference": str(reference_path) if reference_path else None,
             "reference_weights_sha256": reference.weights_sha256 if reference is not None else None,
             "corpus": str(corpus), "train_sha256": sha256_file(corpus / "train.jsonl"),

@@ -23,6 +23,21 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora with planted 
 app.add_typer(corpus_app, name="corpus")
 
 
+def _check_model_args(value: Optional[str]) -> Optional[str]:
+    """Parse --model-args as soon as it is read, so a bad key fails before any other input."""
+    if value is not None:
+        from llm_mia.models.loading import parse_model_args
+
+        parse_model_args(value)
+    return value
+
+
+def _model_args_option():
+    return typer.Option(None, "--model-args", callback=_check_model_args,
+                        help="lm-evaluation-harness model arguments: pretrained=BASE,peft=ADAPTER,revision=...,"
+                             "dtype=...,trust_remote_code=true,allow_pickle=true (applied to --model).")
+
+
 def _parse_ints(text: str, what: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -98,7 +113,8 @@ def train(
 
 @app.command()
 def extract(
-    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
+    model_args: Optional[str] = _model_args_option(),
     out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl, extract.json; private/: shards and clear-text rows)."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
     strategy: str = typer.Option("top-k", "--strategy",
@@ -146,7 +162,7 @@ def extract(
 
     state = dist_state()  # several processes: each on its own device (CPU: all on the CPU)
     dev = device or (str(state.device) if state is not None else None)
-    tgt = load_model(model, device=dev)
+    tgt = load_model(model, device=dev, model_args=model_args)
     ref = load_model(reference, device=dev) if reference else None
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     if s is not None:  # process 0
@@ -155,7 +171,8 @@ def extract(
 
 @app.command()
 def score(
-    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
+    model_args: Optional[str] = _model_args_option(),
     input: Path = typer.Option(..., "--input", help="Texts: .txt (one a line), .jsonl or .csv."),
     output: Path = typer.Option(..., "--output", help="Output JSONL, one record per input, in input order."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model (enables the reference signals)."),
@@ -180,7 +197,7 @@ def score(
                      signals=[x.strip() for x in signals.split(",") if x.strip()] if signals else None,
                      batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
-                     target_fpr=target_fpr, device=device)
+                     target_fpr=target_fpr, device=device, model_args=model_args)
     typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
                + (f"; metrics -> {metrics}" if metrics else ""))
     for sig, t in res.get("thresholds", {}).items():
@@ -189,7 +206,8 @@ def score(
 
 @app.command()
 def exposure(
-    model: str = typer.Option(..., "--model", help="Model folder or HF id."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
+    model_args: Optional[str] = _model_args_option(),
     secrets: Path = typer.Option(..., "--secrets", help="secrets.json (from `llm-mia corpus build` or written by hand)."),
     out: Path = typer.Option(..., "--out", help="Output folder: exposure.json, exposure.csv, exposure.png."),
     references: int = typer.Option(10_000, "--references", min=1, help="Random candidates per secret for the rank estimator."),
@@ -207,7 +225,7 @@ def exposure(
     check_output_dir(out)
 
     res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, model_args=model_args)
     c = res.controls
     typer.echo(f"{len(res.rows)} secrets, {sum(r['greedy_extracted'] for r in res.rows)} greedily extracted -> "
                f"{out / 'exposure.json'}")
@@ -221,7 +239,8 @@ def audit(
     ctx: typer.Context,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder (train.jsonl, heldout.jsonl, secrets.json)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder to audit."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder (or PEFT adapter folder, or HF id) to audit."),
+    model_args: Optional[str] = _model_args_option(),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder."),
     demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
     num_samples: int = typer.Option(500, "--num-samples", min=1, help="Extraction samples per strategy."),
@@ -290,17 +309,27 @@ def audit(
         return
     if demo:
         out = out or Path("audit-demo")
-    elif corpus is None or model is None or out is None:
+    elif corpus is None or (model is None and model_args is None) or out is None:
         raise LlmMiaError("audit needs --corpus, --model and --out (or --demo)")
+    import warnings
+
+    from llm_mia.errors import LlmMiaWarning
+
     try:
-        if demo:
-            report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
-        else:
-            report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol)
+        with warnings.catch_warnings():  # printed below as one line
+            warnings.simplefilter("ignore", LlmMiaWarning)
+            if demo:
+                report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
+            else:
+                report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol,
+                                   model_args=model_args)
     except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
         if getattr(e, "report", None) is not None:
             _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
         raise
+    if report["provenance"].get("reference_excluded"):
+        typer.echo(f"warning: {report['provenance']['reference_excluded']}; the reference signals are left out",
+                   err=True)
     _write_ci(report, report["verdict"], out, sarif=sarif, junit=junit)
     typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'}, {out / 'modelcard.md'})")
     _verdict_exit(report["verdict"])
@@ -311,7 +340,7 @@ _COMMON = {"out", "seed"}
 _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit", "show_secrets", "policy",
                 "membership_docs", "length", "pii_regions"}
 _MODE_OPTIONS = {
-    "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "reference", "sarif", "junit"},
+    "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
     "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
@@ -320,7 +349,7 @@ _MODE_NAMES = {"audit": "`audit --corpus --model`", "demo": "`audit --demo`", "c
                "compare-defenses": "`audit --demo --compare-defenses`"}
 #: Where an option belongs, for the message that refuses it.
 _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare", "quick": "--demo --compare-defenses",
-            "model": "an audit of one model (--compare lists its models)", "demo": "--demo alone or --compare-defenses",
+            "model": "an audit of one model (--compare lists its models)", "model_args": "an audit of one model", "demo": "--demo alone or --compare-defenses",
             "corpus": "an audit of existing models", "reference": "an audit of existing models",
             "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
             "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",

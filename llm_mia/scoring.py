@@ -209,7 +209,8 @@ def score_texts(model, texts: Sequence[str], *, reference=None, signals: Sequenc
 def score_file(model: str, input_path, output_path, *, reference: str | None = None, text_field: str = "text",
                label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int | None = None,
                prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
-               calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True) -> dict:
+               calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True,
+               model_args: str | None = None) -> dict:
     """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).
 
     Every input is read and validated before the model is loaded, and every output is written
@@ -250,7 +251,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     freq_texts = None
     if dc_pdd_corpus:
         freq_texts = read_texts(dc_pdd_corpus, text_field=text_field, label_field=None).texts
-    tgt = load_model(model, device=device)
+    tgt = load_model(model, device=device, model_args=model_args)
     ref = load_model(reference, device=device) if reference else None
     freq = token_frequencies(tgt.tokenizer, freq_texts, len(tgt.tokenizer)) if freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,

@@ -195,3 +195,24 @@ def test_adapter_digest_is_adapter_weights_plus_base(gpt2_with_adapter):
                           f"{base}  base\n".encode()).hexdigest()
     assert weights_sha256(d / "adapter") == want
     assert load_model(str(d / "adapter"), device="cpu").weights_sha256 == want
+
+
+def test_t3_18_cli_scores_an_adapter_folder_and_checks_model_args(gpt2_with_adapter, tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    d, _, _ = gpt2_with_adapter
+    (tmp_path / "x.txt").write_text("The quick brown fox\nHello world\n", encoding="utf-8")
+    code, out, err = run_cli(["score", "--model", d / "adapter", "--input", tmp_path / "x.txt",
+                              "--output", tmp_path / "o.jsonl", "--signals", "loss"], capsys)
+    assert code == 0, err
+    code2, _, _ = run_cli(["score", "--model", d / "base", "--model-args", f"peft={d / 'adapter'}", "--input",
+                           tmp_path / "x.txt", "--output", tmp_path / "o2.jsonl", "--signals", "loss"], capsys)
+    assert code2 == 0
+    a, b = (tmp_path / "o.jsonl").read_text(), (tmp_path / "o2.jsonl").read_text()
+    assert [json.loads(x)["nll"] for x in a.splitlines()] == pytest.approx([json.loads(x)["nll"] for x in b.splitlines()])
+    for cmd in (["score", "--input", tmp_path / "x.txt", "--output", tmp_path / "o3.jsonl"],
+                ["exposure", "--secrets", tmp_path / "s.json", "--out", tmp_path / "e"],
+                ["extract", "--out", tmp_path / "e"]):
+        code, _, err = run_cli([*cmd, "--model", d / "base", "--model-args", "pretrianed=x"], capsys)
+        assert code == 2 and "did you mean 'pretrained'" in err, (cmd, err)
+    assert not (tmp_path / "o3.jsonl").exists()
