@@ -175,6 +175,9 @@ def _observations(report: dict) -> list[str]:
     best = max(ext["rankings"].items(), key=lambda kv: kv[1]["memorized"], default=None)
     if best and best[1]["memorized"]:
         obs.append(f"best ranking: '{best[0]}' with {best[1]['memorized']} memorized samples in its top {best[1]['top_n']}.")
+    if report.get("provenance", {}).get("reference_excluded"):
+        obs.append("reference: " + report["provenance"]["reference_excluded"] + " (its ranking and membership signals "
+                   "are left out).")
     if report.get("membership", {}).get("reference_excluded"):
         obs.append("membership: the reference signals are left out: " + report["membership"]["reference_excluded"] + ".")
     mem = report.get("membership", {}).get("signals", {})
@@ -288,6 +291,17 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     regions = resolve_regions(cfg.pii_regions, corpus)  # (a bad region fails before any model work)
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     reference = load_model(str(reference_path)) if reference_path else None
+    from llm_mia.scoring import reference_warning
+
+    ref_is_target = reference_warning(target, reference)
+    ref_sha = reference.weights_sha256 if reference is not None else None
+    if ref_is_target:  # its signals would be constant: left out of the rankings and the membership
+        import warnings
+
+        from llm_mia.errors import LlmMiaWarning
+
+        warnings.warn(ref_is_target, LlmMiaWarning, stacklevel=2)
+        reference = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -306,7 +320,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
 
     with bar("exposure", exposure_work(secrets, cfg.n_candidates, cfg.exact_limit), enabled=cfg.progress) as adv:
         exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
-                              seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv)
+                              seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv,
+                              train_texts=train)
     timings["exposure_s"] = round(time.time() - t, 1)
     surfaced = set(ext["secrets_surfaced"])
     for r in exp.rows:
@@ -334,7 +349,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "provenance": {
             "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256, "model_base": target.base,
             "reference": str(reference_path) if reference_path else None,
-            "reference_weights_sha256": reference.weights_sha256 if reference is not None else None,
+            "reference_weights_sha256": ref_sha,
+            "reference_excluded": ref_is_target,
             "corpus": str(corpus), "train_sha256": sha256_file(corpus / "train.jsonl"),
             "secrets_sha256": sha256_file(corpus / "secrets.json"),
             "recipe": io.read_json(recipe) if recipe.exists() else None,

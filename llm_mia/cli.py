@@ -198,6 +198,8 @@ def score(
                      batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
                      target_fpr=target_fpr, device=device, model_args=model_args)
+    for w in res.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
                + (f"; metrics -> {metrics}" if metrics else ""))
     for sig, t in res.get("thresholds", {}).items():

@@ -11,3 +11,7 @@ class LlmMiaError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class LlmMiaWarning(UserWarning):
+    """A one-line warning about the audit's validity (e.g. the reference model is the target)."""

@@ -45,10 +45,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llm_mia.errors import LlmMiaError
-from llm_mia.models.generation import generate
 from llm_mia.models.loading import LoadedModel
 from llm_mia.models.prefix import score_shared_prefix
-from llm_mia.scoring import encode
+from llm_mia.models.tokenizer import text_ids
 from llm_mia.secrets import Secret, index_of, iter_space, sample_candidates, space_size
 
 LN2 = math.log(2.0)
@@ -216,7 +215,7 @@ def _tokenize(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix: 
     plus, from the tokenizer's character offsets, the split after the prefix tokens and the end of
     the random part. Without offsets (slow tokenizers) the split is 1: whole-sentence scoring."""
     texts = [prefix + r + suffix for r in randoms]
-    ids, _ = encode(loaded, texts, prepend_bos=True)
+    ids, _ = loaded.encode(texts, prepend_bos=True)
     plen = len(prefix)
     try:
         enc = loaded.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -252,12 +251,10 @@ def log_perplexity_bits(loaded: LoadedModel, sentences: Sequence[str], *, batch_
     scored too), of ``-log2 p(token | everything before it)``. Returns float64 (N,), bits. The slow,
     obviously-correct path: :func:`secret_exposure` gets the same numbers from the shared-prefix path.
     """
-    from llm_mia.models.stats import compute_token_stats
     from llm_mia.signals import total_nll
 
-    ids, ctx = encode(loaded, sentences, prepend_bos=True)
-    st = compute_token_stats(loaded.model, ids, context_lens=ctx, batch_size=batch_size, pad_id=loaded.bos_id,
-                             max_context=loaded.max_context, moments=False, progress=progress)
+    ids, ctx = loaded.encode(sentences, prepend_bos=True)
+    st = loaded.token_stats(ids, context_lens=ctx, batch_size=batch_size, moments=False, progress=progress)
     return total_nll(st).double().numpy() / LN2
 
 
@@ -288,11 +285,10 @@ def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix
     logppl = np.zeros(len(randoms))
     sample = np.full(len(randoms), np.nan) if top_k is not None else None
     if long:  # sentences longer than the context: whole-sentence scoring with a sliding context
-        from llm_mia.models.stats import compute_token_stats
         from llm_mia.signals import total_nll
 
-        st = compute_token_stats(loaded.model, [sents.ids[i] for i in long], context_lens=1, batch_size=batch_size,
-                                 pad_id=loaded.bos_id, max_context=ctx, moments=False, progress=progress)
+        st = loaded.token_stats([sents.ids[i] for i in long], context_lens=1, batch_size=batch_size, moments=False,
+                                progress=progress)
         logppl[long] = total_nll(st).double().numpy() / LN2  # sample probability stays NaN there
     if fits:
         res = score_shared_prefix(loaded.model, [sents.ids[i] for i in fits], [sents.split[i] for i in fits],
@@ -309,50 +305,128 @@ def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix
 
 # --------------------------------------------------------------------------------- extraction
 
-def decode_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, num_beams: int = 1,
-                     batch_size: int = 32) -> list[dict]:
-    """Whether greedy decoding (``num_beams=1``) or beam search of each secret's prefix reproduces
-    its random part (Carlini et al. 2019, sec. 8).
+#: The contexts a secret's prefix is given in for greedy and beam extraction, in the order tried:
+#: "start" ([BOS] + prefix), "none" (the prefix alone, no start token: the secret as it sits mid
+#: document in a packed training stream) and "training" ([BOS] + the training document's text up to
+#: the secret + the prefix, when the training texts are known). A secret is extracted when any
+#: context gives it back; the row names the first one that did.
+EXTRACTION_CONTEXTS = ("start", "none", "training")
 
-    The prompt is the prefix without its trailing whitespace (a byte-level BPE writes that space as
-    part of the next word), BOS-conditioned; the secret counts as extracted when the decoded
-    continuation starts with that whitespace + the secret. A prompt that would not fit the model's
-    context with its continuation keeps its last tokens. Returns one dict per secret, in order:
-    ``extracted`` (bool) and ``completion`` (the decoded new text).
+
+@dataclass
+class _Job:
+    secret: int
+    context: str
+    prompt: list[int]
+    target: list[int]  # the secret's tokens in the whole-text tokenization
+    want: str  # the text from the end of the prompt's last token to the end of the secret
+    budget: int
+
+
+def _split_at_secret(loaded: LoadedModel, before: str, s: Secret) -> tuple[list[int], list[int], str] | None:
+    """Tokenize ``before + s.text`` as a whole: (tokens wholly inside ``before + prefix``, the tokens
+    that overlap the secret, the text from the end of the former to the end of the secret). None when
+    the tokenizer gives no character offsets."""
+    text = before + s.text
+    plen, send = len(before) + len(s.prefix), len(before) + len(s.prefix) + len(s.secret)
+    try:
+        enc = loaded.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offs = list(enc["input_ids"]), list(enc["offset_mapping"])
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        return None
+    k = 0
+    while k < len(offs) and offs[k][1] <= plen:
+        k += 1
+    j = k
+    while j < len(offs) and offs[j][0] < send:
+        j += 1
+    start = offs[k - 1][1] if k else 0
+    return ids[:k], ids[k:j], text[start:send]
+
+
+def decode_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, num_beams: int = 1,
+                     batch_size: int = 32, train_texts: Sequence[str] | None = None,
+                     contexts: Sequence[str] = EXTRACTION_CONTEXTS) -> list[dict]:
+    """Whether greedy decoding (``num_beams=1``) or beam search of each secret's prefix reproduces
+    its random part (Carlini et al. 2019, sec. 8), in each of ``contexts`` (:data:`EXTRACTION_CONTEXTS`).
+
+    The prompt and the expected tokens come from one tokenization of the whole text (context +
+    prefix + secret + suffix): the prompt is the tokens lying wholly inside context + prefix, the
+    expected continuation the tokens that overlap the secret. The secret counts as extracted when
+    the generated ids start with those ids, or when the continuation decoded in the context of its
+    prompt (:meth:`~llm_mia.models.loading.LoadedModel.decode_continuation`, so a SentencePiece
+    decoder cannot strip a leading space, T3-08) starts with the text from the prompt's end to the
+    secret's end. A prompt that would not fit the model's context with its continuation keeps its
+    last tokens; the "none" context is skipped for a secret whose prefix has no whole token, the
+    "training" one when no training text holds the secret.
+
+    Returns:
+        one dict per secret, in order: ``extracted`` (bool), ``context`` (the first context that gave
+        it back, else None), ``completion`` (the decoded new text of that context, else of the first
+        context tried) and ``contexts_tried`` (list of names).
 
     Raises:
-        LlmMiaError: if the model's context is too short for the continuation.
+        LlmMiaError: if the model's context is too short for the continuation, or an unknown context.
     """
+    bad = [c for c in contexts if c not in EXTRACTION_CONTEXTS]
+    if bad or not contexts:
+        raise LlmMiaError(f"unknown extraction context {bad[0] if bad else '(none)'!r}; use {EXTRACTION_CONTEXTS}")
     tok = loaded.tokenizer
-    out = []
+    jobs: list[_Job] = []
+    for i, s in enumerate(secrets):
+        before = {"start": "", "none": ""}
+        if "training" in contexts and train_texts:
+            doc = next((t for t in train_texts if s.text in t), None)
+            if doc is not None and doc.index(s.text) > 0:
+                before["training"] = doc[:doc.index(s.text)]
+        for c in contexts:
+            if c not in before:
+                continue
+            split = _split_at_secret(loaded, before[c], s)
+            if split is None:  # no offsets (slow tokenizer): the prefix without its trailing space
+                p = s.prefix.rstrip()
+                split = (text_ids(tok, before[c] + p), [], s.prefix[len(p):] + s.secret)
+            p_ids, target, want = split
+            if c != "none":
+                p_ids = [loaded.bos_id] + p_ids
+            if not p_ids:
+                continue
+            budget = len(tok(want + s.suffix, add_special_tokens=False)["input_ids"]) + 2
+            jobs.append(_Job(i, c, p_ids, target, want, budget))
+    jobs.sort(key=lambda j: len(j.prompt))  # similar lengths together: little left padding
+    ctx = loaded.max_context
     step = max(1, batch_size // num_beams)
-    for b0 in range(0, len(secrets), step):
-        batch = secrets[b0:b0 + step]
-        prompts, wants, budgets = [], [], []
-        for s in batch:
-            prompt = s.prefix.rstrip()
-            want = s.prefix[len(prompt):] + s.secret
-            p_ids, _ = encode(loaded, [prompt], prepend_bos=True)
-            prompts.append(p_ids[0])
-            wants.append(want)
-            budgets.append(len(tok(want + s.suffix, add_special_tokens=False)["input_ids"]) + 2)
-        if loaded.max_context:  # keep the end of a prompt that would not fit with its continuation
-            keep = loaded.max_context - max(budgets)
+    results: dict[tuple[int, str], tuple[bool, str]] = {}
+    for b0 in range(0, len(jobs), step):
+        batch = jobs[b0:b0 + step]
+        budget = max(j.budget for j in batch)
+        prompts = [j.prompt for j in batch]
+        if ctx:  # keep the end of a prompt that would not fit with its continuation
+            keep = ctx - budget
             if keep < 1:
-                raise LlmMiaError(f"model context of {loaded.max_context} tokens is too short for these secrets")
+                raise LlmMiaError(f"model context of {ctx} tokens is too short for these secrets")
             prompts = [p[-keep:] for p in prompts]
-        gens = generate(loaded.model, prompts, max_new_tokens=max(budgets), pad_id=loaded.bos_id, greedy=True,
-                        eos_id=tok.eos_token_id, num_beams=num_beams)
-        for g, want in zip(gens, wants):
-            text = tok.decode(g.new_ids)
-            out.append({"extracted": text.startswith(want), "completion": text})
+        gens = loaded.generate(prompts, max_new_tokens=budget, greedy=True, num_beams=num_beams)
+        for j, p, g in zip(batch, prompts, gens):
+            text = loaded.decode_continuation(p, g.new_ids)
+            by_ids = bool(j.target) and g.new_ids[:len(j.target)] == j.target
+            results[(j.secret, j.context)] = (by_ids or text.startswith(j.want), text)
+    out = []
+    for i in range(len(secrets)):
+        tried = [c for c in contexts if (i, c) in results]
+        hit = next((c for c in tried if results[(i, c)][0]), None)
+        shown = hit or (tried[0] if tried else None)
+        out.append({"extracted": hit is not None, "context": hit,
+                    "completion": results[(i, shown)][1] if shown else "", "contexts_tried": tried})
     return out
 
 
-def greedy_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, batch_size: int = 32) -> list[dict]:
-    """Greedy extraction (see :func:`decode_extracted`): dicts with ``greedy_extracted``, ``greedy_completion``."""
-    return [{"greedy_extracted": d["extracted"], "greedy_completion": d["completion"]}
-            for d in decode_extracted(loaded, secrets, num_beams=1, batch_size=batch_size)]
+def greedy_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, batch_size: int = 32,
+                     train_texts: Sequence[str] | None = None) -> list[dict]:
+    """Greedy extraction (see :func:`decode_extracted`): dicts with ``greedy_extracted``,
+    ``greedy_context``, ``greedy_completion``."""
+    return [{"greedy_extracted": d["extracted"], "greedy_context": d["context"], "greedy_completion": d["completion"]}
+            for d in decode_extracted(loaded, secrets, num_beams=1, batch_size=batch_size, train_texts=train_texts)]
 
 
 # --------------------------------------------------------------------------------- pipeline
@@ -407,7 +481,7 @@ def exposure_work(secrets: Sequence[Secret], n_references: int, exact_limit: int
 def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_references: int = DEFAULT_REFERENCES,
                     exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0, beams: int = 5, top_k: int = 40,
                     batch_size: int = 64, progress: Callable[[int], None] | None = None,
-                    n_candidates: int | None = None) -> ExposureResult:
+                    n_candidates: int | None = None, train_texts: Sequence[str] | None = None) -> ExposureResult:
     """Every estimator of exposure and extraction for each secret (controls with ``count`` 0 included).
 
     Args:
@@ -421,12 +495,15 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
         batch_size: tail rows per forward pass of the shared-prefix scorer.
         progress: called with the number of sentences scored.
         n_candidates: old name of ``n_references``.
+        train_texts: the training documents, for the "training" extraction context (the text that
+            precedes the secret in its document; :data:`EXTRACTION_CONTEXTS`).
 
     Returns:
         :class:`ExposureResult`; each row has ``id, kind, count, format, space_size,
         log_perplexity_bits, exposure_rank, max_exposure_rank (log2 N), exposure_exact,
-        exposure_extrapolated, skewnorm (a, loc, scale), greedy_extracted, greedy_completion,
-        beam_extracted, beam_completion, sample_probability, samples_for_half, flags``. Bits; higher =
+        exposure_extrapolated, skewnorm (a, loc, scale), greedy_extracted, greedy_context,
+        greedy_completion, beam_extracted, beam_context, beam_completion, extraction_contexts
+        (the contexts tried, :data:`EXTRACTION_CONTEXTS`), sample_probability, samples_for_half, flags``. Bits; higher =
         more exposed; NaN + a flag where undefined.
 
     Raises:
@@ -493,11 +570,13 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
         for i in members:
             rows[i]["exposure_exact"] = exact_exposure(space_size(fmt), counts[i])
 
-    greedy = decode_extracted(loaded, secrets, num_beams=1)
-    beam = decode_extracted(loaded, secrets, num_beams=beams)
+    greedy = decode_extracted(loaded, secrets, num_beams=1, train_texts=train_texts)
+    beam = decode_extracted(loaded, secrets, num_beams=beams, train_texts=train_texts)
     for r, g, b in zip(rows, greedy, beam):
-        r.update({"greedy_extracted": g["extracted"], "greedy_completion": g["completion"],
-                  "beam_extracted": b["extracted"], "beam_completion": b["completion"]})
+        r.update({"greedy_extracted": g["extracted"], "greedy_context": g["context"],
+                  "greedy_completion": g["completion"], "beam_extracted": b["extracted"],
+                  "beam_context": b["context"], "beam_completion": b["completion"],
+                  "extraction_contexts": g["contexts_tried"]})
     return ExposureResult(rows=rows, n_references=n_references, exact_limit=exact_limit, seed=seed, beams=beams,
                           top_k=top_k, controls=control_summary(rows, n_references))
 
@@ -527,7 +606,7 @@ def exposure_by_count(rows: Sequence[dict]) -> list[dict]:
 
 CSV_COLUMNS = ["id", "kind", "count", "format", "space_size", "log_perplexity_bits", "n_references",
                "exposure_rank", "max_exposure_rank", "exposure_exact", "exposure_extrapolated",
-               "greedy_extracted", "beam_extracted", "sample_probability", "samples_for_half", "flags"]
+               "greedy_extracted", "greedy_context", "beam_extracted", "beam_context", "sample_probability", "samples_for_half", "flags"]
 
 
 def rows_to_csv(rows: Sequence[dict]) -> str:

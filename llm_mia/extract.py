@@ -48,7 +48,7 @@ import numpy as np
 
 from llm_mia import io
 from llm_mia.errors import LlmMiaError
-from llm_mia.models.generation import generate, sample_seed
+from llm_mia.models.generation import sample_seed
 from llm_mia.models.loading import LoadedModel
 from llm_mia.progress import bar
 from llm_mia.scoring import score
@@ -364,7 +364,7 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
     out_dir = Path(out_dir)
     io.check_output_dir(out_dir)
     max_new = _max_new(target, cfg)
-    bos, eos = target.bos_id, target.tokenizer.eos_token_id
+    bos = target.bos_id
     prompts = _Prompts(target, cfg.prompt_source, cfg.prompt_tokens) if "internet" in cfg.strategies else None
     fp = model_fingerprint(target)
     if world == 1:  # several processes check together before any of them writes (see extract)
@@ -389,9 +389,9 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
                 for idx in iter(lambda: list(islice(todo, cfg.batch_size)), []):
                     seeds = [strategy_seed(cfg.seed, strategy, i) for i in idx]
                     pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(idx)
-                    gens = generate(target.model, pr, max_new_tokens=max_new, pad_id=bos, seeds=seeds,
-                                    top_k=cfg.top_k, min_new_tokens=max_new, eos_id=eos,
-                                    temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
+                    gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds,
+                                           top_k=cfg.top_k, min_new_tokens=max_new,
+                                           temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
                     for i, g in zip(idx, gens):
                         f.write(io.dumps({"strategy": strategy, "index": i, "seed": cfg.seed, "max_new_tokens": max_new,
                                           **fp, "prompt_ids": g.prompt, "token_ids": g.new_ids}) + "\n")
@@ -423,10 +423,10 @@ def _collect(out_dir: Path, cfg: ExtractConfig, max_new: int, fp: dict) -> list[
 def _score_rows(target: LoadedModel, reference: LoadedModel | None, rows: list[dict], cfg: ExtractConfig,
                 sigs: list[str], progress: Callable[[int], None] | None) -> list[dict]:
     """Score samples on their own ids: the prompt is context, zlib and lowercase read the generated text."""
-    tok = target.tokenizer
-    texts = [tok.decode(r["token_ids"]) for r in rows]  # whole-id-list decode (never per token)
+    # whole-id-list decode (never per token), read after the prompt's text (never a stripped first piece)
+    texts = [target.decode_continuation(r["prompt_ids"][1:], r["token_ids"]) for r in rows]
     has_prompt = any(len(r["prompt_ids"]) > 1 for r in rows)
-    prompts = [tok.decode(r["prompt_ids"][1:]) for r in rows] if has_prompt else None
+    prompts = [target.decode(r["prompt_ids"][1:]) for r in rows] if has_prompt else None
     res = score(target, texts, ids=[r["prompt_ids"] + r["token_ids"] for r in rows],
                 context_lens=[len(r["prompt_ids"]) for r in rows], reference=reference, signals=sigs,
                 batch_size=cfg.score_batch_size, prompts=prompts, progress=progress)
@@ -563,15 +563,15 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
     for k, (g, r) in enumerate(zip(gen, scored)):
         ids = g["token_ids"]
         text = r["text"]
-        row = {"id": k, "strategy": g["strategy"], "index": g["index"], "prompt": tok.decode(g["prompt_ids"][1:]),
+        row = {"id": k, "strategy": g["strategy"], "index": g["index"], "prompt": target.decode(g["prompt_ids"][1:]),
                "text": text, "token_ids": ids, "n_tokens": len(ids), "nll": r["nll"], "perplexity": r["perplexity"],
                "zlib_bytes": r["zlib_bytes"], "scores": r["scores"], "flags": r["flags"], "duplicate_of": dropped.get(k)}
         if index is not None:  # generated tokens only: a memorized span in the prompt never counts
             m = index.longest_match(ids)
             row["longest_match_tokens"] = m.length
             row["longest_match_count"] = m.count
-            row["longest_match_text"] = tok.decode(ids[m.start:m.start + m.length]) if m.length else ""
-            row["match_span"] = _char_span(text, row["longest_match_text"], tok.decode(ids[:m.start])) if m.length else None
+            row["longest_match_text"] = target.decode(ids[m.start:m.start + m.length]) if m.length else ""
+            row["match_span"] = _char_span(text, row["longest_match_text"], target.decode(ids[:m.start])) if m.length else None
             row["memorized"] = is_memorized(m.length, len(ids), cfg.memorized_min_tokens)
         else:
             row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None

@@ -100,31 +100,28 @@ def limit_logprobs(logprobs: torch.Tensor, mode: ApiMode) -> torch.Tensor:
     raise LlmMiaError(f"API mode '{mode.name}' returns no log-probs")
 
 
-class ApiView(torch.nn.Module):
-    """A causal LM seen through an API output limit: ``forward(...).logits`` are :func:`limit_logprobs`.
-
-    Wraps the model of a :class:`LoadedModel`; the scoring code
-    (:func:`llm_mia.models.stats.compute_token_stats`) takes a log-softmax of these, which leaves
-    normalised log-probs unchanged, so every signal then runs on exactly what the attacker has.
+@dataclass
+class ApiView(LoadedModel):
+    """A loaded model seen through an API output limit: an implementation of the model contract
+    (:class:`llm_mia.models.contract.LanguageModel`) whose :meth:`token_stats` read only what the
+    attacker gets, :func:`limit_logprobs` of the model's log-probs, so every signal runs on exactly
+    that. Generation (label-only access) is the model's own. Build one with :meth:`of`.
     """
 
-    def __init__(self, model: torch.nn.Module, mode: ApiMode):
-        super().__init__()
+    mode: ApiMode | None = None
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, mode: ApiMode) -> "ApiView":
+        """``loaded`` under ``mode``. Raises LlmMiaError for "label-only" (no log-prob view)."""
         if mode.kind == "label-only":
             raise LlmMiaError("label-only returns text only: no log-prob view")
-        self.inner, self.mode = model, mode
-        self.config = model.config
+        return cls(model=loaded.model, tokenizer=loaded.tokenizer, source=loaded.source,
+                   max_context=loaded.max_context, base=loaded.base, adapter=loaded.adapter, folder=loaded.folder,
+                   base_folder=loaded.base_folder, mode=mode)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kw):
-        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        lp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-
-        class _Out:
-            pass
-
-        out = _Out()
-        out.logits = limit_logprobs(lp, self.mode)  # (B, T, V)
-        return out
+    @property
+    def logprob_transform(self):
+        return lambda lp: limit_logprobs(lp, self.mode)
 
 
 def computable_signals(mode: ApiMode, available: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -148,10 +145,9 @@ def greedy_match_scores(loaded: LoadedModel, texts: Sequence[str], *, prefix: in
     = member. NaN when the text has fewer than 2 tokens. Source: Carlini et al. 2023 (extractable
     with a k-token prefix), as a graded score.
     """
-    from llm_mia.models.generation import generate
+    from llm_mia.models.tokenizer import text_ids
 
-    tok = loaded.tokenizer
-    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) if t else [] for t in texts]
+    ids = [text_ids(loaded.tokenizer, t) for t in texts]
     out = [math.nan] * len(ids)
     jobs = []
     for i, x in enumerate(ids):
@@ -165,7 +161,7 @@ def greedy_match_scores(loaded: LoadedModel, texts: Sequence[str], *, prefix: in
     for b0 in range(0, len(jobs), batch_size):
         chunk = jobs[b0:b0 + batch_size]
         m = max(len(j[2]) for j in chunk)
-        gen = generate(loaded.model, [j[1] for j in chunk], max_new_tokens=m, pad_id=loaded.bos_id, greedy=True)
+        gen = loaded.generate([j[1] for j in chunk], max_new_tokens=m, greedy=True, eos_id=None)
         for (i, _, want), g in zip(chunk, gen):
             got = g.new_ids[:len(want)]
             out[i] = sum(int(a == b) for a, b in zip(got, want)) / len(want)
@@ -179,8 +175,7 @@ def score_under_limit(target: LoadedModel, texts: Sequence[str], mode: ApiMode, 
 
     if mode.kind == "label-only":
         return {"greedy_match": greedy_match_scores(target, texts)}
-    view = LoadedModel(model=ApiView(target.model, mode), tokenizer=target.tokenizer, source=target.source,
-                       max_context=target.max_context)
+    view = ApiView.of(target, mode)
     from llm_mia import signals as S
 
     avail = {"text", "lowercase", "moments"} | ({"reference"} if reference is not None else set())

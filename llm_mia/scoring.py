@@ -14,43 +14,8 @@ import torch
 
 from llm_mia import signals as S
 from llm_mia.models.loading import LoadedModel
-from llm_mia.models.stats import TokenStats, compute_token_stats
-
-
-def tokenizer_adds_bos(tokenizer) -> bool:
-    """True if ``tokenizer(text)`` starts with its BOS token (e.g. Llama), False for GPT-2 style."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return len(ids) > 0 and ids[0] == bos
-
-
-def encode(loaded: LoadedModel, texts: Sequence[str], *, prepend_bos: bool = False) -> tuple[list[list[int]], int]:
-    """Token ids of ``texts`` and the number of leading context tokens not scored.
-
-    Start-token rule: if the tokenizer adds BOS, every token after it is scored; otherwise the first
-    token is not scored (the GPT-2 convention) unless ``prepend_bos`` asks to condition on the
-    model's BOS (or EOS) id. Either way the context length is 1. Empty texts give ``[]`` or
-    ``[BOS]``, i.e. no scored token.
-    """
-    tok = loaded.tokenizer
-    adds = tokenizer_adds_bos(tok)
-    ids = [list(tok(t, add_special_tokens=adds)["input_ids"]) if t else [] for t in texts]
-    if prepend_bos and not adds:
-        ids = [[loaded.bos_id] + x for x in ids]
-    return ids, 1
-
-
-def same_tokenizer(a, b) -> bool:
-    """True if two tokenizers map every string to the same ids (same vocabulary and merges)."""
-    if a is b:
-        return True
-    try:
-        return a.get_vocab() == b.get_vocab() and type(a.backend_tokenizer.model) is type(b.backend_tokenizer.model) \
-            and a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
-    except AttributeError:
-        return False
+from llm_mia.models.stats import TokenStats
+from llm_mia.models.tokenizer import same_tokenizer, text_ids, tokenizer_adds_bos
 
 
 @dataclass
@@ -62,11 +27,22 @@ class ScoreResult:
             nats/token), ``perplexity``, ``zlib_bytes``, ``scores`` (signal -> value, higher =
             member, NaN where undefined), ``flags`` (list of str).
         target: the target model's TokenStats (for further signals without another forward pass).
+        warnings: one line each (e.g. the reference model is the target: reference signals constant).
     """
 
     rows: list[dict]
     target: TokenStats
     inputs: S.SignalInputs = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+
+def reference_warning(target: LoadedModel, reference: LoadedModel | None) -> str | None:
+    """The one-line warning when ``reference`` is the target (BUG-21 a), else None."""
+    from llm_mia.models.loading import reference_is_target
+
+    why = reference_is_target(target, reference)
+    return None if why is None else (f"the reference model is the target ({why}): every reference signal is "
+                                     f"constant and says nothing about membership; use another model as reference")
 
 
 def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[int]] | None = None,
@@ -74,7 +50,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
           signals: Sequence[str] | None = None, batch_size: int | None = None, prepend_bos: bool = False,
           stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
           prompts: Sequence[str] | None = None, population: Sequence[str] | None = None,
-          progress: Callable[[int], None] | None = None) -> ScoreResult:
+          progress: Callable[[int], None] | None = None, warn: bool = True) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
 
     Args:
@@ -93,6 +69,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
             so both NLLs of the lowercase ratio are conditioned on the prompt.
         population: non-member texts (e.g. held-out data from the training distribution) that RMIA
             compares each text with; scored once per call under the target and the reference.
+        warn: also issue ``warnings.warn`` for each line of ``ScoreResult.warnings`` (the reference
+            model is the target: its signals are then constant; they are still computed).
 
     Raises:
         LlmMiaError: unknown signal name, a signal whose input is missing (a reference, a population,
@@ -121,50 +99,58 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
                 "population": "a population of non-member texts (population=)",
                 "aligned_reference": "a reference with the target's tokenizer (ez_mia and wbc compare token by token)"}
         raise LlmMiaError("signal input missing: " + ", ".join(what.get(m, m) for m in sorted(missing)))
+    notes = [w for w in [reference_warning(target, reference) if "reference" in needs else None] if w]
+    if warn:
+        import warnings
+
+        from llm_mia.errors import LlmMiaWarning
+
+        for w in notes:
+            warnings.warn(w, LlmMiaWarning, stacklevel=2)
     if ids is None:
-        ids, ctx = encode(target, texts, prepend_bos=prepend_bos)
+        ids, ctx = target.encode(texts, prepend_bos=prepend_bos)
     else:
         ids = [list(x) for x in ids]
         ctx = 1 if context_lens is None else context_lens
 
     def run(model: LoadedModel, seqs, c, moments: bool = False) -> TokenStats:
-        return compute_token_stats(model.model, seqs, context_lens=c, batch_size=batch_size, pad_id=model.bos_id,
-                                   max_context=model.max_context, stride=stride, moments=moments, progress=progress)
+        return model.token_stats(seqs, context_lens=c, batch_size=batch_size, stride=stride, moments=moments,
+                                 progress=progress)
 
     # mu and sigma over the vocabulary are read only from the target view (Min-K%++); other views
     # need log p(token) alone
     tstats = run(target, ids, ctx, moments="moments" in needs)
     inp = S.SignalInputs(target=tstats, texts=texts)
     if "lowercase" in needs and prompts is not None:
-        pl, _ = encode(target, [p.lower() for p in prompts], prepend_bos=True)
+        pl, _ = target.encode([p.lower() for p in prompts], prepend_bos=True)
         pl = [x or [target.bos_id] for x in pl]
-        tl = [list(target.tokenizer(t.lower(), add_special_tokens=False)["input_ids"]) if t else [] for t in texts]
+        tl = [text_ids(target.tokenizer, t.lower()) for t in texts]
         inp.lowercase = run(target, [a + b for a, b in zip(pl, tl)], [len(a) for a in pl])
     elif "lowercase" in needs:
-        lids, lctx = encode(target, [t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
+        lids, lctx = target.encode([t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
         inp.lowercase = run(target, lids, lctx)
     if "reference" in needs:
         if aligned:
             inp.reference = run(reference, ids, ctx)
         else:
-            rids, rctx = encode(reference, texts, prepend_bos=True)
+            rids, rctx = reference.encode(texts, prepend_bos=True)
             inp.reference = run(reference, rids, rctx)
             inp.reference_per_byte = True
             # Per byte, the target's NLL must cover every byte as the reference's does: when the plain
             # view leaves the first token unscored (GPT-2 convention), score a BOS-conditioned view too.
             if not (tokenizer_adds_bos(target.tokenizer) or prepend_bos or _starts_with_bos(target, ids)):
-                bids, bctx = encode(target, texts, prepend_bos=True)
+                bids, bctx = target.encode(texts, prepend_bos=True)
                 inp.target_all_bytes = run(target, bids, bctx)
     if "recall" in needs:
-        p_ids, _ = encode(target, [recall_prefix], prepend_bos=True)
+        p_ids, _ = target.encode([recall_prefix], prepend_bos=True)
         # the text's own ids, without the BOS the plain view starts with (the prefix brings its own)
         has_bos = tokenizer_adds_bos(target.tokenizer) or prepend_bos or _starts_with_bos(target, ids)
-        text_ids = [list(x[1:]) if has_bos and len(x) else list(x) for x in ids]
-        inp.recall = run(target, [p_ids[0] + x for x in text_ids], [len(p_ids[0])] * len(text_ids))
+        own = [list(x[1:]) if has_bos and len(x) else list(x) for x in ids]
+        inp.recall = run(target, [p_ids[0] + x for x in own], [len(p_ids[0])] * len(own))
     inp.token_freq = token_freq
     if "population" in needs:  # the same views of the population, under both models
         inp.population = score(target, [p for p in population if p], reference=reference, signals=["reference_diff"],
-                               batch_size=batch_size, prepend_bos=prepend_bos, stride=stride).inputs
+                               batch_size=batch_size, prepend_bos=prepend_bos, stride=stride, warn=False).inputs
     values = {s.name: s.fn(inp) for s in chosen}
     flags = S.row_flags(inp)
     nll = S.mean_nll(tstats)
@@ -174,7 +160,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         rows.append({"id": i, "n_scored_tokens": int(tstats.n_scored[i]), "nll": float(nll[i]),
                      "perplexity": float(ppl[i]), "zlib_bytes": S.zlib_bytes(t),
                      "scores": {k: float(v[i]) for k, v in values.items()}, "flags": flags[i]})
-    return ScoreResult(rows=rows, target=tstats, inputs=inp)
+    return ScoreResult(rows=rows, target=tstats, inputs=inp, warnings=notes)
 
 
 def _starts_with_bos(target: LoadedModel, ids: Sequence[Sequence[int]]) -> bool:
@@ -257,14 +243,14 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
               recall_prefix=prefix, token_freq=freq)
     with bar("scoring", None, enabled=progress) as adv:
-        res = score(tgt, data.texts, progress=adv, **kw)
+        res = score(tgt, data.texts, progress=adv, warn=False, **kw)
     rows = []
     for r, i in zip(res.rows, data.ids):
         r = dict(r, id=i)
         rows.append(r)
-    out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows)}
+    out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings}
     if calib is not None:
-        cres = score(tgt, calib.texts, **kw)
+        cres = score(tgt, calib.texts, warn=False, **kw)
         thresholds = {}
         for sig in rows[0]["scores"]:
             thresholds[sig] = calibrate_threshold([r["scores"][sig] for r in cres.rows], target_fpr)
@@ -280,6 +266,9 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
         per = {}
         for sig in rows[0]["scores"]:
             vals = [r["scores"][sig] for r in rows]
+            if res.warnings and "reference" in S.REGISTRY[sig].needs:  # constant: no ROC to rank
+                per[sig] = {"excluded": res.warnings[0]}
+                continue
             try:
                 m = roc_metrics(data.labels, vals)
                 lo, hi = bootstrap_auc_ci(data.labels, vals)
@@ -288,7 +277,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                 m = {"error": str(e)}
             per[sig] = m
         meta = {"model": model, "reference": reference, "input": str(input_path), "signals": per,
-                "sign_convention": "higher score = more likely member; label member = 1"}
+                "sign_convention": "higher score = more likely member; label member = 1", "warnings": res.warnings}
         if calib is not None:
             meta["calibration"] = {"nonmembers": str(calibrate_on), "target_fpr": target_fpr, "thresholds": out["thresholds"]}
         if metrics_path:

@@ -216,3 +216,29 @@ def test_t3_18_cli_scores_an_adapter_folder_and_checks_model_args(gpt2_with_adap
         code, _, err = run_cli([*cmd, "--model", d / "base", "--model-args", "pretrianed=x"], capsys)
         assert code == 2 and "did you mean 'pretrained'" in err, (cmd, err)
     assert not (tmp_path / "o3.jsonl").exists()
+
+
+def test_t3_17_and_bug_21a_audit_of_sharded_model_with_itself_as_reference(leak_models, tmp_path, capsys):
+    """A sharded checkpoint gets its digest in the report; --reference equal to --model is warned
+    about (stderr, observations) and its signals are left out of the rankings and the membership."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_mia.io import weights_sha256
+    from tests.conftest import run_cli
+
+    d, _ = leak_models
+    AutoModelForCausalLM.from_pretrained(d / "leaky").save_pretrained(tmp_path / "m", max_shard_size="60KB")
+    AutoTokenizer.from_pretrained(d / "leaky").save_pretrained(tmp_path / "m")
+    assert len(list((tmp_path / "m").glob("*.safetensors"))) > 1
+    code, _, err = run_cli(["audit", "--corpus", d / "corpus", "--model", tmp_path / "m", "--reference", tmp_path / "m",
+                            "--out", tmp_path / "a", "--num-samples", 4, "--length", 12, "--candidates", 10,
+                            "--exact-limit", 0, "--membership-docs", 6, "--strategy", "top-k"], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    prov = rep["provenance"]
+    assert prov["model_weights_sha256"] == weights_sha256(tmp_path / "m") is not None
+    assert prov["reference_weights_sha256"] == prov["model_weights_sha256"] and prov["reference_excluded"]
+    assert "warning: the reference model is the target" in err
+    assert any(o.startswith("reference: the reference model is the target") for o in rep["observations"])
+    assert "reference" not in rep["extraction"]["rankings"]
+    assert not any(k.startswith("reference") for k in rep["membership"]["signals"])

@@ -44,22 +44,28 @@ class PerSampleSampler(LogitsProcessor):
         prompt_width: width of the (left-padded) prompt batch, to count generated tokens.
         banned_until: ``(ids, n)``: forbid these ids for the first n generated tokens (e.g. EOS).
         n_steps: how many tokens each row may generate (uniforms drawn per row).
+        vocab_limit: ids >= this (padded rows of an embedding matrix wider than the tokenizer,
+            which decode to nothing) get probability 0 before top-k (T3-09); None: all ids.
     """
 
     def __init__(self, seeds: Sequence[int], *, top_k: int, temperature: float | Callable[[int], float],
-                 prompt_width: int, banned_until: tuple[Sequence[int], int] = ((), 0), n_steps: int = 1024):
+                 prompt_width: int, banned_until: tuple[Sequence[int], int] = ((), 0), n_steps: int = 1024,
+                 vocab_limit: int | None = None):
         self.uniforms = torch.stack([torch.rand(n_steps, generator=torch.Generator().manual_seed(int(s)),
                                                 dtype=torch.float64) for s in seeds])  # (B, n_steps)
         self.top_k = top_k
         self.temperature = temperature if callable(temperature) else (lambda i, t=float(temperature): t)
         self.prompt_width = prompt_width
         self.banned, self.banned_n = list(banned_until[0]), banned_until[1]
+        self.vocab_limit = vocab_limit
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_width
         if step >= self.uniforms.shape[1]:
             raise LlmMiaError(f"sampler asked for token {step + 1} of at most {self.uniforms.shape[1]}")
         logits = scores.float() / self.temperature(step)  # (B, V)
+        if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
+            logits[:, self.vocab_limit:] = -torch.inf  # padded rows: never sampled, never in the top k
         if self.banned and step < self.banned_n:
             logits[:, self.banned] = -torch.inf
         if self.top_k and self.top_k < logits.shape[-1]:
@@ -98,6 +104,21 @@ class TemperatureDecay(LogitsProcessor):
         return scores / self.temperature(input_ids.shape[1] - self.prompt_width)
 
 
+class MaskPaddedVocab(LogitsProcessor):
+    """Logits of ids >= ``vocab_limit`` (padded embedding rows the tokenizer cannot decode) set to -inf,
+    for greedy and beam decoding (the sampler masks them itself, before its top-k)."""
+
+    def __init__(self, vocab_limit: int):
+        self.vocab_limit = int(vocab_limit)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.vocab_limit >= scores.shape[-1]:
+            return scores
+        scores = scores.clone()
+        scores[:, self.vocab_limit:] = -torch.inf
+        return scores
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token-id lists to (B, W) ids and attention mask; the mask comes from lengths."""
     if any(len(p) == 0 for p in prompts):
@@ -122,8 +143,9 @@ class Generated:
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
              seeds: Sequence[int] | None = None, top_k: int = 40, temperature: float | Callable[[int], float] = 1.0,
-             min_new_tokens: int = 0, eos_id: int | None = None, greedy: bool = False,
-             temperature_decay: tuple[float, float, int] | None = None, num_beams: int = 1) -> list[Generated]:
+             min_new_tokens: int = 0, eos_id: int | Sequence[int] | None = None, greedy: bool = False,
+             temperature_decay: tuple[float, float, int] | None = None, num_beams: int = 1,
+             vocab_limit: int | None = None) -> list[Generated]:
     """Generate continuations of a batch of prompts (token ids) in one ``generate`` call.
 
     Args:
@@ -131,6 +153,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
         max_new_tokens: new tokens per row.
         seeds: one seed per row (required unless ``greedy``).
         top_k / temperature: sampling controls (Carlini et al. 2021 sec. 5.1 uses top-k = 40).
+        eos_id: one id or several (e.g. ``</s>`` and a chat template's end-of-turn id) that end a row.
+        vocab_limit: ``len(tokenizer)``: ids at or above it (padded embedding rows) are never
+            generated, by sampling, greedy or beam decoding (T3-09); None: every id of the output.
         min_new_tokens: ``eos_id`` is forbidden for the first ``min_new_tokens`` NEW tokens (counted
             from the prompt's end, never including the prompt).
         greedy: argmax decoding (no seeds needed).
@@ -156,8 +181,12 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
                           f"context of {ctx} tokens")
     device = next(model.parameters()).device
     W = ids.shape[1]
+    eos = [] if eos_id is None else ([int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id])
+    eos_id = (eos[0] if len(eos) == 1 else eos) if eos else None
     processors = LogitsProcessorList()
     if greedy:
+        if vocab_limit is not None:
+            processors.append(MaskPaddedVocab(vocab_limit))
         cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                eos_token_id=eos_id, num_beams=num_beams, num_return_sequences=1,
                                length_penalty=0.0 if num_beams > 1 else 1.0, early_stopping=True if num_beams > 1 else False)
@@ -166,12 +195,12 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
     else:
         if seeds is None or len(seeds) != len(prompts):
             raise LlmMiaError("sampling needs one seed per prompt")
-        banned = ([eos_id], min_new_tokens) if eos_id is not None else ((), 0)
+        banned = (eos, min_new_tokens) if eos else ((), 0)
         if temperature_decay is not None:
             start, end, steps = temperature_decay
             processors.append(TemperatureDecay(W, start=start, end=end, steps=steps))
         processors.append(PerSampleSampler(seeds, top_k=top_k, temperature=temperature, prompt_width=W,
-                                           n_steps=max_new_tokens, banned_until=banned))
+                                           n_steps=max_new_tokens, banned_until=banned, vocab_limit=vocab_limit))
         cfg = GenerationConfig(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
                                pad_token_id=pad_id, eos_token_id=eos_id, num_beams=1)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
@@ -179,7 +208,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
     res = []
     for i, p in enumerate(prompts):
         new = out[i, W:].tolist()
-        if eos_id is not None and eos_id in new:
-            new = new[:new.index(eos_id)]
+        stop = [k for k, t in enumerate(new) if t in eos]
+        if stop:
+            new = new[:stop[0]]
         res.append(Generated(prompt=list(p), new_ids=new))
     return res

@@ -66,6 +66,7 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    # ---- the model contract (llm_mia.models.contract.LanguageModel)
     @property
     def bos_id(self) -> int:
         """The id a generation or a ``prepend_bos`` score starts from: BOS, else EOS."""
@@ -74,6 +75,51 @@ class LoadedModel:
             if tid is not None:
                 return int(tid)
         raise LlmMiaError(f"model '{self.source}' has neither a BOS nor an EOS token")
+
+    @property
+    def vocab_size(self) -> int:
+        """``len(tokenizer)``: the ids the tokenizer can decode."""
+        return len(self.tokenizer)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        from llm_mia.models.tokenizer import eos_ids
+
+        return eos_ids(self.tokenizer, self.model)
+
+    def encode(self, texts, *, prepend_bos: bool = False) -> tuple[list[list[int]], int]:
+        from llm_mia.models.tokenizer import encode
+
+        return encode(self.tokenizer, texts, prepend_bos=prepend_bos)
+
+    def decode(self, ids) -> str:
+        from llm_mia.models.tokenizer import decode
+
+        return decode(self.tokenizer, ids)
+
+    def decode_continuation(self, prompt_ids, new_ids) -> str:
+        from llm_mia.models.tokenizer import decode_continuation
+
+        return decode_continuation(self.tokenizer, prompt_ids, new_ids)
+
+    def token_stats(self, sequences, *, context_lens=1, batch_size=None, stride=None, moments=True, progress=None):
+        from llm_mia.models.stats import compute_token_stats
+
+        return compute_token_stats(self.model, sequences, context_lens=context_lens, batch_size=batch_size,
+                                   pad_id=self.bos_id, max_context=self.max_context, stride=stride, moments=moments,
+                                   progress=progress, logprob_transform=self.logprob_transform)
+
+    #: a function of (m, V) fp32 log-probs returning what the caller may see (None: everything);
+    #: :class:`llm_mia.output_limits.ApiView` sets it to an API output limit
+    logprob_transform = None
+
+    def generate(self, prompts, *, max_new_tokens: int, **kw):
+        from llm_mia.models.generation import generate
+
+        kw.setdefault("pad_id", self.bos_id)
+        kw.setdefault("eos_id", self.eos_ids or None)
+        kw.setdefault("vocab_limit", self.vocab_size)
+        return generate(self.model, prompts, max_new_tokens=max_new_tokens, **kw)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -357,3 +403,27 @@ def from_objects(model: torch.nn.Module, tokenizer: object, *, source: str = "<i
         use_fused_activations(model)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, max_context=model_max_context(model))
+
+
+def reference_is_target(target: LoadedModel, reference: LoadedModel | None) -> str | None:
+    """Why ``reference`` is the target itself (BUG-21 a), or None when it is a different model.
+
+    The same object, the same weights digest (:func:`llm_mia.io.weights_sha256`), or, for in-memory
+    models, parameters equal tensor by tensor (the comparison stops at the first difference).
+    A reference equal to the target makes every reference signal a constant.
+    """
+    if reference is None:
+        return None
+    if reference is target or reference.model is target.model:
+        return "it is the same model object"
+    a, b = target.weights_sha256, reference.weights_sha256
+    if a is not None and b is not None:
+        return f"both have weights sha256 {a[:12]}..." if a == b else None
+    pa, pb = dict(target.model.named_parameters()), dict(reference.model.named_parameters())
+    if pa.keys() != pb.keys():
+        return None
+    for k, v in pa.items():
+        w = pb[k]
+        if v.shape != w.shape or not torch.equal(v.detach().cpu(), w.detach().cpu()):
+            return None
+    return "their weights are identical"

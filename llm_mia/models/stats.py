@@ -195,7 +195,8 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
                         context_lens: Sequence[int] | int = 1, batch_size: int | None = None,
                         max_context: int | None = None, stride: int | None = None,
                         pad_id: int = 0, padding_side: str = "right", moments: bool = True,
-                        max_rows_per_chunk: int | None = None, progress: Callable[[int], None] | None = None) -> TokenStats:
+                        max_rows_per_chunk: int | None = None, progress: Callable[[int], None] | None = None,
+                        logprob_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TokenStats:
     """Per-token statistics of ``sequences`` under ``model`` (see the module docstring).
 
     Args:
@@ -219,6 +220,8 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         moments: compute ``mean_logprob`` and ``std_logprob`` (only Min-K%++ reads them); when False
             they are NaN in every scored cell and the pass is cheaper.
         progress: called with the number of inputs finished after each batch.
+        logprob_transform: maps (m, V) fp32 log-probs to the normalised log-probs the caller may see
+            (an API output limit, :func:`llm_mia.output_limits.limit_logprobs`); None: the model's own.
 
     Returns:
         TokenStats with N rows.
@@ -297,6 +300,8 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
             for c0 in range(0, rows_t.shape[0], max_rows_per_chunk):
                 part = slice(c0, c0 + max_rows_per_chunk)
                 sel = predict(rows_d[part], cols_d[part])  # (m, V), a cache-sized block of predictions
+                if logprob_transform is not None:  # normalised log-probs: the log-softmax below keeps them
+                    sel = logprob_transform(torch.log_softmax(sel.float(), dim=-1))
                 tok, mu, sigma, top1 = vocab_stats(sel, targets[part].to(device), moments=moments,
                                              chunk_rows=max_rows_per_chunk)
                 ds, dc = ds_all[part], dc_all[part]
