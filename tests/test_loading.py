@@ -111,6 +111,9 @@ def no_network(monkeypatch, tmp_path):
     """T2-09 guard: record and refuse every connection attempt; an empty hub cache."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     attempts = []
@@ -242,3 +245,20 @@ def test_t3_17_and_bug_21a_audit_of_sharded_model_with_itself_as_reference(leak_
     assert any(o.startswith("reference: the reference model is the target") for o in rep["observations"])
     assert "reference" not in rep["extraction"]["rankings"]
     assert not any(k.startswith("reference") for k in rep["membership"]["signals"])
+
+
+def test_cached_hub_id_loads_from_the_cache_without_network(no_network, tiny_tokenizer, tmp_path):
+    """A hub id already in the local cache (the hub's own layout: refs/main -> snapshots/<commit>)
+    loads with zero connection attempts, offline flags unset."""
+    from llm_mia.io import weights_sha256
+
+    commit = "0" * 40
+    repo = tmp_path / "hf" / "hub" / "models--acme--tiny"
+    snap = repo / "snapshots" / commit
+    m = make_tiny_gpt2(len(tiny_tokenizer), n_positions=32)
+    m.save_pretrained(snap)
+    tiny_tokenizer.save_pretrained(snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    lm = load_model("acme/tiny", device="cpu")
+    assert no_network == [] and lm.folder == snap and lm.weights_sha256 == weights_sha256(snap) is not None
