@@ -347,7 +347,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "provenance": {
-            "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256, "model_base": target.base,
+            "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256,
+            "model_base": target.base,
             "reference": str(reference_path) if reference_path else None,
             "reference_weights_sha256": ref_sha,
             "reference_excluded": ref_is_target,
