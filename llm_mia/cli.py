@@ -342,16 +342,16 @@ def audit(
         out = out or Path("audit-demo")
     elif (model is None and model_args is None) or out is None or (corpus is None and (members is None or nonmembers is None)):
         raise LlmMiaError("audit needs --model, --out and --members/--nonmembers files or a --corpus folder (or --demo)")
+    import warnings
+
+    from llm_mia.errors import LlmMiaWarning
+
     try:
-        if demo:
-            report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
-        else:
-            import warnings
-
-            from llm_mia.errors import LlmMiaWarning
-
-            with warnings.catch_warnings():  # printed below as one line each
-                warnings.simplefilter("ignore", LlmMiaWarning)
+        with warnings.catch_warnings():  # printed below as one line each
+            warnings.simplefilter("ignore", LlmMiaWarning)
+            if demo:
+                report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
+            else:
                 report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
                                    text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
                                    model_args=model_args)
@@ -393,7 +393,7 @@ _MODE_NAMES = {"audit": "`audit --model` (with --members/--nonmembers or --corpu
                "compare-defenses": "`audit --demo --compare-defenses`"}
 #: Where an option belongs, for the message that refuses it.
 _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare", "quick": "--demo --compare-defenses",
-            "model": "an audit of one model (--compare lists its models)", "demo": "--demo alone or --compare-defenses",
+            "model": "an audit of one model (--compare lists its models)", "model_args": "an audit of one model", "demo": "--demo alone or --compare-defenses",
             "corpus": "an audit of existing models", "reference": "an audit of existing models",
             "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
             "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",

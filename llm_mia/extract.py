@@ -391,7 +391,7 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
                     pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(idx)
                     gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds,
                                            top_k=cfg.top_k, min_new_tokens=max_new,
-                                    temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
+                                           temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
                     for i, g in zip(idx, gens):
                         f.write(io.dumps({"strategy": strategy, "index": i, "seed": cfg.seed, "max_new_tokens": max_new,
                                           **fp, "prompt_ids": g.prompt, "token_ids": g.new_ids}) + "\n")

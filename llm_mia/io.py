@@ -237,3 +237,56 @@ def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.Path
         same = p.exists() and q.exists() and os.path.samefile(p, q)
         if same or p.resolve() == q.resolve():
             raise LlmMiaError(f"{what} {p} is also an input ({q}); it would be overwritten: write elsewhere")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint folder: safetensors (with their index), else pickles."""
+    for pattern in ("*.safetensors", "*.bin"):
+        files = sorted(folder.glob(pattern))
+        index = sorted(folder.glob(pattern + ".index.json"))
+        for ix in index:  # every shard the index names must be there
+            shards = set(read_json(ix).get("weight_map", {}).values())
+            missing = sorted(s for s in shards if not (folder / s).is_file())
+            if missing:
+                raise LlmMiaError(f"{folder}: shard {missing[0]} named in {ix.name} is missing")
+        if files:
+            return sorted(set(files) | set(index))
+    return []
+
+
+def weights_sha256(folder: str | os.PathLike | None, *, base_folder: str | os.PathLike | None = None) -> str | None:
+    """Hex SHA-256 digest covering every weight file of a checkpoint folder.
+
+    Scheme: the weight files are the folder's ``*.safetensors`` files and ``*.safetensors.index.json``
+    (else, for a pickle checkpoint, ``*.bin`` and ``*.bin.index.json``). One file and no index: the
+    digest is that file's SHA-256 (what ``sha256sum model.safetensors`` prints). Several files (a
+    sharded checkpoint): the SHA-256 of the UTF-8 text ``"<sha256(file)>  <name>\\n"`` over the files
+    sorted by name, i.e. of ``sha256sum`` 's listing in sorted order. A PEFT adapter folder
+    (``adapter_config.json``, no ``config.json``): the same listing over the adapter's weight files plus
+    the line ``"<base digest>  base\\n"``, the base being ``base_folder`` or, when it is a local folder,
+    the ``base_model_name_or_path`` of the adapter config.
+
+    Returns:
+        The digest; None when ``folder`` is None or not a folder (an unresolved hub id), when it holds
+        no weight file, or for an adapter whose base folder is unknown.
+
+    Raises:
+        LlmMiaError: a shard named in the index is missing.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return None
+    folder = Path(folder)
+    files = _weight_files(folder)
+    if not files:
+        return None
+    lines = [f"{sha256_file(f)}  {f.name}\n" for f in files]
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        if base_folder is None:
+            base_folder = read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+        base = weights_sha256(base_folder) if base_folder else None
+        if base is None:
+            return None
+        lines.append(f"{base}  base\n")
+    elif len(lines) == 1:
+        return lines[0].split()[0]
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

@@ -64,6 +64,8 @@ def test_t3_18_model_args_pretrained_and_peft(gpt2_with_adapter, tiny_tokenizer)
         torch.testing.assert_close(lm.model(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(lm2.model(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
     assert lm.base == lm2.base == str(d / "base")
+    with pytest.raises(LlmMiaError, match="name two models"):
+        load_model(str(d / "base"), device="cpu", model_args=f"pretrained={d / 'adapter'}")
 
 
 def test_t3_18_adapter_with_missing_base_is_one_line_error(gpt2_with_adapter, tmp_path):

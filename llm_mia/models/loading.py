@@ -315,6 +315,9 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
     if adapter_name is not None:
         adapter_folder = resolve_folder(adapter_name, revision=revision, allow_pickle=allow_pickle, what="adapter")
         if not (adapter_folder / "adapter_config.json").exists():
+            if peft is None:  # --model M --model-args pretrained=P, M a full model
+                raise LlmMiaError(f"--model '{adapter_name}' and pretrained='{base_name}' name two models: give one "
+                                  f"(or peft=ADAPTER for an adapter on pretrained=)")
             raise LlmMiaError(f"'{adapter_name}' is not a PEFT adapter folder (no adapter_config.json)")
     if base_name is None:
         raise LlmMiaError("no base model given for the adapter")

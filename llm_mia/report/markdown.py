@@ -96,6 +96,14 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def _extracted(row: dict, how: str) -> str:
+    """"yes (context)" / "no" for greedy or beam extraction (the context that gave the secret back)."""
+    if not row.get(f"{how}_extracted"):
+        return "no"
+    ctx = row.get(f"{how}_context")
+    return f"yes ({ctx})" if ctx else "yes"
+
+
 def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_secrets: bool = False) -> str:
     """The report as Markdown: findings first, then extraction, secrets, membership, provenance."""
     hide = (lambda t: t) if show_secrets else (lambda t: redact_text(t, secrets))
@@ -165,8 +173,8 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
         val = (s.secret if show_secrets else redact(s.secret)) if s else "?"
         p = r.get("sample_probability")
         rows.append([r["id"], r["kind"], r["count"], val, r["exposure_rank"], r.get("exposure_exact"),
-                     r.get("exposure_extrapolated"), "yes" if r["greedy_extracted"] else "no",
-                     "yes" if r.get("beam_extracted") else "no", f"{p:.3g}" if isinstance(p, float) else "-",
+                     r.get("exposure_extrapolated"), _extracted(r, "greedy"), _extracted(r, "beam"),
+                     f"{p:.3g}" if isinstance(p, float) else "-",
                      r.get("samples_for_half")])
     out += ["<details><summary>Every secret</summary>", "",
             _table(["id", "kind", "insertions", "secret", "rank (bits)", "exact (bits)", "extrapolated (bits)",
