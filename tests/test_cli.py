@@ -396,7 +396,7 @@ def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--corpus", "c", "--model", "m", "--out", "o", "--preset", "tiny"], "--preset is not used by `audit --corpus --model`"),
+    (["--corpus", "c", "--model", "m", "--out", "o", "--preset", "tiny"], "--preset is not used by `audit --model` (with --members/--nonmembers or --corpus)"),
     (["--corpus", "c", "--model", "m", "--out", "o", "--api-modes", "full"], "--api-modes is not used"),
     (["--corpus", "c", "--model", "m", "--out", "o", "--sarif", "x.sarif"], "add --policy"),
     (["--demo", "--reference", "r"], "--reference is not used by `audit --demo`"),
