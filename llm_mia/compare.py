@@ -27,136 +27,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from llm_mia import io
 from llm_mia.errors import LlmMiaError
+from llm_mia.privacy_audit import (clopper_pearson_lower, clopper_pearson_upper, empirical_epsilon,  # noqa: F401
+                                   epsilon_lower_bound)
 
 __all__ = ["clopper_pearson_upper", "clopper_pearson_lower", "epsilon_lower_bound", "empirical_epsilon",
            "heldout_perplexity", "compare_models", "render_compare_markdown"]
-
-
-def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
-    """One-sided Clopper-Pearson upper bound on a binomial rate: P(rate <= bound) >= 1 - alpha.
-
-    ``k`` successes in ``n`` trials (0 <= k <= n, n >= 1). Returns ``Beta.ppf(1 - alpha; k + 1, n - k)``,
-    and 1 when k = n. Raises LlmMiaError on bad counts or alpha outside (0, 1).
-    """
-    _check_counts(k, n, alpha)
-    if k == n:
-        return 1.0
-    from scipy.stats import beta
-
-    return float(beta.ppf(1 - alpha, k + 1, n - k))
-
-
-def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
-    """One-sided Clopper-Pearson lower bound: ``Beta.ppf(alpha; k, n - k + 1)``, and 0 when k = 0."""
-    _check_counts(k, n, alpha)
-    if k == 0:
-        return 0.0
-    from scipy.stats import beta
-
-    return float(beta.ppf(alpha, k, n - k + 1))
-
-
-def _check_counts(k: int, n: int, alpha: float) -> None:
-    if not (isinstance(k, (int, np.integer)) and isinstance(n, (int, np.integer)) and n >= 1 and 0 <= k <= n):
-        raise LlmMiaError(f"need integer counts 0 <= k <= n, n >= 1; got k={k}, n={n}")
-    if not 0 < alpha < 1:
-        raise LlmMiaError(f"alpha must be in (0, 1), got {alpha}")
-
-
-def epsilon_lower_bound(*, tp: int, fn: int, fp: int, tn: int, delta: float, alpha: float = 0.05) -> float:
-    """Empirical epsilon lower bound of one membership test (Jagielski et al. 2020; module docstring).
-
-    Args:
-        tp / fn: members called member / non-member; fp / tn: non-members called member / non-member.
-        delta: the mechanism's delta, in [0, 1).
-        alpha: 1 - confidence of the bound (split evenly over the FPR and FNR bounds).
-
-    Returns:
-        epsilon lower bound in nats (>= 0; 0 when the test does no better than chance at this
-        confidence; +inf when an upper bound is 0, impossible with Clopper-Pearson).
-    Raises:
-        LlmMiaError: empty classes, negative counts, delta or alpha out of range.
-    """
-    if not 0 <= delta < 1:
-        raise LlmMiaError(f"delta must be in [0, 1), got {delta}")
-    fpr_ub = clopper_pearson_upper(fp, fp + tn, alpha / 2)
-    fnr_ub = clopper_pearson_upper(fn, tp + fn, alpha / 2)
-    best = 0.0
-    for num, den in ((1 - delta - fpr_ub, fnr_ub), (1 - delta - fnr_ub, fpr_ub)):
-        if num > 0:
-            best = max(best, math.inf if den <= 0 else math.log(num / den))
-    return best
-
-
-def _best_threshold(y: np.ndarray, s: np.ndarray, delta: float, alpha: float) -> tuple[float, float]:
-    """(threshold, bound) maximising the epsilon bound of "member iff score >= threshold" on (y, s).
-
-    Thresholds are the midpoints between consecutive distinct scores (a threshold at an observed
-    score would sit on the edge of the selection half's range, and the evaluation half falls on
-    either side of it by chance); the first (lowest) of equally good thresholds wins.
-    """
-    best_t, best_e = math.inf, 0.0
-    u = np.unique(s)
-    for t in (u[:-1] + u[1:]) / 2:
-        pred = s >= t
-        e = epsilon_lower_bound(tp=int((pred & (y == 1)).sum()), fn=int((~pred & (y == 1)).sum()),
-                                fp=int((pred & (y == 0)).sum()), tn=int((~pred & (y == 0)).sum()),
-                                delta=delta, alpha=alpha)
-        if e > best_e:
-            best_t, best_e = float(t), e
-    return best_t, best_e
-
-
-def empirical_epsilon(y_true: Sequence[int], scores: dict[str, Sequence[float]], *, delta: float,
-                      alpha: float = 0.05, seed: int = 0) -> dict:
-    """Empirical epsilon lower bound from membership scores (selection half / evaluation half).
-
-    Args:
-        y_true: (n_samples,), member = 1, non-member = 0.
-        scores: signal name -> (n_samples,) scores, higher = member; NaN rows are dropped per signal.
-        delta: the trained model's delta (1e-5 style); alpha: 1 - confidence.
-        seed: the random split of members and of non-members into two halves.
-
-    Returns:
-        {"epsilon_lower_bound", "signal", "threshold", "selection_bound", "counts" {tp, fn, fp, tn}
-        on the evaluation half, "alpha", "delta", "n_eval"}. The signal and threshold with the
-        largest bound on the selection half are applied to the evaluation half.
-    """
-    y = np.asarray(y_true, dtype=np.int64)
-    rng = random.Random(seed)
-    pos, neg = [i for i in range(len(y)) if y[i] == 1], [i for i in range(len(y)) if y[i] == 0]
-    if len(pos) < 2 or len(neg) < 2:
-        raise LlmMiaError("the empirical epsilon needs at least 2 members and 2 non-members")
-    rng.shuffle(pos)
-    rng.shuffle(neg)
-    sel = np.array(pos[: len(pos) // 2] + neg[: len(neg) // 2])
-    ev = np.array(pos[len(pos) // 2:] + neg[len(neg) // 2:])
-    choice = (None, math.inf, -1.0)
-    for name, vals in scores.items():
-        s = np.asarray(vals, dtype=np.float64)
-        ok = ~np.isnan(s[sel])
-        if ok.sum() < 2:
-            continue
-        t, e = _best_threshold(y[sel][ok], s[sel][ok], delta, alpha)
-        if e > choice[2]:
-            choice = (name, t, e)
-    name, t, e_sel = choice
-    out = {"alpha": alpha, "delta": delta, "signal": name, "threshold": t, "selection_bound": max(e_sel, 0.0),
-           "n_eval": int(len(ev)), "epsilon_lower_bound": 0.0, "counts": None}
-    if name is None:
-        return out
-    s = np.asarray(scores[name], dtype=np.float64)[ev]
-    yy = y[ev]
-    pred = np.where(np.isnan(s), False, s >= t)
-    c = {"tp": int((pred & (yy == 1)).sum()), "fn": int((~pred & (yy == 1)).sum()),
-         "fp": int((pred & (yy == 0)).sum()), "tn": int((~pred & (yy == 0)).sum())}
-    out["counts"] = c
-    out["epsilon_lower_bound"] = epsilon_lower_bound(**c, delta=delta, alpha=alpha)
-    return out
 
 
 def heldout_perplexity(loaded, texts: Sequence[str], *, max_tokens: int = 65_536) -> float | None:
