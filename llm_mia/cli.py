@@ -21,6 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Audit language models for training-data leakage: extraction, canary exposure, membership scoring.")
 corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora with planted secrets.")
 app.add_typer(corpus_app, name="corpus")
+from llm_mia.canaries_cli import canaries_app  # noqa: E402
+
+app.add_typer(canaries_app, name="canaries")
 
 
 def _check_model_args(value: Optional[str]) -> Optional[str]:
