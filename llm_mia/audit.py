@@ -194,6 +194,10 @@ def _observations(report: dict) -> list[str]:
         obs.append(f"model-free baseline (text features only): AUC {base['auc']:.3f}"
                    + (f" -- WARNING: {base['warning']}." if base.get("warning") else ", members and held-out "
                       "documents are not told apart without the model."))
+    if report.get("canaries"):
+        from llm_mia.canaries import summary_line
+
+        obs.append("canary audit: " + summary_line(report["canaries"]) + ".")
     pii = report.get("pii")
     if pii:
         pl = pii["planted"]
@@ -261,11 +265,13 @@ def apply_policy(report: dict, policy) -> dict:
 
 def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Path, *,
               reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
-              model_args: str | None = None) -> dict:
+              model_args: str | None = None, canaries: tuple[str | Path, str | Path] | None = None) -> dict:
     """Audit ``model_path`` against the corpus in ``corpus_dir``; write report.json / .md / .html.
 
     ``policy`` (:class:`llm_mia.policy.Policy`) puts the release gate's verdict at the top of the
     report (``report["verdict"]``); without one the verdict slot holds :func:`headline`.
+    ``canaries`` ((canaries.jsonl, inclusion.json) of ``llm-mia canaries plant``) adds the canary
+    audit (:func:`llm_mia.canaries.run_canary_audit`) as ``report["canaries"]``.
 
     Raises:
         LlmMiaError: missing corpus files, corrupt secrets.json, a folder that is not a model, a
@@ -289,6 +295,9 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
     from llm_mia.pii_findings import resolve_regions
 
     regions = resolve_regions(cfg.pii_regions, corpus)  # (a bad region fails before any model work)
+    from llm_mia.canaries import prepare_canary_audit, run_canary_audit
+
+    can = prepare_canary_audit(*canaries, model_path=model_path, has_reference=bool(reference_path)) if canaries else None
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     reference = load_model(str(reference_path)) if reference_path else None
     from llm_mia.scoring import reference_warning
@@ -366,6 +375,8 @@ def run_audit(corpus_dir: str | Path, model_path: str | Path, out_dir: str | Pat
         "membership": membership,
         "pii": pii,
     }
+    if can is not None:
+        report["canaries"] = run_canary_audit(target, can, reference=reference, seed=cfg.seed)
     report["observations"] = _observations(report)
     exposure_plot(out / "exposure.png", exp.rows, n_references=cfg.n_candidates)
     try:

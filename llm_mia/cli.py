@@ -278,6 +278,8 @@ def audit(
     pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
                                               help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
                                                    "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
+    canaries: Optional[Path] = typer.Option(None, "--canaries", help="Canaries JSONL planted with `llm-mia canaries plant`."),
+    inclusion: Optional[Path] = typer.Option(None, "--inclusion", help="With --canaries: its inclusion.json."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md, report.json and modelcard.md; with --policy, gate the release on the result.
@@ -326,8 +328,10 @@ def audit(
             if demo:
                 report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
             else:
+                if (canaries is None) != (inclusion is None):
+                    raise LlmMiaError("--canaries and --inclusion go together")
                 report = run_audit(corpus, model, out, reference_path=reference, cfg=cfg, policy=pol,
-                                   model_args=model_args)
+                                   model_args=model_args, canaries=(canaries, inclusion) if canaries else None)
     except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
         if getattr(e, "report", None) is not None:
             _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
@@ -345,9 +349,10 @@ _COMMON = {"out", "seed"}
 _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit", "show_secrets", "policy",
                 "membership_docs", "length", "pii_regions"}
 _MODE_OPTIONS = {
-    "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit"},
+    "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit", "canaries",
+                                       "inclusion"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
-    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes"},
+    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
 }
 _MODE_NAMES = {"audit": "`audit --corpus --model`", "demo": "`audit --demo`", "compare": "`audit --compare`",
@@ -358,7 +363,9 @@ _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare",
             "corpus": "an audit of existing models", "reference": "an audit of existing models",
             "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
             "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",
-            "compare": "--corpus --out", "compare_defenses": "--demo"}
+            "compare": "--corpus --out", "compare_defenses": "--demo",
+            "canaries": "an audit of existing models (--compare-defenses plants its own)",
+            "inclusion": "an audit of existing models (--compare-defenses plants its own)"}
 
 
 def _refuse_unused(ctx: typer.Context, mode: str) -> None:

@@ -160,3 +160,51 @@ def test_audit_bad_input_exits_2_before_model_work(setup, tmp_path, capsys):
                                            tmp_path / "pf" / "inclusion.json"])
     assert "reference" in err_of(["--canaries", tmp_path / "c.jsonl", *inc, "--signal", "reference_diff"])
     assert not (tmp_path / "o").exists()
+
+
+def _canary_report(eps=1.5, tpr=0.2, m=1000):
+    return {"canaries": {"n_canaries": m, "n_included": m // 2, "kind": "new-token", "delta": 1e-5, "signal": "loss",
+                         "audited_epsilon": eps, "tpr_at_fpr": {"0.01": {"tpr": tpr}},
+                         "bounds": {"one_run": {"m": m, "delta": 1e-5, "beta_per_test": 0.05 / 12}}}}
+
+
+def test_policy_canary_limits():
+    from llm_mia.errors import LlmMiaError
+    from llm_mia.policy import evaluate, parse_policy
+
+    pol = parse_policy({"limits": {"max_audited_epsilon": 1.0, "max_canary_tpr_at_1pct_fpr": 0.25}})
+    v = evaluate(_canary_report(), pol)
+    assert not v.passed and v.line == ("FAIL: audited epsilon 1.50 > 1.0 (one-run bound at delta 1e-05, "
+                                       "1000 new-token canaries)")
+    assert evaluate(_canary_report(eps=0.5, tpr=0.1), pol).line.startswith("PASS: audited epsilon 0.50 <= 1.0")
+    # 10 canaries cannot show epsilon 8 even with every guess right (q^10 ~ beta / 12: eps ~0.31), nor
+    # resolve 1% FPR with 5 excluded canaries: the passes are inconclusive
+    v = evaluate(_canary_report(eps=0.0, tpr=0.0, m=10),
+                 parse_policy({"limits": {"max_audited_epsilon": 8.0, "max_canary_tpr_at_1pct_fpr": 0.25}}))
+    assert v.status == "INCONCLUSIVE" and "10 canaries reach at most epsilon 0.31" in v.line
+    assert "5 excluded canaries cannot resolve 1% FPR" in v.line
+    with pytest.raises(LlmMiaError, match="no canary audit"):
+        evaluate({}, pol)
+    with pytest.raises(LlmMiaError, match="rate"):
+        parse_policy({"limits": {"max_canary_tpr_at_1pct_fpr": 2}})
+
+
+def test_audit_report_gets_the_canary_section(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    io.write_jsonl(tmp_path / "c.jsonl", [{"id": f"c{i}", "text": f"canary number {i} zq", "kind": "random"}
+                                          for i in range(16)])
+    _cli_ok(["canaries", "plant", "--train", d / "corpus" / "train.jsonl", "--canaries", tmp_path / "c.jsonl",
+             "--out", tmp_path / "p", "--seed", "1"], capsys)
+    (tmp_path / "pol.toml").write_text("[limits]\nmax_audited_epsilon = 100.0\n", encoding="utf-8")
+    code, out, err = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", tmp_path / "a",
+                              "--num-samples", 2, "--length", 8, "--candidates", 4, "--exact-limit", 0,
+                              "--membership-docs", 4, "--canaries", tmp_path / "c.jsonl", "--inclusion",
+                              tmp_path / "p" / "inclusion.json", "--policy", tmp_path / "pol.toml"], capsys)
+    assert code == 0, err
+    assert "PASS: audited epsilon" in out and "16 random canaries" in out
+    rep = io.read_json(tmp_path / "a" / "report.json")
+    assert rep["canaries"]["n_canaries"] == 16 and set(rep["canaries"]["bounds"]) == {"one_run", "gaussian_dp",
+                                                                                     "clopper_pearson"}
+    code, _, err = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", tmp_path / "b",
+                            "--canaries", tmp_path / "c.jsonl"], capsys)
+    assert code == 2 and "go together" in err
