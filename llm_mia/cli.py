@@ -312,7 +312,8 @@ def audit(
                       pii_regions=regions)
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
-                       quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol)
+                       quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol,
+                       canaries=(canaries, inclusion) if canaries or inclusion else None)
         return
     if demo:
         out = out or Path("audit-demo")
@@ -440,7 +441,8 @@ def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy) -> None:
+def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy,
+                   canaries=None) -> None:
     from llm_mia.compare import compare_models, run_compare_defenses
     from llm_mia.output_limits import parse_mode
 
@@ -450,13 +452,17 @@ def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, 
     if compare_defenses:
         if compare:
             raise LlmMiaError("--compare-defenses trains its own models: drop --compare")
+        if canaries:
+            raise LlmMiaError("--compare-defenses plants its own canaries: drop --canaries / --inclusion")
         out = out or Path("compare-demo")
         res = run_compare_defenses(out, quick=quick, seed=seed)
     else:
         if corpus is None or out is None:
             raise LlmMiaError("--compare needs --corpus and --out")
+        if canaries and None in canaries:
+            raise LlmMiaError("--canaries and --inclusion go together")
         res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes,
-                             policy=policy)
+                             policy=policy, canaries=canaries)
     typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
     if policy is not None:  # each model gated: the worst verdict decides (a failure before an inconclusive)
         for r in res["rows"]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from llm_mia.errors import LlmMiaError
 
-__all__ = ["clopper_pearson_upper", "clopper_pearson_lower", "epsilon_lower_bound", "empirical_epsilon",
+__all__ = ["clopper_pearson_upper", "clopper_pearson_lower", "epsilon_lower_bound",
            "one_run_p_value", "one_run_epsilon", "one_run_bound", "default_k_grid", "gdp_mu", "gdp_delta",
            "gdp_epsilon", "threshold_bound"]
 
@@ -131,53 +131,11 @@ def _halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = random.Random(seed)
     pos, neg = [i for i in range(len(y)) if y[i] == 1], [i for i in range(len(y)) if y[i] == 0]
     if len(pos) < 2 or len(neg) < 2:
-        raise LlmMiaError("the empirical epsilon needs at least 2 members and 2 non-members")
+        raise LlmMiaError("a split needs at least 2 members and 2 non-members")
     rng.shuffle(pos)
     rng.shuffle(neg)
     return (np.array(pos[: len(pos) // 2] + neg[: len(neg) // 2]),
             np.array(pos[len(pos) // 2:] + neg[len(neg) // 2:]))
-
-
-def empirical_epsilon(y_true: Sequence[int], scores: dict[str, Sequence[float]], *, delta: float,
-                      alpha: float = 0.05, seed: int = 0) -> dict:
-    """Empirical epsilon lower bound from membership scores (selection half / evaluation half).
-
-    Args:
-        y_true: (n_samples,), member = 1, non-member = 0.
-        scores: signal name -> (n_samples,) scores, higher = member; NaN rows are dropped per signal.
-        delta: the trained model's delta (1e-5 style); alpha: 1 - confidence.
-        seed: the random split of members and of non-members into two halves.
-
-    Returns:
-        {"epsilon_lower_bound", "signal", "threshold", "selection_bound", "counts" {tp, fn, fp, tn}
-        on the evaluation half, "alpha", "delta", "n_eval"}. The signal and threshold with the
-        largest bound (:func:`epsilon_lower_bound`) on the selection half are applied to the evaluation half.
-    """
-    y = np.asarray(y_true, dtype=np.int64)
-    sel, ev = _halves(y, seed)
-    choice = (None, math.inf, -1.0)
-
-    def cp(c):
-        return epsilon_lower_bound(**c, delta=delta, alpha=alpha)
-
-    for name, vals in scores.items():
-        s = np.asarray(vals, dtype=np.float64)
-        ok = ~np.isnan(s[sel])
-        if ok.sum() < 2:
-            continue
-        t, e, _ = _best_threshold(y[sel][ok], s[sel][ok], cp)
-        if e > choice[2]:
-            choice = (name, t, e)
-    name, t, e_sel = choice
-    out = {"alpha": alpha, "delta": delta, "signal": name, "threshold": t, "selection_bound": max(e_sel, 0.0),
-           "n_eval": int(len(ev)), "epsilon_lower_bound": 0.0, "counts": None}
-    if name is None:
-        return out
-    s = np.asarray(scores[name], dtype=np.float64)[ev]
-    c = _counts(y[ev], np.where(np.isnan(s), False, s >= t))
-    out["counts"] = c
-    out["epsilon_lower_bound"] = cp(c)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
