@@ -402,6 +402,12 @@ def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: in
     below_resolution}}, ``bounds`` {one_run, gaussian_dp, clopper_pearson} (each with its parameters),
     ``audited_epsilon`` (the one-run bound), ``dp`` (trained vs audited epsilon) and ``canaries``
     (id, kind, included, score).
+
+    DP check: a canary planted R times is a group of R training records, protected at R epsilon
+    (group privacy, with a larger delta), so the audited epsilon is held against R x the trained one;
+    above it, the DP implementation (or its accounting) failed. Where a record is a fixed-length block
+    of the concatenated stream (``llm-mia train``), a copy cut by a block boundary touches two records
+    and the guarantee per canary is weaker still, so the check errs towards passing.
     """
     from llm_mia.metrics import roc_metrics
     from llm_mia.privacy_audit import one_run_bound, threshold_bound
@@ -431,11 +437,14 @@ def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: in
            "audited_by": "one_run", "train_file_checked": inp.train_checked, "dp": None}
     if inp.trained_dp and inp.trained_dp.get("epsilon") is not None:
         eps = float(inp.trained_dp["epsilon"])
-        failed = audited > eps
+        group = int(inp.record.get("repeats") or 1)
+        claim = eps * group  # group privacy: a canary planted R times is R records
+        failed = audited > claim
+        what = f"trained {eps:g}" + (f" x {group} copies = {claim:g}" if group > 1 else "")
         out["dp"] = {"trained_epsilon": eps, "trained_delta": inp.trained_dp.get("delta"), "audited_epsilon": audited,
-                     "failed_dp_implementation": failed,
-                     "verdict": (f"FAILED DP IMPLEMENTATION: audited epsilon {audited:.3f} > trained {eps:g}" if failed
-                                 else f"audited epsilon {audited:.3f} <= trained {eps:g} (consistent with the claim)")}
+                     "group_size": group, "claimed_epsilon_per_canary": claim, "failed_dp_implementation": failed,
+                     "verdict": (f"FAILED DP IMPLEMENTATION: audited epsilon {audited:.3f} > {what}" if failed
+                                 else f"audited epsilon {audited:.3f} <= {what} (consistent with the claim)")}
     out["canaries"] = [{"id": c["id"], "kind": c["kind"], "included": inc, "score": v}
                        for c, inc, v in zip(inp.canaries, inp.included, s)]
     return out

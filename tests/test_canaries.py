@@ -121,11 +121,12 @@ def test_make_plant_audit_end_to_end(setup, capsys):
     s, y = [r["score"] for r in rows], [r["included"] for r in rows]
     b = res["bounds"]
     again = P.one_run_bound(s, y, delta=b["one_run"]["delta"], beta=b["one_run"]["beta"])
-    assert again["epsilon"] == pytest.approx(b["one_run"]["epsilon"]) and b["one_run"]["epsilon"] > 0.01
+    assert again["epsilon"] == pytest.approx(b["one_run"]["epsilon"]) and b["one_run"]["epsilon"] > 0.04
     cp = b["clopper_pearson"]
     assert P.threshold_bound(s, y, kind="clopper_pearson", delta=cp["delta"], alpha=cp["alpha"],
                              seed=0)["epsilon"] == pytest.approx(cp["epsilon"])
     assert res["dp"]["failed_dp_implementation"] and res["audited_epsilon"] == b["one_run"]["epsilon"]
+    assert res["dp"]["claimed_epsilon_per_canary"] == pytest.approx(0.04)  # 4 copies: group privacy
     t = res["tpr_at_fpr"]["0.01"]
     assert t["tp"] == round(t["tpr"] * res["n_included"])
 
