@@ -334,16 +334,19 @@ class CanaryAuditInputs:
     signal: str
     train_checked: str | None
     trained_dp: dict | None
+    strategy: str = "split"
 
 
 def prepare_canary_audit(canaries_path: str | Path, inclusion_path: str | Path, *, model_path=None,
                          has_reference: bool = False, delta: float | None = None, beta: float = 0.05,
-                         signal: str | None = None, train_path: str | Path | None = None) -> CanaryAuditInputs:
+                         signal: str | None = None, train_path: str | Path | None = None,
+                         strategy: str = "split") -> CanaryAuditInputs:
     """Check every input of :func:`run_canary_audit` before any model work.
 
     ``delta`` defaults to the model's trained delta (``recipe.json["dp"]["delta"]``), else 1e-5. The
     training file checked against the record is ``train_path``, else the planted file beside
-    ``inclusion.json`` when it is there.
+    ``inclusion.json`` when it is there. ``strategy`` picks the threshold of the Gaussian-DP and
+    Clopper-Pearson bounds (:func:`llm_mia.privacy_audit.threshold_bound`: "split" or "bonferroni").
 
     Raises:
         LlmMiaError: duplicate canaries; an inclusion record whose hashes or ids do not match the
@@ -352,6 +355,8 @@ def prepare_canary_audit(canaries_path: str | Path, inclusion_path: str | Path, 
     """
     from llm_mia import signals as S
 
+    if strategy not in ("split", "bonferroni"):
+        raise LlmMiaError(f"unknown threshold strategy '{strategy}' (split, bonferroni)")
     canaries = load_canaries(canaries_path)
     rec = io.read_json(inclusion_path)
     if not isinstance(rec, dict) or rec.get("kind") != "llm-mia canary inclusion":
@@ -391,7 +396,7 @@ def prepare_canary_audit(canaries_path: str | Path, inclusion_path: str | Path, 
     if sig.needs - {"reference", "text", "lowercase", "moments"}:
         raise LlmMiaError(f"signal '{signal}' needs inputs the canary audit does not give")
     return CanaryAuditInputs(canaries=canaries, included=included, record=rec, delta=float(delta), beta=float(beta),
-                             signal=signal, train_checked=checked, trained_dp=dp)
+                             signal=signal, train_checked=checked, trained_dp=dp, strategy=strategy)
 
 
 def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: int = 0) -> dict:
@@ -427,7 +432,7 @@ def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: in
                                       "trade-off curve)"),
                       ("clopper_pearson", "Jagielski, Ullman, Oprea 2020 sec. 3")):
         bounds[kind] = {"source": src, **threshold_bound(s, inp.included, kind=kind, delta=inp.delta, alpha=inp.beta,
-                                                         strategy="split", seed=seed)}
+                                                         strategy=inp.strategy, seed=seed)}
     audited = bounds["one_run"]["epsilon"]
     kinds = Counter(c["kind"] for c in inp.canaries)
     out = {"signal": inp.signal, "n_canaries": len(texts), "n_included": sum(inp.included),
@@ -452,13 +457,13 @@ def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: in
 
 def audit_canaries(model: str, canaries_path, inclusion_path, out_dir, *, reference: str | None = None,
                    delta: float | None = None, beta: float = 0.05, signal: str | None = None,
-                   train_path=None, seed: int = 0, device: str | None = None) -> dict:
+                   train_path=None, seed: int = 0, device: str | None = None, strategy: str = "split") -> dict:
     """``llm-mia canaries audit``: validate, load the model(s), audit, write ``out_dir/canary-audit.json``."""
     from llm_mia.models.loading import load_model
 
     inp = prepare_canary_audit(canaries_path, inclusion_path, model_path=model if Path(model).is_dir() else None,
                                has_reference=reference is not None, delta=delta, beta=beta, signal=signal,
-                               train_path=train_path)
+                               train_path=train_path, strategy=strategy)
     target = load_model(model, device=device)
     ref = load_model(reference, device=device) if reference else None
     res = {"model": str(model), "reference": str(reference) if reference else None,

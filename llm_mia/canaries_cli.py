@@ -95,12 +95,15 @@ def audit(
     signal: Optional[str] = typer.Option(None, "--signal", help="Membership signal (default reference_diff, else loss)."),
     train: Optional[Path] = typer.Option(None, "--train", help="The planted training file, checked against the record."),
     seed: int = typer.Option(0, "--seed", help="Seed of the threshold-selection split."),
+    threshold_strategy: str = typer.Option("split", "--threshold-strategy",
+                                           help="Threshold of the Gaussian-DP / Clopper-Pearson bounds: split "
+                                                "(half choose, half evaluate) or bonferroni (every cutoff, corrected)."),
     device: Optional[str] = typer.Option(None, "--device"),
 ):
     """TPR at low FPR and epsilon lower bounds (one-run, Gaussian DP, Clopper-Pearson) from one training run."""
     from llm_mia.canaries import audit_canaries, summary_line
 
     res = audit_canaries(model, canaries, inclusion, out, reference=reference, delta=delta, beta=beta, signal=signal,
-                         train_path=train, seed=seed, device=device)
+                         train_path=train, seed=seed, device=device, strategy=threshold_strategy)
     typer.echo(summary_line(res))
     typer.echo(f"-> {out / 'canary-audit.json'}")

@@ -129,6 +129,11 @@ def test_make_plant_audit_end_to_end(setup, capsys):
     assert res["dp"]["claimed_epsilon_per_canary"] == pytest.approx(0.04)  # 4 copies: group privacy
     t = res["tpr_at_fpr"]["0.01"]
     assert t["tp"] == round(t["tpr"] * res["n_included"])
+    _cli_ok(["canaries", "audit", "--model", d / "m", "--canaries", d / "new.jsonl", "--inclusion",
+             d / "plant" / "inclusion.json", "--out", d / "audit-b", "--threshold-strategy", "bonferroni"], capsys)
+    g = io.read_json(d / "audit-b" / "canary-audit.json")["bounds"]["gaussian_dp"]
+    assert g["strategy"] == "bonferroni" and g["epsilon"] == pytest.approx(
+        P.threshold_bound(s, y, kind="gaussian_dp", delta=1e-5, strategy="bonferroni")["epsilon"])
 
 
 def test_audit_bad_input_exits_2_before_model_work(setup, tmp_path, capsys):
@@ -160,6 +165,7 @@ def test_audit_bad_input_exits_2_before_model_work(setup, tmp_path, capsys):
     assert "need >= 4 included" in err_of(["--canaries", tmp_path / "few.jsonl", "--inclusion",
                                            tmp_path / "pf" / "inclusion.json"])
     assert "reference" in err_of(["--canaries", tmp_path / "c.jsonl", *inc, "--signal", "reference_diff"])
+    assert "strategy" in err_of(["--canaries", tmp_path / "c.jsonl", *inc, "--threshold-strategy", "same"])
     assert not (tmp_path / "o").exists()
 
 
