@@ -255,19 +255,19 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
         limit_docs = 50
     build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, repeats=repeats,
                  heldout_fraction=heldout_fraction)
-    canaries = _plant_demo_canaries(out, *(QUICK_CANARIES if quick else DEMO_CANARIES), seed=seed)
+    train_corpus, canaries = _plant_demo_canaries(out, *(QUICK_CANARIES if quick else DEMO_CANARIES), seed=seed)
     models, timings = [], {}
     for name, kw in defenses:
         t = time.time()
         n_steps = dp_steps if kw.get("defense") == "dp" else steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
-        train_model(out / "corpus", out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
+        train_model(train_corpus, out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
-    train_model(out / "corpus", out / "models" / "reference", preset=preset, reference=True, seed=seed,
+    train_model(train_corpus, out / "models" / "reference", preset=preset, reference=True, seed=seed,
                 tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(steps * ratio)),
                 progress=progress)
     timings["train_reference_s"] = round(time.time() - t, 1)
@@ -283,9 +283,12 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
     return result
 
 
-def _plant_demo_canaries(out: Path, n: int, repeats: int, *, seed: int) -> tuple[Path, Path]:
-    """Random canaries planted (probability 1/2, ``repeats`` copies) into ``out/corpus/train.jsonl``,
-    which every demo model trains on; returns (canaries.jsonl, inclusion.json) under ``out/canaries``."""
+def _plant_demo_canaries(out: Path, n: int, repeats: int, *, seed: int) -> tuple[Path, tuple[Path, Path]]:
+    """Random canaries planted (probability 1/2, ``repeats`` copies) into a copy of the corpus that the
+    demo models train on, ``out/canaries/corpus`` (train.jsonl planted; heldout.jsonl, secrets.json
+    as they are). The audits read the unplanted ``out/corpus``, so members drawn for the membership
+    evaluation are the user's documents, never canary rows. Returns (that folder, (canaries.jsonl,
+    inclusion.json))."""
     import shutil
 
     from llm_mia.canaries import make_canaries, plant_canaries
@@ -295,5 +298,8 @@ def _plant_demo_canaries(out: Path, n: int, repeats: int, *, seed: int) -> tuple
         shutil.rmtree(d)  # our own folder of an earlier demo run: planting refuses to overwrite
     io.write_jsonl(d / "canaries.jsonl", make_canaries("random", n, seed=seed))
     plant_canaries(out / "corpus" / "train.jsonl", d / "canaries.jsonl", d / "plant", repeats=repeats, seed=seed)
-    shutil.copy(d / "plant" / "train.jsonl", out / "corpus" / "train.jsonl")
-    return d / "canaries.jsonl", d / "plant" / "inclusion.json"
+    (d / "corpus").mkdir()
+    shutil.copy(d / "plant" / "train.jsonl", d / "corpus" / "train.jsonl")
+    for f in ("heldout.jsonl", "secrets.json"):
+        shutil.copy(out / "corpus" / f, d / "corpus" / f)
+    return d / "corpus", (d / "canaries.jsonl", d / "plant" / "inclusion.json")
