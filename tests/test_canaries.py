@@ -206,9 +206,13 @@ def test_audit_report_gets_the_canary_section(leak_models, tmp_path, capsys):
     code, out, err = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", tmp_path / "a",
                               "--num-samples", 2, "--length", 8, "--candidates", 4, "--exact-limit", 0,
                               "--membership-docs", 4, "--canaries", tmp_path / "c.jsonl", "--inclusion",
-                              tmp_path / "p" / "inclusion.json", "--policy", tmp_path / "pol.toml"], capsys)
-    assert code == 0, err
-    assert "PASS: audited epsilon" in out and "16 random canaries" in out
+                              tmp_path / "p" / "inclusion.json", "--policy", tmp_path / "pol.toml",
+                              "--sarif", tmp_path / "g.sarif"], capsys)
+    # 16 canaries cannot show epsilon 100: the pass is inconclusive (exit 3), the line names the kind and count
+    assert code == 3, err
+    assert "INCONCLUSIVE: audited epsilon" in out and "16 random canaries" in out
+    sarif = json.loads((tmp_path / "g.sarif").read_text())
+    assert sarif["runs"][0]["tool"]["driver"]["rules"][0]["id"] == "llm-mia/max_audited_epsilon"
     rep = io.read_json(tmp_path / "a" / "report.json")
     assert rep["canaries"]["n_canaries"] == 16 and set(rep["canaries"]["bounds"]) == {"one_run", "gaussian_dp",
                                                                                      "clopper_pearson"}
