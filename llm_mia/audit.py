@@ -247,6 +247,10 @@ def _observations(report: dict) -> list[str]:
         obs.append(f"model-free baseline (text features only): AUC {base['auc']:.3f}"
                    + (f" -- WARNING: {base['warning']}." if base.get("warning") else ", members and held-out "
                       "documents are not told apart without the model."))
+    if report.get("canaries"):
+        from llm_mia.canaries import summary_line
+
+        obs.append("canary audit: " + summary_line(report["canaries"]) + ".")
     pii = report.get("pii")
     if pii:
         pl = pii["planted"]
@@ -361,7 +365,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
               members: str | Path | None = None, nonmembers: str | Path | None = None,
               secrets_path: str | Path | None = None, text_column: str = "text",
               reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
-              model_args: str | None = None) -> dict:
+              model_args: str | None = None, canaries: tuple[str | Path, str | Path] | None = None) -> dict:
     """Audit ``model_path`` (or the model ``model_args`` names) on its training data; write report.json / .md / .html.
 
     The data: ``members`` (the training examples: extraction verification, the suffix-array index,
@@ -376,6 +380,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     "none"; report.json's provenance says which was used and where it came from.
     ``policy`` (:class:`llm_mia.policy.Policy`) puts the release gate's verdict at the top of the
     report (``report["verdict"]``); without one the verdict slot holds :func:`headline`.
+    ``canaries`` ((canaries.jsonl, inclusion.json) of ``llm-mia canaries plant``) adds the canary
+    audit (:func:`llm_mia.canaries.run_canary_audit`) as ``report["canaries"]``.
 
     Raises:
         LlmMiaError: missing or unreadable input files, a column that does not exist, chat rows with
@@ -403,6 +409,9 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     from llm_mia.pii_findings import resolve_regions
 
     regions = resolve_regions(cfg.pii_regions, corpus_dir)  # (a bad region fails before any model work)
+    from llm_mia.canaries import prepare_canary_audit, run_canary_audit
+
+    can = prepare_canary_audit(*canaries, model_path=model_path, has_reference=bool(reference_path)) if canaries else None
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     ref_spec, ref_source = resolve_reference(target, reference_path)
     chat = mem_set.chats is not None or non_set.chats is not None
@@ -526,6 +535,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
         "discoverable": discoverable,
         "pii": pii,
     }
+    if can is not None:
+        report["canaries"] = run_canary_audit(target, can, reference=reference, seed=cfg.seed)
     report["observations"] = _observations(report)
     if rows:
         exposure_plot(out / "exposure.png", rows, n_references=cfg.n_candidates)

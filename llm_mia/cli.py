@@ -21,6 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Audit language models for training-data leakage: extraction, canary exposure, membership scoring.")
 corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora with planted secrets.")
 app.add_typer(corpus_app, name="corpus")
+from llm_mia.canaries_cli import canaries_app  # noqa: E402
+
+app.add_typer(canaries_app, name="canaries")
 
 
 def _check_model_args(value: Optional[str]) -> Optional[str]:
@@ -299,6 +302,8 @@ def audit(
     pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
                                               help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
                                                    "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
+    canaries: Optional[Path] = typer.Option(None, "--canaries", help="Canaries JSONL planted with `llm-mia canaries plant`."),
+    inclusion: Optional[Path] = typer.Option(None, "--inclusion", help="With --canaries: its inclusion.json."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md, report.json and modelcard.md; with --policy, gate the release on the result.
@@ -336,7 +341,8 @@ def audit(
                       pii_regions=regions)
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
-                       quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol)
+                       quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol,
+                       canaries=(canaries, inclusion) if canaries or inclusion else None)
         return
     if demo:
         out = out or Path("audit-demo")
@@ -352,9 +358,11 @@ def audit(
             if demo:
                 report = run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol)
             else:
+                if (canaries is None) != (inclusion is None):
+                    raise LlmMiaError("--canaries and --inclusion go together")
                 report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
                                    text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
-                                   model_args=model_args)
+                                   model_args=model_args, canaries=(canaries, inclusion) if canaries else None)
     except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
         if getattr(e, "report", None) is not None:
             _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
@@ -384,9 +392,10 @@ _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit
                 "membership_docs", "length", "pii_regions", "discoverable", "discoverable_prefix"}
 _MODE_OPTIONS = {
     "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit", "members",
-                                       "nonmembers", "secrets", "text_column", "score_spans"},
+                                       "nonmembers", "secrets", "text_column", "score_spans", "canaries",
+                                       "inclusion"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
-    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes"},
+    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
 }
 _MODE_NAMES = {"audit": "`audit --model` (with --members/--nonmembers or --corpus)", "demo": "`audit --demo`", "compare": "`audit --compare`",
@@ -397,7 +406,9 @@ _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare",
             "corpus": "an audit of existing models", "reference": "an audit of existing models",
             "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
             "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",
-            "compare": "--corpus --out", "compare_defenses": "--demo"}
+            "compare": "--corpus --out", "compare_defenses": "--demo",
+            "canaries": "an audit of existing models (--compare-defenses plants its own)",
+            "inclusion": "an audit of existing models (--compare-defenses plants its own)"}
 
 
 def _refuse_unused(ctx: typer.Context, mode: str) -> None:
@@ -472,7 +483,8 @@ def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy) -> None:
+def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy,
+                   canaries=None) -> None:
     from llm_mia.compare import compare_models, run_compare_defenses
     from llm_mia.output_limits import parse_mode
 
@@ -482,13 +494,17 @@ def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, 
     if compare_defenses:
         if compare:
             raise LlmMiaError("--compare-defenses trains its own models: drop --compare")
+        if canaries:
+            raise LlmMiaError("--compare-defenses plants its own canaries: drop --canaries / --inclusion")
         out = out or Path("compare-demo")
         res = run_compare_defenses(out, quick=quick, seed=seed)
     else:
         if corpus is None or out is None:
             raise LlmMiaError("--compare needs --corpus and --out")
+        if canaries and None in canaries:
+            raise LlmMiaError("--canaries and --inclusion go together")
         res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes,
-                             policy=policy)
+                             policy=policy, canaries=canaries)
     typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
     if policy is not None:  # each model gated: the worst verdict decides (a failure before an inconclusive)
         for r in res["rows"]:

@@ -1,162 +1,23 @@
-"""Compare models (a baseline and its defended versions) in one report, and the empirical epsilon.
+"""Compare models (a baseline and its defended versions) in one report, with the audited epsilon.
 
 ``compare_models`` audits each model with :func:`llm_mia.audit.run_audit` (one sub-folder each),
-adds the held-out perplexity, the membership scores' empirical epsilon lower bound and the
-signals that still work under each API output limit (:mod:`llm_mia.output_limits`), and writes
-``compare.json`` and ``compare.md`` with one row per model.
-
-Empirical epsilon (Jagielski, Ullman, Oprea 2020, "Auditing Differentially Private Machine
-Learning: How Private is Private SGD?", sec. 3): a membership test with false-positive rate FPR and
-false-negative rate FNR against an (epsilon, delta)-DP mechanism satisfies
-``FPR + e^eps FNR >= 1 - delta`` and ``FNR + e^eps FPR >= 1 - delta``, so
-``eps >= max(log((1 - delta - FPR) / FNR), log((1 - delta - FNR) / FPR))``. With one-sided
-Clopper-Pearson upper bounds on FPR and FNR, each at confidence ``1 - alpha / 2`` (so both hold
-together with probability >= 1 - alpha, union bound), the value is a lower bound on the true
-epsilon at confidence 1 - alpha. The signal and its threshold are chosen on one half of the
-members / non-members and the bound is computed on the other half, so choosing among many
-thresholds does not inflate it. Caveat: the membership test here is between documents, while the
-DP guarantee is per training block; a document spanning k blocks is protected only at k epsilon,
-so a bound above the trained epsilon does not by itself prove a bug.
+adds the held-out perplexity, the canary audit (when canaries were planted: TPR at 1% FPR and the
+epsilon lower bounds of :mod:`llm_mia.canaries` / :mod:`llm_mia.privacy_audit`, the one empirical
+epsilon of the product) and the signals that still work under each API output limit
+(:mod:`llm_mia.output_limits`), and writes ``compare.json`` and ``compare.md`` with one row per model.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from llm_mia import io
 from llm_mia.errors import LlmMiaError
 
-__all__ = ["clopper_pearson_upper", "clopper_pearson_lower", "epsilon_lower_bound", "empirical_epsilon",
-           "heldout_perplexity", "compare_models", "render_compare_markdown"]
-
-
-def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
-    """One-sided Clopper-Pearson upper bound on a binomial rate: P(rate <= bound) >= 1 - alpha.
-
-    ``k`` successes in ``n`` trials (0 <= k <= n, n >= 1). Returns ``Beta.ppf(1 - alpha; k + 1, n - k)``,
-    and 1 when k = n. Raises LlmMiaError on bad counts or alpha outside (0, 1).
-    """
-    _check_counts(k, n, alpha)
-    if k == n:
-        return 1.0
-    from scipy.stats import beta
-
-    return float(beta.ppf(1 - alpha, k + 1, n - k))
-
-
-def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
-    """One-sided Clopper-Pearson lower bound: ``Beta.ppf(alpha; k, n - k + 1)``, and 0 when k = 0."""
-    _check_counts(k, n, alpha)
-    if k == 0:
-        return 0.0
-    from scipy.stats import beta
-
-    return float(beta.ppf(alpha, k, n - k + 1))
-
-
-def _check_counts(k: int, n: int, alpha: float) -> None:
-    if not (isinstance(k, (int, np.integer)) and isinstance(n, (int, np.integer)) and n >= 1 and 0 <= k <= n):
-        raise LlmMiaError(f"need integer counts 0 <= k <= n, n >= 1; got k={k}, n={n}")
-    if not 0 < alpha < 1:
-        raise LlmMiaError(f"alpha must be in (0, 1), got {alpha}")
-
-
-def epsilon_lower_bound(*, tp: int, fn: int, fp: int, tn: int, delta: float, alpha: float = 0.05) -> float:
-    """Empirical epsilon lower bound of one membership test (Jagielski et al. 2020; module docstring).
-
-    Args:
-        tp / fn: members called member / non-member; fp / tn: non-members called member / non-member.
-        delta: the mechanism's delta, in [0, 1).
-        alpha: 1 - confidence of the bound (split evenly over the FPR and FNR bounds).
-
-    Returns:
-        epsilon lower bound in nats (>= 0; 0 when the test does no better than chance at this
-        confidence; +inf when an upper bound is 0, impossible with Clopper-Pearson).
-    Raises:
-        LlmMiaError: empty classes, negative counts, delta or alpha out of range.
-    """
-    if not 0 <= delta < 1:
-        raise LlmMiaError(f"delta must be in [0, 1), got {delta}")
-    fpr_ub = clopper_pearson_upper(fp, fp + tn, alpha / 2)
-    fnr_ub = clopper_pearson_upper(fn, tp + fn, alpha / 2)
-    best = 0.0
-    for num, den in ((1 - delta - fpr_ub, fnr_ub), (1 - delta - fnr_ub, fpr_ub)):
-        if num > 0:
-            best = max(best, math.inf if den <= 0 else math.log(num / den))
-    return best
-
-
-def _best_threshold(y: np.ndarray, s: np.ndarray, delta: float, alpha: float) -> tuple[float, float]:
-    """(threshold, bound) maximising the epsilon bound of "member iff score >= threshold" on (y, s).
-
-    Thresholds are the midpoints between consecutive distinct scores (a threshold at an observed
-    score would sit on the edge of the selection half's range, and the evaluation half falls on
-    either side of it by chance); the first (lowest) of equally good thresholds wins.
-    """
-    best_t, best_e = math.inf, 0.0
-    u = np.unique(s)
-    for t in (u[:-1] + u[1:]) / 2:
-        pred = s >= t
-        e = epsilon_lower_bound(tp=int((pred & (y == 1)).sum()), fn=int((~pred & (y == 1)).sum()),
-                                fp=int((pred & (y == 0)).sum()), tn=int((~pred & (y == 0)).sum()),
-                                delta=delta, alpha=alpha)
-        if e > best_e:
-            best_t, best_e = float(t), e
-    return best_t, best_e
-
-
-def empirical_epsilon(y_true: Sequence[int], scores: dict[str, Sequence[float]], *, delta: float,
-                      alpha: float = 0.05, seed: int = 0) -> dict:
-    """Empirical epsilon lower bound from membership scores (selection half / evaluation half).
-
-    Args:
-        y_true: (n_samples,), member = 1, non-member = 0.
-        scores: signal name -> (n_samples,) scores, higher = member; NaN rows are dropped per signal.
-        delta: the trained model's delta (1e-5 style); alpha: 1 - confidence.
-        seed: the random split of members and of non-members into two halves.
-
-    Returns:
-        {"epsilon_lower_bound", "signal", "threshold", "selection_bound", "counts" {tp, fn, fp, tn}
-        on the evaluation half, "alpha", "delta", "n_eval"}. The signal and threshold with the
-        largest bound on the selection half are applied to the evaluation half.
-    """
-    y = np.asarray(y_true, dtype=np.int64)
-    rng = random.Random(seed)
-    pos, neg = [i for i in range(len(y)) if y[i] == 1], [i for i in range(len(y)) if y[i] == 0]
-    if len(pos) < 2 or len(neg) < 2:
-        raise LlmMiaError("the empirical epsilon needs at least 2 members and 2 non-members")
-    rng.shuffle(pos)
-    rng.shuffle(neg)
-    sel = np.array(pos[: len(pos) // 2] + neg[: len(neg) // 2])
-    ev = np.array(pos[len(pos) // 2:] + neg[len(neg) // 2:])
-    choice = (None, math.inf, -1.0)
-    for name, vals in scores.items():
-        s = np.asarray(vals, dtype=np.float64)
-        ok = ~np.isnan(s[sel])
-        if ok.sum() < 2:
-            continue
-        t, e = _best_threshold(y[sel][ok], s[sel][ok], delta, alpha)
-        if e > choice[2]:
-            choice = (name, t, e)
-    name, t, e_sel = choice
-    out = {"alpha": alpha, "delta": delta, "signal": name, "threshold": t, "selection_bound": max(e_sel, 0.0),
-           "n_eval": int(len(ev)), "epsilon_lower_bound": 0.0, "counts": None}
-    if name is None:
-        return out
-    s = np.asarray(scores[name], dtype=np.float64)[ev]
-    yy = y[ev]
-    pred = np.where(np.isnan(s), False, s >= t)
-    c = {"tp": int((pred & (yy == 1)).sum()), "fn": int((~pred & (yy == 1)).sum()),
-         "fp": int((pred & (yy == 0)).sum()), "tn": int((~pred & (yy == 0)).sum())}
-    out["counts"] = c
-    out["epsilon_lower_bound"] = epsilon_lower_bound(**c, delta=delta, alpha=alpha)
-    return out
+__all__ = ["heldout_perplexity", "compare_models", "render_compare_markdown"]
 
 
 def heldout_perplexity(loaded, texts: Sequence[str], *, max_tokens: int = 65_536) -> float | None:
@@ -171,7 +32,7 @@ def heldout_perplexity(loaded, texts: Sequence[str], *, max_tokens: int = 65_536
     return math.exp(loss) if loss is not None else None
 
 
-def _model_row(name: str, path: Path, report: dict, heldout_ppl, emp: dict, limits: dict | None) -> dict:
+def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | None) -> dict:
     recipe = report["provenance"].get("recipe") or {}
     mem = report.get("membership", {}).get("signals", {})
     tprs = {k: v["tpr_at_fpr"]["0.01"]["tpr"] for k, v in mem.items() if "tpr_at_fpr" in v}
@@ -197,27 +58,29 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, emp: dict, limi
         "memorized_samples": report["extraction"].get("memorized_total"),
         "best_signal": best, "best_tpr_at_1pct_fpr": tprs.get(best), "best_signal_auc": aucs.get(best),
         "trained_epsilon": dp.get("epsilon"), "trained_delta": dp.get("delta"),
-        "empirical_epsilon": emp,
+        "canary_audit": ({k: v for k, v in report["canaries"].items() if k != "canaries"}
+                         if report.get("canaries") else None),
         "output_limits": limits,
     }
 
 
 def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
-                   reference_path: str | Path | None = None, cfg=None, delta: float = 1e-5,
+                   reference_path: str | Path | None = None, cfg=None, canaries=None,
                    api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
                    limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None) -> dict:
     """Audit every model of ``models`` ((name, folder) pairs) and write one comparison.
 
     Each model gets ``out_dir/<name>/report.json`` (the usual audit, gated by ``policy`` when one is
     given: each row then carries its ``verdict``); ``out_dir/compare.json`` and ``compare.md`` hold one
-    row per model (see :func:`render_compare_markdown` for the columns). The empirical epsilon uses
-    the audit's own membership scores (:func:`llm_mia.audit.membership_sample`: ``cfg.membership_docs``
-    members with their planted sentences removed, and as many held-out documents), at the model's
-    trained delta (``delta`` when it has none); the output-limit runs draw from the same documents.
+    row per model (see :func:`render_compare_markdown` for the columns). ``canaries``
+    ((canaries.jsonl, inclusion.json) planted into every model's training file) adds the canary audit
+    of each model, at its trained delta (1e-5 when it has none). The output-limit runs draw the
+    audit's own membership documents (:func:`llm_mia.audit.membership_sample`).
 
     Raises:
-        LlmMiaError: no models, a repeated or unsafe name, a missing corpus file or model folder, a
-            policy limit a report cannot answer (after that model's report is written).
+        LlmMiaError: no models, a repeated or unsafe name, a missing corpus file or model folder, bad
+            canary inputs (all checked before any model work), a policy limit a report cannot answer
+            (after that model's report is written).
     """
     from llm_mia.audit import AuditConfig, membership_sample, reference_saw_nonmembers, run_audit
     from llm_mia.models.loading import load_model
@@ -235,6 +98,11 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
             raise LlmMiaError(f"bad model name '{n}' (a plain folder name)")
         if not (Path(p) / "config.json").is_file():
             raise LlmMiaError(f"not a model folder: {p}")
+    if canaries:
+        from llm_mia.canaries import prepare_canary_audit
+
+        for _, p in models:
+            prepare_canary_audit(*canaries, model_path=p, has_reference=reference_path is not None)
     corpus = Path(corpus_dir)
     for f in ("train.jsonl", "heldout.jsonl", "secrets.json"):
         if not (corpus / f).is_file():
@@ -251,19 +119,14 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     rows = []
     for name, path in models:
         t0 = time.time()
-        report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy)
+        report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy,
+                           canaries=canaries)
         target = load_model(str(path))
-        recipe = report["provenance"].get("recipe") or {}
-        d = (recipe.get("dp") or {}).get("delta") or delta
-        emp = {"skipped": "fewer than 2 held-out documents"}
-        per_doc = report.get("membership", {}).get("per_doc") or {}
-        if n >= 2 and per_doc.get("labels"):
-            emp = empirical_epsilon(per_doc["labels"], per_doc["scores"], delta=d, seed=cfg.seed)
         limits = None
         if api_modes and n >= 2:
             limits = membership_under_limits(target, mem, non, modes=api_modes, reference=mia_reference,
                                              n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
-        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), emp, limits)
+        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), limits)
         if policy is not None:
             v = report["verdict"]
             row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
@@ -294,16 +157,16 @@ def render_compare_markdown(result: dict) -> str:
              f"Corpus: `{result['corpus']}`; reference: `{result['reference']}`; membership: "
              f"{result['settings']['membership_docs']} members vs as many held-out documents.", "",
              "| model | defence | held-out ppl | secrets extracted (greedy) | controls extracted | memorized samples "
-             "| best signal | TPR@1%FPR | AUC | trained eps | empirical eps (95% lower bound) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| best signal | TPR@1%FPR | AUC | trained eps | audited eps (one-run, 95%) | canary TPR@1%FPR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        e = r["empirical_epsilon"]
+        e = r["canary_audit"] or {}
         lines.append(f"| {r['name']} | {r['defense']} | {_f(r['heldout_perplexity'])} | "
                      f"{r['secrets_extracted']}/{r['secrets_inserted']} | {r['controls_extracted']} | "
                      f"{_f(r['memorized_samples'], 'd') if r['memorized_samples'] is not None else '-'} | "
                      f"{r['best_signal'] or '-'} | {_f(r['best_tpr_at_1pct_fpr'], '.3f')} | "
                      f"{_f(r['best_signal_auc'], '.3f')} | {_f(r['trained_epsilon'])} | "
-                     f"{_f(e.get('epsilon_lower_bound'))} |")
+                     f"{_f(e.get('audited_epsilon'))} | {_f(e.get('tpr_at_fpr', {}).get('0.01', {}).get('tpr'), '.3f')} |")
     counts = sorted({c for r in rows for c in r["exposure_by_count"]}, key=int)
     lines += ["", "## Mean rank exposure (bits) by insertion count", "",
               "| model | " + " | ".join(f"r={c}" for c in counts) + " |", "|---|" + "---|" * len(counts)]
@@ -318,8 +181,18 @@ def render_compare_markdown(result: dict) -> str:
                 work = ", ".join(f"{s} ({m['signals'][s]['auc']:.2f})" for s in m["working"]) or "none"
                 lines.append(f"| {r['name']} | {mode} | {len(m['computable'])} | {work} | "
                              f"{', '.join(sorted(m['not_computable'])) or '-'} |")
-    lines += ["", "Empirical epsilon: Jagielski et al. 2020, one-sided Clopper-Pearson bounds on FPR and FNR "
-              "(alpha/2 each), signal and threshold chosen on one half of the documents, bound on the other.", ""]
+    cans = [r for r in rows if r["canary_audit"]]
+    if cans:
+        c = cans[0]["canary_audit"]
+        lines += ["", f"Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from {c['n_canaries']} "
+                  f"{c['kind']} canaries planted with probability 1/2 ({c['repeats']}x each), signal {c['signal']}, "
+                  "at each model's delta; Gaussian-DP and Clopper-Pearson bounds are in each model's report.json."]
+        bad = [r["name"] for r in cans if (r["canary_audit"].get("dp") or {}).get("failed_dp_implementation")]
+        if bad:
+            lines += ["", f"FAILED DP IMPLEMENTATION: audited epsilon above the trained epsilon for {', '.join(bad)}."]
+    else:
+        lines += ["", "Audited epsilon: no canaries were planted (`llm-mia canaries plant`, then --canaries / --inclusion)."]
+    lines += [""]
     return "\n".join(lines)
 
 
@@ -338,6 +211,8 @@ DEMO_DEFENSES: list[tuple[str, dict]] = [
 #: inserted >= 8 times well before its 1,600 steps, and five models must train in under 30 minutes
 #: on a 2-core CPU (a DP step, per-sample gradients in fp32, costs several plain ones: 400 steps).
 DEMO_STEPS, DEMO_DP_STEPS = 1000, 400
+#: (number, insertions each) of the random canaries planted with probability 1/2 for the audited epsilon.
+DEMO_CANARIES, QUICK_CANARIES = (1000, 4), (40, 2)
 #: The ``--quick`` subset (tests): one model per kind of defence.
 QUICK_DEFENSES: list[tuple[str, dict]] = [
     ("baseline", {}),
@@ -380,24 +255,25 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
         limit_docs = 50
     build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, repeats=repeats,
                  heldout_fraction=heldout_fraction)
+    train_corpus, canaries = _plant_demo_canaries(out, *(QUICK_CANARIES if quick else DEMO_CANARIES), seed=seed)
     models, timings = [], {}
     for name, kw in defenses:
         t = time.time()
         n_steps = dp_steps if kw.get("defense") == "dp" else steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
-        train_model(out / "corpus", out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
+        train_model(train_corpus, out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
-    train_model(out / "corpus", out / "models" / "reference", preset=preset, reference=True, seed=seed,
+    train_model(train_corpus, out / "models" / "reference", preset=preset, reference=True, seed=seed,
                 tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(steps * ratio)),
                 progress=progress)
     timings["train_reference_s"] = round(time.time() - t, 1)
     t = time.time()
     result = compare_models(out / "corpus", models, out, reference_path=out / "models" / "reference", cfg=cfg,
-                            limit_docs=limit_docs, n_boot=n_boot, progress=progress)
+                            limit_docs=limit_docs, n_boot=n_boot, progress=progress, canaries=canaries)
     timings["audits_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
     result["settings"].update({"quick": quick, "preset": preset, "steps": steps, "dp_steps": dp_steps,
@@ -405,3 +281,25 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _plant_demo_canaries(out: Path, n: int, repeats: int, *, seed: int) -> tuple[Path, tuple[Path, Path]]:
+    """Random canaries planted (probability 1/2, ``repeats`` copies) into a copy of the corpus that the
+    demo models train on, ``out/canaries/corpus`` (train.jsonl planted; heldout.jsonl, secrets.json
+    as they are). The audits read the unplanted ``out/corpus``, so members drawn for the membership
+    evaluation are the user's documents, never canary rows. Returns (that folder, (canaries.jsonl,
+    inclusion.json))."""
+    import shutil
+
+    from llm_mia.canaries import make_canaries, plant_canaries
+
+    d = out / "canaries"
+    if d.exists():
+        shutil.rmtree(d)  # our own folder of an earlier demo run: planting refuses to overwrite
+    io.write_jsonl(d / "canaries.jsonl", make_canaries("random", n, seed=seed))
+    plant_canaries(out / "corpus" / "train.jsonl", d / "canaries.jsonl", d / "plant", repeats=repeats, seed=seed)
+    (d / "corpus").mkdir()
+    shutil.copy(d / "plant" / "train.jsonl", d / "corpus" / "train.jsonl")
+    for f in ("heldout.jsonl", "secrets.json"):
+        shutil.copy(out / "corpus" / f, d / "corpus" / f)
+    return d / "corpus", (d / "canaries.jsonl", d / "plant" / "inclusion.json")

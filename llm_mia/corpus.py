@@ -49,6 +49,7 @@ _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledem
 #: How a text file (or a .jsonl / hf record) becomes documents: whole, blank-line paragraphs, lines.
 UNITS = ("file", "paragraph", "line")
 MIN_CHARS = 50  # corpus build: shorter documents are dropped (and counted) by default
+FAKER_LOCALE = "en_US"  # the planted PII's locale; corpus.json's "locales" (the PII detection's phone regions)
 MAX_LISTED = 1000  # corpus.json lists at most this many merged documents and skipped files (counts are whole)
 
 
@@ -437,7 +438,7 @@ def _make_secrets(*, seed: int, repeats: Sequence[int], canaries_per_repeat: int
     """
     from faker import Faker
 
-    fake = Faker("en_US")
+    fake = Faker(FAKER_LOCALE)
     fake.seed_instance(seed)
     rng = random.Random(f"{seed}:secrets")
     secrets: list[Secret] = []
@@ -587,7 +588,7 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
         "source": source, "versions": versions, "seed": seed, "repeats": list(repeats),
         "heldout_fraction": heldout_fraction, "canaries_per_repeat": canaries_per_repeat,
         "pii_per_repeat": pii_per_repeat, "controls_per_kind": controls_per_kind,
-        "max_chars": max_chars, "templates": templates, "unit": src.unit, "min_chars": min_chars,
+        "max_chars": max_chars, "templates": templates, "locales": [FAKER_LOCALE], "unit": src.unit, "min_chars": min_chars,
         "reading": {"documents_read": len(src.docs) + src.n_short + src.n_capped, "short_dropped": src.n_short,
                     "over_max_chars": src.n_capped, "exact_duplicates": sum(m["reason"] == "exact" for m in merged),
                     "near_duplicates": sum(m["reason"] == "near" for m in merged),

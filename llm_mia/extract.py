@@ -197,20 +197,6 @@ def _tensors_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _files_sha256(folder: Path) -> str | None:
-    """Temporary fallback for ``llm_mia.io.weights_sha256`` (branch models): names and bytes of
-    every weight file in the folder, sorted; None when it holds none."""
-    import hashlib
-
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.name}|{io.sha256_file(p)}\n".encode())
-    return h.hexdigest()
-
-
 def model_fingerprint(target: LoadedModel) -> dict:
     """What every shard record carries so ``--resume`` never mixes two models' samples.
 
@@ -223,10 +209,7 @@ def model_fingerprint(target: LoadedModel) -> dict:
     """
     import hashlib
 
-    digest = getattr(target, "weights_sha256", None)  # branch models: LoadedModel.weights_sha256 (adapters too)
-    folder = Path(str(target.source))
-    if digest is None and folder.is_dir():
-        digest = (getattr(io, "weights_sha256", None) or _files_sha256)(folder)
+    digest = target.weights_sha256  # every weight file of the folder (adapter + base included)
     kind = "files" if digest else "tensors"
     digest = digest or _tensors_sha256(target.model)
     tok = target.tokenizer

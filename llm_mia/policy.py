@@ -10,6 +10,8 @@ an optional ``[settings]`` table::
     max_membership_tpr_at_1pct_fpr = 0.2    # TPR at 1% FPR of the best membership signal
     max_memorized_samples = 10              # unique samples holding a long verbatim training span
     max_discoverable_rate = 0.01            # training examples whose suffix greedy decoding gives back
+    max_audited_epsilon = 8.0               # one-run epsilon lower bound from planted canaries
+    max_canary_tpr_at_1pct_fpr = 0.1        # TPR at 1% FPR, included vs excluded canaries
 
     [settings]
     exposure_estimator = "exposure_rank"    # default; or exposure_exact | exposure_extrapolated | max
@@ -64,12 +66,16 @@ LIMITS: dict[str, type] = {
     "max_membership_tpr_at_1pct_fpr": float,
     "max_memorized_samples": int,
     "max_discoverable_rate": float,
+    "max_audited_epsilon": float,
+    "max_canary_tpr_at_1pct_fpr": float,
 }
 #: Exposure estimators a report's secret records may carry (bits); "max" takes the highest present.
 ESTIMATORS: tuple[str, ...] = ("exposure_rank", "exposure_exact", "exposure_extrapolated")
 #: The limits whose evidence is extraction (vouched for by the planted-secret positive control).
 EXTRACTION_LIMITS = ("max_canary_exposure_bits", "max_extracted_secrets", "max_extracted_training_pii",
                      "max_memorized_samples")
+#: The limits whose evidence is the canary audit (each with its own control, :func:`canary_control`).
+CANARY_LIMITS = ("max_audited_epsilon", "max_canary_tpr_at_1pct_fpr")
 #: Exit codes of ``llm-mia audit --policy`` and ``llm-mia gate`` by verdict status.
 EXIT_CODES = {"PASS": 0, "FAIL": 1, "ERROR": 2, "INCONCLUSIVE": 3}
 #: False-positive rate of the membership limit, and the significance level of the positive controls.
@@ -175,7 +181,7 @@ def _number(key: str, v, kind: type, where: str):
         raise LlmMiaError(f"{where}: {key} must not be NaN")
     if v < 0:
         raise LlmMiaError(f"{where}: {key} must be >= 0, got {v!r}")
-    if key in ("max_membership_tpr_at_1pct_fpr", "max_discoverable_rate") and v > 1:
+    if key in ("max_membership_tpr_at_1pct_fpr", "max_canary_tpr_at_1pct_fpr", "max_discoverable_rate") and v > 1:
         raise LlmMiaError(f"{where}: {key} is a rate in [0, 1], got {v!r}")
     return v
 
@@ -351,6 +357,38 @@ def _not_measured(report: dict, name: str) -> str | None:
     return None
 
 
+def _check_canary(report: dict, name: str, limit) -> Check:
+    """A canary-audit limit (report["canaries"], :func:`llm_mia.canaries.run_canary_audit`)."""
+    can = report.get("canaries")
+    if not (isinstance(can, dict) and "bounds" in can):
+        raise LlmMiaError("the report has no canary audit (audit --canaries C --inclusion I)")
+    what = f"{can['n_canaries']} {can['kind']} canaries"
+    if name == "max_audited_epsilon":
+        v = io.to_float(can["audited_epsilon"])
+        text = f"audited epsilon {_fmt(v)} {{}} {limit} (one-run bound at delta {can['delta']:g}, {what})"
+    else:
+        v = float(can["tpr_at_fpr"]["0.01"]["tpr"])
+        text = f"canary TPR at 1% FPR {v:.3f} {{}} {limit} ({what}, signal {can['signal']})"
+    ok = v <= limit
+    return Check(name, limit, v, ok, text.format("<=" if ok else ">"))
+
+
+def canary_control(report: dict, name: str, limit) -> str | None:
+    """Why a passed canary limit could not have failed (None when it could): the audited epsilon's
+    limit is at or above what the one-run bound reaches with every guess right (so few canaries can
+    never exceed it); the TPR limit needs >= 1 / 0.01 = 100 excluded canaries."""
+    from llm_mia.privacy_audit import one_run_epsilon
+
+    can = report["canaries"]
+    if name == "max_audited_epsilon":
+        b = can["bounds"]["one_run"]
+        top = one_run_epsilon(b["m"], b["m"], b["m"], delta=b["delta"], beta=b["beta_per_test"])
+        return None if top > limit else (f"{b['m']} canaries reach at most epsilon {_fmt(top)} even with every "
+                                         "guess right")
+    n_out = int(can["n_canaries"]) - int(can["n_included"])
+    return None if n_out * GATED_FPR >= 1 else f"{n_out} excluded canaries cannot resolve {GATED_FPR:.0%} FPR"
+
+
 def secret_control(report: dict, min_insertions: int) -> str | None:
     """Why the planted-secret positive control fails (None when it holds, or is off with 0).
 
@@ -424,6 +462,8 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
         "max_membership_tpr_at_1pct_fpr": lambda v: _check_membership(report, v),
         "max_memorized_samples": lambda v: _check_memorized(report, v),
         "max_discoverable_rate": lambda v: _check_discoverable(report, v),
+        "max_audited_epsilon": lambda v: _check_canary(report, "max_audited_epsilon", v),
+        "max_canary_tpr_at_1pct_fpr": lambda v: _check_canary(report, "max_canary_tpr_at_1pct_fpr", v),
     }
     controls = {}
     for name, run in runs.items():
@@ -442,11 +482,12 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
             c = Check(name, lim[name], None, None, f"cannot check {name}", status="error",
                       reason=f"malformed report ({type(e).__name__}: {' '.join(str(e).split())})")
         if c.status == "passed":
-            key = "secret" if name in EXTRACTION_LIMITS else "membership"
+            key = "secret" if name in EXTRACTION_LIMITS else name if name in CANARY_LIMITS else "membership"
             if key not in controls:
                 try:
                     controls[key] = (secret_control(report, policy.positive_control_min_insertions) if key == "secret"
-                                     else membership_control(report, policy.min_nonmembers))
+                                     else membership_control(report, policy.min_nonmembers) if key == "membership"
+                                     else canary_control(report, name, lim[name]))
                 except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
                     controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
             if controls[key]:

@@ -1,4 +1,4 @@
-"""Comparison of defended models: Clopper-Pearson bounds, the empirical epsilon, the --quick demo."""
+"""Comparison of defended models: Clopper-Pearson bounds, the --quick demo with its canary audit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import binom
 
 from llm_mia import compare as C
+from llm_mia import privacy_audit as P
 from llm_mia.defenses import dp_epsilon
 from llm_mia.errors import LlmMiaError
 from conftest import run_cli
@@ -17,51 +18,37 @@ from conftest import run_cli
 @pytest.mark.parametrize("n", [1, 7, 50])
 def test_clopper_pearson_edges_closed_form(n):
     a = 0.05
-    assert C.clopper_pearson_upper(0, n, a) == pytest.approx(1 - a ** (1 / n), rel=1e-9)  # (1-u)^n = a
-    assert C.clopper_pearson_lower(n, n, a) == pytest.approx(a ** (1 / n), rel=1e-9)  # l^n = a
-    assert C.clopper_pearson_upper(n, n, a) == 1.0 and C.clopper_pearson_lower(0, n, a) == 0.0
+    assert P.clopper_pearson_upper(0, n, a) == pytest.approx(1 - a ** (1 / n), rel=1e-9)  # (1-u)^n = a
+    assert P.clopper_pearson_lower(n, n, a) == pytest.approx(a ** (1 / n), rel=1e-9)  # l^n = a
+    assert P.clopper_pearson_upper(n, n, a) == 1.0 and P.clopper_pearson_lower(0, n, a) == 0.0
 
 
 @pytest.mark.parametrize("k,n", [(3, 20), (10, 40), (1, 5)])
 def test_clopper_pearson_is_the_binomial_tail_inversion(k, n):
     a = 0.05
-    u, lo = C.clopper_pearson_upper(k, n, a), C.clopper_pearson_lower(k, n, a)
+    u, lo = P.clopper_pearson_upper(k, n, a), P.clopper_pearson_lower(k, n, a)
     assert binom.cdf(k, n, u) == pytest.approx(a, abs=1e-9)  # P(X <= k | p = u) = a
     assert binom.sf(k - 1, n, lo) == pytest.approx(a, abs=1e-9)  # P(X >= k | p = l) = a
     assert lo < k / n < u
     with pytest.raises(LlmMiaError):
-        C.clopper_pearson_upper(k, 0, a)
+        P.clopper_pearson_upper(k, 0, a)
     with pytest.raises(LlmMiaError):
-        C.clopper_pearson_upper(n + 1, n, a)
+        P.clopper_pearson_upper(n + 1, n, a)
 
 
 def test_epsilon_lower_bound_by_hand():
     # perfect test on 50 + 50: both error-rate upper bounds are u = 1 - 0.025**(1/50)
     u = 1 - 0.025 ** (1 / 50)
-    got = C.epsilon_lower_bound(tp=50, fn=0, fp=0, tn=50, delta=0.0, alpha=0.05)
+    got = P.epsilon_lower_bound(tp=50, fn=0, fp=0, tn=50, delta=0.0, alpha=0.05)
     assert got == pytest.approx(math.log((1 - u) / u), rel=1e-9)
     assert 2.56 < got < 2.58  # u = 0.0711: at most ~2.57 nats from 100 documents at 95%
     # delta enters the numerator
     d = 1e-3
-    assert C.epsilon_lower_bound(tp=50, fn=0, fp=0, tn=50, delta=d) == pytest.approx(math.log((1 - d - u) / u))
+    assert P.epsilon_lower_bound(tp=50, fn=0, fp=0, tn=50, delta=d) == pytest.approx(math.log((1 - d - u) / u))
     # a coin flip proves nothing
-    assert C.epsilon_lower_bound(tp=25, fn=25, fp=25, tn=25, delta=1e-5) == 0.0
+    assert P.epsilon_lower_bound(tp=25, fn=25, fp=25, tn=25, delta=1e-5) == 0.0
     with pytest.raises(LlmMiaError, match="delta"):
-        C.epsilon_lower_bound(tp=1, fn=1, fp=1, tn=1, delta=1.5)
-
-
-def test_empirical_epsilon_split():
-    y = [1] * 40 + [0] * 40
-    perfect = {"a": [10.0 + i for i in range(40)] + [float(-i) for i in range(40)], "b": [0.0] * 80}
-    res = C.empirical_epsilon(y, perfect, delta=0.0, seed=3)
-    u = 1 - 0.025 ** (1 / 20)  # 20 members and 20 non-members in the evaluation half
-    assert res["signal"] == "a" and res["n_eval"] == 40
-    assert res["counts"] == {"tp": 20, "fn": 0, "fp": 0, "tn": 20}
-    assert res["epsilon_lower_bound"] == pytest.approx(math.log((1 - u) / u), rel=1e-9)
-    flat = C.empirical_epsilon(y, {"b": [0.0] * 80}, delta=1e-5)
-    assert flat["epsilon_lower_bound"] == 0.0
-    with pytest.raises(LlmMiaError, match="2 members"):
-        C.empirical_epsilon([1, 0, 0], {"a": [1.0, 0.0, 0.0]}, delta=1e-5)
+        P.epsilon_lower_bound(tp=1, fn=1, fp=1, tn=1, delta=1.5)
 
 
 def test_compare_bad_inputs(tmp_path, capsys):
@@ -91,7 +78,8 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
         recipe = json.loads((out / "models" / name / "recipe.json").read_text())
         assert r["heldout_perplexity"] > 1 and (out / name / "report.json").is_file()
         assert r["secrets_inserted"] > 0 and 0 <= r["secrets_extracted"] <= r["secrets_inserted"]
-        assert r["empirical_epsilon"]["epsilon_lower_bound"] >= 0
+        can = r["canary_audit"]
+        assert can["n_canaries"] == C.QUICK_CANARIES[0] and can["audited_epsilon"] >= 0 and can["kind"] == "random"
         assert set(r["output_limits"]["modes"]) == {"full", "topk:5", "rounded:2", "label-only"}
         assert r["output_limits"]["modes"]["label-only"]["computable"] == ["greedy_match"]
         if recipe["defense"] == "dp":
@@ -108,4 +96,5 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert all((out / "models" / n / "tokenizer.json").read_text() == vocab for n in rows)
     md = (out / "compare.md").read_text()
     assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "label-only" in md
+    assert "Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from 40 random canaries" in md
     assert "compared 5 models" in stdout

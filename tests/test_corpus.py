@@ -401,3 +401,12 @@ def test_build_drops_short_documents_and_names_the_unit_when_too_few(tmp_path):
     with pytest.raises(LlmMiaError, match="gave 1 document .*--unit paragraph or line"):
         build_corpus(str(p), tmp_path / "out2", unit="file")
     assert not (tmp_path / "out2").exists()
+
+
+def test_corpus_json_records_the_faker_locale_for_the_pii_regions(tmp_path):
+    from llm_mia.pii_findings import resolve_regions
+
+    build_corpus(_docs_file(tmp_path, 12), tmp_path / "c", repeats=(1,))
+    meta = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert meta["locales"] == ["en_US"]  # the planted Faker PII is US: its phones are read as US first
+    assert resolve_regions(None, tmp_path / "c")[0] == "US"

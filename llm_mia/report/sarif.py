@@ -37,6 +37,10 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                               "Extraction samples holding a long verbatim training span (Carlini et al. 2021)."),
     "max_membership_tpr_at_1pct_fpr": ("MembershipInference", "warning", "5.0",
                                        "Membership-inference TPR at 1% FPR, members vs held-out documents."),
+    "max_audited_epsilon": ("AuditedEpsilon", "error", "7.0",
+                            "Epsilon lower bound from planted canaries (one-run audit, Steinke et al. 2023)."),
+    "max_canary_tpr_at_1pct_fpr": ("CanaryMembership", "warning", "5.0",
+                                   "TPR at 1% FPR of included against excluded planted canaries."),
 }
 
 
