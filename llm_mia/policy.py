@@ -154,7 +154,8 @@ class Verdict:
         else:
             parts = [c.text for c in by["failed"]] + [f"cannot check {c.name}: {c.reason}" for c in by["error"]]
             if self.status == "INCONCLUSIVE":
-                parts = [f"{c.text}, but {c.reason}" for c in by["inconclusive"]]
+                parts = [f"{c.text}, but {c.reason}" for c in by["inconclusive"]] \
+                    or [c.text for c in self.checks if c.status == "not measured"]
         text = f"{self.status}: " + "; ".join(parts)
         notes = list(self.notes)
         if self.status == "INCONCLUSIVE" and self.allow_inconclusive:
@@ -503,6 +504,9 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
     statuses = {c.status for c in checks}
     status = ("FAIL" if "failed" in statuses else "ERROR" if "error" in statuses
               else "INCONCLUSIVE" if "inconclusive" in statuses else "PASS")
+    if status == "PASS" and not statuses - {"not measured"}:  # nothing gated was measured: no evidence to pass on
+        status = "INCONCLUSIVE"
+        notes.append("none of the policy's limits was measured")
     passed = status == "PASS" or (status == "INCONCLUSIVE" and policy.allow_inconclusive)
     v = Verdict(passed=passed, checks=checks, notes=notes, status=status, allow_inconclusive=policy.allow_inconclusive)
     if status == "ERROR":

@@ -221,7 +221,11 @@ def test_policy_reports_limits_on_unmeasured_things_as_not_measured():
     assert checks["max_discoverable_rate"].value == 0.25 and not checks["max_discoverable_rate"].passed
     assert v.passed is False and "discoverable memorization 0.250 > 0.1" in v.line
     rep["discoverable"] = {"skipped": "disabled (--discoverable 0)", "greedy_rate": None}
-    assert evaluate(rep, pol).passed is True
+    nothing = evaluate(rep, pol)  # every limit unmeasured: no evidence, so never a PASS
+    assert nothing.status == "INCONCLUSIVE" and nothing.passed is False and nothing.exit_code == 3
+    assert "none of the policy's limits was measured" in nothing.line
+    allowed = parse_policy({"limits": {"max_extracted_secrets": 0}, "settings": {"allow_inconclusive": True}})
+    assert evaluate(rep, allowed).exit_code == 0
     del rep["exposure"]  # a report that does not say exposure was skipped still cannot answer the limit
     with pytest.raises(LlmMiaError):
         evaluate(rep, pol)
