@@ -14,7 +14,7 @@ dtype, and the ``(B, T, V)`` logits never leave this module. For architectures w
 exactly ``lm_head(hidden)`` (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2) they are not even materialised:
 the head runs on the scored positions only, in cache-sized blocks.
 
-Correctness rules (see ../shared/cases/scoring-cases.md C01-C06, C17):
+Correctness rules (each a test in tests/test_stats.py, under its case id C01-C06, C17):
 - masks come from sequence lengths, never from ``ids != pad_id`` (pad may equal EOS/BOS);
 - padded positions are removed by index selection, never multiplied by a 0/1 mask (NaN x 0 = NaN);
 - results do not depend on batch mates, batch size, order or padding side;
