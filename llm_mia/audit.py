@@ -404,8 +404,9 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     mem_set = read_texts(mem_spec, text_field=text_column, label_field=None, allow_chat=True)
     non_set = read_texts(non_spec, text_field=text_column, label_field=None, allow_chat=True)
     secrets = load_secrets(secrets_path) if secrets_path is not None else []
-    if not mem_set.texts:
-        raise LlmMiaError(f"{mem_spec} holds no documents")
+    for spec, ts in ((mem_spec, mem_set), (non_spec if nonmembers is not None else None, non_set)):
+        if spec is not None and not ts.texts:
+            raise LlmMiaError(f"{spec} holds no documents")
     from llm_mia.pii_findings import resolve_regions
 
     regions = resolve_regions(cfg.pii_regions, corpus_dir)  # (a bad region fails before any model work)

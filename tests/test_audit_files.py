@@ -107,16 +107,18 @@ def test_overlapping_nonmembers_are_left_out_of_membership(leak_models, tmp_path
 
 
 @pytest.mark.parametrize("case", ["missing_column", "no_template", "reference_base_not_adapter", "bad_spans",
-                                  "missing_members", "members_and_corpus"])
+                                  "missing_members", "members_and_corpus", "empty_nonmembers"])
 def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys):
     d, _ = chat_model
     io.write_jsonl(tmp_path / "m.jsonl", _chat_rows(0, 3))
+    io.write_jsonl(tmp_path / "n.jsonl", _chat_rows(3, 6))
     io.write_jsonl(tmp_path / "p.jsonl", [{"body": _doc(i)} for i in range(3)])
-    args = ["audit", "--model", d / "chat", "--members", tmp_path / "m.jsonl", "--nonmembers", tmp_path / "m.jsonl",
+    args = ["audit", "--model", d / "chat", "--members", tmp_path / "m.jsonl", "--nonmembers", tmp_path / "n.jsonl",
             "--out", tmp_path / "o", *FAST]
     want = {"missing_column": "(fields: body)", "no_template": "no chat template",
             "reference_base_not_adapter": "not a PEFT adapter", "bad_spans": "--score-spans",
-            "missing_members": "file not found", "members_and_corpus": "not both"}[case]
+            "missing_members": "file not found", "members_and_corpus": "not both",
+            "empty_nonmembers": "holds no documents"}[case]
     if case == "missing_column":
         args[args.index(tmp_path / "m.jsonl")] = tmp_path / "p.jsonl"
     elif case == "no_template":
@@ -127,6 +129,9 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
         args += ["--score-spans", "user"]
     elif case == "missing_members":
         args[args.index(tmp_path / "m.jsonl")] = tmp_path / "nope.jsonl"
+    elif case == "empty_nonmembers":
+        (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+        args[args.index(tmp_path / "n.jsonl")] = tmp_path / "e.jsonl"
     else:
         args += ["--corpus", tmp_path]
     code, out, err = run_cli(args, capsys)
