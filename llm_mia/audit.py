@@ -8,6 +8,7 @@ part and audits the adapter with the base as reference.
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import time
@@ -354,6 +355,9 @@ def _inputs(corpus_dir, members, nonmembers, secrets_path):
         return str(corpus / "train.jsonl"), str(corpus / "heldout.jsonl"), secrets_path or corpus / "secrets.json"
     if members is None or nonmembers is None:
         raise LlmMiaError("an audit needs --members and --nonmembers files (or a --corpus folder)")
+    m, n = Path(str(members)), Path(str(nonmembers))
+    if m.exists() and n.exists() and os.path.samefile(m, n):
+        raise LlmMiaError(f"--members and --nonmembers are the same file ({members}): membership needs held-out examples")
     return str(members), str(nonmembers), secrets_path
 
 

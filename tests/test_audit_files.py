@@ -107,7 +107,7 @@ def test_overlapping_nonmembers_are_left_out_of_membership(leak_models, tmp_path
 
 
 @pytest.mark.parametrize("case", ["missing_column", "no_template", "reference_base_not_adapter", "bad_spans",
-                                  "missing_members", "members_and_corpus", "empty_nonmembers"])
+                                  "missing_members", "members_and_corpus", "empty_nonmembers", "same_file"])
 def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys):
     d, _ = chat_model
     io.write_jsonl(tmp_path / "m.jsonl", _chat_rows(0, 3))
@@ -118,7 +118,7 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
     want = {"missing_column": "(fields: body)", "no_template": "no chat template",
             "reference_base_not_adapter": "not a PEFT adapter", "bad_spans": "--score-spans",
             "missing_members": "file not found", "members_and_corpus": "not both",
-            "empty_nonmembers": "holds no documents"}[case]
+            "empty_nonmembers": "holds no documents", "same_file": "same file"}[case]
     if case == "missing_column":
         args[args.index(tmp_path / "m.jsonl")] = tmp_path / "p.jsonl"
     elif case == "no_template":
@@ -132,6 +132,8 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
     elif case == "empty_nonmembers":
         (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
         args[args.index(tmp_path / "n.jsonl")] = tmp_path / "e.jsonl"
+    elif case == "same_file":
+        args[args.index(tmp_path / "n.jsonl")] = tmp_path / "m.jsonl"
     else:
         args += ["--corpus", tmp_path]
     code, out, err = run_cli(args, capsys)
