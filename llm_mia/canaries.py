@@ -281,6 +281,7 @@ def plant_canaries(train_path: str | Path, canaries_path: str | Path, out_dir: s
     train_path, out = Path(train_path), Path(out_dir)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise LlmMiaError(f"--repeats must be a positive int, got {repeats!r}")
+    io.check_output_dir(out)
     canaries = load_canaries(canaries_path)
     rows, fmt = _read_train(train_path)
     planted_path = out / f"train{train_path.suffix.lower()}"

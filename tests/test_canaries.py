@@ -95,6 +95,10 @@ def test_plant_txt_and_chat(tmp_path, capsys):
     code, _, err = run_cli(["canaries", "plant", "--train", tmp_path / "chat.jsonl", "--canaries", tmp_path / "c.jsonl",
                             "--out", tmp_path / "q"], capsys)
     assert code == 2 and "exists" in err
+    (tmp_path / "f").write_text("", encoding="utf-8")
+    code, _, err = run_cli(["canaries", "plant", "--train", tmp_path / "chat.jsonl", "--canaries", tmp_path / "c.jsonl",
+                            "--out", tmp_path / "f"], capsys)
+    assert code == 2 and err.strip() == f"error: output folder {tmp_path / 'f'} exists and is a file", err
 
 
 def test_make_plant_audit_end_to_end(setup, capsys):
