@@ -241,9 +241,11 @@ def _read_train(path: Path) -> tuple[list, str]:
     if ext != ".jsonl":
         raise LlmMiaError(f"{path}: the training file must be .txt (one document a line) or .jsonl")
     rows = io.read_jsonl(path)
-    if rows and all(isinstance(r.get("messages"), list) for r in rows):
+    if not rows:
+        return [], "text"
+    if all(isinstance(r.get("messages"), list) for r in rows):
         return rows, "chat"
-    if rows and all(isinstance(r.get("text"), str) for r in rows):
+    if all(isinstance(r.get("text"), str) for r in rows):
         return rows, "text"
     raise LlmMiaError(f"{path}: every row needs a 'text' string, or every row a 'messages' list")
 
@@ -284,6 +286,8 @@ def plant_canaries(train_path: str | Path, canaries_path: str | Path, out_dir: s
     io.check_output_dir(out)
     canaries = load_canaries(canaries_path)
     rows, fmt = _read_train(train_path)
+    if not any(_row_text(r, fmt).strip() for r in rows):
+        raise LlmMiaError(f"{train_path} holds no documents")
     planted_path = out / f"train{train_path.suffix.lower()}"
     for p in (planted_path, out / "inclusion.json"):
         if p.exists():

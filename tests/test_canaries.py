@@ -99,6 +99,12 @@ def test_plant_txt_and_chat(tmp_path, capsys):
     code, _, err = run_cli(["canaries", "plant", "--train", tmp_path / "chat.jsonl", "--canaries", tmp_path / "c.jsonl",
                             "--out", tmp_path / "f"], capsys)
     assert code == 2 and err.strip() == f"error: output folder {tmp_path / 'f'} exists and is a file", err
+    for empty in ("e.txt", "e.jsonl"):  # an empty training file: nothing to plant between, nothing written
+        (tmp_path / empty).write_text("\n", encoding="utf-8")
+        code, _, err = run_cli(["canaries", "plant", "--train", tmp_path / empty, "--canaries", tmp_path / "c.jsonl",
+                                "--out", tmp_path / "pe"], capsys)
+        assert code == 2 and "holds no documents" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "pe").exists()
 
 
 def test_make_plant_audit_end_to_end(setup, capsys):
