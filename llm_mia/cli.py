@@ -325,6 +325,7 @@ def audit(
         from llm_mia.policy import load_policy
 
         pol = load_policy(policy)  # a bad policy fails before any work is done
+    _check_ci(sarif, junit, inputs=(policy,))
     if out is not None:
         from llm_mia.io import check_output_dir
 
@@ -423,6 +424,15 @@ def _refuse_unused(ctx: typer.Context, mode: str) -> None:
                               + (f" (it goes with {where})" if where else "") + "; drop it")
 
 
+def _check_ci(sarif: Path | None, junit: Path | None, inputs=()) -> None:
+    """--sarif / --junit must be writable files (checked before any work)."""
+    from llm_mia.io import check_output_file
+
+    for flag, path in (("--sarif", sarif), ("--junit", junit)):
+        if path is not None:
+            check_output_file(path, inputs=inputs, what=flag)
+
+
 def _write_ci(report: dict, verdict: dict, report_dir: Path, *, sarif: Path | None, junit: Path | None) -> None:
     """SARIF 2.1.0 and JUnit XML of a gated verdict (see llm_mia.report.sarif / junit)."""
     if sarif is not None:
@@ -460,6 +470,7 @@ def gate(
 
     pol = load_policy(policy)
     rep = load_report(report)
+    _check_ci(sarif, junit, inputs=(report, policy))
     try:
         v = evaluate(rep, pol)
     except UnanswerableLimit as e:

@@ -261,7 +261,8 @@ def test_audit_compare_with_a_policy_gates_every_model(leak_models, tmp_path, ca
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("case", ["bad_toml", "unknown_key", "missing_policy", "not_a_report", "unanswerable"])
+@pytest.mark.parametrize("case", ["bad_toml", "unknown_key", "missing_policy", "not_a_report", "unanswerable",
+                                  "sarif_is_a_folder", "junit_under_a_file"])
 def test_gate_errors_exit_2(case, tmp_path, capsys):
     pol = tmp_path / "policy.toml"
     pol.write_text("[limits]\nmax_extracted_secrets = 0\n")
@@ -275,13 +276,21 @@ def test_gate_errors_exit_2(case, tmp_path, capsys):
         pol = tmp_path / "nope.toml"
     elif case == "not_a_report":
         rep.write_text("[1, 2]")
-    else:
+    elif case == "unanswerable":
         pol.write_text("[limits]\nmax_membership_tpr_at_1pct_fpr = 0.1\n")
         rep.write_text(json.dumps(_report(membership={})))
-    code, out, err = run_cli(["gate", rep, "--policy", pol], capsys)
+    extra, want = [], "error: "
+    if case == "sarif_is_a_folder":
+        (tmp_path / "d").mkdir()
+        extra, want = ["--sarif", tmp_path / "d", "--junit", tmp_path / "g.xml"], f"error: --sarif {tmp_path / 'd'} is a folder"
+    elif case == "junit_under_a_file":
+        (tmp_path / "f").write_text("")
+        extra, want = ["--sarif", tmp_path / "g.sarif", "--junit", tmp_path / "f" / "g.xml"], "error: --junit "
+    code, out, err = run_cli(["gate", rep, "--policy", pol, *extra], capsys)
     assert code == 2, (out, err)
     lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(want) and "Traceback" not in err, err
+    assert not (tmp_path / "g.xml").exists() and not (tmp_path / "g.sarif").exists()  # neither file half of the pair
 
 
 def test_audit_with_a_bad_policy_stops_before_any_work(leak_models, tmp_path, capsys):
