@@ -191,16 +191,20 @@ def _restrict(stats: TokenStats, context_lens: Sequence[int] | int, keep: Sequen
     width = max((len(c) for c in cols), default=0)
     out = [torch.zeros(n, width, dtype=torch.float32) for _ in range(3)]
     tid = torch.full((n, width), -1, dtype=torch.long)
+    top1 = torch.zeros((n, width), dtype=torch.bool) if stats.token_is_top1 is not None else None
     for i, c in enumerate(cols):
         idx = torch.as_tensor(c, dtype=torch.long)
         for o, src in zip(out, (stats.token_logprob, stats.mean_logprob, stats.std_logprob)):
             o[i, :len(c)] = src[i, idx]
         if stats.token_id is not None:
             tid[i, :len(c)] = stats.token_id[i, idx]
+        if top1 is not None:
+            top1[i, :len(c)] = stats.token_is_top1[i, idx]
     n_scored = torch.tensor([len(c) for c in cols], dtype=torch.long)
     mask = torch.arange(width)[None, :] < n_scored[:, None]
     return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, n_scored=n_scored,
-                      truncated=stats.truncated.clone(), token_id=tid if stats.token_id is not None else None)
+                      truncated=stats.truncated.clone(), token_id=tid if stats.token_id is not None else None,
+                      token_is_top1=top1)
 
 
 def _starts_with_bos(target: LoadedModel, ids: Sequence[Sequence[int]]) -> bool:

@@ -261,3 +261,33 @@ def test_score_mask_scores_only_the_flagged_tokens(tiny_model, tiny_tokenizer):
         assert res.rows[i]["scores"]["loss"] == pytest.approx(float(sel.mean()), abs=1e-5)
         k = max(1, int(0.2 * len(sel)))
         assert res.rows[i]["scores"]["min_k"] == pytest.approx(float(sel.sort().values[:k].mean()), abs=1e-5)
+
+
+def test_score_mask_keeps_the_top1_flags_for_ez_mia(tiny_model, tiny_tokenizer):
+    """Chat rows with an adapter's base as reference: EZ-MIA over a score_mask equals P / (P + N) of the
+    log-probability differences over the flagged tokens where the target's top-1 is wrong, by hand."""
+    import math
+
+    import torch
+
+    from conftest import make_tiny_gpt2
+    from llm_mia.models.loading import from_objects
+    from llm_mia.scoring import score
+
+    ref_model = make_tiny_gpt2(len(tiny_tokenizer), seed=1)
+    texts = ["The quick brown fox jumps over the lazy dog.", "Return a new list containing all items."]
+    ids = [[0] + tiny_tokenizer(t)["input_ids"] for t in texts]
+    keep = [[j % 3 != 0 for j in range(len(x))] for x in ids]
+    res = score(from_objects(tiny_model, tiny_tokenizer), texts, ids=ids, context_lens=1, score_mask=keep,
+                reference=from_objects(ref_model, tiny_tokenizer), signals=["ez_mia"])
+    for i, x in enumerate(ids):
+        pos = neg = 0.0
+        with torch.no_grad():
+            lt = torch.log_softmax(tiny_model(input_ids=torch.tensor([x])).logits[0, :-1].double(), -1)
+            lr = torch.log_softmax(ref_model(input_ids=torch.tensor([x])).logits[0, :-1].double(), -1)
+        for j in range(1, len(x)):
+            if keep[i][j] and lt[j - 1, x[j]] < lt[j - 1].max():
+                d = float(lt[j - 1, x[j]] - lr[j - 1, x[j]])
+                pos, neg = pos + max(d, 0.0), neg + max(-d, 0.0)
+        want = pos / (pos + neg) if pos + neg > 0 else math.nan
+        assert res.rows[i]["scores"]["ez_mia"] == pytest.approx(want, abs=1e-4)
