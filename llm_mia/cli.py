@@ -271,7 +271,8 @@ def audit(
                                      "memorization (0 = off)."),
     discoverable_prefix: int = typer.Option(50, "--discoverable-prefix", min=1,
                                             help="Prompt tokens of discoverable memorization (the suffix is 50 tokens)."),
-    demo: bool = typer.Option(False, "--demo", help="Build the python-docs corpus, train target and reference, audit."),
+    demo: bool = typer.Option(False, "--demo", help="The fine-tuning case on the embedded python-docs text: pre-train a base, fine-tune it with LoRA "
+                                                 "on the private part with planted secrets, audit the adapter with the base as reference."),
     num_samples: int = typer.Option(500, "--num-samples", min=1, help="Extraction samples per strategy."),
     strategy: str = typer.Option("top-k,temperature-decay,internet", "--strategy",
                                  help="Extraction strategies, comma-separated."),

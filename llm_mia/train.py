@@ -590,7 +590,8 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     log: list[dict] = []
     n_seen = 0
     model.train()
-    bar = _progress(progress, steps, "reference" if reference else "target")
+    bar = _progress(progress, steps, "reference" if reference else "LoRA adapter" if lora is not None
+                    else "fine-tune" if base else "target")
     t_loop = time.perf_counter()
     dp_info = None
     steps_taken = 0
