@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from llm_mia.errors import LlmMiaError
+from llm_mia.train_config import LoraSpec, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit language models for training-data leakage: extraction, canary exposure, membership scoring.")
@@ -77,49 +78,52 @@ def corpus_build(
     typer.echo(f"corpus: {s.n_train} member and {s.n_heldout} held-out documents, {s.n_secrets} secrets -> {out}")
 
 
+_TC = TrainConfig  # `llm-mia train` reads every default from TrainConfig / LoraSpec (llm_mia.train_config)
+
+
 @app.command()
 def train(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus folder from `llm-mia corpus build`."),
     out: Path = typer.Option(..., "--out", help="Output model folder (safetensors, tokenizer, recipe.json)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
-    preset: str = typer.Option("small", "--preset", help="tiny | small"),
-    reference: bool = typer.Option(False, "--reference", help="Train a reference model on the held-out split (no secrets)."),
-    tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
-    seed: int = typer.Option(0, "--seed"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the preset's number of steps."),
-    defense: str = typer.Option("none", "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup)."),
-    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
-    delta: float = typer.Option(1e-5, "--delta", help="DP delta."),
-    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="DP per-record clipping norm."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="DP records per forward pass."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Override the preset's AdamW weight decay."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the preset's dropout (from scratch only)."),
-    early_stopping: Optional[int] = typer.Option(None, "--early-stopping",
+    base: Optional[str] = typer.Option(_TC.base, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
+    preset: str = typer.Option(_TC.preset, "--preset", help="tiny | small"),
+    reference: bool = typer.Option(_TC.reference, "--reference", help="Train a reference model on the held-out split (no secrets)."),
+    tokenizer_from: Optional[str] = typer.Option(_TC.tokenizer_from, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
+    seed: int = typer.Option(_TC.seed, "--seed"),
+    max_steps: Optional[int] = typer.Option(_TC.max_steps, "--max-steps", help="Override the preset's number of steps."),
+    defense: str = typer.Option(_TC.defense, "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup)."),
+    epsilon: Optional[float] = typer.Option(_TC.epsilon, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
+    delta: float = typer.Option(_TC.delta, "--delta", help="DP delta."),
+    noise_multiplier: Optional[float] = typer.Option(_TC.noise_multiplier, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
+    max_grad_norm: float = typer.Option(_TC.max_grad_norm, "--max-grad-norm", help="DP per-record clipping norm."),
+    micro_batch: Optional[int] = typer.Option(_TC.micro_batch, "--micro-batch", help="DP records per forward pass."),
+    weight_decay: Optional[float] = typer.Option(_TC.weight_decay, "--weight-decay", help="Override the preset's AdamW weight decay."),
+    dropout: Optional[float] = typer.Option(_TC.dropout, "--dropout", help="Override the preset's dropout (from scratch only)."),
+    early_stopping: Optional[int] = typer.Option(_TC.early_stopping, "--early-stopping",
                                                  help="Patience (held-out evaluations without a new best)."),
-    dedup_min_chars: int = typer.Option(30, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
+    dedup_min_chars: int = typer.Option(_TC.dedup_min_chars, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
     lora: bool = typer.Option(False, "--lora", help="With --base: fine-tune LoRA matrices (peft) and save the adapter only."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
-    lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
-    lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="Dropout on the LoRA input."),
+    lora_r: int = typer.Option(LoraSpec.r, "--lora-r", help="LoRA rank."),
+    lora_alpha: float = typer.Option(LoraSpec.alpha, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
+    lora_dropout: float = typer.Option(LoraSpec.dropout, "--lora-dropout", help="Dropout on the LoRA input."),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names "
                                                "(default: c_attn,c_proj,c_fc for GPT-2, peft's default otherwise)."),
 ):
     """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
     from llm_mia.io import check_output_dir
-    from llm_mia.train import LoraSpec, train_model
+    from llm_mia.train import train_model
 
     check_output_dir(out)
-    if not lora and (lora_targets is not None or (lora_r, lora_alpha, lora_dropout) != (16, 32.0, 0.0)):
+    if not lora and (lora_targets is not None or (lora_r, lora_alpha, lora_dropout) != (LoraSpec.r, LoraSpec.alpha, LoraSpec.dropout)):
         raise LlmMiaError("--lora-r/--lora-alpha/--lora-dropout/--lora-targets go with --lora")
     spec = LoraSpec(r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
                     target_modules=tuple(x.strip() for x in lora_targets.split(",") if x.strip()) if lora_targets else None) \
         if lora else None
-    s = train_model(corpus, out, base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from,
-                    seed=seed, max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta,
-                    noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, micro_batch=micro_batch,
-                    weight_decay=weight_decay, dropout=dropout, early_stopping=early_stopping,
-                    dedup_min_chars=dedup_min_chars, lora=spec)
+    cfg = TrainConfig(base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from, seed=seed,
+                      max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
+                      max_grad_norm=max_grad_norm, micro_batch=micro_batch, weight_decay=weight_decay, dropout=dropout,
+                      early_stopping=early_stopping, dedup_min_chars=dedup_min_chars, lora=spec)
+    s = train_model(corpus, out, config=cfg)
     typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
                f"held-out loss {s.heldout_loss:.3f} -> {out}")
 

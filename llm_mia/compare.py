@@ -16,20 +16,9 @@ from typing import Sequence
 
 from llm_mia import io
 from llm_mia.errors import LlmMiaError
+from llm_mia.models.heldout import heldout_perplexity
 
 __all__ = ["heldout_perplexity", "compare_models", "render_compare_markdown"]
-
-
-def heldout_perplexity(loaded, texts: Sequence[str], *, max_tokens: int = 65_536) -> float | None:
-    """exp(mean next-token NLL) over the EOS-joined stream of ``texts`` (at most ``max_tokens``), in blocks
-    of the model's context; the same measure as the ``heldout_loss`` of :func:`llm_mia.train.train_model`."""
-    from llm_mia.train import _encode, _eval_loss
-
-    eos = loaded.tokenizer.eos_token_id if loaded.tokenizer.eos_token_id is not None else loaded.bos_id
-    docs = _encode(loaded.tokenizer, list(texts))
-    loss = _eval_loss(loaded.model, docs, eos_id=eos, n_ctx=loaded.max_context or 128, batch_size=16,
-                      device=loaded.device, max_tokens=max_tokens)
-    return math.exp(loss) if loss is not None else None
 
 
 def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | None) -> dict:

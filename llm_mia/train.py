@@ -37,65 +37,11 @@ import torch
 
 from llm_mia.errors import LlmMiaError
 from llm_mia.io import dumps, read_jsonl, sha256_file
+from llm_mia.train_config import GPT2_LORA_TARGETS, PRESETS, LoraSpec, TrainConfig, TrainPreset
+from llm_mia.models.heldout import MAX_EVAL_TOKENS, block_len, encode_texts, heldout_loss, token_stream
 
-__all__ = ["PRESETS", "LoraSpec", "TrainPreset", "TrainSummary", "train_model"]
-
-
-@dataclass(frozen=True)
-class TrainPreset:
-    """Every knob of one training recipe.
-
-    The architecture fields (``n_layer``, ``n_embd``, ``n_head``, ``vocab_size``) are used only when
-    training from scratch; a ``base`` model keeps its own architecture and tokenizer, and its
-    context is ``min(n_ctx, the base model's maximum)``.
-    """
-
-    n_layer: int
-    n_embd: int
-    n_head: int
-    n_ctx: int  # tokens per training block
-    vocab_size: int  # BPE vocabulary trained on the training text (from scratch only)
-    steps: int  # optimizer steps
-    batch_size: int  # blocks per step
-    lr: float  # peak AdamW learning rate
-    warmup_steps: int  # linear warm-up, then cosine decay to 0
-    weight_decay: float
-    grad_clip: float  # max global grad norm
-    dropout: float  # 0 helps memorization, which is what an audit demo needs to show
-
-
-PRESETS: dict[str, TrainPreset] = {
-    # For tests: trains in a few seconds on a few kB of text.
-    "tiny": TrainPreset(n_layer=2, n_embd=64, n_head=2, n_ctx=128, vocab_size=512, steps=30, batch_size=8,
-                        lr=3e-3, warmup_steps=3, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
-    # For the demo (audit.DEMO_MAX_CHARS: 300 k chars of python-docs, ~75 k tokens). Measured on the
-    # idle 2-core CPU (bf16 autocast, ~10 k tokens/s): 1,600 steps take 5.3 minutes and greedy
-    # decoding returns 12/12 secrets inserted >= 8 times (4/4 at 4); 900 steps gave 2/4 at 8 and
-    # 1,200 steps 2/4 at 8 (near misses); on the full 1.2 MB corpus 1,500 steps extracted only r = 32.
-    "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1600, batch_size=16,
-                         lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
-}
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """A LoRA fine-tune of ``base`` (Hu et al. 2021, "LoRA: Low-Rank Adaptation"; the ``peft`` library).
-
-    Only the low-rank matrices are trained and saved: the output folder is a PEFT adapter
-    (``adapter_config.json`` naming the base by its absolute path, ``adapter_model.safetensors``).
-    ``target_modules`` None: GPT-2's attention and MLP projections (``c_attn``, ``c_proj``, ``c_fc``;
-    Conv1D, so ``fan_in_fan_out``), peft's default for other architectures.
-    """
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
-
-
-#: LoRA targets of a GPT-2 when none are given: every projection (attention and MLP).
-GPT2_LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
-
-_MAX_EVAL_TOKENS = 65_536  # held-out loss is measured on at most this many tokens (a few seconds on CPU)
+__all__ = ["PRESETS", "LoopResult", "LoraSpec", "TrainConfig", "TrainContext", "TrainPreset", "TrainSummary", "run_loop",
+           "train_model"]
 
 
 @dataclass
@@ -188,71 +134,29 @@ def _check_out_dir(out_dir: Path) -> None:
 # Data
 
 
-def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, no special tokens added."""
-    out: list[list[int]] = []
-    for i in range(0, len(texts), 256):
-        out.extend(tokenizer(list(texts[i:i + 256]), add_special_tokens=False)["input_ids"])
-    return out
-
-
-def _stream(docs: Sequence[list[int]], order: Sequence[int], eos_id: int) -> torch.Tensor:
-    """The documents in ``order``, each followed by EOS, as one 1-D long tensor."""
-    ids: list[int] = []
-    for j in order:
-        ids.extend(docs[j])
-        ids.append(eos_id)
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def _block_len(n_tokens: int, n_ctx: int) -> int:
-    """Block length: the context, or the whole stream when the corpus is shorter than that."""
-    return max(2, min(n_ctx, n_tokens))
-
-
 def _batches(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: int,
-             generator: torch.Generator) -> Iterator[torch.Tensor]:
+             generator: torch.Generator, owners: bool = False) -> Iterator:
     """Endless (batch_size, T) batches; documents re-ordered and re-cut every epoch.
 
     A trailing partial block and a trailing partial batch of each epoch are dropped (the next
-    epoch's different order covers them), so every batch has the same shape.
+    epoch's different order covers them), so every batch has the same shape. With ``owners``, each
+    item is ``(x, o)``: ``o`` (batch_size, T) holds the index in ``docs`` of the document each
+    token of ``x`` belongs to (a document's EOS belongs to it).
     """
     n_tokens = sum(len(d) + 1 for d in docs)
-    T = _block_len(n_tokens, n_ctx)
+    T = block_len(n_tokens, n_ctx)
     while True:
         order = torch.randperm(len(docs), generator=generator).tolist()
-        stream = _stream(docs, order, eos_id)  # (N,)
-        blocks = stream[: (len(stream) // T) * T].view(-1, T)  # (n_blocks, T)
-        blocks = blocks[torch.randperm(len(blocks), generator=generator)]
+        stream = token_stream(docs, order, eos_id)  # (N,)
+        n = (len(stream) // T) * T
+        blocks = stream[:n].view(-1, T)  # (n_blocks, T)
+        perm = torch.randperm(len(blocks), generator=generator)
+        blocks = blocks[perm]
+        if owners:
+            own = torch.cat([torch.full((len(docs[j]) + 1,), j, dtype=torch.long) for j in order])[:n].view(-1, T)[perm]
         bs = min(batch_size, len(blocks))
         for i in range(0, len(blocks) - bs + 1, bs):
-            yield blocks[i:i + bs]  # (bs, T)
-
-
-@torch.no_grad()
-def _eval_loss(model, docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: int,
-               device: torch.device, max_tokens: int = _MAX_EVAL_TOKENS) -> float | None:
-    """Mean next-token loss (nats) over the first ``max_tokens`` of the documents, in fp32."""
-    if not docs:
-        return None
-    stream = _stream(docs, range(len(docs)), eos_id)[:max_tokens]
-    T = _block_len(len(stream), n_ctx)
-    blocks = [stream[i:i + T] for i in range(0, len(stream), T)]
-    blocks = [b for b in blocks if len(b) >= 2]
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch_size):
-        chunk = blocks[i:i + batch_size]
-        for L in sorted({len(b) for b in chunk}):  # the last block may be shorter: its own batch
-            x = torch.stack([b for b in chunk if len(b) == L]).to(device)  # (b, L)
-            logits = model(input_ids=x).logits[:, :-1].float()  # (b, L-1, V)
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                    reduction="sum")
-            total += nll.item()
-            count += x[:, 1:].numel()
-    model.train(was_training)
-    return total / count if count else None
+            yield (blocks[i:i + bs], own[i:i + bs]) if owners else blocks[i:i + bs]  # (bs, T)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +269,7 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The entry point
+# DP records and early stopping
 
 
 def _fixed_blocks(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, generator: torch.Generator) -> torch.Tensor:
@@ -375,9 +279,9 @@ def _fixed_blocks(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, generat
     privacy accounting (a trailing partial block is dropped).
     """
     n_tokens = sum(len(d) + 1 for d in docs)
-    T = _block_len(n_tokens, n_ctx)
+    T = block_len(n_tokens, n_ctx)
     order = torch.randperm(len(docs), generator=generator).tolist()
-    stream = _stream(docs, order, eos_id)  # (n_tokens,)
+    stream = token_stream(docs, order, eos_id)  # (n_tokens,)
     return stream[: (len(stream) // T) * T].view(-1, T)  # (N, T)
 
 
@@ -408,13 +312,357 @@ class _EarlyStopper:
             self.model.load_state_dict(self.state)
 
 
-def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base: str | None = None,
-                preset: str = "small", reference: bool = False, tokenizer_from: str | None = None,
-                seed: int = 0, max_steps: int | None = None, progress: bool = True, defense: str = "none",
-                epsilon: float | None = None, delta: float = 1e-5, noise_multiplier: float | None = None,
-                max_grad_norm: float = 1.0, micro_batch: int | None = None, weight_decay: float | None = None,
-                dropout: float | None = None, early_stopping: int | None = None, eval_every: int | None = None,
-                dedup_min_chars: int = 30, lora: LoraSpec | None = None) -> TrainSummary:
+# ----------------------------------------------------------------------------------------------
+# Checks, corpus, tokenizer and model: everything a training loop needs, in one TrainContext
+
+
+def _check_config(cfg: TrainConfig) -> tuple[TrainPreset, int]:
+    """Every check that needs no file: (the preset with its overrides applied, the planned steps)."""
+    p = _get_preset(cfg.preset)
+    if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
+        raise LlmMiaError(f"max_steps must be a positive integer, got {cfg.max_steps!r}")
+    if cfg.base is not None and cfg.tokenizer_from is not None:
+        raise LlmMiaError("tokenizer_from cannot be combined with base (a base model keeps its own tokenizer)")
+    lora = cfg.lora
+    if lora is not None:
+        if cfg.base is None:
+            raise LlmMiaError("--lora fine-tunes a --base model")
+        if cfg.defense == "dp":
+            raise LlmMiaError("--lora cannot be combined with --defense dp")
+        if not (isinstance(lora.r, int) and lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1):
+            raise LlmMiaError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1); got r={lora.r}, "
+                              f"alpha={lora.alpha}, dropout={lora.dropout}")
+    from llm_mia.defenses import DEFENSES
+
+    if cfg.defense not in DEFENSES:
+        close = difflib.get_close_matches(str(cfg.defense), list(DEFENSES), n=1)
+        raise LlmMiaError(f"unknown defense '{cfg.defense}' (known: {', '.join(DEFENSES)})"
+                          + (f"; did you mean '{close[0]}'?" if close else ""))
+    _check_dp(cfg)
+    for check in _DEFENSE_CHECKS:
+        check(cfg)
+    if cfg.weight_decay is not None:
+        if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+            raise LlmMiaError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+        p = dataclasses.replace(p, weight_decay=float(cfg.weight_decay))
+    if cfg.dropout is not None:
+        if not 0 <= cfg.dropout < 1:
+            raise LlmMiaError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+        if cfg.base is not None:
+            raise LlmMiaError("--dropout applies to models trained from scratch, not to --base")
+        p = dataclasses.replace(p, dropout=float(cfg.dropout))
+    if cfg.early_stopping is not None and (not isinstance(cfg.early_stopping, int) or cfg.early_stopping < 1):
+        raise LlmMiaError(f"--early-stopping (patience) must be a positive integer, got {cfg.early_stopping!r}")
+    if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
+        raise LlmMiaError(f"eval_every must be a positive integer, got {cfg.eval_every!r}")
+    return p, cfg.max_steps if cfg.max_steps is not None else p.steps
+
+
+def _check_dp(cfg: TrainConfig) -> None:
+    if cfg.defense != "dp" and (cfg.epsilon is not None or cfg.noise_multiplier is not None):
+        raise LlmMiaError("--epsilon / --noise-multiplier need --defense dp")
+    if cfg.defense != "dp":
+        return
+    if (cfg.epsilon is None) == (cfg.noise_multiplier is None):
+        raise LlmMiaError("--defense dp needs exactly one of --epsilon and --noise-multiplier")
+    if not 0 < cfg.delta < 1:
+        raise LlmMiaError(f"--delta must be in (0, 1), got {cfg.delta}")
+    if cfg.noise_multiplier is not None and not cfg.noise_multiplier >= 0:
+        raise LlmMiaError(f"--noise-multiplier must be >= 0, got {cfg.noise_multiplier}")
+    if cfg.epsilon is not None and not (cfg.epsilon > 0 and math.isfinite(cfg.epsilon)):
+        raise LlmMiaError(f"--epsilon must be a positive number, got {cfg.epsilon}")
+    if not cfg.max_grad_norm > 0:
+        raise LlmMiaError(f"--max-grad-norm must be positive, got {cfg.max_grad_norm}")
+    if cfg.micro_batch is not None and cfg.micro_batch < 1:
+        raise LlmMiaError(f"--micro-batch must be positive, got {cfg.micro_batch}")
+
+
+#: Further ``check(cfg)`` functions of the defences that live in their own modules (one line each).
+_DEFENSE_CHECKS: list = []
+
+
+@dataclass
+class CorpusTexts:
+    """The texts one training run reads: what it trains on and what its held-out loss is measured on."""
+
+    folder: Path
+    train_file: Path
+    eval_file: Path
+    train_texts: list[str]
+    eval_texts: list[str]
+    dedup: dict | None = None  # the dedup defence's counts
+
+
+def _read_corpus(cfg: TrainConfig, corpus_dir) -> CorpusTexts:
+    corpus = Path(corpus_dir)
+    if not corpus.is_dir():
+        raise LlmMiaError(f"corpus folder not found: {corpus}")
+    train_file = corpus / ("heldout.jsonl" if cfg.reference else "train.jsonl")
+    eval_file = corpus / ("train.jsonl" if cfg.reference else "heldout.jsonl")
+    if not train_file.is_file():
+        raise LlmMiaError(f"corpus folder {corpus} has no {train_file.name}")
+    train_texts = _read_texts(train_file)
+    if not train_texts:
+        raise LlmMiaError(f"{train_file} holds no text: cannot train on an empty corpus")
+    data = CorpusTexts(corpus, train_file, eval_file, train_texts, _read_texts(eval_file) if eval_file.is_file() else [])
+    if cfg.defense == "dedup":
+        _dedup_corpus(cfg, data)
+    if cfg.early_stopping is not None and not data.eval_texts:
+        raise LlmMiaError(f"--early-stopping needs held-out text ({eval_file.name} is missing or empty)")
+    return data
+
+
+def _dedup_corpus(cfg: TrainConfig, data: CorpusTexts) -> None:
+    """The dedup defence: a transformation of the training texts (:func:`llm_mia.defenses.dedup_training_texts`)."""
+    from llm_mia.defenses import dedup_training_texts
+
+    d = dedup_training_texts(data.train_texts, min_span_chars=cfg.dedup_min_chars)
+    if not d.texts:
+        raise LlmMiaError(f"{data.train_file}: nothing left to train on after dedup")
+    data.train_texts, data.dedup = d.texts, d.counts()
+
+
+@dataclass
+class TrainContext:
+    """What every training loop shares: the config, the effective preset, the tokenized corpus, the device.
+
+    ``new_model(seed)`` makes a fresh model of the run's kind (from scratch, a ``base`` fine-tune or
+    a LoRA adapter on it); ``optimizer``, ``batches``, ``lm_loss`` and ``run_loop`` give every
+    model of a run (the target, or a defence's sub-models) the same recipe.
+    """
+
+    cfg: TrainConfig
+    preset: TrainPreset
+    steps: int
+    corpus: CorpusTexts
+    device: torch.device
+    tokenizer: object
+    eos_id: int
+    n_ctx: int
+    train_docs: list[list[int]]
+    eval_docs: list[list[int]]
+    autocast_bf16: bool
+    _base_model: object = None  # the base model loaded for its tokenizer, handed to the first new_model
+
+    @property
+    def what(self) -> str:
+        """How the progress line names the model being trained."""
+        c = self.cfg
+        return "reference" if c.reference else "LoRA adapter" if c.lora is not None else "fine-tune" if c.base else "target"
+
+    def new_model(self, seed: int):
+        """A freshly initialised (or freshly loaded) model in train mode, seeded by ``seed``."""
+        torch.manual_seed(seed)
+        if self.cfg.base is None:
+            model = _scratch_model(self.preset, len(self.tokenizer), self.eos_id, self.device)
+            model.generation_config.pad_token_id = self.eos_id  # greedy decoding without a pad warning
+        else:
+            model, self._base_model = self._base_model, None
+            if model is None:
+                from llm_mia.models.loading import load_model
+
+                model = load_model(self.cfg.base, device=str(self.device), dtype=torch.float32).model
+            if self.cfg.lora is not None:
+                torch.manual_seed(seed)
+                model = _with_lora(model, self.cfg.lora, self.cfg.base)
+        model.train()
+        return model
+
+    def optimizer(self, model, steps: int):
+        """AdamW (no decay on biases / LayerNorm) and its schedule: linear warm-up then cosine to 0."""
+        from transformers import get_cosine_schedule_with_warmup
+
+        p = self.preset
+        decay = [q for q in model.parameters() if q.requires_grad and q.dim() >= 2]
+        no_decay = [q for q in model.parameters() if q.requires_grad and q.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
+        sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(p.warmup_steps, steps // 10),
+                                                num_training_steps=steps)
+        return opt, sched
+
+    def batches(self, docs: Sequence[list[int]], generator: torch.Generator, *, owners: bool = False,
+                batch_size: int | None = None) -> Iterator:
+        """:func:`_batches` of ``docs`` with the run's context and batch size."""
+        return _batches(docs, eos_id=self.eos_id, n_ctx=self.n_ctx, batch_size=batch_size or self.preset.batch_size,
+                        generator=generator, owners=owners)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
+
+    def lm_loss(self, model, x: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of the batch ``x`` (B, T): the plain training objective."""
+        with self.autocast():
+            return model(input_ids=x, labels=x).loss
+
+    def eval_loss(self, model, max_tokens: int = MAX_EVAL_TOKENS) -> float | None:
+        """:func:`llm_mia.models.heldout.heldout_loss` on the evaluation file."""
+        return heldout_loss(model, self.eval_docs, eos_id=self.eos_id, n_ctx=self.n_ctx,
+                            batch_size=2 * self.preset.batch_size, device=self.device, max_tokens=max_tokens)
+
+    def stopper(self, model) -> "_EarlyStopper | None":
+        """The early stopper of ``model`` when ``early_stopping`` is set (on at most 16 k held-out tokens)."""
+        if self.cfg.early_stopping is None:
+            return None
+        every = self.cfg.eval_every or max(1, self.steps // 20)
+        return _EarlyStopper(model, lambda: self.eval_loss(model, max_tokens=16_384),
+                             patience=self.cfg.early_stopping, every=every)
+
+
+def _setup(cfg: TrainConfig, p: TrainPreset, steps: int, data: CorpusTexts) -> TrainContext:
+    """Tokenizer (the base's, a reused one, or a BPE trained on the secret-free training text) and
+    the tokenized corpus."""
+    from llm_mia.models.loading import load_model, model_max_context, pick_device
+    from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+    device = pick_device()
+    base_model = None
+    n_ctx = p.n_ctx
+    if cfg.base is not None:
+        torch.manual_seed(cfg.seed)
+        # fp32 master weights whatever the device; load_model turns failures into one-line errors.
+        loaded = load_model(cfg.base, device=str(device), dtype=torch.float32)
+        base_model, tokenizer = loaded.model, loaded.tokenizer
+        n_ctx = min(p.n_ctx, model_max_context(base_model) or p.n_ctx)
+    elif cfg.tokenizer_from is not None:
+        tokenizer = _load_tokenizer(cfg.tokenizer_from)
+    else:
+        tokenizer = train_bpe_tokenizer(_without_secrets(data.train_texts, data.folder), vocab_size=p.vocab_size)
+    if tokenizer.eos_token_id is None:
+        raise LlmMiaError(f"tokenizer of '{cfg.base or cfg.tokenizer_from}' has no EOS token to separate documents")
+    return TrainContext(cfg=cfg, preset=p, steps=steps, corpus=data, device=device, tokenizer=tokenizer,
+                        eos_id=tokenizer.eos_token_id, n_ctx=n_ctx, train_docs=encode_texts(tokenizer, data.train_texts),
+                        eval_docs=encode_texts(tokenizer, data.eval_texts),
+                        autocast_bf16=_bf16_autocast_ok(device) and cfg.defense != "dp",  # DP: per-sample grads in fp32
+                        _base_model=base_model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training loops: one function per kind of training; a defence is one more function here or in its module
+
+
+@dataclass
+class LoopResult:
+    """What a training loop did: the trained ``model``, its per-step losses, the loss log, steps taken,
+    training tokens processed, seconds, and the recipe entries of its defence (``info``)."""
+
+    model: object
+    losses: list[float]
+    log: list[dict]
+    steps: int
+    tokens_seen: float
+    seconds: float
+    info: dict = dataclasses.field(default_factory=dict)
+    stopper: "_EarlyStopper | None" = None
+
+
+def _log_entry(step: int, steps: int, value: float, sched) -> dict | None:
+    """The loss-log entry of ``step`` (every 2% of the run, the first and the last step), else None."""
+    if step == 1 or step % max(1, steps // 50) == 0 or step == steps:
+        return {"step": step, "loss": round(value, 4) if math.isfinite(value) else None, "lr": sched.get_last_lr()[0]}
+    return None
+
+
+def run_loop(ctx: TrainContext, model, batches: Iterator, *, steps: int, step_loss=None, what: str | None = None,
+             stopper: "_EarlyStopper | None" = None) -> LoopResult:
+    """``steps`` optimizer steps of ``model`` on ``batches``: AdamW, schedule, grad clipping, loss log.
+
+    ``step_loss(model, batch) -> (loss tensor to minimise, float to log)``; default
+    ``ctx.lm_loss`` (the plain objective). ``batch`` is whatever ``batches`` yields; its token count
+    (the first tensor's ``numel``) counts as training tokens seen.
+    """
+    if step_loss is None:
+        def step_loss(m, x):
+            loss = ctx.lm_loss(m, x)
+            return loss, loss.item()
+    opt, sched = ctx.optimizer(model, steps)
+    losses, log, n_seen, taken = [], [], 0, 0
+    model.train()
+    bar = _progress(ctx.cfg.progress, steps, what or ctx.what)
+    t0 = time.perf_counter()
+    try:
+        for step in range(1, steps + 1):
+            batch = next(batches)
+            batch = tuple(b.to(ctx.device) for b in batch) if isinstance(batch, tuple) else batch.to(ctx.device)
+            loss, value = step_loss(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.preset.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if not math.isfinite(value):
+                raise LlmMiaError(f"training diverged at step {step} (loss {value}); try a lower learning rate")
+            losses.append(value)
+            n_seen += (batch[0] if isinstance(batch, tuple) else batch).numel()
+            if (e := _log_entry(step, steps, value, sched)) is not None:
+                log.append(e)
+            bar.advance(value)
+            taken = step
+            if stopper is not None and stopper(step, value):
+                break
+    finally:
+        bar.close()
+    return LoopResult(model, losses, log, taken, n_seen, time.perf_counter() - t0, stopper=stopper)
+
+
+def _plain_loop(ctx: TrainContext) -> LoopResult:
+    """No defence (also dedup, whose work is done on the texts): next-token loss on re-cut blocks."""
+    model = ctx.new_model(ctx.cfg.seed)
+    gen = torch.Generator().manual_seed(ctx.cfg.seed)
+    return run_loop(ctx, model, ctx.batches(ctx.train_docs, gen), steps=ctx.steps, stopper=ctx.stopper(model))
+
+
+def _dp_loop(ctx: TrainContext) -> LoopResult:
+    """DP-SGD (:func:`llm_mia.defenses.dp_train_loop`) on fixed blocks, noise set by epsilon or sigma."""
+    from llm_mia.defenses import dp_train_loop, noise_for_epsilon
+
+    cfg, p, steps = ctx.cfg, ctx.preset, ctx.steps
+    model = ctx.new_model(cfg.seed)
+    opt, sched = ctx.optimizer(model, steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    blocks = _fixed_blocks(ctx.train_docs, eos_id=ctx.eos_id, n_ctx=ctx.n_ctx, generator=gen)  # (N, T)
+    q = min(1.0, p.batch_size / len(blocks))
+    sigma = cfg.noise_multiplier if cfg.noise_multiplier is not None else noise_for_epsilon(
+        epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=steps)
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    losses, log = [], []
+    stopper = ctx.stopper(model)
+    bar = _progress(cfg.progress, steps, ctx.what)
+
+    def on_step(step: int, value: float) -> bool:
+        if math.isfinite(value):
+            losses.append(value)
+        if (e := _log_entry(step, steps, value, sched)) is not None:
+            log.append(e)
+        bar.advance(value)
+        return stopper(step, value) if stopper is not None else False
+
+    t0 = time.perf_counter()
+    try:
+        run = dp_train_loop(model, blocks, steps=steps, batch_size=p.batch_size,
+                            micro_batch=cfg.micro_batch or p.batch_size, noise_multiplier=sigma,
+                            max_grad_norm=cfg.max_grad_norm, delta=cfg.delta, optimizer=opt, scheduler=sched,
+                            generator=noise_gen, on_step=on_step)
+    finally:
+        bar.close()
+    taken = run.accounting["steps"]
+    n_seen = round(q * len(blocks) * taken * blocks.shape[1])  # expected tokens
+    return LoopResult(model, losses, log, taken, n_seen, time.perf_counter() - t0,
+                      info={"dp": dict(run.accounting, target_epsilon=cfg.epsilon)}, stopper=stopper)
+
+
+def _loop_for(defense: str):
+    """The training loop of a defence (the defences with their own module are imported when used)."""
+    loops = {"none": _plain_loop, "dedup": _plain_loop, "dp": _dp_loop}
+    return loops[defense]
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+
+
+def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, config: TrainConfig | None = None,
+                **options) -> TrainSummary:
     """Train a causal LM on a corpus folder and save it to ``out_dir``.
 
     Args:
@@ -424,294 +672,111 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
             renamed at the end, so a killed run never leaves a half-written folder under this name.
             An existing earlier model folder (one holding ``recipe.json``) is replaced; any other
             non-empty folder is refused.
-        base: a hub id or local folder to fine-tune; None trains a GPT-2 of ``preset``'s shape from
-            scratch with a byte-level BPE tokenizer trained on the training text.
-        preset: a key of :data:`PRESETS` ("tiny" for tests, "small" for the demo).
-        reference: train on ``heldout.jsonl`` (text holding none of the secrets) instead of
-            ``train.jsonl``, with the same recipe; the held-out loss is then measured on
-            ``train.jsonl``.
-        tokenizer_from: a model folder whose tokenizer to reuse instead of training one (the audit
-            trains the reference with the target's tokenizer, so per-token losses compare).
-            Not allowed together with ``base`` (a base model brings its own tokenizer).
-        seed: seeds the initialisation and the data order.
-        max_steps: overrides the preset's number of optimizer steps.
-        progress: show a progress bar on stderr.
-        defense: "none", "dp" (DP-SGD, see :mod:`llm_mia.defenses`) or "dedup" (exact, near and
-            repeated-span dedup of the training documents before training; counts in the recipe).
-        epsilon / delta: with ``defense="dp"``: the target privacy budget; the noise multiplier is
-            the smallest that the RDP accountant says reaches ``epsilon`` at ``delta`` after the
-            planned steps. The accountant's final epsilon for the steps actually taken is written
-            to ``recipe.json["dp"]["epsilon"]``.
-        noise_multiplier: with ``defense="dp"``: sigma directly, instead of ``epsilon``.
-        max_grad_norm: DP per-record clipping norm C.
-        micro_batch: DP records per forward/backward pass (default: the preset's batch size); it
-            changes neither the sampling rate nor the step count.
-        weight_decay / dropout: override the preset's values (dropout: from-scratch models only).
-        early_stopping: patience, in evaluations of the held-out loss (every ``eval_every`` steps,
-            default steps // 20, on at most 16 k tokens of the evaluation file) without a new best;
-            the best weights are restored. Selecting on held-out loss uses the non-member file, a
-            small optimistic bias for the audit's membership results that the recipe states.
-        dedup_min_chars: with ``defense="dedup"``: the repeated-span length in characters.
-        lora: fine-tune ``base`` with LoRA (:class:`LoraSpec`) and save only the adapter.
+        config: every knob (:class:`TrainConfig`, whose field docs say what each does); default
+            ``TrainConfig()``.
+        **options: fields of :class:`TrainConfig` (``preset="tiny"``, ``defense="dp"``, ...), which
+            override ``config``'s.
 
     Returns:
         A :class:`TrainSummary`; the same numbers and the full recipe are in ``out_dir/recipe.json``.
 
     Raises:
-        LlmMiaError: one line, for a missing corpus folder or file, an empty or corrupt corpus, an
-            unknown preset, a model or tokenizer that cannot be loaded, or an output folder that
-            must not be replaced.
+        LlmMiaError: one line, before any training, for a missing corpus folder or file, an empty or
+            corrupt corpus, an unknown preset or defence, an option that does not apply, a model or
+            tokenizer that cannot be loaded, or an output folder that must not be replaced.
+        TypeError: an option that is not a :class:`TrainConfig` field.
     """
     t_start = time.perf_counter()
-    p = _get_preset(preset)
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise LlmMiaError(f"max_steps must be a positive integer, got {max_steps!r}")
-    if base is not None and tokenizer_from is not None:
-        raise LlmMiaError("tokenizer_from cannot be combined with base (a base model keeps its own tokenizer)")
-    if lora is not None:
-        if base is None:
-            raise LlmMiaError("--lora fine-tunes a --base model")
-        if defense == "dp":
-            raise LlmMiaError("--lora cannot be combined with --defense dp")
-        if not (isinstance(lora.r, int) and lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1):
-            raise LlmMiaError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1); got r={lora.r}, "
-                              f"alpha={lora.alpha}, dropout={lora.dropout}")
-    steps = max_steps if max_steps is not None else p.steps
-    from llm_mia.defenses import DEFENSES
-
-    if defense not in DEFENSES:
-        close = difflib.get_close_matches(str(defense), list(DEFENSES), n=1)
-        raise LlmMiaError(f"unknown defense '{defense}' (known: {', '.join(DEFENSES)})"
-                          + (f"; did you mean '{close[0]}'?" if close else ""))
-    if defense != "dp" and (epsilon is not None or noise_multiplier is not None):
-        raise LlmMiaError("--epsilon / --noise-multiplier need --defense dp")
-    if defense == "dp":
-        if (epsilon is None) == (noise_multiplier is None):
-            raise LlmMiaError("--defense dp needs exactly one of --epsilon and --noise-multiplier")
-        if not 0 < delta < 1:
-            raise LlmMiaError(f"--delta must be in (0, 1), got {delta}")
-        if noise_multiplier is not None and not noise_multiplier >= 0:
-            raise LlmMiaError(f"--noise-multiplier must be >= 0, got {noise_multiplier}")
-        if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
-            raise LlmMiaError(f"--epsilon must be a positive number, got {epsilon}")
-        if not max_grad_norm > 0:
-            raise LlmMiaError(f"--max-grad-norm must be positive, got {max_grad_norm}")
-        if micro_batch is not None and micro_batch < 1:
-            raise LlmMiaError(f"--micro-batch must be positive, got {micro_batch}")
-    if weight_decay is not None:
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise LlmMiaError(f"--weight-decay must be >= 0, got {weight_decay}")
-        p = dataclasses.replace(p, weight_decay=float(weight_decay))
-    if dropout is not None:
-        if not 0 <= dropout < 1:
-            raise LlmMiaError(f"--dropout must be in [0, 1), got {dropout}")
-        if base is not None:
-            raise LlmMiaError("--dropout applies to models trained from scratch, not to --base")
-        p = dataclasses.replace(p, dropout=float(dropout))
-    if early_stopping is not None and (not isinstance(early_stopping, int) or early_stopping < 1):
-        raise LlmMiaError(f"--early-stopping (patience) must be a positive integer, got {early_stopping!r}")
-    if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
-        raise LlmMiaError(f"eval_every must be a positive integer, got {eval_every!r}")
-
-    corpus = Path(corpus_dir)
-    if not corpus.is_dir():
-        raise LlmMiaError(f"corpus folder not found: {corpus}")
-    train_file = corpus / ("heldout.jsonl" if reference else "train.jsonl")
-    eval_file = corpus / ("train.jsonl" if reference else "heldout.jsonl")
-    if not train_file.is_file():
-        raise LlmMiaError(f"corpus folder {corpus} has no {train_file.name}")
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"train_model() got unexpected keyword arguments: {', '.join(unknown)}")
+    cfg = dataclasses.replace(config or TrainConfig(), **options)
+    p, steps = _check_config(cfg)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-
-    train_texts = _read_texts(train_file)
-    if not train_texts:
-        raise LlmMiaError(f"{train_file} holds no text: cannot train on an empty corpus")
-    eval_texts = _read_texts(eval_file) if eval_file.is_file() else []
-    dedup_info = None
-    if defense == "dedup":
-        from llm_mia.defenses import dedup_training_texts
-
-        d = dedup_training_texts(train_texts, min_span_chars=dedup_min_chars)
-        if not d.texts:
-            raise LlmMiaError(f"{train_file}: nothing left to train on after dedup")
-        train_texts, dedup_info = d.texts, d.counts()
-    if early_stopping is not None and not eval_texts:
-        raise LlmMiaError(f"--early-stopping needs held-out text ({eval_file.name} is missing or empty)")
-
-    from transformers import get_cosine_schedule_with_warmup
-
-    from llm_mia.models.loading import load_model, model_max_context, pick_device
-    from llm_mia.models.tokenizer import train_bpe_tokenizer
-
-    device = pick_device()
-    torch.manual_seed(seed)
-    if base is not None:
-        # fp32 master weights whatever the device; load_model turns failures into one-line errors.
-        loaded = load_model(base, device=str(device), dtype=torch.float32)
-        model, tokenizer = loaded.model, loaded.tokenizer
-        n_ctx = min(p.n_ctx, model_max_context(model) or p.n_ctx)
-        if lora is not None:
-            model = _with_lora(model, lora, base)
-    else:
-        tokenizer = (_load_tokenizer(tokenizer_from) if tokenizer_from is not None
-                     else train_bpe_tokenizer(_without_secrets(train_texts, corpus), vocab_size=p.vocab_size))
-        n_ctx = p.n_ctx
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise LlmMiaError(f"tokenizer of '{base or tokenizer_from}' has no EOS token to separate documents")
-    if base is None:
-        torch.manual_seed(seed)  # the init does not depend on whether a tokenizer was trained
-        model = _scratch_model(p, len(tokenizer), eos_id, device)
-        model.generation_config.pad_token_id = eos_id  # greedy decoding without a pad warning
-
-    train_docs = _encode(tokenizer, train_texts)
-    eval_docs = _encode(tokenizer, eval_texts)
-    n_train_tokens = sum(len(d) + 1 for d in train_docs)
-
-    # Optimizer: AdamW, no decay on biases / LayerNorm; linear warm-up then cosine to 0.
-    decay = [q for n, q in model.named_parameters() if q.requires_grad and q.dim() >= 2]
-    no_decay = [q for n, q in model.named_parameters() if q.requires_grad and q.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(p.warmup_steps, steps // 10),
-                                            num_training_steps=steps)
-    autocast_bf16 = _bf16_autocast_ok(device) and defense != "dp"  # DP: per-sample grads in fp32
-    gen = torch.Generator().manual_seed(seed)
-    batches = _batches(train_docs, eos_id=eos_id, n_ctx=n_ctx, batch_size=p.batch_size, generator=gen)
-    stopper = None
-    if early_stopping is not None:
-        every = eval_every or max(1, steps // 20)
-        stopper = _EarlyStopper(model, lambda: _eval_loss(model, eval_docs, eos_id=eos_id, n_ctx=n_ctx,
-                                                          batch_size=2 * p.batch_size, device=device,
-                                                          max_tokens=16_384),
-                                patience=early_stopping, every=every)
-
-    losses: list[float] = []
-    log: list[dict] = []
-    n_seen = 0
-    model.train()
-    bar = _progress(progress, steps, "reference" if reference else "LoRA adapter" if lora is not None
-                    else "fine-tune" if base else "target")
-    t_loop = time.perf_counter()
-    dp_info = None
-    steps_taken = 0
-    if defense == "dp":
-        from llm_mia.defenses import dp_train_loop, noise_for_epsilon
-
-        blocks = _fixed_blocks(train_docs, eos_id=eos_id, n_ctx=n_ctx, generator=gen)  # (N, T)
-        q = min(1.0, p.batch_size / len(blocks))
-        sigma = noise_multiplier if noise_multiplier is not None else noise_for_epsilon(
-            epsilon=epsilon, delta=delta, sample_rate=q, steps=steps)
-        noise_gen = torch.Generator().manual_seed(seed + 1_000_003)
-
-        def on_step(step: int, value: float) -> bool:
-            if math.isfinite(value):
-                losses.append(value)
-            if step == 1 or step % max(1, steps // 50) == 0 or step == steps:
-                log.append({"step": step, "loss": round(value, 4) if math.isfinite(value) else None,
-                            "lr": sched.get_last_lr()[0]})
-            bar.advance(value)
-            return stopper(step, value) if stopper is not None else False
-
-        try:
-            run = dp_train_loop(model, blocks, steps=steps, batch_size=p.batch_size,
-                                micro_batch=micro_batch or p.batch_size, noise_multiplier=sigma,
-                                max_grad_norm=max_grad_norm, delta=delta, optimizer=opt, scheduler=sched,
-                                generator=noise_gen, on_step=on_step)
-        finally:
-            bar.close()
-        dp_info = dict(run.accounting, target_epsilon=epsilon)
-        n_seen = round(q * len(blocks) * run.accounting["steps"] * blocks.shape[1])  # expected tokens
-        steps_taken = run.accounting["steps"]
-    try:
-        for step in (range(1, steps + 1) if defense != "dp" else ()):
-            x = next(batches).to(device)  # (B, T)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise LlmMiaError(f"training diverged at step {step} (loss {value}); try a lower learning rate")
-            losses.append(value)
-            n_seen += x.numel()
-            if step == 1 or step % max(1, steps // 50) == 0 or step == steps:
-                log.append({"step": step, "loss": round(value, 4), "lr": sched.get_last_lr()[0]})
-            bar.advance(value)
-            steps_taken = step
-            if stopper is not None and stopper(step, value):
-                break
-    finally:
-        bar.close()
-    train_seconds = time.perf_counter() - t_loop
-    if stopper is not None:
-        stopper.restore()
+    data = _read_corpus(cfg, corpus_dir)
+    ctx = _setup(cfg, p, steps, data)
+    res = _loop_for(cfg.defense)(ctx)
+    if res.stopper is not None:
+        res.stopper.restore()
+    model = res.model
     model.eval()
-    if not losses:
-        losses = [math.nan]
-    tail = losses[-max(1, steps // 10):]
-    train_loss = sum(tail) / len(tail)
-    heldout_loss = _eval_loss(model, eval_docs, eos_id=eos_id, n_ctx=n_ctx, batch_size=2 * p.batch_size,
-                              device=device)
+    recipe = _recipe(ctx, res)
+    _save(model, ctx.tokenizer, recipe, out_dir, t_start)
+    return TrainSummary(out_dir=out_dir, steps=res.steps, seconds=time.perf_counter() - t_start,
+                        train_loss=recipe["train_loss"], heldout_loss=recipe["heldout_loss"],
+                        n_params=recipe["n_params"], tokens_per_second=recipe["tokens_per_second"])
+
+
+def _recipe(ctx: TrainContext, res: LoopResult) -> dict:
+    """recipe.json: everything needed to say how the model was made (and the held-out loss, measured here)."""
     import transformers
 
+    cfg, p, data, model = ctx.cfg, ctx.preset, ctx.corpus, res.model
+    losses = res.losses or [math.nan]
+    tail = losses[-max(1, ctx.steps // 10):]
+    heldout = ctx.eval_loss(model)
+    n_train_tokens = sum(len(d) + 1 for d in ctx.train_docs)
+    stopper = res.stopper
     recipe = {
-        "preset": preset,
+        "preset": cfg.preset,
         "preset_values": dataclasses.asdict(p),
-        "config": model.config.to_diff_dict() if base is not None else model.config.to_dict(),
-        "steps": steps_taken,
-        "planned_steps": steps,
+        "config": model.config.to_diff_dict() if cfg.base is not None else model.config.to_dict(),
+        "steps": res.steps,
+        "planned_steps": ctx.steps,
         "batch_size": p.batch_size,
-        "context": n_ctx,
+        "context": ctx.n_ctx,
         "lr": p.lr,
         "schedule": "linear warm-up, cosine decay to 0",
-        "warmup_steps": min(p.warmup_steps, steps // 10),
+        "warmup_steps": min(p.warmup_steps, ctx.steps // 10),
         "optimizer": "AdamW(betas=(0.9, 0.95))",
         "weight_decay": p.weight_decay,
-        "dropout": p.dropout if base is None else None,
-        "grad_clip": p.grad_clip if defense != "dp" else None,
-        "defense": defense,
-        "dp": dp_info,
-        "dedup": dedup_info,
+        "dropout": p.dropout if cfg.base is None else None,
+        "grad_clip": p.grad_clip if cfg.defense != "dp" else None,
+        "defense": cfg.defense,
+        "dp": None,
+        "dedup": data.dedup,
         "early_stopping": None if stopper is None else {
             "patience": stopper.patience, "eval_every": stopper.every, "best_step": stopper.best_step,
-            "best_heldout_loss": stopper.best, "stopped_at": steps_taken, "evals": stopper.log,
+            "best_heldout_loss": stopper.best, "stopped_at": res.steps, "evals": stopper.log,
             "note": "selected on the evaluation file's loss (non-members for a target): a small optimistic "
                     "bias for membership results"},
-        "seed": seed,
-        "corpus": str(corpus.resolve()),
-        "train_file": train_file.name,
-        "train_sha256": sha256_file(train_file),
-        "eval_file": eval_file.name if eval_docs else None,
-        "eval_sha256": sha256_file(eval_file) if eval_docs else None,
-        "reference": reference,
-        "base": base,
-        "lora": None if lora is None else {
-            "r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout,
+        "seed": cfg.seed,
+        "corpus": str(data.folder.resolve()),
+        "train_file": data.train_file.name,
+        "train_sha256": sha256_file(data.train_file),
+        "eval_file": data.eval_file.name if ctx.eval_docs else None,
+        "eval_sha256": sha256_file(data.eval_file) if ctx.eval_docs else None,
+        "reference": cfg.reference,
+        "base": cfg.base,
+        "lora": None if cfg.lora is None else {
+            "r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
             "target_modules": sorted(model.peft_config["default"].target_modules),
             "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad)},
-        "tokenizer_from": str(Path(tokenizer_from).resolve()) if tokenizer_from is not None else None,
-        "vocab_size": len(tokenizer),
+        "tokenizer_from": str(Path(cfg.tokenizer_from).resolve()) if cfg.tokenizer_from is not None else None,
+        "vocab_size": len(ctx.tokenizer),
         "n_params": _n_params(model),
-        "n_train_documents": len(train_docs),
+        "n_train_documents": len(ctx.train_docs),
         "n_train_tokens": n_train_tokens,
-        "epochs": n_seen / n_train_tokens,
-        "train_loss": train_loss,
-        "heldout_loss": heldout_loss,
-        "heldout_perplexity": math.exp(heldout_loss) if heldout_loss is not None else None,
-        "train_seconds": train_seconds,
-        "tokens_per_second": n_seen / train_seconds,
-        "device": str(device),
-        "autocast": "bfloat16" if autocast_bf16 else None,
+        "epochs": res.tokens_seen / n_train_tokens,
+        "train_loss": sum(tail) / len(tail),
+        "heldout_loss": heldout,
+        "heldout_perplexity": math.exp(heldout) if heldout is not None else None,
+        "train_seconds": res.seconds,
+        "tokens_per_second": res.tokens_seen / res.seconds,
+        "device": str(ctx.device),
+        "autocast": "bfloat16" if ctx.autocast_bf16 else None,
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
-        "loss_log": log,
+        "loss_log": res.log,
     }
+    recipe.update(res.info)
+    return recipe
 
+
+def _save(model, tokenizer, recipe: dict, out_dir: Path, t_start: float) -> None:
+    """Write the folder under a temporary name beside ``out_dir``, then rename it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
@@ -721,9 +786,6 @@ def train_model(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return TrainSummary(out_dir=out_dir, steps=steps_taken, seconds=time.perf_counter() - t_start, train_loss=train_loss,
-                        heldout_loss=heldout_loss, n_params=recipe["n_params"],
-                        tokens_per_second=recipe["tokens_per_second"])
 
 
 class _progress:

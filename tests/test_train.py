@@ -250,3 +250,29 @@ def test_fine_tune_local_base(trained, corpus, tmp_path):
     assert AutoTokenizer.from_pretrained(s.out_dir).get_vocab() == AutoTokenizer.from_pretrained(summary.out_dir).get_vocab()
     with pytest.raises(LlmMiaError, match="tokenizer_from cannot be combined"):
         train_model(corpus, tmp_path / "x", base=str(summary.out_dir), tokenizer_from=str(summary.out_dir), preset="tiny")
+
+
+def test_config_object_and_keywords_are_the_same_run(corpus, tmp_path):
+    from llm_mia.train import TrainConfig
+
+    a = train_model(corpus, tmp_path / "a", config=TrainConfig(preset="tiny", max_steps=2, seed=3, progress=False))
+    b = train_model(corpus, tmp_path / "b", preset="tiny", max_steps=2, seed=3, progress=False)
+    ra, rb = (json.loads((s.out_dir / "recipe.json").read_text()) for s in (a, b))
+    assert ra["seed"] == rb["seed"] == 3 and ra["steps"] == rb["steps"] == 2
+    assert ra["loss_log"][0]["loss"] == pytest.approx(rb["loss_log"][0]["loss"], abs=1e-4)
+    # keywords override the config's fields
+    c = train_model(corpus, tmp_path / "c", config=TrainConfig(preset="tiny", max_steps=2), max_steps=1, progress=False)
+    assert c.steps == 1
+    with pytest.raises(TypeError, match="max_stepz"):
+        train_model(corpus, tmp_path / "d", preset="tiny", max_stepz=1)
+
+
+def test_cli_train_defaults_are_train_configs():
+    import inspect
+
+    from llm_mia import cli
+    from llm_mia.train import TrainConfig
+
+    params = inspect.signature(cli.train).parameters
+    for name in ("preset", "seed", "defense", "delta", "max_grad_norm", "dedup_min_chars", "epsilon"):
+        assert params[name].default.default == getattr(TrainConfig(), name), name
