@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import sys
 import os
@@ -339,8 +340,8 @@ def _check_config(cfg: TrainConfig) -> tuple[TrainPreset, int]:
         raise LlmMiaError(f"unknown defense '{cfg.defense}' (known: {', '.join(DEFENSES)})"
                           + (f"; did you mean '{close[0]}'?" if close else ""))
     _check_dp(cfg)
-    for check in _DEFENSE_CHECKS:
-        check(cfg)
+    for module in _DEFENSE_MODULES.values():
+        importlib.import_module(module).check_config(cfg)
     if cfg.weight_decay is not None:
         if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
             raise LlmMiaError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
@@ -377,8 +378,10 @@ def _check_dp(cfg: TrainConfig) -> None:
         raise LlmMiaError(f"--micro-batch must be positive, got {cfg.micro_batch}")
 
 
-#: Further ``check(cfg)`` functions of the defences that live in their own modules (one line each).
-_DEFENSE_CHECKS: list = []
+#: The defences with a module of their own; each module has ``check_config(cfg)`` (every run, before
+#: anything is read: it refuses its options without its defence), ``check_corpus(cfg, corpus)`` and
+#: ``train_loop(ctx) -> LoopResult``.
+_DEFENSE_MODULES = {"selena": "llm_mia.selena"}
 
 
 @dataclass
@@ -409,6 +412,8 @@ def _read_corpus(cfg: TrainConfig, corpus_dir) -> CorpusTexts:
         _dedup_corpus(cfg, data)
     if cfg.early_stopping is not None and not data.eval_texts:
         raise LlmMiaError(f"--early-stopping needs held-out text ({eval_file.name} is missing or empty)")
+    if cfg.defense in _DEFENSE_MODULES:
+        importlib.import_module(_DEFENSE_MODULES[cfg.defense]).check_corpus(cfg, data)
     return data
 
 
@@ -653,8 +658,9 @@ def _dp_loop(ctx: TrainContext) -> LoopResult:
 
 def _loop_for(defense: str):
     """The training loop of a defence (the defences with their own module are imported when used)."""
-    loops = {"none": _plain_loop, "dedup": _plain_loop, "dp": _dp_loop}
-    return loops[defense]
+    if defense in _DEFENSE_MODULES:
+        return importlib.import_module(_DEFENSE_MODULES[defense]).train_loop
+    return {"none": _plain_loop, "dedup": _plain_loop, "dp": _dp_loop}[defense]
 
 
 # ----------------------------------------------------------------------------------------------

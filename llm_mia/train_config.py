@@ -99,6 +99,10 @@ class TrainConfig:
             small optimistic bias for the audit's membership results that the recipe states.
         dedup_min_chars: with ``defense="dedup"``: the repeated-span length in characters.
         lora: fine-tune ``base`` with LoRA (:class:`LoraSpec`) and save only the adapter.
+        selena_k / selena_l / selena_sub_steps: with ``defense="selena"`` (:mod:`llm_mia.selena`):
+            K Split-AI sub-models, each training document left out of exactly L of them (the paper
+            uses K = 25, L = 10; K = 4 keeps a CPU run to a few times an undefended one), and each
+            sub-model's steps (None: the run's steps).
     """
 
     base: str | None = None
@@ -120,3 +124,6 @@ class TrainConfig:
     eval_every: int | None = None
     dedup_min_chars: int = 30
     lora: LoraSpec | None = None
+    selena_k: int = 4
+    selena_l: int = 2
+    selena_sub_steps: int | None = None
