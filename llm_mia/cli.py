@@ -91,7 +91,8 @@ def train(
     tokenizer_from: Optional[str] = typer.Option(_TC.tokenizer_from, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
     seed: int = typer.Option(_TC.seed, "--seed"),
     max_steps: Optional[int] = typer.Option(_TC.max_steps, "--max-steps", help="Override the preset's number of steps."),
-    defense: str = typer.Option(_TC.defense, "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup)."),
+    defense: str = typer.Option(_TC.defense, "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup) | "
+                                "selena (Split-AI + self-distillation) | adv-reg (adversarial regularisation)."),
     epsilon: Optional[float] = typer.Option(_TC.epsilon, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
     delta: float = typer.Option(_TC.delta, "--delta", help="DP delta."),
     noise_multiplier: Optional[float] = typer.Option(_TC.noise_multiplier, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
@@ -102,6 +103,15 @@ def train(
     early_stopping: Optional[int] = typer.Option(_TC.early_stopping, "--early-stopping",
                                                  help="Patience (held-out evaluations without a new best)."),
     dedup_min_chars: int = typer.Option(_TC.dedup_min_chars, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
+    selena_k: int = typer.Option(_TC.selena_k, "--selena-k", help="--defense selena: Split-AI sub-models K."),
+    selena_l: int = typer.Option(_TC.selena_l, "--selena-l", help="--defense selena: sub-models each document is left out of (L < K)."),
+    selena_sub_steps: Optional[int] = typer.Option(_TC.selena_sub_steps, "--selena-sub-steps",
+                                                   help="--defense selena: steps of each sub-model (default: the run's steps)."),
+    adv_lambda: float = typer.Option(_TC.adv_lambda, "--adv-lambda", help="--defense adv-reg: weight of the adversary's gain."),
+    adv_k: int = typer.Option(_TC.adv_k, "--adv-k", help="--defense adv-reg: adversary steps per model step."),
+    reference_set: Optional[str] = typer.Option(_TC.reference_set, "--reference-set",
+                                                help="--defense adv-reg: JSONL of non-member texts for the adversary "
+                                                     "(default: a seeded half of heldout.jsonl)."),
     lora: bool = typer.Option(False, "--lora", help="With --base: fine-tune LoRA matrices (peft) and save the adapter only."),
     lora_r: int = typer.Option(LoraSpec.r, "--lora-r", help="LoRA rank."),
     lora_alpha: float = typer.Option(LoraSpec.alpha, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
@@ -122,7 +132,9 @@ def train(
     cfg = TrainConfig(base=base, preset=preset, reference=reference, tokenizer_from=tokenizer_from, seed=seed,
                       max_steps=max_steps, defense=defense, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
                       max_grad_norm=max_grad_norm, micro_batch=micro_batch, weight_decay=weight_decay, dropout=dropout,
-                      early_stopping=early_stopping, dedup_min_chars=dedup_min_chars, lora=spec)
+                      early_stopping=early_stopping, dedup_min_chars=dedup_min_chars, lora=spec, selena_k=selena_k,
+                      selena_l=selena_l, selena_sub_steps=selena_sub_steps, adv_lambda=adv_lambda, adv_k=adv_k,
+                      reference_set=reference_set)
     s = train_model(corpus, out, config=cfg)
     typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
                f"held-out loss {s.heldout_loss:.3f} -> {out}")

@@ -52,7 +52,7 @@ __all__ = ["DEFENSES", "DPRun", "DPSGD", "dp_train_loop", "TrainingDedup", "dedu
            "per_sample_losses", "poisson_batches", "register_conv1d_grad_sampler", "wrap_for_dp"]
 
 #: The values of ``llm-mia train --defense``.
-DEFENSES = ("none", "dp", "dedup", "selena")
+DEFENSES = ("none", "dp", "dedup", "selena", "adv-reg")
 
 # ----------------------------------------------------------------------------------------------
 # DP-SGD

@@ -381,7 +381,7 @@ def _check_dp(cfg: TrainConfig) -> None:
 #: The defences with a module of their own; each module has ``check_config(cfg)`` (every run, before
 #: anything is read: it refuses its options without its defence), ``check_corpus(cfg, corpus)`` and
 #: ``train_loop(ctx) -> LoopResult``.
-_DEFENSE_MODULES = {"selena": "llm_mia.selena"}
+_DEFENSE_MODULES = {"selena": "llm_mia.selena", "adv-reg": "llm_mia.adv_reg"}
 
 
 @dataclass

@@ -103,6 +103,9 @@ class TrainConfig:
             K Split-AI sub-models, each training document left out of exactly L of them (the paper
             uses K = 25, L = 10; K = 4 keeps a CPU run to a few times an undefended one), and each
             sub-model's steps (None: the run's steps).
+        adv_lambda / adv_k / reference_set: with ``defense="adv-reg"`` (:mod:`llm_mia.adv_reg`): the
+            weight lambda of the inference gain, the adversary steps per model step, and a JSONL
+            file of the defender's non-member texts (None: a seeded half of the evaluation file).
     """
 
     base: str | None = None
@@ -127,3 +130,6 @@ class TrainConfig:
     selena_k: int = 4
     selena_l: int = 2
     selena_sub_steps: int | None = None
+    adv_lambda: float = 1.0
+    adv_k: int = 1
+    reference_set: str | None = None
