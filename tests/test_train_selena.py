@@ -132,3 +132,15 @@ def test_cli_selena_errors(extra, msg, corpus, tmp_path, capsys):
     code, _, err = run_cli(["train", "--corpus", corpus, "--out", tmp_path / "m", "--preset", "tiny", *extra], capsys)
     assert code == 2 and err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("defense, kw", [("selena", {"selena_k": 2, "selena_l": 1, "selena_sub_steps": 1}),
+                                         ("adv-reg", {})])
+def test_selena_and_adv_reg_train_a_lora_adapter(defense, kw, corpus, tmp_path):
+    from llm_mia.train import LoraSpec
+
+    base = train_model(corpus, tmp_path / "base", preset="tiny", max_steps=2, progress=False)
+    s = train_model(corpus, tmp_path / "adapter", base=str(base.out_dir), lora=LoraSpec(r=2), preset="tiny",
+                    max_steps=2, defense=defense, progress=False, **kw)
+    r = json.loads((s.out_dir / "recipe.json").read_text())
+    assert (s.out_dir / "adapter_model.safetensors").is_file() and r["defense"] == defense and r["lora"]["r"] == 2
