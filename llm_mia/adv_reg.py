@@ -154,9 +154,8 @@ def train_loop(ctx):
         n[0] += 1
         with ctx.autocast():
             logits = model(input_ids=x).logits[:, :-1]  # (B, T-1, V)
-        logits = logits.float()
-        lm = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         feats = block_features(logits, x[:, 1:])  # (B, 3), with the model's graph
+        lm = feats[:, 0].mean()  # every block has T-1 tokens: the mean token loss of the batch
         for j in range(cfg.adv_k):
             fm = feats.detach() if j == 0 else features_of(model, next(extra_members).to(ctx.device))
             fr = features_of(model, next(ref_batches).to(ctx.device))
