@@ -34,7 +34,8 @@ loss on the same batch, so ``train_loss`` compares with other defences.
 
 Cost: ``K`` sub-model trainings of ``selena_sub_steps`` steps (default: the run's steps) plus one
 distillation of the run's steps, each of whose steps also runs the ``K`` sub-models forward.
-What it does not protect: a secret repeated in several documents is seen by sub-models that are
+The recipe's ``train_seconds``, ``epochs`` and ``tokens_per_second`` count every model trained
+(the sub-models and the distilled one). What it does not protect: a secret repeated in several documents is seen by sub-models that are
 not excluded for the other copies, so the teacher still knows it (record-level, like DP's group
 privacy).
 """

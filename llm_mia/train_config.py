@@ -82,8 +82,9 @@ class TrainConfig:
         max_steps: overrides the preset's number of optimizer steps.
         progress: show a progress bar on stderr.
         defense: a value of :data:`llm_mia.defenses.DEFENSES`: "none", "dp" (DP-SGD, see
-            :mod:`llm_mia.defenses`) or "dedup" (exact, near and repeated-span dedup of the training
-            documents before training; counts in the recipe).
+            :mod:`llm_mia.defenses`), "dedup" (exact, near and repeated-span dedup of the training
+            documents before training; counts in the recipe), "selena" (:mod:`llm_mia.selena`) or
+            "adv-reg" (:mod:`llm_mia.adv_reg`).
         epsilon / delta: with ``defense="dp"``: the target privacy budget; the noise multiplier is
             the smallest that the RDP accountant says reaches ``epsilon`` at ``delta`` after the
             planned steps. The accountant's final epsilon for the steps actually taken is written to
