@@ -50,7 +50,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
           signals: Sequence[str] | None = None, batch_size: int | None = None, prepend_bos: bool = False,
           stride: int | None = None, recall_prefix: str | None = None, token_freq: torch.Tensor | None = None,
           prompts: Sequence[str] | None = None, population: Sequence[str] | None = None,
-          score_mask: Sequence[Sequence[bool]] | None = None,
+          score_mask: Sequence[Sequence[bool]] | None = None, shadow=None,
           progress: Callable[[int], None] | None = None, warn: bool = True) -> ScoreResult:
     """Score ``texts`` under ``target`` (and ``reference``) with the requested signals.
 
@@ -75,6 +75,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
             tokenizer (e.g. the assistant turns of a chat, :mod:`llm_mia.chat`). Views re-encoded
             from ``texts`` (lowercase, ReCaLL, a reference with another tokenizer) read ``texts`` as
             given, so pass the scored text there.
+        shadow: a :class:`llm_mia.shadow.ShadowSet` (``load_shadows``) with the target's tokenizer:
+            adds LiRA, RMIA with K references and the Shokri attack (:mod:`llm_mia.signals.shadow`).
         warn: also issue ``warnings.warn`` for each line of ``ScoreResult.warnings`` (the reference
             model is the target: its signals are then constant; they are still computed).
 
@@ -91,7 +93,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
     aligned = reference is not None and same_tokenizer(reference.tokenizer, target.tokenizer)
     avail = {"text", "lowercase", "moments"} | ({"reference"} if reference is not None else set()) \
         | ({"recall"} if recall_prefix else set()) | ({"token_freq"} if token_freq is not None else set()) \
-        | ({"aligned_reference"} if aligned else set()) | ({"population"} if population is not None else set())
+        | ({"aligned_reference"} if aligned else set()) | ({"population"} if population is not None else set()) \
+        | ({"shadow"} if shadow is not None else set())
     chosen = S.get_signals(list(signals) if signals is not None else None, available=avail)
     needs = set().union(*(s.needs for s in chosen)) if chosen else set()
     if "reference" in needs and reference is None:
@@ -104,6 +107,7 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
 
         what = {"recall": "a non-member prefix (--recall-prefix)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)",
                 "population": "a population of non-member texts (population=)",
+                "shadow": "shadow models (--shadow DIR from `llm-mia shadow train`)",
                 "aligned_reference": "a reference with the target's tokenizer (ez_mia and wbc compare token by token)"}
         raise LlmMiaError("signal input missing: " + ", ".join(what.get(m, m) for m in sorted(missing)))
     notes = [w for w in [reference_warning(target, reference) if "reference" in needs else None] if w]
@@ -167,6 +171,12 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
     if "population" in needs:  # the same views of the population, under both models
         inp.population = score(target, [p for p in population if p], reference=reference, signals=["reference_diff"],
                                batch_size=batch_size, prepend_bos=prepend_bos, stride=stride, warn=False).inputs
+    if "shadow" in needs:  # every shadow model over the texts and its population; the target over the population
+        from llm_mia.shadow import shadow_inputs
+
+        inp.shadow = shadow_inputs(shadow, target, texts, ids, ctx, batch_size=batch_size, stride=stride,
+                                   restrict=(lambda st: _restrict(st, ctx, score_mask)) if score_mask is not None else None,
+                                   prepend_bos=prepend_bos or _starts_with_bos(target, ids))
     values = {s.name: s.fn(inp) for s in chosen}
     flags = S.row_flags(inp)
     nll = S.mean_nll(tstats)

@@ -129,3 +129,23 @@ def same_tokenizer(a, b) -> bool:
             and a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     except AttributeError:
         return False
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """Hex SHA-256 of a fast tokenizer's vocabulary, merges, normalizer and pre-tokenizer (its
+    ``tokenizer.json`` without the padding and truncation settings, keys sorted): two tokenizers with
+    the same digest map every string to the same ids (what :func:`same_tokenizer` checks in memory).
+
+    Raises:
+        LlmMiaError: a slow tokenizer (no ``backend_tokenizer``), which has no such serialisation.
+    """
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise LlmMiaError(f"{type(tokenizer).__name__} is not a fast tokenizer: no digest to compare")
+    spec = json.loads(backend.to_str())
+    for k in ("padding", "truncation"):
+        spec.pop(k, None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()

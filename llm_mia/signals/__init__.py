@@ -42,6 +42,8 @@ class SignalInputs:
         token_freq: float (V,), Laplace-smoothed token frequencies in a reference corpus (DC-PDD).
         population: the same inputs (``target``, ``reference``, ...) for a population of non-member
             texts, scored once per call under both models (RMIA compares each text with them).
+        shadow: the texts' statistics under K shadow models (:class:`llm_mia.signals.shadow.ShadowInputs`)
+            for LiRA, RMIA with K references and the Shokri attack.
     """
 
     target: TokenStats
@@ -53,6 +55,7 @@ class SignalInputs:
     recall: TokenStats | None = None
     token_freq: torch.Tensor | None = None
     population: "SignalInputs | None" = None
+    shadow: "object | None" = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def register(name: str, *, needs: tuple[str, ...] = (), source: str, description
     """Decorator adding ``fn(inputs) -> Tensor (N,)`` to :data:`REGISTRY` under ``name``.
 
     ``needs`` names what ``fn`` reads beyond ``inputs.target``'s log-probs: ``text``, ``lowercase``,
-    ``reference``, ``recall``, ``token_freq``, ``population`` (fields of :class:`SignalInputs`),
+    ``reference``, ``recall``, ``token_freq``, ``population``, ``shadow`` (fields of :class:`SignalInputs`),
     ``moments`` (the target view's mu and sigma over the vocabulary, computed only when a chosen
     signal needs them) and ``aligned_reference`` (the reference scored the target's own token ids:
     same tokenizer, so the two models can be compared token by token).
@@ -317,11 +320,13 @@ def row_flags(inp: SignalInputs) -> list[list[str]]:
     reference of the same tokenizer ``ez_mia_no_error_zone`` (the target's top-1 is right at every
     token: EZ-MIA is NaN), ``ez_mia_no_negative`` (no negative difference: EZ-MIA is 1, the limit of
     P / N = +inf), ``ez_mia_undefined`` (P + N = 0 or both infinite: NaN), ``wbc_too_short`` (fewer
-    tokens than the smallest window: NaN); with a population ``rmia_undefined`` (NaN).
+    tokens than the smallest window: NaN); with a population ``rmia_undefined`` (NaN); with shadow
+    models ``shadow_no_in_model`` / ``shadow_no_out_model`` (:func:`llm_mia.signals.shadow.shadow_flags`).
     """
     from llm_mia.signals.finetuned import finetuned_flags
+    from llm_mia.signals.shadow import shadow_flags
 
-    extra = finetuned_flags(inp)
+    extra = [a + b for a, b in zip(finetuned_flags(inp), shadow_flags(inp))]
     t = inp.target
     nll = mean_nll(t)
     zs = min_k_plus_plus_scores(t)[1]
@@ -345,3 +350,4 @@ def row_flags(inp: SignalInputs) -> list[list[str]]:
 
 
 from llm_mia.signals import finetuned as _finetuned  # noqa: E402,F401  (registers ez_mia, wbc, rmia)
+from llm_mia.signals import shadow as _shadow  # noqa: E402,F401  (registers lira_*, rmia_*line, shokri)

@@ -1,4 +1,5 @@
-"""Signals for a fine-tuned target with its base (or any) model as the reference: EZ-MIA, WBC, RMIA.
+"""Signals for a fine-tuned target with its base (or any) model as the reference: EZ-MIA, WBC, RMIA
+(one reference: :func:`llm_mia.signals.shadow.rmia_scores` with K = 1).
 
 Each is a pure function over the TokenStats of the texts under the target and the reference (and,
 for RMIA, of a population of non-member texts). Higher = more likely a member, as everywhere.
@@ -16,6 +17,7 @@ import torch
 from llm_mia.errors import LlmMiaError
 from llm_mia.models.stats import TokenStats
 from llm_mia.signals import SignalInputs, _ref_nlls, register
+from llm_mia.signals.shadow import rmia_scores
 
 WBC_WINDOWS = (2, 3, 4, 6, 9, 13, 18, 25, 32, 40)
 
@@ -113,54 +115,6 @@ def wbc_scores(target: TokenStats, reference: TokenStats, *,
         used += (nv > 0).long()
     s = torch.where(used > 0, total / used.clamp(min=1), torch.full_like(total, math.nan))
     return s.to(torch.float32), used == 0
-
-
-def rmia_scores(x_target: torch.Tensor, x_reference: torch.Tensor, z_target: torch.Tensor,
-                z_reference: torch.Tensor, *, a: float = 0.3, gamma: float = 1.0) -> torch.Tensor:
-    """RMIA, offline with one reference (Zarifzadeh et al. 2024, ICML, "Low-Cost High-Power
-    Membership Inference Attacks"; offline Pr(x) as in privacy_meter's ``run_rmia``).
-
-    LR(x) = Pr(x | theta) / Pr(x), with the offline estimate Pr(x) = ((1 + a) p_ref(x) + (1 - a)) / 2
-    (linear in the one OUT reference's likelihood); the score of x is the fraction of population
-    texts z with LR(x) / LR(z) > gamma. Everything is in log space:
-    log Pr(x) = logaddexp(log((1 + a) / 2) + log p_ref(x), log((1 - a) / 2)).
-
-    The likelihood of a text is its *mean* log-probability per scored token (per UTF-8 byte when the
-    tokenizers differ), i.e. log of the geometric-mean token probability, in [0, 1] as the affine
-    formula assumes and as privacy_meter computes it for language models. A summed log-probability
-    would make p_ref(x) ~ e^-100, so Pr(x) would be the constant (1 - a) / 2 and RMIA would reduce
-    to the LOSS attack.
-
-    Args:
-        x_target, x_reference: (N,) mean log p of the texts under the target / reference, nats (<= 0).
-        z_target, z_reference: (M,) the same for the population (non-member texts); NaN rows are dropped.
-        a: offline coefficient in [0, 1] (the paper's default 0.3 for one reference).
-        gamma: likelihood-ratio threshold > 0 (default 1).
-
-    Returns:
-        (N,) float32 in [0, 1], higher = member; NaN where x's likelihoods are NaN or no population
-        row is usable.
-
-    Raises:
-        LlmMiaError: a outside [0, 1] or gamma <= 0.
-    """
-    if not 0.0 <= a <= 1.0:
-        raise LlmMiaError(f"rmia's offline coefficient a must be in [0, 1], got {a}")
-    if not gamma > 0:
-        raise LlmMiaError(f"rmia's gamma must be > 0, got {gamma}")
-
-    def log_lr(tgt: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        tgt, ref = tgt.double(), ref.double()
-        c1 = torch.full_like(ref, math.log((1 + a) / 2))
-        c0 = torch.full_like(ref, math.log((1 - a) / 2) if a < 1 else -math.inf)
-        return tgt - torch.logaddexp(c1 + ref, c0)
-
-    lx, lz = log_lr(x_target, x_reference), log_lr(z_target, z_reference)
-    lz = lz[~torch.isnan(lz)]
-    if lz.numel() == 0:
-        return torch.full(x_target.shape, math.nan, dtype=torch.float32)
-    frac = (lx[:, None] > lz[None, :] + math.log(gamma)).double().mean(1)  # compare, never subtract infs
-    return torch.where(torch.isnan(lx), torch.full_like(frac, math.nan), frac).to(torch.float32)
 
 
 @register("ez_mia", needs=("reference", "aligned_reference"),
