@@ -108,7 +108,7 @@ def membership_sample(members, heldout, secrets, n: int, seed: int) -> tuple[lis
     return [strip(t) for t in rng.sample(list(members), k)], rng.sample(list(heldout), k)
 
 
-def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=()) -> dict:
+def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(), shadow=None) -> dict:
     """ROC metrics of every signal, members (1) against held-out non-members (0), and the
     model-free baseline. ``members`` / ``heldout`` are :class:`llm_mia.chat.Doc` (or str); planted
     secret sentences are removed from plain members first (:func:`strip_planted`); documents with
@@ -126,9 +126,9 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
     texts = [d.scored_text for d in docs]
     if any(d.spans is not None for d in docs):
         ids, keep = encode_docs(target, docs, prepend_bos=True)
-        res = score(target, texts, ids=ids, context_lens=1, score_mask=keep, reference=reference)
+        res = score(target, texts, ids=ids, context_lens=1, score_mask=keep, reference=reference, shadow=shadow)
     else:
-        res = score(target, texts, reference=reference, prepend_bos=True)
+        res = score(target, texts, reference=reference, prepend_bos=True, shadow=shadow)
     y = [1] * n + [0] * n
     out = {}
     for sig in res.rows[0]["scores"]:
@@ -138,8 +138,13 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
             out[sig] = {"error": str(e)}
     per_doc = {"labels": y, "n_scored_tokens": [r["n_scored_tokens"] for r in res.rows],
                "scores": {sig: [r["scores"][sig] for r in res.rows] for sig in out}}
+    extra = {}
+    if shadow is not None:
+        from llm_mia.shadow import shadow_summary
+
+        extra["shadow"] = shadow_summary(shadow, res.inputs.shadow)
     return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
-            "baseline": _baseline(texts[:n], texts[n:], cfg.seed), "per_doc": per_doc}
+            "baseline": _baseline(texts[:n], texts[n:], cfg.seed), "per_doc": per_doc, **extra}
 
 
 def overlap(members: list[str], nonmembers: list[str]) -> dict[int, str]:
@@ -369,7 +374,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
               members: str | Path | None = None, nonmembers: str | Path | None = None,
               secrets_path: str | Path | None = None, text_column: str = "text",
               reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
-              model_args: str | None = None, canaries: tuple[str | Path, str | Path] | None = None) -> dict:
+              model_args: str | None = None, canaries: tuple[str | Path, str | Path] | None = None,
+              shadow_dir: str | Path | None = None) -> dict:
     """Audit ``model_path`` (or the model ``model_args`` names) on its training data; write report.json / .md / .html.
 
     The data: ``members`` (the training examples: extraction verification, the suffix-array index,
@@ -386,6 +392,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     report (``report["verdict"]``); without one the verdict slot holds :func:`headline`.
     ``canaries`` ((canaries.jsonl, inclusion.json) of ``llm-mia canaries plant``) adds the canary
     audit (:func:`llm_mia.canaries.run_canary_audit`) as ``report["canaries"]``.
+    ``shadow_dir`` (``llm-mia shadow train --out``) adds LiRA, RMIA with K references and the Shokri
+    attack to the membership table, and ``report["membership"]["shadow"]`` (models used, IN/OUT per text).
 
     Raises:
         LlmMiaError: missing or unreadable input files, a column that does not exist, chat rows with
@@ -417,7 +425,12 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     from llm_mia.canaries import prepare_canary_audit, run_canary_audit
 
     can = prepare_canary_audit(*canaries, model_path=model_path, has_reference=bool(reference_path)) if canaries else None
+    from llm_mia.shadow import check_tokenizer, load_shadows
+
+    shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
+    if shadow is not None:
+        check_tokenizer(shadow, target.tokenizer)  # before any model runs
     ref_spec, ref_source = resolve_reference(target, reference_path)
     chat = mem_set.chats is not None or non_set.chats is not None
     if chat:
@@ -482,7 +495,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
 
     t = time.time()
     excluded = reference_saw_nonmembers(ref_spec, non_spec)
-    membership = _membership(target, None if excluded else reference, mem_docs, non_docs, cfg, secrets)
+    membership = _membership(target, None if excluded else reference, mem_docs, non_docs, cfg, secrets, shadow=shadow)
     if excluded and "signals" in membership:
         membership["reference_excluded"] = REFERENCE_EXCLUDED
     membership["overlap"] = overlap_info

@@ -25,6 +25,28 @@ app.add_typer(corpus_app, name="corpus")
 from llm_mia.canaries_cli import canaries_app  # noqa: E402
 
 app.add_typer(canaries_app, name="canaries")
+shadow_app = typer.Typer(no_args_is_help=True, help="Shadow models for LiRA, RMIA and the Shokri attack.")
+app.add_typer(shadow_app, name="shadow")
+
+
+@shadow_app.command("train")
+def shadow_train(
+    population: Path = typer.Option(..., "--population", help="Texts from the target's data distribution (.txt/.jsonl/.csv)."),
+    n: int = typer.Option(8, "--n", help="Shadow models K (each text IN for half of them)."),
+    out: Path = typer.Option(..., "--out", help="Shadow folder: membership.json, population.jsonl, model-00/ ..."),
+    preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this base (the target's base) for each shadow model."),
+    tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Train from scratch with this model "
+                                                 "folder's tokenizer (the target's folder)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override the preset's number of steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the IN/OUT draw; model k trains with seed + k."),
+):
+    """Train K shadow models on balanced random halves of a population; a rerun resumes after a kill."""
+    from llm_mia.shadow import train_shadows
+
+    sh = train_shadows(population, out, n_models=n, preset=preset, base=base, tokenizer_from=tokenizer_from,
+                       max_steps=steps, seed=seed, echo=lambda s: typer.echo(s, err=True))
+    typer.echo(f"{sh.n_models} shadow models on {len(sh.texts)} population texts -> {out}")
 
 
 def _check_model_args(value: Optional[str]) -> Optional[str]:
@@ -218,6 +240,8 @@ def score(
     calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Known non-members: per-signal thresholds and decisions."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", help="FPR of the calibrated thresholds."),
     device: Optional[str] = typer.Option(None, "--device"),
+    shadow: Optional[Path] = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
+                                          "RMIA with K references and the Shokri attack."),
 ):
     """Score texts for membership with every signal; optional ROC metrics and calibrated decisions."""
     from llm_mia.scoring import score_file
@@ -226,7 +250,7 @@ def score(
                      signals=[x.strip() for x in signals.split(",") if x.strip()] if signals else None,
                      batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
-                     target_fpr=target_fpr, device=device, model_args=model_args)
+                     target_fpr=target_fpr, device=device, model_args=model_args, shadow_dir=shadow)
     for w in res.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
@@ -321,6 +345,8 @@ def audit(
                                                    "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
     canaries: Optional[Path] = typer.Option(None, "--canaries", help="Canaries JSONL planted with `llm-mia canaries plant`."),
     inclusion: Optional[Path] = typer.Option(None, "--inclusion", help="With --canaries: its inclusion.json."),
+    shadow: Optional[Path] = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
+                                          "RMIA with K references and the Shokri attack to membership."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md, report.json and modelcard.md; with --policy, gate the release on the result.
@@ -380,7 +406,8 @@ def audit(
                     raise LlmMiaError("--canaries and --inclusion go together")
                 report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
                                    text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
-                                   model_args=model_args, canaries=(canaries, inclusion) if canaries else None)
+                                   model_args=model_args, canaries=(canaries, inclusion) if canaries else None,
+                                   shadow_dir=shadow)
     except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
         if getattr(e, "report", None) is not None:
             _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
@@ -411,7 +438,7 @@ _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit
 _MODE_OPTIONS = {
     "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit", "members",
                                        "nonmembers", "secrets", "text_column", "score_spans", "canaries",
-                                       "inclusion"},
+                                       "inclusion", "shadow"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
     "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
@@ -426,7 +453,8 @@ _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare",
             "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",
             "compare": "--corpus --out", "compare_defenses": "--demo",
             "canaries": "an audit of existing models (--compare-defenses plants its own)",
-            "inclusion": "an audit of existing models (--compare-defenses plants its own)"}
+            "inclusion": "an audit of existing models (--compare-defenses plants its own)",
+            "shadow": "an audit of one model (--model)"}
 
 
 def _refuse_unused(ctx: typer.Context, mode: str) -> None:

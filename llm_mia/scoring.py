@@ -250,7 +250,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int | None = None,
                prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
                calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True,
-               model_args: str | None = None) -> dict:
+               model_args: str | None = None, shadow_dir=None) -> dict:
     """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).
 
     Every input is read and validated before the model is loaded, and every output is written
@@ -291,11 +291,16 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     freq_texts = None
     if dc_pdd_corpus:
         freq_texts = read_texts(dc_pdd_corpus, text_field=text_field, label_field=None).texts
+    from llm_mia.shadow import check_tokenizer, load_shadows
+
+    shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
     tgt = load_model(model, device=device, model_args=model_args)
+    if shadow is not None:
+        check_tokenizer(shadow, tgt.tokenizer)
     ref = load_model(reference, device=device) if reference else None
     freq = token_frequencies(tgt.tokenizer, freq_texts, len(tgt.tokenizer)) if freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
-              recall_prefix=prefix, token_freq=freq)
+              recall_prefix=prefix, token_freq=freq, shadow=shadow)
     with bar("scoring", None, enabled=progress) as adv:
         res = score(tgt, data.texts, progress=adv, warn=False, **kw)
     rows = []
@@ -303,6 +308,10 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
         r = dict(r, id=i)
         rows.append(r)
     out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings}
+    if shadow is not None:
+        from llm_mia.shadow import shadow_summary
+
+        out["shadow"] = shadow_summary(shadow, res.inputs.shadow)
     if calib is not None:
         cres = score(tgt, calib.texts, warn=False, **kw)
         thresholds = {}
@@ -331,7 +340,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                 m = {"error": str(e)}
             per[sig] = m
         meta = {"model": model, "reference": reference, "input": str(input_path), "signals": per,
-                "sign_convention": "higher score = more likely member; label member = 1", "warnings": res.warnings}
+                "sign_convention": "higher score = more likely member; label member = 1", "warnings": res.warnings,
+                **({"shadow": out["shadow"]} if shadow is not None else {})}
         if calib is not None:
             meta["calibration"] = {"nonmembers": str(calibrate_on), "target_fpr": target_fpr, "thresholds": out["thresholds"]}
         if metrics_path:

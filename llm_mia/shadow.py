@@ -29,6 +29,7 @@ import numpy as np
 
 from llm_mia import io
 from llm_mia.errors import LlmMiaError
+from llm_mia.signals.shadow import LIRA_FIXED_VARIANCE_BELOW
 
 MEMBERSHIP_FILE = "membership.json"
 POPULATION_FILE = "population.jsonl"
@@ -301,6 +302,17 @@ def shadow_inputs(shadow: ShadowSet, target, texts: Sequence[str], ids, context_
     return ShadowInputs(x_logprob=np.stack([p[0][0] for p in per], 1), x_in=shadow.is_in(texts), z_target=zt,
                         z_logprob=np.stack([p[1][0] for p in per], 1), z_in=shadow.keep.T.copy(),
                         classifier=fit_attack_classifier(X, y, seed=seed), n_models=shadow.n_models)
+
+
+def shadow_summary(shadow: ShadowSet, inputs) -> dict:
+    """What a report says about the shadow models used: the folder, K, the population size, and the
+    range of IN / OUT models per scored text (``inputs``: the ShadowInputs of those texts)."""
+    n_in = inputs.x_in.sum(1)
+    return {"folder": str(shadow.folder), "n_models": shadow.n_models, "n_population": len(shadow.texts),
+            "in_per_text": [int(n_in.min()), int(n_in.max())],
+            "out_per_text": [int(shadow.n_models - n_in.max()), int(shadow.n_models - n_in.min())],
+            "lira_variance": "fixed (global)" if shadow.n_models < LIRA_FIXED_VARIANCE_BELOW else "per text",
+            "recipe": shadow.meta.get("recipe"), "tokenizer_sha256": shadow.tokenizer_sha256}
 
 
 def shadow_training_features(shadow_dir: str | Path, texts: Sequence[str] | None = None, *, prepend_bos: bool = True,

@@ -144,7 +144,8 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
         if "auc" in v:
             t = v.get("tpr_at_fpr", {}).get("0.01", {})
             signals.append({"name": k, "auc": v["auc"], "tpr": t.get("tpr"), "fpr": t.get("realized_fpr"),
-                            "below": t.get("below_resolution")})
+                            "below": t.get("below_resolution"),
+                            "tpr01": v.get("tpr_at_fpr", {}).get("0.001", {}).get("tpr")})
     tmpl = env.get_template("report.html.j2")
     return tmpl.render(r=report, prov=report["provenance"], ext=report["extraction"], tops=tops, figs=figs,
                        secret_rows=secret_rows, est_names=est_names, signals=signals, mem=mem,

@@ -189,13 +189,19 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
         for k, v in mem["signals"].items():
             if "auc" in v:
                 t1 = v["tpr_at_fpr"].get("0.01", {})
-                rows.append([k, v["auc"], t1.get("tpr"), t1.get("realized_fpr")])
+                rows.append([k, v["auc"], v["tpr_at_fpr"].get("0.001", {}).get("tpr"), t1.get("tpr"), t1.get("realized_fpr")])
         base = mem.get("baseline") or {}
         if base.get("auc") is not None:
             t1 = base["tpr_at_fpr"].get("0.01", {})
-            rows.append(["model-free baseline (text features)", base["auc"], t1.get("tpr"), t1.get("realized_fpr")])
-        out.append(_table(["signal", "AUC", "TPR at 1% FPR", "realized FPR"], rows))
+            rows.append(["model-free baseline (text features)", base["auc"], base["tpr_at_fpr"].get("0.001", {}).get("tpr"),
+                         t1.get("tpr"), t1.get("realized_fpr")])
+        out.append(_table(["signal", "AUC", "TPR at 0.1% FPR", "TPR at 1% FPR", "realized FPR"], rows))
         out.append("")
+        sh = mem.get("shadow")
+        if sh:
+            out += [f"lira_*, rmia_online/offline and shokri use {sh['n_models']} shadow models ({sh['in_per_text'][0]}-"
+                    f"{sh['in_per_text'][1]} IN and {sh['out_per_text'][0]}-{sh['out_per_text'][1]} OUT per document; "
+                    f"population {sh['n_population']} texts; LiRA variance {sh['lira_variance']}).", ""]
         if base.get("warning"):
             out += [f"**Warning:** {base['warning']}.", ""]
 
