@@ -130,7 +130,13 @@ def test_shadow_folder_checks(shadow_case, tmp_path):
     d, docs, sh = shadow_case
     from llm_mia.models.loading import load_model
 
-    load_shadows(d / "sh", target_tokenizer=load_model(str(d / "target")).tokenizer)  # the same tokenizer: fine
+    from llm_mia.scoring import score
+
+    target = load_model(str(d / "target"))
+    load_shadows(d / "sh", target_tokenizer=target.tokenizer)  # the same tokenizer: fine
+    with pytest.raises(LlmMiaError, match="shadow models"):
+        score(target, docs[:2], signals=["lira_online"])
+    assert not {"lira_online", "shokri"} & set(score(target, docs[:2]).rows[0]["scores"])  # not picked without --shadow
     other = _target(tmp_path / "other", distinct_docs(16, sentences=2, seed=9))
     with pytest.raises(LlmMiaError, match="another tokenizer than the target"):
         load_shadows(d / "sh", target_tokenizer=load_model(str(other)).tokenizer)
