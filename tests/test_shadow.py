@@ -64,6 +64,24 @@ def test_lira_online_and_offline_match_a_hand_built_fit():
     np.testing.assert_allclose(lira_scores(t, shadow, is_in, online=True), fixed_on, rtol=1e-12)
 
 
+def test_lira_fixed_variance_pooled_over_the_population():
+    t, shadow, is_in = _hand_built()
+    pop = np.array([[-1.0, -2.0, -1.5, -3.0], [-0.5, -0.7, -0.9, -1.4], [-2.0, -2.2, -2.1, -2.9]])
+    pop_in = np.array([[True, True, False, False], [False, True, True, False], [True, False, False, True]])
+    groups_in = [[-1.0, -2.0], [-0.7, -0.9], [-2.0, -2.9]]
+    groups_out = [[-1.5, -3.0], [-0.5, -1.4], [-2.2, -2.1]]
+    si, so = _pooled_sd(groups_in), _pooled_sd(groups_out)
+    both = lira_scores(t, shadow, is_in, online=True, variance_from=(pop, pop_in))
+    alone = lira_scores(t[1:], shadow[1:], is_in[1:], online=True, variance_from=(pop, pop_in))
+    mi, mo = statistics.mean(IN_VALUES[1]), statistics.mean(OUT_VALUES[1])
+    assert both[1] == pytest.approx(norm.logpdf(TARGET[1], mi, si) - norm.logpdf(TARGET[1], mo, so), rel=1e-12)
+    assert alone[0] == pytest.approx(both[1], rel=1e-12)  # a text's score does not depend on the others scored
+    off = lira_scores(t, shadow, is_in, online=False, variance_from=(pop, pop_in))
+    assert off[1] == pytest.approx(norm.logcdf(TARGET[1], mo, so), rel=1e-12)
+    one_each = lira_scores(t, shadow, is_in, online=True, variance_from=(pop[:, :2], np.array([[True, False]] * 3)))
+    assert np.isnan(one_each).all()  # one model per side: no within-text variance to pool
+
+
 def test_lira_undefined_cases_are_nan():
     t, shadow, is_in = _hand_built()
     shadow[0, 1] = math.nan  # one IN value missing: fitted on the other three

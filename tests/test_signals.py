@@ -103,22 +103,41 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     freq = torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.01
     freq = freq / freq.sum()
     pop = [[3, 4, 5, 6], [9, 8, 7, 6, 5, 1], [2, 2]]  # RMIA's population, batched with the texts' batch size
+    import numpy as np
+
+    from llm_mia.signals.shadow import ShadowInputs, fit_attack_classifier
+
+    shadows = [GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16)).eval()
+               for _ in range(4)]
+    shadow_in = {tuple(A): [True, True, False, False], tuple(B): [False, True, True, False]}
+    pop_in = np.array([[True, False, True, False], [False, True, False, True], [True, True, False, False]])
+    rng = np.random.default_rng(0)
+    clf = fit_attack_classifier(rng.normal(size=(40, 5)), np.arange(40) % 2)
+
+    def mean_lp(model, seqs, kw):
+        return -S.mean_nll(compute_token_stats(model, seqs, **kw)).double().numpy()
 
     def signals_of(batch, batch_size):
         kw = dict(batch_size=batch_size, pad_id=4)
         population = SignalInputs(target=compute_token_stats(s2_model, pop, **kw), texts=["pop"] * 3,
                                   reference=compute_token_stats(ref_model, pop, **kw))
+        shadow = ShadowInputs(x_logprob=np.stack([mean_lp(m, batch, kw) for m in shadows], 1),
+                              x_in=np.array([shadow_in[tuple(x)] for x in batch]), z_target=mean_lp(s2_model, pop, kw),
+                              z_logprob=np.stack([mean_lp(m, pop, kw) for m in shadows], 1), z_in=pop_in,
+                              classifier=clf, n_models=4)
         inp = SignalInputs(population=population, target=compute_token_stats(s2_model, batch, **kw),
                            texts=[view[tuple(x)][1] for x in batch],
                            lowercase=compute_token_stats(s2_model, [view[tuple(x)][0] for x in batch], **kw),
                            reference=compute_token_stats(ref_model, batch, **kw),
                            recall=compute_token_stats(s2_model, [[7, 8, 9] + x for x in batch], context_lens=3, **kw),
-                           token_freq=freq)
+                           token_freq=freq, shadow=shadow)
         return {name: sig.fn(inp) for name, sig in S.REGISTRY.items()}
 
     assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window",
             "ez_mia", "wbc", "rmia"} <= set(S.REGISTRY)
     alone = {tuple(x): signals_of([x], 1) for x in (A, B)}
+    for name in ("lira_online", "lira_offline", "rmia_online", "rmia_offline", "shokri"):  # defined, so compared
+        assert all(math.isfinite(float(alone[tuple(x)][name][0])) for x in (A, B)), name
     for batch in ([A], [B], [A, B], [B, A], [A, B, B]):
         for bs in (1, 2, 3):
             got = signals_of(batch, bs)

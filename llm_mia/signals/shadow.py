@@ -66,26 +66,27 @@ def logit_confidence(mean_logprob: np.ndarray) -> np.ndarray:
         return lp - np.log(-np.expm1(lp))
 
 
-def _gauss_fit(values: np.ndarray, use: np.ndarray, fixed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row mean and standard deviation of ``values[use]`` (ddof 1), or with ``fixed`` one pooled
-    within-row standard deviation for every row: sqrt(sum_rows sum (v - mean_row)^2 / sum_rows (n_row - 1))."""
+def _gauss_fit(values: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row over ``values[use]`` (NaN left out): (mean, sample sd with ddof 1, count, sum of squared deviations)."""
     use = use & ~np.isnan(values)
     n = use.sum(1)
-    v = np.where(use, values, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mu = v.sum(1) / n
+        mu = np.where(use, values, 0.0).sum(1) / n
         ss = np.where(use, (values - mu[:, None]) ** 2, 0.0).sum(1)
-        if fixed:
-            dof = np.clip(n - 1, 0, None).sum()
-            sd = np.full(len(n), math.sqrt(ss.sum() / dof) if dof > 0 else math.nan)
-            sd = np.where(n >= 1, sd, math.nan)
-        else:
-            sd = np.where(n >= 2, np.sqrt(ss / (n - 1)), math.nan)
-    return mu, sd
+        sd = np.where(n >= 2, np.sqrt(ss / (n - 1)), math.nan)
+    return mu, sd, n, ss
+
+
+def _pooled_sd(values: np.ndarray, use: np.ndarray) -> float:
+    """One within-row sd for all rows: sqrt(sum_rows sum (v - mean_row)^2 / sum_rows (n_row - 1)); NaN if no row has 2 values."""
+    _, _, n, ss = _gauss_fit(values, use)
+    dof = np.clip(n - 1, 0, None).sum()
+    return math.sqrt(ss[n >= 2].sum() / dof) if dof > 0 else math.nan
 
 
 def lira_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, online: bool,
-                fixed_variance: bool | None = None) -> np.ndarray:
+                fixed_variance: bool | None = None,
+                variance_from: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """LiRA (Carlini et al. 2022, "Membership Inference Attacks From First Principles", S&P, sec. IV, alg. 1).
 
     For each text, Gaussians are fitted to the statistic over the shadow models that trained on it
@@ -94,7 +95,9 @@ def lira_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, on
     one-sided test log Pr[Z < t], Z ~ N(mu_out, sigma_out^2) (the log of the paper's
     1 - Pr[Z > t]; the log keeps the order where the probability rounds to 1). Means are plain means;
     sigma is the per-text sample sd (ddof 1) or, with the fixed variance, the pooled within-text sd
-    over every text, one for IN and one for OUT.
+    over ``variance_from`` (default: these texts), one for IN and one for OUT. The registered
+    signals pool it over the shadow population, so a text's score does not depend on the other
+    texts scored with it; pooling needs some text with >= 2 models on the side (K = 2: NaN).
 
     Args:
         target: (N,) the statistic under the target (e.g. mean log p, nats).
@@ -102,6 +105,7 @@ def lira_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, on
         is_in: (N, K) bool, shadow model k trained on text n.
         online: the online test (needs IN models) or the offline one.
         fixed_variance: None: fixed when K < :data:`LIRA_FIXED_VARIANCE_BELOW` (the paper's advice).
+        variance_from: (values (M, K), is_in (M, K)) to pool the fixed variance over.
 
     Returns:
         (N,) float64, higher = member; NaN where the target statistic is NaN, where too few models
@@ -117,13 +121,22 @@ def lira_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, on
     if s.ndim != 2 or s.shape != m.shape or s.shape[0] != t.shape[0]:
         raise LlmMiaError(f"lira needs target (N,), shadow and is_in (N, K); got {t.shape}, {s.shape}, {m.shape}")
     fixed = s.shape[1] < LIRA_FIXED_VARIANCE_BELOW if fixed_variance is None else fixed_variance
-    mu_out, sd_out = _gauss_fit(s, ~m, fixed)
+    pv, pm = (s, m) if variance_from is None else (np.asarray(variance_from[0], dtype=np.float64),
+                                                   np.asarray(variance_from[1], dtype=bool))
+
+    def fit(side: np.ndarray, pool_side: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, sd, n, _ = _gauss_fit(s, side)
+        if fixed:
+            sd = np.where(n >= 1, _pooled_sd(pv, pool_side), math.nan)
+        return mu, sd
+
+    mu_out, sd_out = fit(~m, ~pm)
     ok = lambda sd: np.isfinite(sd) & (sd > 0)  # noqa: E731
     with np.errstate(invalid="ignore", divide="ignore"):
         if not online:
             out = norm.logcdf(t, loc=mu_out, scale=np.where(ok(sd_out), sd_out, 1.0))
             return np.where(ok(sd_out) & ~np.isnan(t), out, math.nan)
-        mu_in, sd_in = _gauss_fit(s, m, fixed)
+        mu_in, sd_in = fit(m, pm)
         good = ok(sd_in) & ok(sd_out) & ~np.isnan(t)
         lin = norm.logpdf(t, loc=mu_in, scale=np.where(good, sd_in, 1.0))
         lout = norm.logpdf(t, loc=mu_out, scale=np.where(good, sd_out, 1.0))
@@ -274,14 +287,16 @@ def _x(inp: SignalInputs) -> np.ndarray:
           description="log N(t; IN fit) - log N(t; OUT fit), t = mean log p over shadow models")
 def lira_online(inp: SignalInputs) -> torch.Tensor:
     sh = _need(inp)
-    return torch.from_numpy(lira_scores(_x(inp), sh.x_logprob, sh.x_in, online=True))
+    return torch.from_numpy(lira_scores(_x(inp), sh.x_logprob, sh.x_in, online=True,
+                                        variance_from=(sh.z_logprob, sh.z_in)))
 
 
 @register("lira_offline", needs=("shadow",), source="Carlini et al. 2022 (LiRA) alg. 1, offline, fixed variance below 64 models",
           description="log Pr[Z < t], Z ~ the OUT shadow models' Gaussian, t = mean log p")
 def lira_offline(inp: SignalInputs) -> torch.Tensor:
     sh = _need(inp)
-    return torch.from_numpy(lira_scores(_x(inp), sh.x_logprob, sh.x_in, online=False))
+    return torch.from_numpy(lira_scores(_x(inp), sh.x_logprob, sh.x_in, online=False,
+                                        variance_from=(sh.z_logprob, sh.z_in)))
 
 
 def _rmia(inp: SignalInputs, offline: bool) -> torch.Tensor:
