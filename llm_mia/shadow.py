@@ -295,8 +295,10 @@ def shadow_inputs(shadow: ShadowSet, target, texts: Sequence[str], ids, context_
     pids, pctx = target.encode(shadow.texts, prepend_bos=prepend_bos)
     per = _per_model(shadow, [(ids, context_lens, list(texts), restrict), (pids, pctx, shadow.texts, None)],
                      device=str(target.device), batch_size=batch_size, stride=stride)
-    zt = _mean_logprob_and_features(target.token_stats(pids, context_lens=pctx, batch_size=batch_size, stride=stride,
-                                                      moments=True), shadow.texts)[0]
+    from llm_mia.signals import mean_nll
+
+    zt = -mean_nll(target.token_stats(pids, context_lens=pctx, batch_size=batch_size, stride=stride,
+                                      moments=False)).double().numpy()
     X = np.concatenate([p[1][1] for p in per])
     y = shadow.keep.reshape(-1).astype(np.int64)
     return ShadowInputs(x_logprob=np.stack([p[0][0] for p in per], 1), x_in=shadow.is_in(texts), z_target=zt,
