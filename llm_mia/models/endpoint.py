@@ -476,7 +476,10 @@ def load_endpoint(spec: str, model_args: dict | None = None) -> EndpointModel:
             key (401), a model name not served (with the served names), no tokenizer to be found, an
             endpoint that offers none of the APIs.
     """
-    import openai
+    try:
+        import openai
+    except ImportError:
+        raise LlmMiaError("--model openai:URL needs the openai client: pip install 'llm_mia[api]'") from None
 
     from llm_mia.models.loading import ENDPOINT_ARGS
 
