@@ -21,6 +21,7 @@ from llm_mia import __version__, io
 from llm_mia.io import sha256_file
 from llm_mia.errors import LlmMiaError
 from llm_mia.extract import ExtractConfig, extract, read_clear
+from llm_mia.models.endpoint import EndpointModel
 from llm_mia.models.loading import load_model
 
 SCHEMA_VERSION = 1
@@ -377,7 +378,7 @@ def _endpoint_setup(target, cfg: AuditConfig) -> tuple[AuditConfig, list[str]]:
     out temperature decay (no API sets a per-token temperature). Returns (settings, what was left out)."""
     from dataclasses import replace
 
-    if target.model is not None:
+    if not isinstance(target, EndpointModel):
         if cfg.max_queries is not None:
             raise LlmMiaError("--max-queries bounds the queries to an openai:URL endpoint; this model is local")
         return cfg, []
@@ -396,7 +397,7 @@ def _endpoint_setup(target, cfg: AuditConfig) -> tuple[AuditConfig, list[str]]:
 
 def _stage(target, name: str) -> None:
     """Name the audit stage an endpoint's queries are counted under."""
-    if target.model is None:
+    if isinstance(target, EndpointModel):
         target.stage = name
 
 
@@ -599,7 +600,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     if can is not None:
         _stage(target, "canaries")
         report["canaries"] = run_canary_audit(target, can, reference=reference, seed=cfg.seed)
-    if target.model is None:  # an endpoint: what its API allows and what the audit asked of it
+    if isinstance(target, EndpointModel):  # what its API allows and what the audit asked of it
         report["provenance"]["endpoint"] = _endpoint_record(target, rows, ext, left_out)
     report["observations"] = _observations(report)
     if rows:

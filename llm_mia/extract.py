@@ -212,7 +212,9 @@ def model_fingerprint(target: LoadedModel) -> dict:
 
     digest = target.weights_sha256  # every weight file of the folder (adapter + base included)
     kind = "files" if digest else "tensors"
-    if digest is None and target.model is None:  # an endpoint (llm_mia.models.endpoint): no weights in hand
+    from llm_mia.models.endpoint import EndpointModel
+
+    if isinstance(target, EndpointModel):  # no weights in hand: the URL and the served name
         digest, kind = target.endpoint_sha256, "endpoint"
     digest = digest or _tensors_sha256(target.model)
     tok = target.tokenizer

@@ -133,6 +133,10 @@ def test_cli_audit_of_a_vllm_served_model(served, key, tmp_path, capsys):
     url, folder, corpus = served
     small = ["--num-samples", "8", "--length", "24", "--candidates", "50", "--exact-limit", "0",
              "--membership-docs", "8", "--discoverable", "8", "--discoverable-prefix", "8", "--seed", "0"]
+    # 1 API probe + 8 top-k samples (one request each, one batch), then the internet batch passes 12
+    code, _, err = run_cli(["audit", "--model", f"openai:{url}", "--corpus", corpus, "--out", tmp_path / "ep",
+                            "--max-queries", "12", *small], capsys)
+    assert code == 2 and "error: --max-queries 12 reached after 12 queries" in err and "(during extraction)" in err
     code, out, err = run_cli(["audit", "--model", f"openai:{url}", "--corpus", corpus, "--out", tmp_path / "ep",
                               "--max-queries", "2000", *small], capsys)
     assert code == 0, err
@@ -142,6 +146,9 @@ def test_cli_audit_of_a_vllm_served_model(served, key, tmp_path, capsys):
     assert "min_k_plus_plus" in ep["not_computable"] and "loss" in ep["computable_signals"]
     stages = ep["queries_by_stage"]
     assert set(stages) >= {"api detection", "extraction", "exposure", "membership", "discoverable"}
+    # resumed: the 8 top-k samples of the stopped run are not asked again; 8 internet samples and
+    # 2 scoring calls (the samples and their lowercase view, 16 prompts each) are
+    assert stages["extraction"] == 8 + 2
     assert ep["queries"] == sum(stages.values()) <= 2000 and ep["retries"] == 0
     assert rep["provenance"]["settings"]["strategies"] == ["top-k", "internet"]  # temperature decay left out
     assert ep["left_out"] and "temperature-decay" in ep["left_out"][0]

@@ -27,12 +27,15 @@ prompts batched in one request, sampled prompts one request each with the sample
 (vLLM seeds each request; the samples differ from the HF engine's, whose sampler is ours). Top-k,
 a minimum length, beam search, EOS handling and returned token ids use vLLM's extensions of the
 API (``top_k``, ``min_tokens``, ``use_beam_search``, ``ignore_eos``, ``stop_token_ids``,
-``return_token_ids``), sent only when the server is vLLM (``owned_by: vllm`` in ``/v1/models``).
+``return_token_ids``), sent only when the server is vLLM (``owned_by: vllm`` in ``/v1/models``);
+elsewhere EOS is banned with ``logit_bias`` where a sample must not end early, and the returned text
+is re-encoded with the local tokenizer (its ids may differ from the server's), and a server that
+stops at EOS where the HF engine would go on (``eos_id=None``) returns a shorter continuation.
 Temperature decay changes the temperature at every step, which no HTTP API offers: refused.
 
 Every call is counted (:class:`Usage`: API calls, prompts, retries, tokens, per audit stage) and
 bounded by ``max_queries``: the call that would pass it raises :class:`QueryBudgetExceeded` (one
-line, exit 2) instead; extraction samples already written stay on disk and a rerun resumes them.
+line, exit 2) instead; extraction batches finished before it stay on disk and a rerun resumes them.
 
 The API key comes from the environment (``LLM_MIA_API_KEY``, else ``OPENAI_API_KEY``; none: a
 keyless local server) and is never logged, written to a report or put into an error message.
@@ -65,8 +68,8 @@ class QueryBudgetExceeded(LlmMiaError):
 
 @dataclass
 class Usage:
-    """What the endpoint was asked: ``queries`` API calls answered (each carries ``prompts`` prompts,
-    a batch), ``retries`` HTTP attempts the client repeated after 429 / 5xx / a timeout, tokens as the
+    """What the endpoint was asked: ``queries`` API calls made (each carries ``prompts`` prompts, a
+    batch), ``retries`` HTTP attempts the client repeated after 429 / 5xx / a timeout, tokens as the
     server counted them (``usage``), and the queries of each audit stage (``by_stage``)."""
 
     queries: int = 0
@@ -213,7 +216,7 @@ class EndpointModel:
                 raise QueryBudgetExceeded(
                     f"--max-queries {self.max_queries} reached after {self.usage.queries} queries to {self.url} "
                     f"(during {self.stage}); raise it, or lower --num-samples / --candidates / --membership-docs "
-                    f"(extraction samples already written are kept and resumed)")
+                    f"(finished extraction batches are kept: the same command resumes them)")
             self.usage.queries += 1
             self.usage.by_stage[self.stage] = self.usage.by_stage.get(self.stage, 0) + 1
         try:
@@ -373,8 +376,8 @@ class EndpointModel:
                 raise LlmMiaError("top-k sampling, beam search and a minimum length need vLLM's API extensions; "
                                   f"{self.url} is not a vLLM server")
         kw: dict = {"max_tokens": int(max_new_tokens)}
-        if not vllm and (min_new_tokens >= max_new_tokens or not stop_at_eos):
-            kw["logit_bias"] = {str(e): -100 for e in self.eos_ids}  # EOS never emitted
+        if not vllm and min_new_tokens >= max_new_tokens and eos:
+            kw["logit_bias"] = {str(e): -100 for e in eos}  # EOS never emitted (the OpenAI API's own way)
         if greedy:
             kw["temperature"] = 0.0
             if num_beams > 1:
