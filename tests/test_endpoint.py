@@ -228,3 +228,18 @@ def test_cli_audit_unreachable_and_max_queries_exit_2(tok_dir, tmp_path, capsys,
                             "--max-queries", "5"], capsys)
     assert code == 2 and "--max-queries bounds the queries to an openai:URL endpoint" in err
     server.close()
+
+
+def test_cli_score_through_the_endpoint_matches_the_step_model(server, tok_dir, tiny_tokenizer, tmp_path, capsys):
+    texts = ["The quick brown fox jumps over the lazy dog.", "Alpha beta gamma delta epsilon. 0123456789"]
+    (tmp_path / "x.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    code, _, err = run_cli(["score", "--model", f"openai:{server.url}", "--model-args",
+                            f"tokenizer={tok_dir},api=completions", "--input", tmp_path / "x.txt",
+                            "--output", tmp_path / "o.jsonl", "--prepend-bos"], capsys)
+    assert code == 0, err
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    for t, r in zip(texts, rows):
+        ids = [tiny_tokenizer.eos_token_id] + tiny_tokenizer(t, add_special_tokens=False)["input_ids"]
+        want = -sum(step_logprob(a, b) for a, b in zip(ids, ids[1:])) / (len(ids) - 1)
+        assert r["n_scored_tokens"] == len(ids) - 1 and r["nll"] == pytest.approx(want, abs=1e-6)
+        assert "min_k_plus_plus" not in r["scores"] and "min_k" in r["scores"]  # no mu / sigma over an API
