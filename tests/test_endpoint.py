@@ -4,7 +4,7 @@ The server is Python's http.server in a thread, speaking the OpenAI completions 
 client side is the real ``openai`` library with its real retries. Its "model" is the step model
 over a vocabulary of V ids: after id a, logit 2.0 for (a + 1) mod V and 0 elsewhere, so every
 log-prob is known by hand: log p(next) = 2 - log(e^2 + V - 1), log p(other) = -log(e^2 + V - 1).
-The real vLLM server is tested in tests/test_endpoint_vllm.py.
+The real vLLM server is tested in tests/with_vllm/test_endpoint_vllm.py.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 One server per module: the leaky tiny GPT-2 of ``leak_models`` (safetensors + tokenizer in a tmp
 folder) served by vLLM's OpenAI-compatible server on 127.0.0.1 with an API key, started here and
-killed at teardown. Runs where vLLM is installed (the second CI environment), or in the main one
-with ``LLM_MIA_VLLM_PYTHON`` naming a Python that has vLLM; skipped otherwise.
+killed at teardown. Runs where vLLM is installed (the second CI environment, `.ci/vllm-env`), or in
+the main one with ``LLM_MIA_VLLM_PYTHON`` naming a Python that has vLLM; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.vllm
 
@@ -35,12 +35,12 @@ def _vllm_python() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def served(leak_models, tmp_path_factory):
+def served(request, tmp_path_factory):
     """(base URL, model folder, corpus folder) of a running `vllm serve` of the leaky model."""
     py = _vllm_python()
     if py is None:
         pytest.skip("vLLM is not installed here (the vLLM tests run in their own environment)")
-    d, _ = leak_models
+    d, _ = request.getfixturevalue("leak_models")  # (built only where the server can run)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
