@@ -21,6 +21,7 @@ from llm_mia import __version__, io
 from llm_mia.io import sha256_file
 from llm_mia.errors import LlmMiaError
 from llm_mia.extract import ExtractConfig, extract, read_clear
+from llm_mia.models.endpoint import EndpointModel
 from llm_mia.models.loading import load_model
 
 SCHEMA_VERSION = 1
@@ -56,6 +57,7 @@ class AuditConfig:
     show_secrets: bool = False
     progress: bool = True
     pii_regions: tuple[str, ...] | None = None  # phone regions; None: the corpus's locales + llm_mia.pii.DEFAULT_REGIONS
+    max_queries: int | None = None  # an openai: endpoint's API calls (llm_mia.models.endpoint); None: no bound
     extract: ExtractConfig = field(default=None)  # filled from the fields above
 
     def __post_init__(self) -> None:
@@ -214,6 +216,14 @@ def _observations(report: dict) -> list[str]:
         obs.append(f"never-inserted controls: mean rank exposure {m:.2f} bits (chance: {exp:.2f} bits, about 1/ln 2; "
                    f"off by {m - exp:+.2f} bits = {(m - exp) / se:+.1f} standard errors of {se:.2f}), "
                    f"{sum(s['greedy_extracted'] for s in ctrl)} of {len(ctrl)} greedily 'extracted'.")
+    ep = report.get("provenance", {}).get("endpoint")
+    if ep:
+        per = ep.get("queries_per_extracted_secret")
+        obs.append(f"endpoint {ep['url']} ({ep['model']}, api={ep['api']}, mode {ep['mode']}): {ep['queries']} queries "
+                   f"({ep['prompts']} prompts, {ep['retries']} retries); "
+                   + (f"{per:.1f} queries per extracted secret." if per is not None else "no secret extracted.")
+                   + (f" Not computable through it: {', '.join(ep['not_computable'])}." if ep["not_computable"] else "")
+                   + (f" Left out: {'; '.join(ep['left_out'])}." if ep.get("left_out") else ""))
     if report.get("exposure", {}).get("measured") is False:
         obs.append("exposure: " + report["exposure"]["reason"] + ".")
     ov = report.get("membership", {}).get("overlap") or {}
@@ -222,9 +232,11 @@ def _observations(report: dict) -> list[str]:
                    f"{ov['near']} near duplicates) also occur among the members; they were left out of membership.")
     disc = report.get("discoverable") or {}
     if disc.get("greedy_rate") is not None:
+        npd = disc.get("np_discoverable_rate")
         obs.append(f"discoverable memorization: {disc['n_greedy']} of {disc['n_examples']} training examples "
                    f"({disc['greedy_rate']:.1%}) give back their next {disc['suffix_len']} tokens greedily from their "
-                   f"first {disc['prefix_len']}; ({disc['n']}, {disc['p']})-discoverable: {disc['np_discoverable_rate']:.1%}.")
+                   f"first {disc['prefix_len']}; ({disc['n']}, {disc['p']})-discoverable: "
+                   + (f"{npd:.1%}." if npd is not None else f"not measured ({disc.get('np_skipped')})."))
     elif disc.get("skipped"):
         obs.append(f"discoverable memorization not measured: {disc['skipped']}.")
     ext = report["extraction"]
@@ -366,6 +378,46 @@ def _inputs(corpus_dir, members, nonmembers, secrets_path):
     return str(members), str(nonmembers), secrets_path
 
 
+def _endpoint_setup(target, cfg: AuditConfig) -> tuple[AuditConfig, list[str]]:
+    """For an endpoint target: refuse an API without prompt log-probs, bound its queries, and leave
+    out temperature decay (no API sets a per-token temperature). Returns (settings, what was left out)."""
+    from dataclasses import replace
+
+    if not isinstance(target, EndpointModel):
+        if cfg.max_queries is not None:
+            raise LlmMiaError("--max-queries bounds the queries to an openai:URL endpoint; this model is local")
+        return cfg, []
+    if target.api != "completions":
+        raise LlmMiaError(f"an audit scores texts, which needs prompt log-probs: {target.url} offers api={target.api} "
+                          f"(label-only); audit an endpoint with /v1/completions echo + logprobs")
+    target.max_queries = cfg.max_queries
+    left_out = []
+    if "temperature-decay" in cfg.strategies:
+        left_out.append("extraction strategy temperature-decay (an HTTP API has no per-token temperature)")
+        cfg = replace(cfg, strategies=tuple(s for s in cfg.strategies if s != "temperature-decay"))
+        if not cfg.strategies:
+            raise LlmMiaError("temperature-decay cannot run through an HTTP API: choose --strategy top-k or internet")
+    return cfg, left_out
+
+
+def _stage(target, name: str) -> None:
+    """Name the audit stage an endpoint's queries are counted under."""
+    if isinstance(target, EndpointModel):
+        target.stage = name
+
+
+def _endpoint_record(target, rows: list[dict], ext: dict, left_out: list[str]) -> dict:
+    """report.json's ``provenance.endpoint``: the endpoint, its API and mode, the signals it allows,
+    the queries made (per stage) and the queries per extracted secret (None when none was extracted)."""
+    from llm_mia import signals as S
+
+    rec = target.describe([s.name for s in S.REGISTRY.values() if s.needs <= {"text", "lowercase", "moments"}])
+    got = sum(bool(r.get("greedy_extracted") or r.get("surfaced_in_samples")) for r in rows if r.get("count", 0) >= 1)
+    rec.update(extracted_secrets=got, queries_per_extracted_secret=rec["queries"] / got if got else None,
+               left_out=left_out)
+    return rec
+
+
 def _sha(spec: str | Path | None) -> str | None:
     return sha256_file(Path(spec)) if spec is not None and Path(str(spec)).is_file() else None
 
@@ -431,6 +483,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
     if shadow is not None:
         check_tokenizer(shadow, target.tokenizer)  # before any model runs
+    cfg, left_out = _endpoint_setup(target, cfg)
     ref_spec, ref_source = resolve_reference(target, reference_path)
     chat = mem_set.chats is not None or non_set.chats is not None
     if chat:
@@ -475,6 +528,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
                          top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
                          prompt_source=cfg.prompt_source or (non_spec if plain_prompts else None), resume=True,
                          show_secrets=cfg.show_secrets, pii_regions=regions)
+    _stage(target, "extraction")
     ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
     timings["extract_s"] = round(time.time() - t, 1)
 
@@ -482,6 +536,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     from llm_mia.progress import bar
 
     rows, controls = [], {}
+    _stage(target, "exposure")
     if secrets:
         with bar("exposure", exposure_work(secrets, cfg.n_candidates, cfg.exact_limit), enabled=cfg.progress) as adv:
             exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
@@ -494,6 +549,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     timings["exposure_s"] = round(time.time() - t, 1)
 
     t = time.time()
+    _stage(target, "membership")
     excluded = reference_saw_nonmembers(ref_spec, non_spec)
     membership = _membership(target, None if excluded else reference, mem_docs, non_docs, cfg, secrets, shadow=shadow)
     if excluded and "signals" in membership:
@@ -502,6 +558,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     timings["membership_s"] = round(time.time() - t, 1)
 
     t = time.time()
+    _stage(target, "discoverable")
     discoverable = {"skipped": "disabled (--discoverable 0)"}
     if cfg.discoverable_samples > 0:
         from llm_mia.discoverable import discoverable_memorization
@@ -554,7 +611,10 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
         "pii": pii,
     }
     if can is not None:
+        _stage(target, "canaries")
         report["canaries"] = run_canary_audit(target, can, reference=reference, seed=cfg.seed)
+    if isinstance(target, EndpointModel):  # what its API allows and what the audit asked of it
+        report["provenance"]["endpoint"] = _endpoint_record(target, rows, ext, left_out)
     report["observations"] = _observations(report)
     if rows:
         exposure_plot(out / "exposure.png", rows, n_references=cfg.n_candidates)

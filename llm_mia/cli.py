@@ -61,7 +61,8 @@ def _check_model_args(value: Optional[str]) -> Optional[str]:
 def _model_args_option():
     return typer.Option(None, "--model-args", callback=_check_model_args,
                         help="lm-evaluation-harness model arguments: pretrained=BASE,peft=ADAPTER,revision=...,"
-                             "dtype=...,trust_remote_code=true,allow_pickle=true (applied to --model).")
+                             "dtype=...,trust_remote_code=true,allow_pickle=true (applied to --model); for openai:URL "
+                             "name=,api=completions|chat|text,tokenizer=,top_logprobs=,batch=,concurrency=,max_retries=,timeout=.")
 
 
 def _parse_ints(text: str, what: str) -> list[int]:
@@ -295,7 +296,8 @@ def audit(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: shorthand for --members DIR/train.jsonl "
                                           "--nonmembers DIR/heldout.jsonl --secrets DIR/secrets.json."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id to audit."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder, HF id, or "
+                                        "openai:URL (an OpenAI-compatible endpoint; key from LLM_MIA_API_KEY) to audit."),
     model_args: Optional[str] = _model_args_option(),
     members: Optional[str] = typer.Option(None, "--members", help="Training examples: .txt/.jsonl/.csv/.parquet or "
                                           "hf:NAME[:CONFIG]:SPLIT (plain text or chat 'messages')."),
@@ -347,6 +349,9 @@ def audit(
     inclusion: Optional[Path] = typer.Option(None, "--inclusion", help="With --canaries: its inclusion.json."),
     shadow: Optional[Path] = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
                                           "RMIA with K references and the Shokri attack to membership."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1,
+                                              help="With --model openai:URL: stop with an error before the API call "
+                                                   "that would pass this many (samples written so far are resumed)."),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md, report.json and modelcard.md; with --policy, gate the release on the result.
@@ -382,7 +387,7 @@ def audit(
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                       prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length,
                       discoverable_samples=discoverable, discoverable_prefix=discoverable_prefix, score_spans=score_spans,
-                      pii_regions=regions)
+                      pii_regions=regions, max_queries=max_queries)
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
                        quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol,
@@ -438,7 +443,7 @@ _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit
 _MODE_OPTIONS = {
     "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit", "members",
                                        "nonmembers", "secrets", "text_column", "score_spans", "canaries",
-                                       "inclusion", "shadow"},
+                                       "inclusion", "shadow", "max_queries"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
     "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
@@ -447,7 +452,8 @@ _MODE_NAMES = {"audit": "`audit --model` (with --members/--nonmembers or --corpu
                "compare-defenses": "`audit --demo --compare-defenses`"}
 #: Where an option belongs, for the message that refuses it.
 _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare", "quick": "--demo --compare-defenses",
-            "model": "an audit of one model (--compare lists its models)", "model_args": "an audit of one model", "demo": "--demo alone or --compare-defenses",
+            "model": "an audit of one model (--compare lists its models)",
+            "max_queries": "an audit of an openai:URL endpoint (--model)", "model_args": "an audit of one model", "demo": "--demo alone or --compare-defenses",
             "corpus": "an audit of existing models", "reference": "an audit of existing models",
             "sarif": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --sarif ...`",
             "junit": "the gate of one model: for --compare run `llm-mia gate OUT/NAME/report.json --policy ... --junit ...`",

@@ -53,13 +53,13 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
         true one), ``np_discoverable_rate``, ``np_rate_by_n`` ({n: rate}), ``median_log10_p_suffix``,
         the settings, and ``examples`` (per example: index into ``texts``, ``greedy``,
         ``log_p_suffix`` in nats, ``greedy_match_tokens`` = length of the common greedy prefix).
-        With no eligible document, the rates are None and ``skipped`` says why.
+        With no eligible document, the rates are None and ``skipped`` says why; for an endpoint
+        (:mod:`llm_mia.models.endpoint`) the (n, p) rates are None and ``np_skipped`` says why.
 
     Raises:
         LlmMiaError: non-positive lengths or counts, p outside (0, 1], or a prompt + suffix longer
             than the model's context.
     """
-    from llm_mia.models.generation import generate
     from llm_mia.models.prefix import score_shared_prefix
 
     for name, v in (("n_examples", n_examples), ("prefix_len", prefix_len), ("suffix_len", suffix_len),
@@ -85,12 +85,18 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
     suffixes = [ids[i][start + prefix_len:start + prefix_len + suffix_len] for i in chosen]
     examples = []
     for b0 in range(0, len(chosen), batch_size):
-        gen = generate(loaded.model, prompts[b0:b0 + batch_size], max_new_tokens=suffix_len, pad_id=loaded.bos_id,
-                       greedy=True, eos_id=None)
+        gen = loaded.generate(prompts[b0:b0 + batch_size], max_new_tokens=suffix_len, greedy=True, eos_id=None)
         for k, g in enumerate(gen):
             true, got = suffixes[b0 + k], g.new_ids[:suffix_len]
             match = next((j for j, (a, b) in enumerate(zip(true, got)) if a != b), min(len(true), len(got)))
             examples.append({"index": chosen[b0 + k], "greedy": got == true, "greedy_match_tokens": match})
+    greedy = {"n_eligible": len(eligible), "n_examples": len(examples),
+              "greedy_rate": float(np.mean([ex["greedy"] for ex in examples])),
+              "n_greedy": int(sum(ex["greedy"] for ex in examples))}
+    if loaded.model is None:  # an endpoint: the top-k renormalised probability of the suffix is not returned
+        return {**greedy, "np_discoverable_rate": None, "np_rate_by_n": {}, "median_log10_p_suffix": None,
+                "np_skipped": "the endpoint's API returns no top-k distribution: p_suffix not computable",
+                **settings, "examples": examples}
     seqs = [a + b for a, b in zip(prompts, suffixes)]
     sc = score_shared_prefix(loaded.model, seqs, [len(a) for a in prompts], batch_size=batch_size, top_k=top_k,
                              max_context=loaded.max_context)
@@ -99,9 +105,6 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
         ex["log_p_suffix"] = float(sc.tail_topk_logprob[r, nt - suffix_len:nt].double().sum())  # the suffix's tokens
     logs = [ex["log_p_suffix"] for ex in examples]
     by_n = {str(m): float(np.mean([p_extract(lp, m) >= p for lp in logs])) for m in sorted({*n_grid, n})}
-    return {"n_eligible": len(eligible), "n_examples": len(examples),
-            "greedy_rate": float(np.mean([ex["greedy"] for ex in examples])),
-            "n_greedy": int(sum(ex["greedy"] for ex in examples)),
-            "np_discoverable_rate": by_n[str(n)], "np_rate_by_n": by_n,
+    return {**greedy, "np_discoverable_rate": by_n[str(n)], "np_rate_by_n": by_n,
             "median_log10_p_suffix": float(np.median(np.array(logs) / math.log(10))),
             **settings, "examples": examples}

@@ -276,12 +276,14 @@ def score_space(loaded: LoadedModel, prefix: str, randoms: Sequence[str], suffix
     With ``top_k``, also the natural log of the probability that one top-k sample continuing the
     prefix tokens emits exactly the random part's tokens (sum over those tokens of
     ``log(p(token) / sum of the top-k p)``, -inf if one is outside the top k), shape (N,); NaN for a
-    sentence longer than the context.
+    sentence longer than the context and for an endpoint (its API returns no top-k renormalisation).
     """
     sents = _tokenize(loaded, prefix, randoms, suffix)
     ctx = loaded.max_context
     fits = [i for i, x in enumerate(sents.ids) if ctx is None or len(x) <= ctx]
     long = [i for i, x in enumerate(sents.ids) if ctx is not None and len(x) > ctx]
+    if loaded.model is None:  # an endpoint: no KV cache to share, whole sentences (no sample probability)
+        long, fits = long + fits, []
     logppl = np.zeros(len(randoms))
     sample = np.full(len(randoms), np.nan) if top_k is not None else None
     if long:  # sentences longer than the context: whole-sentence scoring with a sliding context
@@ -533,7 +535,8 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
         slp = float(sc.sample_logprob[0])
         if math.isnan(slp):
             p, half = float("nan"), float("nan")
-            flags.append("sentence_longer_than_context")
+            flags.append("sentence_longer_than_context" if loaded.model is not None
+                         else "sample_probability_needs_the_top_k_distribution")
         else:
             p = min(max(math.exp(slp), 0.0), 1.0)
             half = samples_for_half(p)

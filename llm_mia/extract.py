@@ -202,7 +202,8 @@ def model_fingerprint(target: LoadedModel) -> dict:
 
     ``weights_sha256``: :func:`llm_mia.io.weights_sha256` of the model folder (every weight file,
     sharded ones included) when the model was loaded from a folder; otherwise (a hub id, an
-    in-memory model) the SHA-256 of its state_dict tensors, so a retrained or edited model differs.
+    in-memory model) the SHA-256 of its state_dict tensors, so a retrained or edited model differs;
+    for an endpoint, the SHA-256 of its URL and served model name ("endpoint").
     ``weights_digest`` says which ("files" or "tensors"), so the two never compare equal by accident.
     ``tokenizer_sha256``: SHA-256 of the tokenizer's ``tokenizer.json`` serialisation (vocabulary,
     merges, normalizer, special tokens), or of its sorted vocabulary for a slow tokenizer.
@@ -211,6 +212,10 @@ def model_fingerprint(target: LoadedModel) -> dict:
 
     digest = target.weights_sha256  # every weight file of the folder (adapter + base included)
     kind = "files" if digest else "tensors"
+    from llm_mia.models.endpoint import EndpointModel
+
+    if isinstance(target, EndpointModel):  # no weights in hand: the URL and the served name
+        digest, kind = target.endpoint_sha256, "endpoint"
     digest = digest or _tensors_sha256(target.model)
     tok = target.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)

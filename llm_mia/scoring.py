@@ -91,7 +91,9 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
 
         raise LlmMiaError("the population (non-member texts for rmia) is empty")
     aligned = reference is not None and same_tokenizer(reference.tokenizer, target.tokenizer)
-    avail = {"text", "lowercase", "moments"} | ({"reference"} if reference is not None else set()) \
+    # an endpoint returns no distribution over the vocabulary: no mu / sigma (Min-K%++)
+    moments = {"moments"} if getattr(target, "returns_moments", True) else set()
+    avail = {"text", "lowercase"} | moments | ({"reference"} if reference is not None else set()) \
         | ({"recall"} if recall_prefix else set()) | ({"token_freq"} if token_freq is not None else set()) \
         | ({"aligned_reference"} if aligned else set()) | ({"population"} if population is not None else set()) \
         | ({"shadow"} if shadow is not None else set())
@@ -105,7 +107,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
     if missing:
         from llm_mia.errors import LlmMiaError
 
-        what = {"recall": "a non-member prefix (--recall-prefix)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)",
+        what = {"recall": "a non-member prefix (--recall-prefix)",
+                "moments": "mu and sigma over the whole vocabulary (an API endpoint returns the top k only)", "token_freq": "a token-frequency corpus (--dc-pdd-corpus)",
                 "population": "a population of non-member texts (population=)",
                 "shadow": "shadow models (--shadow DIR from `llm-mia shadow train`)",
                 "aligned_reference": "a reference with the target's tokenizer (ez_mia and wbc compare token by token)"}

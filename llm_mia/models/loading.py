@@ -33,6 +33,8 @@ import torch
 from llm_mia.errors import LlmMiaError
 
 MODEL_ARGS = ("pretrained", "peft", "revision", "dtype", "trust_remote_code", "allow_pickle")
+#: keys of an ``openai:URL`` endpoint (:func:`llm_mia.models.endpoint.load_endpoint`)
+ENDPOINT_ARGS = ("name", "api", "tokenizer", "top_logprobs", "batch", "concurrency", "max_retries", "timeout")
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -147,7 +149,8 @@ def parse_model_args(text: str | None) -> dict:
     """Parse lm-evaluation-harness's ``key=value,key=value`` model arguments.
 
     Keys: ``pretrained`` (model folder or hub id), ``peft`` (adapter folder or id), ``revision``,
-    ``dtype`` (float32/bfloat16/float16), ``trust_remote_code`` and ``allow_pickle`` (true/false).
+    ``dtype`` (float32/bfloat16/float16), ``trust_remote_code`` and ``allow_pickle`` (true/false);
+    for an ``openai:URL`` endpoint, :data:`ENDPOINT_ARGS` instead.
     Returns a dict with the keys given (booleans parsed).
 
     Raises:
@@ -162,9 +165,9 @@ def parse_model_args(text: str | None) -> dict:
         key, value = key.strip(), value.strip()
         if not eq or not key:
             raise LlmMiaError(f"--model-args: '{item.strip()}' is not key=value")
-        if key not in MODEL_ARGS:
-            close = difflib.get_close_matches(key, MODEL_ARGS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(MODEL_ARGS)})"
+        if key not in MODEL_ARGS + ENDPOINT_ARGS:
+            close = difflib.get_close_matches(key, MODEL_ARGS + ENDPOINT_ARGS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(MODEL_ARGS + ENDPOINT_ARGS)})"
             raise LlmMiaError(f"--model-args: unknown key '{key}'{hint}")
         if key in out:
             raise LlmMiaError(f"--model-args: '{key}' given twice")
@@ -275,7 +278,11 @@ def _has_tokenizer(folder: Path) -> bool:
 def load_model(name_or_path: str | None = None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
                trust_remote_code: bool = False, revision: str | None = None, peft: str | None = None,
                allow_pickle: bool = False, model_args: str | dict | None = None) -> LoadedModel:
-    """Load a causal LM (or a PEFT adapter on its base) and its tokenizer.
+    """Load a causal LM (or a PEFT adapter on its base) and its tokenizer, or connect to an endpoint.
+
+    ``openai:URL`` is an OpenAI-compatible endpoint: an
+    :class:`~llm_mia.models.endpoint.EndpointModel` (:func:`~llm_mia.models.endpoint.load_endpoint`)
+    is returned instead, configured by the endpoint keys of ``model_args``.
 
     Args:
         name_or_path: a local folder (``save_pretrained`` layout, or a PEFT adapter folder) or a hub id;
@@ -297,6 +304,13 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
             an adapter whose base is missing, pickle-only weights, or bad model args; and if loading fails.
     """
     args = parse_model_args(model_args) if isinstance(model_args, str) or model_args is None else dict(model_args)
+    from llm_mia.models.endpoint import is_endpoint, load_endpoint
+
+    if is_endpoint(name_or_path):
+        return load_endpoint(name_or_path, args)
+    wrong = [k for k in args if k in ENDPOINT_ARGS]
+    if wrong:
+        raise LlmMiaError(f"--model-args {wrong[0]} applies to an openai:URL endpoint, not to a model folder")
     pretrained = args.get("pretrained")
     peft = args.get("peft", peft)
     revision = args.get("revision", revision)
