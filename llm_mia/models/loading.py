@@ -32,6 +32,7 @@ import torch
 
 from llm_mia.errors import LlmMiaError
 
+ENGINES = ("hf", "vllm")
 MODEL_ARGS = ("pretrained", "peft", "revision", "dtype", "trust_remote_code", "allow_pickle")
 #: keys of an ``openai:URL`` endpoint (:func:`llm_mia.models.endpoint.load_endpoint`)
 ENDPOINT_ARGS = ("name", "api", "tokenizer", "top_logprobs", "batch", "concurrency", "max_retries", "timeout")
@@ -110,6 +111,14 @@ class LoadedModel:
         return compute_token_stats(self.model, sequences, context_lens=context_lens, batch_size=batch_size,
                                    pad_id=self.bos_id, max_context=self.max_context, stride=stride, moments=moments,
                                    progress=progress, logprob_transform=self.logprob_transform)
+
+    #: which engine runs the model (``--engine``): "hf" here, "vllm" in :class:`~llm_mia.models.vllm_engine.VllmModel`
+    engine = "hf"
+
+    @property
+    def engine_info(self) -> dict:
+        """What the reports record about the engine (the vLLM engine adds its cross-check figures)."""
+        return {"engine": "hf"}
 
     #: a function of (m, V) fp32 log-probs returning what the caller may see (None: everything);
     #: :class:`llm_mia.output_limits.ApiView` sets it to an API output limit
@@ -277,7 +286,8 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def load_model(name_or_path: str | None = None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
                trust_remote_code: bool = False, revision: str | None = None, peft: str | None = None,
-               allow_pickle: bool = False, model_args: str | dict | None = None) -> LoadedModel:
+               allow_pickle: bool = False, model_args: str | dict | None = None, engine: str = "hf",
+               crosscheck_texts: list[str] | None = None) -> LoadedModel:
     """Load a causal LM (or a PEFT adapter on its base) and its tokenizer, or connect to an endpoint.
 
     ``openai:URL`` is an OpenAI-compatible endpoint: an
@@ -295,18 +305,31 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
         allow_pickle: accept ``*.bin`` (pickle) weights, which can run code when loaded.
         model_args: lm-evaluation-harness string or dict (:func:`parse_model_args`); its keys override
             the keyword arguments; ``pretrained`` is the model (or, with an adapter, its base).
+        engine: "hf" (transformers, the reference) or "vllm": the same model loaded by the HF engine,
+            then run by vLLM once it passes the cross-check on ``crosscheck_texts`` (default: 16
+            paragraphs of the prompt corpus); see :mod:`llm_mia.models.vllm_engine`.
 
     Returns:
-        LoadedModel; for an adapter, ``base`` names the base model and ``adapter`` the adapter.
+        LoadedModel (a :class:`~llm_mia.models.vllm_engine.VllmModel` for ``engine="vllm"``); for an
+        adapter, ``base`` names the base model and ``adapter`` the adapter.
 
     Raises:
         LlmMiaError: one line, before any model work, for a missing folder, an uncached hub id offline,
-            an adapter whose base is missing, pickle-only weights, or bad model args; and if loading fails.
+            an adapter whose base is missing, pickle-only weights, bad model args, an unknown engine or
+            vLLM not installed; and if loading fails or the vLLM cross-check fails.
     """
+    if engine not in ENGINES:
+        raise LlmMiaError(f"unknown engine '{engine}' (use {' or '.join(ENGINES)})")
+    if engine == "vllm":
+        from llm_mia.models.vllm_engine import require_vllm
+
+        require_vllm()
     args = parse_model_args(model_args) if isinstance(model_args, str) or model_args is None else dict(model_args)
     from llm_mia.models.endpoint import is_endpoint, load_endpoint
 
     if is_endpoint(name_or_path):
+        if engine != "hf":
+            raise LlmMiaError(f"--engine {engine} runs a model folder; an openai:URL endpoint is its own engine")
         return load_endpoint(name_or_path, args)
     wrong = [k for k in args if k in ENDPOINT_ARGS]
     if wrong:
@@ -382,11 +405,16 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
     model.to(dev).eval()
     use_fused_activations(model)
     source = str(adapter_name if adapter_folder is not None else base_name)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, max_context=model_max_context(model),
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, source=source, max_context=model_max_context(model),
                        base=str(base_name) if adapter_folder is not None else None,
                        adapter=str(adapter_folder) if adapter_folder is not None else None,
                        folder=adapter_folder if adapter_folder is not None else folder,
                        base_folder=folder if adapter_folder is not None else None)
+    if engine == "vllm":
+        from llm_mia.models.vllm_engine import VllmModel
+
+        return VllmModel.from_loaded(loaded, texts=crosscheck_texts)
+    return loaded
 
 
 def use_fused_activations(model: torch.nn.Module) -> int:
