@@ -427,7 +427,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
               secrets_path: str | Path | None = None, text_column: str = "text",
               reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
               model_args: str | None = None, canaries: tuple[str | Path, str | Path] | None = None,
-              shadow_dir: str | Path | None = None) -> dict:
+              shadow_dir: str | Path | None = None, engine: str = "hf") -> dict:
     """Audit ``model_path`` (or the model ``model_args`` names) on its training data; write report.json / .md / .html.
 
     The data: ``members`` (the training examples: extraction verification, the suffix-array index,
@@ -480,7 +480,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     from llm_mia.shadow import check_tokenizer, load_shadows
 
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
-    target = load_model(str(model_path) if model_path is not None else None, model_args=model_args)
+    target = load_model(str(model_path) if model_path is not None else None, model_args=model_args, engine=engine)
     if shadow is not None:
         check_tokenizer(shadow, target.tokenizer)  # before any model runs
     cfg, left_out = _endpoint_setup(target, cfg)
@@ -586,7 +586,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "provenance": {
             "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256,
-            "model_base": target.base,
+            "model_base": target.base, "engine": getattr(target, "engine_info", None),
             "reference": ref_spec, "reference_source": ref_source,
             "reference_weights_sha256": ref_sha,
             "reference_excluded": ref_is_target,

@@ -65,6 +65,25 @@ def _model_args_option():
                              "name=,api=completions|chat|text,tokenizer=,top_logprobs=,batch=,concurrency=,max_retries=,timeout=.")
 
 
+def _check_engine(value: str) -> str:
+    """--engine, checked as soon as it is read (vLLM installed included), before any other work."""
+    from llm_mia.models.loading import ENGINES
+
+    if value not in ENGINES:
+        raise LlmMiaError(f"--engine must be {' or '.join(ENGINES)}, got '{value}'")
+    if value == "vllm":
+        from llm_mia.models.vllm_engine import require_vllm
+
+        require_vllm()
+    return value
+
+
+def _engine_option():
+    return typer.Option("hf", "--engine", callback=_check_engine,
+                        help="hf (transformers, the reference) or vllm: vLLM runs the model once its per-token "
+                             "log-probs match the HF engine's on 16 texts (the cross-check); needs llm_mia[vllm].")
+
+
 def _parse_ints(text: str, what: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -189,6 +208,7 @@ def extract(
     pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
                                               help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
                                                    "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
+    engine: str = _engine_option(),
 ):
     """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
 
@@ -214,8 +234,9 @@ def extract(
 
     state = dist_state()  # several processes: each on its own device (CPU: all on the CPU)
     dev = device or (str(state.device) if state is not None else None)
-    tgt = load_model(model, device=dev, model_args=model_args)
+    tgt = load_model(model, device=dev, model_args=model_args, engine=engine)
     ref = load_model(reference, device=dev) if reference else None
+    _echo_engine(tgt)
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     if s is not None:  # process 0
         typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
@@ -243,6 +264,7 @@ def score(
     device: Optional[str] = typer.Option(None, "--device"),
     shadow: Optional[Path] = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
                                           "RMIA with K references and the Shokri attack."),
+    engine: str = _engine_option(),
 ):
     """Score texts for membership with every signal; optional ROC metrics and calibrated decisions."""
     from llm_mia.scoring import score_file
@@ -251,7 +273,9 @@ def score(
                      signals=[x.strip() for x in signals.split(",") if x.strip()] if signals else None,
                      batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
-                     target_fpr=target_fpr, device=device, model_args=model_args, shadow_dir=shadow)
+                     target_fpr=target_fpr, device=device, model_args=model_args, shadow_dir=shadow,
+                     engine=engine)
+    _echo_engine(res.get("engine"))
     for w in res.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
@@ -273,6 +297,7 @@ def exposure(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass (64 was fastest on a 2-core CPU)."),
     device: Optional[str] = typer.Option(None, "--device"),
+    engine: str = _engine_option(),
 ):
     """Canary exposure (Carlini et al. 2019) of every secret: rank, exact, extrapolated; greedy, beam, sampling extraction."""
     from llm_mia.exposure import run_exposure
@@ -281,7 +306,7 @@ def exposure(
     check_output_dir(out)
 
     res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
-                       batch_size=batch_size, device=device, model_args=model_args)
+                       batch_size=batch_size, device=device, model_args=model_args, engine=engine)
     c = res.controls
     typer.echo(f"{len(res.rows)} secrets, {sum(r['greedy_extracted'] for r in res.rows)} greedily extracted -> "
                f"{out / 'exposure.json'}")
@@ -352,6 +377,7 @@ def audit(
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1,
                                               help="With --model openai:URL: stop with an error before the API call "
                                                    "that would pass this many (samples written so far are resumed)."),
+    engine: str = _engine_option(),
 ):
     """Run extraction, secret exposure, membership scoring and PII detection; write report.html,
     report.md, report.json and modelcard.md; with --policy, gate the release on the result.
@@ -412,7 +438,7 @@ def audit(
                 report = run_audit(corpus, model, out, members=members, nonmembers=nonmembers, secrets_path=secrets,
                                    text_column=text_column, reference_path=reference, cfg=cfg, policy=pol,
                                    model_args=model_args, canaries=(canaries, inclusion) if canaries else None,
-                                   shadow_dir=shadow)
+                                   shadow_dir=shadow, engine=engine)
     except LlmMiaError as e:  # a limit the report cannot answer: the report exists, so do the CI files
         if getattr(e, "report", None) is not None:
             _write_ci(e.report, e.report["verdict"], out, sarif=sarif, junit=junit)
@@ -422,6 +448,16 @@ def audit(
     _write_ci(report, report["verdict"], out, sarif=sarif, junit=junit)
     typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'}, {out / 'modelcard.md'})")
     _verdict_exit(report["verdict"])
+
+
+def _echo_engine(model_or_info) -> None:
+    """One stderr line with the vLLM cross-check's figures (nothing for the HF engine)."""
+    info = getattr(model_or_info, "engine_info", model_or_info) or {}
+    c = info.get("crosscheck")
+    if c:
+        typer.echo(f"engine vllm {info.get('vllm_version')}: cross-check passed on {c['n_texts']} texts "
+                   f"({c['n_tokens']} tokens, {c['dtype']}): max |log p difference| {c['max_abs_diff']:.2g} nats "
+                   f"(tolerance {c['tolerance']:g})", err=True)
 
 
 def _audit_warnings(report: dict) -> list[str]:
@@ -443,7 +479,7 @@ _AUDIT_KNOBS = {"num_samples", "strategy", "prompts", "candidates", "exact_limit
 _MODE_OPTIONS = {
     "audit": _COMMON | _AUDIT_KNOBS | {"corpus", "model", "model_args", "reference", "sarif", "junit", "members",
                                        "nonmembers", "secrets", "text_column", "score_spans", "canaries",
-                                       "inclusion", "shadow", "max_queries"},
+                                       "inclusion", "shadow", "max_queries", "engine"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
     "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
@@ -460,7 +496,8 @@ _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare",
             "compare": "--corpus --out", "compare_defenses": "--demo",
             "canaries": "an audit of existing models (--compare-defenses plants its own)",
             "inclusion": "an audit of existing models (--compare-defenses plants its own)",
-            "shadow": "an audit of one model (--model)"}
+            "shadow": "an audit of one model (--model)",
+            "engine": "an audit of one model (`audit --model`)"}
 
 
 def _refuse_unused(ctx: typer.Context, mode: str) -> None:

@@ -625,7 +625,7 @@ def rows_to_csv(rows: Sequence[dict]) -> str:
 def run_exposure(model: str, secrets_path: str | Path, out_dir: str | Path, *,
                  n_references: int = DEFAULT_REFERENCES, exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0,
                  beams: int = 5, batch_size: int = 64, device: str | None = None,
-                 progress: bool = True, model_args: str | None = None) -> ExposureResult:
+                 progress: bool = True, model_args: str | None = None, engine: str = "hf") -> ExposureResult:
     """``llm-mia exposure``: every secret of ``secrets_path`` against ``model``; writes
     ``out_dir/exposure.json``, ``exposure.csv`` and ``exposure.png`` (exposure against insertion count).
 
@@ -647,11 +647,13 @@ def run_exposure(model: str, secrets_path: str | Path, out_dir: str | Path, *,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LlmMiaError(f"--out {out} exists and is not a folder")
-    loaded = load_model(model, device=device, model_args=model_args)
+    loaded = load_model(model, device=device, model_args=model_args, engine=engine)
     with bar("exposure", exposure_work(secrets, n_references, exact_limit), enabled=progress) as adv:
         res = secret_exposure(loaded, secrets, n_references=n_references, exact_limit=exact_limit, seed=seed,
                               beams=beams, batch_size=batch_size, progress=adv)
-    record = {"model": loaded.source, "model_weights_sha256": loaded.weights_sha256, "secrets": str(secrets_path),
+    record = {"model": loaded.source, "model_weights_sha256": loaded.weights_sha256,
+              "engine": getattr(loaded, "engine_info", None),
+              "secrets": str(secrets_path),
               "settings": {"n_references": n_references, "exact_limit": exact_limit, "seed": seed, "beams": beams,
                            "top_k": res.top_k},
               "controls": res.controls, "by_count": exposure_by_count(res.rows), "rows": res.rows}

@@ -474,7 +474,8 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
     else:
         scored = scored_mine
     io.write_jsonl(private_dir(out) / "generated.jsonl", ({"id": k, **g} for k, g in enumerate(gen)))
-    return _verify_and_rank(target, gen, scored, out, train_texts, secrets, cfg, sigs)
+    return _verify_and_rank(target, gen, scored, out, train_texts, secrets, cfg, sigs,
+                            engine=getattr(target, "engine_info", None))
 
 
 #: A sample shorter than ``memorized_min_tokens`` counts as memorized only when all of it is a
@@ -525,7 +526,7 @@ def read_clear(out_dir: str | os.PathLike, name: str) -> list[dict]:
     return io.read_jsonl(path) if path.exists() else []
 
 
-def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: ExtractConfig, sigs) -> dict:
+def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: ExtractConfig, sigs, engine=None) -> dict:
     from llm_mia.dedup import dedup
     from llm_mia.index import CorpusIndex
     from llm_mia.pii_findings import sample_pii, tokenizer_normalizer, training_pii_index
@@ -607,6 +608,6 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
                "seed": cfg.seed, "top_n": cfg.top_n, "carlini_table": carlini, "rankings": table,
                "memorized_total": len(mem_ids), "memorized_in_any_top": len({s["id"] for s in mem_top}),
                "memorized_unique_in_any_top": unique_top,
-               "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]})}
+               "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine}
     io.write_json(out / "extract.json", summary)
     return summary

@@ -253,7 +253,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int | None = None,
                prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
                calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True,
-               model_args: str | None = None, shadow_dir=None) -> dict:
+               model_args: str | None = None, shadow_dir=None, engine: str = "hf") -> dict:
     """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).
 
     Every input is read and validated before the model is loaded, and every output is written
@@ -297,7 +297,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     from llm_mia.shadow import check_tokenizer, load_shadows
 
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
-    tgt = load_model(model, device=device, model_args=model_args)
+    tgt = load_model(model, device=device, model_args=model_args, engine=engine,
+                     crosscheck_texts=data.texts[:16])
     if shadow is not None:
         check_tokenizer(shadow, tgt.tokenizer)
     ref = load_model(reference, device=device) if reference else None
@@ -310,7 +311,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     for r, i in zip(res.rows, data.ids):
         r = dict(r, id=i)
         rows.append(r)
-    out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings}
+    out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings,
+           "engine": getattr(tgt, "engine_info", None)}
     if shadow is not None:
         from llm_mia.shadow import shadow_summary
 
@@ -342,7 +344,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
             except LlmMiaError as e:
                 m = {"error": str(e)}
             per[sig] = m
-        meta = {"model": model, "reference": reference, "input": str(input_path), "signals": per,
+        meta = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path), "signals": per,
                 "sign_convention": "higher score = more likely member; label member = 1", "warnings": res.warnings,
                 **({"shadow": out["shadow"]} if shadow is not None else {})}
         if calib is not None:
