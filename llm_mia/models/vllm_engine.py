@@ -31,11 +31,13 @@ no ``torch.compile`` and ``max_model_len`` at most 2,048.
 from __future__ import annotations
 
 import atexit
+import gc
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +55,7 @@ INSTALL = ("--engine vllm needs vLLM, which is not installed: pip install 'llm_m
            "(README: the vLLM engine)")
 _CPU_MAX_LEN = 2048
 _CHUNK = 256  # requests per LLM.generate call (progress granularity)
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()  # the vllm.LLM objects of this process not closed
 
 
 def require_vllm() -> None:
@@ -130,6 +133,7 @@ class VllmModel(LoadedModel):
             from llm_mia.models.vllm_logits import TemperatureDecayProcessor
 
             llm = LLM(logits_processors=[TemperatureDecayProcessor], **kw)
+            _LIVE.add(llm)
         except Exception as e:  # vLLM raises many types (unsupported architecture, memory, config)
             raise LlmMiaError(f"vLLM could not load model '{loaded.source}': {_first_line(e)}") from None
         self = cls(model=loaded.model, tokenizer=loaded.tokenizer, source=loaded.source,
@@ -138,9 +142,24 @@ class VllmModel(LoadedModel):
         if check:
             from llm_mia.models.crosscheck import crosscheck
 
-            self.crosscheck = crosscheck(self, self.hf, texts, tolerance=tolerance, dtype=dtype,
-                                         max_tokens=self.max_model_len - 1)
+            try:
+                self.crosscheck = crosscheck(self, self.hf, texts, tolerance=tolerance, dtype=dtype,
+                                             max_tokens=self.max_model_len - 1)
+            except LlmMiaError:
+                self.close()  # refused: free vLLM's KV cache at once
+                raise
         return self
+
+    def close(self) -> None:
+        """Let go of vLLM's engine (the HF twin stays usable). The in-process engines of one process
+        share vLLM's parallel state, which a shutdown tears down: only the last one is shut down."""
+        llm, self.llm = self.llm, None
+        _LIVE.discard(llm)
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and not _LIVE:
+            core.shutdown()
+        del llm
+        gc.collect()
 
     @property
     def hf(self) -> LoadedModel:
