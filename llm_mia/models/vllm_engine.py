@@ -60,7 +60,8 @@ _LIVE: "weakref.WeakSet" = weakref.WeakSet()  # the vllm.LLM objects of this pro
 
 def require_vllm() -> None:
     """Raise the one-line install hint when vLLM is not importable."""
-    if importlib.util.find_spec("vllm") is None:
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:  # absent, or only a folder named vllm on sys.path
         raise LlmMiaError(INSTALL)
 
 
