@@ -25,7 +25,10 @@ A PEFT adapter is merged by the HF loader and the merged weights are saved (safe
 temporary folder for vLLM, so vLLM's LoRA path is never used. The HF model stays loaded: it is
 the cross-check's reference and computes what vLLM cannot. On a CPU the defaults are
 ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB), the engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
-no ``torch.compile`` and ``max_model_len`` at most 2,048.
+no ``torch.compile``, ``max_model_len`` at most 2,048, and with ``OMP_NUM_THREADS`` set,
+``VLLM_CPU_OMP_THREADS_BIND=nobind`` (vLLM then runs that many threads, unpinned; unset, it pins
+one thread per physical core). vLLM's CPU worker replaces ``torch.set_num_threads`` by a no-op in
+its process, so the HF twin runs with the threads in force when vLLM started.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class VllmModel(LoadedModel):
         on_cpu = loaded.device.type == "cpu"
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            if os.environ.get("OMP_NUM_THREADS"):  # the user's thread count, no pinning to cores
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         folder = Path(vllm_folder) if vllm_folder is not None else (
