@@ -205,6 +205,7 @@ def model_fingerprint(target: LoadedModel) -> dict:
     in-memory model) the SHA-256 of its state_dict tensors, so a retrained or edited model differs;
     for an endpoint, the SHA-256 of its URL and served model name ("endpoint").
     ``weights_digest`` says which ("files" or "tensors"), so the two never compare equal by accident.
+    ``engine``: only for an engine other than HF (``"vllm"``: its sampler gives other samples).
     ``tokenizer_sha256``: SHA-256 of the tokenizer's ``tokenizer.json`` serialisation (vocabulary,
     merges, normalizer, special tokens), or of its sorted vocabulary for a slow tokenizer.
     """
@@ -220,8 +221,11 @@ def model_fingerprint(target: LoadedModel) -> dict:
     tok = target.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
     tok_text = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
-    return {"weights_sha256": digest, "weights_digest": kind,
-            "tokenizer_sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest()}
+    fp = {"weights_sha256": digest, "weights_digest": kind,
+          "tokenizer_sha256": hashlib.sha256(tok_text.encode("utf-8")).hexdigest()}
+    if getattr(target, "engine", "hf") != "hf":  # another sampler: other samples for the same seed
+        fp["engine"] = target.engine
+    return fp
 
 
 def _scan_shard(path: Path, *, repair: bool = False) -> Iterator[dict]:
@@ -266,6 +270,9 @@ def _records(out_dir: Path, strategy: str, cfg: ExtractConfig, max_new: int, fp:
     """
     for path in sorted((out_dir / PRIVATE / "shards").glob(f"{strategy}.*-of-*.jsonl")):
         for r in _scan_shard(path):
+            if r.get("engine", "hf") != fp.get("engine", "hf"):
+                raise LlmMiaError(f"{path} holds samples of --engine {r.get('engine', 'hf')} (another sampler: other "
+                                  f"samples for the same seed): resume with that engine, or use another --out")
             got = {k: r.get(k) for k in fp}
             if got != fp:
                 which = "tokenizer" if got["weights_sha256"] == fp["weights_sha256"] else "model"
