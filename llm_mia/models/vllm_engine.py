@@ -210,7 +210,7 @@ class VllmModel(LoadedModel):
             progress(n - len(todo))
         from vllm import SamplingParams, TokensPrompt
 
-        sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
         for c0 in range(0, len(todo), _CHUNK):
             part = todo[c0:c0 + _CHUNK]
             outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(map(int, sequences[i]))) for i in part], sp,
@@ -224,12 +224,7 @@ class VllmModel(LoadedModel):
     @staticmethod
     def _prompt_rows(seq, prompt_logprobs, first: int) -> list[tuple[float, int]]:
         """(log p, rank) of positions ``first..len-1`` from vLLM's prompt_logprobs (NaN where absent)."""
-        out = []
-        for p in range(first, len(seq)):
-            d = prompt_logprobs[p] if prompt_logprobs is not None and p < len(prompt_logprobs) else None
-            lp = d.get(int(seq[p])) if d else None
-            out.append((float("nan"), 0) if lp is None else (float(lp.logprob), int(lp.rank)))
-        return out
+        return [_entry(prompt_logprobs, p, int(seq[p])) for p in range(first, len(seq))]
 
     # ---- generation
     def generate(self, prompts, *, max_new_tokens: int, seeds=None, top_k: int = 40, temperature=1.0,
@@ -259,7 +254,7 @@ class VllmModel(LoadedModel):
         from llm_mia.models.vllm_logits import EXTRA_ARG
 
         base = dict(max_tokens=max_new_tokens, min_tokens=min_new_tokens if eos else 0, stop_token_ids=eos or None,
-                    logprobs=0, detokenize=False, top_p=1.0,
+                    logprobs=0, flat_logprobs=True, detokenize=False, top_p=1.0,
                     allowed_token_ids=list(range(limit)) if limit < model_vocab else None)
         if greedy:
             params = [SamplingParams(temperature=0.0, **base)] * len(prompts)
@@ -276,11 +271,23 @@ class VllmModel(LoadedModel):
             stop = [k for k, t in enumerate(new) if t in eos]
             new = new[:stop[0]] if stop else new
             if new and c.logprobs is not None:
-                self._gen_logprobs[_key(list(p) + new, len(p))] = [
-                    (float(d[t].logprob), int(d[t].rank)) if d and t in d else (float("nan"), 0)
-                    for t, d in zip(new, c.logprobs)]
+                self._gen_logprobs[_key(list(p) + new, len(p))] = [_entry(c.logprobs, k, t) for k, t in enumerate(new)]
             res.append(Generated(prompt=list(p), new_ids=new))
         return res
+
+
+def _entry(lps, p: int, token: int) -> tuple[float, int]:
+    """(log p, rank) of ``token`` at position ``p`` of vLLM log-probs (``FlatLogprobs`` or a list of
+    dicts), or (NaN, 0) when vLLM gives none there."""
+    if lps is None or p >= len(lps):
+        return float("nan"), 0
+    if hasattr(lps, "start_indices"):  # FlatLogprobs: flat lists, no object per token
+        for k in range(lps.start_indices[p], lps.end_indices[p]):
+            if lps.token_ids[k] == token:
+                return float(lps.logprobs[k]), int(lps.ranks[k])
+        return float("nan"), 0
+    lp = (lps[p] or {}).get(token)
+    return (float("nan"), 0) if lp is None else (float(lp.logprob), int(lp.rank))
 
 
 def _stats(sequences, first: list[int], rows: list) -> TokenStats:
