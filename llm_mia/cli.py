@@ -49,6 +49,17 @@ def shadow_train(
     typer.echo(f"{sh.n_models} shadow models on {len(sh.texts)} population texts -> {out}")
 
 
+@app.callback()
+def _global_options(
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of torch (default: "
+                                          "OMP_NUM_THREADS when set, else 1, the fastest on a busy machine; "
+                                          "see llm_mia/threads.py)."),
+):
+    from llm_mia.threads import apply_threads
+
+    apply_threads(threads)
+
+
 def _check_model_args(value: Optional[str]) -> Optional[str]:
     """Parse --model-args as soon as it is read, so a bad key fails before any other input."""
     if value is not None:
