@@ -5,10 +5,13 @@ sample N top-k (k = 40) samples of L new tokens from the start token, score ever
 paper's rankings (perplexity, zlib, lowercase, reference, window), dedup, and verify every sample
 against the training corpus (longest verbatim match).
 
-- ours: ``llm_mia.extract.extract`` -- batched generation (``--batch-size`` rows, one seeded
+- ours: ``llm_mia.extract.extract`` with each engine (``--engine``: ``hf`` = the transformers
+  engine of ``llm_mia.models.loading``; ``vllm`` = ``llm_mia.models.vllm_engine``, skipped with a
+  note where vLLM is not importable), on the models saved to a folder and loaded as the CLI loads
+  them -- batched generation (``--batch-size`` rows, one seeded
   generator per sample), the generated ids scored directly in length-sorted batches (one pass per
   model and view), dedup and suffix-array verification.
-- baseline: the loop of the public extraction code -- HF ``generate`` in batches of 10 (global
+- baseline: the loop of the public extraction code (LM_Memorization's ``extraction.py``) -- HF ``generate`` in batches of 10 (global
   seed), decode, then each sample scored alone: one forward pass of the target on the text, one of
   the target on the lowercase text, one of the reference (window read from the target pass's token
   losses, zlib from the text). Dedup and verification then use llm_mia's own functions (the public
@@ -19,21 +22,23 @@ Model: a GPT-2 of the ``small`` preset's shape (4 layers, width 256, BPE vocabul
 positions; random weights (speed does not depend on them), the reference a second random draw. The
 training corpus for verification is the demo's (300 k characters of python-docs).
 
-    python benchmarks/extract_bench.py --n 1000 --threads 1
-    python benchmarks/extract_bench.py --n 10000 --baseline-n 500   # ours at 10^4, baseline rate from 500
+    python benchmarks/extract_bench.py                                  # N = 64, 256, 1024; baseline at 64, 256
+    /work/vllm-venv/bin/python benchmarks/extract_bench.py --engine hf,vllm   # with the vLLM engine
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import sys
 import tempfile
 import time
 import zlib
+from pathlib import Path
 
 import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # this checkout's llm_mia
 
 LENGTH = 64
 
@@ -110,12 +115,9 @@ def baseline(model, ref, tok, train: list[str], n: int, length: int, seed: int) 
 
 # ----------------------------------------------------------------------------------------- ours
 
-def ours(model, ref, tok, train: list[str], n: int, length: int, seed: int, batch_size: int) -> dict:
+def ours(target, reference, train: list[str], n: int, length: int, seed: int, batch_size: int) -> dict:
     from llm_mia.extract import ExtractConfig, extract
-    from llm_mia.models.loading import from_objects
 
-    target = from_objects(copy.deepcopy(model), tok, fused_activations=True)
-    reference = from_objects(copy.deepcopy(ref), tok, fused_activations=True)
     with tempfile.TemporaryDirectory() as d:
         cfg = ExtractConfig(num_samples=n, seed=seed, max_new_tokens=length, batch_size=batch_size, progress=False)
         t0 = time.perf_counter()
@@ -126,37 +128,60 @@ def ours(model, ref, tok, train: list[str], n: int, length: int, seed: int, batc
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", default="1000", help="comma-separated sample counts for ours (default 1000)")
-    ap.add_argument("--baseline-n", type=int, default=None, help="samples for the baseline (default: the first --n)")
+    ap.add_argument("--n", default="64,256,1024", help="comma-separated sample counts for ours (default 64,256,1024)")
+    ap.add_argument("--baseline-n", default="64,256", help="comma-separated sample counts for the baseline (default 64,256)")
+    ap.add_argument("--engine", default="hf,vllm", help="engines of ours, comma-separated (default hf,vllm; "
+                    "vllm is skipped with a note where it is not importable)")
     ap.add_argument("--length", type=int, default=LENGTH, help=f"new tokens per sample (default {LENGTH})")
     ap.add_argument("--batch-size", type=int, default=64, help="our generation batch size (default 64)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, the CLI's default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    import os
+
+    from engines import engine_notes, load_engine
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
     model, ref, tok, docs = build(args.seed)
-    ns = [int(x) for x in args.n.split(",")]
-    nb = args.baseline_n or ns[0]
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}")
-    print(f"model: GPT-2 {model.config.n_layer} layers, width {model.config.n_embd}, vocab {model.config.vocab_size}; "
-          f"{args.length} new tokens per sample; training corpus {len(docs)} documents")
-    ours(model, ref, tok, docs, 8, args.length, args.seed, args.batch_size)  # warm-up
-    res = {}
-    for n in ns:
-        r = ours(model, ref, tok, docs, n, args.length, args.seed, args.batch_size)
-        res[n] = r
-        print(f"ours     N={n:6d}: {r['total_s']:8.1f} s = {n / r['total_s']:7.1f} samples/s "
-              f"({r['unique']} unique)", flush=True)
-    _, t = baseline(model, ref, tok, docs, nb, args.length, args.seed)
-    rb = nb / t["total_s"]
-    print(f"baseline N={nb:6d}: {t['total_s']:8.1f} s = {rb:7.1f} samples/s ({t['unique']} unique; sampling "
-          f"{t['sample_s']:.1f} s, scoring {t['score_s']:.1f} s, dedup + verification {t['dedup_verify_s']:.1f} s)")
-    for n, r in res.items():
-        print(f"ratio at N={n}: {n / r['total_s'] / rb:.1f}x")
+    ns = [int(x) for x in args.n.split(",") if x.strip()]
+    nbs = [int(x) for x in args.baseline_n.split(",") if x.strip()]
+    notes = engine_notes([e.strip() for e in args.engine.split(",") if e.strip()])
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+          f"torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}")
+    print(f"model: GPT-2 {model.config.n_layer} layers, width {model.config.n_embd}, vocab {model.config.vocab_size}, "
+          f"{n_params / 1e6:.2f} M parameters; {args.length} new tokens per sample; training corpus {len(docs)} documents")
+    rates: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, m in (("model", model), ("ref", ref)):
+            m.save_pretrained(f"{d}/{name}")
+            tok.save_pretrained(f"{d}/{name}")
+        for engine, note in notes.items():
+            if note:
+                print(f"{engine}: {note}")
+                continue
+            target, reference = load_engine(engine, f"{d}/model"), load_engine(engine, f"{d}/ref")
+            ours(target, reference, docs, 8, args.length, args.seed, args.batch_size)  # warm-up
+            for n in ns:
+                r = ours(target, reference, docs, n, args.length, args.seed, args.batch_size)
+                rates[engine, n] = n / r["total_s"]
+                print(f"ours {engine:4s} N={n:5d}: {r['total_s']:7.1f} s = {rates[engine, n]:6.1f} samples/s "
+                      f"({r['unique']} unique; load {os.getloadavg()[0]:.2f})", flush=True)
+            del target, reference
+    for nb in nbs:
+        _, t = baseline(model, ref, tok, docs, nb, args.length, args.seed)
+        rates["baseline", nb] = nb / t["total_s"]
+        print(f"baseline  N={nb:5d}: {t['total_s']:7.1f} s = {rates['baseline', nb]:6.1f} samples/s "
+              f"({t['unique']} unique; sampling {t['sample_s']:.1f} s, scoring {t['score_s']:.1f} s, dedup + "
+              f"verification {t['dedup_verify_s']:.1f} s; load {os.getloadavg()[0]:.2f})", flush=True)
+    for (engine, n), rate in rates.items():
+        if engine != "baseline" and ("baseline", n) in rates:
+            print(f"ratio {engine} / baseline at N={n}: {rate / rates['baseline', n]:.2f}x")
+        if engine != "baseline":
+            print(f"per generated token ({engine}, N={n}): {1e6 / (rate * args.length):.0f} us for the whole extraction")
     return 0
 
 

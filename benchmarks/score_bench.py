@@ -25,15 +25,19 @@ two (they must agree: same definitions, independent code).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
+import os
 import platform
 import random
 import sys
+import tempfile
 import time
 import zlib
+from pathlib import Path
 
 import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # this checkout's llm_mia
 
 SIGNALS = ["loss", "zlib", "lowercase", "min_k", "min_k_plus_plus", "window"]
 MIN_TOK, MAX_TOK = 64, 256
@@ -139,17 +143,20 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", default="auto,32",
                     help="comma-separated batch sizes for ours; 'auto' = the library default, a per-device "
                          "token budget (default: auto,32)")
+    ap.add_argument("--engine", default="hf,vllm", help="engines of ours, comma-separated (default hf,vllm; "
+                    "vllm is skipped with a note where it is not importable)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from engines import engine_notes, load_engine
     from transformers.utils import logging as hf_logging
 
-    from llm_mia.models.loading import from_objects
     from llm_mia.scoring import score
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -157,28 +164,39 @@ def main(argv=None) -> int:
     texts = make_texts(tok, docs, args.n, args.seed)
     nb = len(texts) if args.baseline_n is None else min(args.baseline_n, len(texts))
     n_tok = [len(tok(t)["input_ids"]) for t in texts]
-    # ours gets the model as llm_mia's load_model prepares it (fused tanh GELU: same formula, one
-    # kernel); the baseline keeps the model as transformers builds it. Same weights.
-    lm = from_objects(copy.deepcopy(model), tok, fused_activations=True)
+    notes = engine_notes([e.strip() for e in args.engine.split(",") if e.strip()])
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}, "
-          f"{args.dtype}; torch {torch.__version__}, python {platform.python_version()}")
+          f"{args.dtype}; torch {torch.__version__}, python {platform.python_version()}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"model: GPT-2 {model.config.n_layer} layers, width {model.config.n_embd}, {model.config.n_head} heads, "
           f"vocab {model.config.vocab_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     print(f"texts: {len(texts)}, {min(n_tok)}-{max(n_tok)} tokens (mean {sum(n_tok) / len(n_tok):.0f}); "
           f"signals: {', '.join(SIGNALS)}")
 
     batch_sizes = [None if x.strip() == "auto" else int(x) for x in str(args.batch_size).split(",") if x.strip()]
-    # warm-up (allocator, kernels) on a few texts, outside the timings
-    score(lm, texts[:4], signals=SIGNALS, batch_size=batch_sizes[0])
-    baseline_scores(model, tok, texts[0])
-
+    baseline_scores(model, tok, texts[0])  # warm-up
     runs = {}
-    for bs in batch_sizes:
-        t0 = time.perf_counter()
-        rows = score(lm, texts, signals=SIGNALS, batch_size=bs).rows
-        runs[bs] = (rows, time.perf_counter() - t0)
-        print(f"ours     (batched, batch size {bs or 'auto':>4}, 2 forward passes per text): "
-              f"{len(texts)} texts in {runs[bs][1]:7.1f} s = {len(texts) / runs[bs][1]:7.1f} texts/s", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        # ours gets the model as the CLI loads it (HF: load_model's fused tanh GELU, the same formula in
+        # one kernel); the baseline keeps the model as transformers builds it. Same weights.
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        for engine, note in notes.items():
+            if note:
+                print(f"{engine}: {note}")
+                continue
+            lm = load_engine(engine, d, device=args.device, dtype=args.dtype)
+            # vLLM returns the log-prob of the token only, not the distribution Min-K%++ needs
+            sigs = [s for s in SIGNALS if engine == "hf" or s != "min_k_plus_plus"]
+            for bs in batch_sizes if engine == "hf" else [None]:
+                score(lm, texts[:4], signals=sigs, batch_size=bs)  # warm-up (allocator, kernels)
+                t0 = time.perf_counter()
+                rows = score(lm, texts, signals=sigs, batch_size=bs).rows
+                runs[engine, bs] = (rows, time.perf_counter() - t0)
+                print(f"ours {engine:4s} (batched, batch size {bs or 'auto':>4}, 2 forward passes per text): "
+                      f"{len(texts)} texts in {runs[engine, bs][1]:7.1f} s = {len(texts) / runs[engine, bs][1]:7.1f} "
+                      f"texts/s (load {os.getloadavg()[0]:.2f})", flush=True)
+            del lm
 
     t0 = time.perf_counter()
     base = [baseline_scores(model, tok, t) for t in texts[:nb]]
@@ -186,15 +204,15 @@ def main(argv=None) -> int:
     r_base = nb / t_base
     print(f"baseline (one text at a time, 7 forward passes per text):    "
           f"{nb} texts in {t_base:7.1f} s = {r_base:7.1f} texts/s")
-    for bs, (_, t) in runs.items():
-        print(f"ratio (batch size {bs or 'auto'}): {len(texts) / t / r_base:.1f}x")
+    for (engine, bs), (_, t) in runs.items():
+        print(f"ratio {engine} (batch size {bs or 'auto'}) / baseline: {len(texts) / t / r_base:.1f}x")
 
     print("\nagreement on the texts both scored (max |ours - baseline| over every batch size, max relative difference):")
     worst = 0.0
     for s in SIGNALS:
         b = torch.tensor([r[s] for r in base], dtype=torch.float64)
         d = torch.stack([(torch.tensor([r["scores"][s] for r in rows[:nb]], dtype=torch.float64) - b).abs()
-                         for rows, _ in runs.values()])
+                         for rows, _ in runs.values() if s in rows[0]["scores"]])
         rel = float((d / b.abs().clamp_min(1e-12)).max())
         worst = max(worst, rel)
         print(f"  {s:16s} {float(d.max()):.2e}  {rel:.2e}")
