@@ -72,12 +72,16 @@ def resolve_threads(cli: int | None = None, env: Mapping[str, str] | None = None
 
 
 def apply_threads(cli: int | None = None) -> int:
-    """Resolve the policy (:func:`resolve_threads`) and set torch's intra-op threads; returns n.
+    """Resolve the policy (:func:`resolve_threads`), set torch's intra-op threads and return n.
 
-    The environment is left as it is (the CLI runs in-process in tests and notebooks; nothing it
-    starts later runs torch).
+    A number chosen here (``--threads`` or the default) is also exported as ``OMP_NUM_THREADS``,
+    so what starts its own thread pool later follows it: vLLM's CPU worker (which pins one thread
+    per core when the variable is unset) and child processes. A value from the environment is left
+    as it is.
     """
-    n, _ = resolve_threads(cli)
+    n, source = resolve_threads(cli)
+    if source in ("--threads", "default"):
+        os.environ["OMP_NUM_THREADS"] = str(n)
     import torch
 
     if torch.get_num_threads() != n:

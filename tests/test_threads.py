@@ -45,8 +45,10 @@ def test_apply_sets_torch_threads(monkeypatch):
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     try:
         assert apply_threads(2) == 2 and torch.get_num_threads() == 2
+        assert os.environ["OMP_NUM_THREADS"] == "2"  # exported: vLLM's CPU worker and children follow it
+        monkeypatch.delenv("OMP_NUM_THREADS")
         assert apply_threads() == DEFAULT_THREADS and torch.get_num_threads() == DEFAULT_THREADS
-        assert "OMP_NUM_THREADS" not in os.environ  # the environment is left alone
+        assert os.environ["OMP_NUM_THREADS"] == str(DEFAULT_THREADS)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert apply_threads() == 2 and torch.get_num_threads() == 2
     finally:
