@@ -14,8 +14,9 @@ Precedence:
 3. otherwise :data:`DEFAULT_THREADS` = 1.
 
 Why one thread by default, measured with ``benchmarks/threads_bench.py`` (figures in
-benchmarks/README.md): on a 2-core machine shared with other jobs, torch at its default (one
-thread per core) ran ``llm-mia extract`` several times slower than at one thread, because every
+benchmarks/README.md): on a 2-core machine shared with other jobs (load average 5-11), torch at
+its default (one thread per core) ran ``llm-mia extract`` 4.2x and ``llm-mia score`` 3.4x slower
+than at one thread, and two processes of one thread were no faster than one, because every
 OpenMP region waits for its slowest thread and a thread sharing a core with another process is
 always the slowest. On an idle machine more threads help scoring (up to the number of cores), so
 ``--threads`` / ``OMP_NUM_THREADS`` are the way to use them; the default favours the machine that
