@@ -72,9 +72,21 @@ def _dtype_name(dt: torch.dtype) -> str:
     return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dt, str(dt))
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """One line for an exception: a pydantic ValidationError (vLLM's config checks) gives its first
+    error's message, which names the cause ("Model architectures [...] are not supported"), rather
+    than its header line; anything longer than ``limit`` characters is cut with an ellipsis."""
+    errors = getattr(e, "errors", None)
+    s = ""
+    if callable(errors):
+        try:
+            s = str(errors()[0].get("msg", ""))
+        except Exception:  # not pydantic's errors(): fall back to the text
+            s = ""
+    s = (s or str(e)).strip()
+    s = s.splitlines()[0] if s else type(e).__name__
+    s = s.split(" Supported architectures:")[0]
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _key(ids: Sequence[int], ctx: int) -> bytes:

@@ -178,3 +178,25 @@ def _hf_score(folders, tmp_path, capsys) -> str:
                             "--output", tmp_path / "h.jsonl"], capsys)
     assert code == 0, err
     return (tmp_path / "h.jsonl").read_text()
+
+
+def test_a_model_vllm_cannot_load_is_a_one_line_error(tmp_path, capsys):
+    """GPT-Neo loads in transformers but is not a vLLM 0.32 architecture: `score --engine vllm` exits 2
+    with one line naming the cause, and writes no output file."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    from llm_mia.models.tokenizer import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(TOKENIZER_TEXT, vocab_size=300, min_frequency=1)
+    cfg = GPTNeoConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2,
+                       attention_types=[[["global", "local"], 1]], max_position_embeddings=128, window_size=16,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPTNeoForCausalLM(cfg).save_pretrained(tmp_path / "neo")
+    tok.save_pretrained(tmp_path / "neo")
+    (tmp_path / "in.txt").write_text("hello world\nanother text\n", encoding="utf-8")
+    code, _, err = run_cli(["score", "--engine", "vllm", "--model", tmp_path / "neo", "--input", tmp_path / "in.txt",
+                            "--output", tmp_path / "s.jsonl"], capsys)
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "vLLM could not load model" in lines[0] and "GPTNeoForCausalLM" in lines[0] and "not supported" in lines[0]
+    assert "Traceback" not in err and not (tmp_path / "s.jsonl").exists()
