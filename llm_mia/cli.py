@@ -333,12 +333,14 @@ def audit(
     length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
     compare: Optional[list[str]] = typer.Option(None, "--compare",
                                                 help="Compare models: NAME=FOLDER or FOLDER, repeatable or comma-separated "
-                                                     "(needs --corpus, --out); writes compare.json / compare.md."),
+                                                     "(needs --corpus, --out); NAME=FOLDER@memguard:EPS serves the model "
+                                                     "through MemGuard; writes compare.json / compare.md."),
     compare_defenses: bool = typer.Option(False, "--compare-defenses",
                                           help="With --demo: train the baseline and defended models and compare them."),
     quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
     api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
-                                  help="With --compare: API output limits to run the membership signals through."),
+                                  help="With --compare: API output limits to run the membership signals through "
+                                       "(full, topk:K, rounded:D, memguard:EPS, label-only)."),
     sarif: Optional[Path] = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
                                          "(GitHub code scanning) to this file."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
@@ -531,17 +533,22 @@ def gate(
     _verdict_exit(v.to_dict())
 
 
-def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
-    """``NAME=FOLDER`` or ``FOLDER`` items (each may be comma-separated) -> (name, folder) pairs."""
+def _parse_compare(items: list[str]) -> list[tuple[str, str, str | None]]:
+    """``NAME=FOLDER[@memguard:EPS]`` or ``FOLDER`` items (each may be comma-separated) -> (name, folder,
+    serving mode or None) triples (``@memguard:EPS``: the model served through MemGuard)."""
     pairs = []
     for item in items:
         for part in (x.strip() for x in item.split(",")):
             if not part:
                 continue
+            serving = None
+            head, at, tail = part.rpartition("@")
+            if at and tail.strip().lower().startswith("memguard"):
+                part, serving = head, tail.strip()
             name, sep, path = part.partition("=")
             if not sep:
                 name, path = Path(part.rstrip("/")).name, part
-            pairs.append((name.strip(), path.strip()))
+            pairs.append((name.strip(), path.strip(), serving))
     return pairs
 
 

@@ -21,7 +21,17 @@ from llm_mia.models.heldout import heldout_perplexity
 __all__ = ["heldout_perplexity", "compare_models", "render_compare_markdown"]
 
 
-def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | None) -> dict:
+def _served_limits(report: dict, mode: str) -> dict:
+    """A served row's membership metrics in :func:`llm_mia.output_limits.membership_under_limits`'s shape."""
+    sigs = (report.get("membership") or {}).get("signals") or {}
+    return {"modes": {mode: {"signals": {k: {"tpr_at_1pct_fpr": v["tpr_at_fpr"]["0.01"]["tpr"], "auc": v["auc"]}
+                                         for k, v in sigs.items() if "auc" in v}}}}
+
+
+def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | None, serving: str | None = None,
+               api_modes: Sequence[str] = ()) -> dict:
+    from llm_mia.output_limits import query_limits
+
     recipe = report["provenance"].get("recipe") or {}
     mem = report.get("membership", {}).get("signals", {})
     tprs = {k: v["tpr_at_fpr"]["0.01"]["tpr"] for k, v in mem.items() if "tpr_at_fpr" in v}
@@ -35,8 +45,13 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
         d["n"] += g["n"]
         d["rank_sum"] += g["mean_exposure_rank"] * g["n"]
     dp = recipe.get("dp") or {}
+    defense = recipe.get("defense", "none")
+    if serving:
+        defense = f"{serving} (serving)" if defense == "none" else f"{defense} + {serving} (serving)"
+    ql = (query_limits(report["secrets"], _served_limits(report, serving), [serving]) if serving
+          else query_limits(report["secrets"], limits, list(api_modes) or ["full"]))
     return {
-        "name": name, "model": str(path), "defense": recipe.get("defense", "none"),
+        "name": name, "model": str(path), "defense": defense, "serving": serving, "query_limits": ql,
         "settings": {k: recipe.get(k) for k in ("weight_decay", "dropout", "steps", "planned_steps")},
         "early_stopping_best_step": (recipe.get("early_stopping") or {}).get("best_step"),
         "dedup": recipe.get("dedup"),
@@ -53,11 +68,21 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
     }
 
 
-def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
+def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str | Path, *,
                    reference_path: str | Path | None = None, cfg=None, canaries=None,
                    api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
-                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None) -> dict:
-    """Audit every model of ``models`` ((name, folder) pairs) and write one comparison.
+                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None,
+                   memguard_classifier=None) -> dict:
+    """Audit every model of ``models`` ((name, folder) or (name, folder, serving mode) tuples) and write
+    one comparison.
+
+    A serving mode (``"memguard:EPS"``, :mod:`llm_mia.memguard`) audits the folder's model served
+    through MemGuard: its membership signals read the returned (noised) log-probs; extraction and
+    exposure read the model (MemGuard leaves generated text alone). The defender's classifier is
+    ``memguard_classifier(loaded target)`` when given (e.g. fitted on shadow models), else fitted on
+    the target's training documents against held-out documents, both outside the membership sample.
+    Every row has ``query_limits`` (:func:`llm_mia.output_limits.query_limits`, per API mode; a served
+    row: its serving mode).
 
     Each model gets ``out_dir/<name>/report.json`` (the usual audit, gated by ``policy`` when one is
     given: each row then carries its ``verdict``); ``out_dir/compare.json`` and ``compare.md`` hold one
@@ -76,13 +101,18 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     from llm_mia.output_limits import membership_under_limits
     from llm_mia.secrets import load_secrets
 
+    from llm_mia.output_limits import parse_mode
+
     cfg = cfg or AuditConfig()
     if not models:
         raise LlmMiaError("--compare needs at least one model")
-    names = [n for n, _ in models]
+    models = [(m[0], m[1], m[2] if len(m) > 2 else None) for m in models]
+    names = [n for n, _, _ in models]
     if len(set(names)) != len(names):
         raise LlmMiaError(f"model names must be distinct, got {names}")
-    for n, p in models:
+    for n, p, serving in models:
+        if serving is not None and parse_mode(serving).kind != "memguard":
+            raise LlmMiaError(f"model '{n}': a serving defence is memguard:EPS, got '{serving}'")
         if not n or "/" in n or n.startswith(".") or n in ("compare.json", "compare.md"):
             raise LlmMiaError(f"bad model name '{n}' (a plain folder name)")
         if not (Path(p) / "config.json").is_file():
@@ -90,7 +120,7 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     if canaries:
         from llm_mia.canaries import prepare_canary_audit
 
-        for _, p in models:
+        for _, p, _ in models:
             prepare_canary_audit(*canaries, model_path=p, has_reference=reference_path is not None)
     corpus = Path(corpus_dir)
     for f in ("train.jsonl", "heldout.jsonl", "secrets.json"):
@@ -103,19 +133,25 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     reference = load_model(str(reference_path)) if reference_path else None
     # a reference trained on the non-members would make its signals measure itself (see audit)
     mia_reference = None if reference_saw_nonmembers(reference_path, corpus) else reference
-    mem, non = membership_sample(train, heldout, load_secrets(corpus / "secrets.json"), cfg.membership_docs, cfg.seed)
+    secrets = load_secrets(corpus / "secrets.json")
+    mem, non = membership_sample(train, heldout, secrets, cfg.membership_docs, cfg.seed)
     n = len(mem)
+    serves = {name: _memguard_serve(parse_mode(serving), memguard_classifier, train, heldout, mem, non, secrets,
+                                    seed=cfg.seed) for name, _, serving in models if serving}  # checked before any audit
     rows = []
-    for name, path in models:
+    for name, path, serving in models:
         t0 = time.time()
+        serve, record = serves.get(name, (None, None))
         report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy,
-                           canaries=canaries)
+                           canaries=canaries, serve=serve)
         target = load_model(str(path))
         limits = None
-        if api_modes and n >= 2:
+        if api_modes and n >= 2 and not serving:
             limits = membership_under_limits(target, mem, non, modes=api_modes, reference=mia_reference,
                                              n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
-        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), limits)
+        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), limits, serving, api_modes)
+        if record is not None:
+            row["memguard"] = record
         if policy is not None:
             v = report["verdict"]
             row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
@@ -129,6 +165,35 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _memguard_serve(mode, make_classifier, train, heldout, mem, non, secrets, *, seed: int):
+    """(serve, record) for :func:`llm_mia.audit.run_audit`: ``serve = (name, target -> MemGuard view)``;
+    ``record`` (the classifier's weights and what it was trained on) is filled when the view is built."""
+    from llm_mia.audit import strip_planted
+    from llm_mia.memguard import defense_training_set, fit_classifier
+    from llm_mia.output_limits import ApiView
+
+    record: dict = {}
+    seen_non = set(non)
+    rest_n = [t for t in heldout if t not in seen_non]
+    seen_mem = set(mem)
+    rest_m = [t for t in train if strip_planted(t, secrets) not in seen_mem]  # ``mem`` holds stripped copies
+    if make_classifier is None and min(len(rest_m), len(rest_n)) < 1:
+        raise LlmMiaError(f"{mode.name}: the defender's classifier needs a training and a held-out document outside "
+                          f"the membership sample (got {len(rest_m)} + {len(rest_n)}): lower --membership-docs")
+
+    def view(target):
+        if make_classifier is not None:
+            clf = make_classifier(target)
+            record.update(clf.to_dict(), trained_on="given (shadow models)")
+        else:
+            clf = fit_classifier(*defense_training_set([(target, rest_m, rest_n)]), seed=seed)
+            record.update(clf.to_dict(), trained_on=f"the target: {len(rest_m)} training vs {len(rest_n)} held-out "
+                                                    "documents outside the membership sample")
+        return ApiView.of(target, mode, memguard=clf, seed=seed)
+
+    return (mode.name, view), record
 
 
 def _f(v, fmt: str = ".2f") -> str:
@@ -170,6 +235,26 @@ def render_compare_markdown(result: dict) -> str:
                 work = ", ".join(f"{s} ({m['signals'][s]['auc']:.2f})" for s in m["working"]) or "none"
                 lines.append(f"| {r['name']} | {mode} | {len(m['computable'])} | {work} | "
                              f"{', '.join(sorted(m['not_computable'])) or '-'} |")
+    if any(r.get("query_limits") for r in rows):
+        lines += ["", "## Query limits", "",
+                  "Queries an attacker needs: to extract the easiest secret inserted >= once (greedy generation from "
+                  "the audit's contexts, one query each, or top-k 40 samples for a 1/2 chance; label-only: greedy "
+                  "only), and per member found at the best signal's 1% FPR threshold (one query per text, half "
+                  "the texts members: 1 / (0.5 x TPR)). A rate limit below the first column would have stopped "
+                  "every extraction measured.", "",
+                  "| model | API mode | queries to extract (secret) | extractable secrets | best signal | TPR@1%FPR "
+                  "| queries per member found |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            for mode, q in (r.get("query_limits") or {}).items():
+                lines.append(f"| {r['name']} | {mode} | {_f(q['fewest'], '.0f')}"
+                             + (f" ({q['secret']})" if q["secret"] else "")
+                             + f" | {q['extractable']}/{q['gated']} | {q['best_signal'] or '-'} | "
+                             f"{_f(q['tpr_at_1pct_fpr'], '.3f')} | {_f(q['queries_per_member_found'], '.1f')} |")
+    served = [r for r in rows if r.get("serving")]
+    if served:
+        lines += ["", "Served rows (" + ", ".join(r["name"] for r in served) + "): membership reads the log-probs the "
+                  "serving defence returns; extraction, exposure and held-out perplexity are the model's own "
+                  "(MemGuard changes returned log-probs, never generated text)."]
     cans = [r for r in rows if r["canary_audit"]]
     if cans:
         c = cans[0]["canary_audit"]

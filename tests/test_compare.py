@@ -64,7 +64,38 @@ def test_compare_bad_inputs(tmp_path, capsys):
         C.compare_models(tmp_path, [("a", tmp_path), ("a", tmp_path)], tmp_path / "o")
     from llm_mia.cli import _parse_compare
 
-    assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a"), ("dp", "m/dp/"), ("c", "x")]
+    assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a", None), ("dp", "m/dp/", None), ("c", "x", None)]
+    assert _parse_compare(["g=m/a@memguard:0.3", "m/x@y"]) == [("g", "m/a", "memguard:0.3"), ("x@y", "m/x@y", None)]
+    code, _, err = run_cli(["audit", "--compare", f"a={tmp_path}@memguard:5", "--corpus", tmp_path, "--out",
+                            tmp_path / "o"], capsys)
+    assert code == 2 and "MemGuard budget" in err
+
+
+def test_compare_serves_memguard(leak_models, tmp_path):
+    """A model served through MemGuard: membership reads the noised log-probs, extraction the model; the
+    defender's classifier trains on documents outside the membership sample; query limits per row."""
+    from llm_mia.audit import AuditConfig
+
+    d, _ = leak_models
+    cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=16, exact_limit=0, beams=1,
+                      membership_docs=2, top_n=4, max_new_tokens=12, discoverable_samples=0, progress=False)
+    res = C.compare_models(d / "corpus", [("leaky", d / "leaky"), ("guarded", d / "leaky", "memguard:1")],
+                           tmp_path / "cmp", cfg=cfg, api_modes=("full", "label-only"), n_boot=50)
+    plain, guarded = res["rows"]
+    assert guarded["defense"] == "memguard:1 (serving)" and guarded["output_limits"] is None
+    assert guarded["memguard"]["trained_on"].startswith("the target: ") and guarded["memguard"]["n_train"] > 0
+    assert guarded["secrets_extracted"] == plain["secrets_extracted"] > 0  # generation is the model's own
+    rep = json.loads((tmp_path / "cmp" / "guarded" / "report.json").read_text())
+    assert rep["provenance"]["serving"] == "memguard:1"
+    base = json.loads((tmp_path / "cmp" / "leaky" / "report.json").read_text())
+    a, b = base["membership"]["per_doc"]["scores"]["loss"], rep["membership"]["per_doc"]["scores"]["loss"]
+    assert a != pytest.approx(b, abs=1e-3)  # the served log-probs differ from the model's
+    assert set(plain["query_limits"]) == {"full", "label-only"} and set(guarded["query_limits"]) == {"memguard:1"}
+    q = plain["query_limits"]["full"]
+    assert q["fewest"] >= 1 and q["extractable"] >= plain["secrets_extracted"]
+    assert guarded["query_limits"]["memguard:1"]["fewest"] == q["fewest"]  # MemGuard leaves extraction alone
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Query limits" in md and "| guarded | memguard:1 (serving) |" in md
 
 
 def test_quick_compare_defenses_demo(tmp_path, capsys):
