@@ -281,6 +281,8 @@ DEMO_DEFENSES: list[tuple[str, dict]] = [
     ("regularised", {"weight_decay": 0.1, "dropout": 0.1}),
     ("early-stop", {"early_stopping": 3}),
 ]
+#: (name, trained model it serves, serving mode) of the demo's serving-time defences: rows after the trained ones.
+SERVED_DEFENSES: list[tuple[str, str, str]] = [("memguard", "baseline", "memguard:0.5")]
 #: Training steps of the full comparison's non-DP models: the small preset memorizes secrets
 #: inserted >= 8 times well before its 1,600 steps, and five models must train in under 30 minutes
 #: on a 2-core CPU (a DP step, per-sample gradients in fp32, costs several plain ones: 400 steps).
@@ -339,6 +341,7 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
+    models += [(name, out / "models" / base, mode) for name, base, mode in SERVED_DEFENSES]
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
     train_model(train_corpus, out / "models" / "reference", preset=preset, reference=True, seed=seed,

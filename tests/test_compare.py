@@ -104,7 +104,10 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert code == 0, err
     res = json.loads((out / "compare.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}
-    assert list(rows) == [n for n, _ in C.QUICK_DEFENSES]
+    assert list(rows) == [n for n, _ in C.QUICK_DEFENSES] + [n for n, _, _ in C.SERVED_DEFENSES]
+    mg = rows.pop("memguard")
+    assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["n_train"] > 0
+    assert mg["secrets_extracted"] == rows["baseline"]["secrets_extracted"] and "memguard:0.5" in mg["query_limits"]
     for name, r in rows.items():
         recipe = json.loads((out / "models" / name / "recipe.json").read_text())
         assert r["heldout_perplexity"] > 1 and (out / name / "report.json").is_file()
@@ -128,4 +131,4 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     md = (out / "compare.md").read_text()
     assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "label-only" in md
     assert "Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from 40 random canaries" in md
-    assert "compared 5 models" in stdout
+    assert "compared 6 models" in stdout
