@@ -16,11 +16,14 @@ as a real predictive distribution must be.
 
 Per position, with ``s = softmax(z)`` the true distribution and ``l = argmax z`` its top token:
 
-- Phase I (sec. 4.2, Algorithm 1): noise ``e`` on the logits, found by normalized gradient steps
-  (``step`` nats, at most ``max_iter``) on ``|h(z + e)| + c2 * relu(margin - (z_l + e_l -
-  max_{j != l} (z_j + e_j))) + c3 * ||softmax(z + e) - s||_1``, ``h`` the classifier's logit; it
-  stops at the first step where ``h`` changes sign (``g`` crossed 0.5) with ``l`` still on top by
-  ``margin`` nats. ``s1 = softmax(z + e)``.
+- Phase I (sec. 4.2, Algorithm 1): noise ``e`` on the logits that moves ``h``, the classifier's
+  logit, across 0 (g across 0.5) with ``l`` still on top by ``margin`` nats. MemGuard takes
+  fixed-size gradient steps on ``|h| + c2 (label loss) + c3 (distortion)``; here each step is the
+  minimal one of the linearized problem, ``e -= (1 + overshoot) h grad(h) / ||grad(h)||^2``
+  (DeepFool, Moosavi-Dezfooli et al. 2016), halved up to 8 times while it would change the top
+  token, at most ``max_iter`` (5) steps: the same stopping rule in a few steps instead of hundreds,
+  and the smallest logit change of each linear step stands in for the distortion term.
+  ``s1 = softmax(z + e)``; a row that never crosses keeps the last noise that kept its top token.
 - Budget (the utility loss, our choice of MemGuard's distance ``d``): the L1 distance between the
   returned and the true distribution, ``||r||_1 <= epsilon`` at *every* position (MemGuard bounds
   the expected distortion; here no single answer exceeds it): ``r = alpha (s1 - s)``, ``alpha =
@@ -48,7 +51,7 @@ import torch
 from llm_mia.errors import LlmMiaError
 
 __all__ = ["FEATURES", "MemGuardClassifier", "distribution_features", "fit_classifier", "position_features",
-           "defense_training_set", "memguard_logprobs", "DEFAULT_EPSILON"]
+           "defense_training_set", "classifier_from_shadows", "memguard_logprobs", "DEFAULT_EPSILON"]
 
 #: Features of one returned distribution, in nats: top-1 and top-2 log-prob, E_p[log p], sd_p(log p).
 FEATURES = ("top1_logprob", "top2_logprob", "mean_logprob", "std_logprob")
@@ -152,6 +155,29 @@ def defense_training_set(sets) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(X), np.concatenate(y)
 
 
+def classifier_from_shadows(shadow_dir, *, max_models: int = 4, max_texts: int = 40, seed: int = 0,
+                            device: str | None = None) -> MemGuardClassifier:
+    """The defender's classifier trained as MemGuard trains it, on shadow models (Jia et al. 2019, sec. 4.1):
+    for each of the first ``max_models`` models of ``shadow_dir`` (``llm-mia shadow train``), the
+    positions of up to ``max_texts`` population texts it trained on (label 1) and of as many it did
+    not (label 0), drawn with ``seed``. Raises LlmMiaError for a bad shadow folder."""
+    import random
+
+    from llm_mia.models.loading import load_model
+    from llm_mia.shadow import load_shadows
+
+    sh = load_shadows(shadow_dir)
+    rng = random.Random(seed)
+    sets = []
+    for k, folder in enumerate(sh.model_dirs[:max_models]):
+        ins = [t for t, keep in zip(sh.texts, sh.keep[k]) if keep]
+        outs = [t for t, keep in zip(sh.texts, sh.keep[k]) if not keep]
+        sets.append((load_model(str(folder), device=device), rng.sample(ins, min(max_texts, len(ins))),
+                     rng.sample(outs, min(max_texts, len(outs)))))
+    clf = fit_classifier(*defense_training_set(sets), seed=seed)
+    return clf
+
+
 def _coins(z: torch.Tensor, top1: torch.Tensor, label: torch.Tensor, mu: torch.Tensor, seed: int) -> torch.Tensor:
     """(m,) uniforms in [0, 1), a splitmix64 hash of (seed, top token, top-1 log-prob, mu at 1e-3 nats)."""
     with np.errstate(over="ignore"):
@@ -167,8 +193,8 @@ def _coins(z: torch.Tensor, top1: torch.Tensor, label: torch.Tensor, mu: torch.T
 
 
 def memguard_logprobs(lp: torch.Tensor, clf: MemGuardClassifier, *, epsilon: float = DEFAULT_EPSILON,
-                      seed: int = 0, max_iter: int = 60, step: float = 0.1, c2: float = 10.0, c3: float = 0.1,
-                      margin: float = 1e-3, return_info: bool = False):
+                      seed: int = 0, max_iter: int = 5, overshoot: float = 0.02, margin: float = 1e-3,
+                      return_info: bool = False):
     """MemGuard's answer for true normalised log-probs ``lp`` (m, V) (module docstring for each phase).
 
     Args:
@@ -177,7 +203,7 @@ def memguard_logprobs(lp: torch.Tensor, clf: MemGuardClassifier, *, epsilon: flo
         epsilon: the utility budget, the L1 distance between returned and true distribution at
             every position, in (0, 2].
         seed: the phase II coins' seed.
-        max_iter, step, c2, c3, margin: phase I's search (Jia et al. 2019, Algorithm 1).
+        max_iter, overshoot, margin: phase I's search.
         return_info: also return a dict of (m,) tensors: ``g0`` (classifier on the true
             distribution), ``g1`` (on the noised candidate), ``p`` (phase II probability),
             ``noised`` (bool), ``crossed`` (phase I reached the other side of 0.5), ``l1``
@@ -197,7 +223,6 @@ def memguard_logprobs(lp: torch.Tensor, clf: MemGuardClassifier, *, epsilon: flo
         m, V = z.shape
         s = z.exp()
         label = z.argmax(-1)  # (m,)
-        onehot = torch.nn.functional.one_hot(label, V).bool()
         with torch.no_grad():
             f0 = distribution_features(z)
             h0 = clf.logit(f0)
@@ -205,27 +230,39 @@ def memguard_logprobs(lp: torch.Tensor, clf: MemGuardClassifier, *, epsilon: flo
         kept = torch.zeros_like(z)  # the last noise that kept the top token (rows that never cross)
         done = h0 == 0
         e = torch.zeros_like(z)
-        for _ in range(max_iter):
+
+        def gap(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # top token's lead over the rest, nats
+            top = x.topk(2, dim=-1)
+            first = top.indices[:, 0] == label[rows]
+            return torch.where(first, top.values[:, 0] - top.values[:, 1],
+                               x.gather(1, label[rows, None])[:, 0] - top.values[:, 0])
+
+        for _ in range(max_iter + 1):
             act = (~done).nonzero().view(-1)
             if len(act) == 0:
                 break
             ea = e[act].clone().requires_grad_(True)
             zz = z[act] + ea
             h = clf.logit(distribution_features(torch.log_softmax(zz, -1)))
-            top = zz.gather(1, label[act, None])[:, 0]
-            gap = top - zz.masked_fill(onehot[act], -math.inf).max(-1).values
             with torch.no_grad():
-                ok = gap > margin
+                ok = gap(zz, act) > margin
                 hit = ok & (h * h0[act] <= 0)
                 kept[act[ok]] = ea[ok].detach()
                 best[act[hit]] = ea[hit].detach()
                 done[act[hit]] = True
-            loss = h.abs() + c2 * torch.relu(margin * 2 - gap) + c3 * (torch.softmax(zz, -1) - s[act]).abs().sum(-1)
-            (g,) = torch.autograd.grad(loss.sum(), ea)
+            (g,) = torch.autograd.grad(h.sum(), ea)
             with torch.no_grad():
-                g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                 live = ~hit
-                e[act[live]] = (ea - step * g)[live].detach()
+                rows, g, h, base = act[live], g[live], h[live].detach(), zz[live].detach()
+                delta = -((1 + overshoot) * h / (g * g).sum(-1).clamp_min(1e-20))[:, None] * g
+                idx = torch.arange(len(rows))
+                for _ in range(8):  # halve the steps that would change the top token
+                    bad = gap(base[idx] + delta[idx], rows[idx]) <= margin
+                    if not bad.any():
+                        break
+                    idx = idx[bad]
+                    delta[idx] *= 0.5
+                e[rows] = base - z[rows] + delta
         with torch.no_grad():
             crossed = done & (h0 != 0)
             noise = torch.where(crossed[:, None], best, kept)

@@ -73,20 +73,20 @@ def test_pushed_to_half_by_hand():
     s = torch.tensor([[0.8, 0.1, 0.05, 0.05]], dtype=torch.float64)
     g0 = 1 / (1 + 1 / 1.6)
     # budget 1.0 > 0.6: the candidate reaches the other side of 0.5 and phase II's p makes E[g] = 0.5
-    out, info = memguard_logprobs(s.log(), TOP1_AT_HALF, epsilon=1.0, return_info=True, step=0.02, max_iter=200)
+    out, info = memguard_logprobs(s.log(), TOP1_AT_HALF, epsilon=1.0, return_info=True)
     assert info["g0"].item() == pytest.approx(g0, abs=1e-6)
     assert bool(info["crossed"][0]) and info["g1"].item() <= 0.5
     assert info["l1"].item() == pytest.approx(0.6, abs=0.03)
     p = info["p"].item()
     assert p * info["g1"].item() + (1 - p) * g0 == pytest.approx(0.5, abs=1e-6)
     # budget 0.3 < 0.6: the noise shrinks to L1 0.3, the top token to 0.8 - 0.15 = 0.65, always added
-    out, info = memguard_logprobs(s.log(), TOP1_AT_HALF, epsilon=0.3, return_info=True, step=0.02, max_iter=200)
+    out, info = memguard_logprobs(s.log(), TOP1_AT_HALF, epsilon=0.3, return_info=True)
     assert bool(info["noised"][0]) and info["p"].item() == 1.0
     assert out[0].exp()[0].item() == pytest.approx(0.65, abs=1e-3)
     assert info["g1"].item() == pytest.approx(1 / (1 + 1 / 1.3), abs=1e-3)  # sigmoid(log 1.3) = 0.565, nearer 0.5
     # a non-member-looking row (0.3, 0.25, 0.25, 0.2): the top token rises to 0.3 + 0.1 = 0.4 under budget 0.2
     s2 = torch.tensor([[0.3, 0.25, 0.25, 0.2]], dtype=torch.float64)
-    out, info = memguard_logprobs(s2.log(), TOP1_AT_HALF, epsilon=0.2, return_info=True, step=0.02, max_iter=200)
+    out, info = memguard_logprobs(s2.log(), TOP1_AT_HALF, epsilon=0.2, return_info=True)
     assert out[0].exp()[0].item() == pytest.approx(0.4, abs=1e-3) and out[0].argmax().item() == 0
 
 
