@@ -61,6 +61,8 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
         "controls_extracted": sum(bool(s["greedy_extracted"]) for s in controls),
         "memorized_samples": report["extraction"].get("memorized_total"),
         "best_signal": best, "best_tpr_at_1pct_fpr": tprs.get(best), "best_signal_auc": aucs.get(best),
+        "attacks": {k: {"auc": v["auc"], "tpr_at_0.1pct_fpr": v["tpr_at_fpr"].get("0.001", {}).get("tpr"),
+                        "tpr_at_1pct_fpr": v["tpr_at_fpr"]["0.01"]["tpr"]} for k, v in mem.items() if "auc" in v},
         "trained_epsilon": dp.get("epsilon"), "trained_delta": dp.get("delta"),
         "canary_audit": ({k: v for k, v in report["canaries"].items() if k != "canaries"}
                          if report.get("canaries") else None),
@@ -221,6 +223,20 @@ def render_compare_markdown(result: dict) -> str:
                      f"{r['best_signal'] or '-'} | {_f(r['best_tpr_at_1pct_fpr'], '.3f')} | "
                      f"{_f(r['best_signal_auc'], '.3f')} | {_f(r['trained_epsilon'])} | "
                      f"{_f(e.get('audited_epsilon'))} | {_f(e.get('tpr_at_fpr', {}).get('0.01', {}).get('tpr'), '.3f')} |")
+    attacks = list(dict.fromkeys(k for r in rows for k in r.get("attacks") or {}))
+    if attacks:
+        n_non = result["settings"]["membership_docs"]
+        lines += ["", "## Membership attacks by defence", "",
+                  "TPR at 0.1% / 1% FPR (AUC) of each attack, members against as many held-out documents"
+                  + (f"; with {n_non} non-members both FPRs are below resolution: the TPR at zero false positives"
+                     if n_non < 100 else "") + ".", "",
+                  "| attack | " + " | ".join(r["name"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+        for a in attacks:
+            cells = []
+            for r in rows:
+                v = (r.get("attacks") or {}).get(a)
+                cells.append(f"{_f(v['tpr_at_0.1pct_fpr'])} / {_f(v['tpr_at_1pct_fpr'])} ({_f(v['auc'])})" if v else "-")
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
     counts = sorted({c for r in rows for c in r["exposure_by_count"]}, key=int)
     lines += ["", "## Mean rank exposure (bits) by insertion count", "",
               "| model | " + " | ".join(f"r={c}" for c in counts) + " |", "|---|" + "---|" * len(counts)]

@@ -96,6 +96,10 @@ def test_compare_serves_memguard(leak_models, tmp_path):
     assert guarded["query_limits"]["memguard:1"]["fewest"] == q["fewest"]  # MemGuard leaves extraction alone
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "## Query limits" in md and "| guarded | memguard:1 (serving) |" in md
+    lo = base["membership"]["signals"]["loss"]
+    assert plain["attacks"]["loss"] == {"auc": lo["auc"], "tpr_at_0.1pct_fpr": lo["tpr_at_fpr"]["0.001"]["tpr"],
+                                        "tpr_at_1pct_fpr": lo["tpr_at_fpr"]["0.01"]["tpr"]}
+    assert "## Membership attacks by defence" in md and "below resolution" in md
 
 
 def test_quick_compare_defenses_demo(tmp_path, capsys):
