@@ -34,7 +34,7 @@ def shadow_train(
     population: Path = typer.Option(..., "--population", help="Texts from the target's data distribution (.txt/.jsonl/.csv)."),
     n: int = typer.Option(8, "--n", help="Shadow models K (each text IN for half of them)."),
     out: Path = typer.Option(..., "--out", help="Shadow folder: membership.json, population.jsonl, model-00/ ..."),
-    preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small)."),
+    preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small | mini)."),
     base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this base (the target's base) for each shadow model."),
     tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Train from scratch with this model "
                                                  "folder's tokenizer (the target's folder)."),
@@ -109,7 +109,7 @@ def train(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus folder from `llm-mia corpus build`."),
     out: Path = typer.Option(..., "--out", help="Output model folder (safetensors, tokenizer, recipe.json)."),
     base: Optional[str] = typer.Option(_TC.base, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
-    preset: str = typer.Option(_TC.preset, "--preset", help="tiny | small"),
+    preset: str = typer.Option(_TC.preset, "--preset", help="tiny | small | mini"),
     reference: bool = typer.Option(_TC.reference, "--reference", help="Train a reference model on the held-out split (no secrets)."),
     tokenizer_from: Optional[str] = typer.Option(_TC.tokenizer_from, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
     seed: int = typer.Option(_TC.seed, "--seed"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,29 @@ from llm_mia import io
 from llm_mia.errors import LlmMiaError
 from llm_mia.models.heldout import heldout_perplexity
 
-__all__ = ["heldout_perplexity", "compare_models", "render_compare_markdown"]
+__all__ = ["heldout_perplexity", "served_perplexity", "compare_models", "render_compare_markdown",
+           "run_compare_defenses"]
+
+
+def served_perplexity(view, texts: Sequence[str]) -> float | None:
+    """:func:`~llm_mia.models.heldout.heldout_perplexity`'s measure (the same EOS-joined stream, blocks and
+    predicted tokens) from what ``view`` returns (its ``token_stats``: e.g. MemGuard's noised log-probs,
+    :class:`llm_mia.output_limits.ApiView`); equal to it for a plain model. None for no text."""
+    from llm_mia.models.heldout import MAX_EVAL_TOKENS, block_len, encode_texts, token_stream
+
+    tok = view.tokenizer
+    eos = tok.eos_token_id if tok.eos_token_id is not None else view.bos_id
+    docs = encode_texts(tok, list(texts))
+    if not docs:
+        return None
+    stream = token_stream(docs, range(len(docs)), eos)[:MAX_EVAL_TOKENS]
+    T = block_len(len(stream), view.max_context or 128)
+    blocks = [stream[i:i + T].tolist() for i in range(0, len(stream), T)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    if not blocks:
+        return None
+    st = view.token_stats(blocks, context_lens=1, moments=False)
+    return math.exp(-float(st.token_logprob[st.mask].double().mean()))
 
 
 def _served_limits(report: dict, mode: str) -> dict:
@@ -74,7 +97,7 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
                    reference_path: str | Path | None = None, cfg=None, canaries=None,
                    api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
                    limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None,
-                   memguard_classifier=None) -> dict:
+                   memguard_classifier=None, shadow_dir: str | Path | None = None) -> dict:
     """Audit every model of ``models`` ((name, folder) or (name, folder, serving mode) tuples) and write
     one comparison.
 
@@ -84,7 +107,9 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     ``memguard_classifier(loaded target)`` when given (e.g. fitted on shadow models), else fitted on
     the target's training documents against held-out documents, both outside the membership sample.
     Every row has ``query_limits`` (:func:`llm_mia.output_limits.query_limits`, per API mode; a served
-    row: its serving mode).
+    row: its serving mode). A served row's ``heldout_perplexity`` is :func:`served_perplexity` of what
+    MemGuard returns (``model_heldout_perplexity``: the model's own). ``shadow_dir`` (``llm-mia shadow
+    train``) adds LiRA, RMIA and the Shokri attack to every audit.
 
     Each model gets ``out_dir/<name>/report.json`` (the usual audit, gated by ``policy`` when one is
     given: each row then carries its ``verdict``); ``out_dir/compare.json`` and ``compare.md`` hold one
@@ -145,15 +170,18 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
         t0 = time.time()
         serve, record = serves.get(name, (None, None))
         report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy,
-                           canaries=canaries, serve=serve)
+                           canaries=canaries, serve=serve, shadow_dir=shadow_dir)
         target = load_model(str(path))
         limits = None
         if api_modes and n >= 2 and not serving:
             limits = membership_under_limits(target, mem, non, modes=api_modes, reference=mia_reference,
                                              n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
-        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), limits, serving, api_modes)
-        if record is not None:
-            row["memguard"] = record
+        ppl = heldout_perplexity(target, heldout)
+        row = _model_row(name, Path(path), report, served_perplexity(record["view"], heldout) if serving else ppl,
+                         limits, serving, api_modes)
+        if serving:
+            row["model_heldout_perplexity"] = ppl
+            row["memguard"] = record["classifier"]
         if policy is not None:
             v = report["verdict"]
             row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
@@ -176,7 +204,7 @@ def _memguard_serve(mode, make_classifier, train, heldout, mem, non, secrets, *,
     from llm_mia.memguard import defense_training_set, fit_classifier
     from llm_mia.output_limits import ApiView
 
-    record: dict = {}
+    record: dict = {"classifier": {}}
     seen_non = set(non)
     rest_n = [t for t in heldout if t not in seen_non]
     seen_mem = set(mem)
@@ -188,12 +216,13 @@ def _memguard_serve(mode, make_classifier, train, heldout, mem, non, secrets, *,
     def view(target):
         if make_classifier is not None:
             clf = make_classifier(target)
-            record.update(clf.to_dict(), trained_on="given (shadow models)")
+            record["classifier"].update(clf.to_dict(), trained_on="given (shadow models)")
         else:
             clf = fit_classifier(*defense_training_set([(target, rest_m, rest_n)]), seed=seed)
-            record.update(clf.to_dict(), trained_on=f"the target: {len(rest_m)} training vs {len(rest_n)} held-out "
-                                                    "documents outside the membership sample")
-        return ApiView.of(target, mode, memguard=clf, seed=seed)
+            record["classifier"].update(clf.to_dict(), trained_on=f"the target: {len(rest_m)} training vs "
+                                        f"{len(rest_n)} held-out documents outside the membership sample")
+        record["view"] = ApiView.of(target, mode, memguard=clf, seed=seed)
+        return record["view"]
 
     return (mode.name, view), record
 
@@ -269,7 +298,8 @@ def render_compare_markdown(result: dict) -> str:
     served = [r for r in rows if r.get("serving")]
     if served:
         lines += ["", "Served rows (" + ", ".join(r["name"] for r in served) + "): membership reads the log-probs the "
-                  "serving defence returns; extraction, exposure and held-out perplexity are the model's own "
+                  "serving defence returns, and so does the held-out perplexity (utility); extraction and exposure are the "
+                  "model's own "
                   "(MemGuard changes returned log-probs, never generated text)."]
     cans = [r for r in rows if r["canary_audit"]]
     if cans:
@@ -289,91 +319,162 @@ def render_compare_markdown(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # The demo: train the baseline and the defended models on the python-docs corpus, compare them
 
-#: (name, train_model keyword arguments) of the demo's models; the baseline first.
+#: (name, train_model keyword arguments) of the demo's models; the baseline first. adv-reg's reference
+#: set and SELENA's sub-model steps are filled in by :func:`run_compare_defenses`.
 DEMO_DEFENSES: list[tuple[str, dict]] = [
     ("baseline", {}),
     ("dp-eps1", {"defense": "dp", "epsilon": 1.0, "delta": 1e-5}),
     ("dedup", {"defense": "dedup"}),
     ("regularised", {"weight_decay": 0.1, "dropout": 0.1}),
     ("early-stop", {"early_stopping": 3}),
+    ("selena", {"defense": "selena", "selena_k": 4, "selena_l": 2}),
+    ("adv-reg", {"defense": "adv-reg", "adv_lambda": 1.0}),
 ]
 #: (name, trained model it serves, serving mode) of the demo's serving-time defences: rows after the trained ones.
 SERVED_DEFENSES: list[tuple[str, str, str]] = [("memguard", "baseline", "memguard:0.5")]
-#: Training steps of the full comparison's non-DP models: the small preset memorizes secrets
-#: inserted >= 8 times well before its 1,600 steps, and five models must train in under 30 minutes
-#: on a 2-core CPU (a DP step, per-sample gradients in fp32, costs several plain ones: 400 steps).
-DEMO_STEPS, DEMO_DP_STEPS = 1000, 400
 #: (number, insertions each) of the random canaries planted with probability 1/2 for the audited epsilon.
 DEMO_CANARIES, QUICK_CANARIES = (1000, 4), (40, 2)
-#: The ``--quick`` subset (tests): one model per kind of defence.
-QUICK_DEFENSES: list[tuple[str, dict]] = [
-    ("baseline", {}),
-    ("dp-eps1", {"defense": "dp", "epsilon": 1.0, "delta": 1e-5}),
-    ("dedup", {"defense": "dedup"}),
-    ("regularised", {"weight_decay": 0.1, "dropout": 0.1}),
-    ("early-stop", {"early_stopping": 2}),
-]
+#: The ``--quick`` subset (tests): the new defences and one of each older kind (weight decay and early
+#: stopping are plain training options, tested with the trainer).
+QUICK_DEFENSES: list[tuple[str, dict]] = [(n, kw) for n, kw in DEMO_DEFENSES if n not in ("regularised", "early-stop")]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of ``--demo --compare-defenses``: preset, training steps (plain, DP, each SELENA sub-model,
+    each shadow model), shadow models, corpus, held-out documents reserved for the defenders, audit."""
+
+    preset: str
+    steps: int
+    dp_steps: int
+    selena_sub_steps: int
+    n_shadows: int
+    shadow_steps: int
+    max_chars: int
+    repeats: tuple[int, ...]
+    heldout_fraction: float
+    defender_docs: int
+    limit_docs: int
+    n_boot: int
+
+
+#: Full mode, sized for about 40 minutes on one thread of the shared 2-core CPU from measured costs
+#: (README "Defences, measured"): the ``mini`` preset (a step of 16 x 128 tokens ~0.21 s; ``small``
+#: costs ~1 s there, and about 15 model-trainings are needed); plain models see the ~85 k training
+#: tokens ~10 times (400 steps); each shadow model trains on half the population for half the steps
+#: (as many passes over its data); a DP step costs ~2.5 plain ones; SELENA's 4 sub-models each train
+#: on half the documents, and its distillation runs them too.
+DEMO_PLAN = DemoPlan(preset="mini", steps=400, dp_steps=150, selena_sub_steps=200, n_shadows=8, shadow_steps=200,
+                     max_chars=300_000, repeats=(1, 2, 4, 8, 16, 32), heldout_fraction=0.3, defender_docs=16,
+                     limit_docs=25, n_boot=1000)
+QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20, n_shadows=4, shadow_steps=20,
+                      max_chars=40_000, repeats=(1, 4, 16), heldout_fraction=0.5, defender_docs=3, limit_docs=6,
+                      n_boot=200)
 
 
 def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
-                         progress: bool = True) -> dict:
-    """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, comparison.
+                         progress: bool = True, plan: DemoPlan | None = None) -> dict:
+    """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, shadow
+    models, comparison.
 
-    ``quick`` (for tests; about 40 s on one thread of the shared 2-core CPU): five models
-    (:data:`QUICK_DEFENSES`), 40 k characters of python-docs split half / half, the ``tiny``
-    preset for 40 steps, secrets inserted 1, 4 and 16 times, 4 extraction samples, 20 exposure
-    candidates, 10 + 10 membership documents (6 + 6 per API mode): a check of the machinery, not a measurement. The full mode uses the demo corpus and
-    the ``small`` preset (DP models with fewer steps: a per-sample-gradient step costs several
-    plain ones) and a lighter audit than ``--demo``; its wall time was not measured here.
-    Every model shares the baseline's tokenizer, so exposures and scores compare.
+    Steps: the python-docs corpus (``plan.max_chars``); ``plan.defender_docs`` held-out documents move
+    to ``out/defender/reference.jsonl`` (adversarial regularisation's reference set: never an audit
+    non-member); random canaries planted into the training copy; the models of :data:`DEMO_DEFENSES`
+    (the baseline's tokenizer for all), a reference model, ``plan.n_shadows`` shadow models
+    (:func:`llm_mia.shadow.train_shadows`, trained once for all compared models on random halves of
+    the audit's members and non-members with planted sentences removed), then
+    :func:`compare_models` with the shadow attacks (LiRA, RMIA, Shokri) in every audit and the
+    baseline served through MemGuard (:data:`SERVED_DEFENSES`; its classifier fitted on the shadow
+    models, :func:`llm_mia.memguard.classifier_from_shadows`). ``quick`` (:data:`QUICK_PLAN`, tests):
+    the tiny preset, a check of the machinery, not a measurement; the full mode is :data:`DEMO_PLAN`.
+    ``timings`` in compare.json: seconds per part.
     """
-    from llm_mia.audit import DEMO_MAX_CHARS, AuditConfig
+    from llm_mia.audit import AuditConfig, strip_planted
     from llm_mia.corpus import build_corpus
+    from llm_mia.memguard import classifier_from_shadows
+    from llm_mia.secrets import load_secrets
+    from llm_mia.shadow import train_shadows
     from llm_mia.train import train_model
 
+    plan = plan or (QUICK_PLAN if quick else DEMO_PLAN)
     out = Path(out_dir)
     t0 = time.time()
     if quick:
-        preset, steps, dp_steps, max_chars, repeats = "tiny", 40, 40, 40_000, (1, 4, 16)
-        heldout_fraction, defenses, n_boot = 0.5, QUICK_DEFENSES, 200
         cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=20, exact_limit=0, beams=1,
-                          membership_docs=10, top_n=4, max_new_tokens=16, seed=seed, progress=False)
-        limit_docs = 6
+                          membership_docs=10, top_n=4, max_new_tokens=16, discoverable_samples=10, seed=seed,
+                          progress=False)
     else:
-        preset, steps, dp_steps, max_chars, repeats = "small", DEMO_STEPS, DEMO_DP_STEPS, DEMO_MAX_CHARS, (1, 2, 4, 8, 16, 32)
-        heldout_fraction, defenses, n_boot = 0.2, DEMO_DEFENSES, 1000
-        cfg = AuditConfig(num_samples=100, n_candidates=500, exact_limit=10_000, membership_docs=200, seed=seed,
-                          progress=progress)
-        limit_docs = 50
-    build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, repeats=repeats,
-                 heldout_fraction=heldout_fraction)
+        cfg = AuditConfig(num_samples=50, strategies=("top-k", "temperature-decay"), n_candidates=500,
+                          exact_limit=10_000, membership_docs=200, discoverable_samples=100, seed=seed, progress=progress)
+    timings = {}
+    build_corpus("python-docs", out / "corpus", seed=seed, max_chars=plan.max_chars, repeats=plan.repeats,
+                 heldout_fraction=plan.heldout_fraction)
+    reference_set = _reserve_defender_set(out / "corpus", out / "defender", plan.defender_docs, seed=seed)
     train_corpus, canaries = _plant_demo_canaries(out, *(QUICK_CANARIES if quick else DEMO_CANARIES), seed=seed)
-    models, timings = [], {}
-    for name, kw in defenses:
+    models = []
+    for name, kw in (QUICK_DEFENSES if quick else DEMO_DEFENSES):
         t = time.time()
-        n_steps = dp_steps if kw.get("defense") == "dp" else steps
+        kw = dict(kw)
+        if kw.get("defense") == "adv-reg":
+            kw["reference_set"] = str(reference_set)
+        if kw.get("defense") == "selena":
+            kw["selena_sub_steps"] = plan.selena_sub_steps
+        n_steps = plan.dp_steps if kw.get("defense") == "dp" else plan.steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
-        train_model(train_corpus, out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
+        train_model(train_corpus, out / "models" / name, preset=plan.preset, max_steps=n_steps, seed=seed,
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
     models += [(name, out / "models" / base, mode) for name, base, mode in SERVED_DEFENSES]
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
-    train_model(train_corpus, out / "models" / "reference", preset=preset, reference=True, seed=seed,
-                tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(steps * ratio)),
+    train_model(train_corpus, out / "models" / "reference", preset=plan.preset, reference=True, seed=seed,
+                tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(plan.steps * ratio)),
                 progress=progress)
     timings["train_reference_s"] = round(time.time() - t, 1)
     t = time.time()
+    secrets = load_secrets(out / "corpus" / "secrets.json")
+    population = [{"text": strip_planted(r["text"], secrets)} for r in io.read_jsonl(out / "corpus" / "train.jsonl")]
+    population += list(io.read_jsonl(out / "corpus" / "heldout.jsonl"))
+    io.write_jsonl(out / "shadow-population.jsonl", population)
+    train_shadows(out / "shadow-population.jsonl", out / "shadow", n_models=plan.n_shadows, preset=plan.preset,
+                  tokenizer_from=str(out / "models" / "baseline"), max_steps=plan.shadow_steps, seed=seed,
+                  progress=progress)
+    timings["train_shadows_s"] = round(time.time() - t, 1)
+    t = time.time()
     result = compare_models(out / "corpus", models, out, reference_path=out / "models" / "reference", cfg=cfg,
-                            limit_docs=limit_docs, n_boot=n_boot, progress=progress, canaries=canaries)
+                            limit_docs=plan.limit_docs, n_boot=plan.n_boot, progress=progress, canaries=canaries,
+                            shadow_dir=out / "shadow",
+                            memguard_classifier=lambda target: classifier_from_shadows(out / "shadow", max_texts=20,
+                                                                                      seed=seed))
     timings["audits_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
-    result["settings"].update({"quick": quick, "preset": preset, "steps": steps, "dp_steps": dp_steps,
-                               "max_chars": max_chars, "repeats": list(repeats), "timings": timings})
+    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings})
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _reserve_defender_set(corpus: Path, out: Path, n: int, *, seed: int) -> Path:
+    """Move ``n`` seeded held-out documents of ``corpus`` to ``out/reference.jsonl``: the defenders' own
+    non-member texts (adversarial regularisation's reference set, Nasr et al. 2018), never among the
+    audit's non-members. ``corpus/heldout.jsonl`` keeps the rest; corpus.json's held-out count,
+    characters and sha256 follow. Returns the reference file."""
+    import random
+
+    rows = list(io.read_jsonl(corpus / "heldout.jsonl"))
+    if len(rows) < n + 2:
+        raise LlmMiaError(f"the demo corpus has {len(rows)} held-out documents: too few to reserve {n} for the defences")
+    pick = set(random.Random(seed).sample(range(len(rows)), n))
+    io.write_jsonl(out / "reference.jsonl", [r for i, r in enumerate(rows) if i in pick])
+    keep = [r for i, r in enumerate(rows) if i not in pick]
+    io.write_jsonl(corpus / "heldout.jsonl", keep)
+    meta = io.read_json(corpus / "corpus.json")
+    meta.update(n_heldout=len(keep), heldout_chars=sum(len(r["text"]) for r in keep),
+                defender_reference={"n": n, "file": str(out / "reference.jsonl"), "seed": seed})
+    meta["sha256"]["heldout.jsonl"] = io.sha256_file(corpus / "heldout.jsonl")
+    io.write_json(corpus / "corpus.json", meta)
+    return out / "reference.jsonl"
 
 
 def _plant_demo_canaries(out: Path, n: int, repeats: int, *, seed: int) -> tuple[Path, tuple[Path, Path]]:

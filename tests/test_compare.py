@@ -71,6 +71,15 @@ def test_compare_bad_inputs(tmp_path, capsys):
     assert code == 2 and "MemGuard budget" in err
 
 
+def test_served_perplexity_of_a_plain_model_is_the_heldout_perplexity(tiny_model, tiny_tokenizer):
+    from llm_mia.models.loading import from_objects
+
+    lm = from_objects(tiny_model, tiny_tokenizer)
+    texts = ["The quick brown fox jumps over the lazy dog. " * 6, "def f(x):\n    return x + 1\n" * 8]
+    assert C.served_perplexity(lm, texts) == pytest.approx(C.heldout_perplexity(lm, texts), rel=1e-4)
+    assert C.served_perplexity(lm, []) is None
+
+
 def test_compare_serves_memguard(leak_models, tmp_path):
     """A model served through MemGuard: membership reads the noised log-probs, extraction the model; the
     defender's classifier trains on documents outside the membership sample; query limits per row."""
@@ -110,8 +119,20 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     rows = {r["name"]: r for r in res["rows"]}
     assert list(rows) == [n for n, _ in C.QUICK_DEFENSES] + [n for n, _, _ in C.SERVED_DEFENSES]
     mg = rows.pop("memguard")
-    assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["n_train"] > 0
+    assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["trained_on"] == "given (shadow models)"
     assert mg["secrets_extracted"] == rows["baseline"]["secrets_extracted"] and "memguard:0.5" in mg["query_limits"]
+    assert mg["model_heldout_perplexity"] == rows["baseline"]["heldout_perplexity"] != mg["heldout_perplexity"]
+    # the shadow models: trained once, used by every audit (LiRA, RMIA, Shokri beside the other signals)
+    assert res["settings"]["plan"]["n_shadows"] == C.QUICK_PLAN.n_shadows and "train_shadows_s" in res["settings"]["timings"]
+    for r in (*rows.values(), mg):
+        assert {"lira_online", "lira_offline", "rmia_online", "shokri", "loss"} <= set(r["attacks"])
+    rep = json.loads((out / "baseline" / "report.json").read_text())
+    assert rep["membership"]["shadow"]["n_models"] == C.QUICK_PLAN.n_shadows
+    # the defenders' reference set is never an audit non-member; adv-reg trains against it
+    ref = [r["text"] for r in map(json.loads, (out / "defender" / "reference.jsonl").read_text().splitlines())]
+    held = [r["text"] for r in map(json.loads, (out / "corpus" / "heldout.jsonl").read_text().splitlines())]
+    assert len(ref) == C.QUICK_PLAN.defender_docs and not set(ref) & set(held)
+    assert json.loads((out / "models" / "adv-reg" / "recipe.json").read_text())["defense"] == "adv-reg"
     for name, r in rows.items():
         recipe = json.loads((out / "models" / name / "recipe.json").read_text())
         assert r["heldout_perplexity"] > 1 and (out / name / "report.json").is_file()
@@ -133,6 +154,7 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     vocab = (out / "models" / "baseline" / "tokenizer.json").read_text()
     assert all((out / "models" / n / "tokenizer.json").read_text() == vocab for n in rows)
     md = (out / "compare.md").read_text()
-    assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "label-only" in md
+    assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "| selena | selena |" in md and "label-only" in md
     assert "Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from 40 random canaries" in md
-    assert "compared 6 models" in stdout
+    assert "## Membership attacks by defence" in md and "| rmia_online |" in md
+    assert f"compared {len(C.QUICK_DEFENSES) + len(C.SERVED_DEFENSES)} models" in stdout
