@@ -393,7 +393,7 @@ def audit(
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
                        quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol,
-                       canaries=(canaries, inclusion) if canaries or inclusion else None)
+                       canaries=(canaries, inclusion) if canaries or inclusion else None, shadow=shadow)
         return
     if demo:
         out = out or Path("audit-demo")
@@ -447,7 +447,8 @@ _MODE_OPTIONS = {
                                        "nonmembers", "secrets", "text_column", "score_spans", "canaries",
                                        "inclusion", "shadow", "max_queries"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
-    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
+    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion",
+                                         "shadow"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
 }
 _MODE_NAMES = {"audit": "`audit --model` (with --members/--nonmembers or --corpus)", "demo": "`audit --demo`", "compare": "`audit --compare`",
@@ -462,7 +463,7 @@ _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare",
             "compare": "--corpus --out", "compare_defenses": "--demo",
             "canaries": "an audit of existing models (--compare-defenses plants its own)",
             "inclusion": "an audit of existing models (--compare-defenses plants its own)",
-            "shadow": "an audit of one model (--model)"}
+            "shadow": "an audit of existing models (--model or --compare)"}
 
 
 def _refuse_unused(ctx: typer.Context, mode: str) -> None:
@@ -553,7 +554,7 @@ def _parse_compare(items: list[str]) -> list[tuple[str, str, str | None]]:
 
 
 def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy,
-                   canaries=None) -> None:
+                   canaries=None, shadow=None) -> None:
     from llm_mia.compare import compare_models, run_compare_defenses
     from llm_mia.output_limits import parse_mode
 
@@ -573,7 +574,7 @@ def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, 
         if canaries and None in canaries:
             raise LlmMiaError("--canaries and --inclusion go together")
         res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes,
-                             policy=policy, canaries=canaries)
+                             policy=policy, canaries=canaries, shadow_dir=shadow)
     typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
     if policy is not None:  # each model gated: the worst verdict decides (a failure before an inconclusive)
         for r in res["rows"]:

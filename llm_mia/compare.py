@@ -104,8 +104,9 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     A serving mode (``"memguard:EPS"``, :mod:`llm_mia.memguard`) audits the folder's model served
     through MemGuard: its membership signals read the returned (noised) log-probs; extraction and
     exposure read the model (MemGuard leaves generated text alone). The defender's classifier is
-    ``memguard_classifier(loaded target)`` when given (e.g. fitted on shadow models), else fitted on
-    the target's training documents against held-out documents, both outside the membership sample.
+    ``memguard_classifier(loaded target)`` when given, else fitted on the shadow models of
+    ``shadow_dir`` (:func:`llm_mia.memguard.classifier_from_shadows`) when given, else on the target's
+    training documents against held-out documents, both outside the membership sample.
     Every row has ``query_limits`` (:func:`llm_mia.output_limits.query_limits`, per API mode; a served
     row: its serving mode). A served row's ``heldout_perplexity`` is :func:`served_perplexity` of what
     MemGuard returns (``model_heldout_perplexity``: the model's own). ``shadow_dir`` (``llm-mia shadow
@@ -163,6 +164,10 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     secrets = load_secrets(corpus / "secrets.json")
     mem, non = membership_sample(train, heldout, secrets, cfg.membership_docs, cfg.seed)
     n = len(mem)
+    if memguard_classifier is None and shadow_dir is not None:
+        from llm_mia.memguard import classifier_from_shadows
+
+        memguard_classifier = lambda target: classifier_from_shadows(shadow_dir, seed=cfg.seed)  # noqa: E731
     serves = {name: _memguard_serve(parse_mode(serving), memguard_classifier, train, heldout, mem, non, secrets,
                                     seed=cfg.seed) for name, _, serving in models if serving}  # checked before any audit
     rows = []

@@ -80,6 +80,13 @@ def test_served_perplexity_of_a_plain_model_is_the_heldout_perplexity(tiny_model
     assert C.served_perplexity(lm, []) is None
 
 
+def test_compare_takes_a_shadow_folder(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    code, _, err = run_cli(["audit", "--compare", f"leaky={d / 'leaky'}", "--corpus", d / "corpus", "--out",
+                            tmp_path / "o", "--shadow", tmp_path / "none"], capsys)
+    assert code == 2 and "shadow folder not found" in err and len(err.strip().splitlines()) == 1
+
+
 def test_compare_serves_memguard(leak_models, tmp_path):
     """A model served through MemGuard: membership reads the noised log-probs, extraction the model; the
     defender's classifier trains on documents outside the membership sample; query limits per row."""
