@@ -427,7 +427,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
               secrets_path: str | Path | None = None, text_column: str = "text",
               reference_path: str | Path | None = None, cfg: AuditConfig | None = None, policy=None,
               model_args: str | None = None, canaries: tuple[str | Path, str | Path] | None = None,
-              shadow_dir: str | Path | None = None, engine: str = "hf") -> dict:
+              shadow_dir: str | Path | None = None, engine: str = "hf", serve=None) -> dict:
     """Audit ``model_path`` (or the model ``model_args`` names) on its training data; write report.json / .md / .html.
 
     The data: ``members`` (the training examples: extraction verification, the suffix-array index,
@@ -446,6 +446,9 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     audit (:func:`llm_mia.canaries.run_canary_audit`) as ``report["canaries"]``.
     ``shadow_dir`` (``llm-mia shadow train --out``) adds LiRA, RMIA with K references and the Shokri
     attack to the membership table, and ``report["membership"]["shadow"]`` (models used, IN/OUT per text).
+    ``serve`` ((name, f) with ``f(target) -> LanguageModel``): membership is scored through what a
+    serving-time defence returns (``f``'s view, e.g. MemGuard's :class:`llm_mia.output_limits.ApiView`);
+    generation, extraction and exposure read the model itself; ``provenance.serving`` names it.
 
     Raises:
         LlmMiaError: missing or unreadable input files, a column that does not exist, chat rows with
@@ -551,7 +554,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     t = time.time()
     _stage(target, "membership")
     excluded = reference_saw_nonmembers(ref_spec, non_spec)
-    membership = _membership(target, None if excluded else reference, mem_docs, non_docs, cfg, secrets, shadow=shadow)
+    membership = _membership(serve[1](target) if serve else target, None if excluded else reference, mem_docs,
+                             non_docs, cfg, secrets, shadow=shadow)
     if excluded and "signals" in membership:
         membership["reference_excluded"] = REFERENCE_EXCLUDED
     membership["overlap"] = overlap_info
@@ -589,7 +593,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
             "model_base": target.base, "engine": getattr(target, "engine_info", None),
             "reference": ref_spec, "reference_source": ref_source,
             "reference_weights_sha256": ref_sha,
-            "reference_excluded": ref_is_target,
+            "reference_excluded": ref_is_target, "serving": serve[0] if serve else None,
             "corpus": str(corpus_dir) if corpus_dir is not None else None,
             "members": mem_spec, "nonmembers": non_spec, "text_column": text_column,
             "chat": {"rendered_with": "tokenizer chat template", "score_spans": cfg.score_spans} if chat else None,

@@ -34,7 +34,7 @@ def shadow_train(
     population: Path = typer.Option(..., "--population", help="Texts from the target's data distribution (.txt/.jsonl/.csv)."),
     n: int = typer.Option(8, "--n", help="Shadow models K (each text IN for half of them)."),
     out: Path = typer.Option(..., "--out", help="Shadow folder: membership.json, population.jsonl, model-00/ ..."),
-    preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small)."),
+    preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small | mini)."),
     base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this base (the target's base) for each shadow model."),
     tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Train from scratch with this model "
                                                  "folder's tokenizer (the target's folder)."),
@@ -139,7 +139,7 @@ def train(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus folder from `llm-mia corpus build`."),
     out: Path = typer.Option(..., "--out", help="Output model folder (safetensors, tokenizer, recipe.json)."),
     base: Optional[str] = typer.Option(_TC.base, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
-    preset: str = typer.Option(_TC.preset, "--preset", help="tiny | small"),
+    preset: str = typer.Option(_TC.preset, "--preset", help="tiny | small | mini"),
     reference: bool = typer.Option(_TC.reference, "--reference", help="Train a reference model on the held-out split (no secrets)."),
     tokenizer_from: Optional[str] = typer.Option(_TC.tokenizer_from, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
     seed: int = typer.Option(_TC.seed, "--seed"),
@@ -369,12 +369,14 @@ def audit(
     length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
     compare: Optional[list[str]] = typer.Option(None, "--compare",
                                                 help="Compare models: NAME=FOLDER or FOLDER, repeatable or comma-separated "
-                                                     "(needs --corpus, --out); writes compare.json / compare.md."),
+                                                     "(needs --corpus, --out); NAME=FOLDER@memguard:EPS serves the model "
+                                                     "through MemGuard; writes compare.json / compare.md."),
     compare_defenses: bool = typer.Option(False, "--compare-defenses",
                                           help="With --demo: train the baseline and defended models and compare them."),
     quick: bool = typer.Option(False, "--quick", help="With --compare-defenses: the tiny, fast version (tests)."),
     api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
-                                  help="With --compare: API output limits to run the membership signals through."),
+                                  help="With --compare: API output limits to run the membership signals through "
+                                       "(full, topk:K, rounded:D, memguard:EPS, label-only)."),
     sarif: Optional[Path] = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
                                          "(GitHub code scanning) to this file."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
@@ -428,7 +430,7 @@ def audit(
     if compare or compare_defenses:
         _audit_compare(out=out, corpus=corpus, reference=reference, compare=compare, compare_defenses=compare_defenses,
                        quick=quick, api_modes=api_modes, seed=seed, cfg=cfg, policy=pol,
-                       canaries=(canaries, inclusion) if canaries or inclusion else None)
+                       canaries=(canaries, inclusion) if canaries or inclusion else None, shadow=shadow)
         return
     if demo:
         out = out or Path("audit-demo")
@@ -492,7 +494,8 @@ _MODE_OPTIONS = {
                                        "nonmembers", "secrets", "text_column", "score_spans", "canaries",
                                        "inclusion", "shadow", "max_queries", "engine"},
     "demo": _COMMON | _AUDIT_KNOBS | {"demo", "preset", "max_steps", "sarif", "junit"},
-    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion"},
+    "compare": _COMMON | _AUDIT_KNOBS | {"corpus", "reference", "compare", "api_modes", "canaries", "inclusion",
+                                         "shadow"},
     "compare-defenses": _COMMON | {"demo", "compare_defenses", "quick"},
 }
 _MODE_NAMES = {"audit": "`audit --model` (with --members/--nonmembers or --corpus)", "demo": "`audit --demo`", "compare": "`audit --compare`",
@@ -507,7 +510,7 @@ _BELONGS = {"preset": "--demo", "max_steps": "--demo", "api_modes": "--compare",
             "compare": "--corpus --out", "compare_defenses": "--demo",
             "canaries": "an audit of existing models (--compare-defenses plants its own)",
             "inclusion": "an audit of existing models (--compare-defenses plants its own)",
-            "shadow": "an audit of one model (--model)",
+            "shadow": "an audit of existing models (--model or --compare)",
             "engine": "an audit of one model (`audit --model`)"}
 
 
@@ -579,22 +582,27 @@ def gate(
     _verdict_exit(v.to_dict())
 
 
-def _parse_compare(items: list[str]) -> list[tuple[str, str]]:
-    """``NAME=FOLDER`` or ``FOLDER`` items (each may be comma-separated) -> (name, folder) pairs."""
+def _parse_compare(items: list[str]) -> list[tuple[str, str, str | None]]:
+    """``NAME=FOLDER[@memguard:EPS]`` or ``FOLDER`` items (each may be comma-separated) -> (name, folder,
+    serving mode or None) triples (``@memguard:EPS``: the model served through MemGuard)."""
     pairs = []
     for item in items:
         for part in (x.strip() for x in item.split(",")):
             if not part:
                 continue
+            serving = None
+            head, at, tail = part.rpartition("@")
+            if at and tail.strip().lower().startswith("memguard"):
+                part, serving = head, tail.strip()
             name, sep, path = part.partition("=")
             if not sep:
                 name, path = Path(part.rstrip("/")).name, part
-            pairs.append((name.strip(), path.strip()))
+            pairs.append((name.strip(), path.strip(), serving))
     return pairs
 
 
 def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, api_modes, seed, cfg, policy,
-                   canaries=None) -> None:
+                   canaries=None, shadow=None) -> None:
     from llm_mia.compare import compare_models, run_compare_defenses
     from llm_mia.output_limits import parse_mode
 
@@ -614,7 +622,7 @@ def _audit_compare(*, out, corpus, reference, compare, compare_defenses, quick, 
         if canaries and None in canaries:
             raise LlmMiaError("--canaries and --inclusion go together")
         res = compare_models(corpus, _parse_compare(compare), out, reference_path=reference, cfg=cfg, api_modes=modes,
-                             policy=policy, canaries=canaries)
+                             policy=policy, canaries=canaries, shadow_dir=shadow)
     typer.echo(f"compared {len(res['rows'])} models: {out / 'compare.md'} (and {out / 'compare.json'})")
     if policy is not None:  # each model gated: the worst verdict decides (a failure before an inconclusive)
         for r in res["rows"]:

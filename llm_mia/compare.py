@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,10 +19,42 @@ from llm_mia import io
 from llm_mia.errors import LlmMiaError
 from llm_mia.models.heldout import heldout_perplexity
 
-__all__ = ["heldout_perplexity", "compare_models", "render_compare_markdown"]
+__all__ = ["heldout_perplexity", "served_perplexity", "compare_models", "render_compare_markdown",
+           "run_compare_defenses"]
 
 
-def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | None) -> dict:
+def served_perplexity(view, texts: Sequence[str]) -> float | None:
+    """:func:`~llm_mia.models.heldout.heldout_perplexity`'s measure (the same EOS-joined stream, blocks and
+    predicted tokens) from what ``view`` returns (its ``token_stats``: e.g. MemGuard's noised log-probs,
+    :class:`llm_mia.output_limits.ApiView`); equal to it for a plain model. None for no text."""
+    from llm_mia.models.heldout import MAX_EVAL_TOKENS, block_len, encode_texts, token_stream
+
+    tok = view.tokenizer
+    eos = tok.eos_token_id if tok.eos_token_id is not None else view.bos_id
+    docs = encode_texts(tok, list(texts))
+    if not docs:
+        return None
+    stream = token_stream(docs, range(len(docs)), eos)[:MAX_EVAL_TOKENS]
+    T = block_len(len(stream), view.max_context or 128)
+    blocks = [stream[i:i + T].tolist() for i in range(0, len(stream), T)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    if not blocks:
+        return None
+    st = view.token_stats(blocks, context_lens=1, moments=False)
+    return math.exp(-float(st.token_logprob[st.mask].double().mean()))
+
+
+def _served_limits(report: dict, mode: str) -> dict:
+    """A served row's membership metrics in :func:`llm_mia.output_limits.membership_under_limits`'s shape."""
+    sigs = (report.get("membership") or {}).get("signals") or {}
+    return {"modes": {mode: {"signals": {k: {"tpr_at_1pct_fpr": v["tpr_at_fpr"]["0.01"]["tpr"], "auc": v["auc"]}
+                                         for k, v in sigs.items() if "auc" in v}}}}
+
+
+def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | None, serving: str | None = None,
+               api_modes: Sequence[str] = ()) -> dict:
+    from llm_mia.output_limits import query_limits
+
     recipe = report["provenance"].get("recipe") or {}
     mem = report.get("membership", {}).get("signals", {})
     tprs = {k: v["tpr_at_fpr"]["0.01"]["tpr"] for k, v in mem.items() if "tpr_at_fpr" in v}
@@ -35,8 +68,13 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
         d["n"] += g["n"]
         d["rank_sum"] += g["mean_exposure_rank"] * g["n"]
     dp = recipe.get("dp") or {}
+    defense = recipe.get("defense", "none")
+    if serving:
+        defense = f"{serving} (serving)" if defense == "none" else f"{defense} + {serving} (serving)"
+    ql = (query_limits(report["secrets"], _served_limits(report, serving), [serving]) if serving
+          else query_limits(report["secrets"], limits, list(api_modes) or ["full"]))
     return {
-        "name": name, "model": str(path), "defense": recipe.get("defense", "none"),
+        "name": name, "model": str(path), "defense": defense, "serving": serving, "query_limits": ql,
         "settings": {k: recipe.get(k) for k in ("weight_decay", "dropout", "steps", "planned_steps")},
         "early_stopping_best_step": (recipe.get("early_stopping") or {}).get("best_step"),
         "dedup": recipe.get("dedup"),
@@ -46,6 +84,8 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
         "controls_extracted": sum(bool(s["greedy_extracted"]) for s in controls),
         "memorized_samples": report["extraction"].get("memorized_total"),
         "best_signal": best, "best_tpr_at_1pct_fpr": tprs.get(best), "best_signal_auc": aucs.get(best),
+        "attacks": {k: {"auc": v["auc"], "tpr_at_0.1pct_fpr": v["tpr_at_fpr"].get("0.001", {}).get("tpr"),
+                        "tpr_at_1pct_fpr": v["tpr_at_fpr"]["0.01"]["tpr"]} for k, v in mem.items() if "auc" in v},
         "trained_epsilon": dp.get("epsilon"), "trained_delta": dp.get("delta"),
         "canary_audit": ({k: v for k, v in report["canaries"].items() if k != "canaries"}
                          if report.get("canaries") else None),
@@ -53,11 +93,24 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
     }
 
 
-def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
+def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str | Path, *,
                    reference_path: str | Path | None = None, cfg=None, canaries=None,
                    api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
-                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None) -> dict:
-    """Audit every model of ``models`` ((name, folder) pairs) and write one comparison.
+                   limit_docs: int = 50, n_boot: int = 1000, progress: bool = True, policy=None,
+                   memguard_classifier=None, shadow_dir: str | Path | None = None) -> dict:
+    """Audit every model of ``models`` ((name, folder) or (name, folder, serving mode) tuples) and write
+    one comparison.
+
+    A serving mode (``"memguard:EPS"``, :mod:`llm_mia.memguard`) audits the folder's model served
+    through MemGuard: its membership signals read the returned (noised) log-probs; extraction and
+    exposure read the model (MemGuard leaves generated text alone). The defender's classifier is
+    ``memguard_classifier(loaded target)`` when given, else fitted on the shadow models of
+    ``shadow_dir`` (:func:`llm_mia.memguard.classifier_from_shadows`) when given, else on the target's
+    training documents against held-out documents, both outside the membership sample.
+    Every row has ``query_limits`` (:func:`llm_mia.output_limits.query_limits`, per API mode; a served
+    row: its serving mode). A served row's ``heldout_perplexity`` is :func:`served_perplexity` of what
+    MemGuard returns (``model_heldout_perplexity``: the model's own). ``shadow_dir`` (``llm-mia shadow
+    train``) adds LiRA, RMIA and the Shokri attack to every audit.
 
     Each model gets ``out_dir/<name>/report.json`` (the usual audit, gated by ``policy`` when one is
     given: each row then carries its ``verdict``); ``out_dir/compare.json`` and ``compare.md`` hold one
@@ -76,13 +129,18 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     from llm_mia.output_limits import membership_under_limits
     from llm_mia.secrets import load_secrets
 
+    from llm_mia.output_limits import parse_mode
+
     cfg = cfg or AuditConfig()
     if not models:
         raise LlmMiaError("--compare needs at least one model")
-    names = [n for n, _ in models]
+    models = [(m[0], m[1], m[2] if len(m) > 2 else None) for m in models]
+    names = [n for n, _, _ in models]
     if len(set(names)) != len(names):
         raise LlmMiaError(f"model names must be distinct, got {names}")
-    for n, p in models:
+    for n, p, serving in models:
+        if serving is not None and parse_mode(serving).kind != "memguard":
+            raise LlmMiaError(f"model '{n}': a serving defence is memguard:EPS, got '{serving}'")
         if not n or "/" in n or n.startswith(".") or n in ("compare.json", "compare.md"):
             raise LlmMiaError(f"bad model name '{n}' (a plain folder name)")
         if not (Path(p) / "config.json").is_file():
@@ -90,7 +148,7 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     if canaries:
         from llm_mia.canaries import prepare_canary_audit
 
-        for _, p in models:
+        for _, p, _ in models:
             prepare_canary_audit(*canaries, model_path=p, has_reference=reference_path is not None)
     corpus = Path(corpus_dir)
     for f in ("train.jsonl", "heldout.jsonl", "secrets.json"):
@@ -103,19 +161,32 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     reference = load_model(str(reference_path)) if reference_path else None
     # a reference trained on the non-members would make its signals measure itself (see audit)
     mia_reference = None if reference_saw_nonmembers(reference_path, corpus) else reference
-    mem, non = membership_sample(train, heldout, load_secrets(corpus / "secrets.json"), cfg.membership_docs, cfg.seed)
+    secrets = load_secrets(corpus / "secrets.json")
+    mem, non = membership_sample(train, heldout, secrets, cfg.membership_docs, cfg.seed)
     n = len(mem)
+    if memguard_classifier is None and shadow_dir is not None:
+        from llm_mia.memguard import classifier_from_shadows
+
+        memguard_classifier = lambda target: classifier_from_shadows(shadow_dir, seed=cfg.seed)  # noqa: E731
+    serves = {name: _memguard_serve(parse_mode(serving), memguard_classifier, train, heldout, mem, non, secrets,
+                                    seed=cfg.seed) for name, _, serving in models if serving}  # checked before any audit
     rows = []
-    for name, path in models:
+    for name, path, serving in models:
         t0 = time.time()
+        serve, record = serves.get(name, (None, None))
         report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy,
-                           canaries=canaries)
+                           canaries=canaries, serve=serve, shadow_dir=shadow_dir)
         target = load_model(str(path))
         limits = None
-        if api_modes and n >= 2:
+        if api_modes and n >= 2 and not serving:
             limits = membership_under_limits(target, mem, non, modes=api_modes, reference=mia_reference,
                                              n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
-        row = _model_row(name, Path(path), report, heldout_perplexity(target, heldout), limits)
+        ppl = heldout_perplexity(target, heldout)
+        row = _model_row(name, Path(path), report, served_perplexity(record["view"], heldout) if serving else ppl,
+                         limits, serving, api_modes)
+        if serving:
+            row["model_heldout_perplexity"] = ppl
+            row["memguard"] = record["classifier"]
         if policy is not None:
             v = report["verdict"]
             row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
@@ -129,6 +200,36 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple[str, str | Pat
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _memguard_serve(mode, make_classifier, train, heldout, mem, non, secrets, *, seed: int):
+    """(serve, record) for :func:`llm_mia.audit.run_audit`: ``serve = (name, target -> MemGuard view)``;
+    ``record`` (the classifier's weights and what it was trained on) is filled when the view is built."""
+    from llm_mia.audit import strip_planted
+    from llm_mia.memguard import defense_training_set, fit_classifier
+    from llm_mia.output_limits import ApiView
+
+    record: dict = {"classifier": {}}
+    seen_non = set(non)
+    rest_n = [t for t in heldout if t not in seen_non]
+    seen_mem = set(mem)
+    rest_m = [t for t in train if strip_planted(t, secrets) not in seen_mem]  # ``mem`` holds stripped copies
+    if make_classifier is None and min(len(rest_m), len(rest_n)) < 1:
+        raise LlmMiaError(f"{mode.name}: the defender's classifier needs a training and a held-out document outside "
+                          f"the membership sample (got {len(rest_m)} + {len(rest_n)}): lower --membership-docs")
+
+    def view(target):
+        if make_classifier is not None:
+            clf = make_classifier(target)
+            record["classifier"].update(clf.to_dict(), trained_on="given (shadow models)")
+        else:
+            clf = fit_classifier(*defense_training_set([(target, rest_m, rest_n)]), seed=seed)
+            record["classifier"].update(clf.to_dict(), trained_on=f"the target: {len(rest_m)} training vs "
+                                        f"{len(rest_n)} held-out documents outside the membership sample")
+        record["view"] = ApiView.of(target, mode, memguard=clf, seed=seed)
+        return record["view"]
+
+    return (mode.name, view), record
 
 
 def _f(v, fmt: str = ".2f") -> str:
@@ -156,6 +257,20 @@ def render_compare_markdown(result: dict) -> str:
                      f"{r['best_signal'] or '-'} | {_f(r['best_tpr_at_1pct_fpr'], '.3f')} | "
                      f"{_f(r['best_signal_auc'], '.3f')} | {_f(r['trained_epsilon'])} | "
                      f"{_f(e.get('audited_epsilon'))} | {_f(e.get('tpr_at_fpr', {}).get('0.01', {}).get('tpr'), '.3f')} |")
+    attacks = list(dict.fromkeys(k for r in rows for k in r.get("attacks") or {}))
+    if attacks:
+        n_non = result["settings"]["membership_docs"]
+        lines += ["", "## Membership attacks by defence", "",
+                  "TPR at 0.1% / 1% FPR (AUC) of each attack, members against as many held-out documents"
+                  + (f"; with {n_non} non-members both FPRs are below resolution: the TPR at zero false positives"
+                     if n_non < 100 else "") + ".", "",
+                  "| attack | " + " | ".join(r["name"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+        for a in attacks:
+            cells = []
+            for r in rows:
+                v = (r.get("attacks") or {}).get(a)
+                cells.append(f"{_f(v['tpr_at_0.1pct_fpr'])} / {_f(v['tpr_at_1pct_fpr'])} ({_f(v['auc'])})" if v else "-")
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
     counts = sorted({c for r in rows for c in r["exposure_by_count"]}, key=int)
     lines += ["", "## Mean rank exposure (bits) by insertion count", "",
               "| model | " + " | ".join(f"r={c}" for c in counts) + " |", "|---|" + "---|" * len(counts)]
@@ -170,6 +285,27 @@ def render_compare_markdown(result: dict) -> str:
                 work = ", ".join(f"{s} ({m['signals'][s]['auc']:.2f})" for s in m["working"]) or "none"
                 lines.append(f"| {r['name']} | {mode} | {len(m['computable'])} | {work} | "
                              f"{', '.join(sorted(m['not_computable'])) or '-'} |")
+    if any(r.get("query_limits") for r in rows):
+        lines += ["", "## Query limits", "",
+                  "Queries an attacker needs: to extract the easiest secret inserted >= once (greedy generation from "
+                  "the audit's contexts, one query each, or top-k 40 samples for a 1/2 chance; label-only: greedy "
+                  "only), and per member found at the best signal's 1% FPR threshold (one query per text, half "
+                  "the texts members: 1 / (0.5 x TPR)). A rate limit below the first column would have stopped "
+                  "every extraction measured.", "",
+                  "| model | API mode | queries to extract (secret) | extractable secrets | best signal | TPR@1%FPR "
+                  "| queries per member found |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            for mode, q in (r.get("query_limits") or {}).items():
+                lines.append(f"| {r['name']} | {mode} | {_f(q['fewest'], '.0f')}"
+                             + (f" ({q['secret']})" if q["secret"] else "")
+                             + f" | {q['extractable']}/{q['gated']} | {q['best_signal'] or '-'} | "
+                             f"{_f(q['tpr_at_1pct_fpr'], '.3f')} | {_f(q['queries_per_member_found'], '.1f')} |")
+    served = [r for r in rows if r.get("serving")]
+    if served:
+        lines += ["", "Served rows (" + ", ".join(r["name"] for r in served) + "): membership reads the log-probs the "
+                  "serving defence returns, and so does the held-out perplexity (utility); extraction and exposure are the "
+                  "model's own "
+                  "(MemGuard changes returned log-probs, never generated text)."]
     cans = [r for r in rows if r["canary_audit"]]
     if cans:
         c = cans[0]["canary_audit"]
@@ -188,88 +324,163 @@ def render_compare_markdown(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # The demo: train the baseline and the defended models on the python-docs corpus, compare them
 
-#: (name, train_model keyword arguments) of the demo's models; the baseline first.
+#: (name, train_model keyword arguments) of the demo's models; the baseline first. adv-reg's reference
+#: set and SELENA's sub-model steps are filled in by :func:`run_compare_defenses`.
 DEMO_DEFENSES: list[tuple[str, dict]] = [
     ("baseline", {}),
     ("dp-eps1", {"defense": "dp", "epsilon": 1.0, "delta": 1e-5}),
     ("dedup", {"defense": "dedup"}),
     ("regularised", {"weight_decay": 0.1, "dropout": 0.1}),
     ("early-stop", {"early_stopping": 3}),
+    ("selena", {"defense": "selena", "selena_k": 4, "selena_l": 2}),
+    ("adv-reg", {"defense": "adv-reg", "adv_lambda": 1.0}),
 ]
-#: Training steps of the full comparison's non-DP models: the small preset memorizes secrets
-#: inserted >= 8 times well before its 1,600 steps, and five models must train in under 30 minutes
-#: on a 2-core CPU (a DP step, per-sample gradients in fp32, costs several plain ones: 400 steps).
-DEMO_STEPS, DEMO_DP_STEPS = 1000, 400
+#: (name, trained model it serves, serving mode) of the demo's serving-time defences: rows after the trained ones.
+SERVED_DEFENSES: list[tuple[str, str, str]] = [("memguard", "baseline", "memguard:0.5")]
 #: (number, insertions each) of the random canaries planted with probability 1/2 for the audited epsilon.
 DEMO_CANARIES, QUICK_CANARIES = (1000, 4), (40, 2)
-#: The ``--quick`` subset (tests): one model per kind of defence.
-QUICK_DEFENSES: list[tuple[str, dict]] = [
-    ("baseline", {}),
-    ("dp-eps1", {"defense": "dp", "epsilon": 1.0, "delta": 1e-5}),
-    ("dedup", {"defense": "dedup"}),
-    ("regularised", {"weight_decay": 0.1, "dropout": 0.1}),
-    ("early-stop", {"early_stopping": 2}),
-]
+#: The ``--quick`` subset (tests): the new defences and one of each older kind (weight decay and early
+#: stopping are plain training options, tested with the trainer).
+QUICK_DEFENSES: list[tuple[str, dict]] = [(n, kw) for n, kw in DEMO_DEFENSES if n not in ("regularised", "early-stop")]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of ``--demo --compare-defenses``: preset, training steps (plain, DP, each SELENA sub-model,
+    each shadow model), shadow models, corpus, held-out documents reserved for the defenders, audit."""
+
+    preset: str
+    steps: int
+    dp_steps: int
+    selena_sub_steps: int
+    n_shadows: int
+    shadow_steps: int
+    max_chars: int
+    repeats: tuple[int, ...]
+    heldout_fraction: float
+    defender_docs: int
+    limit_docs: int
+    n_boot: int
+
+
+#: Full mode, sized for about 40 minutes on one thread of the shared 2-core CPU from measured costs
+#: (README "Defences, measured"): the ``mini`` preset (a step of 16 x 128 tokens ~0.21 s; ``small``
+#: costs ~1 s there, and about 15 model-trainings are needed); plain models see the ~85 k training
+#: tokens ~12 times (500 steps; measured on the baseline: 400 steps extract 2 of the 8 secrets
+#: inserted >= 16 times, 700 steps 8 of 8); each shadow model trains on half the population for half
+#: the steps (as many passes over its data); a DP step costs ~2.5 plain ones; SELENA's 4 sub-models
+#: each train on half the documents, and its distillation runs them too.
+DEMO_PLAN = DemoPlan(preset="mini", steps=500, dp_steps=180, selena_sub_steps=250, n_shadows=8, shadow_steps=250,
+                     max_chars=300_000, repeats=(1, 2, 4, 8, 16, 32), heldout_fraction=0.3, defender_docs=16,
+                     limit_docs=25, n_boot=1000)
+QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20, n_shadows=4, shadow_steps=20,
+                      max_chars=40_000, repeats=(1, 4, 16), heldout_fraction=0.5, defender_docs=3, limit_docs=6,
+                      n_boot=200)
 
 
 def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
-                         progress: bool = True) -> dict:
-    """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, comparison.
+                         progress: bool = True, plan: DemoPlan | None = None) -> dict:
+    """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, shadow
+    models, comparison.
 
-    ``quick`` (for tests; about 40 s on one thread of the shared 2-core CPU): five models
-    (:data:`QUICK_DEFENSES`), 40 k characters of python-docs split half / half, the ``tiny``
-    preset for 40 steps, secrets inserted 1, 4 and 16 times, 4 extraction samples, 20 exposure
-    candidates, 10 + 10 membership documents (6 + 6 per API mode): a check of the machinery, not a measurement. The full mode uses the demo corpus and
-    the ``small`` preset (DP models with fewer steps: a per-sample-gradient step costs several
-    plain ones) and a lighter audit than ``--demo``; its wall time was not measured here.
-    Every model shares the baseline's tokenizer, so exposures and scores compare.
+    Steps: the python-docs corpus (``plan.max_chars``); ``plan.defender_docs`` held-out documents move
+    to ``out/defender/reference.jsonl`` (adversarial regularisation's reference set: never an audit
+    non-member); random canaries planted into the training copy; the models of :data:`DEMO_DEFENSES`
+    (the baseline's tokenizer for all), a reference model, ``plan.n_shadows`` shadow models
+    (:func:`llm_mia.shadow.train_shadows`, trained once for all compared models on random halves of
+    the audit's members and non-members with planted sentences removed), then
+    :func:`compare_models` with the shadow attacks (LiRA, RMIA, Shokri) in every audit and the
+    baseline served through MemGuard (:data:`SERVED_DEFENSES`; its classifier fitted on the shadow
+    models, :func:`llm_mia.memguard.classifier_from_shadows`). ``quick`` (:data:`QUICK_PLAN`, tests):
+    the tiny preset, a check of the machinery, not a measurement; the full mode is :data:`DEMO_PLAN`.
+    ``timings`` in compare.json: seconds per part.
     """
-    from llm_mia.audit import DEMO_MAX_CHARS, AuditConfig
+    from llm_mia.audit import AuditConfig, strip_planted
     from llm_mia.corpus import build_corpus
+    from llm_mia.memguard import classifier_from_shadows
+    from llm_mia.secrets import load_secrets
+    from llm_mia.shadow import train_shadows
     from llm_mia.train import train_model
 
+    plan = plan or (QUICK_PLAN if quick else DEMO_PLAN)
     out = Path(out_dir)
     t0 = time.time()
     if quick:
-        preset, steps, dp_steps, max_chars, repeats = "tiny", 40, 40, 40_000, (1, 4, 16)
-        heldout_fraction, defenses, n_boot = 0.5, QUICK_DEFENSES, 200
         cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=20, exact_limit=0, beams=1,
-                          membership_docs=10, top_n=4, max_new_tokens=16, seed=seed, progress=False)
-        limit_docs = 6
+                          membership_docs=10, top_n=4, max_new_tokens=16, discoverable_samples=10, seed=seed,
+                          progress=False)
     else:
-        preset, steps, dp_steps, max_chars, repeats = "small", DEMO_STEPS, DEMO_DP_STEPS, DEMO_MAX_CHARS, (1, 2, 4, 8, 16, 32)
-        heldout_fraction, defenses, n_boot = 0.2, DEMO_DEFENSES, 1000
-        cfg = AuditConfig(num_samples=100, n_candidates=500, exact_limit=10_000, membership_docs=200, seed=seed,
-                          progress=progress)
-        limit_docs = 50
-    build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, repeats=repeats,
-                 heldout_fraction=heldout_fraction)
+        cfg = AuditConfig(num_samples=50, strategies=("top-k", "temperature-decay"), n_candidates=500,
+                          exact_limit=10_000, membership_docs=200, discoverable_samples=100, seed=seed, progress=progress)
+    timings = {}
+    build_corpus("python-docs", out / "corpus", seed=seed, max_chars=plan.max_chars, repeats=plan.repeats,
+                 heldout_fraction=plan.heldout_fraction)
+    reference_set = _reserve_defender_set(out / "corpus", out / "defender", plan.defender_docs, seed=seed)
     train_corpus, canaries = _plant_demo_canaries(out, *(QUICK_CANARIES if quick else DEMO_CANARIES), seed=seed)
-    models, timings = [], {}
-    for name, kw in defenses:
+    models = []
+    for name, kw in (QUICK_DEFENSES if quick else DEMO_DEFENSES):
         t = time.time()
-        n_steps = dp_steps if kw.get("defense") == "dp" else steps
+        kw = dict(kw)
+        if kw.get("defense") == "adv-reg":
+            kw["reference_set"] = str(reference_set)
+        if kw.get("defense") == "selena":
+            kw["selena_sub_steps"] = plan.selena_sub_steps
+        n_steps = plan.dp_steps if kw.get("defense") == "dp" else plan.steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
-        train_model(train_corpus, out / "models" / name, preset=preset, max_steps=n_steps, seed=seed,
+        train_model(train_corpus, out / "models" / name, preset=plan.preset, max_steps=n_steps, seed=seed,
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
+    models += [(name, out / "models" / base, mode) for name, base, mode in SERVED_DEFENSES]
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
-    train_model(train_corpus, out / "models" / "reference", preset=preset, reference=True, seed=seed,
-                tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(steps * ratio)),
+    train_model(train_corpus, out / "models" / "reference", preset=plan.preset, reference=True, seed=seed,
+                tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(plan.steps * ratio)),
                 progress=progress)
     timings["train_reference_s"] = round(time.time() - t, 1)
     t = time.time()
+    secrets = load_secrets(out / "corpus" / "secrets.json")
+    population = [{"text": strip_planted(r["text"], secrets)} for r in io.read_jsonl(out / "corpus" / "train.jsonl")]
+    population += list(io.read_jsonl(out / "corpus" / "heldout.jsonl"))
+    io.write_jsonl(out / "shadow-population.jsonl", population)
+    train_shadows(out / "shadow-population.jsonl", out / "shadow", n_models=plan.n_shadows, preset=plan.preset,
+                  tokenizer_from=str(out / "models" / "baseline"), max_steps=plan.shadow_steps, seed=seed,
+                  progress=progress)
+    timings["train_shadows_s"] = round(time.time() - t, 1)
+    t = time.time()
     result = compare_models(out / "corpus", models, out, reference_path=out / "models" / "reference", cfg=cfg,
-                            limit_docs=limit_docs, n_boot=n_boot, progress=progress, canaries=canaries)
+                            limit_docs=plan.limit_docs, n_boot=plan.n_boot, progress=progress, canaries=canaries,
+                            shadow_dir=out / "shadow",
+                            memguard_classifier=lambda target: classifier_from_shadows(out / "shadow", max_texts=20,
+                                                                                      seed=seed))
     timings["audits_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
-    result["settings"].update({"quick": quick, "preset": preset, "steps": steps, "dp_steps": dp_steps,
-                               "max_chars": max_chars, "repeats": list(repeats), "timings": timings})
+    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings})
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _reserve_defender_set(corpus: Path, out: Path, n: int, *, seed: int) -> Path:
+    """Move ``n`` seeded held-out documents of ``corpus`` to ``out/reference.jsonl``: the defenders' own
+    non-member texts (adversarial regularisation's reference set, Nasr et al. 2018), never among the
+    audit's non-members. ``corpus/heldout.jsonl`` keeps the rest; corpus.json's held-out count,
+    characters and sha256 follow. Returns the reference file."""
+    import random
+
+    rows = list(io.read_jsonl(corpus / "heldout.jsonl"))
+    if len(rows) < n + 2:
+        raise LlmMiaError(f"the demo corpus has {len(rows)} held-out documents: too few to reserve {n} for the defences")
+    pick = set(random.Random(seed).sample(range(len(rows)), n))
+    io.write_jsonl(out / "reference.jsonl", [r for i, r in enumerate(rows) if i in pick])
+    keep = [r for i, r in enumerate(rows) if i not in pick]
+    io.write_jsonl(corpus / "heldout.jsonl", keep)
+    meta = io.read_json(corpus / "corpus.json")
+    meta.update(n_heldout=len(keep), heldout_chars=sum(len(r["text"]) for r in keep),
+                defender_reference={"n": n, "file": str(out / "reference.jsonl"), "seed": seed})
+    meta["sha256"]["heldout.jsonl"] = io.sha256_file(corpus / "heldout.jsonl")
+    io.write_json(corpus / "corpus.json", meta)
+    return out / "reference.jsonl"
 
 
 def _plant_demo_canaries(out: Path, n: int, repeats: int, *, seed: int) -> tuple[Path, tuple[Path, Path]]:

@@ -25,7 +25,8 @@ Extraction of one secret:
   reproduces the secret (sec. 8, extraction by search).
 - ``sample_probability``: the probability that one top-k (k = 40) sample continuing the prefix is
   exactly the secret's tokens, the product of the renormalised per-token probabilities, and
-  ``samples_for_half``, the number of independent samples that extract it with probability 0.5.
+  ``samples_for_half``, the number of independent samples that extract it with probability 0.5;
+  :func:`queries_to_extract` counts the queries an attacker needs (greedy and sampled).
 
 The model is run only by :mod:`llm_mia.models` (``score_shared_prefix``, ``generate``); this module
 is the math and the pipeline.
@@ -192,6 +193,32 @@ def samples_for_half(p: float) -> float:
     if p == 1.0:
         return 1.0
     return float(max(1, math.ceil(math.log(0.5) / math.log1p(-p))))
+
+
+def queries_to_extract(row: dict, *, sampling: bool = True) -> float:
+    """Queries (generation requests) an attacker needs to extract one secret, from its exposure record.
+
+    Counting model: the attacker tries the audit's extraction contexts in order
+    (``extraction_contexts``), one greedy generation each, so greedy decoding that gives the secret
+    back from context i (0-based, ``greedy_context``) costs i + 1 queries; an API that samples
+    (``sampling``: top-k 40 at temperature 1, the audit's ``sample_probability`` p from the prefix)
+    extracts it with probability 1/2 within ``samples_for_half(p)`` queries. The count is the smaller
+    of the two; inf when neither extracts it (a label-only API answers greedily: ``sampling=False``);
+    NaN when the record has no sample probability (a sentence longer than the context) and greedy
+    decoding did not give it back. Beam search is not counted (it reads per-step top-b log-probs).
+    """
+    greedy = math.inf
+    if row.get("greedy_extracted"):
+        tried = list(row.get("extraction_contexts") or [])
+        ctx = row.get("greedy_context")
+        greedy = float(tried.index(ctx) + 1) if ctx in tried else 1.0
+    if not sampling:
+        return greedy
+    p = row.get("sample_probability")
+    p = float("nan") if p is None else float(p)
+    if math.isnan(p):
+        return greedy if math.isfinite(greedy) else float("nan")
+    return min(greedy, samples_for_half(min(max(p, 0.0), 1.0)))
 
 
 def expected_control_bits(n_references: int) -> float:

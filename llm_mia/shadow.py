@@ -271,14 +271,42 @@ def _per_model(shadow: ShadowSet, jobs: list[tuple[list, int | list, list[str], 
 
     out = []
     for mdir in shadow.model_dirs:
+        keys = [_job_key(mdir, job, device, stride) for job in jobs]
+        if all(k in _STATS_CACHE for k in keys):
+            out.append([_STATS_CACHE[k] for k in keys])
+            continue
         m = load_model(str(mdir), device=device)
         res = []
-        for ids, ctx, texts, restrict in jobs:
+        for key, (ids, ctx, texts, restrict) in zip(keys, jobs):
+            if key in _STATS_CACHE:
+                res.append(_STATS_CACHE[key])
+                continue
             st = m.token_stats(ids, context_lens=ctx, batch_size=batch_size, stride=stride, moments=True)
             res.append(_mean_logprob_and_features(restrict(st) if restrict else st, texts))
+            if key is not None:
+                if len(_STATS_CACHE) >= _CACHE_SIZE:
+                    _STATS_CACHE.pop(next(iter(_STATS_CACHE)))
+                _STATS_CACHE[key] = res[-1]
         out.append(res)
         del m
     return out
+
+
+#: A shadow model's statistics of a job, kept for the next audit with the same shadow folder and texts
+#: (``audit --compare``: every compared model meets the same shadow models on the same texts).
+_STATS_CACHE: dict = {}
+_CACHE_SIZE = 64
+
+
+def _job_key(mdir: Path, job, device, stride):
+    """Cache key of one (model folder, job): its recipe.json's mtime and a digest of the ids; None for a
+    job with a score mask (not cached)."""
+    ids, ctx, _, restrict = job
+    if restrict is not None:
+        return None
+    digest = hashlib.sha256(json.dumps([[list(map(int, x)) for x in ids],
+                                        ctx if isinstance(ctx, int) else list(map(int, ctx))]).encode()).hexdigest()
+    return (str(Path(mdir).resolve()), (Path(mdir) / "recipe.json").stat().st_mtime_ns, digest, str(device), stride)
 
 
 def shadow_inputs(shadow: ShadowSet, target, texts: Sequence[str], ids, context_lens, *, restrict=None,

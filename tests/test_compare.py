@@ -64,7 +64,58 @@ def test_compare_bad_inputs(tmp_path, capsys):
         C.compare_models(tmp_path, [("a", tmp_path), ("a", tmp_path)], tmp_path / "o")
     from llm_mia.cli import _parse_compare
 
-    assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a"), ("dp", "m/dp/"), ("c", "x")]
+    assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a", None), ("dp", "m/dp/", None), ("c", "x", None)]
+    assert _parse_compare(["g=m/a@memguard:0.3", "m/x@y"]) == [("g", "m/a", "memguard:0.3"), ("x@y", "m/x@y", None)]
+    code, _, err = run_cli(["audit", "--compare", f"a={tmp_path}@memguard:5", "--corpus", tmp_path, "--out",
+                            tmp_path / "o"], capsys)
+    assert code == 2 and "MemGuard budget" in err
+
+
+def test_served_perplexity_of_a_plain_model_is_the_heldout_perplexity(tiny_model, tiny_tokenizer):
+    from llm_mia.models.loading import from_objects
+
+    lm = from_objects(tiny_model, tiny_tokenizer)
+    texts = ["The quick brown fox jumps over the lazy dog. " * 6, "def f(x):\n    return x + 1\n" * 8]
+    assert C.served_perplexity(lm, texts) == pytest.approx(C.heldout_perplexity(lm, texts), rel=1e-4)
+    assert C.served_perplexity(lm, []) is None
+
+
+def test_compare_takes_a_shadow_folder(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    code, _, err = run_cli(["audit", "--compare", f"leaky={d / 'leaky'}", "--corpus", d / "corpus", "--out",
+                            tmp_path / "o", "--shadow", tmp_path / "none"], capsys)
+    assert code == 2 and "shadow folder not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_serves_memguard(leak_models, tmp_path):
+    """A model served through MemGuard: membership reads the noised log-probs, extraction the model; the
+    defender's classifier trains on documents outside the membership sample; query limits per row."""
+    from llm_mia.audit import AuditConfig
+
+    d, _ = leak_models
+    cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=16, exact_limit=0, beams=1,
+                      membership_docs=2, top_n=4, max_new_tokens=12, discoverable_samples=0, progress=False)
+    res = C.compare_models(d / "corpus", [("leaky", d / "leaky"), ("guarded", d / "leaky", "memguard:1")],
+                           tmp_path / "cmp", cfg=cfg, api_modes=("full", "label-only"), n_boot=50)
+    plain, guarded = res["rows"]
+    assert guarded["defense"] == "memguard:1 (serving)" and guarded["output_limits"] is None
+    assert guarded["memguard"]["trained_on"].startswith("the target: ") and guarded["memguard"]["n_train"] > 0
+    assert guarded["secrets_extracted"] == plain["secrets_extracted"] > 0  # generation is the model's own
+    rep = json.loads((tmp_path / "cmp" / "guarded" / "report.json").read_text())
+    assert rep["provenance"]["serving"] == "memguard:1"
+    base = json.loads((tmp_path / "cmp" / "leaky" / "report.json").read_text())
+    a, b = base["membership"]["per_doc"]["scores"]["loss"], rep["membership"]["per_doc"]["scores"]["loss"]
+    assert a != pytest.approx(b, abs=1e-3)  # the served log-probs differ from the model's
+    assert set(plain["query_limits"]) == {"full", "label-only"} and set(guarded["query_limits"]) == {"memguard:1"}
+    q = plain["query_limits"]["full"]
+    assert q["fewest"] >= 1 and q["extractable"] >= plain["secrets_extracted"]
+    assert guarded["query_limits"]["memguard:1"]["fewest"] == q["fewest"]  # MemGuard leaves extraction alone
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Query limits" in md and "| guarded | memguard:1 (serving) |" in md
+    lo = base["membership"]["signals"]["loss"]
+    assert plain["attacks"]["loss"] == {"auc": lo["auc"], "tpr_at_0.1pct_fpr": lo["tpr_at_fpr"]["0.001"]["tpr"],
+                                        "tpr_at_1pct_fpr": lo["tpr_at_fpr"]["0.01"]["tpr"]}
+    assert "## Membership attacks by defence" in md and "below resolution" in md
 
 
 def test_quick_compare_defenses_demo(tmp_path, capsys):
@@ -73,7 +124,22 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert code == 0, err
     res = json.loads((out / "compare.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}
-    assert list(rows) == [n for n, _ in C.QUICK_DEFENSES]
+    assert list(rows) == [n for n, _ in C.QUICK_DEFENSES] + [n for n, _, _ in C.SERVED_DEFENSES]
+    mg = rows.pop("memguard")
+    assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["trained_on"] == "given (shadow models)"
+    assert mg["secrets_extracted"] == rows["baseline"]["secrets_extracted"] and "memguard:0.5" in mg["query_limits"]
+    assert mg["model_heldout_perplexity"] == rows["baseline"]["heldout_perplexity"] != mg["heldout_perplexity"]
+    # the shadow models: trained once, used by every audit (LiRA, RMIA, Shokri beside the other signals)
+    assert res["settings"]["plan"]["n_shadows"] == C.QUICK_PLAN.n_shadows and "train_shadows_s" in res["settings"]["timings"]
+    for r in (*rows.values(), mg):
+        assert {"lira_online", "lira_offline", "rmia_online", "shokri", "loss"} <= set(r["attacks"])
+    rep = json.loads((out / "baseline" / "report.json").read_text())
+    assert rep["membership"]["shadow"]["n_models"] == C.QUICK_PLAN.n_shadows
+    # the defenders' reference set is never an audit non-member; adv-reg trains against it
+    ref = [r["text"] for r in map(json.loads, (out / "defender" / "reference.jsonl").read_text().splitlines())]
+    held = [r["text"] for r in map(json.loads, (out / "corpus" / "heldout.jsonl").read_text().splitlines())]
+    assert len(ref) == C.QUICK_PLAN.defender_docs and not set(ref) & set(held)
+    assert json.loads((out / "models" / "adv-reg" / "recipe.json").read_text())["defense"] == "adv-reg"
     for name, r in rows.items():
         recipe = json.loads((out / "models" / name / "recipe.json").read_text())
         assert r["heldout_perplexity"] > 1 and (out / name / "report.json").is_file()
@@ -95,6 +161,7 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     vocab = (out / "models" / "baseline" / "tokenizer.json").read_text()
     assert all((out / "models" / n / "tokenizer.json").read_text() == vocab for n in rows)
     md = (out / "compare.md").read_text()
-    assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "label-only" in md
+    assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "| selena | selena |" in md and "label-only" in md
     assert "Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from 40 random canaries" in md
-    assert "compared 5 models" in stdout
+    assert "## Membership attacks by defence" in md and "| rmia_online |" in md
+    assert f"compared {len(C.QUICK_DEFENSES) + len(C.SERVED_DEFENSES)} models" in stdout

@@ -130,3 +130,69 @@ def test_membership_under_limits_report(tiny_model, tiny_tokenizer):
             assert "error" in v or 0 <= v["auc"] <= 1
     with pytest.raises(LlmMiaError, match="unknown API mode"):
         membership_under_limits(lm, TEXTS, TEXTS, modes=("top5",))
+
+
+# ----------------------------------------------------------------------------- query limits
+
+def _secret(sid, count, *, greedy=None, contexts=("start", "none", "training"), p=None):
+    return {"id": sid, "count": count, "greedy_extracted": greedy is not None, "greedy_context": greedy,
+            "extraction_contexts": list(contexts), "sample_probability": p, "exposure_rank": 1.0,
+            "surfaced_in_samples": 0}
+
+
+def test_queries_to_extract_by_hand():
+    from llm_mia.exposure import queries_to_extract
+
+    # greedy from the third context tried: 3 generations; sampling p = 0.1 needs 7 (0.9**7 = 0.478 <= 0.5)
+    assert queries_to_extract(_secret("a", 8, greedy="training", p=0.1)) == 3
+    assert queries_to_extract(_secret("a", 8, greedy="training", p=0.5)) == 1  # one sample: 1/2 already
+    assert queries_to_extract(_secret("b", 8, p=0.1)) == 7
+    assert queries_to_extract(_secret("b", 8, p=0.1), sampling=False) == math.inf  # label-only: greedy only
+    assert queries_to_extract(_secret("c", 8, greedy="none", p=0.0), sampling=False) == 2
+    assert queries_to_extract(_secret("d", 8, p=0.0)) == math.inf
+    assert math.isnan(queries_to_extract(_secret("e", 8, p=float("nan"))))
+
+
+def test_query_limits_by_hand():
+    from llm_mia.output_limits import query_limits
+
+    secrets = [_secret("ctl", 0, greedy="start", p=0.9), _secret("s4", 4, p=0.01),  # 1 - 0.99**69 = 0.500
+               _secret("s16", 16, greedy="none", p=1e-6)]
+    limits = {"modes": {"full": {"signals": {"loss": {"tpr_at_1pct_fpr": 0.25, "auc": 0.8},
+                                             "zlib": {"tpr_at_1pct_fpr": 0.1, "auc": 0.9}}},
+                        "label-only": {"signals": {"greedy_match": {"tpr_at_1pct_fpr": 0.0, "auc": 0.5}}}}}
+    q = query_limits(secrets, limits, ["full", "label-only"])
+    # the control (count 0) is not counted; s16 greedy from the 2nd context: 2 queries in both modes
+    assert q["full"]["fewest"] == 2 and q["full"]["secret"] == "s16" and q["full"]["extractable"] == 2
+    assert q["full"]["stopping_rate_limit"] == 1 and q["full"]["gated"] == 2
+    assert q["full"]["best_signal"] == "loss" and q["full"]["queries_per_member_found"] == 8.0  # 1 / (0.5 * 0.25)
+    assert q["label-only"]["extractable"] == 1 and q["label-only"]["queries_per_member_found"] == math.inf
+    only4 = query_limits(secrets[:2], None, ["full", "label-only"])
+    assert only4["full"]["fewest"] == 69 and only4["full"]["tpr_at_1pct_fpr"] is None
+    assert only4["label-only"]["fewest"] == math.inf and only4["label-only"]["stopping_rate_limit"] == math.inf
+
+
+def test_max_queries_per_secret_gate_by_hand():
+    from llm_mia.policy import evaluate, parse_policy
+
+    report = {"schema_version": 1, "extraction": {"memorized_total": 0},
+              "secrets": [_secret("s4", 4, p=0.01), _secret("s16", 16, greedy="training", p=1e-9),
+                          _secret("ctl", 0, greedy="start", p=1.0)]}
+    gate = lambda limit, **st: evaluate(report, parse_policy(  # noqa: E731
+        {"limits": {"max_queries_per_secret": limit}, "settings": st}))
+    v = gate(3)  # s16: greedy from the 3rd context = 3 queries <= 3
+    c = v.checks[0]
+    assert v.status == "FAIL" and c.value == 3 and [i["id"] for i in c.items] == ["s16"]
+    assert "secret s16 extractable in 3 queries <= rate limit 3" in v.line
+    v = gate(2)  # 3 > 2 and s4 needs 69: passes; s16 was extracted, so the positive control holds
+    assert v.status == "PASS" and v.checks[0].value == 3
+    v = gate(100)
+    assert v.status == "FAIL" and [i["id"] for i in v.checks[0].items] == ["s16", "s4"]
+    assert gate(100, min_insertions=5).checks[0].items[0]["queries"] == 3
+    v = gate(1000, min_insertions=1, api_mode="label-only")  # only s16 by greedy
+    assert v.status == "FAIL" and [i["id"] for i in v.checks[0].items] == ["s16"]
+    for bad, msg in (({"max_queries_per_secret": 0}, ">= 1"), ({"max_queries_per_secret": 2.5}, "whole number")):
+        with pytest.raises(LlmMiaError, match=msg):
+            parse_policy({"limits": bad})
+    with pytest.raises(LlmMiaError, match="api_mode"):
+        parse_policy({"limits": {"max_queries_per_secret": 5}, "settings": {"api_mode": "topk"}})

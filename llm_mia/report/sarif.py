@@ -41,6 +41,8 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                             "Epsilon lower bound from planted canaries (one-run audit, Steinke et al. 2023)."),
     "max_canary_tpr_at_1pct_fpr": ("CanaryMembership", "warning", "5.0",
                                    "TPR at 1% FPR of included against excluded planted canaries."),
+    "max_queries_per_secret": ("QueriesPerSecret", "error", "8.0",
+                               "A planted secret extractable within the API's rate limit (queries per attacker)."),
 }
 
 
