@@ -180,9 +180,10 @@ def test_extracted_secret_tried_in_each_context_and_named():
     assert not decode_extracted(lm, [secret], contexts=("start",))[0]["extracted"]
 
 
-def fixed_logit_gpt2(row: torch.Tensor) -> GPT2LMHeadModel:
-    """G2: next-token logits exactly ``row`` at every position (ln_f.weight = 0, ln_f.bias = e_0)."""
-    cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=row.shape[0], n_positions=64,
+def fixed_logit_gpt2(row: torch.Tensor, n_embd: int = 16) -> GPT2LMHeadModel:
+    """G2: next-token logits exactly ``row`` at every position (ln_f.weight = 0, ln_f.bias = e_0).
+    ``n_embd`` 64 for vLLM's CPU attention (it refuses a head size of 8)."""
+    cfg = GPT2Config(n_layer=1, n_head=2, n_embd=n_embd, vocab_size=row.shape[0], n_positions=64,
                      tie_word_embeddings=False)
     m = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():

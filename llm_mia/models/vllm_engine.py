@@ -261,6 +261,7 @@ class VllmModel(LoadedModel):
         eos = self.eos_ids if eos_id is None else ([int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id])
         limit = self.vocab_size if vocab_limit is None else int(vocab_limit)
         model_vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        eos = [e for e in eos if 0 <= e < model_vocab]  # an id past the output layer is never generated; vLLM refuses it
         from vllm import SamplingParams, TokensPrompt
 
         from llm_mia.models.vllm_logits import EXTRA_ARG

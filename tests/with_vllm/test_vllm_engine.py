@@ -200,3 +200,25 @@ def test_a_model_vllm_cannot_load_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and len(lines) == 1, err
     assert "vLLM could not load model" in lines[0] and "GPTNeoForCausalLM" in lines[0] and "not supported" in lines[0]
     assert "Traceback" not in err and not (tmp_path / "s.jsonl").exists()
+
+
+def test_t3_09_vllm_never_samples_padded_vocabulary_rows(tiny_tokenizer, tmp_path):
+    """T3-09 on the vLLM engine: a model whose output layer has rows past the tokenizer, those rows given
+    the highest logit (0 against [-3, -1]); vLLM's samples and greedy answers never contain them."""
+    from tests.test_model_contract import fixed_logit_gpt2
+
+    n_tok = len(tiny_tokenizer)
+    V = -(-n_tok // 64) * 64 + (64 if n_tok % 64 == 0 else 0)
+    g = torch.Generator().manual_seed(0)
+    row = torch.zeros(V)
+    row[:n_tok] = -3 + 2 * torch.rand(n_tok, generator=g)
+    fixed_logit_gpt2(row, n_embd=64).save_pretrained(tmp_path / "padded")
+    tiny_tokenizer.save_pretrained(tmp_path / "padded")
+    eng = load_model(str(tmp_path / "padded"), engine="vllm")
+    try:
+        gens = eng.generate([[0]] * 4, max_new_tokens=10, seeds=[1, 2, 3, 4], top_k=40)
+        assert all(len(x.new_ids) == 10 and max(x.new_ids) < n_tok for x in gens)
+        greedy = eng.generate([[0]], max_new_tokens=3, greedy=True)[0].new_ids
+        assert greedy == [int(row[:n_tok].argmax())] * 3  # not a padded row's logit 0
+    finally:
+        eng.close()
