@@ -87,13 +87,9 @@ def privacy_term(adversary: torch.nn.Module, member_features: torch.Tensor, lam:
 
 def check_config(cfg) -> None:
     """Option checks (no files read): the adv-reg options only with ``--defense adv-reg``, in range."""
-    from llm_mia.train_config import TrainConfig
+    from llm_mia.train_config import options_only_with
 
-    given = [f"--{n.replace('_', '-')}" for n in ("adv_lambda", "adv_k", "reference_set")
-             if getattr(cfg, n) != getattr(TrainConfig, n)]
-    if cfg.defense != "adv-reg":
-        if given:
-            raise LlmMiaError(f"{'/'.join(given)} need --defense adv-reg")
+    if not options_only_with(cfg, "adv-reg", ("adv_lambda", "adv_k", "reference_set")):
         return
     if not (isinstance(cfg.adv_lambda, (int, float)) and math.isfinite(cfg.adv_lambda) and cfg.adv_lambda >= 0):
         raise LlmMiaError(f"--adv-lambda must be a number >= 0, got {cfg.adv_lambda!r}")

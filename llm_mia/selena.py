@@ -146,13 +146,9 @@ def _check_k_l(k, l) -> None:
 
 def check_config(cfg) -> None:
     """Option checks (no files read): the SELENA options only with ``--defense selena``, K and L in range."""
-    from llm_mia.train_config import TrainConfig
+    from llm_mia.train_config import options_only_with
 
-    given = [f"--{n.replace('_', '-')}" for n in ("selena_k", "selena_l", "selena_sub_steps")
-             if getattr(cfg, n) != getattr(TrainConfig, n)]
-    if cfg.defense != "selena":
-        if given:
-            raise LlmMiaError(f"{'/'.join(given)} need --defense selena")
+    if not options_only_with(cfg, "selena", ("selena_k", "selena_l", "selena_sub_steps")):
         return
     _check_k_l(cfg.selena_k, cfg.selena_l)
     if cfg.selena_sub_steps is not None and not (isinstance(cfg.selena_sub_steps, int) and cfg.selena_sub_steps >= 1):

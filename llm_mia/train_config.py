@@ -138,3 +138,21 @@ class TrainConfig:
     adv_lambda: float = 1.0
     adv_k: int = 1
     reference_set: str | None = None
+
+
+def options_only_with(cfg: "TrainConfig", defense: str, names: tuple[str, ...]) -> bool:
+    """Whether ``cfg.defense`` is ``defense``; when it is not, refuse any of the options ``names``
+    (TrainConfig fields) set away from their defaults.
+
+    Raises:
+        LlmMiaError: e.g. "--selena-k/--selena-l need --defense selena".
+    """
+    if cfg.defense == defense:
+        return True
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(cfg, n) != getattr(TrainConfig, n)]
+    if given:
+        from llm_mia.errors import LlmMiaError
+
+        raise LlmMiaError(f"{'/'.join(given)} need --defense {defense}")
+    return False
+
