@@ -15,13 +15,14 @@ import shutil
 import time
 from pathlib import Path
 
-from llm_mia import io
-from llm_mia.canaries import audit_canaries, make_canaries, plant_canaries
-from llm_mia.corpus import build_corpus
-from llm_mia.metrics import roc_metrics
+from llm_mia.core import io
+from llm_mia.data.canaries import make_canaries, plant_canaries
+from llm_mia.data.corpus import build_corpus
+from llm_mia.membership.metrics import roc_metrics
 from llm_mia.models.tokenizer import train_bpe_tokenizer
-from llm_mia.privacy_audit import one_run_bound, threshold_bound
-from llm_mia.train import train_model
+from llm_mia.privacy.bounds import one_run_bound, threshold_bound
+from llm_mia.privacy.canary_audit import audit_canaries
+from llm_mia.training.train import train_model
 
 
 def main() -> None:

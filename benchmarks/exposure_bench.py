@@ -8,8 +8,8 @@ Two ways, same model, same process, same log-perplexity definition (Carlini et a
 sum of -log2 p over every token of the BOS-conditioned sentence):
 
 - naive: every whole sentence through ``llm_mia.models.stats.compute_token_stats`` (batched,
-  length-sorted), i.e. ``llm_mia.exposure.log_perplexity_bits``;
-- ours: ``llm_mia.exposure.score_space``: the shared prefix runs once, its KV cache is broadcast to
+  length-sorted), i.e. ``llm_mia.exposure.secrets.log_perplexity_bits``;
+- ours: ``llm_mia.exposure.secrets.score_space``: the shared prefix runs once, its KV cache is broadcast to
   each batch and only the random part and suffix are fed.
 
 It prints candidates/s of each, the ratio and the largest |difference| in bits; exit status 1 if
@@ -51,12 +51,12 @@ def main(argv=None) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
-    from llm_mia.corpus import load_source
-    from llm_mia.exposure import log_perplexity_bits, score_space
-    from llm_mia.models.loading import from_objects
+    from llm_mia.data.corpus import load_source
+    from llm_mia.data.secrets import sample_candidates
+    from llm_mia.exposure.secrets import log_perplexity_bits, score_space
+    from llm_mia.models.hf import from_objects
     from llm_mia.models.tokenizer import train_bpe_tokenizer
-    from llm_mia.secrets import sample_candidates
-    from llm_mia.train import PRESETS
+    from llm_mia.training.train import PRESETS
 
     hf_logging.set_verbosity_error()
     if args.threads:

@@ -5,7 +5,7 @@ sample N top-k (k = 40) samples of L new tokens from the start token, score ever
 paper's rankings (perplexity, zlib, lowercase, reference, window), dedup, and verify every sample
 against the training corpus (longest verbatim match).
 
-- ours: ``llm_mia.extract.extract`` with each engine (``--engine``: ``hf`` = the transformers
+- ours: ``llm_mia.extraction.extract.extract`` with each engine (``--engine``: ``hf`` = the transformers
   engine of ``llm_mia.models.loading``; ``vllm`` = ``llm_mia.models.vllm_engine``, skipped with a
   note where vLLM is not importable), on the models saved to a folder and loaded as the CLI loads
   them -- batched generation (``--batch-size`` rows, one seeded
@@ -46,9 +46,9 @@ LENGTH = 64
 def build(seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llm_mia.corpus import load_source
+    from llm_mia.data.corpus import load_source
     from llm_mia.models.tokenizer import train_bpe_tokenizer
-    from llm_mia.train import PRESETS
+    from llm_mia.training.train import PRESETS
 
     p = PRESETS["small"]
     docs = load_source("python-docs", max_chars=300_000)
@@ -75,8 +75,8 @@ def _ppl(model, tok, text: str):
 
 
 def baseline(model, ref, tok, train: list[str], n: int, length: int, seed: int) -> tuple[list[dict], dict]:
-    from llm_mia.dedup import dedup
-    from llm_mia.index import CorpusIndex
+    from llm_mia.data.dedup import dedup
+    from llm_mia.extraction.index import CorpusIndex
 
     t = {}
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def baseline(model, ref, tok, train: list[str], n: int, length: int, seed: int) 
 # ----------------------------------------------------------------------------------------- ours
 
 def ours(target, reference, train: list[str], n: int, length: int, seed: int, batch_size: int) -> dict:
-    from llm_mia.extract import ExtractConfig, extract
+    from llm_mia.extraction.extract import ExtractConfig, extract
 
     with tempfile.TemporaryDirectory() as d:
         cfg = ExtractConfig(num_samples=n, seed=seed, max_new_tokens=length, batch_size=batch_size, progress=False)

@@ -7,7 +7,7 @@ model that memorized its training data would look. Times
 
 - ``find_pii`` over every sample (the detectors the audit runs on samples.jsonl), and
 - the one pass over the training text that builds the canonical index of training PII
-  (``llm_mia.pii_findings.training_pii_index``; skipped where it does not exist), and
+  (``llm_mia.extraction.pii_findings.training_pii_index``; skipped where it does not exist), and
 - the training-count step of the PII stage both ways, in the same run: the baseline (the old
   rule: one string search of the joined training text per hit) against ours (build the index
   once, then one dictionary lookup per hit), with the ratio,
@@ -28,9 +28,9 @@ import time
 
 
 def build_samples(n: int, tokens: int, seed: int) -> tuple[list[str], list[str]]:
-    from llm_mia import io
-    from llm_mia.audit import DEMO_MAX_CHARS
-    from llm_mia.corpus import build_corpus
+    from llm_mia.audit.demo import DEMO_MAX_CHARS
+    from llm_mia.core import io
+    from llm_mia.data.corpus import build_corpus
     from llm_mia.models.tokenizer import train_bpe_tokenizer
 
     with tempfile.TemporaryDirectory() as d:
@@ -62,7 +62,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from llm_mia.pii import find_pii
+    from llm_mia.data.pii import find_pii
 
     samples, train = build_samples(args.n, args.tokens, args.seed)
     chars = sum(map(len, samples))
@@ -71,13 +71,13 @@ def main() -> None:
     print(f"samples: {len(samples)} x {args.tokens} tokens ({chars:,} characters)")
     print(f"find_pii: {secs:.3f} s ({1e3 * secs / len(samples):.2f} ms/sample); hits {dict(sorted(by_type.items()))}")
     try:
-        from llm_mia.pii_findings import training_pii_index
+        from llm_mia.extraction.pii_findings import training_pii_index
     except ImportError:
         return
     train_chars = sum(map(len, train)) + 2 * (len(train) - 1)
     secs, index = best_of(args.repeat, lambda: training_pii_index(train))
     print(f"training index: {secs:.3f} s over {train_chars:,} characters, {len(index.counts)} distinct values")
-    from llm_mia.index import text_occurrences
+    from llm_mia.extraction.index import text_occurrences
 
     flat = [h for hs in hits for h in hs]
     blob = "\n\n".join(train)

@@ -8,7 +8,7 @@ python-docs corpus and the texts are random word sequences from it, all seeded.
 
 Two ways, same model, same process:
 
-- ours: ``llm_mia.scoring.score`` -- one batched, length-sorted forward pass per view of the texts
+- ours: ``llm_mia.membership.scoring.score`` -- one batched, length-sorted forward pass per view of the texts
   (the text, its lowercase), every statistic (log p, mu, sigma) read from that pass;
 - baseline: the loop the public tools use -- one text at a time, and each attack computes its own
   statistic with its own forward pass: LOSS (HF ``labels=`` loss), zlib (loss again), lowercase
@@ -48,9 +48,9 @@ MIN_TOK, MAX_TOK = 64, 256
 def build_model_and_tokenizer(seed: int, device: str, dtype: torch.dtype):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llm_mia.corpus import load_source
+    from llm_mia.data.corpus import load_source
     from llm_mia.models.tokenizer import train_bpe_tokenizer
-    from llm_mia.train import PRESETS
+    from llm_mia.training.train import PRESETS
 
     p = PRESETS["small"]
     docs = load_source("python-docs", max_chars=400_000)
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     from engines import engine_notes, load_engine
     from transformers.utils import logging as hf_logging
 
-    from llm_mia.scoring import score
+    from llm_mia.membership.scoring import score
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -34,15 +34,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
-    from llm_mia import io
-    from llm_mia import signals as S
-    from llm_mia.corpus import load_source
-    from llm_mia.metrics import roc_metrics
+    from llm_mia.core import io
+    from llm_mia.data.corpus import load_source
+    from llm_mia.membership import signals as S
+    from llm_mia.membership.metrics import roc_metrics
+    from llm_mia.membership.shadow import load_shadows, train_shadows
+    from llm_mia.membership.signals.shadow import (
+        ShadowInputs,
+        fit_attack_classifier,
+        membership_features,
+    )
     from llm_mia.models.loading import load_model
     from llm_mia.models.tokenizer import train_bpe_tokenizer
-    from llm_mia.shadow import load_shadows, train_shadows
-    from llm_mia.signals.shadow import ShadowInputs, fit_attack_classifier, membership_features
-    from llm_mia.train import PRESETS
+    from llm_mia.training.train import PRESETS
 
     out = Path(a.out)
     docs = list(dict.fromkeys(d[: a.doc_chars] for d in load_source("python-docs", max_chars=a.n_docs * 3000)))

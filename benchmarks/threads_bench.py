@@ -1,15 +1,15 @@
 """Benchmark: CPU thread settings of ``llm-mia extract`` and ``llm-mia score``, run as a user runs them.
 
-Every run is a fresh ``python -m llm_mia.cli`` process (start-up, model loading and all), timed by
+Every run is a fresh ``python -m llm_mia.cli.app`` process (start-up, model loading and all), timed by
 wall clock, with one of these settings:
 
 - ``1 thread``: ``OMP_NUM_THREADS=1``;
 - ``all cores``: ``OMP_NUM_THREADS=<cores>`` (torch's own default without the policy of
-  ``llm_mia/threads.py``);
+  ``llm_mia/core/threads.py``);
 - ``2 proc x 1``: two processes of one thread each: ``accelerate launch --multi_gpu
   --num_processes 2`` for extract (the sample indices split between the processes), and for score
   the input split in two halves scored by two ``llm-mia score`` processes at once;
-- ``policy``: no thread variable at all (the CLI's default, :data:`llm_mia.threads.DEFAULT_THREADS`).
+- ``policy``: no thread variable at all (the CLI's default, :data:`llm_mia.core.threads.DEFAULT_THREADS`).
 
 Settings alternate within each round (the order rotates from round to round) so a change in the
 machine's load hits all of them alike; the load average is printed before each run. Same output
@@ -54,7 +54,7 @@ def prepare(d: Path, n_texts: int, seed: int) -> None:
     import score_bench
     from extract_bench import build
 
-    from llm_mia import io
+    from llm_mia.core import io
 
     model, ref, tok, docs = build(seed)
     for name, m in (("model", model), ("ref", ref)):
@@ -82,11 +82,11 @@ def _env(setting: str) -> dict:
 def _launch(port: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "llm_mia.cli"]
+            "--main_process_port", str(port), "-m", "llm_mia.cli.app"]
 
 
 def run_once(task: str, setting: str, d: Path, out: Path, args, port: int) -> float:
-    cli = [sys.executable, "-m", "llm_mia.cli"]
+    cli = [sys.executable, "-m", "llm_mia.cli.app"]
     env = _env(setting)
     t0 = time.perf_counter()
     if task == "extract":

@@ -4,7 +4,7 @@ Extraction (Carlini et al. 2021), canary exposure (Carlini et al. 2019), members
 (LOSS, zlib, lowercase, reference, Min-K%, Min-K%++, window) and a release audit.
 """
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
 
 __version__ = "0.1.0"
 

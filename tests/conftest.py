@@ -109,7 +109,7 @@ _WORDS = ("amber basalt cedar delta ember fjord garnet harbor iris jasper kelp l
 
 def distinct_docs(n: int, *, sentences: int = 3, seed: int = 0) -> list[str]:
     """``n`` documents of ``sentences`` seven-word sentences drawn from 26 words (seeded), so no two
-    are (near) duplicates under llm_mia.dedup's rules, as ``corpus build`` requires."""
+    are (near) duplicates under llm_mia.data.dedup's rules, as ``corpus build`` requires."""
     import random
 
     rng = random.Random(seed)
@@ -125,8 +125,8 @@ def distinct_docs(n: int, *, sentences: int = 3, seed: int = 0) -> list[str]:
 def leak_models(tmp_path_factory):
     """A corpus whose members hold a canary and a PII record inserted 16 times; a 'leaky' model fitted
     on the members (it memorizes them) and a 'clean' one fitted on the held-out split (never saw a secret)."""
-    from llm_mia import io
-    from llm_mia.corpus import build_corpus
+    from llm_mia.core import io
+    from llm_mia.data.corpus import build_corpus
     from llm_mia.models.tokenizer import train_bpe_tokenizer
 
     d = tmp_path_factory.mktemp("gate")
@@ -146,7 +146,7 @@ def leak_models(tmp_path_factory):
 
 def run_cli(args, capsys):
     """Run ``llm-mia ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
-    from llm_mia import cli
+    from llm_mia.cli import app as cli
 
     old = sys.argv
     sys.argv = ["llm-mia", *map(str, args)]
@@ -162,9 +162,9 @@ def run_cli(args, capsys):
 
 
 def train_capturing(corpus, out, **kw):
-    """``llm_mia.train.train_model(corpus, out, **kw)`` that also returns the in-memory model and
+    """``llm_mia.training.train.train_model(corpus, out, **kw)`` that also returns the in-memory model and
     tokenizer at the moment they are saved: ``(summary, model, tokenizer)``."""
-    import llm_mia.train as train_mod
+    import llm_mia.training.train as train_mod
 
     captured = {}
     original = train_mod._save_model

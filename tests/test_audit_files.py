@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
-from llm_mia import io
+
+from llm_mia.core import io
 from llm_mia.models.tokenizer import train_bpe_tokenizer
 
 EXAMPLE = "examples/policy.toml"
@@ -94,7 +94,7 @@ def test_overlapping_nonmembers_are_left_out_of_membership(leak_models, tmp_path
     rows = held + [train[0], {"text": "  " + train[1]["text"].replace(" ", "  ") + "!"}]  # exact copy, normalised copy
     io.write_jsonl(tmp_path / "n.jsonl", rows)
     with pytest.warns(UserWarning, match="2 of .* non-members"):
-        from llm_mia.audit import AuditConfig, run_audit
+        from llm_mia.audit.pipeline import AuditConfig, run_audit
 
         rep = run_audit(None, d / "leaky", tmp_path / "o", members=d / "corpus" / "train.jsonl",
                         nonmembers=tmp_path / "n.jsonl",
@@ -143,7 +143,7 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
 
 
 def test_lora_fine_tune_writes_an_adapter_on_its_base(leak_models, tmp_path):
-    from llm_mia.train import LoraSpec, train_model
+    from llm_mia.training.train import LoraSpec, train_model
 
     d, _ = leak_models
     s = train_model(d / "corpus", tmp_path / "adapter", base=str(d / "clean"), preset="tiny", max_steps=3,
@@ -156,7 +156,7 @@ def test_lora_fine_tune_writes_an_adapter_on_its_base(leak_models, tmp_path):
     recipe = io.read_json(tmp_path / "adapter" / "recipe.json")
     assert recipe["lora"]["target_modules"] == ["c_attn", "c_fc", "c_proj"]
     assert 0 < recipe["lora"]["trainable_params"] < recipe["n_params"] and s.steps == 3
-    from llm_mia.errors import LlmMiaError
+    from llm_mia.core.errors import LlmMiaError
 
     with pytest.raises(LlmMiaError, match="--base"):
         train_model(d / "corpus", tmp_path / "x", preset="tiny", lora=LoraSpec())
@@ -172,7 +172,7 @@ def test_audit_of_a_gpt2_lora_adapter_uses_its_base_as_reference(leak_models, tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_mia.train import LoraSpec, train_model
+    from llm_mia.training.train import LoraSpec, train_model
 
     d, _ = leak_models
     train_model(d / "corpus", tmp_path / "adapter", base=str(d / "clean"), preset="tiny", max_steps=20,
@@ -191,8 +191,8 @@ def test_audit_of_a_gpt2_lora_adapter_uses_its_base_as_reference(leak_models, tm
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(d / "clean"), tmp_path / "adapter")
     merged = merged.merge_and_unload().eval()
     tok = AutoTokenizer.from_pretrained(d / "clean")
-    from llm_mia.audit import strip_planted
-    from llm_mia.secrets import load_secrets
+    from llm_mia.audit.pipeline import strip_planted
+    from llm_mia.data.secrets import load_secrets
 
     secrets = load_secrets(d / "corpus" / "secrets.json")
 
@@ -214,8 +214,8 @@ def test_audit_of_a_gpt2_lora_adapter_uses_its_base_as_reference(leak_models, tm
 
 
 def test_policy_reports_limits_on_unmeasured_things_as_not_measured():
-    from llm_mia.errors import LlmMiaError
-    from llm_mia.policy import evaluate, parse_policy
+    from llm_mia.audit.policy import evaluate, parse_policy
+    from llm_mia.core.errors import LlmMiaError
 
     rep = {"secrets": [], "exposure": {"measured": False, "reason": "no planted secrets given"},
            "extraction": {"memorized_total": 0}, "discoverable": {"greedy_rate": 0.25, "n_greedy": 5, "n_examples": 20}}
@@ -244,8 +244,8 @@ def test_score_mask_scores_only_the_flagged_tokens(tiny_model, tiny_tokenizer):
     """LOSS and Min-K% over a score_mask equal the same statistics computed by hand over the flagged tokens."""
     import torch
 
-    from llm_mia.models.loading import from_objects
-    from llm_mia.scoring import score
+    from llm_mia.membership.scoring import score
+    from llm_mia.models.hf import from_objects
 
     m = from_objects(tiny_model, tiny_tokenizer)
     texts = ["The quick brown fox jumps over the lazy dog.", "Return a new list containing all items."]
@@ -269,10 +269,10 @@ def test_score_mask_keeps_the_top1_flags_for_ez_mia(tiny_model, tiny_tokenizer):
     import math
 
     import torch
-
     from conftest import make_tiny_gpt2
-    from llm_mia.models.loading import from_objects
-    from llm_mia.scoring import score
+
+    from llm_mia.membership.scoring import score
+    from llm_mia.models.hf import from_objects
 
     ref_model = make_tiny_gpt2(len(tiny_tokenizer), seed=1)
     texts = ["The quick brown fox jumps over the lazy dog.", "Return a new list containing all items."]

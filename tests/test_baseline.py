@@ -6,11 +6,10 @@ import math
 import random
 import zlib
 
-import numpy as np
 import pytest
 
-from llm_mia.baseline import FEATURES, model_free_baseline, text_features
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.baseline import FEATURES, model_free_baseline, text_features
 
 
 def test_features_by_hand():
@@ -63,8 +62,8 @@ def test_too_few_texts_is_an_error():
 
 
 def test_strip_planted_removes_each_insertion_form():
-    from llm_mia.audit import strip_planted
-    from llm_mia.secrets import Secret, space_size
+    from llm_mia.audit.pipeline import strip_planted
+    from llm_mia.data.secrets import Secret, space_size
 
     fmt = "{d4}"
     s = Secret(id="c", kind="canary", text="The PIN of Al is 1234.", prefix="The PIN of Al is ", secret="1234", suffix=".",

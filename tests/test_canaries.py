@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TOKENIZER_TEXT, _fit, run_cli
-from llm_mia import io
-from llm_mia import privacy_audit as P
-from llm_mia.canaries import load_canaries
+
+from llm_mia.core import io
+from llm_mia.data.canaries import load_canaries
+from llm_mia.privacy import bounds as P
 
 DOCS = [f"Section {i}: the function number {i} returns a sorted copy of the list it is given." for i in range(30)]
 
@@ -186,8 +186,8 @@ def _canary_report(eps=1.5, tpr=0.2, m=1000):
 
 
 def test_policy_canary_limits():
-    from llm_mia.errors import LlmMiaError
-    from llm_mia.policy import evaluate, parse_policy
+    from llm_mia.audit.policy import evaluate, parse_policy
+    from llm_mia.core.errors import LlmMiaError
 
     pol = parse_policy({"limits": {"max_audited_epsilon": 1.0, "max_canary_tpr_at_1pct_fpr": 0.25}})
     v = evaluate(_canary_report(), pol)

@@ -6,20 +6,16 @@ import json
 import math
 
 import pytest
-
 from conftest import distinct_docs, run_cli
 
-from llm_mia import io
-
-
-
+from llm_mia.core import io
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """corpus build + train (tiny) via the library, shared by the CLI tests below."""
-    from llm_mia.corpus import build_corpus
-    from llm_mia.train import train_model
+    from llm_mia.data.corpus import build_corpus
+    from llm_mia.training.train import train_model
 
     d = tmp_path_factory.mktemp("e2e")
     build_corpus("python-docs", d / "corpus", seed=1, max_chars=30_000)
@@ -198,7 +194,7 @@ def test_p06_two_process_accelerate_run_equals_one_process(built, tmp_path, caps
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "llm_mia.cli", *args, "--out", str(tmp_path / "two")]
+           "--main_process_port", str(_free_port()), "-m", "llm_mia.cli.app", *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "two" / "private" / "shards").glob("*-of-*.jsonl") if not p.name.startswith("scores"))
@@ -243,7 +239,7 @@ def test_reference_trained_on_the_nonmembers_is_left_out_of_membership(tmp_path)
     recipe's train_sha256 says so, and only then are its signals left out."""
     import hashlib
 
-    from llm_mia.audit import reference_saw_nonmembers
+    from llm_mia.audit.pipeline import reference_saw_nonmembers
 
     corpus, ref = tmp_path / "corpus", tmp_path / "ref"
     corpus.mkdir()
@@ -264,7 +260,7 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     """Atomic writes go through a 0600 temporary file; the result must get 0666 & ~umask."""
     import os
 
-    from llm_mia import io
+    from llm_mia.core import io
 
     old = os.umask(0o022)
     try:
@@ -333,8 +329,8 @@ def test_extract_writes_redacted_samples_unless_show_secrets(built, tmp_path, ca
     rows (what resume and the audit's PII pass read) are in private/, owner-only."""
     import stat
 
+    from llm_mia.data.secrets import load_secrets
     from llm_mia.report.markdown import redact_text
-    from llm_mia.secrets import load_secrets
 
     secrets = load_secrets(built / "corpus" / "secrets.json")
     args = ["extract", "--model", built / "model", "--corpus", built / "corpus", "--num-samples", 6, "--length", 16,
@@ -360,7 +356,7 @@ def test_extract_writes_redacted_samples_unless_show_secrets(built, tmp_path, ca
 def test_progress_off_a_terminal_prints_a_line_per_stage_and_every_tenth():
     import io as _io
 
-    from llm_mia.progress import bar
+    from llm_mia.core.progress import bar
 
     buf = _io.StringIO()  # not a terminal
     with bar("sampling", 20, stream=buf) as adv:
@@ -378,9 +374,9 @@ def test_progress_off_a_terminal_prints_a_line_per_stage_and_every_tenth():
 def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
     """The bar's total equals the sentences scored: two secrets share one {d3} space (enumerated once),
     a third's {d4} space is above the exact limit (the old total counted spaces per secret)."""
-    from llm_mia.exposure import exposure_work, secret_exposure
-    from llm_mia.models.loading import from_objects
-    from llm_mia.secrets import Secret
+    from llm_mia.data.secrets import Secret
+    from llm_mia.exposure.secrets import exposure_work, secret_exposure
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     p, sfx = "Code ", "."

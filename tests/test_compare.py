@@ -6,13 +6,13 @@ import json
 import math
 
 import pytest
+from conftest import run_cli
 from scipy.stats import binom
 
-from llm_mia import compare as C
-from llm_mia import privacy_audit as P
-from llm_mia.defenses import dp_epsilon
-from llm_mia.errors import LlmMiaError
-from conftest import run_cli
+from llm_mia.audit import compare as C
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.privacy import bounds as P
+from llm_mia.training.defenses import dp_epsilon
 
 
 @pytest.mark.parametrize("n", [1, 7, 50])
@@ -62,7 +62,7 @@ def test_compare_bad_inputs(tmp_path, capsys):
     assert code == 2 and "unknown API mode" in err
     with pytest.raises(LlmMiaError, match="distinct"):
         C.compare_models(tmp_path, [("a", tmp_path), ("a", tmp_path)], tmp_path / "o")
-    from llm_mia.cli import _parse_compare
+    from llm_mia.cli.app import _parse_compare
 
     assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a", None), ("dp", "m/dp/", None), ("c", "x", None)]
     assert _parse_compare(["g=m/a@memguard:0.3", "m/x@y"]) == [("g", "m/a", "memguard:0.3"), ("x@y", "m/x@y", None)]
@@ -72,7 +72,7 @@ def test_compare_bad_inputs(tmp_path, capsys):
 
 
 def test_served_perplexity_of_a_plain_model_is_the_heldout_perplexity(tiny_model, tiny_tokenizer):
-    from llm_mia.models.loading import from_objects
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     texts = ["The quick brown fox jumps over the lazy dog. " * 6, "def f(x):\n    return x + 1\n" * 8]
@@ -90,7 +90,7 @@ def test_compare_takes_a_shadow_folder(leak_models, tmp_path, capsys):
 def test_compare_serves_memguard(leak_models, tmp_path):
     """A model served through MemGuard: membership reads the noised log-probs, extraction the model; the
     defender's classifier trains on documents outside the membership sample; query limits per row."""
-    from llm_mia.audit import AuditConfig
+    from llm_mia.audit.pipeline import AuditConfig
 
     d, _ = leak_models
     cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=16, exact_limit=0, beams=1,

@@ -1,4 +1,4 @@
-"""Corpus sources, the member / held-out split and secret insertion (llm_mia.corpus)."""
+"""Corpus sources, the member / held-out split and secret insertion (llm_mia.data.corpus)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import distinct_docs
 
-from llm_mia.corpus import build_corpus, load_source
-from llm_mia.errors import LlmMiaError
-from llm_mia.io import read_jsonl
-from llm_mia.secrets import load_secrets, matches_format
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.core.io import read_jsonl
+from llm_mia.data.corpus import build_corpus, load_source
+from llm_mia.data.secrets import load_secrets, matches_format
 
 SMALL = 50_000  # python-docs chars for fast tests
 
@@ -71,7 +70,7 @@ def test_folder_reads_md_extensionless_and_gz_and_reports_what_it_skips(tmp_path
     one document per file by default, sorted by path; what is not read is listed with the reason."""
     import gzip
 
-    from llm_mia.corpus import read_source
+    from llm_mia.data.corpus import read_source
 
     (tmp_path / "sub").mkdir()
     (tmp_path / ".git").mkdir()
@@ -100,7 +99,7 @@ def test_folder_reads_md_extensionless_and_gz_and_reports_what_it_skips(tmp_path
 
 
 def test_units_and_min_chars(tmp_path):
-    from llm_mia.corpus import read_source
+    from llm_mia.data.corpus import read_source
 
     p = tmp_path / "docs.txt"
     p.write_text("First paragraph, line one.\nline two\n\nok\n\nThird paragraph here.")
@@ -153,8 +152,8 @@ def test_unsupported_file_and_empty_sources(tmp_path):
 
 
 def test_hf_source_offline_raises_llm_mia_error():
-    code = ("from llm_mia.corpus import load_source\n"
-            "from llm_mia.errors import LlmMiaError\n"
+    code = ("from llm_mia.data.corpus import load_source\n"
+            "from llm_mia.core.errors import LlmMiaError\n"
             "try:\n    load_source('hf:no-such-user/no-such-dataset')\n"
             "except LlmMiaError as e:\n    print('LLMMIA', e)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -404,7 +403,7 @@ def test_build_drops_short_documents_and_names_the_unit_when_too_few(tmp_path):
 
 
 def test_corpus_json_records_the_faker_locale_for_the_pii_regions(tmp_path):
-    from llm_mia.pii_findings import resolve_regions
+    from llm_mia.extraction.pii_findings import resolve_regions
 
     build_corpus(_docs_file(tmp_path, 12), tmp_path / "c", repeats=(1,))
     meta = json.loads((tmp_path / "c" / "corpus.json").read_text())

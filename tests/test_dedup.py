@@ -8,9 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import llm_mia.dedup as dedup_mod
-from llm_mia.dedup import DedupResult, containment, dedup, normalize_text, trigram_set
-from llm_mia.pii import find_pii
+import llm_mia.data.dedup as dedup_mod
+from llm_mia.data.dedup import (
+    DedupResult,
+    containment,
+    dedup,
+    normalize_text,
+    trigram_set,
+)
+from llm_mia.data.pii import find_pii
 
 # ----------------------------------------------------------------------------- reference
 

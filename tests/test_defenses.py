@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
-
-import llm_mia.defenses as D
-import llm_mia.train as train_mod
-from llm_mia.errors import LlmMiaError
-from llm_mia.train import train_model
 from conftest import run_cli, train_capturing
 from test_train import write_corpus
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import llm_mia.training.defenses as D
+import llm_mia.training.train as train_mod
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.training.train import train_model
 
 X = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18]])
 

@@ -16,12 +16,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import run_cli
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.endpoint import QueryBudgetExceeded
 from llm_mia.models.loading import load_model
-
-from conftest import run_cli
 
 V = 300  # len(tiny_tokenizer)
 LIKELY = 2 - math.log(math.e ** 2 + V - 1)

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.loading import load_model
 from tests.conftest import run_cli
 
@@ -34,7 +34,7 @@ def test_unknown_engine_is_one_line_error(tmp_path, capsys):
 
 
 def test_hf_engine_records_itself(tiny_model, tiny_tokenizer):
-    from llm_mia.models.loading import from_objects
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     assert lm.engine == "hf" and lm.engine_info == {"engine": "hf"}

@@ -10,7 +10,11 @@ import random
 import numpy as np
 import pytest
 
-from llm_mia.exposure import extrapolated_exposure, rank_exposure, samples_for_half
+from llm_mia.exposure.secrets import (
+    extrapolated_exposure,
+    rank_exposure,
+    samples_for_half,
+)
 
 
 def test_c16_rank_exposure_ties_count_against_the_canary():
@@ -35,8 +39,8 @@ def test_log_perplexity_is_sum_in_bits(tiny_model, tiny_tokenizer):
     """Carlini 2019 log-perplexity: sum over all tokens (BOS-conditioned) of -log2 p, by a direct loop."""
     import torch
 
-    from llm_mia.exposure import log_perplexity_bits
-    from llm_mia.models.loading import from_objects
+    from llm_mia.exposure.secrets import log_perplexity_bits
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     sents = ["the PIN of Jane Roe is 482913.", "Hi"]
@@ -148,8 +152,8 @@ def _slow_sample_log(model, ids, a, b, k=40):
 ])
 @pytest.mark.parametrize("batch_size", [1, 3, 256])
 def test_score_space_equals_slow_whole_sentence_loop(tiny_model, tiny_tokenizer, prefix, randoms, suffix, batch_size):
-    from llm_mia.exposure import score_space
-    from llm_mia.models.loading import from_objects
+    from llm_mia.exposure.secrets import score_space
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     got = score_space(lm, prefix, randoms, suffix, batch_size=batch_size, top_k=40)
@@ -167,8 +171,8 @@ def test_score_space_equals_slow_whole_sentence_loop(tiny_model, tiny_tokenizer,
 @pytest.mark.parametrize("k", [5, 200])
 def test_sample_probability_equals_token_by_token_top_k_loop(tiny_model, tiny_tokenizer, k):
     """k = 200 of a ~300-token vocabulary keeps most tokens (finite values); k = 5 mostly gives -inf."""
-    from llm_mia.exposure import score_space
-    from llm_mia.models.loading import from_objects
+    from llm_mia.exposure.secrets import score_space
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     prefix, suffix = "my social security number is ", "."
@@ -214,8 +218,9 @@ def test_shared_prefix_scorer_groups_ragged_tails_and_small_groups(tiny_model):
 
 def test_sentences_longer_than_the_context_scored_like_whole_sentences(tiny_tokenizer):
     from conftest import make_tiny_gpt2
-    from llm_mia.exposure import log_perplexity_bits, score_space
-    from llm_mia.models.loading import from_objects
+
+    from llm_mia.exposure.secrets import log_perplexity_bits, score_space
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(make_tiny_gpt2(len(tiny_tokenizer), n_positions=24), tiny_tokenizer)
     prefix, suffix = "Call ", " now!"
@@ -230,9 +235,9 @@ def test_sentences_longer_than_the_context_scored_like_whole_sentences(tiny_toke
 # ------------------------------------------------------------------ exact exposure against brute force
 
 def test_exact_exposure_on_a_space_of_ten_thousand_equals_brute_force(tiny_model, tiny_tokenizer):
-    from llm_mia.exposure import log_perplexity_bits, secret_exposure
-    from llm_mia.models.loading import from_objects
-    from llm_mia.secrets import Secret, enumerate_space
+    from llm_mia.data.secrets import Secret, enumerate_space
+    from llm_mia.exposure.secrets import log_perplexity_bits, secret_exposure
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(tiny_model, tiny_tokenizer)
     prefix, suffix = "Call 555-", " now!"
@@ -257,8 +262,8 @@ def test_exact_exposure_on_a_space_of_ten_thousand_equals_brute_force(tiny_model
 @pytest.fixture(scope="module")
 def memorizing_model(tmp_path_factory):
     """A tiny GPT-2 trained on text where one secret appears 40 times and a control never."""
-    from llm_mia.secrets import Secret, save_secrets
-    from llm_mia.train import train_model
+    from llm_mia.data.secrets import Secret, save_secrets
+    from llm_mia.training.train import train_model
 
     d = tmp_path_factory.mktemp("mem")
     (d / "corpus").mkdir()
@@ -280,7 +285,7 @@ def memorizing_model(tmp_path_factory):
 
 
 def test_inserted_secret_is_exposed_and_extracted_control_is_not(memorizing_model):
-    from llm_mia.exposure import secret_exposure
+    from llm_mia.exposure.secrets import secret_exposure
     from llm_mia.models.loading import load_model
 
     d, inserted, control = memorizing_model
@@ -349,9 +354,9 @@ def test_exposure_cli_bad_input_one_line_exit_2(case, memorizing_model, tmp_path
 
 
 def test_exact_limit_beyond_what_can_be_enumerated_is_an_error(tiny_model, tiny_tokenizer):
-    from llm_mia.errors import LlmMiaError
-    from llm_mia.exposure import MAX_EXACT_LIMIT, secret_exposure
-    from llm_mia.models.loading import from_objects
+    from llm_mia.core.errors import LlmMiaError
+    from llm_mia.exposure.secrets import MAX_EXACT_LIMIT, secret_exposure
+    from llm_mia.models.hf import from_objects
 
     with pytest.raises(LlmMiaError, match="exact limit"):
         secret_exposure(from_objects(tiny_model, tiny_tokenizer), [], exact_limit=MAX_EXACT_LIMIT + 1)

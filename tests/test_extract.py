@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.extract import STRATEGIES, ExtractConfig, sample, shard_indices
-from llm_mia.models.loading import from_objects
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.extraction.extract import STRATEGIES, ExtractConfig, sample, shard_indices
+from llm_mia.models.hf import from_objects
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_p06_ranks_together_equal_one_process(lm, tmp_path):
 def test_strategies_are_real_and_distinct(lm, tmp_path):
     """Same indices, same base seed: the three strategies give different samples; temperature decay
     equals generating with the decay by hand; internet samples carry a 5-10 token prompt span."""
-    from llm_mia.extract import TEMPERATURE_DECAY, strategy_seed
+    from llm_mia.extraction.extract import TEMPERATURE_DECAY, strategy_seed
     from llm_mia.models.generation import generate
 
     cfg = ExtractConfig(num_samples=4, seed=0, max_new_tokens=6, progress=False, strategies=STRATEGIES)
@@ -157,7 +157,7 @@ def test_internet_memorized_span_in_the_prompt_does_not_count(lm, tmp_path):
     and the Carlini table counts each strategy's own top list."""
     import zlib
 
-    from llm_mia.extract import _score_rows, _verify_and_rank
+    from llm_mia.extraction.extract import _score_rows, _verify_and_rank
 
     tok = lm.tokenizer
     train = ["the quick brown fox jumps over the lazy dog while the river keeps flowing past the mill " * 3]
@@ -182,7 +182,7 @@ def test_internet_memorized_span_in_the_prompt_does_not_count(lm, tmp_path):
 
 
 def test_char_span_of_the_longest_match():
-    from llm_mia.extract import _char_span
+    from llm_mia.extraction.extract import _char_span
 
     assert _char_span("hello brave world", "brave", "hello ") == [6, 11]
     # a boundary inside a character (byte-level BPE): the decoded prefix is off, found by search
@@ -191,7 +191,7 @@ def test_char_span_of_the_longest_match():
 
 
 def test_extract_records_the_match_span_in_samples_and_top(lm, tiny_tokenizer, tmp_path):
-    from llm_mia.extract import extract
+    from llm_mia.extraction.extract import extract
 
     cfg = ExtractConfig(num_samples=6, seed=1, max_new_tokens=12, top_n=3, progress=False, resume=True)
     # the corpus is made of the samples' own first halves: every sample has a known match
@@ -226,7 +226,7 @@ def test_resume_refuses_a_folder_made_by_another_model_or_tokenizer(lm, tiny_tok
 
     from conftest import make_tiny_gpt2
 
-    from llm_mia.extract import model_fingerprint
+    from llm_mia.extraction.extract import model_fingerprint
 
     cfg = ExtractConfig(num_samples=3, seed=0, max_new_tokens=4, progress=False, resume=True)
     sample(lm, cfg, tmp_path)
@@ -256,7 +256,7 @@ def test_resume_refuses_a_folder_made_by_another_model_or_tokenizer(lm, tiny_tok
 def test_fingerprint_of_a_model_folder_digests_its_weight_files(tiny_model, tiny_tokenizer, tmp_path):
     from conftest import make_tiny_gpt2
 
-    from llm_mia.extract import model_fingerprint
+    from llm_mia.extraction.extract import model_fingerprint
     from llm_mia.models.loading import load_model
 
     tiny_model.save_pretrained(tmp_path / "a")
@@ -282,7 +282,7 @@ def test_fingerprint_of_a_model_folder_digests_its_weight_files(tiny_model, tiny
     ({"strategies": ("nucleus",)}, "unknown strategy nucleus"),
 ])
 def test_options_are_checked_before_any_folder(lm, tmp_path, kw, match):
-    from llm_mia.extract import extract
+    from llm_mia.extraction.extract import extract
 
     with pytest.raises(LlmMiaError, match=match):
         extract(lm, tmp_path / "x", cfg=ExtractConfig(progress=False, **kw))
@@ -312,7 +312,12 @@ def test_sampling_memory_stays_bounded_for_a_huge_num_samples(lm, tmp_path, monk
 
 
 def test_one_token_sample_found_in_training_is_not_memorized(lm, tmp_path):
-    from llm_mia.extract import WHOLE_SAMPLE_MIN_TOKENS, _score_rows, _verify_and_rank, is_memorized
+    from llm_mia.extraction.extract import (
+        WHOLE_SAMPLE_MIN_TOKENS,
+        _score_rows,
+        _verify_and_rank,
+        is_memorized,
+    )
 
     assert WHOLE_SAMPLE_MIN_TOKENS == 8
     assert not is_memorized(1, 1, 50) and not is_memorized(7, 7, 50) and is_memorized(8, 8, 50)
@@ -332,9 +337,9 @@ def test_one_token_sample_found_in_training_is_not_memorized(lm, tmp_path):
 def test_samples_and_top_are_redacted_unless_show_secrets(lm, tmp_path):
     """A sample holding a planted secret and a phone number: the shareable files hide both (the
     reports' redaction), keep no token ids, and name the secret by id; private/ holds the clear rows."""
-    from llm_mia.extract import _score_rows, _verify_and_rank
+    from llm_mia.data.secrets import Secret
+    from llm_mia.extraction.extract import _score_rows, _verify_and_rank
     from llm_mia.report.markdown import redact
-    from llm_mia.secrets import Secret
 
     sec = Secret(id="canary-r4-0", kind="canary", text="The PIN of Ann Lee is 4821.", prefix="The PIN of Ann Lee is ",
                  secret="4821", suffix=".", format="{d4}", space_size=10**4, count=4)

@@ -9,10 +9,10 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from llm_mia.errors import LlmMiaError
-from llm_mia.policy import evaluate, load_policy, parse_policy
+
+from llm_mia.audit.policy import evaluate, load_policy, parse_policy
+from llm_mia.core.errors import LlmMiaError
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "policy.toml")
 
@@ -144,8 +144,9 @@ def _sarif_schema() -> dict:
 def test_leaky_model_fails_and_the_clean_model_is_inconclusive(leak_models, tmp_path, capsys):
     """Issue 15 items 1, 6, 7: the leaky model exits 1 with SARIF/JUnit/modelcard; the clean model never
     saw the 16x-planted secrets, so the audit could not have seen a leak: INCONCLUSIVE, exit 3, not PASS."""
-    import jsonschema
     import xml.etree.ElementTree as ET
+
+    import jsonschema
 
     d, losses = leak_models
     assert losses["leaky"] < 0.5, losses  # the leaky model did memorize its members
@@ -328,7 +329,7 @@ def test_limits_without_extraction_in_the_report_are_errors():
 
 
 def test_secret_positive_control_threshold_by_hand():
-    from llm_mia.policy import secret_control
+    from llm_mia.audit.policy import secret_control
 
     # k = 2 secrets inserted >= 16 times: exposed above log2(2 / 0.05) = log2(40) = 5.32 bits
     hi = [{"id": "a", "count": 16, "exposure_rank": 5.3, "greedy_extracted": False, "surfaced_in_samples": 0},
@@ -346,7 +347,7 @@ def test_secret_positive_control_threshold_by_hand():
 
 
 def test_membership_control_needs_resolution_and_a_signal_above_chance():
-    from llm_mia.policy import membership_control
+    from llm_mia.audit.policy import membership_control
 
     y = [1] * 100 + [0] * 100
     sep = list(range(100, 200)) + list(range(100))  # perfectly separated: AUC 1, CI [1, 1]
@@ -424,7 +425,7 @@ def test_backtick_in_a_sample_keeps_the_code_span():
 @pytest.mark.parametrize("exc, want", [(SystemExit(1), "SystemExit(1)"), (SystemExit(0), "SystemExit(0)"),
                                        (KeyboardInterrupt(), "interrupted"), (RuntimeError("boom"), "RuntimeError: boom")])
 def test_every_crash_exits_2_with_one_line(exc, want, tmp_path, capsys, monkeypatch):
-    import llm_mia.policy as P
+    import llm_mia.audit.policy as P
 
     def crash(*a, **k):
         raise exc
@@ -438,7 +439,7 @@ def test_every_crash_exits_2_with_one_line(exc, want, tmp_path, capsys, monkeypa
 def test_t2_09_dependency_systemexit_inside_a_stage_exits_2(leak_models, tmp_path, capsys, monkeypatch):
     """T2-09: a dependency's sys.exit(1) in the PII stage (presidio fetching a spaCy model offline)
     is exit 2 with a message, never 1 (the gate's 'a limit is exceeded') and never silent."""
-    import llm_mia.pii_findings as F
+    import llm_mia.extraction.pii_findings as F
 
     def presidio_like(*a, **k):
         raise SystemExit(1)
@@ -454,8 +455,8 @@ def test_t2_09_dependency_systemexit_inside_a_stage_exits_2(leak_models, tmp_pat
 def test_membership_sample_is_shared_and_stripped_of_planted_sentences():
     """Item 2: the audit and the comparison score the same documents, members without their planted
     sentences (the comparison used to score them with the planted sentences left in)."""
-    from llm_mia.audit import membership_sample
-    from llm_mia.secrets import Secret
+    from llm_mia.audit.pipeline import membership_sample
+    from llm_mia.data.secrets import Secret
 
     sec = Secret(id="c", kind="canary", text="My PIN is 4242.", prefix="My PIN is ", secret="4242", suffix=".",
                  format="{d4}", space_size=10**4, count=3)
@@ -471,10 +472,11 @@ def test_sarif_and_junit_of_inconclusive_error_and_memorized_results(tmp_path):
     """Item 6 on a hand-made report: a failed memorized-samples limit gives one result per unique
     memorized sample of extract/samples.jsonl, an inconclusive and an unanswerable limit one each;
     the log validates against the SARIF 2.1.0 schema and JUnit has failure / error per case."""
-    import jsonschema
     import xml.etree.ElementTree as ET
 
-    from llm_mia.policy import UnanswerableLimit
+    import jsonschema
+
+    from llm_mia.audit.policy import UnanswerableLimit
     from llm_mia.report.junit import junit_xml
     from llm_mia.report.sarif import sarif_log
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.generation import PerSampleSampler, generate, left_pad, sample_seed
 
 EOS = 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.index import CorpusIndex, Match, text_occurrences
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.extraction.index import CorpusIndex, Match, text_occurrences
 
 # ----------------------------------------------------------------------------- brute force
 

@@ -8,16 +8,17 @@ import socket
 import pytest
 import torch
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.models.loading import load_model, parse_model_args
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.models.hub import parse_model_args
+from llm_mia.models.loading import load_model
 from tests.conftest import make_tiny_gpt2
 
 
 def _lora_adapter(base, tok, folder, seed=1):
     """A LoRA adapter on c_attn with non-zero B (so it changes the logits), saved with peft."""
-    from peft import LoraConfig, get_peft_model
-
     import copy
+
+    from peft import LoraConfig, get_peft_model
     torch.manual_seed(seed)
     pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0))
     for n, p in pm.named_parameters():
@@ -160,9 +161,9 @@ def _sha(path) -> str:
 
 
 def test_t3_17_sharded_checkpoint_digest_covers_every_shard(tiny_tokenizer, tmp_path):
-    from llm_mia.io import weights_sha256
-
     import hashlib
+
+    from llm_mia.core.io import weights_sha256
 
     m = make_tiny_gpt2(400, n_positions=32, n_embd=32)
     m.save_pretrained(tmp_path / "whole")
@@ -192,7 +193,7 @@ def test_t3_17_sharded_checkpoint_digest_covers_every_shard(tiny_tokenizer, tmp_
 def test_adapter_digest_is_adapter_weights_plus_base(gpt2_with_adapter):
     import hashlib
 
-    from llm_mia.io import weights_sha256
+    from llm_mia.core.io import weights_sha256
 
     d, _, _ = gpt2_with_adapter
     base = _sha(d / "base" / "model.safetensors")
@@ -228,7 +229,7 @@ def test_t3_17_and_bug_21a_audit_of_sharded_model_with_itself_as_reference(leak_
     about (stderr, observations) and its signals are left out of the rankings and the membership."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_mia.io import weights_sha256
+    from llm_mia.core.io import weights_sha256
     from tests.conftest import run_cli
 
     d, _ = leak_models
@@ -252,7 +253,7 @@ def test_t3_17_and_bug_21a_audit_of_sharded_model_with_itself_as_reference(leak_
 def test_cached_hub_id_loads_from_the_cache_without_network(no_network, tiny_tokenizer, tmp_path):
     """A hub id already in the local cache (the hub's own layout: refs/main -> snapshots/<commit>)
     loads with zero connection attempts, offline flags unset."""
-    from llm_mia.io import weights_sha256
+    from llm_mia.core.io import weights_sha256
 
     commit = "0" * 40
     repo = tmp_path / "hf" / "hub" / "models--acme--tiny"

@@ -10,11 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.memguard import (MemGuardClassifier, defense_training_set, distribution_features, fit_classifier,
-                              memguard_logprobs)
-from llm_mia.models.loading import from_objects
-from llm_mia.output_limits import ApiMode, ApiView, greedy_match_scores, membership_under_limits, parse_mode
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.models.hf import from_objects
+from llm_mia.models.output_modes import ApiMode, parse_mode
+from llm_mia.serving.memguard import (
+    MemGuardClassifier,
+    defense_training_set,
+    distribution_features,
+    fit_classifier,
+    memguard_logprobs,
+)
+from llm_mia.serving.output_limits import (
+    ApiView,
+    greedy_match_scores,
+    membership_under_limits,
+)
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Return a new list containing all items.",
          "my social security number is 123-45-6789.", "def f(x):\n    return x + 1\n",

@@ -1,4 +1,4 @@
-"""ROC metrics (llm_mia.metrics): scoring-cases.md C11 (metrics part), C13, C15.
+"""ROC metrics (llm_mia.membership.metrics): scoring-cases.md C11 (metrics part), C13, C15.
 
 Expected values come from a by-hand pairwise AUC and a slow ROC built threshold by threshold.
 """
@@ -11,15 +11,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import StepModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import StepModel
-from llm_mia import signals as S
-from llm_mia.errors import LlmMiaError
-from llm_mia.metrics import roc_metrics, tpr_at_fpr
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership import signals as S
+from llm_mia.membership.metrics import roc_metrics, tpr_at_fpr
 from llm_mia.models.stats import compute_token_stats
-
 
 # ------------------------------------------------------------------------------------ oracles
 

@@ -12,14 +12,21 @@ import warnings
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from llm_mia.errors import LlmMiaWarning
+from llm_mia.core.errors import LlmMiaWarning
+from llm_mia.data.secrets import Secret
+from llm_mia.membership.scoring import score, score_texts
 from llm_mia.models.contract import LanguageModel
-from llm_mia.models.loading import from_objects
-from llm_mia.output_limits import ApiMode, ApiView
-from llm_mia.scoring import score, score_texts
-from llm_mia.secrets import Secret
+from llm_mia.models.hf import from_objects
+from llm_mia.models.output_modes import ApiMode
+from llm_mia.serving.output_limits import ApiView
 from tests.conftest import make_tiny_gpt2
 
 SENTENCES = ["the cat sat on the mat.", "my pin is 4821.", "the dog ate my homework.",
@@ -136,7 +143,7 @@ PIN = Secret(id="pin", kind="canary", text="my pin is 4821.", prefix="my pin is 
 
 
 def test_t3_08_greedy_and_beam_extraction_with_metaspace(metaspace_pin_model):
-    from llm_mia.exposure import decode_extracted
+    from llm_mia.exposure.secrets import decode_extracted
 
     lm, tok = metaspace_pin_model, metaspace_pin_model.tokenizer
     whole = tok("my pin is 4821.", add_special_tokens=False)["input_ids"]
@@ -155,7 +162,7 @@ def test_t3_08_greedy_and_beam_extraction_with_metaspace(metaspace_pin_model):
 def test_extracted_secret_tried_in_each_context_and_named():
     """Issue: extracted secrets under-counted. The secret comes back after its training text but the
     start token followed by the prefix gives another continuation; the row names the context."""
-    from llm_mia.exposure import decode_extracted
+    from llm_mia.exposure.secrets import decode_extracted
 
     tok = metaspace_tokenizer()
     doc = "the dog ate my homework. my pin is 4821."
@@ -219,8 +226,8 @@ def test_t3_09_padded_vocabulary_rows_never_generated(tiny_tokenizer):
 
 
 def test_t2_10_every_decode_passes_clean_up_false(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
-    from llm_mia.exposure import decode_extracted
-    from llm_mia.extract import ExtractConfig, extract
+    from llm_mia.exposure.secrets import decode_extracted
+    from llm_mia.extraction.extract import ExtractConfig, extract
 
     tok = copy.deepcopy(tiny_tokenizer)
     calls = []

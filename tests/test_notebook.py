@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_mia.policy import EXIT_CODES
+from llm_mia.audit.policy import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks" / "walkthrough.ipynb"

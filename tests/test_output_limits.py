@@ -7,11 +7,20 @@ import math
 import pytest
 import torch
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.models.loading import from_objects
-from llm_mia.output_limits import (ApiMode, computable_signals, greedy_match_scores, limit_logprobs,
-                                   membership_under_limits, parse_mode, score_under_limit)
-from llm_mia.scoring import score
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.scoring import score
+from llm_mia.models.hf import from_objects
+from llm_mia.models.output_modes import (
+    ApiMode,
+    computable_signals,
+    limit_logprobs,
+    parse_mode,
+)
+from llm_mia.serving.output_limits import (
+    greedy_match_scores,
+    membership_under_limits,
+    score_under_limit,
+)
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Return a new list containing all items.",
          "my social security number is 123-45-6789.", "def f(x):\n    return x + 1\n"]
@@ -141,7 +150,7 @@ def _secret(sid, count, *, greedy=None, contexts=("start", "none", "training"), 
 
 
 def test_queries_to_extract_by_hand():
-    from llm_mia.exposure import queries_to_extract
+    from llm_mia.exposure.secrets import queries_to_extract
 
     # greedy from the third context tried: 3 generations; sampling p = 0.1 needs 7 (0.9**7 = 0.478 <= 0.5)
     assert queries_to_extract(_secret("a", 8, greedy="training", p=0.1)) == 3
@@ -154,7 +163,7 @@ def test_queries_to_extract_by_hand():
 
 
 def test_query_limits_by_hand():
-    from llm_mia.output_limits import query_limits
+    from llm_mia.serving.output_limits import query_limits
 
     secrets = [_secret("ctl", 0, greedy="start", p=0.9), _secret("s4", 4, p=0.01),  # 1 - 0.99**69 = 0.500
                _secret("s16", 16, greedy="none", p=1e-6)]
@@ -173,7 +182,7 @@ def test_query_limits_by_hand():
 
 
 def test_max_queries_per_secret_gate_by_hand():
-    from llm_mia.policy import evaluate, parse_policy
+    from llm_mia.audit.policy import evaluate, parse_policy
 
     report = {"schema_version": 1, "extraction": {"memorized_total": 0},
               "secrets": [_secret("s4", 4, p=0.01), _secret("s16", 16, greedy="training", p=1e-9),

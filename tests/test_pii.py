@@ -11,10 +11,18 @@ from faker import Faker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_mia import pii as pii_module
-from llm_mia.errors import LlmMiaError
-from llm_mia.pii import (DEFAULT_REGIONS, PII_TYPES, PiiHit, find_pii, luhn_valid, parse_regions, pii_detectors,
-                         pii_values)
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.data import pii as pii_module
+from llm_mia.data.pii import (
+    DEFAULT_REGIONS,
+    PII_TYPES,
+    PiiHit,
+    find_pii,
+    luhn_valid,
+    parse_regions,
+    pii_detectors,
+    pii_values,
+)
 
 
 def ref_luhn(digits: str) -> bool:

@@ -7,10 +7,17 @@ import unicodedata
 import pytest
 from conftest import make_tiny_gpt2, run_cli
 
-from llm_mia.pii import DEFAULT_REGIONS
-from llm_mia.pii_findings import (corpus_regions, pii_findings, planted_values, resolve_regions, sample_pii,
-                                  tokenizer_normalizer, training_pii_index)
-from llm_mia.secrets import Secret, space_size
+from llm_mia.data.pii import DEFAULT_REGIONS
+from llm_mia.data.secrets import Secret, space_size
+from llm_mia.extraction.pii_findings import (
+    corpus_regions,
+    pii_findings,
+    planted_values,
+    resolve_regions,
+    sample_pii,
+    tokenizer_normalizer,
+    training_pii_index,
+)
 
 SSN = "{d3}-{d2}-{d4}"
 
@@ -113,8 +120,8 @@ def test_t3_12a_through_extract_samples_and_findings_agree(nfkc_t1, tmp_path):
     and the report's PII table are one pass."""
     import json
 
-    from llm_mia.extract import ExtractConfig, extract, sample
-    from llm_mia.models.loading import from_objects
+    from llm_mia.extraction.extract import ExtractConfig, extract, sample
+    from llm_mia.models.hf import from_objects
 
     lm = from_objects(make_tiny_gpt2(len(nfkc_t1)), nfkc_t1)
     ids = nfkc_t1(T3_12_DOC, add_special_tokens=False)["input_ids"]
@@ -166,7 +173,7 @@ def test_tokenizer_normalizer_reads_the_metaspace_back_as_a_space():
 
 
 def test_rows_with_hits_are_not_detected_again(monkeypatch):
-    import llm_mia.pii_findings as pf
+    import llm_mia.extraction.pii_findings as pf
 
     rows = [{"id": 0, "text": "x", "pii": [{"type": "phone", "value": "020 7946 0958", "start": 0, "end": 13,
                                             "normalized": "442079460958", "region": "GB", "train_count": 3}]},

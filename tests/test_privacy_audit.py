@@ -13,8 +13,8 @@ from scipy.integrate import quad
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from llm_mia import privacy_audit as P
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.privacy import bounds as P
 
 
 def exact_p_value(m, r, v, q: Fraction, delta: Fraction) -> Fraction:

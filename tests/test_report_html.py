@@ -11,12 +11,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
+from llm_mia.data.secrets import Secret, space_size
 from llm_mia.report.html import render_html, segments
-from llm_mia.report.markdown import redact_text, redaction_spans
-from llm_mia.report.markdown import redact
-from llm_mia.secrets import Secret, space_size
+from llm_mia.report.markdown import redact, redact_text, redaction_spans
 
 
 def _secret(sid="pii-r4-0", ssn="123-45-6789", count=4):
@@ -138,8 +137,8 @@ def test_html_is_self_contained_and_escapes_model_output(leaky_audit):
                     "Provenance", "model-free baseline"):
         assert section in page
     # a sample holding markup is shown as text
-    from llm_mia import io
-    from llm_mia.secrets import load_secrets
+    from llm_mia.core import io
+    from llm_mia.data.secrets import load_secrets
 
     rep = io.read_json(out / "hidden" / "report.json")
     top = [dict(r) for r in io.read_jsonl(out / "hidden" / "extract" / "top.jsonl")]

@@ -15,17 +15,17 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
 from sklearn.metrics import roc_auc_score
-
-from conftest import run_cli, TOKENIZER_TEXT, make_tiny_gpt2
 from test_signals import hand_rows, slow_ez, slow_wbc
-from llm_mia import signals as S
-from llm_mia.errors import LlmMiaError
-from llm_mia.metrics import bootstrap_auc_ci, calibrate_threshold
-from llm_mia.models.loading import from_objects
+
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership import signals as S
+from llm_mia.membership.metrics import bootstrap_auc_ci, calibrate_threshold
+from llm_mia.membership.scoring import score, score_texts
+from llm_mia.models.hf import from_objects
 from llm_mia.models.stats import TokenStats
 from llm_mia.models.tokenizer import train_bpe_tokenizer
-from llm_mia.scoring import score, score_texts
 
 ALL_NO_EXTRA = ["loss", "zlib", "lowercase", "min_k", "min_k_plus_plus", "window"]
 
@@ -661,7 +661,8 @@ def test_fused_activations_same_logits_and_applied_by_load_model(tiny_tokenizer,
 
     from transformers.activations import NewGELUActivation
 
-    from llm_mia.models.loading import load_model, use_fused_activations
+    from llm_mia.models.hf import use_fused_activations
+    from llm_mia.models.loading import load_model
 
     model = make_tiny_gpt2(len(tiny_tokenizer), seed=3)
     ids = torch.tensor([[5, 17, 3, 99, 42, 7, 1]])

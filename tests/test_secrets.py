@@ -1,4 +1,4 @@
-"""Secret spaces, sampling, and strict secrets.json reading (llm_mia.secrets)."""
+"""Secret spaces, sampling, and strict secrets.json reading (llm_mia.data.secrets)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,21 @@ from collections import Counter
 
 import pytest
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.secrets import (
-    Secret, Slot, enumerate_space, load_secrets, luhn_valid, make_canary, matches_format,
-    parse_format, sample_candidates, sample_secret, save_secrets, secret_at, space_size,
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.data.secrets import (
+    Secret,
+    Slot,
+    enumerate_space,
+    load_secrets,
+    luhn_valid,
+    make_canary,
+    matches_format,
+    parse_format,
+    sample_candidates,
+    sample_secret,
+    save_secrets,
+    secret_at,
+    space_size,
 )
 
 DIGITS, HEX, LETTERS = "0123456789", "0123456789abcdef", "abcdefghijklmnopqrstuvwxyz"

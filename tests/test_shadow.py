@@ -1,4 +1,4 @@
-"""Mechanics of the shadow-model attacks (llm_mia.signals.shadow) on hand-built inputs: LiRA online and
+"""Mechanics of the shadow-model attacks (llm_mia.membership.signals.shadow) on hand-built inputs: LiRA online and
 offline (per-text and fixed variance), RMIA with K references against a slow loop over z, the
 membership features and the Shokri attack classifier, and the balanced IN/OUT design."""
 
@@ -13,11 +13,18 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.shadow import balanced_membership
+from llm_mia.membership.signals.shadow import (
+    FEATURE_NAMES,
+    fit_attack_classifier,
+    lira_scores,
+    logit_confidence,
+    membership_features,
+    rmia_scores,
+    shokri_scores,
+)
 from llm_mia.models.stats import TokenStats
-from llm_mia.shadow import balanced_membership
-from llm_mia.signals.shadow import (FEATURE_NAMES, fit_attack_classifier, lira_scores, logit_confidence,
-                                    membership_features, rmia_scores, shokri_scores)
 
 # Two texts, 8 shadow models: text 0 IN for models 1, 2, 5, 7; text 1 IN for models 0, 3, 4, 6.
 IN_VALUES = [[-1.0, -1.2, -0.9, -1.1], [-2.0, -2.4, -2.2, -2.6]]

@@ -1,4 +1,4 @@
-"""Shadow training (llm_mia.shadow) on tiny models: the folder, resuming after a kill, the bad-input
+"""Shadow training (llm_mia.membership.shadow) on tiny models: the folder, resuming after a kill, the bad-input
 errors (exit 2 before any training or scoring), shadow_training_features, and the attacks in
 `score --shadow` and `audit --shadow`."""
 
@@ -8,12 +8,17 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import distinct_docs, make_tiny_gpt2, run_cli
-from llm_mia import io
-from llm_mia.errors import LlmMiaError
+
+from llm_mia.core import io
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.shadow import (
+    MEMBERSHIP_FILE,
+    load_shadows,
+    shadow_training_features,
+    train_shadows,
+)
 from llm_mia.models.tokenizer import train_bpe_tokenizer
-from llm_mia.shadow import MEMBERSHIP_FILE, load_shadows, shadow_training_features, train_shadows
 
 SHADOW_SIGNALS = {"lira_online", "lira_offline", "rmia_online", "rmia_offline", "shokri"}
 
@@ -39,7 +44,7 @@ def shadow_case(tmp_path_factory):
 
 class _Spy:
     def __init__(self, fail_at=None):
-        from llm_mia.train import train_model
+        from llm_mia.training.train import train_model
 
         self.calls, self.fail_at, self.real = [], fail_at, train_model
 
@@ -128,9 +133,8 @@ def test_shadow_folder_checks(shadow_case, tmp_path):
     import shutil
 
     d, docs, sh = shadow_case
+    from llm_mia.membership.scoring import score
     from llm_mia.models.loading import load_model
-
-    from llm_mia.scoring import score
 
     target = load_model(str(d / "target"))
     load_shadows(d / "sh", target_tokenizer=target.tokenizer)  # the same tokenizer: fine
@@ -156,8 +160,8 @@ def test_shadow_folder_checks(shadow_case, tmp_path):
 
 
 def test_shadow_training_features_are_each_models_own_features(shadow_case):
+    from llm_mia.membership.signals.shadow import FEATURE_NAMES, membership_features
     from llm_mia.models.loading import load_model
-    from llm_mia.signals.shadow import FEATURE_NAMES, membership_features
 
     d, docs, sh = shadow_case
     X, y = shadow_training_features(d / "sh")

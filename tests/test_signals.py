@@ -13,21 +13,25 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import LIKELY, UNLIKELY, StepModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import LIKELY, UNLIKELY, StepModel
-from llm_mia import signals as S
-from llm_mia.errors import LlmMiaError
-from llm_mia.models.loading import from_objects
-from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
-from llm_mia.scoring import score
-from llm_mia.signals import (
-    SignalInputs, mean_nll, min_k_plus_plus_scores, min_k_scores, perplexity, row_flags, window_scores, zlib_bytes,
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership import signals as S
+from llm_mia.membership.scoring import score
+from llm_mia.membership.signals import (
+    SignalInputs,
+    mean_nll,
+    min_k_plus_plus_scores,
+    min_k_scores,
+    perplexity,
+    row_flags,
+    window_scores,
+    zlib_bytes,
 )
-
-
-
+from llm_mia.models.hf import from_objects
+from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -105,7 +109,7 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     pop = [[3, 4, 5, 6], [9, 8, 7, 6, 5, 1], [2, 2]]  # RMIA's population, batched with the texts' batch size
     import numpy as np
 
-    from llm_mia.signals.shadow import ShadowInputs, fit_attack_classifier
+    from llm_mia.membership.signals.shadow import ShadowInputs, fit_attack_classifier
 
     shadows = [GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16)).eval()
                for _ in range(4)]
@@ -626,6 +630,7 @@ def test_wbc_infinite_windows_and_ties():
 
 def test_ez_mia_and_wbc_refuse_another_tokenizer(tiny_model, tiny_tokenizer):
     from conftest import TOKENIZER_TEXT, make_tiny_gpt2
+
     from llm_mia.models.tokenizer import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(TOKENIZER_TEXT[::-1], vocab_size=270, min_frequency=1)
@@ -648,7 +653,8 @@ def same_list(a: list[float], b: list[float]) -> bool:
 
 def test_rmia_matches_slow_loop(tiny_model, tiny_tokenizer):
     from conftest import make_tiny_gpt2
-    from llm_mia.signals.finetuned import rmia_from_inputs, rmia_scores
+
+    from llm_mia.membership.signals.finetuned import rmia_from_inputs, rmia_scores
 
     tok = tiny_tokenizer
     ref_model = make_tiny_gpt2(len(tok), seed=3)

@@ -12,13 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import LIKELY, UNLIKELY, StepModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import LIKELY, UNLIKELY, StepModel
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.signals import mean_nll, perplexity
 from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
-from llm_mia.signals import mean_nll, perplexity
 
 A = [0, 1, 2]
 B = [0, 1, 2, 3, 4, 0, 1, 3, 4, 0]
@@ -432,8 +432,14 @@ class _FullLogits(torch.nn.Module):
 
 
 def _tiny(arch: str):
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     if arch == "gpt2":

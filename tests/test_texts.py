@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.texts import read_texts
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.data.texts import read_texts
 
 
 def write(path, text: str, *, newline: str = "\n"):

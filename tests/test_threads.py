@@ -1,12 +1,12 @@
-"""The CPU thread policy (llm_mia/threads.py) and the CLI's --threads option."""
+"""The CPU thread policy (llm_mia/core/threads.py) and the CLI's --threads option."""
 
 import os
 
 import pytest
 import torch
 
-from llm_mia.errors import LlmMiaError
-from llm_mia.threads import DEFAULT_THREADS, apply_threads, resolve_threads
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.core.threads import DEFAULT_THREADS, apply_threads, resolve_threads
 
 
 def test_env_set_is_respected():

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_capturing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import llm_mia.train as train_mod
-from conftest import train_capturing
-from llm_mia.errors import LlmMiaError
-from llm_mia.train import TrainSummary, train_model
+import llm_mia.training.train as train_mod
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.training.train import TrainSummary, train_model
 
 WORDS = ("the of a list returns value object method class module function string number file "
          "iterator argument default error raised when called with each item key dict set").split()
@@ -253,7 +253,7 @@ def test_fine_tune_local_base(trained, corpus, tmp_path):
 
 
 def test_config_object_and_keywords_are_the_same_run(corpus, tmp_path):
-    from llm_mia.train import TrainConfig
+    from llm_mia.training.train import TrainConfig
 
     a = train_model(corpus, tmp_path / "a", config=TrainConfig(preset="tiny", max_steps=2, seed=3, progress=False))
     b = train_model(corpus, tmp_path / "b", preset="tiny", max_steps=2, seed=3, progress=False)
@@ -270,8 +270,8 @@ def test_config_object_and_keywords_are_the_same_run(corpus, tmp_path):
 def test_cli_train_defaults_are_train_configs():
     import inspect
 
-    from llm_mia import cli
-    from llm_mia.train import TrainConfig
+    from llm_mia.cli import app as cli
+    from llm_mia.training.train import TrainConfig
 
     params = inspect.signature(cli.train).parameters
     for name in ("preset", "seed", "defense", "delta", "max_grad_norm", "dedup_min_chars", "epsilon"):

@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
-from llm_mia.errors import LlmMiaError
-from llm_mia.selena import SplitAIPlan, distillation_loss, split_ai_assignment, split_ai_probs
-from llm_mia.train import _batches, train_model
 from test_train import write_corpus
+
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.training.selena import (
+    SplitAIPlan,
+    distillation_loss,
+    split_ai_assignment,
+    split_ai_probs,
+)
+from llm_mia.training.train import _batches, train_model
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +142,7 @@ def test_cli_selena_errors(extra, msg, corpus, tmp_path, capsys):
 @pytest.mark.parametrize("defense, kw", [("selena", {"selena_k": 2, "selena_l": 1, "selena_sub_steps": 1}),
                                          ("adv-reg", {})])
 def test_selena_and_adv_reg_train_a_lora_adapter(defense, kw, corpus, tmp_path):
-    from llm_mia.train import LoraSpec
+    from llm_mia.training.train import LoraSpec
 
     base = train_model(corpus, tmp_path / "base", preset="tiny", max_steps=2, progress=False)
     s = train_model(corpus, tmp_path / "adapter", base=str(base.out_dir), lora=LoraSpec(r=2), preset="tiny",

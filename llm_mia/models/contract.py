@@ -1,7 +1,7 @@
 """The one interface everything that runs a model goes through.
 
-:class:`~llm_mia.models.loading.LoadedModel` implements it for a local transformers model (a PEFT
-adapter merged into its base included); :class:`~llm_mia.output_limits.ApiView` implements it for
+:class:`~llm_mia.models.hf.LoadedModel` implements it for a local transformers model (a PEFT
+adapter merged into its base included); :class:`~llm_mia.serving.output_limits.ApiView` implements it for
 the same model seen through an API output limit. A later engine (vLLM, an HTTP endpoint) implements
 the same methods. The start/end-token rule lives in :mod:`llm_mia.models.tokenizer` and is the same
 for every implementation.

@@ -1,7 +1,7 @@
 """Score a sample of texts with an engine and with the HF reference; refuse the engine when they differ.
 
 An inference engine is trusted only after it reproduces the reference implementation
-(:class:`~llm_mia.models.loading.LoadedModel`, transformers) on the audited model: the same
+(:class:`~llm_mia.models.hf.LoadedModel`, transformers) on the audited model: the same
 ``[start token] + ids`` of ``n`` texts are scored by both, all texts in one call and each text
 alone (an engine whose log-probs depend on its batch is caught), and every per-token log-prob must
 agree within a tolerance (1e-4 nats in fp32, 0.05 in bf16/fp16). Faults of this kind seen in vLLM:
@@ -13,11 +13,13 @@ return where the reference scores a token counts as an infinite difference.
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.core.resources import DEFAULT_PROMPTS
 
 #: texts scored by both engines unless the caller gives others
 DEFAULT_N_TEXTS = 16
@@ -27,10 +29,8 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 0.05, "float16": 0.05}
 
 def default_texts(n: int = DEFAULT_N_TEXTS) -> list[str]:
     """The first ``n`` paragraphs of 100+ characters of the shipped prompt corpus (``prompts/internet.txt``)."""
-    from llm_mia.corpus import load_source
-    from llm_mia.extract import DEFAULT_PROMPTS
-
-    return [d for d in load_source(str(DEFAULT_PROMPTS), unit="paragraph") if len(d.strip()) >= 100][:n]
+    paragraphs = re.split(r"\n[ \t]*\n", DEFAULT_PROMPTS.read_text(encoding="utf-8").replace("\r\n", "\n"))
+    return [p.strip() for p in paragraphs if len(p.strip()) >= 100][:n]
 
 
 def _diffs(want, got) -> torch.Tensor:

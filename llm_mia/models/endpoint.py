@@ -8,7 +8,7 @@ read (``--model-args api=...``, detected when not given):
 
 * ``completions``: ``/v1/completions`` with ``echo=True, max_tokens=0, logprobs=K`` returns the
   log-prob of every prompt token and the K most likely tokens at each position: prompt log-probs.
-  That is the output-limit mode ``topk:K`` (:mod:`llm_mia.output_limits`) with one difference in
+  That is the output-limit mode ``topk:K`` (:mod:`llm_mia.serving.output_limits`) with one difference in
   the attacker's favour: the scored token's own log-prob is exact even outside the top K. Every
   signal over token log-probs is computable; Min-K%++ is not (it needs mu and sigma over the whole
   vocabulary, which no API returns), and it is never approximated.
@@ -44,6 +44,7 @@ keyless local server) and is never logged, written to a report or put into an er
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import threading
@@ -53,9 +54,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.generation import Generated
+from llm_mia.models.hub import ENDPOINT_ARGS, resolve_folder
+from llm_mia.models.output_modes import ApiMode, computable_signals
 from llm_mia.models.stats import TokenStats, _windows
+from llm_mia.models.tokenizer import (
+    decode,
+    decode_continuation,
+    encode,
+    eos_ids,
+    start_id,
+    text_ids,
+)
 
 PREFIX = "openai:"
 APIS = ("completions", "chat", "text")
@@ -112,7 +123,7 @@ def _int_arg(args: dict, key: str, default: int, lo: int) -> int:
 @dataclass
 class EndpointModel:
     """A model behind an OpenAI-compatible endpoint (see the module docstring); build it with
-    :func:`load_endpoint`. ``mode`` is the output-limit mode of :mod:`llm_mia.output_limits` the
+    :func:`load_endpoint`. ``mode`` is the output-limit mode of :mod:`llm_mia.serving.output_limits` the
     API allows; ``usage`` counts every call; ``max_queries`` bounds them (None: no bound)."""
 
     tokenizer: object
@@ -144,7 +155,6 @@ class EndpointModel:
     # ---- what the report says
     @property
     def mode(self):
-        from llm_mia.output_limits import ApiMode
 
         return ApiMode("topk", k=self.top_logprobs) if self.api == "completions" else ApiMode("label-only")
 
@@ -160,7 +170,6 @@ class EndpointModel:
 
     def describe(self, available: Sequence[str]) -> dict:
         """The report's ``provenance.endpoint``: URL, model, API, mode, signals it allows, usage."""
-        from llm_mia.output_limits import computable_signals
 
         ok, why = computable_signals(self.mode, list(available))
         if self.api == "completions":
@@ -177,7 +186,6 @@ class EndpointModel:
     # ---- the model contract: tokenizer side (the local tokenizer of the served model)
     @property
     def bos_id(self) -> int:
-        from llm_mia.models.tokenizer import start_id
 
         return start_id(self.tokenizer)
 
@@ -187,22 +195,18 @@ class EndpointModel:
 
     @property
     def eos_ids(self) -> list[int]:
-        from llm_mia.models.tokenizer import eos_ids
 
         return eos_ids(self.tokenizer)
 
     def encode(self, texts, *, prepend_bos: bool = False):
-        from llm_mia.models.tokenizer import encode
 
         return encode(self.tokenizer, texts, prepend_bos=prepend_bos)
 
     def decode(self, ids) -> str:
-        from llm_mia.models.tokenizer import decode
 
         return decode(self.tokenizer, ids)
 
     def decode_continuation(self, prompt_ids, new_ids) -> str:
-        from llm_mia.models.tokenizer import decode_continuation
 
         return decode_continuation(self.tokenizer, prompt_ids, new_ids)
 
@@ -447,15 +451,12 @@ def _token_ids(choice, m: EndpointModel) -> list[int]:
     ids = (getattr(choice, "model_extra", None) or {}).get("token_ids")
     if ids is not None:
         return [int(t) for t in ids]
-    from llm_mia.models.tokenizer import text_ids
 
     return text_ids(m.tokenizer, choice.text or "")
 
 
 def _local_tokenizer(spec: str):
     from transformers import AutoTokenizer
-
-    from llm_mia.models.loading import resolve_folder
 
     folder = resolve_folder(spec, what="tokenizer")
     try:
@@ -483,8 +484,6 @@ def load_endpoint(spec: str, model_args: dict | None = None) -> EndpointModel:
         import openai
     except ImportError:
         raise LlmMiaError("--model openai:URL needs the openai client: pip install 'llm_mia[api]'") from None
-
-    from llm_mia.models.loading import ENDPOINT_ARGS
 
     args = dict(model_args or {})
     bad = sorted(set(args) - set(ENDPOINT_ARGS))
@@ -535,8 +534,6 @@ def load_endpoint(spec: str, model_args: dict | None = None) -> EndpointModel:
         cfg = tok_folder / "config.json"
         max_context = None
         if cfg.is_file():
-            import json
-
             c = json.loads(cfg.read_text(encoding="utf-8"))
             max_context = next((c[k] for k in ("n_positions", "max_position_embeddings") if isinstance(c.get(k), int)), None)
     m = EndpointModel(tokenizer=tokenizer, source=f"{PREFIX}{url} ({name})", max_context=max_context, url=url,

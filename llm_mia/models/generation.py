@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.models.device import model_max_context
 
 
 def sample_seed(base_seed: int, index: int) -> int:
@@ -173,7 +174,6 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
     if num_beams > 1 and not greedy:
         raise LlmMiaError("beam search is deterministic: use it with greedy=True")
     ids, mask = left_pad(prompts, pad_id)
-    from llm_mia.models.loading import model_max_context
 
     ctx = model_max_context(model)
     if ctx is not None and ids.shape[1] + max_new_tokens > ctx:

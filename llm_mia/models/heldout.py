@@ -73,7 +73,7 @@ def heldout_loss(model, docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, b
 
 
 def heldout_perplexity(loaded, texts: Sequence[str], *, max_tokens: int = MAX_EVAL_TOKENS) -> float | None:
-    """exp(:func:`heldout_loss`) of a :class:`~llm_mia.models.loading.LoadedModel` over ``texts``, in
+    """exp(:func:`heldout_loss`) of a :class:`~llm_mia.models.hf.LoadedModel` over ``texts``, in
     blocks of the model's context (128 when unknown); None for no text."""
     eos = loaded.tokenizer.eos_token_id if loaded.tokenizer.eos_token_id is not None else loaded.bos_id
     docs = encode_texts(loaded.tokenizer, list(texts))

@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.models.device import model_max_context
 
 
 @dataclass
@@ -128,8 +129,6 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
     if batch_size < 1:
         raise LlmMiaError("batch size must be >= 1")
     if max_context is None:
-        from llm_mia.models.loading import model_max_context
-
         max_context = model_max_context(model)
     seqs = [list(map(int, s)) for s in sequences]
     sp = [int(k) for k in split]

@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.models.device import model_max_context
 
 
 @dataclass
@@ -221,7 +222,7 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
             they are NaN in every scored cell and the pass is cheaper.
         progress: called with the number of inputs finished after each batch.
         logprob_transform: maps (m, V) fp32 log-probs to the normalised log-probs the caller may see
-            (an API output limit, :func:`llm_mia.output_limits.limit_logprobs`); None: the model's own.
+            (an API output limit, :func:`llm_mia.models.output_modes.limit_logprobs`); None: the model's own.
 
     Returns:
         TokenStats with N rows.
@@ -238,8 +239,6 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
     if padding_side not in ("right", "left"):
         raise LlmMiaError(f"padding side must be 'right' or 'left', not '{padding_side}'")
     if max_context is None:
-        from llm_mia.models.loading import model_max_context
-
         max_context = model_max_context(model)
     if stride is None:
         stride = max(1, max_context // 2) if max_context else 1

@@ -3,12 +3,14 @@ BPE tokenizers trained in-process with the `tokenizers` library."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Iterable
 
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
 
 EOS = "<|endoftext|>"
 
@@ -139,8 +141,6 @@ def tokenizer_sha256(tokenizer) -> str:
     Raises:
         LlmMiaError: a slow tokenizer (no ``backend_tokenizer``), which has no such serialisation.
     """
-    import hashlib
-    import json
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:

@@ -48,9 +48,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from llm_mia.errors import LlmMiaError
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.models.crosscheck import crosscheck
 from llm_mia.models.generation import Generated
-from llm_mia.models.loading import LoadedModel
+from llm_mia.models.hf import LoadedModel
 from llm_mia.models.stats import TokenStats
 
 INSTALL = ("--engine vllm needs vLLM, which is not installed: pip install 'llm_mia[vllm]' (the CPU build "
@@ -158,8 +159,6 @@ class VllmModel(LoadedModel):
                    max_context=loaded.max_context, base=loaded.base, adapter=loaded.adapter, folder=loaded.folder,
                    base_folder=loaded.base_folder, llm=llm, max_model_len=int(kw["max_model_len"]))
         if check:
-            from llm_mia.models.crosscheck import crosscheck
-
             try:
                 self.crosscheck = crosscheck(self, self.hf, texts, tolerance=tolerance, dtype=dtype,
                                              max_tokens=self.max_model_len - 1)
@@ -264,7 +263,7 @@ class VllmModel(LoadedModel):
         eos = [e for e in eos if 0 <= e < model_vocab]  # an id past the output layer is never generated; vLLM refuses it
         from vllm import SamplingParams, TokensPrompt
 
-        from llm_mia.models.vllm_logits import EXTRA_ARG
+        from llm_mia.models.vllm_logits import EXTRA_ARG  # imports vllm
 
         base = dict(max_tokens=max_new_tokens, min_tokens=min_new_tokens if eos else 0, stop_token_ids=eos or None,
                     logprobs=0, flat_logprobs=True, detokenize=False, top_p=1.0,

@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from llm_mia.core.io import to_float
+from llm_mia.report.plots import exposure_plot, roc_plot
+
 #: Exposure estimators drawn when a secret record carries them (bits), with their legend labels.
 EXPOSURE_KEYS = {"exposure_rank": "rank", "exposure_exact": "exact", "exposure_extrapolated": "extrapolated"}
 
@@ -35,7 +38,6 @@ def data_uri(png: bytes) -> str:
 
 
 def _num(v) -> float | None:
-    from llm_mia.io import to_float
 
     if v is None or isinstance(v, bool):
         return None
@@ -49,8 +51,6 @@ def _num(v) -> float | None:
 def exposure_png(secret_rows: Sequence[dict], n_references: int | None = None) -> bytes | None:
     """Exposure against insertion count (:func:`llm_mia.report.plots.exposure_plot`, the figure the
     audit and ``llm-mia exposure`` write as exposure.png) as PNG bytes; None without exposures."""
-    from llm_mia.io import to_float
-    from llm_mia.report.plots import exposure_plot
 
     rows = [{**r, **{k: to_float(r[k]) for k in EXPOSURE_KEYS if r.get(k) is not None}}
             for r in secret_rows if _num(r.get("exposure_rank")) is not None]
@@ -64,8 +64,6 @@ def exposure_png(secret_rows: Sequence[dict], n_references: int | None = None) -
 
 def roc_png(labels: Sequence[int], scores: dict[str, Sequence[float]]) -> bytes | None:
     """Log-log ROC curves of the membership signals (:func:`llm_mia.report.plots.roc_plot`) as PNG bytes."""
-    from llm_mia.io import to_float
-    from llm_mia.report.plots import roc_plot
 
     if len(set(labels)) < 2 or not scores:
         return None

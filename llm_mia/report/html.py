@@ -12,8 +12,14 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from llm_mia.report import figures
 from llm_mia.report.markdown import _fmt as _md_fmt
-from llm_mia.report.markdown import planted_strings, redact, redaction_spans
+from llm_mia.report.markdown import (
+    planted_strings,
+    redact,
+    redact_text,
+    redaction_spans,
+)
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -52,7 +58,6 @@ def redact_report(report: Any, secrets: Sequence) -> Any:
     """A copy of the report tree with every planted value replaced by :func:`redact` in every string,
     the model's own outputs in secret records (completions) PII-redacted too, and the PII table's
     values hashed. Hashes, paths and numbers are left alone."""
-    from llm_mia.report.markdown import redact_text
 
     vals = planted_strings(secrets)
 
@@ -104,8 +109,6 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
         per_ranking: samples shown per ranking.
     """
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    from llm_mia.report import figures
 
     hide = not show_secrets
     if hide:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from llm_mia import io
+from llm_mia.core import io
 
 
 def junit_xml(report: dict, verdict: dict) -> str:

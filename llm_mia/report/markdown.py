@@ -7,8 +7,7 @@ import math
 import re
 from typing import Sequence
 
-from llm_mia.pii import find_pii
-
+from llm_mia.data.pii import find_pii
 
 _REDACTED = re.compile(r"[^…]{0,2}…[0-9a-f]{8}")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from llm_mia.io import atomic_path
+from llm_mia.core.io import atomic_path
 
 
 def _save(fig, path: str | Path) -> None:
@@ -57,7 +58,6 @@ def exposure_plot(path: str | Path, rows: list[dict], *, n_references: int | Non
     marks chance (1/ln 2 = 1.44 bits, where never-inserted controls should sit) and, given
     ``n_references``, a dotted one log2 N, the most the rank estimator can show.
     """
-    import math
 
     import matplotlib
 

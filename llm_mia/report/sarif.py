@@ -16,7 +16,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from llm_mia import __version__, io
+from llm_mia import __version__
+from llm_mia.core import io
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 TAXONOMY_TAGS = ["security", "privacy", "OWASP-LLM02:2025", "MITRE-ATLAS-AML.T0057"]
@@ -109,7 +110,7 @@ def _results_of(check: dict, report: dict, samples: list[dict]) -> list[tuple]:
 
 
 def sarif_log(report: dict, verdict: dict, *, report_dir: Path | None = None, report_uri: str | None = None) -> dict:
-    """The SARIF 2.1.0 log (a dict) of ``verdict`` (a :meth:`llm_mia.policy.Verdict.to_dict` with
+    """The SARIF 2.1.0 log (a dict) of ``verdict`` (a :meth:`llm_mia.audit.policy.Verdict.to_dict` with
     ``policy``) for ``report`` (redacted report.json); ``report_dir`` holds extract/samples.jsonl."""
     checks = verdict.get("checks") or []
     names = [c["name"] for c in checks]

@@ -83,7 +83,7 @@ def key(monkeypatch):
 
 
 def test_vllm_prompt_logprobs_agree_with_the_hf_engine(served, key):
-    from llm_mia import io
+    from llm_mia.core import io
     from llm_mia.models.loading import load_model
 
     url, folder, corpus = served
@@ -121,7 +121,7 @@ def test_vllm_greedy_and_beams_agree_with_the_hf_engine_and_samples_repeat(serve
 
 
 def test_vllm_wrong_key_is_refused(served, monkeypatch):
-    from llm_mia.errors import LlmMiaError
+    from llm_mia.core.errors import LlmMiaError
     from llm_mia.models.loading import load_model
 
     monkeypatch.setenv("LLM_MIA_API_KEY", "sk-wrong")

@@ -15,9 +15,10 @@ pytest.importorskip("vllm", reason="the vLLM engine tests run in the vLLM enviro
 
 import torch  # noqa: E402
 
-from llm_mia.errors import LlmMiaError  # noqa: E402
+from llm_mia.core.errors import LlmMiaError  # noqa: E402
 from llm_mia.models.crosscheck import crosscheck, default_texts  # noqa: E402
-from llm_mia.models.loading import LoadedModel, load_model  # noqa: E402
+from llm_mia.models.hf import LoadedModel
+from llm_mia.models.loading import load_model
 from llm_mia.models.vllm_engine import VllmModel  # noqa: E402
 from tests.conftest import TOKENIZER_TEXT, _fit, make_tiny_gpt2, run_cli  # noqa: E402
 

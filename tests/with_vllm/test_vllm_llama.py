@@ -10,8 +10,8 @@ pytest.importorskip("vllm", reason="the vLLM engine tests run in the vLLM enviro
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from llm_mia.membership.scoring import score  # noqa: E402
 from llm_mia.models.loading import load_model  # noqa: E402
-from llm_mia.scoring import score  # noqa: E402
 from tests.test_model_contract import SENTENCES, metaspace_tokenizer  # noqa: E402
 
 

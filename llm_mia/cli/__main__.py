@@ -1,0 +1,5 @@
+"""``python -m llm_mia.cli``: the ``llm-mia`` command."""
+
+from llm_mia.cli.app import main
+
+main()
