@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test lint docs install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,7 +24,16 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/llm-mia audit --demo
 
-test: install-dev
+# lint: ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and the import-linter contracts
+# in pyproject.toml (the layers); docs: the site with its API reference, warnings as errors.
+lint: install-dev
+	$(VENV)/bin/ruff check llm_mia tests benchmarks
+	$(VENV)/bin/lint-imports
+
+docs: install-dev
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+test: lint docs
 	$(PY) -m pytest
 
 clean:

@@ -1,6 +1,6 @@
 """Benchmark: CPU thread settings of ``llm-mia extract`` and ``llm-mia score``, run as a user runs them.
 
-Every run is a fresh ``python -m llm_mia.cli.app`` process (start-up, model loading and all), timed by
+Every run is a fresh ``python -m llm_mia.cli.root`` process (start-up, model loading and all), timed by
 wall clock, with one of these settings:
 
 - ``1 thread``: ``OMP_NUM_THREADS=1``;
@@ -82,11 +82,11 @@ def _env(setting: str) -> dict:
 def _launch(port: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "llm_mia.cli.app"]
+            "--main_process_port", str(port), "-m", "llm_mia.cli.root"]
 
 
 def run_once(task: str, setting: str, d: Path, out: Path, args, port: int) -> float:
-    cli = [sys.executable, "-m", "llm_mia.cli.app"]
+    cli = [sys.executable, "-m", "llm_mia.cli.root"]
     env = _env(setting)
     t0 = time.perf_counter()
     if task == "extract":

@@ -146,7 +146,7 @@ def leak_models(tmp_path_factory):
 
 def run_cli(args, capsys):
     """Run ``llm-mia ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
-    from llm_mia.cli import app as cli
+    from llm_mia import cli
 
     old = sys.argv
     sys.argv = ["llm-mia", *map(str, args)]

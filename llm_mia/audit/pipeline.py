@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_mia import __version__
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError, LlmMiaWarning
 from llm_mia.core.io import sha256_file
 from llm_mia.core.progress import bar
+from llm_mia.core.version import __version__
 from llm_mia.data.chat import SCORE_SPANS, Doc, check_template, encode_docs, render_chat
 from llm_mia.data.dedup import dedup
 from llm_mia.data.secrets import load_secrets

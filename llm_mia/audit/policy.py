@@ -105,7 +105,7 @@ SETTINGS = ("exposure_estimator", "min_insertions", "positive_control_min_insert
 class UnanswerableLimit(LlmMiaError):
     """A policy limit the report cannot answer (ERROR verdict); ``verdict`` holds every check."""
 
-    def __init__(self, message: str, verdict: "Verdict"):
+    def __init__(self, message: str, verdict: Verdict):
         super().__init__(message)
         self.verdict = verdict
 

@@ -1,5 +1,5 @@
 """The ``llm-mia`` command line: one thin module per command group (imports deferred so ``--help`` is fast)."""
 
-from llm_mia.cli.app import app, main
+from llm_mia.cli.root import app, main
 
 __all__ = ["app", "main"]

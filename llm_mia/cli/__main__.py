@@ -1,5 +1,5 @@
 """``python -m llm_mia.cli``: the ``llm-mia`` command."""
 
-from llm_mia.cli.app import main
+from llm_mia.cli.root import main
 
 main()

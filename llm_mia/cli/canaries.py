@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,14 +17,14 @@ def make(
     kind: str = typer.Option(..., "--kind", help="random | new-token | rare-bigram | synthetic"),
     out: Path = typer.Option(..., "--out", help="Output canaries JSONL (id, text, kind)."),
     n: int = typer.Option(1000, "--n", help="Number of canaries."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (new-token, rare-bigram)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder: its tokenizer; synthetic samples from it."),
-    train: Optional[Path] = typer.Option(None, "--train", help="Your training file (.txt/.jsonl): tokens, bigrams, prompts."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer folder (new-token, rare-bigram)."),
+    model: str | None = typer.Option(None, "--model", help="Model folder: its tokenizer; synthetic samples from it."),
+    train: Path | None = typer.Option(None, "--train", help="Your training file (.txt/.jsonl): tokens, bigrams, prompts."),
     seed: int = typer.Option(0, "--seed"),
     length: int = typer.Option(8, "--length", min=2, help="Tokens per new-token / rare-bigram canary."),
     temperature: float = typer.Option(1.0, "--temperature", help="Synthetic sampling temperature (>= 0.8)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Tokens per synthetic canary."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: str | None = typer.Option(None, "--device"),
 ):
     """Draw distinct canaries of one kind."""
     from llm_mia.core import io
@@ -89,16 +88,16 @@ def audit(
     canaries: Path = typer.Option(..., "--canaries", help="Canaries JSONL."),
     inclusion: Path = typer.Option(..., "--inclusion", help="inclusion.json from `llm-mia canaries plant`."),
     out: Path = typer.Option(..., "--out", help="Output folder for canary-audit.json."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model (default signal reference_diff)."),
-    delta: Optional[float] = typer.Option(None, "--delta", help="Delta of the bounds (default: the model's DP delta, else 1e-5)."),
+    reference: str | None = typer.Option(None, "--reference", help="Reference model (default signal reference_diff)."),
+    delta: float | None = typer.Option(None, "--delta", help="Delta of the bounds (default: the model's DP delta, else 1e-5)."),
     beta: float = typer.Option(0.05, "--beta", help="1 - confidence of every bound."),
-    signal: Optional[str] = typer.Option(None, "--signal", help="Membership signal (default reference_diff, else loss)."),
-    train: Optional[Path] = typer.Option(None, "--train", help="The planted training file, checked against the record."),
+    signal: str | None = typer.Option(None, "--signal", help="Membership signal (default reference_diff, else loss)."),
+    train: Path | None = typer.Option(None, "--train", help="The planted training file, checked against the record."),
     seed: int = typer.Option(0, "--seed", help="Seed of the threshold-selection split."),
     threshold_strategy: str = typer.Option("split", "--threshold-strategy",
                                            help="Threshold of the Gaussian-DP / Clopper-Pearson bounds: split "
                                                 "(half choose, half evaluate) or bonferroni (every cutoff, corrected)."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: str | None = typer.Option(None, "--device"),
 ):
     """TPR at low FPR and epsilon lower bounds (one-run, Gaussian DP, Clopper-Pearson) from one training run."""
     from llm_mia.privacy.canary_audit import audit_canaries, summary_line

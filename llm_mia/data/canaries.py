@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError

@@ -10,8 +10,8 @@ is located in the rendered text, in order, and the scored tokens are those whose
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.tokenizer import tokenizer_adds_bos

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import gzip
 import importlib.metadata
 import json
 import os
@@ -26,9 +27,10 @@ import random
 import re
 import sysconfig
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from pydoc_data.topics import topics
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import (
@@ -38,6 +40,8 @@ from llm_mia.core.io import (
     write_json,
     write_jsonl,
 )
+from llm_mia.core.resources import CANARY_TEMPLATES as TEMPLATES_PATH
+from llm_mia.data.dedup import dedup
 from llm_mia.data.secrets import (
     Secret,
     check_template,
@@ -50,11 +54,7 @@ PYTHON_DOCS = "python-docs"
 PYTHON_DOCS_MAX_CHARS = 1_200_000  # ~300k BPE tokens: the demo model's budget (design.md)
 CHUNK_CHARS = 2_000  # long python-docs documents are split at paragraph boundaries near this size
 MIN_DOC_CHARS = 200  # shorter python-docs documents are dropped (mostly one-line docstrings)
-import gzip
-from pydoc_data.topics import topics
 
-from llm_mia.core.resources import CANARY_TEMPLATES as TEMPLATES_PATH
-from llm_mia.data.dedup import dedup
 
 # Stdlib folders that are tests, tools, generated tables or third-party code, not documentation.
 _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo", "encodings",

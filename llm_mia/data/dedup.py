@@ -41,9 +41,9 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Callable, Iterable, Sequence
 
 from llm_mia.data.pii import pii_values
 

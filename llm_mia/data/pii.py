@@ -68,8 +68,8 @@ import functools
 import ipaddress
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import idna
 import phonenumbers
@@ -434,7 +434,7 @@ def _valid(number: phonenumbers.PhoneNumber, region: str) -> bool:
     return len(phonenumbers.region_codes_for_country_code(number.country_code)) > 1 and phonenumbers.is_valid_number(number)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trunk_prefix(region: str) -> str:
     """The region's national (trunk) prefix, "0" for GB/DE/FR/IN/BR, "1" for the US; "" if none."""
     md = phonenumbers.PhoneMetadata.metadata_for_region(region)
@@ -495,7 +495,7 @@ def _national_reading(raw: str, number: phonenumbers.PhoneNumber, region: str, r
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _always_trunk(region: str) -> bool:
     """Every number type's example number in ``region`` is written nationally with its trunk
     prefix (GB, FR: "0..."; not DE, whose UAN example "16412345" has none, nor the US)."""

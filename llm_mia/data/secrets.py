@@ -20,9 +20,10 @@ import os
 import random
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import read_json, write_json
@@ -283,7 +284,7 @@ class Secret:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, record: Any, *, default_id: str | None = None) -> "Secret":
+    def from_dict(cls, record: Any, *, default_id: str | None = None) -> Secret:
         """Build and validate a Secret from a JSON record of the ten keys.
 
         ``id``, ``suffix`` and ``fields`` may be left out (a record written by hand with the keys the

@@ -38,20 +38,33 @@ report renderers read (they redact from clear text, with character offsets); the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.progress import bar
+from llm_mia.core.resources import DEFAULT_PROMPTS
+from llm_mia.data.corpus import load_source
+from llm_mia.data.dedup import dedup
+from llm_mia.extraction.index import CorpusIndex
+from llm_mia.extraction.pii_findings import (
+    sample_pii,
+    tokenizer_normalizer,
+    training_pii_index,
+)
 from llm_mia.membership.scoring import score
+from llm_mia.models.endpoint import EndpointModel
 from llm_mia.models.generation import sample_seed
 from llm_mia.models.hf import LoadedModel
+from llm_mia.report.markdown import redact, redact_text
 
 #: Carlini et al. 2021 sec. 5.2 rankings: the membership signal each one sorts by (higher first).
 RANKINGS = {
@@ -66,20 +79,7 @@ RANKINGS = {
 STRATEGIES = ("top-k", "temperature-decay", "internet")
 
 #: The prompt set shipped for the ``internet`` strategy.
-import hashlib
-from itertools import islice
 
-from llm_mia.core.resources import DEFAULT_PROMPTS
-from llm_mia.data.corpus import load_source
-from llm_mia.data.dedup import dedup
-from llm_mia.extraction.index import CorpusIndex
-from llm_mia.extraction.pii_findings import (
-    sample_pii,
-    tokenizer_normalizer,
-    training_pii_index,
-)
-from llm_mia.models.endpoint import EndpointModel
-from llm_mia.report.markdown import redact, redact_text
 
 #: (start, end, steps) of the temperature-decay strategy (Carlini et al. 2021 sec. 5.1.1).
 TEMPERATURE_DECAY = (10.0, 1.0, 20)
@@ -377,7 +377,7 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
     with bar("sampling", len(mine) * len(cfg.strategies), enabled=cfg.progress and rank == 0) as adv:
         for strategy in cfg.strategies:
             done, n_mine = bytearray((cfg.num_samples + 7) // 8), 0
-            is_done = lambda i: done[i >> 3] >> (i & 7) & 1  # noqa: E731
+            is_done = lambda i: done[i >> 3] >> (i & 7) & 1  # noqa: E731, B023  (used within this iteration)
             for r in _records(out_dir, strategy, cfg, max_new, fp):
                 i = r["index"]
                 n_mine += not is_done(i) and i % world == rank
@@ -389,7 +389,7 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
             adv(n_mine)
             todo = (i for i in mine if not is_done(i))
             with open(path, "a", encoding="utf-8") as f:
-                for idx in iter(lambda: list(islice(todo, cfg.batch_size)), []):
+                for idx in iter(lambda: list(islice(todo, cfg.batch_size)), []):  # noqa: B023  (consumed within this iteration)
                     seeds = [strategy_seed(cfg.seed, strategy, i) for i in idx]
                     pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(idx)
                     gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds,

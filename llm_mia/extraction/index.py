@@ -41,8 +41,9 @@ from __future__ import annotations
 import array
 import re
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,7 @@ class CorpusIndex:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_token_ids(cls, docs: Iterable[Sequence[int]]) -> "CorpusIndex":
+    def from_token_ids(cls, docs: Iterable[Sequence[int]]) -> CorpusIndex:
         """Index a corpus given as one token-id sequence per training document.
 
         Args:
@@ -158,7 +159,7 @@ class CorpusIndex:
         return cls(docs)
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], tokenizer: Any) -> "CorpusIndex":
+    def from_texts(cls, texts: Iterable[str], tokenizer: Any) -> CorpusIndex:
         """Tokenize each training document separately with ``tokenizer`` and index the ids.
 
         Args:

@@ -26,9 +26,10 @@ from __future__ import annotations
 import collections
 import json
 import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from llm_mia.data.pii import (
     DEFAULT_REGIONS,

@@ -9,7 +9,8 @@ for every implementation.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from llm_mia.models.generation import Generated
 from llm_mia.models.stats import TokenStats

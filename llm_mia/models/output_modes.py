@@ -7,8 +7,8 @@ because an endpoint (:mod:`llm_mia.models.endpoint`) declares the mode its API a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -178,7 +178,6 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
             B = len(rows)
             lens = [int(n_tail[i]) for i in rows]
             W = max(lens)
-            parts_lp, parts_k = [], []
             if W > 0:
                 tgt = torch.zeros(B, W, dtype=torch.long)
                 for r, i in enumerate(rows):

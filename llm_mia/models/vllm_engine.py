@@ -41,9 +41,9 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ INSTALL = ("--engine vllm needs vLLM, which is not installed: pip install 'llm_m
            "(README: the vLLM engine)")
 _CPU_MAX_LEN = 2048
 _CHUNK = 256  # requests per LLM.generate call (progress granularity)
-_LIVE: "weakref.WeakSet" = weakref.WeakSet()  # the vllm.LLM objects of this process not closed
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # the vllm.LLM objects of this process not closed
 
 
 def require_vllm() -> None:
@@ -114,7 +114,7 @@ class VllmModel(LoadedModel):
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, *, check: bool = True, texts: Sequence[str] | None = None,
                     tolerance: float | None = None, vllm_folder: str | os.PathLike | None = None,
-                    **llm_kwargs) -> "VllmModel":
+                    **llm_kwargs) -> VllmModel:
         """vLLM on the weights of ``loaded`` (an HF-engine model from :func:`~llm_mia.models.loading.load_model`).
 
         Args:

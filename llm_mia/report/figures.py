@@ -6,8 +6,8 @@ import base64
 import io as _io
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from llm_mia.core.io import to_float
 from llm_mia.report.plots import exposure_plot, roc_plot

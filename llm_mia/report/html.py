@@ -9,8 +9,9 @@ unless ``show_secrets``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llm_mia.report import figures
 from llm_mia.report.markdown import _fmt as _md_fmt

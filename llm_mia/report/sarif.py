@@ -16,8 +16,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from llm_mia import __version__
 from llm_mia.core import io
+from llm_mia.core.version import __version__
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 TAXONOMY_TAGS = ["security", "privacy", "OWASP-LLM02:2025", "MITRE-ATLAS-AML.T0057"]

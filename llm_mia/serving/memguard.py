@@ -42,8 +42,8 @@ text is untouched: label-only access (greedy or sampled generation) sees the mod
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import numpy as np
 import torch

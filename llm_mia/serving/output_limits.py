@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -75,7 +75,7 @@ class ApiView(LoadedModel):
     seed: int = 0
 
     @classmethod
-    def of(cls, loaded: LoadedModel, mode: ApiMode, *, memguard=None, seed: int = 0) -> "ApiView":
+    def of(cls, loaded: LoadedModel, mode: ApiMode, *, memguard=None, seed: int = 0) -> ApiView:
         """``loaded`` under ``mode``. Raises LlmMiaError for "label-only" (no log-prob view) and for
         "memguard" without ``memguard`` (the classifier)."""
         if mode.kind == "label-only":

@@ -142,7 +142,7 @@ class TrainConfig:
     reference_set: str | None = None
 
 
-def options_only_with(cfg: "TrainConfig", defense: str, names: tuple[str, ...]) -> bool:
+def options_only_with(cfg: TrainConfig, defense: str, names: tuple[str, ...]) -> bool:
     """Whether ``cfg.defense`` is ``defense``; when it is not, refuse any of the options ``names``
     (TrainConfig fields) set away from their defaults.
 

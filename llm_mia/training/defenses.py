@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -362,7 +362,7 @@ def _cut_repeated_spans(texts: Sequence[str], k: int) -> tuple[list[str], int, i
         seen |= local
         if any(cut):
             inside = False
-            for i, c in enumerate(cut):
+            for c in cut:
                 if c and not inside:
                     n_spans += 1
                 inside = bool(c)

@@ -30,9 +30,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -523,7 +523,7 @@ class TrainContext:
         return heldout_loss(model, self.eval_docs, eos_id=self.eos_id, n_ctx=self.n_ctx,
                             batch_size=2 * self.preset.batch_size, device=self.device, max_tokens=max_tokens)
 
-    def stopper(self, model) -> "_EarlyStopper | None":
+    def stopper(self, model) -> _EarlyStopper | None:
         """The early stopper of ``model`` when ``early_stopping`` is set (on at most 16 k held-out tokens)."""
         if self.cfg.early_stopping is None:
             return None
@@ -574,7 +574,7 @@ class LoopResult:
     tokens_seen: float
     seconds: float
     info: dict = dataclasses.field(default_factory=dict)
-    stopper: "_EarlyStopper | None" = None
+    stopper: _EarlyStopper | None = None
 
 
 def _log_entry(step: int, steps: int, value: float, sched) -> dict | None:
@@ -585,7 +585,7 @@ def _log_entry(step: int, steps: int, value: float, sched) -> dict | None:
 
 
 def run_loop(ctx: TrainContext, model, batches: Iterator, *, steps: int, step_loss=None, what: str | None = None,
-             stopper: "_EarlyStopper | None" = None) -> LoopResult:
+             stopper: _EarlyStopper | None = None) -> LoopResult:
     """``steps`` optimizer steps of ``model`` on ``batches``: AdamW, schedule, grad clipping, loss log.
 
     ``step_loss(model, batch) -> (loss tensor to minimise, float to log)``; default

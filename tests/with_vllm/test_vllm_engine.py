@@ -206,7 +206,7 @@ def test_a_model_vllm_cannot_load_is_a_one_line_error(tmp_path, capsys):
 def test_t3_09_vllm_never_samples_padded_vocabulary_rows(tiny_tokenizer, tmp_path):
     """T3-09 on the vLLM engine: a model whose output layer has rows past the tokenizer, those rows given
     the highest logit (0 against [-3, -1]); vLLM's samples and greedy answers never contain them."""
-    from tests.test_model_contract import fixed_logit_gpt2
+    from tests.models.test_model_contract import fixed_logit_gpt2
 
     n_tok = len(tiny_tokenizer)
     V = -(-n_tok // 64) * 64 + (64 if n_tok % 64 == 0 else 0)

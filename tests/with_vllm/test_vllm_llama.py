@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from llm_mia.membership.scoring import score  # noqa: E402
 from llm_mia.models.loading import load_model  # noqa: E402
-from tests.test_model_contract import SENTENCES, metaspace_tokenizer  # noqa: E402
+from tests.models.test_model_contract import SENTENCES, metaspace_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ A signal is a pure function ``fn(inputs: SignalInputs) -> Tensor (N,)``, higher 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -47,8 +47,8 @@ class SignalInputs:
     target_all_bytes: TokenStats | None = None
     recall: TokenStats | None = None
     token_freq: torch.Tensor | None = None
-    population: "SignalInputs | None" = None
-    shadow: "object | None" = None
+    population: SignalInputs | None = None
+    shadow: object | None = None
 
 
 @dataclass(frozen=True)

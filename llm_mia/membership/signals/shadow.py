@@ -15,8 +15,9 @@ the paper's logit of p = exp(mean log p) for comparison (it tends to the same va
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

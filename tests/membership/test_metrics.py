@@ -11,7 +11,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import StepModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from llm_mia.core.errors import LlmMiaError
 from llm_mia.membership import signals as S
 from llm_mia.membership.metrics import roc_metrics, tpr_at_fpr
 from llm_mia.models.stats import compute_token_stats
+from tests.conftest import StepModel
 
 # ------------------------------------------------------------------------------------ oracles
 

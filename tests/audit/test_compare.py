@@ -6,13 +6,14 @@ import json
 import math
 
 import pytest
-from conftest import run_cli
 from scipy.stats import binom
 
 from llm_mia.audit import compare as C
+from llm_mia.audit import defenses as D
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.privacy import bounds as P
 from llm_mia.training.defenses import dp_epsilon
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("n", [1, 7, 50])
@@ -62,7 +63,7 @@ def test_compare_bad_inputs(tmp_path, capsys):
     assert code == 2 and "unknown API mode" in err
     with pytest.raises(LlmMiaError, match="distinct"):
         C.compare_models(tmp_path, [("a", tmp_path), ("a", tmp_path)], tmp_path / "o")
-    from llm_mia.cli.app import _parse_compare
+    from llm_mia.cli.root import _parse_compare
 
     assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a", None), ("dp", "m/dp/", None), ("c", "x", None)]
     assert _parse_compare(["g=m/a@memguard:0.3", "m/x@y"]) == [("g", "m/a", "memguard:0.3"), ("x@y", "m/x@y", None)]
@@ -124,28 +125,28 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert code == 0, err
     res = json.loads((out / "compare.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}
-    assert list(rows) == [n for n, _ in C.QUICK_DEFENSES] + [n for n, _, _ in C.SERVED_DEFENSES]
+    assert list(rows) == [n for n, _ in D.QUICK_DEFENSES] + [n for n, _, _ in C.SERVED_DEFENSES]
     mg = rows.pop("memguard")
     assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["trained_on"] == "given (shadow models)"
     assert mg["secrets_extracted"] == rows["baseline"]["secrets_extracted"] and "memguard:0.5" in mg["query_limits"]
     assert mg["model_heldout_perplexity"] == rows["baseline"]["heldout_perplexity"] != mg["heldout_perplexity"]
     # the shadow models: trained once, used by every audit (LiRA, RMIA, Shokri beside the other signals)
-    assert res["settings"]["plan"]["n_shadows"] == C.QUICK_PLAN.n_shadows and "train_shadows_s" in res["settings"]["timings"]
+    assert res["settings"]["plan"]["n_shadows"] == D.QUICK_PLAN.n_shadows and "train_shadows_s" in res["settings"]["timings"]
     for r in (*rows.values(), mg):
         assert {"lira_online", "lira_offline", "rmia_online", "shokri", "loss"} <= set(r["attacks"])
     rep = json.loads((out / "baseline" / "report.json").read_text())
-    assert rep["membership"]["shadow"]["n_models"] == C.QUICK_PLAN.n_shadows
+    assert rep["membership"]["shadow"]["n_models"] == D.QUICK_PLAN.n_shadows
     # the defenders' reference set is never an audit non-member; adv-reg trains against it
     ref = [r["text"] for r in map(json.loads, (out / "defender" / "reference.jsonl").read_text().splitlines())]
     held = [r["text"] for r in map(json.loads, (out / "corpus" / "heldout.jsonl").read_text().splitlines())]
-    assert len(ref) == C.QUICK_PLAN.defender_docs and not set(ref) & set(held)
+    assert len(ref) == D.QUICK_PLAN.defender_docs and not set(ref) & set(held)
     assert json.loads((out / "models" / "adv-reg" / "recipe.json").read_text())["defense"] == "adv-reg"
     for name, r in rows.items():
         recipe = json.loads((out / "models" / name / "recipe.json").read_text())
         assert r["heldout_perplexity"] > 1 and (out / name / "report.json").is_file()
         assert r["secrets_inserted"] > 0 and 0 <= r["secrets_extracted"] <= r["secrets_inserted"]
         can = r["canary_audit"]
-        assert can["n_canaries"] == C.QUICK_CANARIES[0] and can["audited_epsilon"] >= 0 and can["kind"] == "random"
+        assert can["n_canaries"] == D.QUICK_CANARIES[0] and can["audited_epsilon"] >= 0 and can["kind"] == "random"
         assert set(r["output_limits"]["modes"]) == {"full", "topk:5", "rounded:2", "label-only"}
         assert r["output_limits"]["modes"]["label-only"]["computable"] == ["greedy_match"]
         if recipe["defense"] == "dp":
@@ -164,4 +165,4 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert "| baseline | none |" in md and "| dp-eps1 | dp |" in md and "| selena | selena |" in md and "label-only" in md
     assert "Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from 40 random canaries" in md
     assert "## Membership attacks by defence" in md and "| rmia_online |" in md
-    assert f"compared {len(C.QUICK_DEFENSES) + len(C.SERVED_DEFENSES)} models" in stdout
+    assert f"compared {len(D.QUICK_DEFENSES) + len(C.SERVED_DEFENSES)} models" in stdout

@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import run_cli
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.endpoint import QueryBudgetExceeded
 from llm_mia.models.loading import load_model
+from tests.conftest import run_cli
 
 V = 300  # len(tiny_tokenizer)
 LIKELY = 2 - math.log(math.e ** 2 + V - 1)
@@ -199,7 +198,6 @@ def test_unreachable_endpoint_and_bad_specs(tok_dir):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    t = time.time()
     with pytest.raises(LlmMiaError, match=f"cannot reach the endpoint http://127.0.0.1:{port}/v1"):
         load_model(f"openai:http://127.0.0.1:{port}/v1", model_args=f"tokenizer={tok_dir}")
     with pytest.raises(LlmMiaError, match="give the endpoint's base URL"):

@@ -15,7 +15,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
 from sklearn.metrics import roc_auc_score
 from test_signals import hand_rows, slow_ez, slow_wbc
 
@@ -26,6 +25,7 @@ from llm_mia.membership.scoring import score, score_texts
 from llm_mia.models.hf import from_objects
 from llm_mia.models.stats import TokenStats
 from llm_mia.models.tokenizer import train_bpe_tokenizer
+from tests.conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
 
 ALL_NO_EXTRA = ["loss", "zlib", "lowercase", "min_k", "min_k_plus_plus", "window"]
 

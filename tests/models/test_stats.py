@@ -12,13 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import LIKELY, UNLIKELY, StepModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.membership.signals import mean_nll, perplexity
 from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
+from tests.conftest import LIKELY, UNLIKELY, StepModel
 
 A = [0, 1, 2]
 B = [0, 1, 2, 3, 4, 0, 1, 3, 4, 0]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TOKENIZER_TEXT, _fit, run_cli
 
 from llm_mia.core import io
 from llm_mia.data.canaries import load_canaries
 from llm_mia.privacy import bounds as P
+from tests.conftest import TOKENIZER_TEXT, _fit, run_cli
 
 DOCS = [f"Section {i}: the function number {i} returns a sorted copy of the list it is given." for i in range(30)]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
 
 from llm_mia.core import io
 from llm_mia.models.tokenizer import train_bpe_tokenizer
+from tests.conftest import TOKENIZER_TEXT, make_tiny_gpt2, run_cli
 
 EXAMPLE = "examples/policy.toml"
 FAST = ["--num-samples", 4, "--length", 12, "--strategy", "top-k", "--discoverable", 4, "--discoverable-prefix", 8]

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from conftest import _fit
 
 from llm_mia.extraction.discoverable import discoverable_memorization, p_extract
 from llm_mia.models.hf import from_objects
+from tests.conftest import _fit
 
 DOCS = ["The quick brown fox jumps over the lazy dog and returns a sorted list of items.",
         "Return a new list containing all items from the iterable in ascending order, please.",

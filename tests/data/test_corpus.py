@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import distinct_docs
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import read_jsonl
 from llm_mia.data.corpus import build_corpus, load_source
 from llm_mia.data.secrets import load_secrets, matches_format
+from tests.conftest import distinct_docs
 
 SMALL = 50_000  # python-docs chars for fast tests
 
@@ -80,7 +80,7 @@ def test_folder_reads_md_extensionless_and_gz_and_reports_what_it_skips(tmp_path
     (tmp_path / "sub" / "c.txt").write_text("sea")
     (tmp_path / "notes.md").write_text("markdown notes")
     (tmp_path / "README").write_text("read me")
-    (tmp_path / "d.txt.gz").write_bytes(gzip.compress("gzipped dee".encode()))
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress(b"gzipped dee"))
     (tmp_path / "e.jsonl.gz").write_bytes(gzip.compress(b'{"text": "ee"}\n'))
     (tmp_path / "blob").write_bytes(b"\x89PNG\x00\x01")
     (tmp_path / "image.png").write_bytes(b"\x89PNG")

@@ -11,11 +11,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
 from llm_mia.data.secrets import Secret, space_size
 from llm_mia.report.html import render_html, segments
 from llm_mia.report.markdown import redact, redact_text, redaction_spans
+from tests.conftest import run_cli
 
 
 def _secret(sid="pii-r4-0", ssn="123-45-6789", count=4):
@@ -86,7 +86,7 @@ def leaky_audit(leak_models, tmp_path_factory):
         def readouterr(self):
             return "", ""
 
-    policy = str(Path(__file__).resolve().parents[1] / "examples" / "policy.toml")
+    policy = str(Path(__file__).resolve().parents[2] / "examples" / "policy.toml")
     for name, extra, want in (("hidden", ["--policy", policy], 1), ("shown", ["--show-secrets"], 0)):
         code, _, _ = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", out / name,
                               "--num-samples", 8, "--length", 24, "--candidates", 16, *extra], Cap())

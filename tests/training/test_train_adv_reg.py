@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file
-from test_train import write_corpus
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.training.adv_reg import adversary_gain, block_features, privacy_term
 from llm_mia.training.train import train_model
+from tests.conftest import run_cli
+from tests.training.test_train import write_corpus
 
 
 @pytest.fixture(scope="module")

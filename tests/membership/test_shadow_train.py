@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import distinct_docs, make_tiny_gpt2, run_cli
 
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
@@ -19,6 +18,7 @@ from llm_mia.membership.shadow import (
     train_shadows,
 )
 from llm_mia.models.tokenizer import train_bpe_tokenizer
+from tests.conftest import distinct_docs, make_tiny_gpt2, run_cli
 
 SHADOW_SIGNALS = {"lira_online", "lira_offline", "rmia_online", "rmia_offline", "shokri"}
 

@@ -13,7 +13,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from conftest import LIKELY, UNLIKELY, StepModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +31,7 @@ from llm_mia.membership.signals import (
 )
 from llm_mia.models.hf import from_objects
 from llm_mia.models.stats import TokenStats, compute_token_stats, vocab_stats
+from tests.conftest import LIKELY, UNLIKELY, StepModel
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -443,7 +443,7 @@ def test_c20_decode_whole_id_list(tiny_tokenizer, tiny_model):
     assert "\ufffd" in joined and "\ufffd" not in whole
     # scoring a sample from its ids and its whole decode: zlib over the real UTF-8 bytes
     row = score(from_objects(tiny_model, tok), [whole], ids=[ids], signals=["zlib", "loss"]).rows[0]
-    assert row["zlib_bytes"] == len(zlib.compress("Bye 😀".encode("utf-8")))
+    assert row["zlib_bytes"] == len(zlib.compress("Bye 😀".encode()))
     assert row["zlib_bytes"] != len(zlib.compress(joined.encode("utf-8")))
     assert row["nll"] == pytest.approx(ref_nll(tiny_model, ids), abs=1e-5)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
-from conftest import make_tiny_gpt2, run_cli
 
 from llm_mia.data.pii import DEFAULT_REGIONS
 from llm_mia.data.secrets import Secret, space_size
@@ -18,6 +17,7 @@ from llm_mia.extraction.pii_findings import (
     tokenizer_normalizer,
     training_pii_index,
 )
+from tests.conftest import make_tiny_gpt2, run_cli
 
 SSN = "{d3}-{d2}-{d4}"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,10 +34,10 @@ def shadow_train(
     n: int = typer.Option(8, "--n", help="Shadow models K (each text IN for half of them)."),
     out: Path = typer.Option(..., "--out", help="Shadow folder: membership.json, population.jsonl, model-00/ ..."),
     preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small | mini)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this base (the target's base) for each shadow model."),
-    tokenizer_from: Optional[str] = typer.Option(None, "--tokenizer-from", help="Train from scratch with this model "
+    base: str | None = typer.Option(None, "--base", help="Fine-tune this base (the target's base) for each shadow model."),
+    tokenizer_from: str | None = typer.Option(None, "--tokenizer-from", help="Train from scratch with this model "
                                                  "folder's tokenizer (the target's folder)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override the preset's number of steps."),
+    steps: int | None = typer.Option(None, "--steps", help="Override the preset's number of steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the IN/OUT draw; model k trains with seed + k."),
 ):
     """Train K shadow models on balanced random halves of a population; a rerun resumes after a kill."""
@@ -51,7 +50,7 @@ def shadow_train(
 
 @app.callback()
 def _global_options(
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of torch (default: "
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of torch (default: "
                                           "OMP_NUM_THREADS when set, else 1, the fastest on a busy machine; "
                                           "see llm_mia/core/threads.py)."),
 ):
@@ -60,7 +59,7 @@ def _global_options(
     apply_threads(threads)
 
 
-def _check_model_args(value: Optional[str]) -> Optional[str]:
+def _check_model_args(value: str | None) -> str | None:
     """Parse --model-args as soon as it is read, so a bad key fails before any other input."""
     if value is not None:
         from llm_mia.models.hub import parse_model_args
@@ -112,10 +111,10 @@ def corpus_build(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the secrets and their placement."),
     repeats: str = typer.Option("1,2,4,8,16,32", "--repeats", help="Insertion counts of the planted secrets."),
     heldout_fraction: float = typer.Option(0.2, "--heldout-fraction", help="Share of documents held out as non-members."),
-    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
-    templates: Optional[Path] = typer.Option(None, "--templates",
+    max_chars: int | None = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
+    templates: Path | None = typer.Option(None, "--templates",
                                              help="Canary templates JSON (default prompts/canary_templates.json)."),
-    unit: Optional[str] = typer.Option(None, "--unit", help="One document = a whole file, a blank-line paragraph or a "
+    unit: str | None = typer.Option(None, "--unit", help="One document = a whole file, a blank-line paragraph or a "
                                        "line: file | paragraph | line (default: file for a folder, paragraph for one "
                                        "text file, the record for .jsonl and hf:)."),
     min_chars: int = typer.Option(50, "--min-chars", help="Drop (and count) documents shorter than this."),
@@ -138,38 +137,38 @@ _TC = TrainConfig  # `llm-mia train` reads every default from TrainConfig / Lora
 def train(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus folder from `llm-mia corpus build`."),
     out: Path = typer.Option(..., "--out", help="Output model folder (safetensors, tokenizer, recipe.json)."),
-    base: Optional[str] = typer.Option(_TC.base, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
+    base: str | None = typer.Option(_TC.base, "--base", help="Fine-tune this HF model id or folder instead of training from scratch."),
     preset: str = typer.Option(_TC.preset, "--preset", help="tiny | small | mini"),
     reference: bool = typer.Option(_TC.reference, "--reference", help="Train a reference model on the held-out split (no secrets)."),
-    tokenizer_from: Optional[str] = typer.Option(_TC.tokenizer_from, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
+    tokenizer_from: str | None = typer.Option(_TC.tokenizer_from, "--tokenizer-from", help="Reuse this model folder's tokenizer."),
     seed: int = typer.Option(_TC.seed, "--seed"),
-    max_steps: Optional[int] = typer.Option(_TC.max_steps, "--max-steps", help="Override the preset's number of steps."),
+    max_steps: int | None = typer.Option(_TC.max_steps, "--max-steps", help="Override the preset's number of steps."),
     defense: str = typer.Option(_TC.defense, "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup) | "
                                 "selena (Split-AI + self-distillation) | adv-reg (adversarial regularisation)."),
-    epsilon: Optional[float] = typer.Option(_TC.epsilon, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
+    epsilon: float | None = typer.Option(_TC.epsilon, "--epsilon", help="DP target epsilon (sets the noise multiplier)."),
     delta: float = typer.Option(_TC.delta, "--delta", help="DP delta."),
-    noise_multiplier: Optional[float] = typer.Option(_TC.noise_multiplier, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
+    noise_multiplier: float | None = typer.Option(_TC.noise_multiplier, "--noise-multiplier", help="DP sigma, instead of --epsilon."),
     max_grad_norm: float = typer.Option(_TC.max_grad_norm, "--max-grad-norm", help="DP per-record clipping norm."),
-    micro_batch: Optional[int] = typer.Option(_TC.micro_batch, "--micro-batch", help="DP records per forward pass."),
-    weight_decay: Optional[float] = typer.Option(_TC.weight_decay, "--weight-decay", help="Override the preset's AdamW weight decay."),
-    dropout: Optional[float] = typer.Option(_TC.dropout, "--dropout", help="Override the preset's dropout (from scratch only)."),
-    early_stopping: Optional[int] = typer.Option(_TC.early_stopping, "--early-stopping",
+    micro_batch: int | None = typer.Option(_TC.micro_batch, "--micro-batch", help="DP records per forward pass."),
+    weight_decay: float | None = typer.Option(_TC.weight_decay, "--weight-decay", help="Override the preset's AdamW weight decay."),
+    dropout: float | None = typer.Option(_TC.dropout, "--dropout", help="Override the preset's dropout (from scratch only)."),
+    early_stopping: int | None = typer.Option(_TC.early_stopping, "--early-stopping",
                                                  help="Patience (held-out evaluations without a new best)."),
     dedup_min_chars: int = typer.Option(_TC.dedup_min_chars, "--dedup-min-chars", help="--defense dedup: repeated-span length."),
     selena_k: int = typer.Option(_TC.selena_k, "--selena-k", help="--defense selena: Split-AI sub-models K."),
     selena_l: int = typer.Option(_TC.selena_l, "--selena-l", help="--defense selena: sub-models each document is left out of (L < K)."),
-    selena_sub_steps: Optional[int] = typer.Option(_TC.selena_sub_steps, "--selena-sub-steps",
+    selena_sub_steps: int | None = typer.Option(_TC.selena_sub_steps, "--selena-sub-steps",
                                                    help="--defense selena: steps of each sub-model (default: the run's steps)."),
     adv_lambda: float = typer.Option(_TC.adv_lambda, "--adv-lambda", help="--defense adv-reg: weight of the adversary's gain."),
     adv_k: int = typer.Option(_TC.adv_k, "--adv-k", help="--defense adv-reg: adversary steps per model step."),
-    reference_set: Optional[str] = typer.Option(_TC.reference_set, "--reference-set",
+    reference_set: str | None = typer.Option(_TC.reference_set, "--reference-set",
                                                 help="--defense adv-reg: JSONL of non-member texts for the adversary "
                                                      "(default: a seeded half of heldout.jsonl)."),
     lora: bool = typer.Option(False, "--lora", help="With --base: fine-tune LoRA matrices (peft) and save the adapter only."),
     lora_r: int = typer.Option(LoraSpec.r, "--lora-r", help="LoRA rank."),
     lora_alpha: float = typer.Option(LoraSpec.alpha, "--lora-alpha", help="LoRA scaling alpha (the update is scaled by alpha / r)."),
     lora_dropout: float = typer.Option(LoraSpec.dropout, "--lora-dropout", help="Dropout on the LoRA input."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names "
+    lora_targets: str | None = typer.Option(None, "--lora-targets", help="Comma-separated module names "
                                                "(default: c_attn,c_proj,c_fc for GPT-2, peft's default otherwise)."),
 ):
     """Train (or fine-tune) a GPT-2 on a corpus, optionally with a defence."""
@@ -195,19 +194,19 @@ def train(
 
 @app.command()
 def extract(
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
-    model_args: Optional[str] = _model_args_option(),
+    model: str | None = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
+    model_args: str | None = _model_args_option(),
     out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl, extract.json; private/: shards and clear-text rows)."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
     strategy: str = typer.Option("top-k", "--strategy",
                                  help="top-k, temperature-decay, internet, or several, comma-separated."),
-    prompts: Optional[str] = typer.Option(None, "--prompts",
+    prompts: str | None = typer.Option(None, "--prompts",
                                           help="Prompt corpus of the internet strategy: .txt/.jsonl/folder/hf:NAME "
                                                "(default: prompts/internet.txt)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model for the reference ranking."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: verify samples against its train.jsonl and secrets.json."),
+    reference: str | None = typer.Option(None, "--reference", help="Reference model for the reference ranking."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Corpus folder: verify samples against its train.jsonl and secrets.json."),
     seed: int = typer.Option(0, "--seed"),
-    length: Optional[int] = typer.Option(None, "--length", help="New tokens per sample (default: min(256, what fits the context))."),
+    length: int | None = typer.Option(None, "--length", help="New tokens per sample (default: min(256, what fits the context))."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples generated per batch."),
     top_n: int = typer.Option(100, "--top-n", min=1, help="Samples kept per (strategy, ranking) in top.jsonl."),
     memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
@@ -215,8 +214,8 @@ def extract(
     resume: bool = typer.Option(False, "--resume", help="Continue the samples already in --out (after a kill)."),
     show_secrets: bool = typer.Option(False, "--show-secrets",
                                       help="samples.jsonl / top.jsonl in clear text (default: redacted; clear copies in --out/private/)."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+    device: str | None = typer.Option(None, "--device"),
+    pii_regions: str | None = typer.Option(None, "--pii-regions",
                                               help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
                                                    "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
     engine: str = _engine_option(),
@@ -256,25 +255,25 @@ def extract(
 
 @app.command()
 def score(
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
-    model_args: Optional[str] = _model_args_option(),
+    model: str | None = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
+    model_args: str | None = _model_args_option(),
     input: Path = typer.Option(..., "--input", help="Texts: .txt (one a line), .jsonl or .csv."),
     output: Path = typer.Option(..., "--output", help="Output JSONL, one record per input, in input order."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model (enables the reference signals)."),
+    reference: str | None = typer.Option(None, "--reference", help="Reference model (enables the reference signals)."),
     text_field: str = typer.Option("text", "--text-field"),
     label_field: str = typer.Option("label", "--label-field", help="0/1 labels (member = 1), used for --metrics."),
-    signals: Optional[str] = typer.Option(None, "--signals", help="Comma-separated signal names (default: all whose inputs are given)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+    signals: str | None = typer.Option(None, "--signals", help="Comma-separated signal names (default: all whose inputs are given)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                              help="Texts per forward pass (default: a per-device token budget)."),
     prepend_bos: bool = typer.Option(False, "--prepend-bos", help="Condition on the BOS/EOS id so the first token is scored."),
-    recall_prefix: Optional[Path] = typer.Option(None, "--recall-prefix", help="File of non-member text to prefix (ReCaLL)."),
-    dc_pdd_corpus: Optional[Path] = typer.Option(None, "--dc-pdd-corpus", help="Texts whose token frequencies calibrate DC-PDD."),
-    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write AUC, bootstrap CI and TPR at FPR per signal (needs labels)."),
-    roc: Optional[Path] = typer.Option(None, "--roc", help="Draw log-log ROC curves to this PNG (needs labels)."),
-    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Known non-members: per-signal thresholds and decisions."),
+    recall_prefix: Path | None = typer.Option(None, "--recall-prefix", help="File of non-member text to prefix (ReCaLL)."),
+    dc_pdd_corpus: Path | None = typer.Option(None, "--dc-pdd-corpus", help="Texts whose token frequencies calibrate DC-PDD."),
+    metrics: Path | None = typer.Option(None, "--metrics", help="Write AUC, bootstrap CI and TPR at FPR per signal (needs labels)."),
+    roc: Path | None = typer.Option(None, "--roc", help="Draw log-log ROC curves to this PNG (needs labels)."),
+    calibrate_on: Path | None = typer.Option(None, "--calibrate-on", help="Known non-members: per-signal thresholds and decisions."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", help="FPR of the calibrated thresholds."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    shadow: Optional[Path] = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
+    device: str | None = typer.Option(None, "--device"),
+    shadow: Path | None = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
                                           "RMIA with K references and the Shokri attack."),
     engine: str = _engine_option(),
 ):
@@ -298,8 +297,8 @@ def score(
 
 @app.command()
 def exposure(
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
-    model_args: Optional[str] = _model_args_option(),
+    model: str | None = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
+    model_args: str | None = _model_args_option(),
     secrets: Path = typer.Option(..., "--secrets", help="secrets.json (from `llm-mia corpus build` or written by hand)."),
     out: Path = typer.Option(..., "--out", help="Output folder: exposure.json, exposure.csv, exposure.png."),
     references: int = typer.Option(10_000, "--references", min=1, help="Random candidates per secret for the rank estimator."),
@@ -308,7 +307,7 @@ def exposure(
     beams: int = typer.Option(5, "--beams", min=1, help="Beams for beam-search extraction."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass (64 was fastest on a 2-core CPU)."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: str | None = typer.Option(None, "--device"),
     engine: str = _engine_option(),
 ):
     """Canary exposure (Carlini et al. 2019) of every secret: rank, exact, extrapolated; greedy, beam, sampling extraction."""
@@ -330,21 +329,21 @@ def exposure(
 @app.command()
 def audit(
     ctx: typer.Context,
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Corpus folder: shorthand for --members DIR/train.jsonl "
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default ./audit-demo with --demo)."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Corpus folder: shorthand for --members DIR/train.jsonl "
                                           "--nonmembers DIR/heldout.jsonl --secrets DIR/secrets.json."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder, PEFT adapter folder, HF id, or "
+    model: str | None = typer.Option(None, "--model", help="Model folder, PEFT adapter folder, HF id, or "
                                         "openai:URL (an OpenAI-compatible endpoint; key from LLM_MIA_API_KEY) to audit."),
-    model_args: Optional[str] = _model_args_option(),
-    members: Optional[str] = typer.Option(None, "--members", help="Training examples: .txt/.jsonl/.csv/.parquet or "
+    model_args: str | None = _model_args_option(),
+    members: str | None = typer.Option(None, "--members", help="Training examples: .txt/.jsonl/.csv/.parquet or "
                                           "hf:NAME[:CONFIG]:SPLIT (plain text or chat 'messages')."),
-    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Held-out examples (same formats), for membership."),
-    secrets: Optional[Path] = typer.Option(None, "--secrets", help="Planted canaries (secrets.json); without it exposure "
+    nonmembers: str | None = typer.Option(None, "--nonmembers", help="Held-out examples (same formats), for membership."),
+    secrets: Path | None = typer.Option(None, "--secrets", help="Planted canaries (secrets.json); without it exposure "
                                            "is not measured."),
     text_column: str = typer.Option("text", "--text-column", help="Column / field holding the text."),
     score_spans: str = typer.Option("assistant", "--score-spans", help="Chat rows: score the assistant turns only "
                                     "(assistant) or every token (all)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model folder, 'base' (a PEFT adapter's "
+    reference: str | None = typer.Option(None, "--reference", help="Reference model folder, 'base' (a PEFT adapter's "
                                             "base; the default for an adapter) or 'none'."),
     discoverable: int = typer.Option(200, "--discoverable", min=0, help="Training examples sampled for discoverable "
                                      "memorization (0 = off)."),
@@ -355,7 +354,7 @@ def audit(
     num_samples: int = typer.Option(500, "--num-samples", min=1, help="Extraction samples per strategy."),
     strategy: str = typer.Option("top-k,temperature-decay,internet", "--strategy",
                                  help="Extraction strategies, comma-separated."),
-    prompts: Optional[str] = typer.Option(None, "--prompts",
+    prompts: str | None = typer.Option(None, "--prompts",
                                           help="Prompt corpus of the internet strategy (default: the corpus's heldout.jsonl)."),
     candidates: int = typer.Option(2000, "--candidates", min=1, help="Random candidates per secret for rank exposure."),
     exact_limit: int = typer.Option(100_000, "--exact-limit", min=0,
@@ -363,12 +362,12 @@ def audit(
     seed: int = typer.Option(0, "--seed"),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secrets and PII in the report unredacted."),
     preset: str = typer.Option("small", "--preset", help="Model preset for --demo (tiny | small)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Release gate: a policy TOML (see examples/policy.toml). "
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps for --demo (default: the preset's)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Release gate: a policy TOML (see examples/policy.toml). "
                                           "Exit 0 = pass, 1 = a limit exceeded, 2 = error, 3 = inconclusive; the verdict is printed."),
     membership_docs: int = typer.Option(200, "--membership-docs", min=2, help="Members (and as many held-out documents) scored."),
-    length: Optional[int] = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
-    compare: Optional[list[str]] = typer.Option(None, "--compare",
+    length: int | None = typer.Option(None, "--length", help="New tokens per extraction sample (default: min(256, context - 1))."),
+    compare: list[str] | None = typer.Option(None, "--compare",
                                                 help="Compare models: NAME=FOLDER or FOLDER, repeatable or comma-separated "
                                                      "(needs --corpus, --out); NAME=FOLDER@memguard:EPS serves the model "
                                                      "through MemGuard; writes compare.json / compare.md."),
@@ -378,17 +377,17 @@ def audit(
     api_modes: str = typer.Option("full,topk:5,rounded:2,label-only", "--api-modes",
                                   help="With --compare: API output limits to run the membership signals through "
                                        "(full, topk:K, rounded:D, memguard:EPS, label-only)."),
-    sarif: Optional[Path] = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
+    sarif: Path | None = typer.Option(None, "--sarif", help="With --policy: write the verdict as SARIF 2.1.0 "
                                          "(GitHub code scanning) to this file."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
-    pii_regions: Optional[str] = typer.Option(None, "--pii-regions",
+    junit: Path | None = typer.Option(None, "--junit", help="With --policy: write JUnit XML, one test case per limit."),
+    pii_regions: str | None = typer.Option(None, "--pii-regions",
                                               help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
                                                    "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
-    canaries: Optional[Path] = typer.Option(None, "--canaries", help="Canaries JSONL planted with `llm-mia canaries plant`."),
-    inclusion: Optional[Path] = typer.Option(None, "--inclusion", help="With --canaries: its inclusion.json."),
-    shadow: Optional[Path] = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
+    canaries: Path | None = typer.Option(None, "--canaries", help="Canaries JSONL planted with `llm-mia canaries plant`."),
+    inclusion: Path | None = typer.Option(None, "--inclusion", help="With --canaries: its inclusion.json."),
+    shadow: Path | None = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
                                           "RMIA with K references and the Shokri attack to membership."),
-    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1,
+    max_queries: int | None = typer.Option(None, "--max-queries", min=1,
                                               help="With --model openai:URL: stop with an error before the API call "
                                                    "that would pass this many (samples written so far are resumed)."),
     engine: str = _engine_option(),
@@ -562,8 +561,8 @@ def _verdict_exit(verdict: dict) -> None:
 def gate(
     report: Path = typer.Argument(..., help="report.json of an earlier `llm-mia audit`."),
     policy: Path = typer.Option(..., "--policy", help="Policy TOML (see examples/policy.toml)."),
-    sarif: Optional[Path] = typer.Option(None, "--sarif", help="Write the verdict as SARIF 2.1.0 to this file."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML, one test case per limit."),
+    sarif: Path | None = typer.Option(None, "--sarif", help="Write the verdict as SARIF 2.1.0 to this file."),
+    junit: Path | None = typer.Option(None, "--junit", help="Write JUnit XML, one test case per limit."),
 ):
     """Check a release policy against an existing report.json (no model is run).
 

@@ -274,7 +274,7 @@ def memorizing_model(tmp_path_factory):
     control = Secret(id="canary-control-0", kind="canary", text="The PIN of Max Moe is 630174.", prefix="The PIN of Max Moe is ",
                      secret="630174", suffix=".", format="{d6}", space_size=10**6, count=0)
     docs = []
-    for i in range(40):
+    for _ in range(40):
         filler = " ".join(rng.choice(words) for _ in range(30)).capitalize() + "."
         docs.append(f"{filler} {inserted.text} {filler}")
     (d / "corpus" / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))

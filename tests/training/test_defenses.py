@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, train_capturing
-from test_train import write_corpus
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import llm_mia.training.defenses as D
 import llm_mia.training.train as train_mod
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.training.train import train_model
+from tests.conftest import run_cli, train_capturing
+from tests.training.test_train import write_corpus
 
 X = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18]])
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_capturing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import llm_mia.training.train as train_mod
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.training.train import TrainSummary, train_model
+from tests.conftest import train_capturing
 
 WORDS = ("the of a list returns value object method class module function string number file "
          "iterator argument default error raised when called with each item key dict set").split()
@@ -270,7 +270,7 @@ def test_config_object_and_keywords_are_the_same_run(corpus, tmp_path):
 def test_cli_train_defaults_are_train_configs():
     import inspect
 
-    from llm_mia.cli import app as cli
+    from llm_mia.cli import root as cli
     from llm_mia.training.train import TrainConfig
 
     params = inspect.signature(cli.train).parameters

@@ -6,9 +6,9 @@ import json
 import math
 
 import pytest
-from conftest import distinct_docs, run_cli
 
 from llm_mia.core import io
+from tests.conftest import distinct_docs, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_p06_two_process_accelerate_run_equals_one_process(built, tmp_path, caps
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "llm_mia.cli.app", *args, "--out", str(tmp_path / "two")]
+           "--main_process_port", str(_free_port()), "-m", "llm_mia.cli.root", *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "two" / "private" / "shards").glob("*-of-*.jsonl") if not p.name.startswith("scores"))

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from test_train import write_corpus
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.training.selena import (
@@ -22,6 +20,8 @@ from llm_mia.training.selena import (
     split_ai_probs,
 )
 from llm_mia.training.train import _batches, train_model
+from tests.conftest import run_cli
+from tests.training.test_train import write_corpus
 
 
 @pytest.fixture(scope="module")
