@@ -255,7 +255,22 @@ def parse_policy(data: dict, *, where: str = "policy") -> Policy:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy TOML file. Raises LlmMiaError (one line) for any problem."""
+    """Read and validate a release policy (TOML) into a :class:`Policy`.
+
+    The file has a ``[limits]`` table (keys of :data:`LIMITS`, at least one; bits, counts, rates or TPRs
+    as each key's name says) and an optional ``[settings]`` table (:data:`SETTINGS`); the module
+    docstring lists every key. Nothing is evaluated here: :func:`evaluate` or :func:`gate_report` does.
+
+    Args:
+        path: the policy file (e.g. ``examples/policy.toml``).
+
+    Returns:
+        The parsed :class:`Policy` (``limits`` and settings, ``source`` the path).
+
+    Raises:
+        LlmMiaError: one line for an unreadable file, invalid TOML, an unknown key ("did you mean"), a
+            value of the wrong type or out of range, or no limit at all.
+    """
     text = io.read_text(path)
     try:
         data = tomllib.loads(text)
@@ -596,6 +611,23 @@ def load_report(report_path: str | Path) -> dict:
 
 
 def gate_report(report_path: str | Path, policy_path: str | Path) -> Verdict:
-    """Evaluate the policy file against an existing report.json (no model is run)."""
+    """The release gate on an existing audit: evaluate a policy file against a ``report.json``.
+
+    No model is run: every figure is read from the report (``llm-mia gate``). Each limit becomes one
+    :class:`Check` (passed, failed, inconclusive, not measured or error); the verdict is PASS, FAIL,
+    INCONCLUSIVE or ERROR with the exit code of :data:`EXIT_CODES` (0, 1, 3, 2).
+
+    Args:
+        report_path: ``report.json`` written by :func:`llm_mia.audit.pipeline.run_audit` (its
+            ``schema_version`` must be :data:`llm_mia.report.schema.SCHEMA_VERSION`).
+        policy_path: the policy TOML file (:func:`load_policy`).
+
+    Returns:
+        The :class:`Verdict` (``status``, ``exit_code``, ``checks``, one-line ``line``).
+
+    Raises:
+        LlmMiaError: an unreadable or invalid report or policy.
+        UnanswerableLimit: a limit the report cannot answer (the verdict is attached).
+    """
     policy = load_policy(policy_path)
     return evaluate(load_report(report_path), policy)

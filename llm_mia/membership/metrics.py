@@ -64,8 +64,20 @@ def tpr_at_fpr(y_true, y_score, target_fpr: float) -> TprAtFpr:
 def roc_metrics(y_true, y_score, *, fprs: tuple[float, ...] = (0.001, 0.01, 0.05)) -> dict:
     """AUC (ties count 1/2) and TPR at each FPR in ``fprs``, after dropping NaN scores.
 
-    Returns a dict: ``auc``, ``tpr_at_fpr`` {"0.01": {"tpr", "realized_fpr", "below_resolution"}},
-    ``n_members``, ``n_nonmembers``, ``n_dropped_nan``.
+    The membership game's figures (Carlini et al. 2022, "Membership Inference Attacks From First
+    Principles", sec. III: report TPR at low FPR, not only AUC). Scores follow the one sign convention:
+    higher = more likely a member. The TPR at an FPR is read off scikit-learn's ROC curve at the largest
+    realised FPR not above the target; with fewer than ``1 / fpr`` non-members the target cannot be
+    resolved and ``below_resolution`` says so.
+
+    Args:
+        y_true: labels of shape (n_samples,), 1 = member, 0 = non-member.
+        y_score: membership scores of shape (n_samples,); NaN scores are dropped and counted.
+        fprs: the false-positive rates to report.
+
+    Returns:
+        A dict: ``auc``, ``tpr_at_fpr`` {"0.01": {"tpr", "realized_fpr", "below_resolution"}},
+        ``n_members``, ``n_nonmembers``, ``n_dropped_nan``.
     """
     y, s, dropped = _clean(y_true, y_score)
     with warnings.catch_warnings():

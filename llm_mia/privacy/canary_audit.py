@@ -154,7 +154,35 @@ def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: in
 def audit_canaries(model: str, canaries_path, inclusion_path, out_dir, *, reference: str | None = None,
                    delta: float | None = None, beta: float = 0.05, signal: str | None = None,
                    train_path=None, seed: int = 0, device: str | None = None, strategy: str = "split") -> dict:
-    """``llm-mia canaries audit``: validate, load the model(s), audit, write ``out_dir/canary-audit.json``."""
+    """Audit one training run with designed canaries: epsilon lower bounds from one membership signal.
+
+    ``llm-mia canaries audit``. The canaries (:func:`llm_mia.data.canaries.make_canaries`) were planted by
+    :func:`llm_mia.data.canaries.plant_canaries`, each included with probability 1/2; the model trained
+    on the planted file. Every canary is scored with ``signal`` (higher = member); included versus
+    excluded canaries give the one-run bound (Steinke, Nasr, Jagielski 2023, Theorem 3.1) and the
+    threshold bounds of :mod:`llm_mia.privacy.bounds`. Inputs are validated before a model is loaded.
+
+    Args:
+        model: the audited model (folder, hub id or adapter, as :func:`llm_mia.models.loading.load_model`).
+        canaries_path: the canaries JSONL file; inclusion_path: its ``inclusion.json`` (hashes checked).
+        out_dir: where ``canary-audit.json`` is written.
+        reference: a reference model for the reference signals (optional).
+        delta: the delta of the (epsilon, delta) bounds (default: the model's trained delta from its
+            ``recipe.json``, else 1e-5).
+        beta: one minus the confidence of every bound (0.05: 95%).
+        signal: the membership signal (default: see :func:`prepare_canary_audit`).
+        train_path: the planted training file, to check against the inclusion record.
+        strategy: the threshold of the Gaussian-DP and Clopper-Pearson bounds: ``split`` (chosen on one
+            half, tested on the other) or ``bonferroni`` (every threshold, corrected for their number).
+
+    Returns:
+        The record written to ``canary-audit.json``: inputs, AUC and TPR at 1% FPR, and each bound's
+        epsilon (a lower bound, at confidence ``1 - beta``).
+
+    Raises:
+        LlmMiaError: mismatched hashes, too few included or excluded canaries, an unknown signal, or a
+            model that cannot be loaded.
+    """
 
     inp = prepare_canary_audit(canaries_path, inclusion_path, model_path=model if Path(model).is_dir() else None,
                                has_reference=reference is not None, delta=delta, beta=beta, signal=signal,
