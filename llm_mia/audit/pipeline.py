@@ -4,94 +4,62 @@
 non-members files (or a corpus folder); ``run_demo`` builds the embedded python-docs corpus with
 planted secrets, pre-trains a base GPT-2 on a public part, fine-tunes it with LoRA on the private
 part and audits the adapter with the base as reference.
+
+``run_audit`` is the list of the stages of :mod:`llm_mia.audit.stages` (each takes and returns a
+documented record); :func:`assemble_report` builds report.json's dict from their records, and
+:func:`write_reports` writes it with report.md, report.html and modelcard.md.
 """
 
 from __future__ import annotations
 
-import os
 import platform
-import random
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from llm_mia.audit.policy import UnanswerableLimit, evaluate
+from llm_mia.audit.stages import (
+    REFERENCE_EXCLUDED,
+    AuditConfig,
+    AuditRecords,
+    drop_overlap,
+    load_reference,
+    load_target,
+    membership_sample,
+    overlap,
+    read_inputs,
+    reference_saw_nonmembers,
+    render_documents,
+    resolve_reference,
+    run_canaries,
+    run_discoverable,
+    run_exposure,
+    run_extraction,
+    run_membership,
+    run_pii,
+    stop_clock,
+    strip_planted,
+)
 from llm_mia.core import io
-from llm_mia.core.errors import LlmMiaError, LlmMiaWarning
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import sha256_file
-from llm_mia.core.progress import bar
 from llm_mia.core.version import __version__
-from llm_mia.data.chat import SCORE_SPANS, Doc, check_template, encode_docs, render_chat
-from llm_mia.data.dedup import dedup
-from llm_mia.data.secrets import load_secrets
-from llm_mia.data.texts import read_texts
-from llm_mia.exposure.secrets import exposure_by_count, exposure_work, secret_exposure
-from llm_mia.extraction.discoverable import discoverable_memorization
-from llm_mia.extraction.extract import ExtractConfig, extract, read_clear
-from llm_mia.extraction.pii_findings import (
-    pii_findings,
-    resolve_regions,
-    tokenizer_normalizer,
-)
+from llm_mia.exposure.secrets import exposure_by_count
+from llm_mia.extraction.extract import read_clear
 from llm_mia.membership import signals as S
-from llm_mia.membership.baseline import model_free_baseline
-from llm_mia.membership.metrics import roc_metrics
-from llm_mia.membership.scoring import reference_warning, score
-from llm_mia.membership.shadow import check_tokenizer, load_shadows, shadow_summary
 from llm_mia.models.endpoint import EndpointModel
-from llm_mia.models.loading import load_model
-from llm_mia.privacy.canary_audit import (
-    prepare_canary_audit,
-    run_canary_audit,
-    summary_line,
-)
+from llm_mia.privacy.canary_audit import summary_line
 from llm_mia.report.html import redact_report, render_html
 from llm_mia.report.markdown import render_markdown
 from llm_mia.report.modelcard import render_modelcard
 from llm_mia.report.plots import exposure_plot
 from llm_mia.report.schema import SCHEMA_VERSION
 
-
-@dataclass
-class AuditConfig:
-    """Every knob of an audit run and its default."""
-
-    num_samples: int = 500  # per extraction strategy
-    strategies: tuple[str, ...] = ("top-k", "temperature-decay", "internet")
-    prompt_source: str | None = None  # internet prompts; None: the corpus's heldout.jsonl (never trained on)
-    # Random candidates per secret for rank exposure. Measured: `llm-mia exposure --references 4000` on the
-    # demo's model and 28 secrets took 262 s on the shared 2-core CPU (112 k sentences, ~430/s), so the
-    # audit uses 2,000 (~2 min; the old whole-sentence path took 159 s for 1,000). 10,000 would take ~11 min.
-    n_candidates: int = 2000
-    # Spaces up to this size are enumerated whole for the exact exposure. A space of 10**6 (the {d6}
-    # canaries) costs ~13 min per secret on that CPU, so the audit stops at 10**5; `llm-mia exposure
-    # --exact-limit` goes higher.
-    exact_limit: int = 100_000
-    beams: int = 5
-    membership_docs: int = 200  # members and as many held-out documents scored for the ROC
-    top_n: int = 100
-    seed: int = 0
-    batch_size: int = 64
-    max_new_tokens: int | None = None
-    memorized_min_tokens: int = 50
-    # Discoverable memorization (llm_mia.extraction.discoverable): training examples sampled (0 = off), prompt and suffix tokens
-    discoverable_samples: int = 200
-    discoverable_prefix: int = 50
-    discoverable_suffix: int = 50
-    score_spans: str = "assistant"  # chat rows: score the assistant turns only, or "all" tokens
-    show_secrets: bool = False
-    progress: bool = True
-    pii_regions: tuple[str, ...] | None = None  # phone regions; None: the corpus's locales + llm_mia.data.pii.DEFAULT_REGIONS
-    max_queries: int | None = None  # an openai: endpoint's API calls (llm_mia.models.endpoint); None: no bound
-    extract: ExtractConfig = field(default=None)  # filled from the fields above
-
-    def __post_init__(self) -> None:
-        """Check the extraction options now, before any folder or model (one-line LlmMiaError)."""
-        self.extract = ExtractConfig(num_samples=self.num_samples, strategies=tuple(self.strategies), seed=self.seed,
-                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, top_n=self.top_n,
-                                     memorized_min_tokens=self.memorized_min_tokens, show_secrets=self.show_secrets)
+# The stages' names that lived here before llm_mia.audit.stages: still imported from here (CLI, compare, tests).
+__all__ = ["AuditConfig", "REFERENCE_EXCLUDED", "apply_policy", "assemble_report", "headline", "membership_sample",
+           "overlap", "reference_saw_nonmembers", "resolve_reference", "run_audit", "strip_planted", "write_reports"]
 
 
 def _versions() -> dict:
@@ -101,120 +69,6 @@ def _versions() -> dict:
 
     return {"llm_mia": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
-
-
-def strip_planted(text: str, secrets) -> str:
-    """``text`` without the sentences of inserted secrets (and the separator each insertion added).
-
-    The membership audit scores member documents as they were before planting: otherwise the
-    planted sentences (random digits, Faker records) alone tell members from held-out documents,
-    and the model-free baseline would rightly flag every demo corpus.
-    """
-    for sec in sorted((x for x in secrets if x.count > 0), key=lambda x: -len(x.text)):
-        t = sec.text
-        if t in text:
-            text = text.replace(t + "\n\n", "").replace(t + " ", "").replace("\n\n" + t, "").replace(t, "")
-    return text
-
-
-def membership_sample(members, heldout, secrets, n: int, seed: int) -> tuple[list, list]:
-    """The membership evaluation's documents: ``min(n, len(members), len(heldout))`` members (planted
-    sentences removed from plain documents, :func:`strip_planted`) and as many held-out documents,
-    sampled with ``random.Random(seed)``; str or :class:`llm_mia.data.chat.Doc` items, returned as given.
-    The audit and the comparison of defences score exactly these."""
-
-    rng = random.Random(seed)
-    k = min(n, len(members), len(heldout))
-    if k < 2:
-        return [], []
-
-    def strip(d):
-        if isinstance(d, str):
-            return strip_planted(d, secrets)
-        return Doc(strip_planted(d.text, secrets)) if d.spans is None else d
-
-    return [strip(t) for t in rng.sample(list(members), k)], rng.sample(list(heldout), k)
-
-
-def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(), shadow=None) -> dict:
-    """ROC metrics of every signal, members (1) against held-out non-members (0), and the
-    model-free baseline. ``members`` / ``heldout`` are :class:`llm_mia.data.chat.Doc` (or str); planted
-    secret sentences are removed from plain members first (:func:`strip_planted`); documents with
-    spans (chat rows) are scored on those tokens only (``scoring.score(score_mask=)``)."""
-
-    as_doc = lambda d: d if isinstance(d, Doc) else Doc(d)  # noqa: E731
-    mem, non = membership_sample(members, heldout, secrets, cfg.membership_docs, cfg.seed)
-    n = len(mem)
-    if n < 2:
-        return {"skipped": "fewer than 2 held-out documents"}
-    docs = [as_doc(d) for d in mem + non]
-    texts = [d.scored_text for d in docs]
-    if any(d.spans is not None for d in docs):
-        ids, keep = encode_docs(target, docs, prepend_bos=True)
-        res = score(target, texts, ids=ids, context_lens=1, score_mask=keep, reference=reference, shadow=shadow)
-    else:
-        res = score(target, texts, reference=reference, prepend_bos=True, shadow=shadow)
-    y = [1] * n + [0] * n
-    out = {}
-    for sig in res.rows[0]["scores"]:
-        try:
-            out[sig] = roc_metrics(y, [r["scores"][sig] for r in res.rows])
-        except LlmMiaError as e:
-            out[sig] = {"error": str(e)}
-    per_doc = {"labels": y, "n_scored_tokens": [r["n_scored_tokens"] for r in res.rows],
-               "scores": {sig: [r["scores"][sig] for r in res.rows] for sig in out}}
-    extra = {}
-    if shadow is not None:
-        extra["shadow"] = shadow_summary(shadow, res.inputs.shadow)
-    return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
-            "baseline": _baseline(texts[:n], texts[n:], cfg.seed), "per_doc": per_doc, **extra}
-
-
-def overlap(members: list[str], nonmembers: list[str]) -> dict[int, str]:
-    """Non-members that are exact or near duplicates of a member, by :func:`llm_mia.data.dedup.dedup`'s
-    rules (normalised text; >= 50 % word-trigram containment; differing PII values never merge).
-
-    Returns:
-        {index into ``nonmembers``: "exact" | "near"}.
-    """
-
-    res = dedup(list(members) + list(nonmembers))
-    n = len(members)
-    return {i - n: res.reason[i] for i, k in res.dropped.items() if i >= n and k < n}
-
-
-def reference_saw_nonmembers(reference_path: str | Path | None, nonmembers: str | Path) -> bool:
-    """True when the reference model was trained on the non-members file (``nonmembers``; a corpus
-    folder stands for its ``heldout.jsonl``), the file the membership evaluation draws its non-members from (its ``recipe.json`` ``train_sha256`` equals
-    the file's SHA-256; ``llm-mia train --reference`` and the demo train it there). Its signals
-    (``reference``, ``reference_diff``) would then separate members from non-members by the
-    reference's own memorization of the non-members, whatever the target leaks, so the membership
-    evaluation leaves them out. False without a reference or a recipe."""
-    if reference_path is None:
-        return False
-    recipe = Path(reference_path) / "recipe.json"
-    if not recipe.is_file():
-        return False
-    try:
-        sha = io.read_json(recipe).get("train_sha256")
-    except (LlmMiaError, AttributeError):
-        return False
-    path = Path(nonmembers) / "heldout.jsonl" if Path(nonmembers).is_dir() else Path(nonmembers)
-    return sha is not None and path.is_file() and sha == sha256_file(path)
-
-
-#: Why the reference signals are missing from a membership evaluation (see reference_saw_nonmembers).
-REFERENCE_EXCLUDED = ("the reference model was trained on the held-out documents used as non-members: "
-                      "its signals would measure its own memorization of them, not the target's leakage")
-
-
-def _baseline(members: list[str], nonmembers: list[str], seed: int) -> dict:
-    """The model-free baseline (:func:`llm_mia.membership.baseline.model_free_baseline`), or why it was skipped."""
-
-    try:
-        return model_free_baseline(members, nonmembers, seed=seed)
-    except LlmMiaError as e:
-        return {"skipped": str(e), "auc": None, "warning": None}
 
 
 def _observations(report: dict) -> list[str]:
@@ -340,81 +194,12 @@ def apply_policy(report: dict, policy) -> dict:
     if policy is None:
         report["verdict"] = {"policy": None, "status": None, "passed": None, "line": headline(report), "checks": []}
     else:
-        from llm_mia.audit.policy import UnanswerableLimit, evaluate
-
         try:
             report["verdict"] = {"policy": policy.source, **evaluate(report, policy).to_dict()}
         except UnanswerableLimit as e:  # ERROR: the verdict goes into the report all the same
             report["verdict"] = {"policy": policy.source, **e.verdict.to_dict()}
             raise
     return report["verdict"]
-
-
-def resolve_reference(target, reference: str | Path | None) -> tuple[str | None, str | None]:
-    """(reference model to load, where it came from) for ``--reference R|base|none``.
-
-    None (the default) is "base" when ``target`` (a LoadedModel) is a PEFT adapter and "none"
-    otherwise; "base" is the adapter's base model (``target.base``: "adapter's base"); "none"
-    disables the reference; anything else is the user's model ("--reference"). Raises
-    LlmMiaError for "base" with a model that is not an adapter.
-    """
-    ref = None if reference is None else str(reference)
-    base = target.base
-    if ref is None:
-        ref = "base" if base is not None else "none"
-    if ref == "none":
-        return None, None
-    if ref == "base":
-        if base is None:
-            raise LlmMiaError(f"--reference base: '{target.source}' is not a PEFT adapter (no adapter_config.json); "
-                              "name the reference model or use --reference none")
-        return base, "adapter's base"
-    return ref, "--reference"
-
-
-def _inputs(corpus_dir, members, nonmembers, secrets_path):
-    """(members, non-members, secrets or None) from ``--corpus`` or the three files."""
-    if corpus_dir is not None:
-        if members is not None or nonmembers is not None:
-            raise LlmMiaError("give either --corpus or --members/--nonmembers, not both")
-        corpus = Path(corpus_dir)
-        for name in ("train.jsonl", "heldout.jsonl", "secrets.json"):
-            if not (corpus / name).exists():
-                raise LlmMiaError(f"corpus folder {corpus} has no {name} (build one with `llm-mia corpus build`)")
-        return str(corpus / "train.jsonl"), str(corpus / "heldout.jsonl"), secrets_path or corpus / "secrets.json"
-    if members is None or nonmembers is None:
-        raise LlmMiaError("an audit needs --members and --nonmembers files (or a --corpus folder)")
-    m, n = Path(str(members)), Path(str(nonmembers))
-    if m.exists() and n.exists() and os.path.samefile(m, n):
-        raise LlmMiaError(f"--members and --nonmembers are the same file ({members}): membership needs held-out examples")
-    return str(members), str(nonmembers), secrets_path
-
-
-def _endpoint_setup(target, cfg: AuditConfig) -> tuple[AuditConfig, list[str]]:
-    """For an endpoint target: refuse an API without prompt log-probs, bound its queries, and leave
-    out temperature decay (no API sets a per-token temperature). Returns (settings, what was left out)."""
-
-    if not isinstance(target, EndpointModel):
-        if cfg.max_queries is not None:
-            raise LlmMiaError("--max-queries bounds the queries to an openai:URL endpoint; this model is local")
-        return cfg, []
-    if target.api != "completions":
-        raise LlmMiaError(f"an audit scores texts, which needs prompt log-probs: {target.url} offers api={target.api} "
-                          f"(label-only); audit an endpoint with /v1/completions echo + logprobs")
-    target.max_queries = cfg.max_queries
-    left_out = []
-    if "temperature-decay" in cfg.strategies:
-        left_out.append("extraction strategy temperature-decay (an HTTP API has no per-token temperature)")
-        cfg = replace(cfg, strategies=tuple(s for s in cfg.strategies if s != "temperature-decay"))
-        if not cfg.strategies:
-            raise LlmMiaError("temperature-decay cannot run through an HTTP API: choose --strategy top-k or internet")
-    return cfg, left_out
-
-
-def _stage(target, name: str) -> None:
-    """Name the audit stage an endpoint's queries are counted under."""
-    if isinstance(target, EndpointModel):
-        target.stage = name
 
 
 def _endpoint_record(target, rows: list[dict], ext: dict, left_out: list[str]) -> dict:
@@ -430,6 +215,68 @@ def _endpoint_record(target, rows: list[dict], ext: dict, left_out: list[str]) -
 
 def _sha(spec: str | Path | None) -> str | None:
     return sha256_file(Path(spec)) if spec is not None and Path(str(spec)).is_file() else None
+
+
+def _provenance(rec: AuditRecords) -> dict:
+    """report.json's ``provenance``: the model, reference and data (with digests), settings, versions, timings."""
+    inp, tgt, cfg = rec.inputs, rec.target, rec.target.cfg
+    target = tgt.model
+    recipe = (target.folder or Path(".")) / "recipe.json"
+    timings = {"extract_s": rec.extraction.seconds, "exposure_s": rec.exposure.seconds,
+               "membership_s": rec.membership.seconds, "discoverable_s": rec.discoverable.seconds,
+               "pii_s": rec.pii.seconds, "total_s": rec.clock.total_s}
+    return {
+        "model": target.source, "model_args": tgt.model_args, "model_weights_sha256": target.weights_sha256,
+        "model_base": target.base, "engine": getattr(target, "engine_info", None),
+        "reference": tgt.reference_spec, "reference_source": tgt.reference_source,
+        "reference_weights_sha256": rec.reference.weights_sha256,
+        "reference_excluded": rec.reference.excluded, "serving": tgt.serve[0] if tgt.serve else None,
+        "corpus": str(inp.corpus_dir) if inp.corpus_dir is not None else None,
+        "members": inp.members_spec, "nonmembers": inp.nonmembers_spec, "text_column": inp.text_column,
+        "chat": {"rendered_with": "tokenizer chat template", "score_spans": cfg.score_spans} if tgt.chat else None,
+        "train_sha256": _sha(inp.members_spec), "nonmembers_sha256": _sha(inp.nonmembers_spec),
+        "secrets_sha256": _sha(inp.secrets_path),
+        "recipe": io.read_json(recipe) if recipe.exists() else None,
+        "seed": cfg.seed, "versions": _versions(), "timings": timings,
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "extract"},
+    }
+
+
+def assemble_report(rec: AuditRecords) -> dict:
+    """report.json's dict (before the verdict) from the stages' records.
+
+    Args:
+        rec: every stage's record (:class:`llm_mia.audit.stages.AuditRecords`).
+
+    Returns:
+        The report: ``schema_version``, ``created``, ``provenance`` (with ``endpoint`` for an endpoint
+        target: its API, the signals it allows, the queries per stage), ``extraction``, ``secrets``,
+        ``exposure``, ``exposure_by_count``, ``exposure_controls``, ``exposure_plot`` (file name or None),
+        ``membership``, ``discoverable``, ``pii``, ``canaries`` (when run) and ``observations``.
+    """
+    rows = rec.exposure.rows
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "created": rec.clock.created,
+        "provenance": _provenance(rec),
+        "extraction": rec.extraction.report,
+        "secrets": rows,
+        "exposure": {"measured": True} if rec.exposure.measured else
+                    {"measured": False, "reason": "no planted secrets given (--secrets): canary exposure not measured"},
+        "exposure_by_count": exposure_by_count(rows) if rows else [],
+        "exposure_controls": rec.exposure.controls,
+        "exposure_plot": "exposure.png" if rows else None,
+        "membership": rec.membership.report,
+        "discoverable": rec.discoverable.report,
+        "pii": rec.pii.report,
+    }
+    if rec.canaries is not None:
+        report["canaries"] = rec.canaries
+    if isinstance(rec.target.model, EndpointModel):  # what its API allows and what the audit asked of it
+        report["provenance"]["endpoint"] = _endpoint_record(rec.target.model, rows, rec.extraction.report,
+                                                            rec.target.left_out)
+    report["observations"] = _observations(report)
+    return report
 
 
 def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: str | Path, *,
@@ -460,165 +307,40 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     serving-time defence returns (``f``'s view, e.g. MemGuard's :class:`llm_mia.serving.output_limits.ApiView`);
     generation, extraction and exposure read the model itself; ``provenance.serving`` names it.
 
+    Returns:
+        The report written to ``out_dir/report.json`` (redacted unless ``cfg.show_secrets``), verdict included.
+
     Raises:
         LlmMiaError: missing or unreadable input files, a column that does not exist, chat rows with
             a tokenizer that has no chat template, corrupt secrets.json, a folder that is not a
             model, a report that lacks what a policy limit needs. Input errors come before any model runs.
     """
-
     cfg = cfg or AuditConfig()
-    if cfg.score_spans not in SCORE_SPANS:
-        raise LlmMiaError(f"--score-spans must be one of {', '.join(SCORE_SPANS)}, got {cfg.score_spans!r}")
-    t0 = time.time()
-    mem_spec, non_spec, secrets_path = _inputs(corpus_dir, members, nonmembers, secrets_path)
-    mem_set = read_texts(mem_spec, text_field=text_column, label_field=None, allow_chat=True)
-    non_set = read_texts(non_spec, text_field=text_column, label_field=None, allow_chat=True)
-    secrets = load_secrets(secrets_path) if secrets_path is not None else []
-    for spec, ts in ((mem_spec, mem_set), (non_spec if nonmembers is not None else None, non_set)):
-        if spec is not None and not ts.texts:
-            raise LlmMiaError(f"{spec} holds no documents")
-
-    regions = resolve_regions(cfg.pii_regions, corpus_dir)  # (a bad region fails before any model work)
-
-    can = prepare_canary_audit(*canaries, model_path=model_path, has_reference=bool(reference_path)) if canaries else None
-
-    shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
-    target = load_model(str(model_path) if model_path is not None else None, model_args=model_args, engine=engine)
-    if shadow is not None:
-        check_tokenizer(shadow, target.tokenizer)  # before any model runs
-    cfg, left_out = _endpoint_setup(target, cfg)
-    ref_spec, ref_source = resolve_reference(target, reference_path)
-    chat = mem_set.chats is not None or non_set.chats is not None
-    if chat:
-        check_template(target.tokenizer, target.source)  # before any model runs
-
-    def docs(ts) -> list:
-        return [render_chat(target.tokenizer, c, score_spans=cfg.score_spans) if c is not None else Doc(t)
-                for t, c in zip(ts.texts, ts.chats or [None] * len(ts.texts))]
-
-    mem_docs, non_docs = docs(mem_set), docs(non_set)
-    train = [d.text for d in mem_docs]  # rendered: what extraction verification searches
-    reference = load_model(ref_spec) if ref_spec else None
-
-    ref_is_target = reference_warning(target, reference)
-    ref_sha = reference.weights_sha256 if reference is not None else None
-    if ref_is_target:  # its signals would be constant: left out of the rankings and the membership
-
-        warnings.warn(ref_is_target, LlmMiaWarning, stacklevel=2)
-        reference = None
+    started = time.time()
+    inputs = read_inputs(corpus_dir, members, nonmembers, secrets_path, text_column=text_column, cfg=cfg,
+                         canaries=canaries, model_path=model_path, has_reference=bool(reference_path))
+    target = load_target(inputs, model_path, model_args=model_args, engine=engine, reference_path=reference_path,
+                         shadow_dir=shadow_dir, serve=serve, cfg=cfg)
+    docs = render_documents(inputs, target)
+    reference = load_reference(target)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings = {}
-
-    dup = overlap(train, [d.text for d in non_docs])
-    overlap_info = {"n_nonmembers": len(non_docs), "n_overlapping": len(dup),
-                    "exact": sum(v == "exact" for v in dup.values()), "near": sum(v == "near" for v in dup.values()),
-                    "rule": "llm_mia.data.dedup: normalised exact match or >= 50% word-trigram containment"}
-    if dup:
-        warnings.warn(f"{len(dup)} of {len(non_docs)} non-members ({overlap_info['exact']} exact, "
-                      f"{overlap_info['near']} near) duplicate a member; left out of membership", LlmMiaWarning, stacklevel=2)
-        non_docs = [d for i, d in enumerate(non_docs) if i not in dup]
-
-    t = time.time()
-    plain_prompts = non_set.chats is None and Path(non_spec).suffix.lower() in (".txt", ".jsonl") \
-        and not non_spec.startswith("hf:") and text_column == "text"
-    ecfg = ExtractConfig(num_samples=cfg.num_samples, strategies=tuple(cfg.strategies), seed=cfg.seed,
-                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
-                         top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
-                         prompt_source=cfg.prompt_source or (non_spec if plain_prompts else None), resume=True,
-                         show_secrets=cfg.show_secrets, pii_regions=regions)
-    _stage(target, "extraction")
-    ext = extract(target, out / "extract", reference=reference, train_texts=train, secrets=secrets, cfg=ecfg)
-    timings["extract_s"] = round(time.time() - t, 1)
-
-    t = time.time()
-
-    rows, controls = [], {}
-    _stage(target, "exposure")
-    if secrets:
-        with bar("exposure", exposure_work(secrets, cfg.n_candidates, cfg.exact_limit), enabled=cfg.progress) as adv:
-            exp = secret_exposure(target, secrets, n_references=cfg.n_candidates, exact_limit=cfg.exact_limit,
-                                  seed=cfg.seed, beams=cfg.beams, batch_size=cfg.batch_size, progress=adv,
-                                  train_texts=train)
-        rows, controls = exp.rows, exp.controls
-        surfaced = set(ext["secrets_surfaced"])
-        for r in rows:
-            r["surfaced_in_samples"] = int(r["id"] in surfaced)
-    timings["exposure_s"] = round(time.time() - t, 1)
-
-    t = time.time()
-    _stage(target, "membership")
-    excluded = reference_saw_nonmembers(ref_spec, non_spec)
-    membership = _membership(serve[1](target) if serve else target, None if excluded else reference, mem_docs,
-                             non_docs, cfg, secrets, shadow=shadow)
-    if excluded and "signals" in membership:
-        membership["reference_excluded"] = REFERENCE_EXCLUDED
-    membership["overlap"] = overlap_info
-    timings["membership_s"] = round(time.time() - t, 1)
-
-    t = time.time()
-    _stage(target, "discoverable")
-    discoverable = {"skipped": "disabled (--discoverable 0)"}
-    if cfg.discoverable_samples > 0:
-        try:
-            discoverable = discoverable_memorization(target, train, n_examples=cfg.discoverable_samples,
-                                                     prefix_len=cfg.discoverable_prefix,
-                                                     suffix_len=cfg.discoverable_suffix, seed=cfg.seed)
-        except LlmMiaError as e:  # e.g. a context shorter than prompt + suffix
-            discoverable = {"skipped": str(e)}
-    timings["discoverable_s"] = round(time.time() - t, 1)
-
-    t = time.time()
-
-    # the hits extract wrote into samples.jsonl (its clear copy): one PII pass, one detector set
-    pii = pii_findings(read_clear(out / "extract", "samples.jsonl"), secrets, train, regions=regions,
-                       normalizer=tokenizer_normalizer(target.tokenizer), presidio=ecfg.pii_presidio)
-    timings["pii_s"] = round(time.time() - t, 1)
-    timings["total_s"] = round(time.time() - t0, 1)
-
-    recipe = (target.folder or Path(".")) / "recipe.json"
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "provenance": {
-            "model": target.source, "model_args": model_args, "model_weights_sha256": target.weights_sha256,
-            "model_base": target.base, "engine": getattr(target, "engine_info", None),
-            "reference": ref_spec, "reference_source": ref_source,
-            "reference_weights_sha256": ref_sha,
-            "reference_excluded": ref_is_target, "serving": serve[0] if serve else None,
-            "corpus": str(corpus_dir) if corpus_dir is not None else None,
-            "members": mem_spec, "nonmembers": non_spec, "text_column": text_column,
-            "chat": {"rendered_with": "tokenizer chat template", "score_spans": cfg.score_spans} if chat else None,
-            "train_sha256": _sha(mem_spec), "nonmembers_sha256": _sha(non_spec),
-            "secrets_sha256": _sha(secrets_path),
-            "recipe": io.read_json(recipe) if recipe.exists() else None,
-            "seed": cfg.seed, "versions": _versions(), "timings": timings,
-            "settings": {k: v for k, v in asdict(cfg).items() if k != "extract"},
-        },
-        "extraction": ext,
-        "secrets": rows,
-        "exposure": {"measured": True} if secrets else
-                    {"measured": False, "reason": "no planted secrets given (--secrets): canary exposure not measured"},
-        "exposure_by_count": exposure_by_count(rows) if rows else [],
-        "exposure_controls": controls,
-        "exposure_plot": "exposure.png" if rows else None,
-        "membership": membership,
-        "discoverable": discoverable,
-        "pii": pii,
-    }
-    if can is not None:
-        _stage(target, "canaries")
-        report["canaries"] = run_canary_audit(target, can, reference=reference, seed=cfg.seed)
-    if isinstance(target, EndpointModel):  # what its API allows and what the audit asked of it
-        report["provenance"]["endpoint"] = _endpoint_record(target, rows, ext, left_out)
-    report["observations"] = _observations(report)
-    if rows:
-        exposure_plot(out / "exposure.png", rows, n_references=cfg.n_candidates)
+    docs = drop_overlap(docs)
+    extraction = run_extraction(inputs, target, reference, docs, out)
+    exposure = run_exposure(inputs, target, docs, extraction)
+    membership = run_membership(inputs, target, reference, docs)
+    discoverable = run_discoverable(target, docs)
+    pii = run_pii(inputs, target, docs, extraction, out)
+    clock = stop_clock(started)  # the canary audit and the report are not counted in timings.total_s
+    report = assemble_report(AuditRecords(inputs=inputs, target=target, docs=docs, reference=reference,
+                                          extraction=extraction, exposure=exposure, membership=membership,
+                                          discoverable=discoverable, pii=pii, clock=clock,
+                                          canaries=run_canaries(inputs, target, reference)))
+    if exposure.rows:
+        exposure_plot(out / "exposure.png", exposure.rows, n_references=target.cfg.n_candidates)
     try:
         apply_policy(report, policy)
     except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail
-        e.report = write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
+        e.report = write_reports(out, report, inputs.secrets, show_secrets=cfg.show_secrets)
         raise
-    return write_reports(out, report, secrets, show_secrets=cfg.show_secrets)
-
-
+    return write_reports(out, report, inputs.secrets, show_secrets=cfg.show_secrets)

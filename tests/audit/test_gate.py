@@ -439,7 +439,7 @@ def test_every_crash_exits_2_with_one_line(exc, want, tmp_path, capsys, monkeypa
 def test_t2_09_dependency_systemexit_inside_a_stage_exits_2(leak_models, tmp_path, capsys, monkeypatch):
     """T2-09: a dependency's sys.exit(1) in the PII stage (presidio fetching a spaCy model offline)
     is exit 2 with a message, never 1 (the gate's 'a limit is exceeded') and never silent."""
-    import llm_mia.audit.pipeline as F  # the audit stage calls pii_findings
+    import llm_mia.audit.stages as F  # the audit stage (run_pii) calls pii_findings
 
     def presidio_like(*a, **k):
         raise SystemExit(1)
