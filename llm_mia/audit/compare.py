@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from llm_mia.audit.pipeline import (
+from llm_mia.audit.pipeline import run_audit
+from llm_mia.audit.stages import (
     AuditConfig,
     membership_sample,
     reference_saw_nonmembers,
-    run_audit,
     strip_planted,
 )
 from llm_mia.core import io
@@ -112,6 +113,49 @@ def _model_row(name: str, path: Path, report: dict, heldout_ppl, limits: dict | 
     }
 
 
+@dataclass
+class CompareRun:
+    """What every model's audit in a comparison shares, read and checked before the first audit (:func:`_prepare`).
+
+    Attributes:
+        corpus: the corpus folder (train.jsonl, heldout.jsonl, secrets.json).
+        out: the comparison folder (created): one sub-folder per model, compare.json, compare.md.
+        cfg: the audit settings of every model.
+        train: the corpus's training documents (train.jsonl texts, file order).
+        heldout: its held-out documents (heldout.jsonl texts, file order).
+        members: the audit's membership sample of members (planted sentences removed,
+            :func:`llm_mia.audit.stages.membership_sample`).
+        nonmembers: as many held-out documents (the same sample).
+        mia_reference: the loaded reference the output-limit runs read; None without one or when it
+            was trained on the non-members (its signals would measure itself).
+        serves: {model name: (serve, record)} of the rows served through MemGuard (:func:`_memguard_serve`).
+        reference_path: the reference model given to every audit, or None.
+        policy: the release-gate policy every audit is gated by, or None.
+        canaries: (canaries.jsonl, inclusion.json) planted into every model's training file, or None.
+        shadow_dir: the shadow models' folder every audit reads, or None.
+        api_modes: the API output modes the output-limit runs measure (:mod:`llm_mia.serving.output_limits`).
+        limit_docs: at most this many members (and as many non-members) per output-limit run.
+        n_boot: bootstrap resamples of the output-limit runs' AUC intervals.
+    """
+
+    corpus: Path
+    out: Path
+    cfg: AuditConfig
+    train: list[str]
+    heldout: list[str]
+    members: list[str]
+    nonmembers: list[str]
+    mia_reference: object | None
+    serves: dict[str, tuple]
+    reference_path: str | Path | None
+    policy: object | None
+    canaries: tuple | None
+    shadow_dir: str | Path | None
+    api_modes: Sequence[str]
+    limit_docs: int
+    n_boot: int
+
+
 def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str | Path, *,
                    reference_path: str | Path | None = None, cfg=None, canaries=None,
                    api_modes: Sequence[str] = ("full", "topk:5", "rounded:2", "label-only"),
@@ -138,6 +182,10 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     of each model, at its trained delta (1e-5 when it has none). The output-limit runs draw the
     audit's own membership documents (:func:`llm_mia.audit.pipeline.membership_sample`).
 
+    Returns:
+        compare.json's dict: ``corpus``, ``reference``, ``created``, ``rows`` (one per model, in order) and
+        ``settings``.
+
     Raises:
         LlmMiaError: no models, a repeated or unsafe name, a missing corpus file or model folder, bad
             canary inputs (all checked before any model work), a policy limit a report cannot answer
@@ -145,6 +193,24 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     """
 
     cfg = cfg or AuditConfig()
+    models = _check_models(models, canaries, reference_path)
+    run = _prepare(corpus_dir, models, out_dir, cfg, reference_path=reference_path, policy=policy,
+                   canaries=canaries, api_modes=api_modes, limit_docs=limit_docs, n_boot=n_boot,
+                   memguard_classifier=memguard_classifier, shadow_dir=shadow_dir)
+    rows = [_audit_row(run, name, path, serving) for name, path, serving in models]
+    result = {"corpus": str(run.corpus), "reference": str(reference_path) if reference_path else None,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
+              "settings": {"membership_docs": len(run.members), "api_modes": list(api_modes), "limit_docs": limit_docs,
+                           "n_candidates": cfg.n_candidates, "num_samples": cfg.num_samples,
+                           "strategies": list(cfg.strategies), "seed": cfg.seed}}
+    io.write_json(run.out / "compare.json", result)
+    io.write_text(run.out / "compare.md", render_compare_markdown(result))
+    return result
+
+
+def _check_models(models: Sequence[tuple], canaries, reference_path) -> list[tuple[str, object, str | None]]:
+    """``models`` as (name, folder, serving mode or None), checked (names, serving modes, model folders,
+    canary inputs against each model) before any model work; raises LlmMiaError on the first problem."""
     if not models:
         raise LlmMiaError("--compare needs at least one model")
     models = [(m[0], m[1], m[2] if len(m) > 2 else None) for m in models]
@@ -161,6 +227,18 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     if canaries:
         for _, p, _ in models:
             prepare_canary_audit(*canaries, model_path=p, has_reference=reference_path is not None)
+    return models
+
+
+def _prepare(corpus_dir, models, out_dir, cfg: AuditConfig, *, reference_path, policy, canaries, api_modes,
+             limit_docs: int, n_boot: int, memguard_classifier, shadow_dir) -> CompareRun:
+    """Read the corpus, create ``out_dir``, load the reference, draw the membership sample and build the
+    MemGuard views' recipes (:func:`_memguard_serve`): the :class:`CompareRun` every audit shares.
+
+    Raises:
+        LlmMiaError: a corpus folder without train.jsonl, heldout.jsonl or secrets.json; a MemGuard
+            classifier with no document left to train on.
+    """
     corpus = Path(corpus_dir)
     for f in ("train.jsonl", "heldout.jsonl", "secrets.json"):
         if not (corpus / f).is_file():
@@ -174,41 +252,41 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
     mia_reference = None if reference_saw_nonmembers(reference_path, corpus) else reference
     secrets = load_secrets(corpus / "secrets.json")
     mem, non = membership_sample(train, heldout, secrets, cfg.membership_docs, cfg.seed)
-    n = len(mem)
     if memguard_classifier is None and shadow_dir is not None:
         memguard_classifier = lambda target: classifier_from_shadows(shadow_dir, seed=cfg.seed)  # noqa: E731
     serves = {name: _memguard_serve(parse_mode(serving), memguard_classifier, train, heldout, mem, non, secrets,
                                     seed=cfg.seed) for name, _, serving in models if serving}  # checked before any audit
-    rows = []
-    for name, path, serving in models:
-        t0 = time.time()
-        serve, record = serves.get(name, (None, None))
-        report = run_audit(corpus, path, out / name, reference_path=reference_path, cfg=cfg, policy=policy,
-                           canaries=canaries, serve=serve, shadow_dir=shadow_dir)
-        target = load_model(str(path))
-        limits = None
-        if api_modes and n >= 2 and not serving:
-            limits = membership_under_limits(target, mem, non, modes=api_modes, reference=mia_reference,
-                                             n=min(limit_docs, n), seed=cfg.seed, n_boot=n_boot)
-        ppl = heldout_perplexity(target, heldout)
-        row = _model_row(name, Path(path), report, served_perplexity(record["view"], heldout) if serving else ppl,
-                         limits, serving, api_modes)
-        if serving:
-            row["model_heldout_perplexity"] = ppl
-            row["memguard"] = record["classifier"]
-        if policy is not None:
-            v = report["verdict"]
-            row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
-        row["seconds"] = round(time.time() - t0, 1)
-        rows.append(row)
-    result = {"corpus": str(corpus), "reference": str(reference_path) if reference_path else None,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
-              "settings": {"membership_docs": n, "api_modes": list(api_modes), "limit_docs": limit_docs,
-                           "n_candidates": cfg.n_candidates, "num_samples": cfg.num_samples,
-                           "strategies": list(cfg.strategies), "seed": cfg.seed}}
-    io.write_json(out / "compare.json", result)
-    io.write_text(out / "compare.md", render_compare_markdown(result))
-    return result
+    return CompareRun(corpus=corpus, out=out, cfg=cfg, train=train, heldout=heldout, members=mem, nonmembers=non,
+                      mia_reference=mia_reference, serves=serves, reference_path=reference_path, policy=policy,
+                      canaries=canaries, shadow_dir=shadow_dir, api_modes=api_modes, limit_docs=limit_docs,
+                      n_boot=n_boot)
+
+
+def _audit_row(run: CompareRun, name: str, path, serving: str | None) -> dict:
+    """Audit one model into ``run.out/name`` (:func:`llm_mia.audit.pipeline.run_audit`) and measure what the
+    audit does not (held-out perplexity, membership under API output limits): its compare.json row."""
+    t0 = time.time()
+    cfg, n = run.cfg, len(run.members)
+    serve, record = run.serves.get(name, (None, None))
+    report = run_audit(run.corpus, path, run.out / name, reference_path=run.reference_path, cfg=cfg,
+                       policy=run.policy, canaries=run.canaries, serve=serve, shadow_dir=run.shadow_dir)
+    target = load_model(str(path))
+    limits = None
+    if run.api_modes and n >= 2 and not serving:
+        limits = membership_under_limits(target, run.members, run.nonmembers, modes=run.api_modes,
+                                         reference=run.mia_reference, n=min(run.limit_docs, n), seed=cfg.seed,
+                                         n_boot=run.n_boot)
+    ppl = heldout_perplexity(target, run.heldout)
+    row = _model_row(name, Path(path), report, served_perplexity(record["view"], run.heldout) if serving else ppl,
+                     limits, serving, run.api_modes)
+    if serving:
+        row["model_heldout_perplexity"] = ppl
+        row["memguard"] = record["classifier"]
+    if run.policy is not None:
+        v = report["verdict"]
+        row["verdict"] = {k: v.get(k) for k in ("status", "passed", "exit_code", "line")}
+    row["seconds"] = round(time.time() - t0, 1)
+    return row
 
 
 def _memguard_serve(mode, make_classifier, train, heldout, mem, non, secrets, *, seed: int):
