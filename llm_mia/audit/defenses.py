@@ -1,7 +1,7 @@
 """Defences measured side by side: ``audit defenses`` (train each defence, audit each, one table).
 
 Each defended model is trained on the same corpus with the same canaries, audited by
-:func:`llm_mia.audit.pipeline.compare.compare_models` with shadow-model attacks and MemGuard serving.
+:func:`llm_mia.audit.compare.compare_models` with shadow-model attacks and MemGuard serving.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from llm_mia.audit.compare import (
     compare_models,
     render_compare_markdown,
 )
-from llm_mia.audit.pipeline import AuditConfig, strip_planted
+from llm_mia.audit.stages import AuditConfig, strip_planted
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.canaries import make_canaries, plant_canaries
@@ -85,6 +85,43 @@ QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20,
                       n_boot=200)
 
 
+@dataclass(frozen=True)
+class DemoCorpus:
+    """The demo's data (:func:`_demo_corpus`).
+
+    Attributes:
+        corpus: the audited corpus folder (train.jsonl without canaries, heldout.jsonl less the
+            defenders' documents, secrets.json).
+        train_corpus: the folder the models train on (train.jsonl with the canaries planted).
+        defender_set: the defenders' held-out documents (adversarial regularisation's reference set).
+        canaries: (canaries.jsonl, inclusion.json) of the planted canaries.
+    """
+
+    corpus: Path
+    train_corpus: Path
+    defender_set: Path
+    canaries: tuple[Path, Path]
+
+
+@dataclass
+class DemoModels:
+    """The demo's trained models (:func:`_train_demo_models`).
+
+    Attributes:
+        models: (name, folder) of each defended model in :data:`DEMO_DEFENSES` (or :data:`QUICK_DEFENSES`)
+            order, then (name, folder, serving mode) of :data:`SERVED_DEFENSES`: :func:`compare_models`'s ``models``.
+        reference: the reference model's folder.
+        shadow: the shadow models' folder.
+        timings: seconds per training, rounded to 0.1 s: ``train_<name>_s`` per model, ``train_reference_s``,
+            ``train_shadows_s``, in that order.
+    """
+
+    models: list[tuple]
+    reference: Path
+    shadow: Path
+    timings: dict[str, float]
+
+
 def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
                          progress: bool = True, plan: DemoPlan | None = None) -> dict:
     """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, shadow
@@ -106,36 +143,68 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
     plan = plan or (QUICK_PLAN if quick else DEMO_PLAN)
     out = Path(out_dir)
     t0 = time.time()
+    cfg = _demo_audit_config(quick, seed=seed, progress=progress)
+    corpus = _demo_corpus(out, plan, quick, seed=seed)
+    trained = _train_demo_models(out, corpus, plan, quick, seed=seed, progress=progress)
+    timings = trained.timings
+    t = time.time()
+    result = compare_models(corpus.corpus, trained.models, out, reference_path=trained.reference, cfg=cfg,
+                            limit_docs=plan.limit_docs, n_boot=plan.n_boot, progress=progress, canaries=corpus.canaries,
+                            shadow_dir=trained.shadow,
+                            memguard_classifier=lambda target: classifier_from_shadows(trained.shadow, max_texts=20,
+                                                                                      seed=seed))
+    timings["audits_s"] = round(time.time() - t, 1)
+    timings["total_s"] = round(time.time() - t0, 1)
+    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings})
+    io.write_json(out / "compare.json", result)
+    io.write_text(out / "compare.md", render_compare_markdown(result))
+    return result
+
+
+def _demo_audit_config(quick: bool, *, seed: int, progress: bool) -> AuditConfig:
+    """The audit settings of every compared model: a check of the machinery (``quick``) or the measured run."""
     if quick:
-        cfg = AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=20, exact_limit=0, beams=1,
-                          membership_docs=10, top_n=4, max_new_tokens=16, discoverable_samples=10, seed=seed,
-                          progress=False)
-    else:
-        cfg = AuditConfig(num_samples=50, strategies=("top-k", "temperature-decay"), n_candidates=500,
-                          exact_limit=10_000, membership_docs=200, discoverable_samples=100, seed=seed, progress=progress)
-    timings = {}
+        return AuditConfig(num_samples=4, strategies=("top-k",), n_candidates=20, exact_limit=0, beams=1,
+                           membership_docs=10, top_n=4, max_new_tokens=16, discoverable_samples=10, seed=seed,
+                           progress=False)
+    return AuditConfig(num_samples=50, strategies=("top-k", "temperature-decay"), n_candidates=500,
+                       exact_limit=10_000, membership_docs=200, discoverable_samples=100, seed=seed, progress=progress)
+
+
+def _demo_corpus(out: Path, plan: DemoPlan, quick: bool, *, seed: int) -> DemoCorpus:
+    """Build the python-docs corpus into ``out/corpus``, reserve the defenders' documents
+    (:func:`_reserve_defender_set`) and plant the canaries (:func:`_plant_demo_canaries`)."""
     build_corpus("python-docs", out / "corpus", seed=seed, max_chars=plan.max_chars, repeats=plan.repeats,
                  heldout_fraction=plan.heldout_fraction)
     reference_set = _reserve_defender_set(out / "corpus", out / "defender", plan.defender_docs, seed=seed)
     train_corpus, canaries = _plant_demo_canaries(out, *(QUICK_CANARIES if quick else DEMO_CANARIES), seed=seed)
+    return DemoCorpus(corpus=out / "corpus", train_corpus=train_corpus, defender_set=reference_set, canaries=canaries)
+
+
+def _train_demo_models(out: Path, corpus: DemoCorpus, plan: DemoPlan, quick: bool, *, seed: int,
+                       progress: bool) -> DemoModels:
+    """Train the defended models (the baseline's tokenizer for all), the reference model (on the held-out
+    documents, steps scaled by their size) and the shadow models (on the members, planted sentences
+    removed, and the non-members) into ``out/models`` and ``out/shadow``."""
+    timings = {}
     models = []
     for name, kw in (QUICK_DEFENSES if quick else DEMO_DEFENSES):
         t = time.time()
         kw = dict(kw)
         if kw.get("defense") == "adv-reg":
-            kw["reference_set"] = str(reference_set)
+            kw["reference_set"] = str(corpus.defender_set)
         if kw.get("defense") == "selena":
             kw["selena_sub_steps"] = plan.selena_sub_steps
         n_steps = plan.dp_steps if kw.get("defense") == "dp" else plan.steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
-        train_model(train_corpus, out / "models" / name, preset=plan.preset, max_steps=n_steps, seed=seed,
+        train_model(corpus.train_corpus, out / "models" / name, preset=plan.preset, max_steps=n_steps, seed=seed,
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
     models += [(name, out / "models" / base, mode) for name, base, mode in SERVED_DEFENSES]
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
-    train_model(train_corpus, out / "models" / "reference", preset=plan.preset, reference=True, seed=seed,
+    train_model(corpus.train_corpus, out / "models" / "reference", preset=plan.preset, reference=True, seed=seed,
                 tokenizer_from=str(out / "models" / "baseline"), max_steps=max(10, round(plan.steps * ratio)),
                 progress=progress)
     timings["train_reference_s"] = round(time.time() - t, 1)
@@ -148,18 +217,7 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
                   tokenizer_from=str(out / "models" / "baseline"), max_steps=plan.shadow_steps, seed=seed,
                   progress=progress)
     timings["train_shadows_s"] = round(time.time() - t, 1)
-    t = time.time()
-    result = compare_models(out / "corpus", models, out, reference_path=out / "models" / "reference", cfg=cfg,
-                            limit_docs=plan.limit_docs, n_boot=plan.n_boot, progress=progress, canaries=canaries,
-                            shadow_dir=out / "shadow",
-                            memguard_classifier=lambda target: classifier_from_shadows(out / "shadow", max_texts=20,
-                                                                                      seed=seed))
-    timings["audits_s"] = round(time.time() - t, 1)
-    timings["total_s"] = round(time.time() - t0, 1)
-    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings})
-    io.write_json(out / "compare.json", result)
-    io.write_text(out / "compare.md", render_compare_markdown(result))
-    return result
+    return DemoModels(models=models, reference=out / "models" / "reference", shadow=out / "shadow", timings=timings)
 
 
 def _reserve_defender_set(corpus: Path, out: Path, n: int, *, seed: int) -> Path:
