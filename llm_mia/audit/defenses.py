@@ -138,8 +138,14 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
     models, :func:`llm_mia.serving.memguard.classifier_from_shadows`). ``quick`` (:data:`QUICK_PLAN`, tests):
     the tiny preset, a check of the machinery, not a measurement; the full mode is :data:`DEMO_PLAN`.
     ``timings`` in compare.json: seconds per part.
-    """
 
+    Returns:
+        compare.json's dict (:func:`compare_models`'s, its ``settings`` with ``quick``, ``plan`` and ``timings``).
+
+    Raises:
+        LlmMiaError: a corpus with too few held-out documents to reserve the defenders' ones; whatever
+            :func:`compare_models` raises.
+    """
     plan = plan or (QUICK_PLAN if quick else DEMO_PLAN)
     out = Path(out_dir)
     t0 = time.time()
