@@ -1,9 +1,8 @@
 """The release audit: extraction, secret exposure and membership scoring of one model, one report.
 
 ``run_audit`` works on the user's model (a folder, a PEFT adapter, a hub id) and their members and
-non-members files (or a corpus folder); ``run_demo`` builds the embedded python-docs corpus with
-planted secrets, pre-trains a base GPT-2 on a public part, fine-tunes it with LoRA on the private
-part and audits the adapter with the base as reference.
+non-members files (or a corpus folder); the demo (:mod:`llm_mia.audit.demo`) and the comparison of
+models (:mod:`llm_mia.audit.compare`) call it once per model.
 
 ``run_audit`` is the list of the stages of :mod:`llm_mia.audit.stages` (each takes and returns a
 documented record); :func:`assemble_report` builds report.json's dict from their records, and

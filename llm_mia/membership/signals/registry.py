@@ -35,7 +35,7 @@ class SignalInputs:
         token_freq: float (V,), Laplace-smoothed token frequencies in a reference corpus (DC-PDD).
         population: the same inputs (``target``, ``reference``, ...) for a population of non-member
             texts, scored once per call under both models (RMIA compares each text with them).
-        shadow: the texts' statistics under K shadow models (:class:`llm_mia.signals.shadow.ShadowInputs`)
+        shadow: the texts' statistics under K shadow models (:class:`llm_mia.membership.signals.shadow.ShadowInputs`)
             for LiRA, RMIA with K references and the Shokri attack.
     """
 
