@@ -168,9 +168,9 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
         inp.population = score(target, [p for p in population if p], reference=reference, signals=["reference_diff"],
                                batch_size=batch_size, prepend_bos=prepend_bos, stride=stride, warn=False).inputs
     if "shadow" in needs:  # every shadow model over the texts and its population; the target over the population
+        restrict = (lambda st: _restrict(st, ctx, score_mask)) if score_mask is not None else None
         inp.shadow = shadow_inputs(shadow, target, texts, ids, ctx, batch_size=batch_size, stride=stride,
-                                   restrict=(lambda st: _restrict(st, ctx, score_mask)) if score_mask is not None else None,
-                                   prepend_bos=prepend_bos or _starts_with_bos(target, ids))
+                                   restrict=restrict, prepend_bos=prepend_bos or _starts_with_bos(target, ids))
     values = {s.name: s.fn(inp) for s in chosen}
     return ScoreResult(rows=_rows(texts, tstats, values, S.row_flags(inp)), target=tstats, inputs=inp, warnings=notes)
 

@@ -155,7 +155,8 @@ def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[
     """Extraction (Carlini et al. 2021): sampling settings, the paper's table 3, rankings, top samples."""
     strategies = ext.get("strategies", ["top-k"])
     out = ["## Extraction (Carlini et al. 2021)", "",
-           f"{ext['num_samples']} samples of {ext['max_new_tokens']} new tokens ({ext.get('samples_per_strategy', ext['num_samples'])} "
+           f"{ext['num_samples']} samples of {ext['max_new_tokens']} new tokens "
+           f"({ext.get('samples_per_strategy', ext['num_samples'])} "
            f"per strategy: {', '.join(strategies)}; top-k 40, seed {ext['seed']}), "
            f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
            f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
@@ -229,7 +230,8 @@ def _membership_section(mem: dict) -> list[str]:
     for k, v in mem["signals"].items():
         if "auc" in v:
             t1 = v["tpr_at_fpr"].get("0.01", {})
-            rows.append([k, v["auc"], v["tpr_at_fpr"].get("0.001", {}).get("tpr"), t1.get("tpr"), t1.get("realized_fpr")])
+            rows.append([k, v["auc"], v["tpr_at_fpr"].get("0.001", {}).get("tpr"), t1.get("tpr"),
+                         t1.get("realized_fpr")])
     base = mem.get("baseline") or {}
     if base.get("auc") is not None:
         t1 = base["tpr_at_fpr"].get("0.01", {})
@@ -255,14 +257,16 @@ def _pii_section(pii: dict | None, *, show_secrets: bool) -> list[str]:
     det = pii["detectors"]
     out = ["## PII in the samples", "",
            f"Detectors: {', '.join(det['patterns'])}"
-           + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"] else f" (patterns only: {det['presidio_note']})")
+           + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"]
+              else f" (patterns only: {det['presidio_note']})")
            + (f"; phone regions {', '.join(det['phone_regions'])}" if det.get("phone_regions") else "")
            + ".", "",
            f"{pii['n_hits']} hits, {pii['n_values']} distinct values, {pii['extracted_training_values']} of them "
            f"training data. Planted PII (Lukas et al. 2023): precision {_fmt(pl['precision'], 3)} "
            f"({pl['n_emitted_in_training']}/{pl['n_emitted']}), recall {_fmt(pl['recall'], 3)} "
            f"({pl['n_planted_extracted']}/{pl['n_planted']}).", ""]
-    rows = [[v["type"], v["value"] if show_secrets else redact(v["value"]), f"{v['first_sample']} ({v['span'][0]}-{v['span'][1]})",
+    rows = [[v["type"], v["value"] if show_secrets else redact(v["value"]),
+             f"{v['first_sample']} ({v['span'][0]}-{v['span'][1]})",
              v["n_samples"], "-" if v["train_count"] is None else str(v["train_count"]),
              f"{v['secret']} ({v['field']})" if v["secret"] else "-"] for v in pii["values"][:50]]
     if rows:
