@@ -22,6 +22,8 @@ The model spec follows lm-evaluation-harness: ``--model`` names a folder or hub 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,6 +41,34 @@ from llm_mia.models.hub import (
 from llm_mia.models.vllm_engine import VllmModel, require_vllm
 
 ENGINES = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What :func:`load_model` loads, resolved and checked before any model work.
+
+    Attributes:
+        engine: "hf" (transformers) or "vllm" (loaded by transformers first, then handed to vLLM).
+        base_name: the full model as named: ``--model``, ``pretrained=`` or the base named in the adapter's
+            ``adapter_config.json`` (a folder or a hub id).
+        folder: local folder of that full model (``config.json`` present, weights checked).
+        adapter_name: the PEFT adapter as named (a folder or a hub id), or None for a full model.
+        adapter_folder: local folder of the adapter (``adapter_config.json`` present, weights checked), or None.
+        device: torch device the model is moved to.
+        dtype: torch dtype of the loaded weights.
+        trust_remote_code: run code shipped with the model.
+        allow_pickle: accept pickle (``*.bin``) weights.
+    """
+
+    engine: str
+    base_name: str
+    folder: Path
+    adapter_name: str | None
+    adapter_folder: Path | None
+    device: torch.device
+    dtype: torch.dtype
+    trust_remote_code: bool
+    allow_pickle: bool
 
 
 def load_model(name_or_path: str | None = None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
@@ -85,6 +115,35 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
         if engine != "hf":
             raise LlmMiaError(f"--engine {engine} runs a model folder; an openai:URL endpoint is its own engine")
         return load_endpoint(name_or_path, args)
+    spec = resolve_model_spec(name_or_path, args, engine=engine, device=device, dtype=dtype,
+                              trust_remote_code=trust_remote_code, revision=revision, peft=peft,
+                              allow_pickle=allow_pickle)
+    loaded = _load_hf(spec)
+    if engine == "vllm":
+        return VllmModel.from_loaded(loaded, texts=crosscheck_texts)
+    return loaded
+
+
+def resolve_model_spec(name_or_path: str | None, args: dict, *, engine: str = "hf", device: str | None = None,
+                       dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+                       revision: str | None = None, peft: str | None = None,
+                       allow_pickle: bool = False) -> ModelSpec:
+    """Decide what :func:`load_model` loads (model or adapter and base, folders, device, dtype), loading nothing.
+
+    Args:
+        name_or_path: ``--model``: a folder or hub id (a full model or a PEFT adapter), or None.
+        args: parsed ``--model-args`` (:func:`parse_model_args`); its keys override the keyword arguments.
+        engine: "hf" or "vllm", carried into the spec.
+        device, dtype, trust_remote_code, revision, peft, allow_pickle: as in :func:`load_model`.
+
+    Returns:
+        :class:`ModelSpec`, every folder resolved and its weights checked.
+
+    Raises:
+        LlmMiaError: an endpoint key in ``args``, no model given, two full models named, a ``peft=``
+            that is no adapter, an adapter with no (loadable) base, a folder with no ``config.json``,
+            missing or pickle-only weights, an unknown dtype, a folder or hub id that cannot be found.
+    """
     wrong = [k for k in args if k in ENDPOINT_ARGS]
     if wrong:
         raise LlmMiaError(f"--model-args {wrong[0]} applies to an openai:URL endpoint, not to a model folder")
@@ -102,14 +161,7 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
         adapter_name, base_name = name_or_path, pretrained  # --model ADAPTER --model-args pretrained=BASE
     dev = pick_device(device)
     dt = _dtype(dtype, dev)
-    adapter_folder = None
-    if adapter_name is not None:
-        adapter_folder = resolve_folder(adapter_name, revision=revision, allow_pickle=allow_pickle, what="adapter")
-        if not (adapter_folder / "adapter_config.json").exists():
-            if peft is None:  # --model M --model-args pretrained=P, M a full model
-                raise LlmMiaError(f"--model '{adapter_name}' and pretrained='{base_name}' name two models: give one "
-                                  f"(or peft=ADAPTER for an adapter on pretrained=)")
-            raise LlmMiaError(f"'{adapter_name}' is not a PEFT adapter folder (no adapter_config.json)")
+    adapter_folder = _adapter_folder(adapter_name, base_name, peft=peft, revision=revision, allow_pickle=allow_pickle)
     if base_name is None:
         raise LlmMiaError("no base model given for the adapter")
     folder = resolve_folder(base_name, revision=None if adapter_folder else revision, allow_pickle=allow_pickle)
@@ -117,21 +169,63 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
         adapter_name, adapter_folder = base_name, folder
         base_name = None
     if adapter_folder is not None and base_name is None:
-        cfg = json.loads((adapter_folder / "adapter_config.json").read_text(encoding="utf-8"))
-        base_name = cfg.get("base_model_name_or_path")
-        if not base_name:
-            raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter that names no base model: pass "
-                              f"--model-args pretrained=BASE,peft={adapter_name}")
-        try:
-            folder = resolve_folder(base_name, allow_pickle=allow_pickle, what="base model")
-        except LlmMiaError as e:
-            raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter for '{base_name}', which cannot be loaded ({e}); "
-                              f"pass --model-args pretrained=BASE to give the base") from None
+        base_name, folder = _adapter_base(adapter_name, adapter_folder, allow_pickle=allow_pickle)
     if not (folder / "config.json").exists():
         raise LlmMiaError(f"'{base_name}' is not a model folder (no config.json)")
     _check_weights(folder, base_name, adapter=False, allow_pickle=allow_pickle)
     if adapter_folder is not None:
         _check_weights(adapter_folder, adapter_name, adapter=True, allow_pickle=allow_pickle)
+    return ModelSpec(engine=engine, base_name=base_name, folder=folder, adapter_name=adapter_name,
+                     adapter_folder=adapter_folder, device=dev, dtype=dt, trust_remote_code=trust_remote_code,
+                     allow_pickle=allow_pickle)
+
+
+def _adapter_folder(adapter_name: str | None, base_name: str | None, *, peft: str | None, revision: str | None,
+                    allow_pickle: bool) -> Path | None:
+    """The local folder of the adapter named ``adapter_name`` (None: no adapter named).
+
+    Raises:
+        LlmMiaError: the folder holds no ``adapter_config.json`` (with ``--model M --model-args
+            pretrained=P``: two full models named), or it cannot be found.
+    """
+    if adapter_name is None:
+        return None
+    adapter_folder = resolve_folder(adapter_name, revision=revision, allow_pickle=allow_pickle, what="adapter")
+    if not (adapter_folder / "adapter_config.json").exists():
+        if peft is None:  # --model M --model-args pretrained=P, M a full model
+            raise LlmMiaError(f"--model '{adapter_name}' and pretrained='{base_name}' name two models: give one "
+                              f"(or peft=ADAPTER for an adapter on pretrained=)")
+        raise LlmMiaError(f"'{adapter_name}' is not a PEFT adapter folder (no adapter_config.json)")
+    return adapter_folder
+
+
+def _adapter_base(adapter_name: str, adapter_folder: Path, *, allow_pickle: bool) -> tuple[str, Path]:
+    """(name, local folder) of the base model named in the adapter's ``adapter_config.json``.
+
+    Raises:
+        LlmMiaError: the adapter names no base, or its base cannot be found.
+    """
+    cfg = json.loads((adapter_folder / "adapter_config.json").read_text(encoding="utf-8"))
+    base_name = cfg.get("base_model_name_or_path")
+    if not base_name:
+        raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter that names no base model: pass "
+                          f"--model-args pretrained=BASE,peft={adapter_name}")
+    try:
+        folder = resolve_folder(base_name, allow_pickle=allow_pickle, what="base model")
+    except LlmMiaError as e:
+        raise LlmMiaError(f"'{adapter_name}' is a PEFT adapter for '{base_name}', which cannot be loaded ({e}); "
+                          f"pass --model-args pretrained=BASE to give the base") from None
+    return base_name, folder
+
+
+def _load_hf(spec: ModelSpec) -> LoadedModel:
+    """Load ``spec`` with transformers (and peft for an adapter, LoRA merged), on its device, in eval mode.
+
+    Raises:
+        LlmMiaError: peft is not installed for an adapter, or transformers / peft fail to load (one line).
+    """
+    adapter_folder, adapter_name, folder = spec.adapter_folder, spec.adapter_name, spec.folder
+    if adapter_folder is not None:
         try:
             from peft import PeftModel
         except ImportError:
@@ -141,9 +235,10 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
 
     tok_folder = adapter_folder if adapter_folder is not None and _has_tokenizer(adapter_folder) else folder
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_folder), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, use_safetensors=None if allow_pickle else True,
-                                                     trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_folder), trust_remote_code=spec.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=spec.dtype,
+                                                     use_safetensors=None if spec.allow_pickle else True,
+                                                     trust_remote_code=spec.trust_remote_code)
         if adapter_folder is not None:
             if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
                 model.resize_token_embeddings(len(tokenizer))
@@ -155,17 +250,12 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
                     pass
     except Exception as e:  # transformers raises many types; the user needs one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LlmMiaError(f"could not load model '{adapter_name or base_name}': {msg}") from None
-    model.to(dev).eval()
+        raise LlmMiaError(f"could not load model '{adapter_name or spec.base_name}': {msg}") from None
+    model.to(spec.device).eval()
     use_fused_activations(model)
-    source = str(adapter_name if adapter_folder is not None else base_name)
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, source=source, max_context=model_max_context(model),
-                       base=str(base_name) if adapter_folder is not None else None,
+    source = str(adapter_name if adapter_folder is not None else spec.base_name)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, max_context=model_max_context(model),
+                       base=str(spec.base_name) if adapter_folder is not None else None,
                        adapter=str(adapter_folder) if adapter_folder is not None else None,
                        folder=adapter_folder if adapter_folder is not None else folder,
                        base_folder=folder if adapter_folder is not None else None)
-    if engine == "vllm":
-        return VllmModel.from_loaded(loaded, texts=crosscheck_texts)
-    return loaded
-
-

@@ -94,6 +94,38 @@ def _expand_cache(cache, batch: int):
     return c
 
 
+@dataclass
+class _Prefix:
+    """One group's shared prefix after its forward pass.
+
+    Attributes:
+        length: P, the number of prefix tokens.
+        cache: the model's one-row KV cache of the prefix (``DynamicCache``-like).
+        logprob: float64 scalar on the CPU, nats: sum of log p of prefix tokens 1 .. P-1 (0 when P = 1).
+        last: (1, V) logits at the last prefix position, which predict the first tail token of every row.
+    """
+
+    length: int
+    cache: object
+    logprob: torch.Tensor
+    last: torch.Tensor
+
+
+@dataclass
+class _Buffers:
+    """The results being filled in, one row per sequence in input order, on the CPU.
+
+    Attributes:
+        total: float64 (N,), nats: sum of log p over tokens 1 .. len(s) - 1.
+        tail: float32 (N, S), nats: log p of the tail tokens, left-aligned; 0.0 beyond ``n_tail``.
+        tail_k: float32 (N, S) or None: the top-k renormalised log p of the same tokens (only with ``top_k``).
+    """
+
+    total: torch.Tensor
+    tail: torch.Tensor
+    tail_k: torch.Tensor | None
+
+
 @torch.inference_mode()
 def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int]], split: Sequence[int], *,
                         batch_size: int = 64, top_k: int | None = None, min_group: int = 2,
@@ -132,6 +164,35 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
         max_context = model_max_context(model)
     seqs = [list(map(int, s)) for s in sequences]
     sp = [int(k) for k in split]
+    _check_sequences(seqs, sp, max_context)
+    groups = _group(seqs, sp, min_group)  # sp: 1 for the sequences scored whole
+
+    n_tail = torch.tensor([len(s) - k for s, k in zip(seqs, sp)], dtype=torch.long)
+    width = int(n_tail.max()) if n else 0
+    buf = _Buffers(total=torch.zeros(n, dtype=torch.float64), tail=torch.zeros(n, width, dtype=torch.float32),
+                   tail_k=torch.zeros(n, width, dtype=torch.float32) if top_k is not None else None)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    cache_kw = _cache_kwarg(model)
+
+    for key, idx in groups.items():
+        prefix = _run_prefix(model, key, device)
+        # longest tails first: less padding per batch
+        idx = sorted(idx, key=lambda i: -int(n_tail[i]))
+        for b0 in range(0, len(idx), batch_size):
+            rows = idx[b0:b0 + batch_size]
+            _score_rows(model, prefix, rows, seqs, n_tail, buf, device=device, cache_kw=cache_kw, top_k=top_k)
+            if progress is not None:
+                progress(len(rows))
+    mask = torch.arange(width)[None, :] < n_tail[:, None]
+    return PrefixScores(total_logprob=buf.total, tail_logprob=buf.tail, tail_topk_logprob=buf.tail_k, tail_mask=mask,
+                        n_tail=n_tail, split=torch.tensor(sp, dtype=torch.long))
+
+
+def _check_sequences(seqs: list[list[int]], sp: list[int], max_context: int | None) -> None:
+    """Raise LlmMiaError for an empty sequence, a split outside ``[1, len(s)]`` or a sequence past the context."""
     for i, (s, k) in enumerate(zip(seqs, sp)):
         if not s:
             raise LlmMiaError(f"sequence {i} is empty (prepend a BOS id)")
@@ -140,6 +201,12 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
         if max_context is not None and len(s) > max_context:
             raise LlmMiaError(f"a sentence of {len(s)} tokens is longer than the model's context of {max_context}")
 
+
+def _group(seqs: list[list[int]], sp: list[int], min_group: int) -> dict[tuple[int, ...], list[int]]:
+    """Sequence indices grouped by their prefix ``s[:split]``; groups under ``min_group`` are scored whole.
+
+    A sequence scored whole gets ``sp[i] = 1`` (set in place) and joins the group of its first token.
+    """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (s, k) in enumerate(zip(seqs, sp)):
         groups.setdefault(tuple(s[:k]), []).append(i)
@@ -148,72 +215,77 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
     for i in small:  # scored whole: split after the first token (a shared BOS)
         sp[i] = 1
         groups.setdefault(tuple(seqs[i][:1]), []).append(i)
+    return groups
 
-    n_tail = torch.tensor([len(s) - k for s, k in zip(seqs, sp)], dtype=torch.long)
-    width = int(n_tail.max()) if n else 0
-    total = torch.zeros(n, dtype=torch.float64)
-    tail = torch.zeros(n, width, dtype=torch.float32)
-    tail_k = torch.zeros(n, width, dtype=torch.float32) if top_k is not None else None
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    cache_kw = _cache_kwarg(model)
 
-    for key, idx in groups.items():
-        P = len(key)
-        pre = torch.tensor([key], dtype=torch.long, device=device)  # (1, P)
-        out = model(input_ids=pre, attention_mask=torch.ones_like(pre), use_cache=True)
-        cache = getattr(out, "cache", None)  # (``past_key_values`` before transformers 5.2x)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
-        logits = out.logits[0]  # (P, V)
-        # prefix tokens 1..P-1, shared by the whole group
-        pre_lp = _logprobs(logits[:-1], pre[0, 1:], None)[0].double().sum().cpu() if P > 1 else torch.zeros((), dtype=torch.float64)
-        last = logits[-1:]  # (1, V): predicts the first tail token of every row
-        # longest tails first: less padding per batch
-        idx = sorted(idx, key=lambda i: -int(n_tail[i]))
-        for b0 in range(0, len(idx), batch_size):
-            rows = idx[b0:b0 + batch_size]
-            B = len(rows)
-            lens = [int(n_tail[i]) for i in rows]
-            W = max(lens)
-            if W > 0:
-                tgt = torch.zeros(B, W, dtype=torch.long)
-                for r, i in enumerate(rows):
-                    tgt[r, :lens[r]] = torch.as_tensor(seqs[i][P:], dtype=torch.long)
-                tgt = tgt.to(device)
-                lp0, k0 = _logprobs(last.expand(B, -1), tgt[:, 0], top_k)  # (B,)
-                if W > 1:  # feed tail tokens 0..W-2; position j predicts tail token j+1
-                    feed = tgt[:, :W - 1]  # (B, W-1), right-padded with id 0 beyond each length
-                    valid = torch.arange(W - 1, device=device)[None, :] < (torch.tensor(lens, device=device)[:, None] - 1)
-                    attn = torch.cat([torch.ones(B, P, dtype=torch.long, device=device), valid.long()], dim=1)
-                    pos = (P + torch.arange(W - 1, device=device))[None, :].expand(B, -1)
-                    o = model(input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True,
-                              **{cache_kw: _expand_cache(cache, B)})
-                    rr, cc = valid.nonzero(as_tuple=True)  # real positions only (never padding)
-                    lp, kk = _logprobs(o.logits[rr, cc], tgt[rr, cc + 1], top_k)  # (M,)
-                    lp_full = torch.zeros(B, W, dtype=torch.float32, device=device)
-                    lp_full[:, 0] = lp0
-                    lp_full[rr, cc + 1] = lp
-                    if top_k is not None:
-                        k_full = torch.zeros(B, W, dtype=torch.float32, device=device)
-                        k_full[:, 0] = k0
-                        k_full[rr, cc + 1] = kk
-                else:
-                    lp_full = lp0[:, None]
-                    k_full = k0[:, None] if top_k is not None else None
-                lp_full = lp_full.cpu()
-                for r, i in enumerate(rows):
-                    tail[i, :lens[r]] = lp_full[r, :lens[r]]
-                    total[i] = pre_lp + lp_full[r, :lens[r]].double().sum()
-                    if top_k is not None:
-                        tail_k[i, :lens[r]] = k_full[r, :lens[r]].cpu()
-            else:
-                for i in rows:
-                    total[i] = pre_lp
-            if progress is not None:
-                progress(B)
-    mask = torch.arange(width)[None, :] < n_tail[:, None]
-    return PrefixScores(total_logprob=total, tail_logprob=tail, tail_topk_logprob=tail_k, tail_mask=mask,
-                        n_tail=n_tail, split=torch.tensor(sp, dtype=torch.long))
+def _run_prefix(model: torch.nn.Module, key: tuple[int, ...], device: torch.device) -> _Prefix:
+    """One forward pass over a group's prefix ``key``: its KV cache, its own log p and its last logits."""
+    P = len(key)
+    pre = torch.tensor([key], dtype=torch.long, device=device)  # (1, P)
+    out = model(input_ids=pre, attention_mask=torch.ones_like(pre), use_cache=True)
+    cache = getattr(out, "cache", None)  # (``past_key_values`` before transformers 5.2x)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    logits = out.logits[0]  # (P, V)
+    # prefix tokens 1..P-1, shared by the whole group
+    pre_lp = (_logprobs(logits[:-1], pre[0, 1:], None)[0].double().sum().cpu() if P > 1
+              else torch.zeros((), dtype=torch.float64))
+    last = logits[-1:]  # (1, V): predicts the first tail token of every row
+    return _Prefix(length=P, cache=cache, logprob=pre_lp, last=last)
+
+
+def _score_rows(model: torch.nn.Module, prefix: _Prefix, rows: list[int], seqs: list[list[int]],
+                n_tail: torch.Tensor, buf: _Buffers, *, device: torch.device, cache_kw: str,
+                top_k: int | None) -> None:
+    """Score the tails of one batch of ``rows`` (sequence indices) of a group and write them into ``buf``."""
+    lens = [int(n_tail[i]) for i in rows]
+    if max(lens) > 0:
+        lp_full, k_full = _tail_logprobs(model, prefix, [seqs[i][prefix.length:] for i in rows], lens,
+                                         device=device, cache_kw=cache_kw, top_k=top_k)
+        lp_full = lp_full.cpu()
+        for r, i in enumerate(rows):
+            buf.tail[i, :lens[r]] = lp_full[r, :lens[r]]
+            buf.total[i] = prefix.logprob + lp_full[r, :lens[r]].double().sum()
+            if top_k is not None:
+                buf.tail_k[i, :lens[r]] = k_full[r, :lens[r]].cpu()
+    else:
+        for i in rows:
+            buf.total[i] = prefix.logprob
+
+
+def _tail_logprobs(model: torch.nn.Module, prefix: _Prefix, tails: list[list[int]], lens: list[int], *,
+                   device: torch.device, cache_kw: str,
+                   top_k: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p of B tails (each at least one token) fed after ``prefix`` against its broadcast cache.
+
+    Returns:
+        float32 (B, W) on ``device``, W = max(lens), nats: log p of each tail token, left-aligned (columns
+        past a row's length are not set); and the same of the top-k renormalised log p (None without ``top_k``).
+    """
+    B, W, P = len(tails), max(lens), prefix.length
+    tgt = torch.zeros(B, W, dtype=torch.long)
+    for r, t in enumerate(tails):
+        tgt[r, :lens[r]] = torch.as_tensor(t, dtype=torch.long)
+    tgt = tgt.to(device)
+    lp0, k0 = _logprobs(prefix.last.expand(B, -1), tgt[:, 0], top_k)  # (B,)
+    if W > 1:  # feed tail tokens 0..W-2; position j predicts tail token j+1
+        feed = tgt[:, :W - 1]  # (B, W-1), right-padded with id 0 beyond each length
+        valid = torch.arange(W - 1, device=device)[None, :] < (torch.tensor(lens, device=device)[:, None] - 1)
+        attn = torch.cat([torch.ones(B, P, dtype=torch.long, device=device), valid.long()], dim=1)
+        pos = (P + torch.arange(W - 1, device=device))[None, :].expand(B, -1)
+        o = model(input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True,
+                  **{cache_kw: _expand_cache(prefix.cache, B)})
+        rr, cc = valid.nonzero(as_tuple=True)  # real positions only (never padding)
+        lp, kk = _logprobs(o.logits[rr, cc], tgt[rr, cc + 1], top_k)  # (M,)
+        lp_full = torch.zeros(B, W, dtype=torch.float32, device=device)
+        lp_full[:, 0] = lp0
+        lp_full[rr, cc + 1] = lp
+        k_full = None
+        if top_k is not None:
+            k_full = torch.zeros(B, W, dtype=torch.float32, device=device)
+            k_full[:, 0] = k0
+            k_full[rr, cc + 1] = kk
+    else:
+        lp_full = lp0[:, None]
+        k_full = k0[:, None] if top_k is not None else None
+    return lp_full, k_full

@@ -191,6 +191,61 @@ def _batches(windows: list[_Window], batch_size: int | None, device: torch.devic
         yield cur
 
 
+@dataclass
+class _Plan:
+    """The model inputs of one :func:`compute_token_stats` call, and the shape of its result.
+
+    Attributes:
+        windows: every model input, sequence by sequence (several for a sequence with a sliding context).
+        n_scored: int64 (N,), number of scored tokens of each sequence.
+        truncated: bool (N,), True where the sequence is scored with a sliding context (several windows).
+        context: N ints, the ``context_lens`` of each sequence.
+    """
+
+    windows: list[_Window]
+    n_scored: torch.Tensor
+    truncated: torch.Tensor
+    context: list[int]
+
+
+@dataclass
+class _Buffers:
+    """The result being filled in, scored tokens left-aligned (width W = the longest ``n_scored``), on the CPU.
+
+    Attributes:
+        values: float32 (3, N, W): token log p, mu, sigma (nats); 0.0 where unscored.
+        token_id: int64 (N, W), the scored token ids; -1 where unscored.
+        top1: bool (N, W), the scored token is the model's top-1; False where unscored.
+    """
+
+    values: torch.Tensor
+    token_id: torch.Tensor
+    top1: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """How each batch is run and reduced (the options of :func:`compute_token_stats`, resolved).
+
+    Attributes:
+        device: the model's device; inputs are moved there, results come back to the CPU.
+        split: (decoder body, output head) when the head can run on the scored positions only, else None.
+        pad_id: token id that fills padding (masks never depend on it).
+        padding_side: "right" or "left".
+        moments: compute mu and sigma.
+        max_rows_per_chunk: predictions whose vocabulary statistics are computed at a time.
+        logprob_transform: maps (m, V) fp32 log-probs to the log-probs the caller may see, or None.
+    """
+
+    device: torch.device
+    split: tuple[torch.nn.Module, torch.nn.Module] | None
+    pad_id: int
+    padding_side: str
+    moments: bool
+    max_rows_per_chunk: int
+    logprob_transform: Callable[[torch.Tensor], torch.Tensor] | None
+
+
 @torch.inference_mode()
 def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int]], *,
                         context_lens: Sequence[int] | int = 1, batch_size: int | None = None,
@@ -245,18 +300,12 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
     if max_context is not None and not 1 <= stride <= max_context - 1:
         raise LlmMiaError(f"stride must be between 1 and max_context - 1 = {max_context - 1}, got {stride}")
 
-    windows: list[_Window] = []
-    n_scored = torch.zeros(n, dtype=torch.long)
-    truncated = torch.zeros(n, dtype=torch.bool)
-    for i, seq in enumerate(sequences):
-        w = _windows(len(seq), ctx[i], max_context, stride)
-        windows.extend(_Window(i, *x) for x in w)
-        n_scored[i] = max(0, len(seq) - max(1, ctx[i]))
-        truncated[i] = len(w) > 1
+    plan = _plan(sequences, ctx, max_context, stride)
+    n_scored, windows = plan.n_scored, plan.windows
     width = int(n_scored.max()) if n else 0
-    out = torch.zeros(3, n, width, dtype=torch.float32)
-    out_ids = torch.full((n, width), -1, dtype=torch.long)
-    out_top1 = torch.zeros((n, width), dtype=torch.bool)
+    buf = _Buffers(values=torch.zeros(3, n, width, dtype=torch.float32),
+                   token_id=torch.full((n, width), -1, dtype=torch.long),
+                   top1=torch.zeros((n, width), dtype=torch.bool))
 
     # Longest inputs first: minimal padding in each batch and an early out-of-memory error.
     order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
@@ -266,52 +315,99 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         device = torch.device("cpu")
     if max_rows_per_chunk is None:  # cache-sized blocks on a CPU, large ones on an accelerator
         max_rows_per_chunk = 128 if device.type == "cpu" else 4096
-    split = _body_and_head(model)
+    opts = _RunOptions(device=device, split=_body_and_head(model), pad_id=pad_id, padding_side=padding_side,
+                       moments=moments, max_rows_per_chunk=max_rows_per_chunk, logprob_transform=logprob_transform)
     for batch in _batches([windows[k] for k in order], batch_size, device):
-        lens = torch.tensor([w.end - w.start for w in batch])
-        T = int(lens.max())
-        ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(batch), T), dtype=torch.long)
-        offs = (T - lens) if padding_side == "left" else torch.zeros_like(lens)
-        for r, w in enumerate(batch):
-            o = int(offs[r])
-            ids[r, o:o + int(lens[r])] = torch.as_tensor(sequences[w.seq][w.start:w.end], dtype=torch.long)
-            attn[r, o:o + int(lens[r])] = 1
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T): 0.. for real tokens on either side
-        inputs = dict(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device))
-        if split is not None:  # hidden states only; the head runs on the predictions we need
-            hidden = split[0](**inputs).last_hidden_state  # (B, T, d)
-            predict = lambda r, c: split[1](hidden[r, c])  # noqa: E731, B023  (m, V); called within this batch
-        else:
-            logits = model(**inputs).logits  # (B, T, V)
-            predict = lambda r, c: logits[r, c]  # noqa: E731, B023  (called within this batch)
-        # Gather the (row, column) of every prediction we need: position p predicts token p+1.
-        parts = []
-        for r, w in enumerate(batch):
-            a = torch.arange(w.score_from, w.end)  # absolute positions scored in this window
-            col = int(offs[r]) + a - w.start
-            parts.append(torch.stack([torch.full_like(a, r), col - 1, col,
-                                      torch.full_like(a, w.seq), a - max(1, ctx[w.seq])]))
-        if parts:
-            rows_t, cols_t, tgt_t, ds_all, dc_all = torch.cat(parts, dim=1)
-            targets = ids[rows_t, tgt_t]
-            rows_d, cols_d = rows_t.to(device), cols_t.to(device)
-            for c0 in range(0, rows_t.shape[0], max_rows_per_chunk):
-                part = slice(c0, c0 + max_rows_per_chunk)
-                sel = predict(rows_d[part], cols_d[part])  # (m, V), a cache-sized block of predictions
-                if logprob_transform is not None:  # normalised log-probs: the log-softmax below keeps them
-                    sel = logprob_transform(torch.log_softmax(sel.float(), dim=-1))
-                tok, mu, sigma, top1 = vocab_stats(sel, targets[part].to(device), moments=moments,
-                                             chunk_rows=max_rows_per_chunk)
-                ds, dc = ds_all[part], dc_all[part]
-                out_ids[ds, dc] = targets[part].cpu()
-                out_top1[ds, dc] = top1.cpu()
-                out[0, ds, dc] = tok.float().cpu()
-                out[1, ds, dc] = mu.float().cpu()
-                out[2, ds, dc] = sigma.float().cpu()
-        inputs = hidden = logits = predict = None  # free the batch's activations before the next
+        _score_batch(model, batch, sequences, plan.context, opts, buf)  # the batch's activations freed on return
         if progress is not None:
             progress(len(batch))
+    out = buf.values
     mask = torch.arange(width)[None, :] < n_scored[:, None]
-    return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=out_ids,
-                      token_is_top1=out_top1, n_scored=n_scored, truncated=truncated)
+    return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=buf.token_id,
+                      token_is_top1=buf.top1, n_scored=n_scored, truncated=plan.truncated)
+
+
+def _plan(sequences: Sequence[Sequence[int]], ctx: list[int], max_context: int | None, stride: int) -> _Plan:
+    """The windows of every sequence (:func:`_windows`), its number of scored tokens and whether it slides."""
+    n = len(sequences)
+    windows: list[_Window] = []
+    n_scored = torch.zeros(n, dtype=torch.long)
+    truncated = torch.zeros(n, dtype=torch.bool)
+    for i, seq in enumerate(sequences):
+        w = _windows(len(seq), ctx[i], max_context, stride)
+        windows.extend(_Window(i, *x) for x in w)
+        n_scored[i] = max(0, len(seq) - max(1, ctx[i]))
+        truncated[i] = len(w) > 1
+    return _Plan(windows=windows, n_scored=n_scored, truncated=truncated, context=ctx)
+
+
+def _pad(batch: list[_Window], sequences: Sequence[Sequence[int]], pad_id: int,
+         padding_side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's windows padded to one length T on the CPU.
+
+    Returns:
+        ids int64 (B, T) (``pad_id`` in padding), attention mask int64 (B, T) (1 on real tokens) and
+        offs int64 (B,), the column of each row's first real token (0 with right padding).
+    """
+    lens = torch.tensor([w.end - w.start for w in batch])
+    T = int(lens.max())
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), T), dtype=torch.long)
+    offs = (T - lens) if padding_side == "left" else torch.zeros_like(lens)
+    for r, w in enumerate(batch):
+        o = int(offs[r])
+        ids[r, o:o + int(lens[r])] = torch.as_tensor(sequences[w.seq][w.start:w.end], dtype=torch.long)
+        attn[r, o:o + int(lens[r])] = 1
+    return ids, attn, offs
+
+
+def _predictions(batch: list[_Window], offs: torch.Tensor, ctx: list[int]) -> list[torch.Tensor]:
+    """Where every prediction of the batch is: position p predicts token p+1.
+
+    Returns:
+        one int64 (5, m_r) tensor per window (m_r its scored positions): batch row, column of the
+        prediction, column of the target token, sequence index, column in the result.
+    """
+    parts = []
+    for r, w in enumerate(batch):
+        a = torch.arange(w.score_from, w.end)  # absolute positions scored in this window
+        col = int(offs[r]) + a - w.start
+        parts.append(torch.stack([torch.full_like(a, r), col - 1, col,
+                                  torch.full_like(a, w.seq), a - max(1, ctx[w.seq])]))
+    return parts
+
+
+def _score_batch(model: torch.nn.Module, batch: list[_Window], sequences: Sequence[Sequence[int]], ctx: list[int],
+                 opts: _RunOptions, buf: _Buffers) -> None:
+    """Run one batch of windows through ``model`` and write the statistics of its scored tokens into ``buf``."""
+    ids, attn, offs = _pad(batch, sequences, opts.pad_id, opts.padding_side)
+    device, split = opts.device, opts.split
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T): 0.. for real tokens on either side
+    inputs = dict(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device))
+    if split is not None:  # hidden states only; the head runs on the predictions we need
+        hidden = split[0](**inputs).last_hidden_state  # (B, T, d)
+        predict = lambda r, c: split[1](hidden[r, c])  # noqa: E731  (m, V); called within this batch
+    else:
+        logits = model(**inputs).logits  # (B, T, V)
+        predict = lambda r, c: logits[r, c]  # noqa: E731  (called within this batch)
+    # Gather the (row, column) of every prediction we need: position p predicts token p+1.
+    parts = _predictions(batch, offs, ctx)
+    if not parts:
+        return
+    max_rows_per_chunk = opts.max_rows_per_chunk
+    rows_t, cols_t, tgt_t, ds_all, dc_all = torch.cat(parts, dim=1)
+    targets = ids[rows_t, tgt_t]
+    rows_d, cols_d = rows_t.to(device), cols_t.to(device)
+    for c0 in range(0, rows_t.shape[0], max_rows_per_chunk):
+        part = slice(c0, c0 + max_rows_per_chunk)
+        sel = predict(rows_d[part], cols_d[part])  # (m, V), a cache-sized block of predictions
+        if opts.logprob_transform is not None:  # normalised log-probs: the log-softmax below keeps them
+            sel = opts.logprob_transform(torch.log_softmax(sel.float(), dim=-1))
+        tok, mu, sigma, top1 = vocab_stats(sel, targets[part].to(device), moments=opts.moments,
+                                           chunk_rows=max_rows_per_chunk)
+        ds, dc = ds_all[part], dc_all[part]
+        buf.token_id[ds, dc] = targets[part].cpu()
+        buf.top1[ds, dc] = top1.cpu()
+        buf.values[0, ds, dc] = tok.float().cpu()
+        buf.values[1, ds, dc] = mu.float().cpu()
+        buf.values[2, ds, dc] = sigma.float().cpu()

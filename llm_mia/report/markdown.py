@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llm_mia.data.pii import find_pii
 
@@ -104,10 +104,38 @@ def _extracted(row: dict, how: str) -> str:
 
 
 def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_secrets: bool = False) -> str:
-    """The report as Markdown: findings first, then extraction, secrets, membership, provenance."""
+    """The report as Markdown: findings first, then extraction, secrets, membership, PII, provenance.
+
+    Args:
+        report: the audit report (``report.json``): ``provenance``, ``extraction``, ``observations``,
+            ``exposure_by_count``, ``secrets`` and, when present, ``verdict``, ``membership``, ``pii``.
+        top: the top-ranked samples (``ranking``, ``rank``, ``score``, ``text``, ``memorized``,
+            ``longest_match_tokens``), three of each ranking shown.
+        secrets: the planted secrets (``id``, ``secret``, ``fields``), for the secrets table and redaction.
+        show_secrets: print secrets and PII as they are; default: redacted (:func:`redact_text`).
+
+    Returns:
+        The Markdown text, one ``##`` section each for findings, extraction, planted secrets, membership
+        (when scored), PII (when detected) and provenance.
+
+    Raises:
+        KeyError: a section's required key is missing from ``report``.
+    """
     hide = (lambda t: t) if show_secrets else (lambda t: redact_text(t, secrets))
     prov = report["provenance"]
     ext = report["extraction"]
+    out = _header_section(report)
+    out += _extraction_section(ext, prov, top, hide)
+    out += _secrets_section(report, secrets, show_secrets=show_secrets)
+    out += _membership_section(report.get("membership", {}))
+    out += _pii_section(report.get("pii"), show_secrets=show_secrets)
+    out += _provenance_section(report, show_secrets=show_secrets)
+    return "\n".join(out)
+
+
+def _header_section(report: dict) -> list[str]:
+    """Title, what was audited (model, reference, data), the release-gate verdict and the findings."""
+    prov = report["provenance"]
     out = ["# llm_mia audit report", ""]
     data = (f"corpus {code_span(str(prov['corpus']))}" if prov.get("corpus") else
             f"members {code_span(str(prov.get('members')))}, non-members {code_span(str(prov.get('nonmembers')))}")
@@ -120,13 +148,18 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
         if v.get("policy"):
             out += [f"Release gate policy {code_span(str(v['policy']))}.", ""]
     out += ["## Findings", ""] + [f"- {o}" for o in report["observations"]] + [""]
+    return out
 
+
+def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[str], str]) -> list[str]:
+    """Extraction (Carlini et al. 2021): sampling settings, the paper's table 3, rankings, top samples."""
     strategies = ext.get("strategies", ["top-k"])
-    out += ["## Extraction (Carlini et al. 2021)", "",
-            f"{ext['num_samples']} samples of {ext['max_new_tokens']} new tokens ({ext.get('samples_per_strategy', ext['num_samples'])} "
-            f"per strategy: {', '.join(strategies)}; top-k 40, seed {ext['seed']}), "
-            f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
-            f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
+    out = ["## Extraction (Carlini et al. 2021)", "",
+           f"{ext['num_samples']} samples of {ext['max_new_tokens']} new tokens "
+           f"({ext.get('samples_per_strategy', ext['num_samples'])} "
+           f"per strategy: {', '.join(strategies)}; top-k 40, seed {ext['seed']}), "
+           f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
+           f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
     table = ext.get("carlini_table")
     if table:
         names = [n for n in ext["rankings"]]
@@ -148,14 +181,19 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
             tag = "memorized" if r["memorized"] else "not memorized"
             out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) {code_span(_snippet(hide(r['text'])))}")
         out.append("")
+    return out
 
+
+def _secrets_section(report: dict, secrets: Sequence, *, show_secrets: bool) -> list[str]:
+    """Planted secrets (Carlini et al. 2019): exposure by insertion count, then every secret (folded)."""
+    prov = report["provenance"]
     n_ref = prov["settings"]["n_candidates"]
-    out += ["## Planted secrets (Carlini et al. 2019)", "",
-            f"Exposure in bits (higher = more exposed): *rank* against {n_ref} random candidates from each secret's "
-            f"space (at most log2 N = {math.log2(n_ref):.2f} bits), *exact* over the whole space where it has at most "
-            f"{prov['settings'].get('exact_limit', 0)} members, *extrapolated* from a skew-normal fitted to the "
-            "candidates (inf: beyond the fit's numerical range). Extraction by greedy decoding and beam search of "
-            "the prefix, and the probability that one top-40 sample continuing the prefix is the secret.", ""]
+    out = ["## Planted secrets (Carlini et al. 2019)", "",
+           f"Exposure in bits (higher = more exposed): *rank* against {n_ref} random candidates from each secret's "
+           f"space (at most log2 N = {math.log2(n_ref):.2f} bits), *exact* over the whole space where it has at most "
+           f"{prov['settings'].get('exact_limit', 0)} members, *extrapolated* from a skew-normal fitted to the "
+           "candidates (inf: beyond the fit's numerical range). Extraction by greedy decoding and beam search of "
+           "the prefix, and the probability that one top-40 sample continuing the prefix is the secret.", ""]
     if report.get("exposure_plot"):
         out += [f"![exposure against insertion count]({report['exposure_plot']})", ""]
     out.append(_table(["insertions", "kind", "secrets", "rank (bits)", "exact (bits)", "extrapolated (bits)",
@@ -179,57 +217,72 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
             _table(["id", "kind", "insertions", "secret", "rank (bits)", "exact (bits)", "extrapolated (bits)",
                     "greedy", "beam", "P(top-40 sample = secret)", "samples for 50 %"], rows),
             "", "</details>", ""]
+    return out
 
-    mem = report.get("membership", {})
-    if mem.get("signals"):
-        out += ["## Membership inference (members vs held-out documents)", "",
-                f"{mem['n_members']} training documents against {mem['n_nonmembers']} held-out documents.", ""]
-        rows = []
-        for k, v in mem["signals"].items():
-            if "auc" in v:
-                t1 = v["tpr_at_fpr"].get("0.01", {})
-                rows.append([k, v["auc"], v["tpr_at_fpr"].get("0.001", {}).get("tpr"), t1.get("tpr"), t1.get("realized_fpr")])
-        base = mem.get("baseline") or {}
-        if base.get("auc") is not None:
-            t1 = base["tpr_at_fpr"].get("0.01", {})
-            rows.append(["model-free baseline (text features)", base["auc"], base["tpr_at_fpr"].get("0.001", {}).get("tpr"),
-                         t1.get("tpr"), t1.get("realized_fpr")])
-        out.append(_table(["signal", "AUC", "TPR at 0.1% FPR", "TPR at 1% FPR", "realized FPR"], rows))
+
+def _membership_section(mem: dict) -> list[str]:
+    """Membership inference: AUC and TPR at low FPR per signal and for the model-free baseline (or nothing)."""
+    if not mem.get("signals"):
+        return []
+    out = ["## Membership inference (members vs held-out documents)", "",
+           f"{mem['n_members']} training documents against {mem['n_nonmembers']} held-out documents.", ""]
+    rows = []
+    for k, v in mem["signals"].items():
+        if "auc" in v:
+            t1 = v["tpr_at_fpr"].get("0.01", {})
+            rows.append([k, v["auc"], v["tpr_at_fpr"].get("0.001", {}).get("tpr"), t1.get("tpr"),
+                         t1.get("realized_fpr")])
+    base = mem.get("baseline") or {}
+    if base.get("auc") is not None:
+        t1 = base["tpr_at_fpr"].get("0.01", {})
+        rows.append(["model-free baseline (text features)", base["auc"], base["tpr_at_fpr"].get("0.001", {}).get("tpr"),
+                     t1.get("tpr"), t1.get("realized_fpr")])
+    out.append(_table(["signal", "AUC", "TPR at 0.1% FPR", "TPR at 1% FPR", "realized FPR"], rows))
+    out.append("")
+    sh = mem.get("shadow")
+    if sh:
+        out += [f"lira_*, rmia_online/offline and shokri use {sh['n_models']} shadow models ({sh['in_per_text'][0]}-"
+                f"{sh['in_per_text'][1]} IN and {sh['out_per_text'][0]}-{sh['out_per_text'][1]} OUT per document; "
+                f"population {sh['n_population']} texts; LiRA variance {sh['lira_variance']}).", ""]
+    if base.get("warning"):
+        out += [f"**Warning:** {base['warning']}.", ""]
+    return out
+
+
+def _pii_section(pii: dict | None, *, show_secrets: bool) -> list[str]:
+    """PII in the samples: detectors, hit counts, planted-PII precision / recall, the first 50 values (or nothing)."""
+    if not pii:
+        return []
+    pl = pii["planted"]
+    det = pii["detectors"]
+    out = ["## PII in the samples", "",
+           f"Detectors: {', '.join(det['patterns'])}"
+           + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"]
+              else f" (patterns only: {det['presidio_note']})")
+           + (f"; phone regions {', '.join(det['phone_regions'])}" if det.get("phone_regions") else "")
+           + ".", "",
+           f"{pii['n_hits']} hits, {pii['n_values']} distinct values, {pii['extracted_training_values']} of them "
+           f"training data. Planted PII (Lukas et al. 2023): precision {_fmt(pl['precision'], 3)} "
+           f"({pl['n_emitted_in_training']}/{pl['n_emitted']}), recall {_fmt(pl['recall'], 3)} "
+           f"({pl['n_planted_extracted']}/{pl['n_planted']}).", ""]
+    rows = [[v["type"], v["value"] if show_secrets else redact(v["value"]),
+             f"{v['first_sample']} ({v['span'][0]}-{v['span'][1]})",
+             v["n_samples"], "-" if v["train_count"] is None else str(v["train_count"]),
+             f"{v['secret']} ({v['field']})" if v["secret"] else "-"] for v in pii["values"][:50]]
+    if rows:
+        out.append(_table(["type", "value", "sample (span)", "samples", "in training (x)", "planted secret"], rows))
         out.append("")
-        sh = mem.get("shadow")
-        if sh:
-            out += [f"lira_*, rmia_online/offline and shokri use {sh['n_models']} shadow models ({sh['in_per_text'][0]}-"
-                    f"{sh['in_per_text'][1]} IN and {sh['out_per_text'][0]}-{sh['out_per_text'][1]} OUT per document; "
-                    f"population {sh['n_population']} texts; LiRA variance {sh['lira_variance']}).", ""]
-        if base.get("warning"):
-            out += [f"**Warning:** {base['warning']}.", ""]
+    return out
 
-    pii = report.get("pii")
-    if pii:
-        pl = pii["planted"]
-        det = pii["detectors"]
-        out += ["## PII in the samples", "",
-                f"Detectors: {', '.join(det['patterns'])}"
-                + (f"; Presidio: {', '.join(det['presidio'])}" if det["presidio"] else f" (patterns only: {det['presidio_note']})")
-                + (f"; phone regions {', '.join(det['phone_regions'])}" if det.get("phone_regions") else "")
-                + ".", "",
-                f"{pii['n_hits']} hits, {pii['n_values']} distinct values, {pii['extracted_training_values']} of them "
-                f"training data. Planted PII (Lukas et al. 2023): precision {_fmt(pl['precision'], 3)} "
-                f"({pl['n_emitted_in_training']}/{pl['n_emitted']}), recall {_fmt(pl['recall'], 3)} "
-                f"({pl['n_planted_extracted']}/{pl['n_planted']}).", ""]
-        rows = [[v["type"], v["value"] if show_secrets else redact(v["value"]), f"{v['first_sample']} ({v['span'][0]}-{v['span'][1]})",
-                 v["n_samples"], "-" if v["train_count"] is None else str(v["train_count"]),
-                 f"{v['secret']} ({v['field']})" if v["secret"] else "-"] for v in pii["values"][:50]]
-        if rows:
-            out.append(_table(["type", "value", "sample (span)", "samples", "in training (x)", "planted secret"], rows))
-            out.append("")
 
+def _provenance_section(report: dict, *, show_secrets: bool) -> list[str]:
+    """Provenance: weights and data digests, seed, versions, wall time, creation, the redaction note."""
+    prov = report["provenance"]
     t = prov["timings"]
-    out += ["## Provenance", "",
+    return ["## Provenance", "",
             f"- weights sha256 `{prov['model_weights_sha256']}`; train.jsonl sha256 `{prov['train_sha256']}`",
             f"- seed {prov['seed']}; versions " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
             "- wall time: " + ", ".join(f"{k} {v}" for k, v in t.items()),
             f"- created {report['created']}; report schema {report['schema_version']}",
             "" if show_secrets else "- secrets and PII are redacted (first two characters + SHA-256 prefix); `--show-secrets` reveals them.",
             ""]
-    return "\n".join(out)
