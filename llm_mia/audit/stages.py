@@ -45,7 +45,18 @@ from llm_mia.privacy.canary_audit import CanaryAuditInputs, prepare_canary_audit
 
 @dataclass
 class AuditConfig:
-    """Every knob of an audit run and its default."""
+    """Every knob of an audit run and its default (:func:`llm_mia.audit.pipeline.run_audit`).
+
+    Extraction (Carlini et al. 2021): ``num_samples`` generated per strategy of ``strategies``, ``top_n``
+    kept per ranking, a sample is memorized with a verbatim training span of ``memorized_min_tokens``
+    tokens. Exposure (Carlini et al. 2019): ``n_candidates`` random references per secret for the rank
+    exposure, whole-space enumeration up to ``exact_limit`` candidates, ``beams`` for beam extraction.
+    Membership: ``membership_docs`` members and as many held-out documents. Discoverable memorization
+    (Carlini et al. 2023): ``discoverable_samples`` training examples, prompts of ``discoverable_prefix``
+    tokens, suffixes of ``discoverable_suffix`` tokens. The extraction options are validated when the
+    config is made (:class:`~llm_mia.extraction.extract.ExtractConfig`), raising a one-line
+    :class:`~llm_mia.core.errors.LlmMiaError`.
+    """
 
     num_samples: int = 500  # per extraction strategy
     strategies: tuple[str, ...] = ("top-k", "temperature-decay", "internet")

@@ -87,7 +87,18 @@ TEMPERATURE_DECAY = (10.0, 1.0, 20)
 
 @dataclass
 class ExtractConfig:
-    """Settings of one extraction run (every knob and its default)."""
+    """Settings of one extraction run (every knob and its default), Carlini et al. 2021 sec. 5.
+
+    ``num_samples`` sequences of at most ``max_new_tokens`` tokens are generated per strategy of
+    ``strategies`` (top-k sampling with ``top_k``, temperature decay, prompts from real text of
+    ``prompt_tokens`` tokens), deduplicated, ranked by every ranking of :data:`RANKINGS` (``top_n`` kept
+    each) and verified against the training data: a sample is memorized when it shares
+    ``memorized_min_tokens`` tokens verbatim with it (or is wholly inside it). Every option is checked
+    when the config is made.
+
+    Raises:
+        LlmMiaError: an unknown or repeated strategy, or an option out of range (one line).
+    """
 
     num_samples: int = 1000  # per strategy
     strategies: tuple[str, ...] = ("top-k",)

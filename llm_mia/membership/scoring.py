@@ -314,11 +314,31 @@ def _starts_with_bos(target: LoadedModel, ids: Sequence[Sequence[int]]) -> bool:
 def score_texts(model, texts: Sequence[str], *, reference=None, signals: Sequence[str] | None = None,
                 batch_size: int | None = None, prepend_bos: bool = False, recall_prefix: str | None = None,
                 token_freq: torch.Tensor | None = None):
-    """Python API of ``llm-mia score``: a pandas DataFrame, one row per text in input order.
+    """Score texts for membership with every signal (the Python API of ``llm-mia score``).
 
-    ``model`` / ``reference`` are a model folder, a hub id or a :class:`LoadedModel`. Columns:
-    ``n_scored_tokens``, ``nll`` (nats/token), ``perplexity``, ``zlib_bytes``, one column per signal
-    (higher = member, NaN where undefined) and ``flags``.
+    Per-token statistics are computed once per batch for each view the signals need (the target, its
+    lowercased text, the reference model, a ReCaLL prefix), then every signal is a pure function of them:
+    LOSS (Yeom et al. 2018), zlib, lowercase and reference (Carlini et al. 2021 sec. 5.2), Min-K% (Shi et
+    al. 2024), Min-K%++ (Zhang et al. 2025), ReCaLL, DC-PDD and the fine-tune attacks.
+
+    Args:
+        model: the target, a model folder, a hub id or a :class:`~llm_mia.models.hf.LoadedModel`.
+        texts: N texts.
+        reference: a reference model (same forms), for the reference signals; None leaves them out.
+        signals: signal names (:data:`llm_mia.membership.signals.REGISTRY`); None: every computable one.
+        batch_size: texts per forward pass; None: the per-device token budget.
+        prepend_bos: score the first token too, conditioned on the model's start token.
+        recall_prefix: the non-member prefix of ReCaLL (Xie et al. 2024).
+        token_freq: token frequencies of shape (V,) for DC-PDD.
+
+    Returns:
+        A pandas DataFrame with one row per text, in input order: ``id``, ``n_scored_tokens``, ``nll``
+        (nats per token), ``perplexity``, ``zlib_bytes``, one column per signal (higher = member, NaN
+        where undefined) and ``flags`` (why a score is NaN or approximate).
+
+    Raises:
+        LlmMiaError: an unknown signal ("did you mean"), a signal whose input is missing, or a model that
+            cannot be loaded.
     """
     import pandas as pd
 
