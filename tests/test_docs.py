@@ -206,7 +206,7 @@ def test_tour_section(tour, name):
 _FENCE = re.compile(r"^([ \t]*)(```+)([\w-]*)[^\n]*\n(.*?)^\1\2[ \t]*$", re.M | re.S)
 # a command line: `llm-mia ...` (after a prompt, a CI `run:`, environment variables or a path), or `-m llm_mia.cli`
 _COMMAND = re.compile(r"^(?:\$\s+|-?\s*run:\s*)?(?:[A-Z_]+=\S*\s+)*(?:\S*/)?llm-mia(?:\s|$)|\s-m llm_mia\.cli(?:\.root)?(?:\s|$)")
-_SPAN = re.compile(r"`([^`\n]+)`")
+_SPAN = re.compile(r"`([^`]+)`")  # a code span may wrap a line
 _ALIASES = ("llm-mia", "llm_mia.cli.root", "llm_mia.cli")  # `python -m llm_mia.cli`, `accelerate launch -m ...`
 
 
@@ -233,8 +233,9 @@ def _commands_in(text: str) -> list[str]:
                 cmds.append(code)
         rest = rest.replace(m.group(0), "")
     for m in _SPAN.finditer(rest):
-        if re.match(r"(llm-mia|python -m llm_mia\.cli)(\s|$)", m.group(1)):
-            cmds.append(m.group(1))
+        span = " ".join(m.group(1).split())
+        if re.match(r"(llm-mia|python -m llm_mia\.cli)(\s|$)", span):
+            cmds.append(span)
     return cmds
 
 
