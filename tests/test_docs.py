@@ -11,6 +11,9 @@ Two kinds of `llm-mia` command appear in README.md and docs/**/*.md:
    fenced block or an inline code span, and checks against the CLI itself (the click command tree of
    ``llm_mia.cli.root.app``, which is what ``--help`` prints) that each names a real command and only
    options that command has. Running those would take hours; a renamed or removed option fails here.
+
+The Python tour, ``docs/examples/api_tour.py`` (included by docs/python-api.md, copied into README),
+runs too (``test_api_tour_runs``); the notebook imports public names only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import llm_mia
 
 ROOT = Path(__file__).resolve().parents[1]
 TOUR = ROOT / "docs" / "examples" / "tour.sh"
+API_TOUR = ROOT / "docs" / "examples" / "api_tour.py"
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 # Commands of the CLI split (`llm-mia demo`, `compare`, `defenses`: the modes that were `audit --demo`,
@@ -164,15 +168,21 @@ def _llm_mia_bin(tmp: Path) -> Path:
     return shim
 
 
+def _env(bin_dir: Path) -> dict[str, str]:
+    """This checkout's llm_mia first on the path, one thread, no hub access."""
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("LLM_MIA_DEBUG", None)
+    return env
+
+
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory):
     """Run tour.sh section by section in a fresh folder; stop at the first unexpected status."""
     work = tmp_path_factory.mktemp("tour")
     shutil.copytree(ROOT / "examples", work / "examples")
-    env = {**os.environ, "PATH": f"{_llm_mia_bin(work)}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("LLM_MIA_DEBUG", None)
+    env = _env(_llm_mia_bin(work))
     results = {}
     for name, script in tour_sections().items():
         t0 = time.monotonic()
@@ -222,7 +232,7 @@ def _join_continued(lines: list[str]) -> list[str]:
     return out
 
 
-def _commands_in(text: str) -> list[str]:
+def _commands_in(text: str, spans: bool = True) -> list[str]:
     """Every ``llm-mia ...`` command of a markdown text: in fenced blocks (a line, with its
     continuations) and in inline code spans. Snippet includes (``--8<--``) are the tour's."""
     cmds, rest = [], text
@@ -232,7 +242,7 @@ def _commands_in(text: str) -> list[str]:
             if _COMMAND.search(code) and "--8<--" not in code:
                 cmds.append(code)
         rest = rest.replace(m.group(0), "")
-    for m in _SPAN.finditer(rest):
+    for m in _SPAN.finditer(rest if spans else ""):
         span = " ".join(m.group(1).split())
         if re.match(r"(llm-mia|python -m llm_mia\.cli)(\s|$)", span):
             cmds.append(span)
@@ -321,7 +331,7 @@ def test_readme_cli_tour_is_the_tested_script():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     tour_part = readme.split("## A five-minute tour of the CLI", 1)[1].split("\n## ", 1)[0]
     script_cmds = {_normal(c) for c in _join_continued(TOUR.read_text(encoding="utf-8").splitlines())}
-    readme_cmds = _commands_in(tour_part)
+    readme_cmds = _commands_in(tour_part, spans=False)  # the code blocks (prose may name `llm-mia demo`)
     assert len(readme_cmds) >= 8
     assert [c for c in readme_cmds if _normal(c) not in script_cmds] == []
 
@@ -347,3 +357,24 @@ def test_notebook_uses_the_public_api_only():
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("llm_mia") for a in node.names)
     assert imported and imported <= set(llm_mia.__all__), imported - set(llm_mia.__all__)
+
+
+def test_api_tour_runs(tmp_path):
+    """docs/examples/api_tour.py runs top to bottom in a fresh folder and prints the gate's verdict."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    p = subprocess.run([sys.executable, str(API_TOUR)], cwd=tmp_path, env=_env(Path(sys.executable).parent),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    status, _, code = p.stdout.strip().splitlines()[-1].partition(" exit ")
+    assert _GATE_EXIT.get(status) == int(code)
+    assert (tmp_path / "audit" / "report.html").is_file() and (tmp_path / "extract" / "extract.json").is_file()
+
+
+def test_readme_api_tour_is_the_tested_script():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tour_part = readme.split("## A five-minute tour of the Python API", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", tour_part, re.S).group(1)
+    body = API_TOUR.read_text(encoding="utf-8").split('"""', 2)[2]
+    assert block.strip() == body.strip()
+    names = set(re.search(r"from llm_mia import \((.*?)\)", body, re.S).group(1).replace(",", " ").split())
+    assert names <= set(llm_mia.__all__)
