@@ -134,7 +134,8 @@ def make_canaries(kind: str, n: int = 1000, *, seed: int = 0, tokenizer=None, mo
         train_texts: the user's training texts: which tokens / bigrams they use, the synthetic
             prompts (their first ``prompt_tokens`` tokens); canaries occurring in them are redrawn.
         length: tokens per ``new-token`` / ``rare-bigram`` canary.
-        temperature / max_new_tokens: ``synthetic`` sampling (temperature >= 0.8, full distribution).
+        temperature: ``synthetic`` sampling temperature (>= 0.8, full distribution).
+        max_new_tokens: tokens per ``synthetic`` canary.
 
     Raises:
         LlmMiaError: unknown kind, n < 1, a missing input, too few usable tokens, temperature < 0.8.

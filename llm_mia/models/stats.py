@@ -38,6 +38,9 @@ from llm_mia.models.device import model_max_context
 class TokenStats:
     """Per-token statistics of N sequences under one model, scored tokens left-aligned.
 
+    Unscored cells hold 0.0, never NaN; always select with ``mask``. Computed with ``moments=False``,
+    the scored cells of ``mean_logprob`` and ``std_logprob`` are NaN.
+
     Attributes:
         token_logprob: float32 (N, T), nats; column j is the j-th scored token of the row.
         mean_logprob: float32 (N, T), mu over the vocabulary at that prediction, nats.
@@ -48,8 +51,6 @@ class TokenStats:
         token_id: int64 (N, T), the id of each scored token (for frequency-based signals); -1 elsewhere.
         token_is_top1: bool (N, T), True where the scored token's logit equals the maximum logit of
             its prediction (the model's top-1 is the true token; ties count as top-1); False elsewhere.
-        Unscored cells hold 0.0, never NaN; always select with ``mask``. Computed with
-        ``moments=False``, the scored cells of ``mean_logprob`` and ``std_logprob`` are NaN.
     """
 
     token_logprob: torch.Tensor

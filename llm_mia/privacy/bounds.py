@@ -84,7 +84,10 @@ def epsilon_lower_bound(*, tp: int, fn: int, fp: int, tn: int, delta: float, alp
     Clopper-Pearson upper bounds on FPR and FNR at ``alpha / 2`` each (union bound).
 
     Args:
-        tp / fn: members called member / non-member; fp / tn: non-members called member / non-member.
+        tp: members called member.
+        fn: members called non-member.
+        fp: non-members called member.
+        tn: non-members called non-member.
         delta: the mechanism's delta, in [0, 1).
         alpha: 1 - confidence of the bound.
 

@@ -45,8 +45,9 @@ def ez_mia_scores(target: TokenStats, reference: TokenStats) -> tuple[torch.Tens
     for thresholds, ROC curves and JSON.
 
     Args:
-        target, reference: TokenStats of the same token ids (same tokenizer) under each model;
-            ``target.token_is_top1`` is required (filled by ``compute_token_stats``).
+        target: TokenStats of the target model; ``target.token_is_top1`` is required (filled by
+            ``compute_token_stats``).
+        reference: TokenStats of the same token ids (same tokenizer) under the reference model.
 
     Returns:
         (scores (N,) float32 in [0, 1], higher = member, NaN where undefined;
@@ -84,7 +85,8 @@ def wbc_scores(target: TokenStats, reference: TokenStats, *,
     exceeds iff only the reference's is infinite. Ties (e.g. reference = target) do not exceed.
 
     Args:
-        target, reference: TokenStats of the same token ids (same tokenizer) under each model.
+        target: TokenStats of the target model.
+        reference: TokenStats of the same token ids (same tokenizer) under the reference model.
         sizes: window lengths in tokens.
 
     Returns:

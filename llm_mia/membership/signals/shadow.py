@@ -172,12 +172,14 @@ def rmia_scores(x_target: torch.Tensor, x_reference: torch.Tensor, z_target: tor
     Args:
         x_target: (N,) mean log p of the texts under the target, nats (<= 0).
         x_reference: (N,) or (N, K), the same under each reference model.
-        z_target, z_reference: (M,) and (M,) / (M, K): the same for the population texts.
+        z_target: (M,), the same as ``x_target`` for the population texts.
+        z_reference: (M,) or (M, K), the same as ``x_reference`` for the population texts.
         a: offline coefficient in [0, 1] (the paper's 0.3 for one reference); unused online.
         gamma: likelihood-ratio threshold > 0 (default 1).
         offline: apply the offline correction (the references given did not train on the text).
-        x_use / z_use: (N, K) / (M, K) bool, the references that count for each text (default: all;
-            offline: pass the OUT models). NaN likelihoods never count.
+        x_use: (N, K) bool, the references that count for each text (default: all; offline: pass the
+            OUT models). NaN likelihoods never count.
+        z_use: (M, K) bool, the same for the population texts.
 
     Returns:
         (N,) float32 in [0, 1], higher = member; NaN where x's likelihood is NaN, no reference counts
