@@ -1,4 +1,4 @@
-"""Defences measured side by side: ``audit defenses`` (train each defence, audit each, one table).
+"""Defences measured side by side: ``llm-mia defenses`` (train each defence, audit each, one table).
 
 Each defended model is trained on the same corpus with the same canaries, audited by
 :func:`llm_mia.audit.compare.compare_models` with shadow-model attacks and MemGuard serving.
@@ -69,7 +69,7 @@ class DemoPlan:
 
 
 #: Full mode, sized for about 40 minutes on one thread of the shared 2-core CPU from measured costs
-#: (README "Defences, measured": the run took 46 minutes at a load of 2-3): the ``mini`` preset (a step of 16 x 128 tokens ~0.21 s; ``small``
+#: (docs/defenses.md: the run took 46 minutes at a load of 2-3): the ``mini`` preset (a step of 16 x 128 tokens ~0.21 s; ``small``
 #: costs ~1 s there, and about 15 model-trainings are needed); plain models see the ~85 k training
 #: tokens ~12 times (500 steps; measured on the baseline: 400 steps extract 2 of the 8 secrets
 #: inserted >= 16 times, 700 steps 8 of 8); each shadow model trains on half the population for half

@@ -288,7 +288,7 @@ class Secret:
         """Build and validate a Secret from a JSON record of the ten keys.
 
         ``id``, ``suffix`` and ``fields`` may be left out (a record written by hand with the keys the
-        README lists): ``id`` becomes ``default_id`` (``"<kind>-<record index>"`` in
+        docs list): ``id`` becomes ``default_id`` (``"<kind>-<record index>"`` in
         :func:`load_secrets`), ``suffix`` what ``text`` holds after ``prefix + secret`` (empty when
         it ends there), ``fields`` ``{}``.
         Raises :class:`LlmMiaError` for a non-object, a missing or unknown key, or a broken invariant.

