@@ -31,7 +31,7 @@ lint: install-dev
 	$(VENV)/bin/lint-imports
 
 docs: install-dev
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 test: lint docs
 	$(PY) -m pytest
