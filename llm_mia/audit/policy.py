@@ -64,7 +64,7 @@ from pathlib import Path
 
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
-from llm_mia.exposure.secrets import queries_to_extract
+from llm_mia.exposure.estimators import queries_to_extract
 from llm_mia.membership.metrics import bootstrap_auc_ci
 from llm_mia.models.output_modes import parse_mode
 from llm_mia.privacy.bounds import one_run_epsilon

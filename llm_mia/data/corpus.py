@@ -41,7 +41,7 @@ from llm_mia.core.io import (
     write_jsonl,
 )
 from llm_mia.core.resources import CANARY_TEMPLATES as TEMPLATES_PATH
-from llm_mia.data.dedup import dedup
+from llm_mia.data.dedup import DedupResult, dedup
 from llm_mia.data.secrets import (
     Secret,
     check_template,
@@ -512,32 +512,39 @@ def _insert(doc: str, sentences: list[str], rng: random.Random) -> str:
     return "".join(out)
 
 
-def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
-                 repeats: Sequence[int] = (1, 2, 4, 8, 16, 32), heldout_fraction: float = 0.2,
-                 canaries_per_repeat: int = 2, pii_per_repeat: int = 2, controls_per_kind: int = 2,
-                 max_chars: int | None = None,
-                 templates: str | os.PathLike | Sequence[dict] | None = None,
-                 unit: str | None = None, min_chars: int = MIN_CHARS) -> CorpusSummary:
-    """Build a member / held-out corpus with planted secrets and write it to ``out_dir``.
+@dataclass
+class _Planted:
+    """The corpus :func:`build_corpus` computed in memory, before any file is written.
 
-    Steps: load ``source`` (see :func:`read_source`: ``unit``, ``min_chars``, ``max_chars``);
-    drop exact and near duplicates with the rules of :func:`llm_mia.data.dedup.dedup` (normalised text,
-    word-trigram containment >= 0.5, personal data never merged; the earlier document by path
-    wins), so no held-out document is a copy of a member; shuffle the documents with ``seed`` and hold out ``round(heldout_fraction * n)`` of them (at least one on
-    each side); for each ``r`` in ``repeats`` make ``canaries_per_repeat`` canaries (templates in
-    rotation, a Faker name each, the random part uniform over the format's space) and
-    ``pii_per_repeat`` Faker PII records (SSN as the secret, Luhn-valid card), each inserted ``r``
-    times as its own sentence into distinct randomly chosen member documents (more than the number
-    of members wraps around); plus ``controls_per_kind`` never-inserted controls (count 0) per kind.
-    Held-out documents are never modified. Same arguments -> byte-identical files.
+    Attributes:
+        train_rows: member documents, ``{"id": "doc-NNNNN", "text"}`` each, secrets inserted, in source order.
+            Ids number the documents as read (before duplicates were dropped), so an id names its source.
+        held_rows: held-out documents in the same form, never modified.
+        secrets: the planted secrets, then the never-inserted controls (count 0), as ``secrets.json`` holds them.
+        merged: the duplicates dropped, ``{"dropped", "kept", "reason"}`` each (origins of
+            :class:`SourceDocs`; reason ``"exact"`` or ``"near"``), in source order.
+        n_documents: documents left after de-duplication (members + held-out).
+    """
 
-    Writes ``train.jsonl``, ``heldout.jsonl``, ``secrets.json`` and, last, ``corpus.json`` (with
-    the sha256 of the three others), each atomically; everything is computed and validated before
-    the first write, and an old ``corpus.json`` is removed first, so an interrupted build never
-    looks complete. Files of an earlier build in ``out_dir`` are overwritten.
-    Raises :class:`LlmMiaError` for a bad source, fewer than 2 documents, a non-positive or
-    non-int repeat, ``heldout_fraction`` outside (0, 1), negative counts, bad templates, or an
-    ``out_dir`` that is a file. Source: canary insertion of Carlini et al. 2019 (The Secret Sharer).
+    train_rows: list[dict]
+    held_rows: list[dict]
+    secrets: list[Secret]
+    merged: list[dict]
+    n_documents: int
+
+    @property
+    def train_chars(self) -> int:
+        """Characters of the member documents, secrets included."""
+        return sum(len(r["text"]) for r in self.train_rows)
+
+
+def _check_build_args(seed: object, repeats: Sequence[int], heldout_fraction: object,
+                      counts: dict[str, object]) -> tuple[int, ...]:
+    """:func:`build_corpus`'s numeric arguments checked; returns ``repeats`` as a tuple.
+
+    Raises:
+        LlmMiaError: a negative or non-int ``seed``, a repeat below 1, ``heldout_fraction`` outside (0, 1)
+            or a negative count of ``counts`` (name -> value).
     """
     _check_int("seed", seed, 0)
     repeats = tuple(repeats)
@@ -546,14 +553,21 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
     if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
             or not 0 < heldout_fraction < 1:
         raise LlmMiaError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
-    for name, v in (("canaries_per_repeat", canaries_per_repeat), ("pii_per_repeat", pii_per_repeat),
-                    ("controls_per_kind", controls_per_kind)):
+    for name, v in counts.items():
         _check_int(name, v, 0)
-    out = Path(out_dir)
-    check_output_dir(out)
-    templates = load_templates(templates)
-    src = read_source(source, max_chars=max_chars, unit=unit, min_chars=min_chars)
+    return repeats
 
+
+def _distinct_docs(source: str, src: SourceDocs) -> tuple[DedupResult, list[str], list[dict]]:
+    """The documents of ``src`` without exact and near duplicates (:func:`llm_mia.data.dedup.dedup`).
+
+    Returns:
+        ``(result, docs, merged)``: the dedup result (indices into ``src.docs``), the kept documents
+        in order, and one ``{"dropped", "kept", "reason"}`` record (origins) per dropped document.
+
+    Raises:
+        LlmMiaError: fewer than 2 documents are left.
+    """
     dd = dedup(src.docs)
     docs = dd.kept_texts(src.docs)
     merged = [{"dropped": src.origins[i], "kept": src.origins[k], "reason": dd.reason[i]}
@@ -562,15 +576,22 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
         hint = "; --unit paragraph or line splits files into more" if src.unit == "file" else ""
         raise LlmMiaError(f"corpus source {source} gave {len(docs)} document after removing {len(merged)} "
                           f"duplicate(s); need at least 2 (members and held-out){hint}")
+    return dd, docs, merged
 
-    order = list(range(len(docs)))
+
+def _hold_out(n_docs: int, seed: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
+    """Shuffle ``n_docs`` document indices with ``seed`` and hold out ``round(heldout_fraction * n_docs)``
+    of them (at least one on each side). Returns ``(held_idx, train_idx)``, each ascending."""
+    order = list(range(n_docs))
     random.Random(f"{seed}:split").shuffle(order)
-    n_held = min(len(docs) - 1, max(1, round(heldout_fraction * len(docs))))
-    held_idx, train_idx = sorted(order[:n_held]), sorted(order[n_held:])
+    n_held = min(n_docs - 1, max(1, round(heldout_fraction * n_docs)))
+    return sorted(order[:n_held]), sorted(order[n_held:])
 
-    secrets = _make_secrets(seed=seed, repeats=repeats, canaries_per_repeat=canaries_per_repeat,
-                            pii_per_repeat=pii_per_repeat, controls_per_kind=controls_per_kind,
-                            templates=templates, avoid_text="\n".join(docs))
+
+def _plant(docs: list[str], train_idx: list[int], secrets: Sequence[Secret], seed: int) -> list[str]:
+    """``docs`` with each secret's sentence inserted ``count`` times into distinct randomly chosen members
+    (indices ``train_idx``; more than their number wraps around), drawn with ``seed``. Documents
+    outside ``train_idx`` are returned unchanged."""
     rng = random.Random(f"{seed}:insert")
     pending: dict[int, list[str]] = {}
     for s in secrets:
@@ -582,38 +603,103 @@ def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
     texts = list(docs)
     for i in sorted(pending):
         texts[i] = _insert(docs[i], pending[i], rng)
+    return texts
 
-    # ids number the documents as read (before duplicates were dropped), so an id names its source
-    width = max(5, len(str(len(src.docs) - 1)))
-    train_rows = [{"id": f"doc-{dd.kept[i]:0{width}d}", "text": texts[i]} for i in train_idx]
-    held_rows = [{"id": f"doc-{dd.kept[i]:0{width}d}", "text": texts[i]} for i in held_idx]
-    train_chars = sum(len(r["text"]) for r in train_rows)
 
+def _write_corpus(out: Path, settings: dict, src: SourceDocs, planted: _Planted) -> dict[str, Path]:
+    """Write ``train.jsonl``, ``heldout.jsonl``, ``secrets.json`` and, last, ``corpus.json`` into ``out``.
+
+    ``corpus.json`` holds ``settings`` (the build's arguments, in order), what reading ``src`` left
+    out, the counts and the sha256 of the three other files; an old one is removed first, so an
+    interrupted build never looks complete. Returns the four paths by file name.
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = {n: out / n for n in ("train.jsonl", "heldout.jsonl", "secrets.json", "corpus.json")}
     paths["corpus.json"].unlink(missing_ok=True)
-    write_jsonl(paths["train.jsonl"], train_rows)
-    write_jsonl(paths["heldout.jsonl"], held_rows)
-    save_secrets(paths["secrets.json"], secrets)
-    versions = {"faker": importlib.metadata.version("faker")}
-    if source == PYTHON_DOCS:
-        versions["python"] = platform.python_version()  # the stdlib docs are the corpus
+    write_jsonl(paths["train.jsonl"], planted.train_rows)
+    write_jsonl(paths["heldout.jsonl"], planted.held_rows)
+    save_secrets(paths["secrets.json"], planted.secrets)
+    merged, secrets = planted.merged, planted.secrets
     write_json(paths["corpus.json"], {
-        "source": source, "versions": versions, "seed": seed, "repeats": list(repeats),
-        "heldout_fraction": heldout_fraction, "canaries_per_repeat": canaries_per_repeat,
-        "pii_per_repeat": pii_per_repeat, "controls_per_kind": controls_per_kind,
-        "max_chars": max_chars, "templates": templates, "locales": [FAKER_LOCALE], "unit": src.unit, "min_chars": min_chars,
+        **settings,
         "reading": {"documents_read": len(src.docs) + src.n_short + src.n_capped, "short_dropped": src.n_short,
                     "over_max_chars": src.n_capped, "exact_duplicates": sum(m["reason"] == "exact" for m in merged),
                     "near_duplicates": sum(m["reason"] == "near" for m in merged),
                     "merged": merged[:MAX_LISTED], "skipped_files": src.skipped[:MAX_LISTED]},
-        "n_documents": len(docs), "n_train": len(train_rows), "n_heldout": len(held_rows),
+        "n_documents": planted.n_documents, "n_train": len(planted.train_rows), "n_heldout": len(planted.held_rows),
         "n_secrets": len(secrets), "n_insertions": sum(s.count for s in secrets),
-        "train_chars": train_chars, "heldout_chars": sum(len(r["text"]) for r in held_rows),
+        "train_chars": planted.train_chars, "heldout_chars": sum(len(r["text"]) for r in planted.held_rows),
         "sha256": {n: sha256_file(paths[n]) for n in ("train.jsonl", "heldout.jsonl", "secrets.json")},
     })
+    return paths
+
+
+def build_corpus(source: str, out_dir: str | os.PathLike, *, seed: int = 0,
+                 repeats: Sequence[int] = (1, 2, 4, 8, 16, 32), heldout_fraction: float = 0.2,
+                 canaries_per_repeat: int = 2, pii_per_repeat: int = 2, controls_per_kind: int = 2,
+                 max_chars: int | None = None,
+                 templates: str | os.PathLike | Sequence[dict] | None = None,
+                 unit: str | None = None, min_chars: int = MIN_CHARS) -> CorpusSummary:
+    """Build a member / held-out corpus with planted secrets and write it to ``out_dir``.
+
+    Steps: load ``source``; drop exact and near duplicates with the rules of
+    :func:`llm_mia.data.dedup.dedup` (normalised text, word-trigram containment >= 0.5, personal data
+    never merged; the earlier document by path wins), so no held-out document is a copy of a member;
+    shuffle the documents with ``seed`` and hold out some; make the secrets and insert each ``r``
+    times as its own sentence into distinct randomly chosen member documents (more than the number
+    of members wraps around). Held-out documents are never modified. Same arguments -> byte-identical
+    files. Source: canary insertion of Carlini et al. 2019 (The Secret Sharer).
+
+    Args:
+        source, unit, min_chars, max_chars: what to read and how (:func:`read_source`; chars).
+        out_dir: the folder written (created if missing); files of an earlier build there are overwritten.
+        seed: seeds the split, the secrets (Faker and their random parts) and the insertion points.
+        repeats: insertion counts; for each ``r``, ``canaries_per_repeat`` canaries (templates in
+            rotation, a Faker name each, the random part uniform over the format's space) and
+            ``pii_per_repeat`` Faker PII records (SSN as the secret, Luhn-valid card) inserted ``r`` times.
+        heldout_fraction: ``round(heldout_fraction * n)`` documents held out (at least one on each side).
+        controls_per_kind: never-inserted controls (count 0) per kind.
+        templates: canary templates (:func:`load_templates`).
+
+    Returns:
+        :class:`CorpusSummary`. Writes ``train.jsonl``, ``heldout.jsonl``, ``secrets.json`` and, last,
+        ``corpus.json`` (with the sha256 of the three others), each atomically; everything is computed
+        and validated before the first write, and an old ``corpus.json`` is removed first, so an
+        interrupted build never looks complete.
+
+    Raises:
+        LlmMiaError: a bad source, fewer than 2 documents, a non-positive or non-int repeat,
+            ``heldout_fraction`` outside (0, 1), negative counts, bad templates, or an ``out_dir`` that is a file.
+    """
+    repeats = _check_build_args(seed, repeats, heldout_fraction, {
+        "canaries_per_repeat": canaries_per_repeat, "pii_per_repeat": pii_per_repeat,
+        "controls_per_kind": controls_per_kind})
+    out = Path(out_dir)
+    check_output_dir(out)
+    templates = load_templates(templates)
+    src = read_source(source, max_chars=max_chars, unit=unit, min_chars=min_chars)
+    dd, docs, merged = _distinct_docs(source, src)
+    held_idx, train_idx = _hold_out(len(docs), seed, heldout_fraction)
+    secrets = _make_secrets(seed=seed, repeats=repeats, canaries_per_repeat=canaries_per_repeat,
+                            pii_per_repeat=pii_per_repeat, controls_per_kind=controls_per_kind,
+                            templates=templates, avoid_text="\n".join(docs))
+    texts = _plant(docs, train_idx, secrets, seed)
+    width = max(5, len(str(len(src.docs) - 1)))  # ids number the documents as read (before dedup)
+    planted = _Planted(train_rows=[{"id": f"doc-{dd.kept[i]:0{width}d}", "text": texts[i]} for i in train_idx],
+                       held_rows=[{"id": f"doc-{dd.kept[i]:0{width}d}", "text": texts[i]} for i in held_idx],
+                       secrets=secrets, merged=merged, n_documents=len(docs))
+
+    versions = {"faker": importlib.metadata.version("faker")}
+    if source == PYTHON_DOCS:
+        versions["python"] = platform.python_version()  # the stdlib docs are the corpus
+    paths = _write_corpus(out, {
+        "source": source, "versions": versions, "seed": seed, "repeats": list(repeats),
+        "heldout_fraction": heldout_fraction, "canaries_per_repeat": canaries_per_repeat,
+        "pii_per_repeat": pii_per_repeat, "controls_per_kind": controls_per_kind,
+        "max_chars": max_chars, "templates": templates, "locales": [FAKER_LOCALE], "unit": src.unit,
+        "min_chars": min_chars}, src, planted)
     return CorpusSummary(out_dir=out, train_path=paths["train.jsonl"],
                          heldout_path=paths["heldout.jsonl"], secrets_path=paths["secrets.json"],
-                         meta_path=paths["corpus.json"], n_train=len(train_rows),
-                         n_heldout=len(held_rows), n_secrets=len(secrets), train_chars=train_chars,
+                         meta_path=paths["corpus.json"], n_train=len(planted.train_rows),
+                         n_heldout=len(planted.held_rows), n_secrets=len(secrets), train_chars=planted.train_chars,
                          unit=src.unit, n_short=src.n_short, n_capped=src.n_capped, merged=merged, skipped=src.skipped)

@@ -147,6 +147,16 @@ def _near_candidates(tids: set[int], need: int, postings: dict[int, list[int]], 
     return out
 
 
+def _trigram_ids(words: list[str], word_ids: dict[str, int]) -> set[int]:
+    """Distinct word trigrams of ``words`` as int keys; words not yet in ``word_ids`` are numbered there
+    (updated in place). A trigram is keyed by one int built from its three word ids (cheap to hash,
+    unlike a tuple; word ids stay far below 2**32). Empty for fewer than three words."""
+    for x in set(words).difference(word_ids):
+        word_ids[x] = len(word_ids)
+    w = list(map(word_ids.__getitem__, words))
+    return {(a << 64) | (b << 32) | c for a, b, c in zip(w, w[1:], w[2:])}
+
+
 def dedup(
     texts: Sequence[str],
     *,
@@ -205,13 +215,7 @@ def dedup(
         if target >= 0:
             result.dropped[i], result.reason[i] = target, why
             continue
-        # A trigram is keyed by one int built from its three word ids (cheap to hash, unlike a
-        # tuple; word ids stay far below 2**32).
-        words = norm.split()
-        for x in set(words).difference(word_ids):
-            word_ids[x] = len(word_ids)
-        w = list(map(word_ids.__getitem__, words))
-        tids = {(a << 64) | (b << 32) | c for a, b, c in zip(w, w[1:], w[2:])}
+        tids = _trigram_ids(norm.split(), word_ids)
         if tids:
             need = _need(threshold, len(tids))
             for k in _near_candidates(tids, need, postings, kept_tids):

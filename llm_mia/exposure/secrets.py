@@ -8,16 +8,8 @@ s = prefix + r + suffix, tokenized as a whole and conditioned on the model's BOS
 a planted secret and for every candidate, and candidates are compared by that sum, never by a
 per-token mean (a candidate whose random part takes more tokens is not averaged away).
 
-Estimators of one secret's exposure:
-
-- ``exposure_rank`` (sec. 4.1, estimated by sampling): rank among N candidates drawn uniformly from
-  the secret's space R: ``log2 N - log2 rank``, ``rank = 1 + #{candidates with Px <= Px(secret)}``
-  (ties count against the secret). Values may be negative and are kept.
-- ``exposure_exact`` (sec. 4.1, Definition 3): when ``|R|`` is small enough, every member is
-  scored: ``log2 |R| - log2 rank``, rank = 1 + #{other members with Px <= Px(secret)}.
-- ``exposure_extrapolated`` (sec. 4.3, "Approximation by Distribution Modeling"): a skew-normal
-  fitted to the candidates' Px; ``-log2 CDF(Px(secret))``, taken as ``-logcdf / ln 2`` so that the
-  far tail does not underflow. It can exceed log2 N; +inf (flagged) where even the log-CDF underflows.
+Estimators of one secret's exposure (rank, exact, skew-normal extrapolated) are the pure math of
+:mod:`llm_mia.exposure.estimators`; :func:`secret_exposure` computes every one of them per secret.
 
 Extraction of one secret:
 
@@ -26,10 +18,11 @@ Extraction of one secret:
 - ``sample_probability``: the probability that one top-k (k = 40) sample continuing the prefix is
   exactly the secret's tokens, the product of the renormalised per-token probabilities, and
   ``samples_for_half``, the number of independent samples that extract it with probability 0.5;
-  :func:`queries_to_extract` counts the queries an attacker needs (greedy and sampled).
+  :func:`~llm_mia.exposure.estimators.queries_to_extract` counts the queries an attacker needs
+  (greedy and sampled).
 
 The model is run only by :mod:`llm_mia.models` (``score_shared_prefix``, ``generate``); this module
-is the math and the pipeline.
+scores a secret's space, tries to extract it, and runs the pipeline.
 """
 
 from __future__ import annotations
@@ -38,9 +31,8 @@ import csv
 import io as _io
 import math
 import random
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +48,15 @@ from llm_mia.data.secrets import (
     sample_candidates,
     space_size,
 )
+from llm_mia.exposure.estimators import (
+    CHANCE_BITS,
+    LN2,
+    exact_exposure,
+    expected_control_bits,
+    extrapolated_exposure,
+    rank_exposure,
+    samples_for_half,
+)
 from llm_mia.membership.signals import total_nll
 from llm_mia.models.hf import LoadedModel
 from llm_mia.models.loading import load_model
@@ -63,181 +64,8 @@ from llm_mia.models.prefix import score_shared_prefix
 from llm_mia.models.tokenizer import text_ids
 from llm_mia.report.plots import exposure_plot
 
-LN2 = math.log(2.0)
-#: Mean rank exposure of a never-inserted secret as N grows (E[-log2 U], U uniform on (0, 1]).
-CHANCE_BITS = 1.0 / LN2
 DEFAULT_REFERENCES = 10_000
 DEFAULT_EXACT_LIMIT = 10**6
-
-
-# --------------------------------------------------------------------------------- pure estimators
-
-def rank_exposure(secret_logppl: float | np.ndarray, candidate_logppl: Sequence[float]) -> np.ndarray:
-    """Rank-based exposure in bits (Carlini et al. 2019, sec. 4.1, estimated by sampling).
-
-    Args:
-        secret_logppl: scalar or array of shape (S,), log-perplexities of the secrets (bits).
-        candidate_logppl: shape (R,), log-perplexities of candidates from the same space (bits).
-
-    Returns:
-        float64 array of shape (S,) (or 0-d): ``log2(R) - log2(rank)``, ``rank = 1 + #candidates with
-        log-perplexity <= the secret's`` (ties count against the secret). Higher = more exposed; at
-        most log2 R, negative values kept. The order of the candidates does not matter.
-
-    Raises:
-        ValueError: if there are no candidates.
-    """
-    ref = np.sort(np.asarray(candidate_logppl, dtype=np.float64))
-    if ref.size == 0:
-        raise ValueError("rank exposure needs at least one candidate")
-    s = np.asarray(secret_logppl, dtype=np.float64)
-    rank = 1 + np.searchsorted(ref, s, side="right")
-    return np.log2(ref.size) - np.log2(rank)
-
-
-def exact_exposure(space: int, n_not_above: int) -> float:
-    """Exact exposure in bits (Carlini et al. 2019, sec. 4.1, Definition 3): ``log2|R| - log2 rank``.
-
-    Args:
-        space: |R|, the number of members of the secret's space (>= 1).
-        n_not_above: number of *other* members whose log-perplexity is <= the secret's (ties count
-            against the secret), so ``rank = 1 + n_not_above`` is in ``[1, |R|]``.
-
-    Returns:
-        float in ``[0, log2 |R|]``; higher = more exposed.
-
-    Raises:
-        ValueError: if ``space`` < 1 or ``n_not_above`` is outside ``[0, space - 1]``.
-    """
-    if space < 1 or not 0 <= n_not_above <= space - 1:
-        raise ValueError(f"rank {n_not_above + 1} is outside a space of {space}")
-    return math.log2(space) - math.log2(1 + n_not_above)
-
-
-@dataclass
-class Extrapolated:
-    """Skew-normal extrapolated exposure of one secret: ``bits`` (float, NaN or +inf), the fitted
-    ``params`` (shape a, loc, scale) or None, ``n_dropped`` non-finite candidates and ``flags``."""
-
-    bits: float
-    params: tuple[float, float, float] | None
-    n_dropped: int
-    flags: list[str] = field(default_factory=list)
-
-
-def skewnorm_fit(candidate_logppl: Sequence[float]) -> tuple[tuple[float, float, float] | None, int, list[str]]:
-    """Fit a skew-normal (``scipy.stats.skewnorm.fit``, maximum likelihood) to candidate log-perplexities.
-
-    Args:
-        candidate_logppl: shape (R,), bits. Non-finite values (inf, NaN) are dropped and counted.
-
-    Returns:
-        ``(params, n_dropped, flags)``: params = (a, loc, scale) or None when undefined, with flag
-        ``"extrapolated_degenerate"`` (fewer than 3 distinct finite values, e.g. all equal) or
-        ``"extrapolated_fit_failed"``; ``"nonfinite_candidates_dropped"`` when any was dropped.
-        Never raises on degenerate input. Source: Carlini et al. 2019, sec. 4.3.
-    """
-    from scipy import stats
-
-    x = np.asarray(candidate_logppl, dtype=np.float64).ravel()
-    finite = np.isfinite(x)
-    n_dropped = int((~finite).sum())
-    x = x[finite]
-    flags = ["nonfinite_candidates_dropped"] if n_dropped else []
-    if np.unique(x).size < 3 or not np.std(x) > 1e-12 * max(1.0, float(np.abs(x).max())):
-        return None, n_dropped, flags + ["extrapolated_degenerate"]
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            a, loc, scale = stats.skewnorm.fit(x)
-    except Exception:  # scipy raises several types when the optimiser leaves the valid range
-        return None, n_dropped, flags + ["extrapolated_fit_failed"]
-    if not all(np.isfinite([a, loc, scale])) or scale <= 0:
-        return None, n_dropped, flags + ["extrapolated_fit_failed"]
-    return (float(a), float(loc), float(scale)), n_dropped, flags
-
-
-def extrapolated_exposure(secret_logppl: float, candidate_logppl: Sequence[float] | None = None, *,
-                          fit: tuple | None = None) -> Extrapolated:
-    """Exposure in bits from a skew-normal fitted to the candidates (Carlini et al. 2019, sec. 4.3).
-
-    ``bits = -log2 CDF(secret_logppl) = -skewnorm.logcdf(x, a, loc, scale) / ln 2``: higher = more
-    exposed; may exceed log2 R. Computed from the log-CDF so the far tail does not underflow.
-
-    Args:
-        secret_logppl: the secret's log-perplexity, bits.
-        candidate_logppl: shape (R,), bits (fitted here unless ``fit`` is given).
-        fit: a precomputed ``skewnorm_fit`` result, to fit once for several secrets of one space.
-
-    Returns:
-        :class:`Extrapolated`. ``bits`` is NaN with the fit's flag when the fit is undefined
-        (degenerate candidates) or the secret's value is not finite; +inf with flag
-        ``"extrapolated_far_tail"`` when the log-CDF is -inf (the secret lies below the fitted
-        support's numerical range). Never raises.
-    """
-    from scipy import stats
-
-    params, n_dropped, flags = fit if fit is not None else skewnorm_fit(candidate_logppl)
-    flags = list(flags)
-    if params is None:
-        return Extrapolated(float("nan"), None, n_dropped, flags)
-    if not math.isfinite(secret_logppl):
-        return Extrapolated(float("nan"), params, n_dropped, flags + ["secret_logppl_nonfinite"])
-    with np.errstate(all="ignore"):
-        lc = float(stats.skewnorm.logcdf(secret_logppl, *params))
-    if lc == -math.inf:
-        return Extrapolated(math.inf, params, n_dropped, flags + ["extrapolated_far_tail"])
-    if math.isnan(lc):
-        return Extrapolated(float("nan"), params, n_dropped, flags + ["extrapolated_fit_failed"])
-    return Extrapolated(-lc / LN2 + 0.0, params, n_dropped, flags)
-
-
-def samples_for_half(p: float) -> float:
-    """Independent samples needed to draw an event of probability ``p`` at least once with
-    probability 0.5: ``ceil(log 0.5 / log(1 - p))`` (log1p for small p); inf if p == 0, 1 if p == 1.
-
-    Raises ValueError for p outside [0, 1] or NaN.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"probability must be in [0, 1], got {p!r}")
-    if p == 0.0:
-        return math.inf
-    if p == 1.0:
-        return 1.0
-    return float(max(1, math.ceil(math.log(0.5) / math.log1p(-p))))
-
-
-def queries_to_extract(row: dict, *, sampling: bool = True) -> float:
-    """Queries (generation requests) an attacker needs to extract one secret, from its exposure record.
-
-    Counting model: the attacker tries the audit's extraction contexts in order
-    (``extraction_contexts``), one greedy generation each, so greedy decoding that gives the secret
-    back from context i (0-based, ``greedy_context``) costs i + 1 queries; an API that samples
-    (``sampling``: top-k 40 at temperature 1, the audit's ``sample_probability`` p from the prefix)
-    extracts it with probability 1/2 within ``samples_for_half(p)`` queries. The count is the smaller
-    of the two; inf when neither extracts it (a label-only API answers greedily: ``sampling=False``);
-    NaN when the record has no sample probability (a sentence longer than the context) and greedy
-    decoding did not give it back. Beam search is not counted (it reads per-step top-b log-probs).
-    """
-    greedy = math.inf
-    if row.get("greedy_extracted"):
-        tried = list(row.get("extraction_contexts") or [])
-        ctx = row.get("greedy_context")
-        greedy = float(tried.index(ctx) + 1) if ctx in tried else 1.0
-    if not sampling:
-        return greedy
-    p = row.get("sample_probability")
-    p = float("nan") if p is None else float(p)
-    if math.isnan(p):
-        return greedy if math.isfinite(greedy) else float("nan")
-    return min(greedy, samples_for_half(min(max(p, 0.0), 1.0)))
-
-
-def expected_control_bits(n_references: int) -> float:
-    """Exact mean rank exposure (bits) of a never-inserted secret against ``n_references`` candidates:
-    rank is uniform on 1 .. N+1, so E = log2 N - log2((N+1)!) / (N+1); tends to 1/ln 2 = 1.4427."""
-    n = int(n_references)
-    return math.log2(n) - math.lgamma(n + 2) / LN2 / (n + 1)
 
 
 # --------------------------------------------------------------------------------- tokenization
@@ -517,6 +345,92 @@ def exposure_work(secrets: Sequence[Secret], n_references: int, exact_limit: int
     return len(secrets) * (n_references + 1) + sum(space_size(f) for f, _, _ in groups)
 
 
+def _check_exposure_args(n_references: int, exact_limit: int, beams: int, top_k: int) -> None:
+    """:func:`secret_exposure`'s settings checked. Raises LlmMiaError: a non-int, n_references < 1,
+    exact_limit < 0 or above :data:`MAX_EXACT_LIMIT`, beams < 1, top_k < 1."""
+    for name, v, lo in (("number of references", n_references, 1), ("exact limit", exact_limit, 0),
+                        ("beams", beams, 1), ("top-k", top_k, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise LlmMiaError(f"{name} must be an int >= {lo}, got {v!r}")
+    if exact_limit > MAX_EXACT_LIMIT:
+        raise LlmMiaError(f"exact limit {exact_limit} would enumerate spaces of up to that many sentences; "
+                          f"use at most {MAX_EXACT_LIMIT:.0e} (10^6 takes ~13 min per secret on a 2-core CPU)")
+
+
+def _sampled_row(loaded: LoadedModel, s: Secret, candidates: list[str], *, top_k: int, batch_size: int,
+                 progress: Callable[[int], None] | None) -> dict:
+    """One secret's exposure record from its ``candidates`` (N random parts of its space): the
+    log-perplexity (bits), rank and extrapolated exposure (bits), the top-k sample probability and
+    samples for a 1/2 chance, and flags; ``exposure_exact`` NaN (filled in by :func:`_exact_exposures`)."""
+    n_references = len(candidates)
+    sc = score_space(loaded, s.prefix, [s.secret] + candidates, s.suffix, batch_size=batch_size, top_k=top_k,
+                     progress=progress)
+    lp, ref = float(sc.logppl[0]), sc.logppl[1:]
+    flags: list[str] = []
+    nonfinite = int((~np.isfinite(ref)).sum())
+    ext = extrapolated_exposure(lp, ref)
+    flags += ext.flags
+    slp = float(sc.sample_logprob[0])
+    if math.isnan(slp):
+        p, half = float("nan"), float("nan")
+        flags.append("sentence_longer_than_context" if loaded.model is not None
+                     else "sample_probability_needs_the_top_k_distribution")
+    else:
+        p = min(max(math.exp(slp), 0.0), 1.0)
+        half = samples_for_half(p)
+    return {"id": s.id, "kind": s.kind, "count": s.count, "format": s.format, "space_size": s.space_size,
+            "log_perplexity_bits": lp, "n_references": n_references,
+            "n_references_nonfinite": nonfinite,
+            "exposure_rank": float(rank_exposure(lp, ref)), "max_exposure_rank": math.log2(n_references),
+            "exposure_exact": float("nan"), "exposure_extrapolated": ext.bits,
+            "skewnorm": list(ext.params) if ext.params else None,
+            "sample_probability": p, "sample_log2_probability": float(sc.sample_logprob[0]) / LN2,
+            "samples_for_half": half, "flags": flags}
+
+
+def _exact_exposures(loaded: LoadedModel, secrets: Sequence[Secret], logppl: Sequence[float], *, exact_limit: int,
+                     batch_size: int, progress: Callable[[int], None] | None) -> dict[int, float]:
+    """Exact exposure (bits, :func:`~llm_mia.exposure.estimators.exact_exposure`) of each secret whose
+    space has at most ``exact_limit`` members, by index into ``secrets``; ``logppl`` (S,) their
+    log-perplexities in bits. One enumeration per (format, prefix, suffix), counts for every secret
+    sharing it; secrets with larger spaces are left out of the dict."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, s in enumerate(secrets):
+        if space_size(s.format) <= exact_limit:
+            groups.setdefault((s.format, s.prefix, s.suffix), []).append(i)
+    out: dict[int, float] = {}
+    for (fmt, prefix, suffix), members in groups.items():
+        own = {i: index_of(fmt, secrets[i].secret) for i in members}
+        lps = {i: logppl[i] for i in members}
+        counts = dict.fromkeys(members, 0)
+        offset = 0
+        for chunk in iter_space(fmt, chunk=max(batch_size, 4096)):
+            v = score_space(loaded, prefix, chunk, suffix, batch_size=batch_size, progress=progress).logppl
+            for i in members:
+                le = v <= lps[i]
+                j = own[i] - offset
+                if 0 <= j < len(chunk):
+                    le[j] = False  # the secret itself is not counted against itself
+                counts[i] += int(le.sum())
+            offset += len(chunk)
+        for i in members:
+            out[i] = exact_exposure(space_size(fmt), counts[i])
+    return out
+
+
+def _extraction_fields(loaded: LoadedModel, secrets: Sequence[Secret], *, beams: int,
+                       train_texts: Sequence[str] | None) -> list[dict]:
+    """Greedy and beam extraction of each secret (:func:`decode_extracted`), one dict of row fields per
+    secret: ``greedy_/beam_extracted``, ``greedy_/beam_context``, ``greedy_/beam_completion``,
+    ``extraction_contexts``."""
+    greedy = decode_extracted(loaded, secrets, num_beams=1, train_texts=train_texts)
+    beam = decode_extracted(loaded, secrets, num_beams=beams, train_texts=train_texts)
+    return [{"greedy_extracted": g["extracted"], "greedy_context": g["context"],
+             "greedy_completion": g["completion"], "beam_extracted": b["extracted"],
+             "beam_context": b["context"], "beam_completion": b["completion"],
+             "extraction_contexts": g["contexts_tried"]} for g, b in zip(greedy, beam)]
+
+
 def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_references: int = DEFAULT_REFERENCES,
                     exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0, beams: int = 5, top_k: int = 40,
                     batch_size: int = 64, progress: Callable[[int], None] | None = None,
@@ -551,72 +465,19 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
     """
     if n_candidates is not None:
         n_references = n_candidates
-    for name, v, lo in (("number of references", n_references, 1), ("exact limit", exact_limit, 0),
-                        ("beams", beams, 1), ("top-k", top_k, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise LlmMiaError(f"{name} must be an int >= {lo}, got {v!r}")
-    if exact_limit > MAX_EXACT_LIMIT:
-        raise LlmMiaError(f"exact limit {exact_limit} would enumerate spaces of up to that many sentences; "
-                          f"use at most {MAX_EXACT_LIMIT:.0e} (10^6 takes ~13 min per secret on a 2-core CPU)")
+    _check_exposure_args(n_references, exact_limit, beams, top_k)
     secrets = list(secrets)
-    rows = []
-    for i, s in enumerate(secrets):
-        cands = sample_candidates(s.format, n_references, random.Random(seed * 1_000_003 + i))
-        sc = score_space(loaded, s.prefix, [s.secret] + cands, s.suffix, batch_size=batch_size, top_k=top_k,
-                         progress=progress)
-        lp, ref = float(sc.logppl[0]), sc.logppl[1:]
-        flags: list[str] = []
-        nonfinite = int((~np.isfinite(ref)).sum())
-        ext = extrapolated_exposure(lp, ref)
-        flags += ext.flags
-        slp = float(sc.sample_logprob[0])
-        if math.isnan(slp):
-            p, half = float("nan"), float("nan")
-            flags.append("sentence_longer_than_context" if loaded.model is not None
-                         else "sample_probability_needs_the_top_k_distribution")
+    rows = [_sampled_row(loaded, s, sample_candidates(s.format, n_references, random.Random(seed * 1_000_003 + i)),
+                         top_k=top_k, batch_size=batch_size, progress=progress) for i, s in enumerate(secrets)]
+    exact = _exact_exposures(loaded, secrets, [r["log_perplexity_bits"] for r in rows], exact_limit=exact_limit,
+                             batch_size=batch_size, progress=progress)
+    for i, r in enumerate(rows):
+        if i in exact:
+            r["exposure_exact"] = exact[i]
         else:
-            p = min(max(math.exp(slp), 0.0), 1.0)
-            half = samples_for_half(p)
-        rows.append({"id": s.id, "kind": s.kind, "count": s.count, "format": s.format, "space_size": s.space_size,
-                     "log_perplexity_bits": lp, "n_references": n_references,
-                     "n_references_nonfinite": nonfinite,
-                     "exposure_rank": float(rank_exposure(lp, ref)), "max_exposure_rank": math.log2(n_references),
-                     "exposure_exact": float("nan"), "exposure_extrapolated": ext.bits,
-                     "skewnorm": list(ext.params) if ext.params else None,
-                     "sample_probability": p, "sample_log2_probability": float(sc.sample_logprob[0]) / LN2,
-                     "samples_for_half": half, "flags": flags})
-
-    # exact: one enumeration per (format, prefix, suffix), counts for every secret sharing it
-    groups: dict[tuple[str, str, str], list[int]] = {}
-    for i, s in enumerate(secrets):
-        if space_size(s.format) <= exact_limit:
-            groups.setdefault((s.format, s.prefix, s.suffix), []).append(i)
-        else:
-            rows[i]["flags"].append("exact_skipped_space_above_limit")
-    for (fmt, prefix, suffix), members in groups.items():
-        own = {i: index_of(fmt, secrets[i].secret) for i in members}
-        lps = {i: rows[i]["log_perplexity_bits"] for i in members}
-        counts = dict.fromkeys(members, 0)
-        offset = 0
-        for chunk in iter_space(fmt, chunk=max(batch_size, 4096)):
-            v = score_space(loaded, prefix, chunk, suffix, batch_size=batch_size, progress=progress).logppl
-            for i in members:
-                le = v <= lps[i]
-                j = own[i] - offset
-                if 0 <= j < len(chunk):
-                    le[j] = False  # the secret itself is not counted against itself
-                counts[i] += int(le.sum())
-            offset += len(chunk)
-        for i in members:
-            rows[i]["exposure_exact"] = exact_exposure(space_size(fmt), counts[i])
-
-    greedy = decode_extracted(loaded, secrets, num_beams=1, train_texts=train_texts)
-    beam = decode_extracted(loaded, secrets, num_beams=beams, train_texts=train_texts)
-    for r, g, b in zip(rows, greedy, beam):
-        r.update({"greedy_extracted": g["extracted"], "greedy_context": g["context"],
-                  "greedy_completion": g["completion"], "beam_extracted": b["extracted"],
-                  "beam_context": b["context"], "beam_completion": b["completion"],
-                  "extraction_contexts": g["contexts_tried"]})
+            r["flags"].append("exact_skipped_space_above_limit")
+    for r, x in zip(rows, _extraction_fields(loaded, secrets, beams=beams, train_texts=train_texts)):
+        r.update(x)
     return ExposureResult(rows=rows, n_references=n_references, exact_limit=exact_limit, seed=seed, beams=beams,
                           top_k=top_k, controls=control_summary(rows, n_references))
 

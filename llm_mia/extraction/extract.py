@@ -56,6 +56,7 @@ from llm_mia.data.corpus import load_source
 from llm_mia.data.dedup import dedup
 from llm_mia.extraction.index import CorpusIndex
 from llm_mia.extraction.pii_findings import (
+    TrainingPii,
     sample_pii,
     tokenizer_normalizer,
     training_pii_index,
@@ -551,46 +552,66 @@ def read_clear(out_dir: str | os.PathLike, name: str) -> list[dict]:
     return io.read_jsonl(path) if path.exists() else []
 
 
-def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: ExtractConfig, sigs, engine=None) -> dict:
-
-    tok = target.tokenizer
-    index = pii_index = None
-    if train_texts is not None:
-        index = CorpusIndex.from_texts(list(train_texts), tok)
-        pii_index = training_pii_index(train_texts, normalizer=tokenizer_normalizer(tok), regions=cfg.pii_regions)
-    protect_vals = [s.secret for s in secrets]
-
-    def protect(text: str) -> set[str]:
-        return {v for v in protect_vals if v in text}
-
-    # dedup within each strategy (earlier index wins), so a strategy's table never depends on the others
+def _strategy_duplicates(gen: list[dict], scored: list[dict], cfg: ExtractConfig,
+                         protect: Callable[[str], set[str]]) -> dict[int, int]:
+    """Near and exact duplicates within each strategy (earlier index wins; :func:`llm_mia.data.dedup.dedup`),
+    so a strategy's table never depends on the others: sample id -> id of the sample it duplicates.
+    Empty when ``cfg.dedup`` is off."""
     dropped: dict[int, int] = {}
     if cfg.dedup:
         for strategy in cfg.strategies:
             ks = [k for k, g in enumerate(gen) if g["strategy"] == strategy]
             dd = dedup([scored[k]["text"] for k in ks], protect=protect)
             dropped.update({ks[a]: ks[b] for a, b in dd.dropped.items()})
-    samples = []
-    for k, (g, r) in enumerate(zip(gen, scored)):
-        ids = g["token_ids"]
-        text = r["text"]
-        row = {"id": k, "strategy": g["strategy"], "index": g["index"], "prompt": target.decode(g["prompt_ids"][1:]),
-               "text": text, "token_ids": ids, "n_tokens": len(ids), "nll": r["nll"], "perplexity": r["perplexity"],
-               "zlib_bytes": r["zlib_bytes"], "scores": r["scores"], "flags": r["flags"], "duplicate_of": dropped.get(k)}
-        if index is not None:  # generated tokens only: a memorized span in the prompt never counts
-            m = index.longest_match(ids)
-            row["longest_match_tokens"] = m.length
-            row["longest_match_count"] = m.count
-            row["longest_match_text"] = target.decode(ids[m.start:m.start + m.length]) if m.length else ""
-            row["match_span"] = _char_span(text, row["longest_match_text"], target.decode(ids[:m.start])) if m.length else None
-            row["memorized"] = is_memorized(m.length, len(ids), cfg.memorized_min_tokens)
-        else:
-            row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
-            row["memorized"] = None
-        row["secrets"] = [s.id for s in secrets if s.secret in text]
-        row["pii"] = sample_pii(text, pii_index, regions=cfg.pii_regions, presidio=cfg.pii_presidio)  # the one PII pass
-        samples.append(row)
-    _write_samples(out, "samples.jsonl", samples, secrets, cfg.show_secrets)
+    return dropped
+
+
+def _sample_row(target: LoadedModel, k: int, g: dict, r: dict, duplicate_of: int | None, index: CorpusIndex | None,
+                pii_index: TrainingPii | None, secrets: Sequence, cfg: ExtractConfig) -> dict:
+    """Row ``k`` of samples.jsonl (clear text): the generated record ``g`` and its scores ``r``, verified
+    against the training corpus ``index`` (longest verbatim match of the generated tokens only, so a
+    memorized span in the prompt never counts; all None without an index), planted ``secrets`` and
+    PII (the one PII pass, counted in ``pii_index``)."""
+    ids = g["token_ids"]
+    text = r["text"]
+    row = {"id": k, "strategy": g["strategy"], "index": g["index"], "prompt": target.decode(g["prompt_ids"][1:]),
+           "text": text, "token_ids": ids, "n_tokens": len(ids), "nll": r["nll"], "perplexity": r["perplexity"],
+           "zlib_bytes": r["zlib_bytes"], "scores": r["scores"], "flags": r["flags"], "duplicate_of": duplicate_of}
+    if index is not None:
+        m = index.longest_match(ids)
+        row["longest_match_tokens"] = m.length
+        row["longest_match_count"] = m.count
+        row["longest_match_text"] = target.decode(ids[m.start:m.start + m.length]) if m.length else ""
+        row["match_span"] = _char_span(text, row["longest_match_text"], target.decode(ids[:m.start])) if m.length else None
+        row["memorized"] = is_memorized(m.length, len(ids), cfg.memorized_min_tokens)
+    else:
+        row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
+        row["memorized"] = None
+    row["secrets"] = [s.id for s in secrets if s.secret in text]
+    row["pii"] = sample_pii(text, pii_index, regions=cfg.pii_regions, presidio=cfg.pii_presidio)
+    return row
+
+
+@dataclass
+class _Ranked:
+    """The top samples of each (strategy, ranking) among the samples that are no duplicate.
+
+    Attributes:
+        top_rows: the rows of top.jsonl, ``{"strategy", "ranking", "rank" (1-based), "id", "score",
+            "memorized", "longest_match_tokens", "match_span", "secrets", "text"}``, by strategy, ranking, rank.
+        carlini: strategy -> ranking -> cell (``{"signal", "top_n", "memorized", "secrets", "pii_hits"}``),
+            plus ``"unique_memorized"`` (memorized samples among any of the strategy's tops).
+        table: ranking -> cell, over every strategy's samples together.
+    """
+
+    top_rows: list[dict]
+    carlini: dict[str, dict]
+    table: dict[str, dict]
+
+
+def _rank(samples: list[dict], cfg: ExtractConfig, sigs: list[str]) -> _Ranked:
+    """The top ``cfg.top_n`` samples (no duplicates, NaN scores left out) of each ranking of :data:`RANKINGS`
+    whose signal is in ``sigs``, highest score first, per strategy and over all (Carlini et al. 2021 sec. 5.2)."""
 
     def top_of(pool: list[dict], sig: str) -> list[dict]:
         ranked = sorted((s for s in pool if s["scores"][sig] == s["scores"][sig]), key=lambda s: -s["scores"][sig])
@@ -620,14 +641,38 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
     for name, sig in RANKINGS.items():
         if sig in sigs:
             table[name] = cell(top_of(kept, sig), sig)
+    return _Ranked(top_rows=top_rows, carlini=carlini, table=table)
+
+
+def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: ExtractConfig, sigs, engine=None) -> dict:
+    """Process 0's last stage of :func:`extract`: dedup, verify and rank the samples ``gen`` with their
+    scores ``scored`` (same order); writes ``samples.jsonl``, ``top.jsonl`` and ``extract.json`` into
+    ``out`` and returns the summary (see :func:`extract`)."""
+    tok = target.tokenizer
+    index = pii_index = None
+    if train_texts is not None:
+        index = CorpusIndex.from_texts(list(train_texts), tok)
+        pii_index = training_pii_index(train_texts, normalizer=tokenizer_normalizer(tok), regions=cfg.pii_regions)
+    protect_vals = [s.secret for s in secrets]
+
+    def protect(text: str) -> set[str]:
+        return {v for v in protect_vals if v in text}
+
+    dropped = _strategy_duplicates(gen, scored, cfg, protect)
+    samples = [_sample_row(target, k, g, r, dropped.get(k), index, pii_index, secrets, cfg)
+               for k, (g, r) in enumerate(zip(gen, scored))]
+    _write_samples(out, "samples.jsonl", samples, secrets, cfg.show_secrets)
+    ranked = _rank(samples, cfg, sigs)
+    top_rows = ranked.top_rows
     _write_samples(out, "top.jsonl", top_rows, secrets, cfg.show_secrets)
+    kept = [s for s in samples if s["duplicate_of"] is None]
     mem_top = [s for s in samples if s["id"] in {r["id"] for r in top_rows if r["memorized"]}]
     # unique across strategies: memorized samples that are not (near) duplicates of one another
     unique_top = len(mem_top) - len(dedup([s["text"] for s in mem_top], protect=protect).dropped) if mem_top else 0
     mem_ids = {s["id"] for s in kept if s["memorized"]}
     summary = {"num_samples": len(samples), "unique_samples": len(kept), "strategies": list(cfg.strategies),
                "samples_per_strategy": cfg.num_samples, "max_new_tokens": len(gen[0]["token_ids"]) if gen else 0,
-               "seed": cfg.seed, "top_n": cfg.top_n, "carlini_table": carlini, "rankings": table,
+               "seed": cfg.seed, "top_n": cfg.top_n, "carlini_table": ranked.carlini, "rankings": ranked.table,
                "memorized_total": len(mem_ids), "memorized_in_any_top": len({s["id"] for s in mem_top}),
                "memorized_unique_in_any_top": unique_top,
                "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine}

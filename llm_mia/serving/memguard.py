@@ -190,6 +190,69 @@ def _coins(z: torch.Tensor, top1: torch.Tensor, label: torch.Tensor, mu: torch.T
     return torch.from_numpy((k >> np.uint64(11)).astype(np.float64) / float(2**53)).to(z.device)
 
 
+def _gap(x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The true top token's lead over the rest, in nats, per row of logits ``x`` (n, V); ``label`` (n,)
+    the true top tokens. Negative where another token is on top."""
+    top = x.topk(2, dim=-1)
+    first = top.indices[:, 0] == label
+    return torch.where(first, top.values[:, 0] - top.values[:, 1],
+                       x.gather(1, label[:, None])[:, 0] - top.values[:, 0])
+
+
+@dataclass
+class _PhaseOne:
+    """MemGuard's phase I outcome for m positions.
+
+    Attributes:
+        noise: (m, V) logit noise ``e``: the first one that moved the classifier's logit across 0 with
+            the true top token still on top by ``margin`` nats, else the last one that kept the top token
+            (zeros if none did).
+        crossed: (m,) bool, phase I reached the other side of g = 0.5 (False where h was exactly 0).
+    """
+
+    noise: torch.Tensor
+    crossed: torch.Tensor
+
+
+def _phase_one(z: torch.Tensor, label: torch.Tensor, h0: torch.Tensor, clf: MemGuardClassifier, *,
+               max_iter: int, overshoot: float, margin: float) -> _PhaseOne:
+    """Phase I (Jia et al. 2019 sec. 4.2, DeepFool steps; module docstring) on true logits ``z`` (m, V)
+    with top tokens ``label`` (m,) and classifier logits ``h0`` (m,). Needs gradients enabled."""
+    best = torch.zeros_like(z)  # the first crossing noise of each row
+    kept = torch.zeros_like(z)  # the last noise that kept the top token (rows that never cross)
+    done = h0 == 0
+    e = torch.zeros_like(z)
+    for _ in range(max_iter + 1):
+        act = (~done).nonzero().view(-1)
+        if len(act) == 0:
+            break
+        ea = e[act].clone().requires_grad_(True)
+        zz = z[act] + ea
+        h = clf.logit(distribution_features(torch.log_softmax(zz, -1)))
+        with torch.no_grad():
+            ok = _gap(zz, label[act]) > margin
+            hit = ok & (h * h0[act] <= 0)
+            kept[act[ok]] = ea[ok].detach()
+            best[act[hit]] = ea[hit].detach()
+            done[act[hit]] = True
+        (g,) = torch.autograd.grad(h.sum(), ea)
+        with torch.no_grad():
+            live = ~hit
+            rows, g, h, base = act[live], g[live], h[live].detach(), zz[live].detach()
+            delta = -((1 + overshoot) * h / (g * g).sum(-1).clamp_min(1e-20))[:, None] * g
+            idx = torch.arange(len(rows))
+            for _ in range(8):  # halve the steps that would change the top token
+                bad = _gap(base[idx] + delta[idx], label[rows[idx]]) <= margin
+                if not bad.any():
+                    break
+                idx = idx[bad]
+                delta[idx] *= 0.5
+            e[rows] = base - z[rows] + delta
+    with torch.no_grad():
+        crossed = done & (h0 != 0)
+        return _PhaseOne(noise=torch.where(crossed[:, None], best, kept), crossed=crossed)
+
+
 def memguard_logprobs(lp: torch.Tensor, clf: MemGuardClassifier, *, epsilon: float = DEFAULT_EPSILON,
                       seed: int = 0, max_iter: int = 5, overshoot: float = 0.02, margin: float = 1e-3,
                       return_info: bool = False):
@@ -224,47 +287,10 @@ def memguard_logprobs(lp: torch.Tensor, clf: MemGuardClassifier, *, epsilon: flo
         with torch.no_grad():
             f0 = distribution_features(z)
             h0 = clf.logit(f0)
-        best = torch.zeros_like(z)  # the first crossing noise of each row
-        kept = torch.zeros_like(z)  # the last noise that kept the top token (rows that never cross)
-        done = h0 == 0
-        e = torch.zeros_like(z)
-
-        def gap(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # top token's lead over the rest, nats
-            top = x.topk(2, dim=-1)
-            first = top.indices[:, 0] == label[rows]
-            return torch.where(first, top.values[:, 0] - top.values[:, 1],
-                               x.gather(1, label[rows, None])[:, 0] - top.values[:, 0])
-
-        for _ in range(max_iter + 1):
-            act = (~done).nonzero().view(-1)
-            if len(act) == 0:
-                break
-            ea = e[act].clone().requires_grad_(True)
-            zz = z[act] + ea
-            h = clf.logit(distribution_features(torch.log_softmax(zz, -1)))
-            with torch.no_grad():
-                ok = gap(zz, act) > margin
-                hit = ok & (h * h0[act] <= 0)
-                kept[act[ok]] = ea[ok].detach()
-                best[act[hit]] = ea[hit].detach()
-                done[act[hit]] = True
-            (g,) = torch.autograd.grad(h.sum(), ea)
-            with torch.no_grad():
-                live = ~hit
-                rows, g, h, base = act[live], g[live], h[live].detach(), zz[live].detach()
-                delta = -((1 + overshoot) * h / (g * g).sum(-1).clamp_min(1e-20))[:, None] * g
-                idx = torch.arange(len(rows))
-                for _ in range(8):  # halve the steps that would change the top token
-                    bad = gap(base[idx] + delta[idx], rows[idx]) <= margin
-                    if not bad.any():
-                        break
-                    idx = idx[bad]
-                    delta[idx] *= 0.5
-                e[rows] = base - z[rows] + delta
+        one = _phase_one(z, label, h0, clf, max_iter=max_iter, overshoot=overshoot, margin=margin)
+        crossed = one.crossed
         with torch.no_grad():
-            crossed = done & (h0 != 0)
-            noise = torch.where(crossed[:, None], best, kept)
-            s1 = torch.softmax(z + noise, -1)
+            s1 = torch.softmax(z + one.noise, -1)
             l1 = (s1 - s).abs().sum(-1)  # (m,)
             alpha = torch.where(l1 > 0, (epsilon * (1 - 1e-4) / l1.clamp_min(1e-30)).clamp(max=1.0),
                                 torch.ones_like(l1))

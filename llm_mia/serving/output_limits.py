@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from llm_mia.core.errors import LlmMiaError
-from llm_mia.exposure.secrets import queries_to_extract
+from llm_mia.exposure.estimators import queries_to_extract
 from llm_mia.membership import signals as S
 from llm_mia.membership.metrics import bootstrap_auc_ci, roc_metrics
 from llm_mia.membership.scoring import score
@@ -216,7 +216,7 @@ def query_limits(secrets: Sequence[dict], limits: dict | None, modes: Sequence[s
 
     Counting model:
 
-    - extraction: :func:`llm_mia.exposure.secrets.queries_to_extract` of each secret inserted >=
+    - extraction: :func:`llm_mia.exposure.estimators.queries_to_extract` of each secret inserted >=
       ``min_insertions`` times (``secrets``: report.json's secret records), with sampling for every
       mode but "label-only" (greedy answers only). Output limits and MemGuard change returned
       log-probs, never the generated text, so only label-only differs. ``fewest`` is the smallest

@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from llm_mia.exposure.secrets import (
+from llm_mia.exposure.estimators import (
     extrapolated_exposure,
     rank_exposure,
     samples_for_half,

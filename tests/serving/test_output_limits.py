@@ -150,7 +150,7 @@ def _secret(sid, count, *, greedy=None, contexts=("start", "none", "training"), 
 
 
 def test_queries_to_extract_by_hand():
-    from llm_mia.exposure.secrets import queries_to_extract
+    from llm_mia.exposure.estimators import queries_to_extract
 
     # greedy from the third context tried: 3 generations; sampling p = 0.1 needs 7 (0.9**7 = 0.478 <= 0.5)
     assert queries_to_extract(_secret("a", 8, greedy="training", p=0.1)) == 3
