@@ -29,7 +29,7 @@ log2(candidates); the skew-normal extrapolation reads the far tail of a fit and 
 ``max_queries_per_secret`` is the other way round from the other limits: its value is the rate limit
 the release enforces (the most queries one attacker may make while a secret must stay secret), and
 the check FAILS when a secret inserted >= ``min_insertions`` times is extractable within that many
-queries (:func:`llm_mia.exposure.secrets.queries_to_extract`: greedy generation from the audit's contexts
+queries (:func:`llm_mia.exposure.estimators.queries_to_extract`: greedy generation from the audit's contexts
 in order, one query each, or top-k 40 sampling from the prefix, ``samples_for_half`` queries for a 1/2
 chance; ``api_mode = "label-only"`` counts greedy answers only). Its value is the fewest queries any
 such secret needs (inf: none extractable); a rate limit below it would have stopped every extraction
