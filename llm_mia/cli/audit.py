@@ -44,8 +44,8 @@ def _prepare(*, out, policy, sarif=None, junit=None, pii_regions, score_spans="a
     cfg = AuditConfig(num_samples=num_samples, n_candidates=candidates, exact_limit=exact_limit, seed=seed,
                       show_secrets=show_secrets, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                       prompt_source=prompts, membership_docs=membership_docs, max_new_tokens=length,
-                      discoverable_samples=discoverable, discoverable_prefix=discoverable_prefix, score_spans=score_spans,
-                      pii_regions=regions, max_queries=max_queries)
+                      discoverable_samples=discoverable, discoverable_prefix=discoverable_prefix,
+                      score_spans=score_spans, pii_regions=regions, max_queries=max_queries)
     return cfg, pol
 
 
@@ -67,7 +67,8 @@ def _report_and_gate(run, out: Path, *, sarif: Path | None, junit: Path | None) 
     for w in _audit_warnings(report):
         typer.echo(f"warning: {w}", err=True)
     o.write_ci(report, report["verdict"], out, sarif=sarif, junit=junit)
-    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'}, {out / 'modelcard.md'})")
+    typer.echo(f"report: {out / 'report.html'} (and {out / 'report.md'}, {out / 'report.json'}, "
+               f"{out / 'modelcard.md'})")
     o.verdict_exit(report["verdict"])
 
 
@@ -119,7 +120,8 @@ def audit(
     nonmembers: str | None = typer.Option(None, "--nonmembers", rich_help_panel=DATA,
                                              help="Held-out examples (same formats), for membership."),
     secrets: Path | None = typer.Option(None, "--secrets", rich_help_panel=DATA,
-                                           help="Planted canaries (secrets.json); without it exposure is not measured."),
+                                           help="Planted canaries (secrets.json); without it exposure is not "
+                                                "measured."),
     text_column: str = typer.Option("text", "--text-column", rich_help_panel=DATA,
                                     help="Column / field holding the text."),
     score_spans: str = typer.Option("assistant", "--score-spans", rich_help_panel=DATA,
@@ -151,7 +153,7 @@ def audit(
     max_steps: int | None = _hidden(None, "--max-steps"),
     api_modes: str | None = _hidden(None, "--api-modes"),
 ):
-    """Audit one model: extraction, secret exposure, membership scoring and PII detection; with --policy, a release gate.
+    """Audit one model: extraction, secret exposure, membership scoring, PII detection; with --policy, a release gate.
 
     Writes report.html, report.md, report.json and modelcard.md. Exit 0 = pass (or no policy), 1 = a limit
     exceeded, 2 = error, 3 = inconclusive (the audit could not have detected a leak; 0 when the policy sets
@@ -163,7 +165,8 @@ def audit(
                         exact_limit=exact_limit, seed=seed, show_secrets=show_secrets, prompts=prompts,
                         membership_docs=membership_docs, length=length, discoverable=discoverable,
                         discoverable_prefix=discoverable_prefix, max_queries=max_queries)
-    if (model is None and model_args is None) or out is None or (corpus is None and (members is None or nonmembers is None)):
+    no_data = corpus is None and (members is None or nonmembers is None)
+    if (model is None and model_args is None) or out is None or no_data:
         raise LlmMiaError("audit needs --model, --out and --members/--nonmembers files or a --corpus folder "
                           "(or see `llm-mia demo`)")
     if (canaries is None) != (inclusion is None):
@@ -195,7 +198,8 @@ def demo(
     policy: Path | None = o.policy(),
     sarif: Path | None = o.sarif(),
     junit: Path | None = o.junit(),
-    out: Path | None = typer.Option(None, "--out", rich_help_panel=OUTPUT, help="Report folder (default ./audit-demo)."),
+    out: Path | None = typer.Option(None, "--out", rich_help_panel=OUTPUT,
+                                       help="Report folder (default ./audit-demo)."),
     show_secrets: bool = o.show_secrets(),
     seed: int = o.seed(),
 ):
@@ -248,8 +252,8 @@ def _echo_compare(res: dict, out: Path, policy) -> None:
 
 def compare(
     models: list[str] = typer.Argument(..., metavar="MODEL", show_default=False,
-                                       help="NAME=FOLDER or FOLDER, several or comma-separated; NAME=FOLDER@memguard:EPS "
-                                            "serves the model through MemGuard."),
+                                       help="NAME=FOLDER or FOLDER, several or comma-separated; "
+                                            "NAME=FOLDER@memguard:EPS serves the model through MemGuard."),
     reference: str | None = o.audit_reference(),
     corpus: Path = o.audit_corpus(required=True),
     num_samples: int = o.num_samples(),

@@ -44,7 +44,8 @@ def model_args(panel: str | None = None):
     return typer.Option(None, "--model-args", callback=_check_model_args, rich_help_panel=panel,
                         help="lm-evaluation-harness model arguments: pretrained=BASE,peft=ADAPTER,revision=...,"
                              "dtype=...,trust_remote_code=true,allow_pickle=true (applied to --model); for openai:URL "
-                             "name=,api=completions|chat|text,tokenizer=,top_logprobs=,batch=,concurrency=,max_retries=,timeout=.")
+                             "name=,api=completions|chat|text,tokenizer=,top_logprobs=,batch=,concurrency=,"
+                             "max_retries=,timeout=.")
 
 
 def _check_engine(value: str) -> str:
@@ -78,7 +79,8 @@ def echo_engine(model_or_info) -> None:
 
 def audit_reference():
     return typer.Option(None, "--reference", rich_help_panel=MODEL,
-                        help="Reference model folder, 'base' (a PEFT adapter's base; the default for an adapter) or 'none'.")
+                        help="Reference model folder, 'base' (a PEFT adapter's base; the default for an adapter) "
+                             "or 'none'.")
 
 
 # --- the audit's knobs (`audit`, `compare`, `demo`) -----------------------------------------------------
@@ -90,7 +92,8 @@ def audit_corpus(required: bool = False):
 
 
 def num_samples():
-    return typer.Option(500, "--num-samples", min=1, rich_help_panel=EXTRACTION, help="Extraction samples per strategy.")
+    return typer.Option(500, "--num-samples", min=1, rich_help_panel=EXTRACTION,
+                        help="Extraction samples per strategy.")
 
 
 def strategy():

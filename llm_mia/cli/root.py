@@ -18,7 +18,8 @@ import typer
 from llm_mia.core.errors import LlmMiaError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Audit language models for training-data leakage: extraction, canary exposure, membership scoring.")
+                  help="Audit language models for training-data leakage: extraction, canary exposure, "
+                       "membership scoring.")
 
 
 @app.callback()

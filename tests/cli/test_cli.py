@@ -391,10 +391,13 @@ def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
     assert sum(seen) == exposure_work(secrets, 7, 1000) == 3 * (7 + 1) + 1000
 
 
+_ONE = ["audit", "--corpus", "c", "--model", "m", "--out", "o"]
+
+
 @pytest.mark.parametrize("args, msg", [
-    (["audit", "--corpus", "c", "--model", "m", "--out", "o", "--preset", "tiny"], "--preset is an option of `llm-mia demo`"),
-    (["audit", "--corpus", "c", "--model", "m", "--out", "o", "--api-modes", "full"], "--api-modes is an option of `llm-mia compare`"),
-    (["audit", "--corpus", "c", "--model", "m", "--out", "o", "--sarif", "x.sarif"], "add --policy"),
+    ([*_ONE, "--preset", "tiny"], "--preset is an option of `llm-mia demo`"),
+    ([*_ONE, "--api-modes", "full"], "--api-modes is an option of `llm-mia compare`"),
+    ([*_ONE, "--sarif", "x.sarif"], "add --policy"),
     (["demo", "--reference", "r"], "No such option: --reference"),
     (["defenses", "--num-samples", "9"], "No such option: --num-samples"),
     (["defenses", "--policy", "p.toml"], "No such option: --policy"),
@@ -413,7 +416,8 @@ def test_audit_options_a_mode_cannot_honour_are_refused(args, msg, tmp_path, cap
     (["--demo"], "`audit --demo` is now `llm-mia demo`"),
     (["--demo", "--reference", "r"], "`audit --demo` is now `llm-mia demo`"),
     (["--demo", "--preset", "tiny", "--max-steps", "3"], "`audit --demo` is now `llm-mia demo`"),
-    (["--demo", "--compare-defenses", "--num-samples", "9"], "`audit --demo --compare-defenses` is now `llm-mia defenses`"),
+    (["--demo", "--compare-defenses", "--num-samples", "9"],
+     "`audit --demo --compare-defenses` is now `llm-mia defenses`"),
     (["--compare-defenses", "--quick"], "`audit --compare-defenses` is now `llm-mia defenses`"),
     (["--compare", "x", "--corpus", "c", "--out", "o", "--api-modes", "full"], "is now `llm-mia compare MODELS`"),
 ])
