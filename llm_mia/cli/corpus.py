@@ -14,10 +14,12 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Build corpora with planted 
 @corpus_app.command("build")
 def corpus_build(
     out: Path = typer.Option(..., "--out", help="Output folder for train.jsonl, heldout.jsonl, secrets.json."),
-    source: str = typer.Option("python-docs", "--source", help="python-docs (embedded), a .txt/.jsonl file or folder, or hf:NAME[:CONFIG]."),
+    source: str = typer.Option("python-docs", "--source",
+                               help="python-docs (embedded), a .txt/.jsonl file or folder, or hf:NAME[:CONFIG]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the secrets and their placement."),
     repeats: str = typer.Option("1,2,4,8,16,32", "--repeats", help="Insertion counts of the planted secrets."),
-    heldout_fraction: float = typer.Option(0.2, "--heldout-fraction", help="Share of documents held out as non-members."),
+    heldout_fraction: float = typer.Option(0.2, "--heldout-fraction",
+                                           help="Share of documents held out as non-members."),
     max_chars: int | None = typer.Option(None, "--max-chars", help="Cap on the corpus size in characters."),
     templates: Path | None = typer.Option(None, "--templates",
                                              help="Canary templates JSON (default prompts/canary_templates.json)."),

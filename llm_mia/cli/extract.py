@@ -9,12 +9,15 @@ import typer
 from llm_mia.cli.options import echo_engine
 from llm_mia.cli.options import engine as engine_option
 from llm_mia.cli.options import model_args as model_args_option
+from llm_mia.cli.options import pii_regions as pii_regions_option
 
 
 def extract(
     model: str | None = typer.Option(None, "--model", help="Model folder, PEFT adapter folder or HF id."),
     model_args: str | None = model_args_option(),
-    out: Path = typer.Option(..., "--out", help="Output folder (samples.jsonl, top.jsonl, extract.json; private/: shards and clear-text rows)."),
+    out: Path = typer.Option(..., "--out",
+                             help="Output folder (samples.jsonl, top.jsonl, extract.json; private/: shards and "
+                                  "clear-text rows)."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
     strategy: str = typer.Option("top-k", "--strategy",
                                  help="top-k, temperature-decay, internet, or several, comma-separated."),
@@ -22,20 +25,22 @@ def extract(
                                           help="Prompt corpus of the internet strategy: .txt/.jsonl/folder/hf:NAME "
                                                "(default: prompts/internet.txt)."),
     reference: str | None = typer.Option(None, "--reference", help="Reference model for the reference ranking."),
-    corpus: Path | None = typer.Option(None, "--corpus", help="Corpus folder: verify samples against its train.jsonl and secrets.json."),
+    corpus: Path | None = typer.Option(None, "--corpus",
+                                       help="Corpus folder: verify samples against its train.jsonl and secrets.json."),
     seed: int = typer.Option(0, "--seed"),
-    length: int | None = typer.Option(None, "--length", help="New tokens per sample (default: min(256, what fits the context))."),
+    length: int | None = typer.Option(None, "--length",
+                                      help="New tokens per sample (default: min(256, what fits the context))."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples generated per batch."),
     top_n: int = typer.Option(100, "--top-n", min=1, help="Samples kept per (strategy, ranking) in top.jsonl."),
     memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
-                                             help="A verbatim training match this long (or the whole sample) = memorized."),
+                                             help="A verbatim training match this long (or the whole sample) = "
+                                                  "memorized."),
     resume: bool = typer.Option(False, "--resume", help="Continue the samples already in --out (after a kill)."),
     show_secrets: bool = typer.Option(False, "--show-secrets",
-                                      help="samples.jsonl / top.jsonl in clear text (default: redacted; clear copies in --out/private/)."),
+                                      help="samples.jsonl / top.jsonl in clear text (default: redacted; clear "
+                                           "copies in --out/private/)."),
     device: str | None = typer.Option(None, "--device"),
-    pii_regions: str | None = typer.Option(None, "--pii-regions",
-                                              help="Phone regions of the PII detection, ISO 3166 codes, comma-separated, "
-                                                   "first = preferred (default US,GB,DE,FR,IN,BR, after the corpus's locales)."),
+    pii_regions: str | None = pii_regions_option(panel=None),
     engine: str = engine_option(),
 ):
     """Sample from a model (Carlini et al. 2021 strategies), rank by their metrics, flag memorized samples.
@@ -68,4 +73,5 @@ def extract(
     echo_engine(tgt)
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     if s is not None:  # process 0
-        typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized -> {out}")
+        typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized "
+                   f"-> {out}")

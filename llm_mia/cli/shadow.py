@@ -11,11 +11,13 @@ shadow_app = typer.Typer(no_args_is_help=True, help="Shadow models for LiRA, RMI
 
 @shadow_app.command("train")
 def shadow_train(
-    population: Path = typer.Option(..., "--population", help="Texts from the target's data distribution (.txt/.jsonl/.csv)."),
+    population: Path = typer.Option(..., "--population",
+                                    help="Texts from the target's data distribution (.txt/.jsonl/.csv)."),
     n: int = typer.Option(8, "--n", help="Shadow models K (each text IN for half of them)."),
     out: Path = typer.Option(..., "--out", help="Shadow folder: membership.json, population.jsonl, model-00/ ..."),
     preset: str = typer.Option("tiny", "--preset", help="Training preset of every shadow model (tiny | small | mini)."),
-    base: str | None = typer.Option(None, "--base", help="Fine-tune this base (the target's base) for each shadow model."),
+    base: str | None = typer.Option(None, "--base",
+                                    help="Fine-tune this base (the target's base) for each shadow model."),
     tokenizer_from: str | None = typer.Option(None, "--tokenizer-from", help="Train from scratch with this model "
                                                  "folder's tokenizer (the target's folder)."),
     steps: int | None = typer.Option(None, "--steps", help="Override the preset's number of steps."),
