@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(VENV)/bin/llm-mia audit --demo
+	$(VENV)/bin/llm-mia demo
 
 # lint: ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and the import-linter contracts
 # in pyproject.toml (the layers); docs: the site with its API reference, warnings as errors.

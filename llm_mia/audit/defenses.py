@@ -51,7 +51,7 @@ QUICK_DEFENSES: list[tuple[str, dict]] = [(n, kw) for n, kw in DEMO_DEFENSES if 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of ``--demo --compare-defenses``: preset, training steps (plain, DP, each SELENA sub-model,
+    """Sizes of ``llm-mia defenses``: preset, training steps (plain, DP, each SELENA sub-model,
     each shadow model), shadow models, corpus, held-out documents reserved for the defenders, audit."""
 
     preset: str
@@ -124,7 +124,7 @@ class DemoModels:
 
 def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
                          progress: bool = True, plan: DemoPlan | None = None) -> dict:
-    """``llm-mia audit --demo --compare-defenses``: corpus, reference, baseline and defended models, shadow
+    """``llm-mia defenses``: corpus, reference, baseline and defended models, shadow
     models, comparison.
 
     Steps: the python-docs corpus (``plan.max_chars``); ``plan.defender_docs`` held-out documents move

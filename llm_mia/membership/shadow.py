@@ -295,7 +295,7 @@ def _per_model(shadow: ShadowSet, jobs: list[tuple[list, int | list, list[str], 
 
 
 #: A shadow model's statistics of a job, kept for the next audit with the same shadow folder and texts
-#: (``audit --compare``: every compared model meets the same shadow models on the same texts).
+#: (``llm-mia compare``: every compared model meets the same shadow models on the same texts).
 _STATS_CACHE: dict = {}
 _CACHE_SIZE = 64
 

@@ -53,22 +53,20 @@ def test_epsilon_lower_bound_by_hand():
 
 
 def test_compare_bad_inputs(tmp_path, capsys):
-    code, _, err = run_cli(["audit", "--compare", f"a={tmp_path}", "--corpus", tmp_path, "--out", tmp_path / "o"],
-                           capsys)
+    code, _, err = run_cli(["compare", f"a={tmp_path}", "--corpus", tmp_path, "--out", tmp_path / "o"], capsys)
     assert code == 2 and "not a model folder" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["audit", "--compare-defenses", "--quick"], capsys)
-    assert code == 2 and "--demo" in err
-    code, _, err = run_cli(["audit", "--compare", "x", "--corpus", tmp_path, "--out", tmp_path, "--api-modes", "top5"],
-                           capsys)
+    assert code == 2 and "`llm-mia defenses`" in err
+    code, _, err = run_cli(["compare", "x", "--corpus", tmp_path, "--out", tmp_path, "--api-modes", "top5"], capsys)
     assert code == 2 and "unknown API mode" in err
     with pytest.raises(LlmMiaError, match="distinct"):
         C.compare_models(tmp_path, [("a", tmp_path), ("a", tmp_path)], tmp_path / "o")
-    from llm_mia.cli.root import _parse_compare
+    from llm_mia.cli.audit import _parse_compare
 
     assert _parse_compare(["base=m/a,m/dp/", "c=x"]) == [("base", "m/a", None), ("dp", "m/dp/", None), ("c", "x", None)]
     assert _parse_compare(["g=m/a@memguard:0.3", "m/x@y"]) == [("g", "m/a", "memguard:0.3"), ("x@y", "m/x@y", None)]
-    code, _, err = run_cli(["audit", "--compare", f"a={tmp_path}@memguard:5", "--corpus", tmp_path, "--out",
-                            tmp_path / "o"], capsys)
+    code, _, err = run_cli(["compare", f"a={tmp_path}@memguard:5", "--corpus", tmp_path, "--out", tmp_path / "o"],
+                           capsys)
     assert code == 2 and "MemGuard budget" in err
 
 
@@ -83,7 +81,7 @@ def test_served_perplexity_of_a_plain_model_is_the_heldout_perplexity(tiny_model
 
 def test_compare_takes_a_shadow_folder(leak_models, tmp_path, capsys):
     d, _ = leak_models
-    code, _, err = run_cli(["audit", "--compare", f"leaky={d / 'leaky'}", "--corpus", d / "corpus", "--out",
+    code, _, err = run_cli(["compare", f"leaky={d / 'leaky'}", "--corpus", d / "corpus", "--out",
                             tmp_path / "o", "--shadow", tmp_path / "none"], capsys)
     assert code == 2 and "shadow folder not found" in err and len(err.strip().splitlines()) == 1
 
@@ -121,7 +119,7 @@ def test_compare_serves_memguard(leak_models, tmp_path):
 
 def test_quick_compare_defenses_demo(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code, stdout, err = run_cli(["audit", "--demo", "--compare-defenses", "--quick", "--out", out], capsys)
+    code, stdout, err = run_cli(["defenses", "--quick", "--out", out], capsys)
     assert code == 0, err
     res = json.loads((out / "compare.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}

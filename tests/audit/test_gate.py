@@ -233,10 +233,10 @@ def test_a_pass_needs_detection_power(leak_models, tmp_path, capsys):
 
 
 def test_audit_compare_with_a_policy_gates_every_model(leak_models, tmp_path, capsys):
-    """Item 2: `audit --compare ... --policy` gates each model (a leaking model exits 1), honours
+    """Item 2: `compare ... --policy` gates each model (a leaking model exits 1), honours
     --membership-docs and --length, and refuses options it cannot honour."""
     d, _ = leak_models
-    args = ["audit", "--compare", f"leaky={d / 'leaky'},clean={d / 'clean'}", "--corpus", d / "corpus",
+    args = ["compare", f"leaky={d / 'leaky'},clean={d / 'clean'}", "--corpus", d / "corpus",
             "--out", tmp_path / "cmp", "--num-samples", 4, "--candidates", 16, "--api-modes", "full",
             "--membership-docs", 3, "--length", 12, "--policy", EXAMPLE]
     code, out, err = run_cli(args, capsys)
@@ -255,11 +255,13 @@ def test_audit_compare_with_a_policy_gates_every_model(leak_models, tmp_path, ca
     assert rep["membership"]["planted_sentences_removed"] is True
     assert rows["leaky"]["canary_audit"] is None
     assert rows["leaky"]["output_limits"]["n_members"] == 3
-    for bad, msg in ((["--model", d / "leaky"], "--model is not used by `audit --compare`"),
-                     (["--sarif", tmp_path / "x.sarif"], "--sarif is not used by `audit --compare`"),
-                     (["--preset", "tiny"], "--preset is not used by `audit --compare` (it goes with --demo)")):
+    for bad, msg in ((["--model", d / "leaky"], "No such option: --model"),
+                     (["--sarif", tmp_path / "x.sarif"], "No such option: --sarif"),
+                     (["--preset", "tiny"], "No such option: --preset")):
         code, out, err = run_cli([*args, *bad], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = run_cli(["audit", "--compare", *args[1:]], capsys)  # the old spelling names the command
+    assert code == 2 and "`llm-mia compare MODELS`" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("case", ["bad_toml", "unknown_key", "missing_policy", "not_a_report", "unanswerable",

@@ -391,18 +391,40 @@ def test_exposure_progress_total_is_what_is_scored(tiny_model, tiny_tokenizer):
     assert sum(seen) == exposure_work(secrets, 7, 1000) == 3 * (7 + 1) + 1000
 
 
+_ONE = ["audit", "--corpus", "c", "--model", "m", "--out", "o"]
+
+
 @pytest.mark.parametrize("args, msg", [
-    (["--corpus", "c", "--model", "m", "--out", "o", "--preset", "tiny"], "--preset is not used by `audit --model` (with --members/--nonmembers or --corpus)"),
-    (["--corpus", "c", "--model", "m", "--out", "o", "--api-modes", "full"], "--api-modes is not used"),
-    (["--corpus", "c", "--model", "m", "--out", "o", "--sarif", "x.sarif"], "add --policy"),
-    (["--demo", "--reference", "r"], "--reference is not used by `audit --demo`"),
-    (["--demo", "--compare-defenses", "--num-samples", "9"], "--num-samples is not used by `audit --demo --compare-defenses`"),
-    (["--demo", "--compare-defenses", "--policy", "p.toml"], "--policy is not used"),
+    ([*_ONE, "--preset", "tiny"], "--preset is an option of `llm-mia demo`"),
+    ([*_ONE, "--api-modes", "full"], "--api-modes is an option of `llm-mia compare`"),
+    ([*_ONE, "--sarif", "x.sarif"], "add --policy"),
+    (["demo", "--reference", "r"], "No such option: --reference"),
+    (["defenses", "--num-samples", "9"], "No such option: --num-samples"),
+    (["defenses", "--policy", "p.toml"], "No such option: --policy"),
+    (["compare", "x", "--corpus", "c", "--out", "o", "--model", "m"], "No such option: --model"),
 ])
 def test_audit_options_a_mode_cannot_honour_are_refused(args, msg, tmp_path, capsys, monkeypatch):
     """Issue 15 item 2: an option is honoured or refused (exit 2, one line) before any work."""
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["audit", *args], capsys)
+    code, out, err = run_cli(args, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and msg in lines[0], err
     assert list(tmp_path.iterdir()) == []  # nothing built, trained or written
+
+
+@pytest.mark.parametrize("args, command", [
+    (["--demo"], "`audit --demo` is now `llm-mia demo`"),
+    (["--demo", "--reference", "r"], "`audit --demo` is now `llm-mia demo`"),
+    (["--demo", "--preset", "tiny", "--max-steps", "3"], "`audit --demo` is now `llm-mia demo`"),
+    (["--demo", "--compare-defenses", "--num-samples", "9"],
+     "`audit --demo --compare-defenses` is now `llm-mia defenses`"),
+    (["--compare-defenses", "--quick"], "`audit --compare-defenses` is now `llm-mia defenses`"),
+    (["--compare", "x", "--corpus", "c", "--out", "o", "--api-modes", "full"], "is now `llm-mia compare MODELS`"),
+])
+def test_old_audit_modes_name_their_command(args, command, tmp_path, capsys, monkeypatch):
+    """`audit --demo | --compare | --compare-defenses` became commands: the old spelling names the new one."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["audit", *args], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and command in lines[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -270,7 +270,7 @@ def test_config_object_and_keywords_are_the_same_run(corpus, tmp_path):
 def test_cli_train_defaults_are_train_configs():
     import inspect
 
-    from llm_mia.cli import root as cli
+    from llm_mia.cli import train as cli
     from llm_mia.training.train import TrainConfig
 
     params = inspect.signature(cli.train).parameters
