@@ -38,12 +38,6 @@ TOUR = ROOT / "docs" / "examples" / "tour.sh"
 API_TOUR = ROOT / "docs" / "examples" / "api_tour.py"
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
-# Commands of the CLI split (`llm-mia demo`, `compare`, `defenses`: the modes that were `audit --demo`,
-# `audit --compare`, `audit --demo --compare-defenses`). The docs already use them; until they exist
-# on this branch their options cannot be checked. Remove this set when the CLI split is merged: from
-# then on these commands are checked like every other.
-EXPECTED_NEW_COMMANDS = {"demo", "compare", "defenses"}
-
 _SECTION = re.compile(r"^# --8<-- \[start:([\w-]+)\]\n(.*?)^# --8<-- \[end:\1\]\n", re.M | re.S)
 
 
@@ -276,8 +270,6 @@ def check_command(line: str, root) -> list[str]:
         names = toks[i].split("|")
         unknown = [n for n in names if n not in cmd.commands]
         if unknown:
-            if cmd is root and set(unknown) <= EXPECTED_NEW_COMMANDS:
-                return problems  # not on this branch yet (see EXPECTED_NEW_COMMANDS)
             return [f"unknown command {' '.join(toks[start:i + 1])!r}"]
         cmd, i = cmd.commands[names[0]], i + 1
         if len(names) > 1:  # `canaries make|plant|audit`: the options cannot be told apart

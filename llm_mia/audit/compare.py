@@ -212,7 +212,7 @@ def _check_models(models: Sequence[tuple], canaries, reference_path) -> list[tup
     """``models`` as (name, folder, serving mode or None), checked (names, serving modes, model folders,
     canary inputs against each model) before any model work; raises LlmMiaError on the first problem."""
     if not models:
-        raise LlmMiaError("--compare needs at least one model")
+        raise LlmMiaError("compare needs at least one model")
     models = [(m[0], m[1], m[2] if len(m) > 2 else None) for m in models]
     names = [n for n, _, _ in models]
     if len(set(names)) != len(names):

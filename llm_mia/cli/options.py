@@ -64,7 +64,7 @@ def _check_engine(value: str) -> str:
 def engine(panel: str | None = None):
     return typer.Option("hf", "--engine", callback=_check_engine, rich_help_panel=panel,
                         help="hf (transformers, the reference) or vllm: vLLM runs the model once its per-token "
-                             "log-probs match the HF engine's on 16 texts (the cross-check); needs llm_mia[vllm].")
+                             "log-probs match the HF engine's on 16 texts (the cross-check); needs llm_mia\\[vllm] (pip install -e .\\[vllm]).")
 
 
 def echo_engine(model_or_info) -> None:
