@@ -265,6 +265,13 @@ def _canary_row(text: str, fmt: str):
     return {"messages": [{"role": "user", "content": CHAT_PROMPT}, {"role": "assistant", "content": text}]}
 
 
+def training_text(train_path: str | Path) -> str:
+    """Every document of a training file (.txt, .jsonl text or chat) as one string, one per line: what
+    a canary is looked up in (planting refuses a canary already there; an audit checks its flags)."""
+    rows, fmt = _read_train(Path(train_path))
+    return "\n".join(_row_text(r, fmt) for r in rows)
+
+
 def plant_canaries(train_path: str | Path, canaries_path: str | Path, out_dir: str | Path, *,
                    repeats: int = 1, seed: int = 0) -> dict:
     """Plant canaries into a copy of the user's training file; returns the inclusion record.
