@@ -298,6 +298,25 @@ def load_shadows(folder: str | Path, *, target_tokenizer=None) -> ShadowSet:
     return out
 
 
+def recipe_mismatch(shadow: ShadowSet, target_folder) -> str | None:
+    """One warning line when the shadow models' recipe (membership.json) differs from the target's
+    recipe.json in preset, steps or base (None: same, or the target has no recipe.json). Shadow models
+    trained much longer or shorter than the target can invert LiRA / RMIA (AUC near 0)."""
+    rfile = Path(target_folder) / "recipe.json" if target_folder is not None else None
+    if rfile is None or not rfile.is_file():
+        return None
+    tgt, mine = io.read_json(rfile), shadow.meta.get("recipe") or {}
+    if not isinstance(tgt, dict):
+        return None
+    diffs = [f"{k} {mine.get(mk)!r} vs {tgt.get(tk)!r}" for k, mk, tk in
+             (("preset", "preset", "preset"), ("steps", "max_steps", "steps"), ("base", "base", "base"))
+             if mine.get(mk) is not None and tgt.get(tk) is not None and mine.get(mk) != tgt.get(tk)]
+    if not diffs:
+        return None
+    return (f"warning: the shadow models in {shadow.folder} were trained with another recipe than the target "
+            f"({'; '.join(diffs)}; shadow vs target): shadow-model attacks may be weak or inverted")
+
+
 def check_tokenizer(shadow: ShadowSet, tokenizer) -> None:
     """Raise a one-line LlmMiaError unless ``tokenizer`` (the target's) has the shadow models' digest."""
 

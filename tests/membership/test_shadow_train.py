@@ -274,3 +274,22 @@ def test_b4_06_membership_json_is_validated(shadow_case, tmp_path, edit, msg):
     with pytest.raises(LlmMiaError) as e:
         load_shadows(bad)
     assert msg in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_b4_10_shadow_recipe_other_than_the_target_is_reported(shadow_case, tmp_path, capsys):
+    from llm_mia.membership.shadow import recipe_mismatch
+
+    d, docs, sh = shadow_case  # shadow models: preset tiny, 20 steps
+    assert recipe_mismatch(sh, d / "target") is None  # no recipe.json: nothing to compare
+    io.write_json(tmp_path / "recipe.json", {"preset": "tiny", "steps": 20, "base": None})
+    assert recipe_mismatch(sh, tmp_path) is None
+    io.write_json(tmp_path / "recipe.json", {"preset": "tiny", "steps": 200, "base": None})
+    assert "steps 20 vs 200" in recipe_mismatch(sh, tmp_path)
+    (d / "target" / "recipe.json").write_text(json.dumps({"preset": "tiny", "steps": 200}))
+    try:
+        (tmp_path / "one.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n")
+        code, out, err = run_cli(["score", "--model", d / "target", "--input", tmp_path / "one.jsonl", "--output",
+                                  tmp_path / "o.jsonl", "--shadow", sh.folder], capsys)
+        assert "trained with another recipe than the target (steps 20 vs 200" in err, (code, err)
+    finally:
+        (d / "target" / "recipe.json").unlink()
