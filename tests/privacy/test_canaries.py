@@ -265,3 +265,20 @@ def test_b4_09_inclusion_flags_are_checked_against_the_planted_file(setup, tmp_p
     io.write_json(tmp_path / "flip" / "inclusion.json", {**rec, "planted_file": "../p/train.jsonl"})
     with pytest.raises(LlmMiaError, match="must be a file name in"):
         prepare_canary_audit(tmp_path / "c.jsonl", tmp_path / "flip" / "inclusion.json")
+
+
+def test_b4_08_canaries_with_line_breaks_are_refused_for_txt_and_never_synthetic(tmp_path, capsys):
+    from llm_mia.data.canaries import one_line
+
+    rows = [{"id": f"c{i}", "text": f"canary number {i} zq", "kind": "random"} for i in range(10)]
+    rows[0]["text"] = 'de "__riico{\n\nErrorn) zq'
+    io.write_jsonl(tmp_path / "c.jsonl", rows)
+    (tmp_path / "t.txt").write_text("".join(d + "\n" for d in DOCS), encoding="utf-8")
+    code, _, err = run_cli(["canaries", "plant", "--train", tmp_path / "t.txt", "--canaries", tmp_path / "c.jsonl",
+                            "--out", tmp_path / "p", "--repeats", "2"], capsys)
+    assert code == 2 and "canary 'c0' (1 in all) holds a line break" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p" / "train.txt").exists()
+    io.write_jsonl(tmp_path / "t.jsonl", [{"text": d} for d in DOCS])  # a .jsonl file keeps the canary whole
+    _cli_ok(["canaries", "plant", "--train", tmp_path / "t.jsonl", "--canaries", tmp_path / "c.jsonl",
+             "--out", tmp_path / "q", "--repeats", "2"], capsys)
+    assert one_line('a\n\nb\r\nc\u2028d') == "a  b c d" and one_line("plain text") == "plain text"
