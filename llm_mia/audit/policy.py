@@ -44,7 +44,9 @@ seen it fail:
   (the level a never-seen secret reaches with probability <= 5% / k);
 - the membership limit needs ``min_nonmembers`` held-out documents (at least 1 / 0.01 = 100, so
   that a 1% FPR is one document or more) and one signal whose 95% bootstrap AUC interval lies above
-  0.5 (a signal at or below chance cannot show a leak).
+  0.5 (a signal at or below chance cannot show a leak);
+- the discoverable-memorization limit needs one training example tested and a limit below 1
+  (:func:`discoverable_control`; the held-out count plays no part).
 
 Otherwise that check is *inconclusive*. Verdicts, in order: FAIL (a limit exceeded: exit 1), ERROR (a
 limit the report cannot answer: exit 2), INCONCLUSIVE (exit 3, or 0 with ``allow_inconclusive``),
@@ -459,6 +461,18 @@ def canary_control(report: dict, name: str, limit) -> str | None:
     return None if n_out * GATED_FPR >= 1 else f"{n_out} excluded canaries cannot resolve {GATED_FPR:.0%} FPR"
 
 
+def discoverable_control(report: dict, limit) -> str | None:
+    """Why a passed discoverable-memorization limit could not have failed (None when it could): the
+    rate is over training examples only, so it could exceed ``limit`` when at least one example was
+    tested and ``limit < 1`` (every example given back is a rate of 1); the held-out count plays no part."""
+    n = int((report.get("discoverable") or {}).get("n_examples") or 0)
+    if n < 1:
+        return "no training example was tested for discoverable memorization"
+    if limit >= 1:
+        return f"a rate limit of {limit} cannot be exceeded by {n} examples"
+    return None
+
+
 def secret_control(report: dict, min_insertions: int) -> str | None:
     """Why the planted-secret positive control fails (None when it holds, or is off with 0).
 
@@ -507,6 +521,23 @@ def membership_control(report: dict, min_nonmembers: int) -> str | None:
     return "every membership signal has AUC <= 0.5 (at or below chance)"
 
 
+#: limit -> the control that vouches for it (shared by several limits, or the limit's own).
+CONTROL_OF = {**{k: "secret" for k in EXTRACTION_LIMITS}, "max_membership_tpr_at_1pct_fpr": "membership"}
+
+
+def _control(report: dict, policy: Policy, key: str, name: str, limit) -> str | None:
+    """The reason of the control ``key`` of limit ``name`` (None: the check could have failed)."""
+    if key == "secret":
+        return secret_control(report, policy.positive_control_min_insertions)
+    if key == "membership":
+        return membership_control(report, policy.min_nonmembers)
+    if name == "max_discoverable_rate":
+        return discoverable_control(report, limit)
+    if name in CANARY_LIMITS:
+        return canary_control(report, name, limit)
+    raise LlmMiaError(f"no positive control is defined for {name}")
+
+
 def evaluate(report: dict, policy: Policy) -> Verdict:
     """Check every limit of ``policy`` against ``report`` (the dict of report.json).
 
@@ -551,12 +582,10 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
             c = Check(name, lim[name], None, None, f"cannot check {name}", status="error",
                       reason=f"malformed report ({type(e).__name__}: {' '.join(str(e).split())})")
         if c.status == "passed":
-            key = "secret" if name in EXTRACTION_LIMITS else name if name in CANARY_LIMITS else "membership"
+            key = CONTROL_OF.get(name, name)
             if key not in controls:
                 try:
-                    controls[key] = (secret_control(report, policy.positive_control_min_insertions) if key == "secret"
-                                     else membership_control(report, policy.min_nonmembers) if key == "membership"
-                                     else canary_control(report, name, lim[name]))
+                    controls[key] = _control(report, policy, key, name, lim[name])
                 except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
                     controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
             if controls[key]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ from llm_mia.extraction.pii_findings import (
 from llm_mia.membership.baseline import model_free_baseline
 from llm_mia.membership.metrics import roc_metrics
 from llm_mia.membership.scoring import reference_warning, score
-from llm_mia.membership.shadow import ShadowSet, check_tokenizer, load_shadows, shadow_summary
+from llm_mia.membership.shadow import ShadowSet, check_tokenizer, load_shadows, recipe_mismatch, shadow_summary
 from llm_mia.models.endpoint import EndpointModel
 from llm_mia.models.loading import load_model
 from llm_mia.privacy.canary_audit import CanaryAuditInputs, prepare_canary_audit, run_canary_audit
@@ -560,6 +561,8 @@ def load_target(inputs: AuditInputs, model_path: str | Path | None, *, model_arg
     target = load_model(str(model_path) if model_path is not None else None, model_args=model_args, engine=engine)
     if shadow is not None:
         check_tokenizer(shadow, target.tokenizer)  # before any model runs
+        if (why := recipe_mismatch(shadow, getattr(target, "folder", None))) is not None:
+            print(why, file=sys.stderr)
     cfg, left_out = _endpoint_setup(target, cfg)
     ref_spec, ref_source = resolve_reference(target, reference_path)
     chat = inputs.members.chats is not None or inputs.nonmembers.chats is not None

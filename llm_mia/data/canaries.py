@@ -197,6 +197,12 @@ def _random_texts(n: int, seed: int) -> list[str]:
     return out
 
 
+def one_line(text: str) -> str:
+    """``text`` with every line break (those ``str.splitlines`` splits at) turned into a space: a canary
+    must be one document in a line-based training file."""
+    return " ".join(text.splitlines()) if len(text.splitlines()) > 1 or text.endswith(("\n", "\r")) else text
+
+
 def _synthetic_texts(model, train_texts, n, *, seed, temperature, max_new_tokens, prompt_tokens) -> list[str]:
 
     if model is None:
@@ -218,7 +224,7 @@ def _synthetic_texts(model, train_texts, n, *, seed, temperature, max_new_tokens
                             seeds=seeds[b:b + 64], top_k=0, temperature=temperature,
                             min_new_tokens=max_new_tokens, eos_id=tok.eos_token_id)
             for g in gens:
-                text = tok.decode(g.new_ids, skip_special_tokens=True).strip()
+                text = one_line(tok.decode(g.new_ids, skip_special_tokens=True)).strip()
                 if text and text not in seen:
                     seen.add(text)
                     out.append(text)
@@ -265,6 +271,13 @@ def _canary_row(text: str, fmt: str):
     return {"messages": [{"role": "user", "content": CHAT_PROMPT}, {"role": "assistant", "content": text}]}
 
 
+def training_text(train_path: str | Path) -> str:
+    """Every document of a training file (.txt, .jsonl text or chat) as one string, one per line: what
+    a canary is looked up in (planting refuses a canary already there; an audit checks its flags)."""
+    rows, fmt = _read_train(Path(train_path))
+    return "\n".join(_row_text(r, fmt) for r in rows)
+
+
 def plant_canaries(train_path: str | Path, canaries_path: str | Path, out_dir: str | Path, *,
                    repeats: int = 1, seed: int = 0) -> dict:
     """Plant canaries into a copy of the user's training file; returns the inclusion record.
@@ -292,6 +305,10 @@ def plant_canaries(train_path: str | Path, canaries_path: str | Path, out_dir: s
         if p.exists():
             raise LlmMiaError(f"{p} exists: plant into a new folder")
     joined = "\n".join(_row_text(r, fmt) for r in rows)
+    broken = [c["id"] for c in canaries if one_line(c["text"]) != c["text"]]
+    if fmt == "txt" and broken:
+        raise LlmMiaError(f"canary {broken[0]!r} ({len(broken)} in all) holds a line break: planted into a .txt file "
+                          "it would become two documents; plant into a .jsonl training file")
     for c in canaries:
         if c["text"] in joined:
             raise LlmMiaError(f"canary {c['id']!r} already occurs in {train_path}: it would count as included")

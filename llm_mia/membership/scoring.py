@@ -8,6 +8,7 @@ a pure function of those statistics. Results come back in input order.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from llm_mia.membership.metrics import (
 from llm_mia.membership.shadow import (
     check_tokenizer,
     load_shadows,
+    recipe_mismatch,
     shadow_inputs,
     shadow_summary,
 )
@@ -414,6 +416,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                      crosscheck_texts=data.texts[:16])
     if shadow is not None:
         check_tokenizer(shadow, tgt.tokenizer)
+        if (why := recipe_mismatch(shadow, getattr(tgt, "folder", None))) is not None:
+            print(why, file=sys.stderr)
     ref = load_model(reference, device=device) if reference else None
     freq = token_frequencies(tgt.tokenizer, got.freq_texts, len(tgt.tokenizer)) if got.freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,

@@ -215,6 +215,54 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
     return load_shadows(out)
 
 
+def _membership_matrix(meta: dict, n_pop: int, where: Path) -> np.ndarray:
+    """The (K, n_texts) IN matrix of a membership.json, after checking it: K model entries (n_models),
+    names unique and inside the folder, IN indices whole numbers in [0, n_texts), every text with IN
+    and OUT models. Anything else is a one-line LlmMiaError."""
+    models = meta["models"]
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise LlmMiaError(f"{where}: models must be a list of entries")
+    if meta.get("n_models") is not None and meta.get("n_models") != len(models):
+        raise LlmMiaError(f"{where}: n_models is {meta.get('n_models')!r} but {len(models)} models are listed")
+    names = [m.get("name") for m in models]
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad:
+        raise LlmMiaError(f"{where}: model name {bad[0]!r} must be a folder name inside the shadow folder")
+    if len(set(names)) != len(names):
+        raise LlmMiaError(f"{where}: model names must be unique ({next(n for n in names if names.count(n) > 1)!r} twice)")
+    keep = np.zeros((len(models), n_pop), dtype=bool)
+    for k, m in enumerate(models):
+        idx = m.get("in")
+        if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_pop
+                                                for i in idx):
+            raise LlmMiaError(f"{where}: {names[k]}'s 'in' must be a list of text indices in [0, {n_pop})")
+        keep[k, idx] = True
+    if len(models) < 2 or not (keep.any(0) & (~keep).any(0)).all():
+        raise LlmMiaError(f"{where}: every population text needs IN and OUT shadow models "
+                          f"({int((~(keep.any(0) & (~keep).any(0))).sum())} of {n_pop} texts lack one)")
+    return keep
+
+
+def in_set_sha256(texts: list[str], keep_row: np.ndarray) -> str:
+    """SHA-256 of the train.jsonl :func:`train_shadows` writes for a model with IN row ``keep_row``
+    (what its recipe.json records as ``train_sha256``)."""
+    h = hashlib.sha256()
+    for i in np.flatnonzero(keep_row):
+        h.update((io.dumps({"text": texts[i]}) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
+def _check_trained_on_in_sets(texts: list[str], keep: np.ndarray, dirs: list[Path]) -> None:
+    """Each shadow model's recipe.json ``train_sha256`` is the digest of its IN set (a model of another
+    run or IN set in the folder would turn the attack's IN/OUT labels into noise)."""
+    for k, mdir in enumerate(dirs):
+        rec = io.read_json(mdir / "recipe.json")
+        got = rec.get("train_sha256") if isinstance(rec, dict) else None
+        if got is not None and got != in_set_sha256(texts, keep[k]):
+            raise LlmMiaError(f"{mdir.name} was not trained on its IN set of {MEMBERSHIP_FILE} "
+                              f"(recipe.json train_sha256 differs): a model of another shadow run?")
+
+
 def load_shadows(folder: str | Path, *, target_tokenizer=None) -> ShadowSet:
     """Read and check a shadow folder; nothing is loaded but JSON (and the target's tokenizer digest).
 
@@ -234,6 +282,7 @@ def load_shadows(folder: str | Path, *, target_tokenizer=None) -> ShadowSet:
         sha, tok = meta["population"]["sha256"], str(meta["tokenizer_sha256"])
     except (KeyError, TypeError, ValueError):
         raise LlmMiaError(f"{d / MEMBERSHIP_FILE} lacks models, population or tokenizer_sha256") from None
+    keep = _membership_matrix(meta, n_pop, d / MEMBERSHIP_FILE)
     dirs = [d / m["name"] for m in models]
     missing = [p.name for p in dirs if not (p / "recipe.json").is_file()]
     if missing:
@@ -242,13 +291,30 @@ def load_shadows(folder: str | Path, *, target_tokenizer=None) -> ShadowSet:
     texts = [r.get("text", "") for r in io.read_jsonl(d / POPULATION_FILE)] if (d / POPULATION_FILE).is_file() else None
     if texts is None or len(texts) != n_pop or population_sha256(texts) != sha:
         raise LlmMiaError(f"{d / POPULATION_FILE} is missing or does not match the population digest in {MEMBERSHIP_FILE}")
-    keep = np.zeros((len(models), n_pop), dtype=bool)
-    for k, m in enumerate(models):
-        keep[k, m["in"]] = True
+    _check_trained_on_in_sets(texts, keep, dirs)
     out = ShadowSet(folder=d, texts=texts, keep=keep, model_dirs=dirs, tokenizer_sha256=tok, meta=meta)
     if target_tokenizer is not None:
         check_tokenizer(out, target_tokenizer)
     return out
+
+
+def recipe_mismatch(shadow: ShadowSet, target_folder) -> str | None:
+    """One warning line when the shadow models' recipe (membership.json) differs from the target's
+    recipe.json in preset, steps or base (None: same, or the target has no recipe.json). Shadow models
+    trained much longer or shorter than the target can invert LiRA / RMIA (AUC near 0)."""
+    rfile = Path(target_folder) / "recipe.json" if target_folder is not None else None
+    if rfile is None or not rfile.is_file():
+        return None
+    tgt, mine = io.read_json(rfile), shadow.meta.get("recipe") or {}
+    if not isinstance(tgt, dict):
+        return None
+    diffs = [f"{k} {mine.get(mk)!r} vs {tgt.get(tk)!r}" for k, mk, tk in
+             (("preset", "preset", "preset"), ("steps", "max_steps", "steps"), ("base", "base", "base"))
+             if mine.get(mk) is not None and tgt.get(tk) is not None and mine.get(mk) != tgt.get(tk)]
+    if not diffs:
+        return None
+    return (f"warning: the shadow models in {shadow.folder} were trained with another recipe than the target "
+            f"({'; '.join(diffs)}; shadow vs target): shadow-model attacks may be weak or inverted")
 
 
 def check_tokenizer(shadow: ShadowSet, tokenizer) -> None:

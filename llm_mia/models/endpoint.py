@@ -47,6 +47,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -233,7 +234,7 @@ class EndpointModel:
         except openai.APIStatusError as e:
             more = " after the client's retries with backoff" if e.status_code == 429 or e.status_code >= 500 else ""
             raise LlmMiaError(f"the endpoint {self.url} answered {e.status_code}{more}: {_first_line(e)}") from None
-        reply = raw.parse()
+        reply = _parsed(raw, self.url)
         with self._lock:
             self.usage.prompts += n_prompts
             self.usage.retries += int(getattr(raw, "retries_taken", 0) or 0)
@@ -312,7 +313,7 @@ class EndpointModel:
                 tops = ch.logprobs.top_logprobs or []
                 for a in range(first, e):
                     c, k = a - max(1, ctx[i]), a - s
-                    lp[i, c] = float(got[k])
+                    lp[i, c] = _checked_logprob(got[k], self.url, k)
                     ids[i, c] = int(p[k])
                     if ranks is not None:
                         top1[i, c] = ranks[k] == 1
@@ -412,6 +413,38 @@ class EndpointModel:
             stop = [k for k, t in enumerate(new) if t in eos] if stop_at_eos else []
             out.append(Generated(prompt=p, new_ids=new[:stop[0]] if stop else new))
         return out
+
+
+def _parsed(raw, url: str):
+    """The parsed reply of a raw API response, or one line saying what the server sent instead (a body
+    that is not JSON, truncated JSON, an HTML page)."""
+    status = getattr(raw, "status_code", None) or getattr(getattr(raw, "http_response", None), "status_code", "?")
+    try:
+        reply = raw.parse()
+    except ValueError as e:  # json.JSONDecodeError: a truncated or broken JSON body
+        raise LlmMiaError(f"the endpoint {url} answered {status} with JSON it cut short or broke "
+                          f"({' '.join(str(e).split())[:120]})") from None
+    if isinstance(reply, (str, bytes)) or not hasattr(reply, "choices"):
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        kind = "an HTML page" if "<html" in text[:500].lower() or "<!doctype" in text[:500].lower() else "a non-JSON body"
+        raise LlmMiaError(f"the endpoint {url} answered {status} with {kind} instead of an OpenAI API reply "
+                          f"({' '.join(text.split())[:80]!r}); is the URL the API's /v1 root?")
+    return reply
+
+
+#: A log-prob above 0 by less than this is float rounding on the server (clamped to 0); more is refused.
+LOGPROB_SLACK = 1e-5
+
+
+def _checked_logprob(x, url: str, pos: int) -> float:
+    """``x`` as a log-prob: a finite number <= 0 (up to :data:`LOGPROB_SLACK`), else a one-line error
+    naming the endpoint and what it returned (null, NaN, infinite or positive)."""
+    f = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+    if f is None or not math.isfinite(f) or f > LOGPROB_SLACK:
+        shown = "null" if x is None else f"{x:+g}" if f is not None else repr(x)
+        raise LlmMiaError(f"the endpoint {url} returned log-prob {shown} at prompt position {pos} "
+                          "(a log-prob must be a finite number <= 0)")
+    return min(f, 0.0)
 
 
 def _first_line(e: Exception) -> str:
@@ -550,19 +583,41 @@ def _detect_api(m: EndpointModel) -> str:
 
     m.stage = "api detection"
     bos = m.bos_id
-    try:
-        ch = m._completions([[bos, bos]], max_tokens=0, echo=True, logprobs=1, temperature=0.0)
-        got = ch[0].logprobs.token_logprobs if ch[0].logprobs is not None else None
-        if got is not None and len(got) >= 2 and got[1] is not None:
-            return "completions"
-    except LlmMiaError as e:
-        if "cannot reach" in str(e) or "refused the API key" in str(e):
-            raise
-    try:
-        m._call(m.client.chat.completions.with_raw_response.create, 1, messages=[{"role": "user", "content": "a"}],
-                max_tokens=1, logprobs=True, top_logprobs=1)
+    refused = []  # (probe, why) of the probes the server turned down with a 4xx
+
+    def probe(what: str, fn):
+        try:
+            return fn()
+        except (LlmMiaError, openai.OpenAIError) as e:
+            if not _is_refusal(e):  # unreachable, bad key, 5xx, 429, HTML, broken JSON: what it is
+                raise LlmMiaError(f"{' '.join(str(e).split())} (while probing {what})") from None
+            refused.append((what, " ".join(str(e).split())))
+            return None
+
+    ch = probe("/v1/completions with echo + logprobs",
+               lambda: m._completions([[bos, bos]], max_tokens=0, echo=True, logprobs=1, temperature=0.0))
+    got = ch[0].logprobs.token_logprobs if ch and ch[0].logprobs is not None else None
+    if got is not None and len(got) >= 2 and got[1] is not None:
+        return "completions"
+    if probe("/v1/chat/completions with logprobs", lambda: m._call(
+            m.client.chat.completions.with_raw_response.create, 1, messages=[{"role": "user", "content": "a"}],
+            max_tokens=1, logprobs=True, top_logprobs=1)) is not None:
         return "chat"
-    except (LlmMiaError, openai.OpenAIError) as e:
-        if "cannot reach" in str(e) or "refused the API key" in str(e):
-            raise
+    n_before = len(refused)
+    probe("/v1/completions (text only)", lambda: m._completions([[bos]], max_tokens=1, temperature=0.0))
+    if len(refused) > n_before:  # not even text: no API this tool can use
+        raise LlmMiaError(f"the endpoint {m.url} turned down every API probe: "
+                          + "; ".join(f"{w}: {why}" for w, why in refused))
     return "text"
+
+
+def _is_refusal(e: Exception) -> bool:
+    """A 4xx answer (other than 401 and 429) to a probe: this API or option is not offered."""
+    msg = str(e)
+    if "cannot reach" in msg or "refused the API key" in msg:
+        return False
+    code = getattr(e, "status_code", None)
+    if code is None:
+        hit = re.search(r"answered (\d{3})[: ]", msg)
+        code = int(hit.group(1)) if hit else None
+    return code is not None and 400 <= code < 500 and code not in (401, 429)

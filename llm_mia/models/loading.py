@@ -175,6 +175,9 @@ def resolve_model_spec(name_or_path: str | None, args: dict, *, engine: str = "h
     _check_weights(folder, base_name, adapter=False, allow_pickle=allow_pickle)
     if adapter_folder is not None:
         _check_weights(adapter_folder, adapter_name, adapter=True, allow_pickle=allow_pickle)
+    if not _has_tokenizer(folder) and not (adapter_folder is not None and _has_tokenizer(adapter_folder)):
+        raise LlmMiaError(f"no tokenizer in {folder} (none of tokenizer.json, tokenizer_config.json, "
+                          "tokenizer.model, vocab.json): copy the tokenizer files of the model it was trained with")
     return ModelSpec(engine=engine, base_name=base_name, folder=folder, adapter_name=adapter_name,
                      adapter_folder=adapter_folder, device=dev, dtype=dt, trust_remote_code=trust_remote_code,
                      allow_pickle=allow_pickle)

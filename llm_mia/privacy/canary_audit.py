@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
-from llm_mia.data.canaries import MIN_PER_CLASS, load_canaries
+from llm_mia.data.canaries import MIN_PER_CLASS, load_canaries, training_text
 from llm_mia.membership import signals as S
 from llm_mia.membership.metrics import roc_metrics
 from llm_mia.membership.scoring import score
@@ -33,6 +33,35 @@ class CanaryAuditInputs:
     train_checked: str | None
     trained_dp: dict | None
     strategy: str = "split"
+
+
+def _check_planted_file(rec: dict, inclusion_path, train_path) -> str | None:
+    """The training file checked against the record (``train_path``, else its planted file when it lies
+    beside it), None when there is none; a planted_file naming a path outside the record's folder, or
+    a file whose sha256 is not the record's, raises LlmMiaError."""
+    folder = Path(inclusion_path).parent
+    name = rec.get("planted_file")
+    if name is not None and (not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")):
+        raise LlmMiaError(f"{inclusion_path}: planted_file {name!r} must be a file name in {folder}")
+    if not train_path and not (name and (folder / name).is_file()):
+        return None
+    train = Path(train_path) if train_path else folder / name
+    sha = io.sha256_file(train)
+    if sha is None:
+        raise LlmMiaError(f"training file not found: {train}")
+    if sha != rec.get("planted_sha256"):
+        raise LlmMiaError(f"{train} is not the planted training file of {inclusion_path} (sha256 differs)")
+    return str(train)
+
+
+def _check_flags(canaries: list[dict], flags: dict, train: str, inclusion_path) -> None:
+    """Every included canary occurs in the planted file ``train`` and no excluded one does (one pass)."""
+    text = training_text(train)
+    wrong = [c["id"] for c in canaries if (c["text"] in text) != flags[c["id"]]]
+    if wrong:
+        raise LlmMiaError(f"{inclusion_path}: the included flags of {len(wrong)} canaries do not match {train} "
+                          f"(e.g. {wrong[0]!r} is {'not ' if flags[wrong[0]] else ''}in it, yet marked "
+                          f"{'included' if flags[wrong[0]] else 'excluded'})")
 
 
 def prepare_canary_audit(canaries_path: str | Path, inclusion_path: str | Path, *, model_path=None,
@@ -63,16 +92,10 @@ def prepare_canary_audit(canaries_path: str | Path, inclusion_path: str | Path, 
     flags = {x.get("id"): x.get("included") for x in rec.get("canaries", []) if isinstance(x, dict)}
     if set(flags) != {c["id"] for c in canaries} or not all(isinstance(v, bool) for v in flags.values()):
         raise LlmMiaError(f"{inclusion_path}: the canary ids or included flags do not match {canaries_path}")
-    train = Path(train_path) if train_path else Path(inclusion_path).parent / str(rec.get("planted_file", ""))
-    checked = None
-    if train_path or (rec.get("planted_file") and train.is_file()):
-        sha = io.sha256_file(train)
-        if sha is None:
-            raise LlmMiaError(f"training file not found: {train}")
-        if sha != rec.get("planted_sha256"):
-            raise LlmMiaError(f"{train} is not the planted training file of {inclusion_path} (sha256 differs)")
-        checked = str(train)
+    checked = _check_planted_file(rec, inclusion_path, train_path)
     included = [flags[c["id"]] for c in canaries]
+    if checked is not None:
+        _check_flags(canaries, flags, checked, inclusion_path)
     n_in = sum(included)
     if n_in < MIN_PER_CLASS or len(included) - n_in < MIN_PER_CLASS:
         raise LlmMiaError(f"the epsilon bounds need >= {MIN_PER_CLASS} included and {MIN_PER_CLASS} excluded "

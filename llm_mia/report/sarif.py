@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llm_mia.core import io
 from llm_mia.core.version import __version__
+from llm_mia.report.ci import clean_text, outcome
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 TAXONOMY_TAGS = ["security", "privacy", "OWASP-LLM02:2025", "MITRE-ATLAS-AML.T0057"]
@@ -44,7 +45,17 @@ RULES: dict[str, tuple[str, str, str, str]] = {
                                    "TPR at 1% FPR of included against excluded planted canaries."),
     "max_queries_per_secret": ("QueriesPerSecret", "error", "8.0",
                                "A planted secret extractable within the API's rate limit (queries per attacker)."),
+    "max_discoverable_rate": ("DiscoverableMemorization", "warning", "6.0",
+                              "Training examples whose suffix greedy decoding of their prefix gives back "
+                              "(discoverable memorization, Carlini et al. 2023)."),
 }
+
+
+def rule_of(name: str) -> tuple[str, str, str, str]:
+    """The :data:`RULES` row of limit ``name``; a limit without one gets a generic error rule (a new limit
+    must never stop the CI files from being written)."""
+    return RULES.get(name) or ("".join(w.capitalize() for w in str(name).split("_")), "error", "7.0",
+                               f"Release-policy limit {name}.")
 
 
 def _fingerprint(*parts) -> str:
@@ -77,14 +88,14 @@ def _memorized_samples(report_dir: Path | None) -> list[dict]:
 
 
 def _results_of(check: dict, report: dict, samples: list[dict]) -> list[tuple]:
-    name, level = check["name"], RULES[check["name"]][1]
+    name, level = check["name"], rule_of(check["name"])[1]
     salt = (report.get("provenance") or {}).get("secrets_sha256")
-    if check["status"] in ("inconclusive", "error"):
-        word = "INCONCLUSIVE" if check["status"] == "inconclusive" else "ERROR"
-        return [(f"{word}: {check['text']}: {check['reason']}", "warning" if word == "INCONCLUSIVE" else "error",
-                 _fingerprint(name, check["status"]), {"status": check["status"]})]
-    if check["status"] != "failed":
+    _, _, res_level, word = outcome(check["status"])
+    if res_level is None:
         return []
+    if word is not None:
+        return [(f"{word}: {check['text']}: {check['reason']}", res_level,
+                 _fingerprint(name, check["status"]), {"status": check["status"]})]
     out = []
     for it in check.get("items") or []:
         if it["kind"] == "secret":
@@ -116,7 +127,7 @@ def sarif_log(report: dict, verdict: dict, *, report_dir: Path | None = None, re
     names = [c["name"] for c in checks]
     rules = []
     for name in names:
-        rule, level, sev, desc = RULES[name]
+        rule, level, sev, desc = rule_of(name)
         limit = next(c["limit"] for c in checks if c["name"] == name)
         rules.append({"id": f"llm-mia/{name}", "name": rule,
                       "shortDescription": {"text": f"{name} = {limit}"}, "fullDescription": {"text": desc},
@@ -133,7 +144,7 @@ def sarif_log(report: dict, verdict: dict, *, report_dir: Path | None = None, re
         for msg, level, fp, props in _results_of(c, report, samples):
             results.append({
                 "ruleId": f"llm-mia/{c['name']}", "ruleIndex": i, "kind": "fail", "level": level,
-                "message": {"text": msg},
+                "message": {"text": clean_text(msg)},
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": loc_uri}},
                                "logicalLocations": [{"name": str(prov.get("model") or "model"),
                                                      "kind": "module"}]}],

@@ -225,3 +225,71 @@ def test_audit_with_shadow_reports_the_attacks(leak_models, tmp_path, capsys):
                               "--nonmembers", d / "corpus" / "heldout.jsonl", "--out", tmp_path / "o2",
                               "--shadow", tmp_path / "nothing"], capsys)
     assert code == 2 and "shadow folder not found" in err and not (tmp_path / "o2").exists()
+
+
+def _edited_copy(sh_dir, dst, edit=None):
+    import shutil
+
+    shutil.copytree(sh_dir, dst)
+    if edit is not None:
+        meta = io.read_json(dst / MEMBERSHIP_FILE)
+        edit(meta)
+        io.write_json(dst / MEMBERSHIP_FILE, meta)
+    return dst
+
+
+def test_b4_05_a_foreign_model_in_a_shadow_folder_is_refused(shadow_case, tmp_path):
+    import hashlib
+    import shutil
+
+    d, docs, sh = shadow_case
+    meta = io.read_json(sh.folder / MEMBERSHIP_FILE)
+    # the recipe's digest is that of the IN texts as train.jsonl rows (a slow, independent serialisation)
+    rows = "".join(json.dumps({"text": docs[i]}, ensure_ascii=False) + "\n" for i in meta["models"][0]["in"])
+    rec0 = io.read_json(sh.folder / "model-00" / "recipe.json")
+    assert rec0["train_sha256"] == hashlib.sha256(rows.encode("utf-8")).hexdigest()
+    x = _edited_copy(sh.folder, tmp_path / "shX")
+    shutil.rmtree(x / "model-00")
+    shutil.copytree(sh.folder / "model-01", x / "model-00")  # another IN set's model under model-00's name
+    with pytest.raises(LlmMiaError, match="model-00 was not trained on its IN set of membership.json"):
+        load_shadows(x)
+    assert load_shadows(sh.folder).keep.shape == (4, 16)
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: m["models"][0].update({"in": [-1, -2]}), "'in' must be a list of text indices in [0, 16)"),
+    (lambda m: m.update({"n_models": 99}), "n_models is 99 but 4 models are listed"),
+    (lambda m: m["models"][1].update({"name": m["models"][0]["name"]}), "model names must be unique"),
+    (lambda m: m["models"][0].update({"name": "../target"}), "must be a folder name inside the shadow folder"),
+    (lambda m: m["models"][0].pop("name"), "must be a folder name inside the shadow folder"),
+    (lambda m: m["models"][0].update({"in": [999]}), "'in' must be a list of text indices"),
+    (lambda m: m["models"][0].update({"in": "12"}), "'in' must be a list of text indices"),
+    (lambda m: m.update({"models": "abc"}), "models must be a list of entries"),
+    (lambda m: [x.update({"in": list(range(16))}) for x in m["models"]], "every population text needs IN and OUT"),
+], ids=["negative", "n_models", "same_name", "outside", "no_name", "out_of_range", "string_in", "models_str",
+        "all_in"])
+def test_b4_06_membership_json_is_validated(shadow_case, tmp_path, edit, msg):
+    _, _, sh = shadow_case
+    bad = _edited_copy(sh.folder, tmp_path / "shT", edit)
+    with pytest.raises(LlmMiaError) as e:
+        load_shadows(bad)
+    assert msg in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_b4_10_shadow_recipe_other_than_the_target_is_reported(shadow_case, tmp_path, capsys):
+    from llm_mia.membership.shadow import recipe_mismatch
+
+    d, docs, sh = shadow_case  # shadow models: preset tiny, 20 steps
+    assert recipe_mismatch(sh, d / "target") is None  # no recipe.json: nothing to compare
+    io.write_json(tmp_path / "recipe.json", {"preset": "tiny", "steps": 20, "base": None})
+    assert recipe_mismatch(sh, tmp_path) is None
+    io.write_json(tmp_path / "recipe.json", {"preset": "tiny", "steps": 200, "base": None})
+    assert "steps 20 vs 200" in recipe_mismatch(sh, tmp_path)
+    (d / "target" / "recipe.json").write_text(json.dumps({"preset": "tiny", "steps": 200}))
+    try:
+        (tmp_path / "one.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n")
+        code, out, err = run_cli(["score", "--model", d / "target", "--input", tmp_path / "one.jsonl", "--output",
+                                  tmp_path / "o.jsonl", "--shadow", sh.folder], capsys)
+        assert "trained with another recipe than the target (steps 20 vs 200" in err, (code, err)
+    finally:
+        (d / "target" / "recipe.json").unlink()

@@ -36,6 +36,9 @@ class StepServer:
 
     def __init__(self, *, key: str | None = None, served=("step",), owned_by: str = "test"):
         self.key, self.served, self.fail, self.seen = key, list(served), [], []
+        self.raw = []  # (status, content type, body bytes) the next POSTs answer, whatever the path
+        self.post_status = None  # a status every POST answers (a broken server)
+        self.edit_logprobs = None  # a function over each prompt's token_logprobs list
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,6 +75,16 @@ class StepServer:
                 outer.seen.append((self.path, body))
                 if not self._authorised():
                     return
+                if outer.raw or outer.post_status:
+                    code, ctype, data = outer.raw.pop(0) if outer.raw else (
+                        outer.post_status, "application/json", json.dumps({"error": {"message": "boom"}}).encode())
+                    self.send_response(code)
+                    self.send_header("content-type", ctype)
+                    self.send_header("content-length", str(len(data)))
+                    self.send_header("retry-after", "0")
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if not self.path.endswith("/completions") or "chat" in self.path:
                     self._send(404, {"error": {"message": "not found"}})
                     return
@@ -84,6 +97,8 @@ class StepServer:
                 choices = []
                 for i, p in enumerate(prompts):
                     lps = [None] + [step_logprob(a, b) for a, b in zip(p, p[1:])]
+                    if outer.edit_logprobs is not None:
+                        lps = outer.edit_logprobs(lps)
                     tops = [None] + [{str((a + 1) % V): LIKELY} for a in p[:-1]]
                     choices.append({"index": i, "text": "", "finish_reason": "length",
                                     "logprobs": {"tokens": [str(t) for t in p], "token_logprobs": lps,
@@ -240,3 +255,59 @@ def test_cli_score_through_the_endpoint_matches_the_step_model(server, tok_dir, 
         want = -sum(step_logprob(a, b) for a, b in zip(ids, ids[1:])) / (len(ids) - 1)
         assert r["n_scored_tokens"] == len(ids) - 1 and r["nll"] == pytest.approx(want, abs=1e-6)
         assert "min_k_plus_plus" not in r["scores"] and "min_k" in r["scores"]  # no mu / sigma over an API
+
+
+@pytest.mark.parametrize("edit, shown", [
+    (lambda lps: [lps[0], float("nan"), *lps[2:]], "log-prob +nan at prompt position 1"),
+    (lambda lps: [lps[0], 3.0, *lps[2:]], "log-prob +3 at prompt position 1"),
+    (lambda lps: [lps[0], lps[1], float("-inf"), *lps[3:]], "log-prob -inf at prompt position 2"),
+    (lambda lps: [lps[0], lps[1], None, *lps[3:]], "log-prob null at prompt position 2"),
+], ids=["nan", "positive", "minus_inf", "null_mid_prompt"])
+def test_b4_13_endpoint_logprobs_must_be_finite_and_at_most_0(server, tok_dir, edit, shown):
+    m = _connect(server, tok_dir)
+    server.edit_logprobs = edit
+    with pytest.raises(LlmMiaError) as e:
+        m.token_stats([[0, 1, 2, 3]], moments=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"the endpoint {server.url} returned {shown}"), msg
+    # rounding noise just above 0 is clamped, a real log-prob passes unchanged
+    server.edit_logprobs = lambda lps: [lps[0], 1e-7, *lps[2:]]
+    st = m.token_stats([[0, 1, 2]], moments=False)
+    assert st.token_logprob[0, :2].tolist() == pytest.approx([0.0, LIKELY], abs=1e-6)
+
+
+@pytest.mark.parametrize("code, ctype, body, want", [
+    (200, "text/html", b"<html><body>Login</body></html>", "answered 200 with an HTML page instead of an OpenAI"),
+    (200, "application/json", b'{"id": "c", "choices": [{"ind', "answered 200 with JSON it cut short or broke"),
+], ids=["html_200", "truncated_json"])
+def test_b4_13_endpoint_non_api_replies_are_named(server, tok_dir, code, ctype, body, want):
+    m = _connect(server, tok_dir)
+    server.raw = [(code, ctype, body)]
+    with pytest.raises(LlmMiaError) as e:
+        m.token_stats([[0, 1, 2]], moments=False)
+    assert str(e.value).startswith(f"the endpoint {server.url} {want}") and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("status, want", [
+    (500, "answered 500 after the client's retries with backoff: boom (while probing /v1/completions"),
+    (400, "turned down every API probe: /v1/completions with echo + logprobs: the endpoint"),
+])
+def test_b4_14_api_detection_reports_server_errors_as_such(server, tok_dir, status, want):
+    server.post_status = status
+    with pytest.raises(LlmMiaError) as e:
+        load_model(f"openai:{server.url}", model_args=f"tokenizer={tok_dir},max_retries=0")
+    msg = str(e.value)
+    assert want in msg and server.url in msg and "api=text" not in msg and "\n" not in msg, msg
+    if status == 400:  # each of the three probes named with its status
+        assert msg.count("answered 400") == 3
+
+
+def test_b4_14_text_only_server_is_still_detected_as_text(server, tok_dir):
+    """A server refusing echo + logprobs (400) and chat (404) but answering plain completions is label-only."""
+    ok = json.dumps({"id": "c", "object": "text_completion", "created": 0, "model": "step",
+                     "choices": [{"index": 0, "text": "x", "finish_reason": "length", "logprobs": None}]}).encode()
+    server.raw = [(400, "application/json", b'{"error": {"message": "echo not supported"}}'),
+                  (404, "application/json", b'{"error": {"message": "not found"}}'),
+                  (200, "application/json", ok)]
+    m = load_model(f"openai:{server.url}", model_args=f"tokenizer={tok_dir},max_retries=0")
+    assert m.api == "text" and m.usage.queries == 3

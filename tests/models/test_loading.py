@@ -265,3 +265,23 @@ def test_cached_hub_id_loads_from_the_cache_without_network(no_network, tiny_tok
     (repo / "refs" / "main").write_text(commit)
     lm = load_model("acme/tiny", device="cpu")
     assert no_network == [] and lm.folder == snap and lm.weights_sha256 == weights_sha256(snap) is not None
+
+
+def test_b4_11_model_folder_without_tokenizer_is_refused(tiny_tokenizer, tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    m = make_tiny_gpt2(len(tiny_tokenizer), n_positions=32)
+    m.save_pretrained(tmp_path / "notok")  # config.json, model.safetensors, generation_config.json only
+    assert not any(p.name.startswith(("tokenizer", "vocab")) for p in (tmp_path / "notok").iterdir())
+    with pytest.raises(LlmMiaError, match=f"no tokenizer in {tmp_path / 'notok'}"):
+        load_model(str(tmp_path / "notok"), device="cpu")
+    (tmp_path / "one.txt").write_text("The quick brown fox jumps over the lazy dog.\n")
+    capsys.readouterr()  # the shard writer's progress bar
+    code, out, err = run_cli(["score", "--model", tmp_path / "notok", "--input", tmp_path / "one.txt",
+                              "--output", tmp_path / "o.jsonl"], capsys)
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and "no tokenizer in" in lines[0], (out, err)
+    assert not (tmp_path / "o.jsonl").exists()
+    # with the tokenizer files it loads and encodes text to tokens
+    tiny_tokenizer.save_pretrained(tmp_path / "notok")
+    assert len(load_model(str(tmp_path / "notok"), device="cpu").tokenizer("The quick")["input_ids"]) > 0

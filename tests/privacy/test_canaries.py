@@ -7,6 +7,7 @@ import json
 import pytest
 
 from llm_mia.core import io
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.canaries import load_canaries
 from llm_mia.privacy import bounds as P
 from tests.conftest import TOKENIZER_TEXT, _fit, run_cli
@@ -229,3 +230,55 @@ def test_audit_report_gets_the_canary_section(leak_models, tmp_path, capsys):
     code, _, err = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", tmp_path / "b",
                             "--canaries", tmp_path / "c.jsonl"], capsys)
     assert code == 2 and "go together" in err
+
+
+def test_b4_09_inclusion_flags_are_checked_against_the_planted_file(setup, tmp_path):
+    import shutil
+
+    from llm_mia.privacy.canary_audit import prepare_canary_audit
+
+    d, _ = setup
+    io.write_jsonl(tmp_path / "c.jsonl", [{"id": f"c{i}", "text": f"canary number {i} zq", "kind": "random"}
+                                          for i in range(40)])
+    from llm_mia.data.canaries import plant_canaries
+
+    plant_canaries(d / "train.jsonl", tmp_path / "c.jsonl", tmp_path / "p", repeats=2, seed=1)
+    rec = io.read_json(tmp_path / "p" / "inclusion.json")
+    # the untouched record is accepted, its flags those of the file by a slow look-up
+    planted = [r["text"] for r in io.read_jsonl(tmp_path / "p" / "train.jsonl")]
+    want = [any(f"canary number {i} zq" == t for t in planted) for i in range(40)]
+    inp = prepare_canary_audit(tmp_path / "c.jsonl", tmp_path / "p" / "inclusion.json")
+    assert inp.included == want and inp.train_checked == str(tmp_path / "p" / "train.jsonl")
+    # every flag flipped in a copy of the folder, the planted file beside it unchanged
+    shutil.copytree(tmp_path / "p", tmp_path / "flip")
+    rec_f = {**rec, "canaries": [{**c, "included": not c["included"]} for c in rec["canaries"]]}
+    io.write_json(tmp_path / "flip" / "inclusion.json", rec_f)
+    with pytest.raises(LlmMiaError, match=f"the included flags of 40 canaries do not match {tmp_path / 'flip'}"):
+        prepare_canary_audit(tmp_path / "c.jsonl", tmp_path / "flip" / "inclusion.json")
+    # a record of another planting of the same canaries, copied beside this planted file
+    plant_canaries(d / "train.jsonl", tmp_path / "c.jsonl", tmp_path / "q", repeats=2, seed=2)
+    other = io.read_json(tmp_path / "q" / "inclusion.json")
+    io.write_json(tmp_path / "flip" / "inclusion.json", {**other, "planted_sha256": rec["planted_sha256"]})
+    with pytest.raises(LlmMiaError, match="do not match"):
+        prepare_canary_audit(tmp_path / "c.jsonl", tmp_path / "flip" / "inclusion.json")
+    # a planted_file outside the record's folder
+    io.write_json(tmp_path / "flip" / "inclusion.json", {**rec, "planted_file": "../p/train.jsonl"})
+    with pytest.raises(LlmMiaError, match="must be a file name in"):
+        prepare_canary_audit(tmp_path / "c.jsonl", tmp_path / "flip" / "inclusion.json")
+
+
+def test_b4_08_canaries_with_line_breaks_are_refused_for_txt_and_never_synthetic(tmp_path, capsys):
+    from llm_mia.data.canaries import one_line
+
+    rows = [{"id": f"c{i}", "text": f"canary number {i} zq", "kind": "random"} for i in range(10)]
+    rows[0]["text"] = 'de "__riico{\n\nErrorn) zq'
+    io.write_jsonl(tmp_path / "c.jsonl", rows)
+    (tmp_path / "t.txt").write_text("".join(d + "\n" for d in DOCS), encoding="utf-8")
+    code, _, err = run_cli(["canaries", "plant", "--train", tmp_path / "t.txt", "--canaries", tmp_path / "c.jsonl",
+                            "--out", tmp_path / "p", "--repeats", "2"], capsys)
+    assert code == 2 and "canary 'c0' (1 in all) holds a line break" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p" / "train.txt").exists()
+    io.write_jsonl(tmp_path / "t.jsonl", [{"text": d} for d in DOCS])  # a .jsonl file keeps the canary whole
+    _cli_ok(["canaries", "plant", "--train", tmp_path / "t.jsonl", "--canaries", tmp_path / "c.jsonl",
+             "--out", tmp_path / "q", "--repeats", "2"], capsys)
+    assert one_line('a\n\nb\r\nc\u2028d') == "a  b c d" and one_line("plain text") == "plain text"
