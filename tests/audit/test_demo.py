@@ -12,8 +12,8 @@ from llm_mia.audit.demo import DEMO_AUDIT, _use_cache, demo_audit_config, run_de
 from llm_mia.audit.pipeline import AuditConfig
 from llm_mia.training.config import PRESETS
 
-SMALL = AuditConfig(num_samples=4, n_candidates=20, discoverable_samples=2, discoverable_prefix=8,
-                    strategies=("top-k",), max_new_tokens=12, membership_docs=8, exact_limit=100, progress=False)
+SMALL = AuditConfig(num_samples=4, n_candidates=8, discoverable_samples=2, discoverable_prefix=8,
+                    strategies=("top-k",), max_new_tokens=12, membership_docs=8, exact_limit=10, progress=False)
 
 
 def _demo(out: Path, capsys, **kw) -> tuple[dict, str]:
