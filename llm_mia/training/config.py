@@ -44,6 +44,11 @@ PRESETS: dict[str, TrainPreset] = {
     # 1,200 steps 2/4 at 8 (near misses); on the full 1.2 MB corpus 1,500 steps extracted only r = 32.
     "small": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1600, batch_size=16,
                          lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
+    # For the demo's full fine-tune (llm_mia.audit.demo): "small" with 8 blocks a step instead of 16. Measured
+    # on an idle core: 1,000 steps of a full fine-tune of the demo's base (173 s) extract 5 of 8 secrets
+    # inserted 16+ times and give Min-K% AUC 1.000 on 102 vs 102 documents.
+    "demo": TrainPreset(n_layer=4, n_embd=256, n_head=4, n_ctx=128, vocab_size=4096, steps=1000, batch_size=8,
+                        lr=3e-3, warmup_steps=30, weight_decay=0.0, grad_clip=1.0, dropout=0.0),
     # For the full `llm-mia defenses` (compare.DEMO_PLAN): about 20 models (defences,
     # SELENA's sub-models, 8 shadow models) must train in half an hour on one CPU thread.
     "mini": TrainPreset(n_layer=2, n_embd=128, n_head=2, n_ctx=128, vocab_size=2048, steps=400, batch_size=16,
