@@ -136,6 +136,9 @@ class CompareRun:
         api_modes: the API output modes the output-limit runs measure (:mod:`llm_mia.serving.output_limits`).
         limit_docs: at most this many members (and as many non-members) per output-limit run.
         n_boot: bootstrap resamples of the output-limit runs' AUC intervals.
+        limit_memguard: ``target -> classifier`` of the output-limit runs' ``memguard:EPS`` modes
+            (``memguard_classifier``, or fitted on the shadow models before any audit), or None: fitted on
+            the target's documents outside the evaluated ones (:func:`_check_limit_memguard` checks they exist).
     """
 
     corpus: Path
@@ -154,6 +157,7 @@ class CompareRun:
     api_modes: Sequence[str]
     limit_docs: int
     n_boot: int
+    limit_memguard: object | None = None
 
 
 def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str | Path, *,
@@ -245,21 +249,62 @@ def _prepare(corpus_dir, models, out_dir, cfg: AuditConfig, *, reference_path, p
             raise LlmMiaError(f"corpus folder {corpus} has no {f}")
     train = [r["text"] for r in io.read_jsonl(corpus / "train.jsonl")]
     heldout = [r["text"] for r in io.read_jsonl(corpus / "heldout.jsonl")]
+    secrets = load_secrets(corpus / "secrets.json")
+    mem, non = membership_sample(train, heldout, secrets, cfg.membership_docs, cfg.seed)
+    limit_memguard = _check_limit_memguard(api_modes, memguard_classifier, shadow_dir, models, len(mem), len(non),
+                                           limit_docs, seed=cfg.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reference = load_model(str(reference_path)) if reference_path else None
     # a reference trained on the non-members would make its signals measure itself (see audit)
     mia_reference = None if reference_saw_nonmembers(reference_path, corpus) else reference
-    secrets = load_secrets(corpus / "secrets.json")
-    mem, non = membership_sample(train, heldout, secrets, cfg.membership_docs, cfg.seed)
     if memguard_classifier is None and shadow_dir is not None:
-        memguard_classifier = lambda target: classifier_from_shadows(shadow_dir, seed=cfg.seed)  # noqa: E731
+        memguard_classifier = limit_memguard or _shadow_classifier(shadow_dir, cfg.seed)
     serves = {name: _memguard_serve(parse_mode(serving), memguard_classifier, train, heldout, mem, non, secrets,
                                     seed=cfg.seed) for name, _, serving in models if serving}  # checked before any audit
     return CompareRun(corpus=corpus, out=out, cfg=cfg, train=train, heldout=heldout, members=mem, nonmembers=non,
                       mia_reference=mia_reference, serves=serves, reference_path=reference_path, policy=policy,
                       canaries=canaries, shadow_dir=shadow_dir, api_modes=api_modes, limit_docs=limit_docs,
-                      n_boot=n_boot)
+                      n_boot=n_boot, limit_memguard=limit_memguard)
+
+
+def _shadow_classifier(shadow_dir, seed: int):
+    """``target -> classifier`` fitted once on the shadow models of ``shadow_dir``, before any audit."""
+    clf = classifier_from_shadows(shadow_dir, seed=seed)
+    return lambda target: clf
+
+
+def _check_limit_memguard(api_modes, make_classifier, shadow_dir, models, n_members: int, n_nonmembers: int,
+                          limit_docs: int, *, seed: int):
+    """The output-limit runs' MemGuard classifier, settled before any audit (field case B4-15).
+
+    Every ``api_modes`` entry is parsed first (an unknown mode is refused here, not after the audits).
+    With a ``memguard:EPS`` mode the classifier is ``make_classifier`` when given, else the one fitted
+    once on the shadow models of ``shadow_dir`` (built now); without either, the target-fitted
+    classifier needs 2 members and 2 non-members left over after the ``min(limit_docs, n)`` evaluated
+    of each, which is checked here.
+
+    Returns:
+        ``target -> classifier``, or None (no memguard mode or no unserved row, or fitted on each
+        target's left-over documents by :func:`llm_mia.serving.output_limits.membership_under_limits`).
+
+    Raises:
+        LlmMiaError: an unknown mode; a memguard mode with no classifier and too few documents left over.
+    """
+    parsed = [parse_mode(m) for m in api_modes]
+    if not any(m.kind == "memguard" for m in parsed) or not any(not serving for _, _, serving in models):
+        return None
+    if make_classifier is not None:
+        return make_classifier
+    if shadow_dir is not None:
+        return _shadow_classifier(shadow_dir, seed)
+    k = min(limit_docs, n_members, n_nonmembers)
+    if min(n_members - k, n_nonmembers - k) < 2:
+        raise LlmMiaError(f"--api-modes memguard: the defender's classifier needs >= 2 members and 2 non-members "
+                          f"besides the {k} + {k} evaluated, and --membership-docs leaves {n_members - k} + "
+                          f"{n_nonmembers - k}; pass --shadow (it is fitted on the shadow models) or raise "
+                          "--membership-docs")
+    return None
 
 
 def _audit_row(run: CompareRun, name: str, path, serving: str | None) -> dict:
@@ -275,7 +320,8 @@ def _audit_row(run: CompareRun, name: str, path, serving: str | None) -> dict:
     if run.api_modes and n >= 2 and not serving:
         limits = membership_under_limits(target, run.members, run.nonmembers, modes=run.api_modes,
                                          reference=run.mia_reference, n=min(run.limit_docs, n), seed=cfg.seed,
-                                         n_boot=run.n_boot)
+                                         n_boot=run.n_boot,
+                                         memguard=run.limit_memguard(target) if run.limit_memguard else None)
     ppl = heldout_perplexity(target, run.heldout)
     row = _model_row(name, Path(path), report, served_perplexity(record["view"], run.heldout) if serving else ppl,
                      limits, serving, run.api_modes)

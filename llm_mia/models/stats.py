@@ -25,6 +25,7 @@ Correctness rules (each a test in tests/test_stats.py, under its case id C01-C06
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -318,10 +319,14 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         max_rows_per_chunk = 128 if device.type == "cpu" else 4096
     opts = _RunOptions(device=device, split=_body_and_head(model), pad_id=pad_id, padding_side=padding_side,
                        moments=moments, max_rows_per_chunk=max_rows_per_chunk, logprob_transform=logprob_transform)
+    left = Counter(w.seq for w in windows)  # windows still to score per sequence: progress counts inputs, not windows
+    if progress is not None and n - len(left):
+        progress(n - len(left))  # inputs with nothing to score are finished already
     for batch in _batches([windows[k] for k in order], batch_size, device):
         _score_batch(model, batch, sequences, plan.context, opts, buf)  # the batch's activations freed on return
+        left.subtract(w.seq for w in batch)
         if progress is not None:
-            progress(len(batch))
+            progress(sum(left[w.seq] == 0 for w in {w.seq: w for w in batch}.values()))
     out = buf.values
     mask = torch.arange(width)[None, :] < n_scored[:, None]
     return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=buf.token_id,

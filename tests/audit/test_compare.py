@@ -164,3 +164,42 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert "Audited epsilon: one-run lower bound (Steinke, Nasr, Jagielski 2023) from 40 random canaries" in md
     assert "## Membership attacks by defence" in md and "| rmia_online |" in md
     assert f"compared {len(D.QUICK_DEFENSES) + len(C.SERVED_DEFENSES)} models" in stdout
+
+
+def test_b4_15_api_mode_memguard_is_checked_before_any_audit(leak_models, tmp_path, capsys):
+    """Without --shadow, the target-fitted classifier needs documents outside the evaluated ones: refused
+    in one line before any audit (no output folder); an unknown API mode likewise."""
+    d, _ = leak_models
+    for modes, want in (("full,memguard:0.5", "pass --shadow"), ("full,bogus", "unknown API mode 'bogus'")):
+        out = tmp_path / modes.replace(",", "_").replace(":", "")
+        code, _, err = run_cli(["compare", f"leaky={d / 'leaky'}", "--corpus", d / "corpus", "--out", out,
+                                "--membership-docs", 2, "--api-modes", modes], capsys)
+        assert code == 2 and want in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+
+
+def test_b4_15_api_mode_memguard_uses_the_shadow_models(leak_models, tmp_path, monkeypatch):
+    """With a shadow folder, the output-limit runs' memguard mode and the served row share one classifier,
+    fitted once on the shadow models (before the first audit), whatever --membership-docs leaves over."""
+    from llm_mia.audit.pipeline import AuditConfig
+    from llm_mia.core import io
+    from llm_mia.membership.shadow import train_shadows
+
+    d, _ = leak_models
+    io.write_jsonl(tmp_path / "pop.jsonl", io.read_jsonl(d / "corpus" / "train.jsonl")
+                   + io.read_jsonl(d / "corpus" / "heldout.jsonl"))
+    train_shadows(tmp_path / "pop.jsonl", tmp_path / "sh", n_models=2, tokenizer_from=str(d / "leaky"), max_steps=2,
+                  progress=False)
+    fitted = []
+    real = C.classifier_from_shadows
+    monkeypatch.setattr(C, "classifier_from_shadows", lambda *a, **k: fitted.append(1) or real(*a, **k))
+    cfg = AuditConfig(num_samples=2, strategies=("top-k",), n_candidates=8, exact_limit=0, beams=1,
+                      membership_docs=2, top_n=2, max_new_tokens=8, discoverable_samples=0, progress=False)
+    res = C.compare_models(d / "corpus", [("base", d / "leaky"), ("g", d / "leaky", "memguard:0.5")], tmp_path / "c",
+                           cfg=cfg, api_modes=("full", "memguard:0.5"), n_boot=20, shadow_dir=tmp_path / "sh")
+    base, guarded = res["rows"]
+    assert fitted == [1]
+    assert set(base["output_limits"]["modes"]) == {"full", "memguard:0.5"}
+    assert base["output_limits"]["memguard"]["trained_on"] == "given"
+    assert guarded["memguard"]["trained_on"] == "given (shadow models)"
+    assert base["output_limits"]["memguard"]["weight"] == guarded["memguard"]["weight"]

@@ -502,3 +502,15 @@ def test_token_is_top1_matches_hand_argmax(s2_model, side):
     assert stats.token_is_top1.any() and (stats.mask & ~stats.token_is_top1).any()  # both kinds occur
     _, _, _, top1 = vocab_stats(torch.tensor([[1.0, 3.0, 3.0], [0.0, -math.inf, 2.0]]), torch.tensor([2, 1]))
     assert top1.tolist() == [True, False]  # a tie counts as top-1; a -inf logit never is
+
+
+def test_b4_15_progress_counts_inputs_not_windows(tiny_tokenizer):
+    """Sliding windows of a sequence longer than the context count once, when its last window is scored;
+    a sequence with nothing to score counts too: the calls sum to the number of inputs."""
+    from tests.conftest import make_tiny_gpt2
+
+    model = make_tiny_gpt2(len(tiny_tokenizer), n_positions=16)
+    seqs = [list(range(3, 43)), list(range(3, 8)), [3], list(range(3, 30))]  # 40 and 27 tokens slide; [3] scores none
+    calls = []
+    compute_token_stats(model, seqs, batch_size=2, progress=calls.append)
+    assert sum(calls) == len(seqs) and all(c >= 0 for c in calls)
