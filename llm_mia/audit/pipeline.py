@@ -23,6 +23,7 @@ from llm_mia.audit.stages import (
     REFERENCE_EXCLUDED,
     AuditConfig,
     AuditRecords,
+    check_training_record,
     drop_overlap,
     load_reference,
     load_target,
@@ -38,6 +39,7 @@ from llm_mia.audit.stages import (
     run_extraction,
     run_membership,
     run_pii,
+    run_twin,
     stop_clock,
     strip_planted,
 )
@@ -271,6 +273,9 @@ def assemble_report(rec: AuditRecords) -> dict:
     }
     if rec.canaries is not None:
         report["canaries"] = rec.canaries
+    if rec.positive_control is not None:
+        report["positive_control"] = rec.positive_control
+    report["provenance"]["training_record"] = rec.training_record
     if isinstance(rec.target.model, EndpointModel):  # what its API allows and what the audit asked of it
         report["provenance"]["endpoint"] = _endpoint_record(rec.target.model, rows, rec.extraction.report,
                                                             rec.target.left_out)
@@ -320,6 +325,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
                          canaries=canaries, model_path=model_path, has_reference=bool(reference_path))
     target = load_target(inputs, model_path, model_args=model_args, engine=engine, reference_path=reference_path,
                          shadow_dir=shadow_dir, serve=serve, cfg=cfg)
+    training_record = check_training_record(inputs, target)  # a mismatch is an error before any long work
     docs = render_documents(inputs, target)
     reference = load_reference(target)
     out = Path(out_dir)
@@ -327,6 +333,7 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     docs = drop_overlap(docs)
     extraction = run_extraction(inputs, target, reference, docs, out)
     exposure = run_exposure(inputs, target, docs, extraction)
+    positive = run_twin(inputs, target, docs, exposure, out) if exposure.rows else None
     membership = run_membership(inputs, target, reference, docs)
     discoverable = run_discoverable(target, docs)
     pii = run_pii(inputs, target, docs, extraction, out)
@@ -334,7 +341,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     report = assemble_report(AuditRecords(inputs=inputs, target=target, docs=docs, reference=reference,
                                           extraction=extraction, exposure=exposure, membership=membership,
                                           discoverable=discoverable, pii=pii, clock=clock,
-                                          canaries=run_canaries(inputs, target, reference)))
+                                          canaries=run_canaries(inputs, target, reference),
+                                          positive_control=positive, training_record=training_record))
     if exposure.rows:
         exposure_plot(out / "exposure.png", exposure.rows, n_references=target.cfg.n_candidates)
     try:

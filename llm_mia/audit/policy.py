@@ -64,12 +64,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
-from llm_mia.exposure.estimators import queries_to_extract
-from llm_mia.membership.metrics import bootstrap_auc_ci
+from llm_mia.exposure.estimators import queries_to_extract, rank_exposure_interval, references_to_settle
+from llm_mia.membership.metrics import (
+    docs_to_settle_tpr,
+    tpr_at_fpr_lower,
+    tpr_at_fpr_upper,
+)
 from llm_mia.models.output_modes import parse_mode
-from llm_mia.privacy.bounds import one_run_epsilon
+from llm_mia.privacy.bounds import clopper_pearson_lower, clopper_pearson_upper, one_run_epsilon
 from llm_mia.report.schema import SCHEMA_VERSION
 
 if sys.version_info >= (3, 11):
@@ -101,7 +107,11 @@ EXIT_CODES = {"PASS": 0, "FAIL": 1, "ERROR": 2, "INCONCLUSIVE": 3}
 #: False-positive rate of the membership limit, and the significance level of the positive controls.
 GATED_FPR, CONTROL_ALPHA = 0.01, 0.05
 SETTINGS = ("exposure_estimator", "min_insertions", "positive_control_min_insertions", "min_nonmembers",
-            "allow_inconclusive", "api_mode")
+            "allow_inconclusive", "api_mode", "confidence", "detection_power", "require_provenance")
+#: How the extraction-side limits show they could have failed: "twin" (the audit's positive-control
+#: twin, report["positive_control"]) or "sentinels" (secrets inserted >= positive_control_min_insertions
+#: times in the audited model itself, then left out of the limits).
+DETECTION_POWER = ("twin", "sentinels")
 
 
 class UnanswerableLimit(LlmMiaError):
@@ -123,14 +133,23 @@ class Policy:
     min_nonmembers: int = 100
     allow_inconclusive: bool = False
     api_mode: str = "full"
+    confidence: float = 0.95
+    detection_power: str = "twin"
+    require_provenance: bool = False
     source: str | None = None
+
+    @property
+    def alpha(self) -> float:
+        """1 - confidence: the error rate of each one-sided bound (before the family correction)."""
+        return 1.0 - self.confidence
 
 
 @dataclass
 class Check:
     """One limit checked: its ``value`` in the report, ``status`` (passed | failed | inconclusive |
-    error), the verdict ``text``, ``reason`` (why inconclusive / error) and the offending ``items``
-    (secrets, PII values or signals over the limit: what SARIF reports)."""
+    error | not measured), the verdict ``text``, ``reason`` (why inconclusive / error), the offending
+    ``items`` (secrets, PII values or signals over the limit: what SARIF reports) and ``interval``
+    (low, high): the figure's one-sided confidence bounds (equal to ``value`` for an observed count)."""
 
     name: str
     limit: float | int
@@ -140,6 +159,7 @@ class Check:
     status: str = ""
     reason: str | None = None
     items: list[dict] = field(default_factory=list)
+    interval: tuple[float, float] | None = None
 
     def __post_init__(self):
         if not self.status:
@@ -190,7 +210,8 @@ class Verdict:
         return {"status": self.status, "passed": self.passed, "exit_code": self.exit_code, "line": self.line,
                 "notes": list(self.notes),
                 "checks": [{"name": c.name, "limit": c.limit, "value": c.value, "passed": c.passed,
-                            "status": c.status, "text": c.text, "reason": c.reason, "items": c.items}
+                            "status": c.status, "text": c.text, "reason": c.reason, "items": c.items,
+                            "interval": list(c.interval) if c.interval else None}
                            for c in self.checks]}
 
 
@@ -247,9 +268,16 @@ def parse_policy(data: dict, *, where: str = "policy") -> Policy:
                 v = parse_mode(v if isinstance(v, str) else repr(v)).name
             except LlmMiaError as e:
                 raise LlmMiaError(f"{where}: api_mode: {e}") from None
-        elif k == "allow_inconclusive":
+        elif k in ("allow_inconclusive", "require_provenance"):
             if not isinstance(v, bool):
-                raise LlmMiaError(f"{where}: allow_inconclusive must be true or false, got {v!r}")
+                raise LlmMiaError(f"{where}: {k} must be true or false, got {v!r}")
+        elif k == "confidence":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.5 <= v < 1:
+                raise LlmMiaError(f"{where}: confidence must be a number in [0.5, 1), got {v!r}")
+            v = float(v)
+        elif k == "detection_power":
+            if v not in DETECTION_POWER:
+                raise LlmMiaError(f"{where}: detection_power must be one of {', '.join(DETECTION_POWER)}; got {v!r}")
         else:
             raise unknown(k, SETTINGS)
         kw[k] = v
@@ -299,28 +327,66 @@ def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.2f}"
 
 
+def _ci(lo: float, hi: float, v: float, fmt=_fmt) -> str:
+    """`` [lo, hi]`` for a figure with an interval; nothing for a point (an observed or exact value)."""
+    return "" if lo == hi == v else f" [{fmt(lo)}, {fmt(hi)}]"
+
+
 def _how_extracted(s: dict) -> list[str]:
     return [k for k, key in (("greedy", "greedy_extracted"), ("beam", "beam_extracted"),
                              ("samples", "surfaced_in_samples")) if s.get(key)]
 
 
+def _exposure_interval(row: dict, name: str, v: float, *, alpha_low: float, alpha: float) -> tuple[float, float]:
+    """(low, high) bits of one secret's exposure by estimator ``name`` (value ``v``): exact binomial
+    bounds for the rank estimator (:func:`~llm_mia.exposure.estimators.rank_exposure_interval`); the
+    exact estimator has no sampling error and the extrapolated one is a model fit (its point value)."""
+    n_ref = row.get("n_references") or row.get("n_candidates")
+    if name == "exposure_rank" and n_ref and math.isfinite(v):
+        return rank_exposure_interval(v, int(n_ref), alpha_low=alpha_low, alpha_high=alpha)
+    return v, v
+
+
+def _exposure_reason(row: dict, name: str, v: float, lo: float, hi: float, limit, *, alpha_low, alpha) -> str:
+    """Why one secret's exposure interval holds the limit, and how many references would settle it."""
+    n_ref = int(row.get("n_references") or row.get("n_candidates") or 0)
+    need = references_to_settle(v, n_ref, limit, alpha_low=alpha_low, alpha_high=alpha) if n_ref else None
+    more = (f"about {need:,} references would settle it (or the exact estimator)" if need
+            else "more references or the exact estimator would settle it")
+    return (f"secret {row['id']} (inserted {row.get('count')}x): {name} {_fmt(v)} bits, interval "
+            f"[{_fmt(lo)}, {_fmt(hi)}] holds the limit {limit} with {n_ref:,} references; {more}")
+
+
 def _check_exposure(report: dict, policy: Policy, secrets: list[dict], limit) -> Check:
+    """The exposure limit as a three-outcome test: FAIL when one secret's lower bound (at alpha / k, the
+    k secrets tested: Bonferroni) exceeds the limit; PASS when every secret's upper bound (at alpha:
+    an intersection-union test needs no correction, Berger 1982) is within it; else INCONCLUSIVE."""
     vals = [(_exposure(s, policy.exposure_estimator), s) for s in secrets]
     vals = [(v, name, s) for (v, name), s in vals if v is not None]
     if not vals:
         raise LlmMiaError(f"the report has no {policy.exposure_estimator} exposure for secrets inserted "
                           f">= {policy.min_insertions} times")
-    over = sorted([x for x in vals if x[0] > limit], key=lambda x: -x[0])
-    v, name, s = over[0] if over else max(vals, key=lambda x: x[0])
+    a, a_low = policy.alpha, policy.alpha / len(vals)
+    rows = [(v, name, s, *_exposure_interval(s, name, v, alpha_low=a_low, alpha=a)) for v, name, s in vals]
+    over = sorted([r for r in rows if r[3] > limit], key=lambda r: -r[3])
+    open_ = sorted([r for r in rows if r[3] <= limit < r[4]], key=lambda r: -r[0])
+    v, name, s, lo, hi = over[0] if over else (open_[0] if open_ else max(rows, key=lambda r: r[0]))
+    span = (max(r[3] for r in rows), max(r[4] for r in rows))
     where = f"secret {s['id']}, inserted {s.get('count')}x, {name}"
+    ci = _ci(lo, hi, v)
     if over:
         more = f", {len(over) - 1} more secrets over" if len(over) > 1 else ""
-        text = f"canary exposure {_fmt(v)} bits > {limit} ({where}{more})"
+        text = f"canary exposure {_fmt(v)} bits{ci} > {limit} ({where}{more})"
     else:
-        text = f"canary exposure max {_fmt(v)} bits <= {limit} ({where})"
+        text = f"canary exposure max {_fmt(v)} bits{ci} {'<=' if not open_ else 'vs'} {limit} ({where})"
     items = [{"kind": "secret", "id": s["id"], "secret_kind": s.get("kind"), "count": s.get("count"),
-              "estimator": name, "value": b} for b, name, s in over]
-    return Check("max_canary_exposure_bits", limit, v, not over, text, items=items)
+              "estimator": name, "value": b, "interval": [lo_, hi_]} for b, name, s, lo_, hi_ in over]
+    c = Check("max_canary_exposure_bits", limit, max(r[0] for r in rows), not over, text, items=items,
+              interval=span)
+    if not over and open_:
+        c.status = "inconclusive"
+        c.reason = _exposure_reason(s, name, v, lo, hi, limit, alpha_low=a_low, alpha=a)
+    return c
 
 
 def _check_extracted_secrets(report: dict, secrets: list[dict], limit) -> Check:
@@ -355,18 +421,78 @@ def _tprs(report: dict) -> dict:
     return {k: v["tpr_at_fpr"]["0.01"] for k, v in sigs.items() if "0.01" in v.get("tpr_at_fpr", {})}
 
 
-def _check_membership(report: dict, limit) -> Check:
+def _per_doc(report: dict) -> tuple[list[int], dict[str, list[float]]] | None:
+    """(labels, {signal: scores}) of the report's per-document membership scores, None without them."""
+    per_doc = (report.get("membership") or {}).get("per_doc") or {}
+    y = per_doc.get("labels")
+    if not y or not per_doc.get("scores"):
+        return None
+    scores = {k: [io.to_float(x) for x in v] for k, v in per_doc["scores"].items() if v and len(v) == len(y)}
+    return [int(t) for t in y], scores
+
+
+def _tpr_bounds(report: dict, policy: Policy) -> dict[str, tuple[float, float, float]] | None:
+    """{signal: (point TPR at 1% FPR, lower bound, upper bound)} from the per-document scores: the
+    upper bound exact (:func:`~llm_mia.membership.metrics.tpr_at_fpr_upper`, at alpha: PASS needs every
+    signal within the limit, an intersection-union test), the lower by bootstrap (at alpha / S, S
+    signals: FAIL needs one signal over, Bonferroni). None without per-document scores."""
+    pd_ = _per_doc(report)
+    tprs = _tprs(report)
+    if pd_ is None:
+        return None
+    y, scores = pd_
+    sigs = [k for k in tprs if k in scores]
+    if not sigs:
+        return None
+    a = policy.alpha
+    return {k: (float(tprs[k]["tpr"]), tpr_at_fpr_lower(y, scores[k], GATED_FPR, alpha=a / len(sigs), seed=0),
+                tpr_at_fpr_upper(y, scores[k], GATED_FPR, alpha=a)) for k in sigs}
+
+
+def _membership_reason(report: dict, policy: Policy, sig: str, b: tuple[float, float, float], limit) -> str:
+    """Why a signal's TPR interval holds the limit, and about how many documents would settle it."""
+    y, scores = _per_doc(report)
+    s = np.asarray(scores[sig], dtype=float)
+    yy = np.asarray(y)
+    pos, neg = s[(yy == 1) & ~np.isnan(s)], s[(yy == 0) & ~np.isnan(s)]
+    n = docs_to_settle_tpr(limit, tpr_at=lambda q: float((pos > np.quantile(neg, 1 - q)).mean()),
+                           alpha=policy.alpha, ratio=len(pos) / max(1, len(neg)))
+    more = (f"about {n:,} non-members and {round(n * len(pos) / max(1, len(neg))):,} members would settle it"
+            if n and b[0] <= limit else "more members and non-members would settle it")
+    return (f"TPR at 1% FPR of {sig} {b[0]:.3f}, interval [{b[1]:.3f}, {b[2]:.3f}] holds the limit {limit} "
+            f"({len(neg)} non-members, {len(pos)} members); {more}")
+
+
+def _check_membership(report: dict, policy: Policy, limit) -> Check:
+    """The membership limit as a three-outcome test on the best signal's TPR at 1% FPR (:func:`_tpr_bounds`);
+    without per-document scores, the point value: FAIL over the limit, else INCONCLUSIVE."""
     sigs = (report.get("membership") or {}).get("signals") or {}
     tprs = _tprs(report)
     if not tprs:
         raise LlmMiaError("the report has no membership metrics")
     best = max(tprs, key=lambda k: tprs[k]["tpr"])
     v = float(tprs[best]["tpr"])
-    ok = v <= limit
-    text = f"membership TPR at 1% FPR {v:.3f} {'<=' if ok else '>'} {limit} (signal {best})"
-    items = [{"kind": "metric", "signal": k, "tpr": float(t["tpr"]), "auc": sigs[k].get("auc")}
-             for k, t in sorted(tprs.items(), key=lambda kv: -kv[1]["tpr"]) if t["tpr"] > limit]
-    return Check("max_membership_tpr_at_1pct_fpr", limit, v, ok, text, items=items)
+    bounds = _tpr_bounds(report, policy)
+    if bounds is None:
+        ok = v <= limit
+        c = Check("max_membership_tpr_at_1pct_fpr", limit, v, ok, f"membership TPR at 1% FPR {v:.3f} "
+                  f"{'<=' if ok else '>'} {limit} (signal {best})")
+        if ok:
+            c.status, c.reason = "inconclusive", "the report has no per-document scores to bound the TPR"
+        return c
+    over = sorted([k for k, b in bounds.items() if b[1] > limit], key=lambda k: -bounds[k][1])
+    open_ = sorted([k for k, b in bounds.items() if b[1] <= limit < b[2]], key=lambda k: -bounds[k][2])
+    key = over[0] if over else (open_[0] if open_ else max(bounds, key=lambda k: bounds[k][2]))
+    pt, lo, hi = bounds[key]
+    span = (max(b[1] for b in bounds.values()), max(b[2] for b in bounds.values()))
+    rel = ">" if over else ("<=" if not open_ else "vs")
+    text = f"membership TPR at 1% FPR {pt:.3f} [{lo:.3f}, {hi:.3f}] {rel} {limit} (signal {key})"
+    items = [{"kind": "metric", "signal": k, "tpr": bounds[k][0], "interval": [bounds[k][1], bounds[k][2]],
+              "auc": sigs.get(k, {}).get("auc")} for k in over]
+    c = Check("max_membership_tpr_at_1pct_fpr", limit, v, not over, text, items=items, interval=span)
+    if not over and open_:
+        c.status, c.reason = "inconclusive", _membership_reason(report, policy, key, bounds[key], limit)
+    return c
 
 
 def _check_queries(report: dict, policy: Policy, secrets: list[dict], limit) -> Check:
@@ -408,14 +534,24 @@ def _check_memorized(report: dict, limit) -> Check:
     return Check("max_memorized_samples", limit, n, ok, f"memorized samples {n} {'<=' if ok else '>'} {limit}")
 
 
-def _check_discoverable(report: dict, limit) -> Check:
+def _check_discoverable(report: dict, policy: Policy, limit) -> Check:
+    """The discoverable-memorization rate as a three-outcome test: exact (Clopper-Pearson) bounds on the
+    rate over the training examples tested (FAIL: lower bound over the limit; PASS: upper within it)."""
     disc = report.get("discoverable")
     if not isinstance(disc, dict):
         raise LlmMiaError("the report has no discoverable memorization section")
     v = float(disc["greedy_rate"])
-    ok = v <= limit
-    return Check("max_discoverable_rate", limit, v, ok, f"discoverable memorization {v:.3f} {'<=' if ok else '>'} "
-                 f"{limit} ({disc.get('n_greedy')} of {disc.get('n_examples')} examples)")
+    n, k = int(disc.get("n_examples") or 0), disc.get("n_greedy")
+    k = int(round(v * n)) if k is None else int(k)
+    lo, hi = ((clopper_pearson_lower(k, n, policy.alpha), clopper_pearson_upper(k, n, policy.alpha)) if n
+              else (0.0, 1.0))
+    rel = ">" if lo > limit else ("<=" if hi <= limit else "vs")
+    c = Check("max_discoverable_rate", limit, v, lo <= limit, f"discoverable memorization {v:.3f} [{lo:.3f}, "
+              f"{hi:.3f}] {rel} {limit} ({k} of {n} examples)", interval=(lo, hi))
+    if n and lo <= limit < hi:  # none tested: the control says so (discoverable_control)
+        c.status, c.reason = "inconclusive", (f"{k} of {n} examples: the interval holds the limit {limit}; "
+                                              "more examples (--discoverable) would settle it")
+    return c
 
 
 def _not_measured(report: dict, name: str) -> str | None:
@@ -494,31 +630,104 @@ def secret_control(report: dict, min_insertions: int) -> str | None:
             f"above {bits:.2f} bits (positive control: the audit could not have seen a leak)")
 
 
-def membership_control(report: dict, min_nonmembers: int) -> str | None:
-    """Why the membership evaluation cannot resolve the gated FPR or a leak (None when it can).
+def twin_control(report: dict) -> str | None:
+    """Why the positive-control twin does not vouch for the extraction-side limits (None when it does).
 
-    Needs ``min_nonmembers`` non-members and one signal whose 95% percentile-bootstrap AUC interval
-    (:func:`llm_mia.membership.metrics.bootstrap_auc_ci`, 1,000 resamples, seed 0, over the report's per-document
-    scores) lies above 0.5; without per-document scores the point AUC must exceed 0.5.
+    The audit builds a twin of the target made to memorize the planted secrets and runs the same
+    extraction and exposure on it (``report["positive_control"]``, :mod:`llm_mia.audit.twin`); the
+    limits count only when it found them ("detected"): detection power is shown on a known positive,
+    never by asking the audited model to leak.
+
+    Raises:
+        LlmMiaError: a malformed positive-control record.
     """
-    mem = report.get("membership") or {}
-    n_non = int(mem.get("n_nonmembers") or 0)
+    pc = report.get("positive_control")
+    if pc is None:
+        return ("the report has no positive control (audit without one, or before 0.2): the audit's power "
+                "to find a leak is unknown; rerun the audit, pass --positive-control MODEL, or set "
+                'detection_power = "sentinels"')
+    if not isinstance(pc, dict) or pc.get("status") not in ("detected", "not_detected", "unavailable", "skipped"):
+        raise LlmMiaError("malformed positive_control record in the report")
+    if pc["status"] == "detected":
+        return None
+    if pc["status"] == "not_detected":
+        return (f"the positive control found {pc.get('secrets_found')} of {pc.get('secrets_planted')} planted secrets "
+                "in a model made to memorize them: the audit could not have seen a leak")
+    return f"no positive control ({pc.get('reason') or pc['status']})"
+
+
+def membership_control(report: dict, min_nonmembers: int) -> str | None:
+    """Why the membership evaluation cannot gate the TPR at 1% FPR (None when it can): fewer than
+    ``min_nonmembers`` non-members. Whether it could have seen a leak is the bound's business
+    (:func:`_check_membership`: with too few documents the interval holds the limit)."""
+    n_non = int((report.get("membership") or {}).get("n_nonmembers") or 0)
     if n_non < min_nonmembers:
         return (f"{n_non} non-members cannot resolve {GATED_FPR:.0%} FPR "
                 f"(needs >= {min_nonmembers}; n * FPR = {n_non * GATED_FPR:g})")
-    sigs = {k: v["auc"] for k, v in (mem.get("signals") or {}).items() if v.get("auc") is not None}
-    per_doc = mem.get("per_doc") or {}
-    if per_doc.get("labels") and per_doc.get("scores"):
-        for k in sorted(sigs, key=lambda k: -sigs[k]):
-            if sigs[k] <= 0.5:
-                break
-            vals = [io.to_float(x) for x in per_doc["scores"].get(k) or []]
-            if len(vals) == len(per_doc["labels"]) and bootstrap_auc_ci(per_doc["labels"], vals, seed=0)[0] > 0.5:
-                return None
-        return "no membership signal has a 95% AUC interval above 0.5 (every signal at or below chance)"
-    if any(a > 0.5 for a in sigs.values()):
-        return None
-    return "every membership signal has AUC <= 0.5 (at or below chance)"
+    return None
+
+
+#: Level of the "members look swapped" test: a diagnostic that turns a verdict INCONCLUSIVE must not
+#: fire on clean audits, so it asks for strong evidence (z = 3.09; the issue's case had loss AUC 0.17).
+SWAP_ALPHA = 0.001
+#: Signals whose direction says whether the model saw the members (LOSS: Yeom et al. 2018; Min-K%: Shi et al. 2024).
+DIRECTION_SIGNALS = ("loss", "min_k")
+
+
+def swapped_signals(report: dict, alpha: float = 0.05) -> list[tuple[str, float]]:
+    """Membership signals whose AUC interval lies below 0.5 (the model prefers the non-members: it was
+    likely not trained on these members), as (signal, AUC), lowest first.
+
+    Only the signals that read the model's likelihood of the text directly (:data:`DIRECTION_SIGNALS`:
+    LOSS, Min-K%) are asked: a difference or calibrated signal (reference, zlib, lowercase) may point
+    either way on a model that did see its members. One-sided upper bound of each AUC at alpha / S (S
+    such signals, Bonferroni) from the Mann-Whitney variance (Hanley and McNeil 1982, eq. 2), over the
+    report's per-document scores; [] without them.
+    """
+    pd_ = _per_doc(report)
+    if pd_ is None:
+        return []
+    from scipy.stats import norm
+
+    y, scores = pd_
+    scores = {k: v for k, v in scores.items() if k in DIRECTION_SIGNALS}
+    out = []
+    z = float(norm.ppf(1 - alpha / max(1, len(scores))))
+    for k, vals in scores.items():
+        s, yy = np.asarray(vals, dtype=float), np.asarray(y)
+        pos, neg = s[(yy == 1) & ~np.isnan(s)], s[(yy == 0) & ~np.isnan(s)]
+        if len(pos) < 2 or len(neg) < 2:
+            continue
+        a = float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        se = math.sqrt(max(0.0, (a * (1 - a) + (len(pos) - 1) * (q1 - a * a) + (len(neg) - 1) * (q2 - a * a))
+                           / (len(pos) * len(neg))))
+        if a + z * se < 0.5:
+            out.append((k, a))
+    return sorted(out, key=lambda t: t[1])
+
+
+def _provenance_check(report: dict, policy: Policy) -> tuple[Check | None, str | None]:
+    """(check, note) on whether the model was trained on the audited members: the training record the
+    audit compared (``report["provenance"]["training_record"]``: a mismatch is an error, a missing record
+    INCONCLUSIVE under ``require_provenance``) and signals pointing the wrong way (:func:`swapped_signals`:
+    INCONCLUSIVE, because every limit then measures a model that never saw the members: a clean verdict
+    would be meaningless, and an error would hide that it is the audit's inputs that are wrong)."""
+    rec = (report.get("provenance") or {}).get("training_record") or {}
+    status = rec.get("status", "unverified")
+    name = "training_data"
+    if status == "mismatch":
+        return Check(name, 0, None, None, "training record does not match the audited data", status="error",
+                     reason=rec.get("reason") or "the model's training record names another training file"), None
+    swapped = swapped_signals(report, SWAP_ALPHA)
+    if swapped:
+        what = ", ".join(f"{k} AUC {a:.2f}" for k, a in swapped[:3])
+        return Check(name, 0, None, None, "members and non-members look swapped", status="inconclusive",
+                     reason=f"members and non-members look swapped ({what}): was the model trained on them?"), None
+    if status != "verified" and policy.require_provenance:
+        return Check(name, 0, None, None, "training data unverified", status="inconclusive",
+                     reason=rec.get("reason") or "no training record in the model folder"), None
+    return None, ("training record verified" if status == "verified" else None)
 
 
 #: limit -> the control that vouches for it (shared by several limits, or the limit's own).
@@ -528,6 +737,8 @@ CONTROL_OF = {**{k: "secret" for k in EXTRACTION_LIMITS}, "max_membership_tpr_at
 def _control(report: dict, policy: Policy, key: str, name: str, limit) -> str | None:
     """The reason of the control ``key`` of limit ``name`` (None: the check could have failed)."""
     if key == "secret":
+        if policy.detection_power == "twin":
+            return twin_control(report)
         return secret_control(report, policy.positive_control_min_insertions)
     if key == "membership":
         return membership_control(report, policy.min_nonmembers)
@@ -535,14 +746,63 @@ def _control(report: dict, policy: Policy, key: str, name: str, limit) -> str | 
         return discoverable_control(report, limit)
     if name in CANARY_LIMITS:
         return canary_control(report, name, limit)
-    raise LlmMiaError(f"no positive control is defined for {name}")
+    return None
+
+
+def _gated_secrets(report: dict, policy: Policy) -> list[dict]:
+    """Secrets inserted >= ``min_insertions`` times; with sentinels, those at the control count serve as
+    the positive control and are left out of the limits."""
+    out = [s for s in report.get("secrets") or [] if (s.get("count") or 0) >= policy.min_insertions]
+    if policy.detection_power == "sentinels" and policy.positive_control_min_insertions:
+        out = [s for s in out if (s.get("count") or 0) < policy.positive_control_min_insertions]
+    return out
+
+
+def _run_check(report: dict, name: str, run, limit) -> Check:
+    """One limit's check; an LlmMiaError or a malformed report is an "error" check."""
+    try:
+        return run(limit)
+    except LlmMiaError as e:
+        return Check(name, limit, None, None, f"cannot check {name}", status="error", reason=str(e))
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        return Check(name, limit, None, None, f"cannot check {name}", status="error",
+                     reason=f"malformed report ({type(e).__name__}: {' '.join(str(e).split())})")
+
+
+def _apply_control(report: dict, policy: Policy, c: Check, controls: dict) -> None:
+    """A passed check becomes inconclusive when its control says it could not have failed."""
+    key = CONTROL_OF.get(c.name, c.name)
+    if key not in controls:
+        try:
+            controls[key] = _control(report, policy, key, c.name, c.limit)
+        except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
+    if controls[key]:
+        c.status, c.reason = "inconclusive", controls[key]
+
+
+def _runs(report: dict, policy: Policy, secrets: list[dict]) -> dict:
+    """limit name -> check function of its value (the gate's table of limits)."""
+    return {
+        "max_canary_exposure_bits": lambda v: _check_exposure(report, policy, secrets, v),
+        "max_extracted_secrets": lambda v: _check_extracted_secrets(report, secrets, v),
+        "max_extracted_training_pii": lambda v: _check_pii(report, v),
+        "max_membership_tpr_at_1pct_fpr": lambda v: _check_membership(report, policy, v),
+        "max_memorized_samples": lambda v: _check_memorized(report, v),
+        "max_discoverable_rate": lambda v: _check_discoverable(report, policy, v),
+        "max_audited_epsilon": lambda v: _check_canary(report, "max_audited_epsilon", v),
+        "max_canary_tpr_at_1pct_fpr": lambda v: _check_canary(report, "max_canary_tpr_at_1pct_fpr", v),
+        "max_queries_per_secret": lambda v: _check_queries(report, policy, secrets, v),
+    }
 
 
 def evaluate(report: dict, policy: Policy) -> Verdict:
     """Check every limit of ``policy`` against ``report`` (the dict of report.json).
 
-    Returns the :class:`Verdict`; FAIL when a limit is exceeded, INCONCLUSIVE when a limit passed
-    but its positive control says the audit could not have seen it fail (module docstring).
+    Each limit is a test with three outcomes at the policy's ``confidence`` (module docstring): FAIL when
+    the figure's lower bound is beyond the limit, PASS when its upper bound is within it and its
+    control says the audit could have seen it fail, INCONCLUSIVE otherwise; plus a ``training_data``
+    check when the model's training record does not match or members and non-members look swapped.
 
     Raises:
         UnanswerableLimit: the report lacks what a limit needs (no secrets with the estimator, no
@@ -552,21 +812,8 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
     checks: list[Check] = []
     notes: list[str] = []
     lim = policy.limits
-    all_secrets = report.get("secrets") or []
-    secrets = [s for s in all_secrets if (s.get("count") or 0) >= policy.min_insertions]
-    runs = {
-        "max_canary_exposure_bits": lambda v: _check_exposure(report, policy, secrets, v),
-        "max_extracted_secrets": lambda v: _check_extracted_secrets(report, secrets, v),
-        "max_extracted_training_pii": lambda v: _check_pii(report, v),
-        "max_membership_tpr_at_1pct_fpr": lambda v: _check_membership(report, v),
-        "max_memorized_samples": lambda v: _check_memorized(report, v),
-        "max_discoverable_rate": lambda v: _check_discoverable(report, v),
-        "max_audited_epsilon": lambda v: _check_canary(report, "max_audited_epsilon", v),
-        "max_canary_tpr_at_1pct_fpr": lambda v: _check_canary(report, "max_canary_tpr_at_1pct_fpr", v),
-        "max_queries_per_secret": lambda v: _check_queries(report, policy, secrets, v),
-    }
-    controls = {}
-    for name, run in runs.items():
+    controls: dict = {}
+    for name, run in _runs(report, policy, _gated_secrets(report, policy)).items():
         if name not in lim:
             continue
         why = _not_measured(report, name)
@@ -574,30 +821,25 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
             checks.append(Check(name, lim[name], None, None, f"{name} not measured", status="not measured", reason=why))
             notes.append(f"{name} not measured: {why}")
             continue
-        try:
-            c = run(lim[name])
-        except LlmMiaError as e:
-            c = Check(name, lim[name], None, None, f"cannot check {name}", status="error", reason=str(e))
-        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
-            c = Check(name, lim[name], None, None, f"cannot check {name}", status="error",
-                      reason=f"malformed report ({type(e).__name__}: {' '.join(str(e).split())})")
+        c = _run_check(report, name, run, lim[name])
         if c.status == "passed":
-            key = CONTROL_OF.get(name, name)
-            if key not in controls:
-                try:
-                    controls[key] = _control(report, policy, key, name, lim[name])
-                except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
-                    controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
-            if controls[key]:
-                c.status, c.reason = "inconclusive", controls[key]
+            _apply_control(report, policy, c, controls)
         checks.append(c)
+    prov, note = _provenance_check(report, policy)
+    checks += [prov] if prov else []
+    notes += [note] if note else []
     mc = next((c for c in checks if c.name == "max_membership_tpr_at_1pct_fpr" and c.status == "failed"), None)
-    if mc is not None and any(t.get("below_resolution") for t in _tprs(report).values()):
+    if mc is not None and mc.interval is None and any(t.get("below_resolution") for t in _tprs(report).values()):
         n_non = (report.get("membership") or {}).get("n_nonmembers")
         notes.append(f"{n_non} non-members cannot resolve 1% FPR: TPR at FPR 0 used")
     base = (report.get("membership") or {}).get("baseline") or {}
     if "max_membership_tpr_at_1pct_fpr" in lim and base.get("warning"):
         notes.append(f"model-free baseline AUC {base['auc']:.3f}: members and non-members differ without the model")
+    return _verdict(checks, notes, policy)
+
+
+def _verdict(checks: list[Check], notes: list[str], policy: Policy) -> Verdict:
+    """The verdict of the checks: FAIL > ERROR > INCONCLUSIVE > PASS; raises UnanswerableLimit on ERROR."""
     statuses = {c.status for c in checks}
     status = ("FAIL" if "failed" in statuses else "ERROR" if "error" in statuses
               else "INCONCLUSIVE" if "inconclusive" in statuses else "PASS")

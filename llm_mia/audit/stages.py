@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from llm_mia.audit.twin import run_positive_control
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError, LlmMiaWarning
 from llm_mia.core.io import sha256_file
@@ -86,6 +87,11 @@ class AuditConfig:
     progress: bool = True
     pii_regions: tuple[str, ...] | None = None  # phone regions; None: the corpus's locales + llm_mia.data.pii.DEFAULT_REGIONS
     max_queries: int | None = None  # an openai: endpoint's API calls (llm_mia.models.endpoint); None: no bound
+    # Positive control (llm_mia.audit.twin): a twin made to memorize the secrets inserted >= control_insertions
+    # times, run through the same extraction; positive_control_model: a given model instead; False: skipped.
+    positive_control: bool = True
+    positive_control_model: str | None = None
+    control_insertions: int = 16
     extract: ExtractConfig = field(default=None)  # filled from the fields above
 
     def __post_init__(self) -> None:
@@ -292,6 +298,8 @@ class AuditRecords:
         extraction / exposure / membership / discoverable / pii: the measured stages.
         clock: when the measured stages ended.
         canaries: the canary audit's dict (report.json ``canaries``), or None when none was asked for.
+        positive_control: report.json ``positive_control`` (:class:`llm_mia.audit.twin.PositiveControl`), or None.
+        training_record: report.json ``provenance.training_record`` (:func:`check_training_record`), or None.
     """
 
     inputs: AuditInputs
@@ -305,6 +313,8 @@ class AuditRecords:
     pii: PiiStage
     clock: RunClock
     canaries: dict | None = None
+    positive_control: dict | None = None
+    training_record: dict | None = None
 
 
 def strip_planted(text: str, secrets) -> str:
@@ -745,3 +755,64 @@ def run_canaries(inputs: AuditInputs, target: AuditTarget, reference: AuditRefer
         return None
     _stage(target.model, "canaries")
     return run_canary_audit(target.model, inputs.canaries, reference=reference.model, seed=target.cfg.seed)
+
+
+def check_training_record(inputs: AuditInputs, target: AuditTarget) -> dict:
+    """Whether the model was trained on the audited members, from the training record ``llm-mia train``
+    writes in the model folder (recipe.json: ``train_sha256`` of its training file, ``secrets_sha256`` of
+    the corpus's secrets.json) against the audited files' SHA-256.
+
+    Returns:
+        report.json ``provenance.training_record``: ``status`` "verified" (the members file is the
+        training file, and the secrets file matches when both are recorded), "unverified" (no record,
+        a served model, or ``--members`` naming another file than the training one: a sample of it may
+        be fine), with ``model_train_sha256``, ``audited_train_sha256`` and a ``reason``.
+
+    Raises:
+        LlmMiaError: a corpus-folder audit whose train.jsonl (or secrets.json) is not the file the
+            model's record says it was trained on: both fingerprints named, before any long work.
+    """
+    folder = getattr(target.model, "folder", None)
+    recipe = Path(folder) / "recipe.json" if folder is not None else None
+    audited = sha256_file(Path(inputs.members_spec)) if Path(str(inputs.members_spec)).is_file() else None
+    out = {"status": "unverified", "model_train_sha256": None, "audited_train_sha256": audited, "reason": None}
+    if recipe is None or not recipe.is_file():
+        out["reason"] = "no training record (recipe.json) in the model folder"
+        return out
+    rec = io.read_json(recipe)
+    out["model_train_sha256"] = rec.get("train_sha256") if isinstance(rec, dict) else None
+    if not out["model_train_sha256"] or audited is None:
+        out["reason"] = "the training record has no training-file fingerprint"
+        return out
+    pairs = [("training file", out["model_train_sha256"], audited)]
+    if rec.get("secrets_sha256") and inputs.secrets_path is not None and Path(str(inputs.secrets_path)).is_file():
+        pairs.append(("secrets file", rec["secrets_sha256"], sha256_file(Path(inputs.secrets_path))))
+    bad = [(what, a, b) for what, a, b in pairs if a != b]
+    if not bad:
+        out["status"], out["reason"] = "verified", f"{' and '.join(w for w, _, _ in pairs)} match the training record"
+        return out
+    what, a, b = bad[0]
+    msg = (f"the model's training record names another {what} (sha256 {a[:12]}) than the audited one "
+           f"({inputs.members_spec if what == 'training file' else inputs.secrets_path}: sha256 {b[:12]})")
+    if inputs.corpus_dir is not None:
+        raise LlmMiaError(msg + ": was this model trained on this corpus?")
+    out["reason"] = msg + " (a sample of the training data is fine)"
+    return out
+
+
+def run_twin(inputs: AuditInputs, target: AuditTarget, docs: AuditDocuments, exposure: ExposureStage,
+             out: Path) -> dict:
+    """Stage: the positive control (:func:`llm_mia.audit.twin.run_positive_control`) on the planted secrets,
+    after the target's own exposure stage; its twin lives in ``out/positive_control/``.
+
+    Returns:
+        report.json ``positive_control``.
+    """
+    cfg = target.cfg
+    _stage(target.model, "positive control")
+    found = {r["id"] for r in exposure.rows if r.get("greedy_extracted") or r.get("beam_extracted")}
+    rec = run_positive_control(target.model, inputs.secrets, docs.train, [d.text for d in docs.nonmembers], found,
+                               out / "positive_control", control_insertions=cfg.control_insertions,
+                               beams=cfg.beams, seed=cfg.seed, model=cfg.positive_control_model,
+                               skip=not cfg.positive_control, progress=cfg.progress)
+    return rec.to_dict()

@@ -140,6 +140,8 @@ def audit(
     membership_docs: int = o.membership_docs(),
     shadow: Path | None = o.shadow(),
     policy: Path | None = o.policy(),
+    positive_control: str | None = o.positive_control(),
+    no_positive_control: bool = o.no_positive_control(),
     sarif: Path | None = o.sarif(),
     junit: Path | None = o.junit(),
     out: Path | None = typer.Option(None, "--out", rich_help_panel=OUTPUT, help="Report folder."),
@@ -171,6 +173,11 @@ def audit(
                           "(or see `llm-mia demo`)")
     if (canaries is None) != (inclusion is None):
         raise LlmMiaError("--canaries and --inclusion go together")
+    if positive_control is not None and no_positive_control:
+        raise LlmMiaError("--positive-control and --no-positive-control exclude each other")
+    if positive_control is not None and not (Path(positive_control) / "config.json").is_file():
+        raise LlmMiaError(f"--positive-control: not a model folder: {positive_control}")
+    cfg.positive_control, cfg.positive_control_model = not no_positive_control, positive_control
     from llm_mia.audit.pipeline import run_audit
 
     _report_and_gate(lambda: run_audit(corpus, model, out, members=members, nonmembers=nonmembers,

@@ -163,6 +163,19 @@ def policy():
                              "exceeded, 2 = error, 3 = inconclusive; the verdict is printed.")
 
 
+def positive_control():
+    return typer.Option(None, "--positive-control", rich_help_panel=GATE,
+                        help="A model known to have memorized the planted secrets, run through the same extraction "
+                             "(default: a twin fine-tuned from the target on the secrets' documents; needed for "
+                             "an endpoint or vLLM target).")
+
+
+def no_positive_control():
+    return typer.Option(False, "--no-positive-control", rich_help_panel=GATE,
+                        help="Skip the positive control: the gate's extraction limits are then INCONCLUSIVE "
+                             "unless the policy sets detection_power = \"sentinels\".")
+
+
 def sarif():
     return typer.Option(None, "--sarif", rich_help_panel=GATE,
                         help="With --policy: write the verdict as SARIF 2.1.0 (GitHub code scanning) to this file.")

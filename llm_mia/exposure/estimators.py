@@ -197,3 +197,48 @@ def expected_control_bits(n_references: int) -> float:
     rank is uniform on 1 .. N+1, so E = log2 N - log2((N+1)!) / (N+1); tends to 1/ln 2 = 1.4427."""
     n = int(n_references)
     return math.log2(n) - math.lgamma(n + 2) / LN2 / (n + 1)
+
+
+def rank_exposure_interval(exposure_rank_bits: float, n_references: int, *, alpha_low: float,
+                           alpha_high: float) -> tuple[float, float]:
+    """One-sided confidence bounds (bits) on a secret's exposure from its rank among N references.
+
+    The rank estimator (:func:`rank_exposure`) counts ``c = rank - 1`` references at or below the
+    secret's log-perplexity; c is Binomial(N, q), q the secret's quantile in its space, whose exposure
+    is ``-log2 q`` (Carlini et al. 2019, sec. 4.1, as N grows). Exact (Clopper-Pearson) bounds on q
+    give the exposure's: ``low = -log2 q_hi`` (confidence 1 - alpha_low) and ``high = -log2 q_lo``
+    (confidence 1 - alpha_high); ``high`` is +inf when c = 0 (the secret outranks every reference:
+    N references cannot show how far).
+
+    Raises:
+        ValueError: n_references < 1, a rank outside [1, N + 1], an alpha outside (0, 1).
+    """
+    from scipy.stats import beta
+
+    N = int(n_references)
+    if N < 1 or not (0 < alpha_low < 1 and 0 < alpha_high < 1):
+        raise ValueError(f"need n_references >= 1 and alphas in (0, 1); got {n_references}, {alpha_low}, {alpha_high}")
+    c = int(round(N * 2.0 ** -float(exposure_rank_bits))) - 1
+    if not 0 <= c <= N:
+        raise ValueError(f"exposure {exposure_rank_bits} bits is no rank among {N} references")
+    q_hi = 1.0 if c == N else float(beta.ppf(1 - alpha_low, c + 1, N - c))
+    q_lo = 0.0 if c == 0 else float(beta.ppf(alpha_high, c, N - c + 1))
+    return -math.log2(q_hi), (math.inf if q_lo <= 0 else -math.log2(q_lo))
+
+
+def references_to_settle(exposure_rank_bits: float, n_references: int, limit_bits: float, *, alpha_low: float,
+                         alpha_high: float, most: int = 10**8) -> int | None:
+    """About how many references would settle whether the exposure exceeds ``limit_bits``: the
+    smallest N' (on a grid growing by 25%) at which the secret's observed quantile ``rank / (N + 1)``
+    gives an interval (:func:`rank_exposure_interval`) wholly on one side of the limit; None past ``most``."""
+    N = int(n_references)
+    q = (N * 2.0 ** -float(exposure_rank_bits)) / (N + 1)  # rank / (N + 1)
+    n = N
+    while n <= most:
+        n = int(n * 1.25) + 1
+        c = max(0, min(n, int(round(q * (n + 1))) - 1))  # the rank this quantile takes among n, less one
+        lo, hi = rank_exposure_interval(math.log2(n) - math.log2(c + 1), n, alpha_low=alpha_low,
+                                        alpha_high=alpha_high)
+        if lo > limit_bits or hi <= limit_bits:
+            return n
+    return None

@@ -8,6 +8,7 @@ that ranks members low gets an AUC below 0.5 and it is reported as such.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,3 +125,100 @@ def calibrate_threshold(nonmember_scores, target_fpr: float) -> float:
         raise LlmMiaError(f"target FPR must be in [0, 1), got {target_fpr}")
     k = int(np.floor(target_fpr * s.size + 1e-9))
     return float(np.sort(s)[::-1][k])
+
+
+def _scores_by_label(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    """(members' scores, non-members' scores), NaN dropped; raises LlmMiaError if either is empty."""
+    y = np.asarray(y_true, dtype=np.int64)
+    s = np.asarray(y_score, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise LlmMiaError(f"y_true and y_score must have the same shape (n_samples,), got {y.shape} and {s.shape}")
+    pos, neg = s[(y == 1) & ~np.isnan(s)], s[(y == 0) & ~np.isnan(s)]
+    if pos.size == 0 or neg.size == 0:
+        raise LlmMiaError("a TPR bound needs at least one member and one non-member with a defined score")
+    return pos, neg
+
+
+def tpr_at_fpr_upper(y_true, y_score, target_fpr: float, *, alpha: float = 0.05) -> float:
+    """Exact one-sided upper confidence bound on the TPR at FPR ``target_fpr`` (confidence 1 - alpha).
+
+    An order-statistic argument that covers both the threshold's uncertainty (n non-members) and the
+    TPR's (m members). Let t* be the population threshold whose FPR is at most ``target_fpr`` (the
+    TPR at FPR ``target_fpr`` is TPR(t*)). The number K of non-members scoring >= t* is at most
+    Binomial(n, target_fpr) stochastically; with k its (1 - alpha/2) quantile, P(K > k) = a1 <= alpha/2,
+    and K <= k implies t* > y_(k+1), the (k+1)-th highest non-member score. So TPR(t*) <= P(member
+    score > y_(k+1)); the members are independent of the non-members, so the Clopper-Pearson upper
+    bound at a2 = alpha - a1 of the members counted above y_(k+1) bounds it; a union bound gives 1 - alpha.
+    Conservative by construction (never below the truth more than alpha of the time). NaN scores
+    are dropped.
+
+    Returns:
+        float in [0, 1]; 1.0 when k + 1 > n (too few non-members to place the threshold).
+
+    Raises:
+        LlmMiaError: mismatched shapes, no member or non-member, target_fpr outside [0, 1), alpha
+            outside (0, 1).
+    """
+    from scipy.stats import beta, binom
+
+    pos, neg = _scores_by_label(y_true, y_score)
+    if not 0 <= target_fpr < 1 or not 0 < alpha < 1:
+        raise LlmMiaError(f"need target_fpr in [0, 1) and alpha in (0, 1), got {target_fpr} and {alpha}")
+    k = int(binom.ppf(1 - alpha / 2, neg.size, target_fpr))
+    if k + 1 > neg.size:
+        return 1.0
+    thr = np.sort(neg)[::-1][k]  # y_(k+1)
+    a2 = alpha - float(binom.sf(k, neg.size, target_fpr))  # what the threshold's step left of alpha
+    c, m = int((pos > thr).sum()), pos.size
+    return 1.0 if c == m else float(beta.ppf(1 - a2, c + 1, m - c))
+
+
+def tpr_at_fpr_lower(y_true, y_score, target_fpr: float, *, alpha: float = 0.05, n_boot: int = 2000,
+                     seed: int = 0) -> float:
+    """One-sided lower confidence bound on the TPR at FPR ``target_fpr``: the alpha quantile of a
+    stratified percentile bootstrap (members and non-members resampled separately, so both the
+    threshold's and the TPR's uncertainty are in it; Efron and Tibshirani 1993, ch. 13).
+
+    In each resample the threshold is the (floor(target_fpr * n) + 1)-th highest non-member score
+    (:func:`calibrate_threshold`: the realized FPR never exceeds the target) and the TPR the fraction of
+    members above it. An exact lower bound is not used because at 1% FPR it needs n with 0.99^n <=
+    alpha (299 non-members at alpha 0.05): below that no threshold can be shown to have FPR <= 1%.
+    Deterministic for a given ``seed``; NaN scores dropped.
+
+    Returns:
+        float in [0, 1].
+
+    Raises:
+        LlmMiaError: as :func:`tpr_at_fpr_upper`; n_boot < 1.
+    """
+    pos, neg = _scores_by_label(y_true, y_score)
+    if not 0 <= target_fpr < 1 or not 0 < alpha < 1 or n_boot < 1:
+        raise LlmMiaError(f"need target_fpr in [0, 1), alpha in (0, 1), n_boot >= 1; got {target_fpr}, {alpha}, "
+                          f"{n_boot}")
+    rng = np.random.default_rng(seed)
+    k = int(np.floor(target_fpr * neg.size + 1e-9))
+    nb = np.sort(neg[rng.integers(0, neg.size, (n_boot, neg.size))], axis=1)  # (B, n) ascending
+    thr = nb[:, neg.size - 1 - k]  # (B,) the (k+1)-th highest of each resample
+    pb = pos[rng.integers(0, pos.size, (n_boot, pos.size))]  # (B, m)
+    tpr = (pb > thr[:, None]).mean(axis=1)
+    return float(np.quantile(tpr, alpha))
+
+
+def docs_to_settle_tpr(limit: float, *, tpr_at: Callable[[float], float], target_fpr: float = 0.01,
+                       alpha: float = 0.05, ratio: float = 1.0, most: int = 10**7) -> int | None:
+    """About how many non-members n (with ``ratio * n`` members) make :func:`tpr_at_fpr_upper`'s bound
+    fall within ``limit``, for a signal whose TPR at FPR q is ``tpr_at(q)``: expected counts, the
+    smallest n on a grid growing by 10% from 10; None past ``most``. For a signal at chance
+    (``tpr_at = lambda q: q``) this is the audit size a clean model needs to pass (the docs' table)."""
+    from scipy.stats import beta, binom
+
+    n = 10
+    while n <= most:
+        k = int(binom.ppf(1 - alpha / 2, n, target_fpr))
+        m = max(1, int(round(ratio * n)))
+        if k + 1 <= n:
+            c = int(round(min(1.0, tpr_at((k + 1) / (n + 1))) * m))
+            if c < m and float(beta.ppf(1 - alpha / 2, c + 1, m - c)) <= limit:
+                return n
+        n = int(n * 1.1) + 1
+    return None

@@ -48,6 +48,9 @@ RULES: dict[str, tuple[str, str, str, str]] = {
     "max_discoverable_rate": ("DiscoverableMemorization", "warning", "6.0",
                               "Training examples whose suffix greedy decoding of their prefix gives back "
                               "(discoverable memorization, Carlini et al. 2023)."),
+    "training_data": ("TrainingData", "error", "5.0",
+                      "Whether the model was trained on the audited members: its training record against the "
+                      "audited files, and membership signals pointing the wrong way (members look swapped)."),
 }
 
 
@@ -101,6 +104,8 @@ def _results_of(check: dict, report: dict, samples: list[dict]) -> list[tuple]:
         if it["kind"] == "secret":
             how = f" by {', '.join(it['how'])}" if it.get("how") else ""
             val = f" with {it['estimator']} {io.to_float(it['value']):.2f} bits" if "value" in it else ""
+            if it.get("interval"):
+                val += f" (lower bound {io.to_float(it['interval'][0]):.2f})"
             msg = f"Planted secret {it['id']} ({it.get('secret_kind')}, inserted {it.get('count')}x) leaked{how}{val}."
             out.append((msg, level, _fingerprint(name, it["id"], salt), {"secret_id": it["id"]}))
         elif it["kind"] == "pii":
@@ -108,7 +113,8 @@ def _results_of(check: dict, report: dict, samples: list[dict]) -> list[tuple]:
                    f"{it.get('train_count')}x in the training data).")
             out.append((msg, level, _fingerprint(name, it["type"], it.get("value"), salt), {"pii_type": it["type"]}))
         elif it["kind"] == "metric":
-            msg = (f"Membership signal {it['signal']}: TPR at 1% FPR {it['tpr']:.3f} > {check['limit']}"
+            ci = f" [{it['interval'][0]:.3f}, {it['interval'][1]:.3f}]" if it.get("interval") else ""
+            msg = (f"Membership signal {it['signal']}: TPR at 1% FPR {it['tpr']:.3f}{ci} > {check['limit']}"
                    + (f" (AUC {io.to_float(it['auc']):.3f})." if it.get("auc") is not None else "."))
             out.append((msg, level, _fingerprint(name, it["signal"], salt), {"signal": it["signal"]}))
     if name == "max_memorized_samples":

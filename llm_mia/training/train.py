@@ -766,6 +766,9 @@ def _recipe(ctx: TrainContext, res: LoopResult) -> dict:
         "corpus": str(data.folder.resolve()),
         "train_file": data.train_file.name,
         "train_sha256": sha256_file(data.train_file),
+        # the training record the audit verifies (llm_mia.audit.stages.check_training_record)
+        "secrets_sha256": (sha256_file(data.folder / "secrets.json")
+                           if not cfg.reference and (data.folder / "secrets.json").is_file() else None),
         "eval_file": data.eval_file.name if ctx.eval_docs else None,
         "eval_sha256": sha256_file(data.eval_file) if ctx.eval_docs else None,
         "reference": cfg.reference,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from llm_mia.audit.policy import LIMITS, evaluate, parse_policy
 from llm_mia.report.junit import junit_xml
 from llm_mia.report.sarif import RULES, sarif_log
@@ -44,8 +46,8 @@ def test_b4_01_every_limit_has_a_sarif_rule_and_the_ci_files_are_written(tmp_pat
     assert [r["level"] for r in run["results"]] == ["warning"]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("1", "0", "0", "1")
-    # a failed discoverable limit: 3 of 4 = 0.75 > 0.5, exit 1, its rule's level
-    code, out, err, sarif, junit = _gate(tmp_path, capsys, _disc_report(4, 3), "[limits]\nmax_discoverable_rate = 0.5\n")
+    # a failed discoverable limit: 30 of 40 = 0.75, exact 95% lower bound 0.614 > 0.5: exit 1, its rule's level
+    code, out, err, sarif, junit = _gate(tmp_path, capsys, _disc_report(40, 30), "[limits]\nmax_discoverable_rate = 0.5\n")
     assert code == 1, (out, err)
     res = json.loads(sarif.read_text())["runs"][0]["results"]
     assert [(r["ruleId"], r["level"]) for r in res] == [("llm-mia/max_discoverable_rate", RULES["max_discoverable_rate"][1])]
@@ -53,9 +55,14 @@ def test_b4_01_every_limit_has_a_sarif_rule_and_the_ci_files_are_written(tmp_pat
 
 def test_b4_02_discoverable_limit_has_its_own_control():
     pol = parse_policy({"limits": {"max_discoverable_rate": 0.5}})
-    # 0 of 4 examples, 5 non-members: the non-member count has nothing to do with this check
-    v = evaluate(_disc_report(4, 0, n_non=5), pol)
+    # 0 of 10 examples (exact 95% upper bound 1 - 0.05^(1/10) = 0.259), 5 non-members: the non-member count
+    # has nothing to do with this check
+    v = evaluate(_disc_report(10, 0, n_non=5), pol)
     assert v.status == "PASS" and v.checks[0].status == "passed" and "non-members" not in v.line
+    assert v.checks[0].interval[1] == pytest.approx(1 - 0.05 ** (1 / 10))
+    # 0 of 4: the upper bound 1 - 0.05^(1/4) = 0.527 holds the limit: too few examples to tell
+    v = evaluate(_disc_report(4, 0, n_non=5), pol)
+    assert v.status == "INCONCLUSIVE" and "more examples" in v.checks[0].reason
     # 0 examples tested: nothing could have failed; the reason is about examples
     rep = _disc_report(4, 0)
     rep["discoverable"].update(n_examples=0, greedy_rate=0.0)

@@ -70,6 +70,8 @@ def _report(**over):
             "zlib": {"tpr_at_fpr": {"0.01": {"tpr": 0.05, "below_resolution": True}}},
             "broken": {"error": "no members"}}},
         "extraction": {"memorized_total": 7},
+        "positive_control": {"status": "detected", "model": "twin", "control_insertions": 16, "secrets_planted": 1,
+                             "secrets_found": 1, "target_found": 1, "seconds": 1.0, "reason": None},
     }
     r.update(over)
     return r
@@ -349,18 +351,22 @@ def test_secret_positive_control_threshold_by_hand():
     assert secret_control(rep, 0) is None  # control switched off
 
 
-def test_membership_control_needs_resolution_and_a_signal_above_chance():
-    from llm_mia.audit.policy import membership_control
+def test_membership_control_needs_resolution_and_swapped_signals_are_named():
+    from llm_mia.audit.policy import membership_control, swapped_signals
 
     y = [1] * 100 + [0] * 100
-    sep = list(range(100, 200)) + list(range(100))  # perfectly separated: AUC 1, CI [1, 1]
-    flat = [0.0] * 200  # AUC 0.5: CI includes 0.5
-    rep = {"membership": {"n_nonmembers": 100, "signals": {"loss": {"auc": 1.0}, "zlib": {"auc": 0.5}},
+    sep = list(range(100, 200)) + list(range(100))  # members above: AUC 1
+    flat = [0.0] * 200  # AUC 0.5
+    t = {"tpr_at_fpr": {"0.01": {"tpr": 0.0}}}
+    rep = {"membership": {"n_nonmembers": 100, "signals": {"loss": {"auc": 1.0, **t}, "zlib": {"auc": 0.5, **t}},
                           "per_doc": {"labels": y, "scores": {"loss": sep, "zlib": flat}}}}
-    assert membership_control(rep, 100) is None
-    rep["membership"]["signals"]["loss"]["auc"] = 0.5
-    rep["membership"]["per_doc"]["scores"]["loss"] = flat
-    assert "at or below chance" in membership_control(rep, 100)
+    assert membership_control(rep, 100) is None and swapped_signals(rep) == []
+    rep["membership"]["per_doc"]["scores"]["loss"] = [-x for x in sep]  # members below: AUC 0
+    assert swapped_signals(rep) == [("loss", 0.0)]
+    v = evaluate(rep, parse_policy({"limits": {"max_membership_tpr_at_1pct_fpr": 0.5}}))
+    assert v.status == "INCONCLUSIVE" and "members and non-members look swapped (loss AUC 0.00)" in v.line
+    rep["membership"]["per_doc"]["scores"]["zlib"] = [-x for x in sep]  # zlib is not asked: it may point either way
+    assert [k for k, _ in swapped_signals(rep)] == ["loss"]
     rep["membership"]["n_nonmembers"] = 99  # 99 * 0.01 < 1
     assert "99 non-members cannot resolve 1% FPR" in membership_control(rep, 100)
     with pytest.raises(LlmMiaError, match="min_nonmembers must be >= 100"):
@@ -369,16 +375,24 @@ def test_membership_control_needs_resolution_and_a_signal_above_chance():
 
 def test_inconclusive_verdict_and_exit_code():
     rep = _report()
-    # the 32x secret: not extracted, and 3.0 bits < log2(1 / 0.05) = 4.32 (not exposed either)
     rep["secrets"][2].update(greedy_extracted=False, surfaced_in_samples=0, exposure_rank=3.0)
+    rep["positive_control"].update(status="not_detected", secrets_found=0)
     pol = {"limits": {"max_extracted_secrets": 0, "max_membership_tpr_at_1pct_fpr": 0.5}}
     v = evaluate(rep, parse_policy(pol))
     assert v.status == "INCONCLUSIVE" and not v.passed and v.exit_code == 3
     assert [c.status for c in v.checks] == ["inconclusive", "inconclusive"]
-    assert v.line.startswith("INCONCLUSIVE: extracted secrets 0 <= 0, but none of the 1 secrets inserted >= 16")
-    assert "50 non-members cannot resolve 1% FPR" in v.line
+    assert v.line.startswith("INCONCLUSIVE: extracted secrets 0 <= 0, but the positive control found 0 of 1 planted "
+                             "secrets in a model made to memorize them")
+    assert "no per-document scores to bound the TPR" in v.line
     v = evaluate(rep, parse_policy({**pol, "settings": {"allow_inconclusive": True}}))
     assert v.status == "INCONCLUSIVE" and v.passed and v.exit_code == 0
+    # sentinels: the 32x secret is the control (3.0 bits < log2(1 / 0.05) = 4.32, not extracted), left out
+    v = evaluate(rep, parse_policy({"limits": {"max_extracted_secrets": 0},
+                                    "settings": {"detection_power": "sentinels"}}))
+    assert v.status == "INCONCLUSIVE" and "none of the 1 secrets inserted >= 16" in v.line
+    del rep["positive_control"]
+    v = evaluate(rep, parse_policy({"limits": {"max_extracted_secrets": 0}}))
+    assert v.status == "INCONCLUSIVE" and "the report has no positive control" in v.line
     # a failed limit is a finding whatever the controls say
     v = evaluate(rep, parse_policy({"limits": {"max_memorized_samples": 3}}))
     assert v.status == "FAIL" and v.exit_code == 1
@@ -485,6 +499,7 @@ def test_sarif_and_junit_of_inconclusive_error_and_memorized_results(tmp_path):
 
     rep = _report()
     rep["secrets"][2].update(greedy_extracted=False, surfaced_in_samples=0, exposure_rank=3.0)
+    rep["positive_control"].update(status="not_detected", secrets_found=0)
     (tmp_path / "extract").mkdir()
     (tmp_path / "extract" / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"id": 0, "text": "same", "memorized": True, "longest_match_tokens": 60},

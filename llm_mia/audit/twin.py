@@ -1,0 +1,166 @@
+"""Positive control of the extraction-side limits: a twin of the target made to memorize the planted
+secrets, run through the same extraction (issue "a release gate a model which does not leak can pass").
+
+In laboratory terms a positive control is a sample known to be positive, run through the same test.
+Here it is a copy of the audited model fine-tuned (a few steps of full fine-tuning with
+:func:`llm_mia.training.train.train_model`, ``base`` = the target; an adapter target is fine-tuned merged
+on its base) only on the training documents that carry the secrets inserted at least
+``control_insertions`` times, until greedy or beam decoding gives them back (at most ``rounds`` rounds of
+``steps`` steps). The same extraction of the planted secrets (:func:`llm_mia.exposure.secrets.decode_extracted`:
+the same contexts, prefixes, decoding and tokenizer as the audit's) then runs on the twin. When it finds
+them, the audit has shown it can see a leak of that kind: the gate's extraction-side limits count
+(:func:`llm_mia.audit.policy.twin_control`). The audited model is never asked to leak.
+
+A served target (an endpoint or a vLLM server) cannot be copied: the user names a model known to have
+memorized the secrets (``--positive-control MODEL``), or the record says "unavailable" and the limits
+are INCONCLUSIVE.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llm_mia.core import io
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.exposure.secrets import decode_extracted
+from llm_mia.models.loading import load_model
+from llm_mia.training.train import train_model
+
+#: Twin training: steps per round and rounds at most (the "tiny" preset's learning rate, 3e-3, and
+#: batch of 8 blocks). Measured on the 2-core CPU: a 2-layer test model memorizes 16x secrets in one
+#: round (about 2 s); GPT-2 small (124 M) takes about 1.3 s a step.
+TWIN_STEPS, TWIN_ROUNDS = 30, 4
+
+
+@dataclass
+class PositiveControl:
+    """report.json ``positive_control``.
+
+    Attributes:
+        status: "detected" (every control secret found in the twin), "not_detected" (some not),
+            "unavailable" (no twin could be made or no secret planted at the control count) or
+            "skipped" (``--no-positive-control``).
+        model: what the twin is ("fine-tuned twin of <target>", or the ``--positive-control`` folder).
+        control_insertions: a secret is a control when inserted at least this many times.
+        secrets_planted: the control secrets.
+        secrets_found: of those, the ones greedy or beam decoding gave back from the twin.
+        target_found: the same count on the audited model.
+        seconds: the twin's cost (training and extraction), wall-clock.
+        reason: why it is not "detected", else None.
+        steps: twin training steps taken (0 for a given model).
+    """
+
+    status: str
+    model: str | None
+    control_insertions: int
+    secrets_planted: int
+    secrets_found: int
+    target_found: int
+    seconds: float
+    reason: str | None
+    steps: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def control_secrets(secrets, control_insertions: int) -> list:
+    """The planted secrets inserted at least ``control_insertions`` times (the controls)."""
+    return [s for s in secrets if control_insertions and s.count >= control_insertions]
+
+
+def carrying_documents(train: list[str], secrets) -> list[str]:
+    """The training documents holding at least one of ``secrets`` verbatim (file order)."""
+    return [t for t in train if any(s.text in t for s in secrets)]
+
+
+def _found(loaded, secrets, *, beams: int, train: list[str]) -> set[str]:
+    """Ids of ``secrets`` that greedy or beam decoding gives back (the audit's own extraction of secrets)."""
+    greedy = decode_extracted(loaded, secrets, num_beams=1, train_texts=train)
+    got = {s.id for s, g in zip(secrets, greedy) if g["extracted"]}
+    rest = [s for s in secrets if s.id not in got]
+    if rest and beams > 1:
+        beam = decode_extracted(loaded, rest, num_beams=beams, train_texts=train)
+        got |= {s.id for s, b in zip(rest, beam) if b["extracted"]}
+    return got
+
+
+def _train_round(base: str, docs: list[str], heldout: list[str], work: Path, k: int, *, steps: int, seed: int,
+                 progress: bool) -> Path:
+    """One round of twin training from ``base`` on ``docs``; returns the round's model folder."""
+    corpus = work / f"corpus-{k}"
+    corpus.mkdir(parents=True, exist_ok=True)
+    io.write_jsonl(corpus / "train.jsonl", [{"text": t} for t in docs])
+    io.write_jsonl(corpus / "heldout.jsonl", [{"text": t} for t in (heldout[:8] or docs[:1])])
+    out = work / f"model-{k}"
+    train_model(corpus, out, base=base, preset="tiny", max_steps=steps, seed=seed + k, progress=progress)
+    return out
+
+
+def train_twin(target_folder: str | Path, docs: list[str], heldout: list[str], secrets, work: Path, *,
+               beams: int, train: list[str], seed: int = 0, steps: int = TWIN_STEPS, rounds: int = TWIN_ROUNDS,
+               progress: bool = False) -> tuple[set[str], int, str]:
+    """Fine-tune copies of ``target_folder`` on ``docs`` round by round until every secret of ``secrets``
+    is extracted or ``rounds`` ran. Returns (ids found in the last twin, steps taken, its folder)."""
+    base, found, taken = str(target_folder), set(), 0
+    for k in range(rounds):
+        folder = _train_round(base, docs, heldout, work, k, steps=steps, seed=seed, progress=progress)
+        taken += steps
+        found = _found(load_model(str(folder)), secrets, beams=beams, train=train)
+        if k > 0:
+            shutil.rmtree(Path(base), ignore_errors=True)  # keep only the latest round's weights
+        base = str(folder)
+        if len(found) == len(secrets):
+            break
+    return found, taken, base
+
+
+def run_positive_control(target, secrets, train: list[str], heldout: list[str], target_found: set[str], work: Path,
+                         *, control_insertions: int = 16, beams: int = 5, seed: int = 0, model: str | None = None,
+                         skip: bool = False, progress: bool = False) -> PositiveControl:
+    """The audit's positive control (module docstring) for ``target`` (a loaded model).
+
+    Args:
+        target: the audited model (``folder`` None for an endpoint or vLLM: no twin).
+        secrets: every planted secret of the audit; the controls are those inserted >= ``control_insertions``.
+        train / heldout: the audit's training documents (rendered) and non-members (the twin's eval file).
+        target_found: ids of secrets the audit extracted from the target (greedy or beam).
+        work: a folder for the twin's corpus and weights (created; the audit's ``positive_control/``).
+        model: a model folder known to have memorized the secrets (``--positive-control``): used as is.
+        skip: ``--no-positive-control``.
+
+    Returns:
+        The :class:`PositiveControl` record.
+
+    Raises:
+        LlmMiaError: ``model`` is not a loadable model folder.
+    """
+    t0 = time.time()
+    ctl = control_secrets(secrets, control_insertions)
+    rec = dict(model=None, control_insertions=control_insertions, secrets_planted=len(ctl), secrets_found=0,
+               target_found=len({s.id for s in ctl} & set(target_found)), seconds=0.0)
+    if skip:
+        return PositiveControl(status="skipped", reason="--no-positive-control", **rec)
+    if not ctl:
+        return PositiveControl(status="unavailable", reason=f"no planted secret is inserted >= {control_insertions} "
+                               "times to make a twin memorize", **rec)
+    if model is not None:
+        found, steps, rec["model"] = _found(load_model(str(model)), ctl, beams=beams, train=train), 0, str(model)
+    elif getattr(target, "folder", None) is None or getattr(target, "model", None) is None:
+        return PositiveControl(status="unavailable", reason="a served model (endpoint or vLLM) cannot be copied "
+                               "into a twin: pass --positive-control MODEL", **rec)
+    else:
+        docs = carrying_documents(train, ctl)
+        if not docs:
+            raise LlmMiaError("no training document holds a planted secret: is secrets.json this corpus's?")
+        found, steps, _ = train_twin(target.folder, docs, heldout, ctl, Path(work), beams=beams, train=train,
+                                     seed=seed, progress=progress)
+        rec["model"] = f"fine-tuned twin of the target ({steps} steps on {len(docs)} documents)"
+    rec.update(secrets_found=len(found), seconds=round(time.time() - t0, 1))
+    if len(found) == len(ctl):
+        return PositiveControl(status="detected", reason=None, steps=steps, **rec)
+    return PositiveControl(status="not_detected", steps=steps, reason=f"found {len(found)} of {len(ctl)} secrets in a "
+                           "model made to memorize them", **rec)
