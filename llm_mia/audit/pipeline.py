@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +72,32 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
+def positive_control_line(report: dict) -> str | None:
+    """The positive control in one sentence, beside the target's result, or None without one."""
+    pc = report.get("positive_control")
+    if not pc:
+        return None
+    n = pc.get("secrets_planted")
+    if pc.get("status") in ("detected", "not_detected"):
+        return (f"positive control: the audit finds {pc['secrets_found']} of {n} secrets inserted >= "
+                f"{pc['control_insertions']} times in a model known to have memorized them ({pc.get('model')}, "
+                f"{pc.get('seconds')} s); {pc.get('target_found')} of {n} in yours.")
+    return f"positive control {pc.get('status')}: {pc.get('reason')}."
+
+
+def _gate_observations(report: dict) -> list[str]:
+    """What the release gate's detection power and provenance rest on: the positive control and the
+    training record."""
+    obs = [x for x in [positive_control_line(report)] if x]
+    rec = (report.get("provenance") or {}).get("training_record") or {}
+    if rec.get("status"):
+        obs.append(f"training record: {rec['status']}" + (f" ({rec['reason']})." if rec.get("reason") else "."))
+    return obs
+
+
 def _observations(report: dict) -> list[str]:
     """Plain statements of what happened, including what went worse than expected."""
-    obs = []
+    obs = _gate_observations(report)
     secrets = report["secrets"]
     hi = [s for s in secrets if s["count"] >= 16]
     if hi:
@@ -320,6 +343,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
             model, a report that lacks what a policy limit needs. Input errors come before any model runs.
     """
     cfg = cfg or AuditConfig()
+    if policy is not None and cfg.control_insertions != policy.positive_control_min_insertions:
+        cfg = replace(cfg, control_insertions=policy.positive_control_min_insertions)  # the gate's controls
     started = time.time()
     inputs = read_inputs(corpus_dir, members, nonmembers, secrets_path, text_column=text_column, cfg=cfg,
                          canaries=canaries, model_path=model_path, has_reference=bool(reference_path))

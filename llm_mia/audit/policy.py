@@ -17,7 +17,10 @@ an optional ``[settings]`` table::
     [settings]
     exposure_estimator = "exposure_rank"    # default; or exposure_exact | exposure_extrapolated | max
     min_insertions = 1                      # secrets inserted fewer times are not gated (0 = controls too)
-    positive_control_min_insertions = 16    # see "Detection power" below (0 = no positive control)
+    confidence = 0.95                       # of each one-sided bound
+    detection_power = "twin"                # or "sentinels" (see "Detection power" below)
+    positive_control_min_insertions = 16    # a secret inserted this many times is a control
+    require_provenance = false              # true: no matching training record is INCONCLUSIVE
     min_nonmembers = 100                    # held-out documents needed to gate TPR at 1% FPR
     allow_inconclusive = false              # true: an INCONCLUSIVE verdict exits 0
     api_mode = "full"                       # the served API of max_queries_per_secret (label-only: greedy only)
@@ -35,18 +38,32 @@ chance; ``api_mode = "label-only"`` counts greedy answers only). Its value is th
 such secret needs (inf: none extractable); a rate limit below it would have stopped every extraction
 measured. It passes when every secret needs more queries than the limit allows.
 
-Detection power (positive controls). A limit that passed only counts when the audit could have
-seen it fail:
+Each limit is a test with three outcomes at ``confidence`` (default 0.95): FAIL when the figure's lower
+bound is beyond the limit (one-sided, at alpha / k over the k secrets or signals tested: Bonferroni),
+PASS when every figure's upper bound is within it (at alpha: an intersection-union test, Berger 1982),
+INCONCLUSIVE when the interval holds the limit, the reason saying how much more would settle it.
+Exposure by rank: exact binomial bounds on the secret's quantile
+(:func:`llm_mia.exposure.estimators.rank_exposure_interval`); TPR at 1% FPR: an exact order-statistic
+upper bound and a bootstrap lower bound (:func:`llm_mia.membership.metrics.tpr_at_fpr_upper`,
+:func:`~llm_mia.membership.metrics.tpr_at_fpr_lower`); the discoverable rate: Clopper-Pearson; counts
+are observed (any count over the limit fails).
 
-- extraction-side limits (exposure, extracted secrets, training PII, memorized samples) need at least
-  one secret inserted >= ``positive_control_min_insertions`` times that was extracted (greedy, beam or
-  in the samples) or exposed: its rank or exact exposure above log2(k / 0.05) bits, k such secrets
-  (the level a never-seen secret reaches with probability <= 5% / k);
-- the membership limit needs ``min_nonmembers`` held-out documents (at least 1 / 0.01 = 100, so
-  that a 1% FPR is one document or more) and one signal whose 95% bootstrap AUC interval lies above
-  0.5 (a signal at or below chance cannot show a leak);
+Detection power. A limit that passed only counts when the audit could have seen it fail:
+
+- extraction-side limits (exposure, extracted secrets, training PII, memorized samples, queries) need
+  the positive control (``detection_power = "twin"``, the default): the audit's twin of the model,
+  fine-tuned on the planted secrets' documents, in which the same extraction found every secret
+  inserted >= ``positive_control_min_insertions`` times (:func:`twin_control`,
+  :mod:`llm_mia.audit.twin`). ``detection_power = "sentinels"``: one such secret in the audited model
+  itself extracted or exposed above log2(k / 0.05) bits (:func:`secret_control`), those secrets then
+  left out of the limits;
+- the membership limit needs ``min_nonmembers`` held-out documents (at least 1 / 0.01 = 100);
 - the discoverable-memorization limit needs one training example tested and a limit below 1
   (:func:`discoverable_control`; the held-out count plays no part).
+
+Provenance: a ``training_data`` check is added when the model's training record does not match the
+audited files (error) or is missing under ``require_provenance`` (inconclusive), or when the LOSS or
+Min-K% signal prefers the non-members (:func:`swapped_signals`: inconclusive).
 
 Otherwise that check is *inconclusive*. Verdicts, in order: FAIL (a limit exceeded: exit 1), ERROR (a
 limit the report cannot answer: exit 2), INCONCLUSIVE (exit 3, or 0 with ``allow_inconclusive``),

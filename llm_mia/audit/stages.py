@@ -764,7 +764,8 @@ def check_training_record(inputs: AuditInputs, target: AuditTarget) -> dict:
 
     Returns:
         report.json ``provenance.training_record``: ``status`` "verified" (the members file is the
-        training file, and the secrets file matches when both are recorded), "unverified" (no record,
+        training file, or the canary audit's planted copy of it, and the secrets file matches when
+        both are recorded), "unverified" (no record,
         a served model, or ``--members`` naming another file than the training one: a sample of it may
         be fine), with ``model_train_sha256``, ``audited_train_sha256`` and a ``reason``.
 
@@ -784,6 +785,9 @@ def check_training_record(inputs: AuditInputs, target: AuditTarget) -> dict:
     if not out["model_train_sha256"] or audited is None:
         out["reason"] = "the training record has no training-file fingerprint"
         return out
+    planted = (inputs.canaries.record.get("planted_sha256") if inputs.canaries is not None else None)
+    if planted and out["model_train_sha256"] == planted:  # trained on the canary-planted copy of the members
+        audited = out["audited_train_sha256"] = planted
     pairs = [("training file", out["model_train_sha256"], audited)]
     if rec.get("secrets_sha256") and inputs.secrets_path is not None and Path(str(inputs.secrets_path)).is_file():
         pairs.append(("secrets file", rec["secrets_sha256"], sha256_file(Path(inputs.secrets_path))))

@@ -488,6 +488,8 @@ class TrainContext:
             if self.cfg.lora is not None:
                 torch.manual_seed(seed)
                 model = _with_lora(model, self.cfg.lora, self.cfg.base)
+            else:  # a merged adapter comes back with its base frozen: a full fine-tune trains every weight
+                model.requires_grad_(True)
         model.train()
         return model
 
