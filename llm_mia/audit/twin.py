@@ -32,7 +32,18 @@ from llm_mia.training.train import train_model
 #: Twin training: steps per round and rounds at most (the "tiny" preset's learning rate, 3e-3, and
 #: batch of 8 blocks). Measured on the 2-core CPU: a 2-layer test model memorizes 16x secrets in one
 #: round (about 2 s); GPT-2 small (124 M) takes about 1.3 s a step.
-TWIN_STEPS, TWIN_ROUNDS = 30, 4
+TWIN_STEPS, TWIN_ROUNDS = 60, 4
+
+
+def twin_lr(folder: str) -> float:
+    """The twin's peak learning rate, by the model's size (the twin must overfit a few documents fast):
+    1e-2 under 10 M parameters (the 2-layer test models), 1e-3 under 300 M (GPT-2 small and medium),
+    3e-4 above. Read from config.json (n_embd / hidden_size and layers), so no weights are loaded."""
+    cfg = io.read_json(Path(folder) / "config.json") if (Path(folder) / "config.json").is_file() else {}
+    width = cfg.get("n_embd") or cfg.get("hidden_size") or 768
+    layers = cfg.get("n_layer") or cfg.get("num_hidden_layers") or 12
+    n = 12 * layers * width * width  # the blocks' weights, about
+    return 1e-2 if n < 10e6 else 1e-3 if n < 300e6 else 3e-4
 
 
 @dataclass
@@ -96,7 +107,8 @@ def _train_round(base: str, docs: list[str], heldout: list[str], work: Path, k: 
     io.write_jsonl(corpus / "train.jsonl", [{"text": t} for t in docs])
     io.write_jsonl(corpus / "heldout.jsonl", [{"text": t} for t in (heldout[:8] or docs[:1])])
     out = work / f"model-{k}"
-    train_model(corpus, out, base=base, preset="tiny", max_steps=steps, seed=seed + k, progress=progress)
+    train_model(corpus, out, base=base, preset="tiny", max_steps=steps, seed=seed + k, progress=progress,
+                lr=twin_lr(base))
     return out
 
 

@@ -105,6 +105,7 @@ class TrainConfig:
         micro_batch: DP records per forward/backward pass (default: the preset's batch size); it
             changes neither the sampling rate nor the step count.
         weight_decay / dropout: override the preset's values (dropout: from-scratch models only).
+        lr: overrides the preset's peak learning rate (the audit's positive-control twin sets it).
         early_stopping: patience, in evaluations of the held-out loss (every ``eval_every`` steps,
             default steps // 20, on at most 16 k tokens of the evaluation file) without a new best;
             the best weights are restored. Selecting on held-out loss uses the non-member file, a
@@ -145,6 +146,7 @@ class TrainConfig:
     adv_lambda: float = 1.0
     adv_k: int = 1
     reference_set: str | None = None
+    lr: float | None = None
 
 
 def options_only_with(cfg: TrainConfig, defense: str, names: tuple[str, ...]) -> bool:

@@ -363,6 +363,10 @@ def _check_config(cfg: TrainConfig) -> tuple[TrainPreset, int]:
     _check_dp(cfg)
     for module in _DEFENSE_MODULES.values():
         importlib.import_module(module).check_config(cfg)
+    if cfg.lr is not None:
+        if not (isinstance(cfg.lr, (int, float)) and 0 < cfg.lr < 1 and math.isfinite(cfg.lr)):
+            raise LlmMiaError(f"learning rate must be in (0, 1), got {cfg.lr}")
+        p = dataclasses.replace(p, lr=float(cfg.lr))
     if cfg.weight_decay is not None:
         if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
             raise LlmMiaError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
