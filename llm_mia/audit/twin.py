@@ -36,14 +36,15 @@ TWIN_STEPS, TWIN_ROUNDS = 60, 4
 
 
 def twin_lr(folder: str) -> float:
-    """The twin's peak learning rate, by the model's size (the twin must overfit a few documents fast):
-    1e-2 under 10 M parameters (the 2-layer test models), 1e-3 under 300 M (GPT-2 small and medium),
-    3e-4 above. Read from config.json (n_embd / hidden_size and layers), so no weights are loaded."""
+    """The twin's peak learning rate, by the size of the model's blocks (the twin must overfit a few
+    documents fast): 1e-2 under 1 M weights (the 2-layer test models), 3e-3 under 30 M (the demo's
+    4 x 256, whose own recipe uses it), 1e-3 under 300 M (GPT-2 small and medium), 3e-4 above. Read
+    from config.json (n_embd / hidden_size and layers), so no weights are loaded."""
     cfg = io.read_json(Path(folder) / "config.json") if (Path(folder) / "config.json").is_file() else {}
     width = cfg.get("n_embd") or cfg.get("hidden_size") or 768
     layers = cfg.get("n_layer") or cfg.get("num_hidden_layers") or 12
     n = 12 * layers * width * width  # the blocks' weights, about
-    return 1e-2 if n < 10e6 else 1e-3 if n < 300e6 else 3e-4
+    return 1e-2 if n < 1e6 else 3e-3 if n < 30e6 else 1e-3 if n < 300e6 else 3e-4
 
 
 @dataclass
