@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from llm_mia.audit.pipeline import AuditConfig, run_audit, write_reports
+from llm_mia.audit.policy import gate_report
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.version import __version__
@@ -46,8 +47,8 @@ DEMO_FINETUNE_STEPS = 1000
 DEMO_FINETUNE_PRESET = "demo"
 
 
-#: The audit's settings when ``run_demo`` gets no ``cfg`` (and the fields of a given ``cfg`` left at
-#: AuditConfig's defaults, as the command line passes them): 148 s on an idle core.
+#: The audit's sizes when ``run_demo`` gets no ``cfg``, and those the command line leaves unset (passed
+#: as None in ``sizes``): 148 s on an idle core.
 DEMO_AUDIT = {"num_samples": 200, "n_candidates": 1000, "discoverable_samples": 100}
 
 
@@ -153,13 +154,42 @@ def _base(out: Path, *, preset: str, steps: int, seed: int, cache: bool, progres
     return "trained"
 
 
-def demo_audit_config(cfg: AuditConfig | None) -> AuditConfig:
-    """``cfg`` with :data:`DEMO_AUDIT` in place of the fields left at AuditConfig's defaults (None:
-    AuditConfig(**DEMO_AUDIT))."""
-    if cfg is None:
-        return AuditConfig(**DEMO_AUDIT)
-    defaults = {f.name: f.default for f in dataclasses.fields(AuditConfig)}
-    return dataclasses.replace(cfg, **{k: v for k, v in DEMO_AUDIT.items() if getattr(cfg, k) == defaults[k]})
+def demo_audit_config(cfg: AuditConfig | None, sizes: dict[str, int | None] | None = None) -> AuditConfig:
+    """The demo's audit settings: ``cfg`` (None: ``AuditConfig(**DEMO_AUDIT)``) with the sizes named in
+    ``sizes`` (keys of :data:`DEMO_AUDIT`, as ``llm-mia demo`` passes them) set: a value of None takes the
+    demo's value, an int is the user's and kept as is. Sizes not named keep ``cfg``'s.
+
+    Raises:
+        LlmMiaError: a key of ``sizes`` that is not one of :data:`DEMO_AUDIT`.
+    """
+    bad = sorted(set(sizes or {}) - set(DEMO_AUDIT))
+    if bad:
+        raise LlmMiaError(f"demo sizes: unknown setting(s) {', '.join(bad)}; expected {', '.join(DEMO_AUDIT)}")
+    cfg = AuditConfig(**DEMO_AUDIT) if cfg is None else cfg
+    return dataclasses.replace(cfg, **{k: DEMO_AUDIT[k] if v is None else v for k, v in (sizes or {}).items()})
+
+
+#: The policy the demo gates its report with, and the command it prints to reproduce the verdict.
+DEMO_POLICY = Path("examples/policy.toml")
+
+
+def demo_gate(out: Path, policy_path: str | Path | None = DEMO_POLICY) -> tuple[str, int | None, str]:
+    """Run ``llm-mia gate OUT/report.json --policy POLICY`` in-process (:func:`gate_report`).
+
+    Returns ``(line, exit_code, command)``: the verdict line and the exit code the command would give
+    (0 pass, 1 fail, 2 error, 3 inconclusive), or a line saying why it was not run and None when
+    ``policy_path`` is None or not a file. A limit the report cannot answer gives its error line and 2;
+    nothing is raised, so the demo's own exit code does not depend on the verdict.
+    """
+    command = f"llm-mia gate {out / 'report.json'} --policy {policy_path}"
+    if policy_path is None or not Path(policy_path).is_file():
+        return f"gate: no policy file {policy_path} here (run from the repository root)", None, command
+    try:
+        verdict = gate_report(out / "report.json", policy_path)
+    except LlmMiaError as e:
+        v = getattr(e, "verdict", None)
+        return (v.line if v is not None else f"ERROR: {e}"), (v.exit_code if v is not None else 2), command
+    return verdict.line, verdict.exit_code, command
 
 
 def _audit_eta(cfg: AuditConfig) -> float:
@@ -176,7 +206,8 @@ def _use_cache(cache: bool | None) -> bool:
 
 def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: AuditConfig | None = None,
              max_steps: int | None = None, max_chars: int | None = DEMO_MAX_CHARS, progress: bool = True,
-             policy=None, cache: bool | None = None) -> dict:
+             policy=None, cache: bool | None = None, sizes: dict[str, int | None] | None = None,
+             gate_policy: str | Path | None = DEMO_POLICY) -> dict:
     """The fine-tuning case on the embedded python-docs text: a base model pre-trained on a public
     part, fully fine-tuned on the private part (with the planted secrets), the fine-tuned model
     audited with the base as its reference model.
@@ -187,8 +218,10 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     ``preset``, or copied from the cache, see below); ``model/`` (every weight of ``base/`` fine-tuned
     on ``corpus/train.jsonl``, :data:`DEMO_FINETUNE_STEPS` steps of :data:`DEMO_FINETUNE_PRESET`, "small"
     with 8 blocks a step); then :func:`run_audit` of ``model/`` with ``base/`` as reference, with
-    :data:`DEMO_AUDIT` (fields of ``cfg`` left at AuditConfig's defaults take the demo's).
-    ``max_steps`` sets the fine-tune's steps (the base gets half).
+    :data:`DEMO_AUDIT` (``sizes``: :func:`demo_audit_config`, None values take the demo's).
+    ``max_steps`` sets the fine-tune's steps (the base gets half). Last, the report is gated with
+    ``gate_policy`` (:func:`demo_gate`, default ``examples/policy.toml``) and the verdict line, its exit
+    code and the ``llm-mia gate`` command are printed; the verdict never raises.
 
     Why a full fine-tune and not LoRA (measured on one idle core, 150 steps, batch 16, train /
     held-out loss): LoRA r16 at lr 3e-3 (262 k trainable) 5.80 / 5.88; r16 at 1e-2 5.70 / 5.86; r16
@@ -205,7 +238,7 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     ``cache=False``, or the environment variable ``LLM_MIA_DEMO_CACHE=0``, turns the cache off.
     """
     out, t0 = Path(out_dir), time.time()
-    cfg = demo_audit_config(cfg)
+    cfg = demo_audit_config(cfg, sizes)
     seed, use_cache = cfg.seed, _use_cache(cache)
     ft_steps = max_steps or DEMO_FINETUNE_STEPS
     base_steps = max(10, max_steps // 2) if max_steps else DEMO_BASE_STEPS
@@ -232,4 +265,8 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     report["provenance"]["demo_base"] = base_from
     _say(progress, "demo: done in {demo_total_s:.0f} s (corpus {corpus_s:.0f} s, base {train_base_s:.0f} s, "
          "fine-tune {train_model_s:.0f} s, audit {audit_s:.0f} s)".format(**report["provenance"]["timings"]))
-    return write_reports(out, report, load_secrets(out / "corpus" / "secrets.json"), show_secrets=cfg.show_secrets)
+    report = write_reports(out, report, load_secrets(out / "corpus" / "secrets.json"), show_secrets=cfg.show_secrets)
+    line, code, command = demo_gate(out, gate_policy)
+    _say(progress, f"gate: {line}" + ("" if code is None else f" (exit {code})"))
+    _say(progress, f"gate: reproduce with `{command}`")
+    return report
