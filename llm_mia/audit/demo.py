@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from llm_mia.audit.compare import compare_models
 from llm_mia.audit.pipeline import AuditConfig, run_audit, write_reports
 from llm_mia.audit.policy import gate_report
 from llm_mia.core import io
@@ -192,6 +193,37 @@ def demo_gate(out: Path, policy_path: str | Path | None = DEMO_POLICY) -> tuple[
     return verdict.line, verdict.exit_code, command
 
 
+#: The defended twin's defence (``llm-mia demo --defended``): ``train_model`` keyword arguments. Dedup
+#: (Kandpal et al. 2022, "Deduplicating Training Data Mitigates Privacy Risks", sec. 5) drops every
+#: repeat of a span of ``dedup_min_chars`` characters, so a secret inserted 32 times is trained on once,
+#: at no training cost; DP-SGD on this CPU costs several times the fine-tune's time.
+DEMO_DEFENSE = ("dedup", {"defense": "dedup"})
+
+
+def _defended_twin(out: Path, *, cfg: AuditConfig, preset: str, steps: int, policy, progress: bool) -> dict:
+    """Fine-tune ``base/`` on ``corpus/`` again, the same way but with :data:`DEMO_DEFENSE`, into
+    ``model-<defence>/``; audit both models with the base as reference (:func:`compare_models`, no API
+    output-limit runs) into ``compare/<name>/``; write ``compare.md`` (also copied to ``out``) and
+    return compare.json's dict (rows ``undefended`` and the defence, each with ``heldout_perplexity``)."""
+    name, kw = DEMO_DEFENSE
+    _say(progress, f"defended: fine-tuning base/ with the {name} defence, {steps} steps of '{preset}' "
+         f"(expected ~{_SECONDS['finetune_step'] * steps:.0f} s on an idle core), then auditing both models "
+         f"(~{2 * _audit_eta(cfg):.0f} s)")
+    train_model(out / "corpus", out / f"model-{name}", base=str(out / "base"), preset=preset, max_steps=steps,
+                seed=cfg.seed, progress=progress, **kw)
+    result = compare_models(out / "corpus", [("undefended", out / "model"), (name, out / f"model-{name}")],
+                            out / "compare", reference_path=out / "base", cfg=cfg, policy=policy, api_modes=(),
+                            progress=progress)
+    shutil.copyfile(out / "compare" / "compare.md", out / "compare.md")
+    for r in result["rows"]:
+        _say(progress, f"defended: {r['name']}: held-out perplexity {r['heldout_perplexity']:.2f}, secrets "
+             f"extracted {r['secrets_extracted']}/{r['secrets_inserted']}, memorized samples "
+             f"{r['memorized_samples']}, best TPR at 1% FPR {r['best_tpr_at_1pct_fpr']:.3f} "
+             f"(AUC {r['best_signal_auc']:.3f})")
+    _say(progress, f"defended: side by side in {out / 'compare.md'}")
+    return result
+
+
 def _audit_eta(cfg: AuditConfig) -> float:
     """The audit's expected seconds on an idle core: the measured 148 s scaled by the sample counts."""
     scale = sum(getattr(cfg, k) / v for k, v in DEMO_AUDIT.items()) / len(DEMO_AUDIT)
@@ -207,7 +239,7 @@ def _use_cache(cache: bool | None) -> bool:
 def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: AuditConfig | None = None,
              max_steps: int | None = None, max_chars: int | None = DEMO_MAX_CHARS, progress: bool = True,
              policy=None, cache: bool | None = None, sizes: dict[str, int | None] | None = None,
-             gate_policy: str | Path | None = DEMO_POLICY) -> dict:
+             gate_policy: str | Path | None = DEMO_POLICY, defended: bool = False) -> dict:
     """The fine-tuning case on the embedded python-docs text: a base model pre-trained on a public
     part, fully fine-tuned on the private part (with the planted secrets), the fine-tuned model
     audited with the base as its reference model.
@@ -221,7 +253,9 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     :data:`DEMO_AUDIT` (``sizes``: :func:`demo_audit_config`, None values take the demo's).
     ``max_steps`` sets the fine-tune's steps (the base gets half). Last, the report is gated with
     ``gate_policy`` (:func:`demo_gate`, default ``examples/policy.toml``) and the verdict line, its exit
-    code and the ``llm-mia gate`` command are printed; the verdict never raises.
+    code and the ``llm-mia gate`` command are printed; the verdict never raises. ``defended``: then the
+    defended twin (:func:`_defended_twin`): the same fine-tune with :data:`DEMO_DEFENSE`, both models
+    audited side by side into ``compare/`` and ``compare.md``.
 
     Why a full fine-tune and not LoRA (measured on one idle core, 150 steps, batch 16, train /
     held-out loss): LoRA r16 at lr 3e-3 (262 k trainable) 5.80 / 5.88; r16 at 1e-2 5.70 / 5.86; r16
@@ -269,4 +303,6 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     line, code, command = demo_gate(out, gate_policy)
     _say(progress, f"gate: {line}" + ("" if code is None else f" (exit {code})"))
     _say(progress, f"gate: reproduce with `{command}`")
+    if defended:
+        _defended_twin(out, cfg=cfg, preset=ft_preset, steps=ft_steps, policy=policy, progress=progress)
     return report

@@ -192,6 +192,9 @@ def demo(
     preset: str = typer.Option("small", "--preset", rich_help_panel=MODEL, help="Model preset (tiny | small)."),
     max_steps: int | None = typer.Option(None, "--max-steps", rich_help_panel=MODEL,
                                             help="Training steps (default: the preset's)."),
+    defended: bool = typer.Option(False, "--defended", rich_help_panel=MODEL,
+                                  help="Also fine-tune the same base with the dedup defence and write both "
+                                       "models' figures side by side, with held-out perplexity (compare.md)."),
     num_samples: int | None = typer.Option(None, "--num-samples", min=1, rich_help_panel=o.EXTRACTION,
                                               help="Extraction samples per strategy (default: the demo's 200)."),
     strategy: str = o.strategy(),
@@ -232,7 +235,8 @@ def demo(
                         length=length, discoverable=given["discoverable_samples"],
                         discoverable_prefix=discoverable_prefix)
     out = out or Path("audit-demo")
-    _report_and_gate(lambda: run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol, sizes=sizes),
+    _report_and_gate(lambda: run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol, sizes=sizes,
+                                      defended=defended),
                      out, sarif=sarif, junit=junit)
 
 

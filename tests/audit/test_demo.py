@@ -3,6 +3,7 @@ reused by the second run and pre-trained again when its cache entry is modified;
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,25 @@ def test_demo_gate_without_policy_or_report(tmp_path):
     assert command == f"llm-mia gate {tmp_path / 'report.json'} --policy {tmp_path / 'none.toml'}"
     line, code, _ = demo_gate(tmp_path, POLICY)  # no report.json: an error line and exit 2, nothing raised
     assert code == 2 and line.startswith("ERROR: ")
+
+
+def test_defended_twin_side_by_side(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "DEMO_PUBLIC_CHARS", 20_000)
+    out = tmp_path / "demo"
+    _, err = _demo(out, capsys, defended=True, gate_policy=None)
+    assert (out / "model-dedup" / "model.safetensors").exists()
+    recipe = json.loads((out / "model-dedup" / "recipe.json").read_text())
+    assert recipe["defense"] == "dedup" and recipe["base"] == str(out / "base")
+    # every planted secret inserted r >= 2 times repeats a span of 30+ characters: dedup drops repeats
+    assert json.loads((out / "model" / "recipe.json").read_text()).get("dedup") is None
+    assert recipe["dedup"]["spans_removed"] > 0 and recipe["dedup"]["chars_removed"] > 0
+    cmp = json.loads((out / "compare" / "compare.json").read_text())
+    assert [r["name"] for r in cmp["rows"]] == ["undefended", "dedup"]
+    assert [r["defense"] for r in cmp["rows"]] == ["none", "dedup"]
+    for r in cmp["rows"]:
+        assert r["heldout_perplexity"] > 1 and (out / "compare" / r["name"] / "report.json").exists()
+    md = (out / "compare.md").read_text()
+    assert md == (out / "compare" / "compare.md").read_text()
+    assert "| undefended | none |" in md and "| dedup | dedup |" in md
+    assert "defended: undefended: held-out perplexity" in err and "defended: dedup: held-out perplexity" in err
