@@ -206,9 +206,8 @@ def _defended_twin(out: Path, *, cfg: AuditConfig, preset: str, steps: int, poli
     output-limit runs) into ``compare/<name>/``; write ``compare.md`` (also copied to ``out``) and
     return compare.json's dict (rows ``undefended`` and the defence, each with ``heldout_perplexity``)."""
     name, kw = DEMO_DEFENSE
-    _say(progress, f"defended: fine-tuning base/ with the {name} defence, {steps} steps of '{preset}' "
-         f"(expected ~{_SECONDS['finetune_step'] * steps:.0f} s on an idle core), then auditing both models "
-         f"(~{2 * _audit_eta(cfg):.0f} s)")
+    _say(progress, f"defended: fine-tuning base/ with the {name} defence, {steps} steps of '{preset}', then "
+         "auditing both models")
     train_model(out / "corpus", out / f"model-{name}", base=str(out / "base"), preset=preset, max_steps=steps,
                 seed=cfg.seed, progress=progress, **kw)
     result = compare_models(out / "corpus", [("undefended", out / "model"), (name, out / f"model-{name}")],
@@ -228,6 +227,29 @@ def _audit_eta(cfg: AuditConfig) -> float:
     """The audit's expected seconds on an idle core: the measured 148 s scaled by the sample counts."""
     scale = sum(getattr(cfg, k) / v for k, v in DEMO_AUDIT.items()) / len(DEMO_AUDIT)
     return _SECONDS["audit"] * scale
+
+
+def stage_etas(*, preset: str, base_steps: int, ft_steps: int, cfg: AuditConfig, base_cached: bool,
+               defended: bool) -> dict[str, float] | None:
+    """Expected seconds of each demo stage on one idle core (:data:`_SECONDS`), in run order: ``base``
+    (0 when ``base_cached``), ``fine-tune``, ``audit`` (:func:`_audit_eta`) and, when ``defended``,
+    ``defended`` (a fine-tune and two audits). None for a preset other than "small" (not measured)."""
+    if preset != "small":
+        return None
+    etas = {"base": 0.0 if base_cached else _SECONDS["base_step"] * base_steps,
+            "fine-tune": _SECONDS["finetune_step"] * ft_steps, "audit": _audit_eta(cfg)}
+    if defended:
+        etas["defended"] = _SECONDS["finetune_step"] * ft_steps + 2 * _audit_eta(cfg)
+    return etas
+
+
+def _eta_text(etas: dict[str, float] | None, stage: str) -> str:
+    """``, expected ~S s, ~L s left in all (idle core)``: the stage's estimate and the work left from it on."""
+    if not etas:
+        return ""
+    keys = list(etas)
+    left = sum(etas[k] for k in keys[keys.index(stage):])
+    return f", expected ~{etas[stage]:.0f} s, ~{left:.0f} s left in all (idle core)"
 
 
 def _use_cache(cache: bool | None) -> bool:
@@ -280,17 +302,21 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, heldout_fraction=0.5)
     _public_corpus(out / "public", max_chars)
     timings = {"corpus_s": round(time.time() - t0, 1)}
+    cached = use_cache and (cache_root() / f"demo-base-{base_key(out / 'public', preset, base_steps, seed)}").is_dir()
+    etas = stage_etas(preset=preset, base_steps=base_steps, ft_steps=ft_steps, cfg=cfg, base_cached=cached,
+                      defended=defended)
+    _say(progress and etas is not None, "demo: expected ~{:.0f} s in all on an idle core ({})".format(
+        sum((etas or {}).values()), ", ".join(f"{k} ~{v:.0f} s" for k, v in (etas or {}).items())))
     t = time.time()
     base_from = _base(out, preset=preset, steps=base_steps, seed=seed, cache=use_cache, progress=progress)
     timings["train_base_s"] = round(time.time() - t, 1)
-    _say(progress and preset == "small", f"model: fully fine-tuning base/ for {ft_steps} steps of '{ft_preset}', "
-         f"expected ~{_SECONDS['finetune_step'] * ft_steps:.0f} s on an idle core")
+    _say(progress, f"model: fully fine-tuning base/ for {ft_steps} steps of '{ft_preset}'"
+         + _eta_text(etas, "fine-tune"))
     t = time.time()
     train_model(out / "corpus", out / "model", base=str(out / "base"), preset=ft_preset, max_steps=ft_steps,
                 seed=seed, progress=progress)
     timings["train_model_s"] = round(time.time() - t, 1)
-    _say(progress and preset == "small", f"audit: model/ with base/ as reference, expected ~{_audit_eta(cfg):.0f} s "
-         "on an idle core")
+    _say(progress, "audit: model/ with base/ as reference" + _eta_text(etas, "audit"))
     t = time.time()
     report = run_audit(out / "corpus", out / "model", out, reference_path=str(out / "base"), cfg=cfg, policy=policy)
     timings["audit_s"] = round(time.time() - t, 1)
@@ -304,5 +330,6 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     _say(progress, f"gate: {line}" + ("" if code is None else f" (exit {code})"))
     _say(progress, f"gate: reproduce with `{command}`")
     if defended:
+        _say(progress, "defended: the twin with the dedup defence" + _eta_text(etas, "defended"))
         _defended_twin(out, cfg=cfg, preset=ft_preset, steps=ft_steps, policy=policy, progress=progress)
     return report

@@ -3,6 +3,7 @@ reused by the second run and pre-trained again when its cache entry is modified;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -136,3 +137,19 @@ def test_defended_twin_side_by_side(tmp_path, monkeypatch, capsys):
     assert md == (out / "compare" / "compare.md").read_text()
     assert "| undefended | none |" in md and "| dedup | dedup |" in md
     assert "defended: undefended: held-out perplexity" in err and "defended: dedup: held-out perplexity" in err
+
+
+def test_stage_estimates_and_work_left():
+    cfg = AuditConfig(**DEMO_AUDIT)
+    # measured rates (s per unit, one idle core): base step 104/300, fine-tune step 173/1000, audit 148
+    etas = demo.stage_etas(preset="small", base_steps=300, ft_steps=1000, cfg=cfg, base_cached=False, defended=True)
+    assert list(etas) == ["base", "fine-tune", "audit", "defended"]
+    assert [round(v) for v in etas.values()] == [104, 173, 148, 173 + 2 * 148]
+    assert demo._eta_text(etas, "audit") == ", expected ~148 s, ~617 s left in all (idle core)"
+    assert demo._eta_text(etas, "fine-tune") == ", expected ~173 s, ~790 s left in all (idle core)"
+    cached = demo.stage_etas(preset="small", base_steps=300, ft_steps=500, cfg=dataclasses.replace(cfg, num_samples=400),
+                             base_cached=True, defended=False)
+    # the audit scales with the mean of the size ratios: (400/200 + 1 + 1) / 3 = 4/3
+    assert cached == pytest.approx({"base": 0.0, "fine-tune": 86.5, "audit": 148 * 4 / 3})
+    assert demo.stage_etas(preset="tiny", base_steps=1, ft_steps=1, cfg=cfg, base_cached=False, defended=False) is None
+    assert demo._eta_text(None, "audit") == ""
