@@ -184,7 +184,7 @@ def demo_gate(out: Path, policy_path: str | Path | None = DEMO_POLICY) -> tuple[
     """
     command = f"llm-mia gate {out / 'report.json'} --policy {policy_path}"
     if policy_path is None or not Path(policy_path).is_file():
-        return f"gate: no policy file {policy_path} here (run from the repository root)", None, command
+        return f"no policy file {policy_path} here (run from the repository root)", None, command
     try:
         verdict = gate_report(out / "report.json", policy_path)
     except LlmMiaError as e:
@@ -214,11 +214,14 @@ def _defended_twin(out: Path, *, cfg: AuditConfig, preset: str, steps: int, poli
                             out / "compare", reference_path=out / "base", cfg=cfg, policy=policy, api_modes=(),
                             progress=progress)
     shutil.copyfile(out / "compare" / "compare.md", out / "compare.md")
+    def num(v, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
     for r in result["rows"]:
-        _say(progress, f"defended: {r['name']}: held-out perplexity {r['heldout_perplexity']:.2f}, secrets "
+        _say(progress, f"defended: {r['name']}: held-out perplexity {num(r['heldout_perplexity'], '.2f')}, secrets "
              f"extracted {r['secrets_extracted']}/{r['secrets_inserted']}, memorized samples "
-             f"{r['memorized_samples']}, best TPR at 1% FPR {r['best_tpr_at_1pct_fpr']:.3f} "
-             f"(AUC {r['best_signal_auc']:.3f})")
+             f"{r['memorized_samples']}, best TPR at 1% FPR {num(r['best_tpr_at_1pct_fpr'], '.3f')} "
+             f"(AUC {num(r['best_signal_auc'], '.3f')})")
     _say(progress, f"defended: side by side in {out / 'compare.md'}")
     return result
 
