@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from llm_mia.audit.compare import compare_models
 from llm_mia.audit.pipeline import AuditConfig, run_audit, write_reports
+from llm_mia.audit.policy import gate_report
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.version import __version__
@@ -46,8 +48,8 @@ DEMO_FINETUNE_STEPS = 1000
 DEMO_FINETUNE_PRESET = "demo"
 
 
-#: The audit's settings when ``run_demo`` gets no ``cfg`` (and the fields of a given ``cfg`` left at
-#: AuditConfig's defaults, as the command line passes them): 148 s on an idle core.
+#: The audit's sizes when ``run_demo`` gets no ``cfg``, and those the command line leaves unset (passed
+#: as None in ``sizes``): 148 s on an idle core.
 DEMO_AUDIT = {"num_samples": 200, "n_candidates": 1000, "discoverable_samples": 100}
 
 
@@ -153,19 +155,104 @@ def _base(out: Path, *, preset: str, steps: int, seed: int, cache: bool, progres
     return "trained"
 
 
-def demo_audit_config(cfg: AuditConfig | None) -> AuditConfig:
-    """``cfg`` with :data:`DEMO_AUDIT` in place of the fields left at AuditConfig's defaults (None:
-    AuditConfig(**DEMO_AUDIT))."""
-    if cfg is None:
-        return AuditConfig(**DEMO_AUDIT)
-    defaults = {f.name: f.default for f in dataclasses.fields(AuditConfig)}
-    return dataclasses.replace(cfg, **{k: v for k, v in DEMO_AUDIT.items() if getattr(cfg, k) == defaults[k]})
+def demo_audit_config(cfg: AuditConfig | None, sizes: dict[str, int | None] | None = None) -> AuditConfig:
+    """The demo's audit settings: ``cfg`` (None: ``AuditConfig(**DEMO_AUDIT)``) with the sizes named in
+    ``sizes`` (keys of :data:`DEMO_AUDIT`, as ``llm-mia demo`` passes them) set: a value of None takes the
+    demo's value, an int is the user's and kept as is. Sizes not named keep ``cfg``'s.
+
+    Raises:
+        LlmMiaError: a key of ``sizes`` that is not one of :data:`DEMO_AUDIT`.
+    """
+    bad = sorted(set(sizes or {}) - set(DEMO_AUDIT))
+    if bad:
+        raise LlmMiaError(f"demo sizes: unknown setting(s) {', '.join(bad)}; expected {', '.join(DEMO_AUDIT)}")
+    cfg = AuditConfig(**DEMO_AUDIT) if cfg is None else cfg
+    return dataclasses.replace(cfg, **{k: DEMO_AUDIT[k] if v is None else v for k, v in (sizes or {}).items()})
+
+
+#: The policy the demo gates its report with, and the command it prints to reproduce the verdict.
+DEMO_POLICY = Path("examples/policy.toml")
+
+
+def demo_gate(out: Path, policy_path: str | Path | None = DEMO_POLICY) -> tuple[str, int | None, str]:
+    """Run ``llm-mia gate OUT/report.json --policy POLICY`` in-process (:func:`gate_report`).
+
+    Returns ``(line, exit_code, command)``: the verdict line and the exit code the command would give
+    (0 pass, 1 fail, 2 error, 3 inconclusive), or a line saying why it was not run and None when
+    ``policy_path`` is None or not a file. A limit the report cannot answer gives its error line and 2;
+    nothing is raised, so the demo's own exit code does not depend on the verdict.
+    """
+    command = f"llm-mia gate {out / 'report.json'} --policy {policy_path}"
+    if policy_path is None or not Path(policy_path).is_file():
+        return f"no policy file {policy_path} here (run from the repository root)", None, command
+    try:
+        verdict = gate_report(out / "report.json", policy_path)
+    except LlmMiaError as e:
+        v = getattr(e, "verdict", None)
+        return (v.line if v is not None else f"ERROR: {e}"), (v.exit_code if v is not None else 2), command
+    return verdict.line, verdict.exit_code, command
+
+
+#: The defended twin's defence (``llm-mia demo --defended``): ``train_model`` keyword arguments. Dedup
+#: (Kandpal et al. 2022, "Deduplicating Training Data Mitigates Privacy Risks", sec. 5) drops every
+#: repeat of a span of ``dedup_min_chars`` characters, so a secret inserted 32 times is trained on once,
+#: at no training cost; DP-SGD on this CPU costs several times the fine-tune's time.
+DEMO_DEFENSE = ("dedup", {"defense": "dedup"})
+
+
+def _defended_twin(out: Path, *, cfg: AuditConfig, preset: str, steps: int, policy, progress: bool) -> dict:
+    """Fine-tune ``base/`` on ``corpus/`` again, the same way but with :data:`DEMO_DEFENSE`, into
+    ``model-<defence>/``; audit both models with the base as reference (:func:`compare_models`, no API
+    output-limit runs) into ``compare/<name>/``; write ``compare.md`` (also copied to ``out``) and
+    return compare.json's dict (rows ``undefended`` and the defence, each with ``heldout_perplexity``)."""
+    name, kw = DEMO_DEFENSE
+    _say(progress, f"defended: fine-tuning base/ with the {name} defence, {steps} steps of '{preset}', then "
+         "auditing both models")
+    train_model(out / "corpus", out / f"model-{name}", base=str(out / "base"), preset=preset, max_steps=steps,
+                seed=cfg.seed, progress=progress, **kw)
+    result = compare_models(out / "corpus", [("undefended", out / "model"), (name, out / f"model-{name}")],
+                            out / "compare", reference_path=out / "base", cfg=cfg, policy=policy, api_modes=(),
+                            progress=progress)
+    shutil.copyfile(out / "compare" / "compare.md", out / "compare.md")
+    def num(v, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    for r in result["rows"]:
+        _say(progress, f"defended: {r['name']}: held-out perplexity {num(r['heldout_perplexity'], '.2f')}, secrets "
+             f"extracted {r['secrets_extracted']}/{r['secrets_inserted']}, memorized samples "
+             f"{r['memorized_samples']}, best TPR at 1% FPR {num(r['best_tpr_at_1pct_fpr'], '.3f')} "
+             f"(AUC {num(r['best_signal_auc'], '.3f')})")
+    _say(progress, f"defended: side by side in {out / 'compare.md'}")
+    return result
 
 
 def _audit_eta(cfg: AuditConfig) -> float:
     """The audit's expected seconds on an idle core: the measured 148 s scaled by the sample counts."""
     scale = sum(getattr(cfg, k) / v for k, v in DEMO_AUDIT.items()) / len(DEMO_AUDIT)
     return _SECONDS["audit"] * scale
+
+
+def stage_etas(*, preset: str, base_steps: int, ft_steps: int, cfg: AuditConfig, base_cached: bool,
+               defended: bool) -> dict[str, float] | None:
+    """Expected seconds of each demo stage on one idle core (:data:`_SECONDS`), in run order: ``base``
+    (0 when ``base_cached``), ``fine-tune``, ``audit`` (:func:`_audit_eta`) and, when ``defended``,
+    ``defended`` (a fine-tune and two audits). None for a preset other than "small" (not measured)."""
+    if preset != "small":
+        return None
+    etas = {"base": 0.0 if base_cached else _SECONDS["base_step"] * base_steps,
+            "fine-tune": _SECONDS["finetune_step"] * ft_steps, "audit": _audit_eta(cfg)}
+    if defended:
+        etas["defended"] = _SECONDS["finetune_step"] * ft_steps + 2 * _audit_eta(cfg)
+    return etas
+
+
+def _eta_text(etas: dict[str, float] | None, stage: str) -> str:
+    """``, expected ~S s, ~L s left in all (idle core)``: the stage's estimate and the work left from it on."""
+    if not etas:
+        return ""
+    keys = list(etas)
+    left = sum(etas[k] for k in keys[keys.index(stage):])
+    return f", expected ~{etas[stage]:.0f} s, ~{left:.0f} s left in all (idle core)"
 
 
 def _use_cache(cache: bool | None) -> bool:
@@ -176,7 +263,8 @@ def _use_cache(cache: bool | None) -> bool:
 
 def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: AuditConfig | None = None,
              max_steps: int | None = None, max_chars: int | None = DEMO_MAX_CHARS, progress: bool = True,
-             policy=None, cache: bool | None = None) -> dict:
+             policy=None, cache: bool | None = None, sizes: dict[str, int | None] | None = None,
+             gate_policy: str | Path | None = DEMO_POLICY, defended: bool = False) -> dict:
     """The fine-tuning case on the embedded python-docs text: a base model pre-trained on a public
     part, fully fine-tuned on the private part (with the planted secrets), the fine-tuned model
     audited with the base as its reference model.
@@ -187,8 +275,12 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     ``preset``, or copied from the cache, see below); ``model/`` (every weight of ``base/`` fine-tuned
     on ``corpus/train.jsonl``, :data:`DEMO_FINETUNE_STEPS` steps of :data:`DEMO_FINETUNE_PRESET`, "small"
     with 8 blocks a step); then :func:`run_audit` of ``model/`` with ``base/`` as reference, with
-    :data:`DEMO_AUDIT` (fields of ``cfg`` left at AuditConfig's defaults take the demo's).
-    ``max_steps`` sets the fine-tune's steps (the base gets half).
+    :data:`DEMO_AUDIT` (``sizes``: :func:`demo_audit_config`, None values take the demo's).
+    ``max_steps`` sets the fine-tune's steps (the base gets half). Last, the report is gated with
+    ``gate_policy`` (:func:`demo_gate`, default ``examples/policy.toml``) and the verdict line, its exit
+    code and the ``llm-mia gate`` command are printed; the verdict never raises. ``defended``: then the
+    defended twin (:func:`_defended_twin`): the same fine-tune with :data:`DEMO_DEFENSE`, both models
+    audited side by side into ``compare/`` and ``compare.md``.
 
     Why a full fine-tune and not LoRA (measured on one idle core, 150 steps, batch 16, train /
     held-out loss): LoRA r16 at lr 3e-3 (262 k trainable) 5.80 / 5.88; r16 at 1e-2 5.70 / 5.86; r16
@@ -205,7 +297,7 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     ``cache=False``, or the environment variable ``LLM_MIA_DEMO_CACHE=0``, turns the cache off.
     """
     out, t0 = Path(out_dir), time.time()
-    cfg = demo_audit_config(cfg)
+    cfg = demo_audit_config(cfg, sizes)
     seed, use_cache = cfg.seed, _use_cache(cache)
     ft_steps = max_steps or DEMO_FINETUNE_STEPS
     base_steps = max(10, max_steps // 2) if max_steps else DEMO_BASE_STEPS
@@ -213,17 +305,21 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     build_corpus("python-docs", out / "corpus", seed=seed, max_chars=max_chars, heldout_fraction=0.5)
     _public_corpus(out / "public", max_chars)
     timings = {"corpus_s": round(time.time() - t0, 1)}
+    cached = use_cache and (cache_root() / f"demo-base-{base_key(out / 'public', preset, base_steps, seed)}").is_dir()
+    etas = stage_etas(preset=preset, base_steps=base_steps, ft_steps=ft_steps, cfg=cfg, base_cached=cached,
+                      defended=defended)
+    _say(progress and etas is not None, "demo: expected ~{:.0f} s in all on an idle core ({})".format(
+        sum((etas or {}).values()), ", ".join(f"{k} ~{v:.0f} s" for k, v in (etas or {}).items())))
     t = time.time()
     base_from = _base(out, preset=preset, steps=base_steps, seed=seed, cache=use_cache, progress=progress)
     timings["train_base_s"] = round(time.time() - t, 1)
-    _say(progress and preset == "small", f"model: fully fine-tuning base/ for {ft_steps} steps of '{ft_preset}', "
-         f"expected ~{_SECONDS['finetune_step'] * ft_steps:.0f} s on an idle core")
+    _say(progress, f"model: fully fine-tuning base/ for {ft_steps} steps of '{ft_preset}'"
+         + _eta_text(etas, "fine-tune"))
     t = time.time()
     train_model(out / "corpus", out / "model", base=str(out / "base"), preset=ft_preset, max_steps=ft_steps,
                 seed=seed, progress=progress)
     timings["train_model_s"] = round(time.time() - t, 1)
-    _say(progress and preset == "small", f"audit: model/ with base/ as reference, expected ~{_audit_eta(cfg):.0f} s "
-         "on an idle core")
+    _say(progress, "audit: model/ with base/ as reference" + _eta_text(etas, "audit"))
     t = time.time()
     report = run_audit(out / "corpus", out / "model", out, reference_path=str(out / "base"), cfg=cfg, policy=policy)
     timings["audit_s"] = round(time.time() - t, 1)
@@ -232,4 +328,11 @@ def run_demo(out_dir: str | Path = "audit-demo", *, preset: str = "small", cfg: 
     report["provenance"]["demo_base"] = base_from
     _say(progress, "demo: done in {demo_total_s:.0f} s (corpus {corpus_s:.0f} s, base {train_base_s:.0f} s, "
          "fine-tune {train_model_s:.0f} s, audit {audit_s:.0f} s)".format(**report["provenance"]["timings"]))
-    return write_reports(out, report, load_secrets(out / "corpus" / "secrets.json"), show_secrets=cfg.show_secrets)
+    report = write_reports(out, report, load_secrets(out / "corpus" / "secrets.json"), show_secrets=cfg.show_secrets)
+    line, code, command = demo_gate(out, gate_policy)
+    _say(progress, f"gate: {line}" + ("" if code is None else f" (exit {code})"))
+    _say(progress, f"gate: reproduce with `{command}`")
+    if defended:
+        _say(progress, "defended: the twin with the dedup defence" + _eta_text(etas, "defended"))
+        _defended_twin(out, cfg=cfg, preset=ft_preset, steps=ft_steps, policy=policy, progress=progress)
+    return report

@@ -192,14 +192,22 @@ def demo(
     preset: str = typer.Option("small", "--preset", rich_help_panel=MODEL, help="Model preset (tiny | small)."),
     max_steps: int | None = typer.Option(None, "--max-steps", rich_help_panel=MODEL,
                                             help="Training steps (default: the preset's)."),
-    num_samples: int = o.num_samples(),
+    defended: bool = typer.Option(False, "--defended", rich_help_panel=MODEL,
+                                  help="Also fine-tune the same base with the dedup defence and write both "
+                                       "models' figures side by side, with held-out perplexity (compare.md)."),
+    num_samples: int | None = typer.Option(None, "--num-samples", min=1, rich_help_panel=o.EXTRACTION,
+                                              help="Extraction samples per strategy (default: the demo's 200)."),
     strategy: str = o.strategy(),
     prompts: str | None = o.prompts(),
     length: int | None = o.length(),
-    discoverable: int = o.discoverable(),
+    discoverable: int | None = typer.Option(None, "--discoverable", min=0, rich_help_panel=o.EXTRACTION,
+                                               help="Training examples sampled for discoverable memorization "
+                                                    "(0 = off; default: the demo's 100)."),
     discoverable_prefix: int = o.discoverable_prefix(),
     pii_regions: str | None = o.pii_regions(),
-    candidates: int = o.candidates(),
+    candidates: int | None = typer.Option(None, "--candidates", min=1, rich_help_panel=o.EXPOSURE,
+                                             help="Random candidates per secret for rank exposure (default: the "
+                                                  "demo's 1000)."),
     exact_limit: int = o.exact_limit(),
     membership_docs: int = o.membership_docs(),
     policy: Path | None = o.policy(),
@@ -212,16 +220,23 @@ def demo(
 ):
     """The fine-tuning case on the embedded python-docs text, audited end to end.
 
-    Pre-trains a base, fine-tunes it with LoRA on the private part with planted secrets and audits the
-    adapter with the base as reference (the reports of `llm-mia audit`; the same exit codes)."""
-    cfg, pol = _prepare(out=out, policy=policy, sarif=sarif, junit=junit, pii_regions=pii_regions, strategy=strategy,
-                        num_samples=num_samples, candidates=candidates, exact_limit=exact_limit, seed=seed,
-                        show_secrets=show_secrets, prompts=prompts, membership_docs=membership_docs, length=length,
-                        discoverable=discoverable, discoverable_prefix=discoverable_prefix)
-    out = out or Path("audit-demo")
-    from llm_mia.audit.demo import run_demo
+    Pre-trains a base (or reuses the cached one), fully fine-tunes it on the private part with planted
+    secrets and audits the fine-tuned model with the base as reference (the reports of `llm-mia audit`; the same exit codes), then
+    prints the verdict of `llm-mia gate audit-demo/report.json --policy examples/policy.toml` and that command."""
+    from llm_mia.audit.demo import DEMO_AUDIT, run_demo
 
-    _report_and_gate(lambda: run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol),
+    # Only what the user set reaches the demo (None: the demo's size, filled by run_demo); the demo's
+    # sizes here only let _prepare check the rest of the options.
+    sizes = {"num_samples": num_samples, "n_candidates": candidates, "discoverable_samples": discoverable}
+    given = {k: DEMO_AUDIT[k] if v is None else v for k, v in sizes.items()}
+    cfg, pol = _prepare(out=out, policy=policy, sarif=sarif, junit=junit, pii_regions=pii_regions, strategy=strategy,
+                        num_samples=given["num_samples"], candidates=given["n_candidates"], exact_limit=exact_limit,
+                        seed=seed, show_secrets=show_secrets, prompts=prompts, membership_docs=membership_docs,
+                        length=length, discoverable=given["discoverable_samples"],
+                        discoverable_prefix=discoverable_prefix)
+    out = out or Path("audit-demo")
+    _report_and_gate(lambda: run_demo(out, preset=preset, cfg=cfg, max_steps=max_steps, policy=pol, sizes=sizes,
+                                      defended=defended),
                      out, sarif=sarif, junit=junit)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_mia.report import figures
+from llm_mia.report import figures, scorecard
 from llm_mia.report.markdown import _fmt as _md_fmt
 from llm_mia.report.markdown import (
     planted_strings,
@@ -97,7 +97,8 @@ def _fmt(x, nd: int = 2) -> str:
 
 def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secrets: Sequence, *,
                 show_secrets: bool = False, per_ranking: int = 5) -> str:
-    """The report as one HTML page: verdict, extraction (Carlini table, top samples with the
+    """The report as one HTML page: verdict, the scorecard (:mod:`llm_mia.report.scorecard`: one row per
+    risk with its light against the policy and a small SVG plot) and the memorized samples, extraction (Carlini table, top samples with the
     memorized span marked), planted secrets (exposure against insertions), membership (log-log
     ROC, model-free baseline), the zlib / perplexity scatter, PII, provenance.
 
@@ -150,8 +151,10 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
             signals.append({"name": k, "auc": v["auc"], "tpr": t.get("tpr"), "fpr": t.get("realized_fpr"),
                             "below": t.get("below_resolution"),
                             "tpr01": v.get("tpr_at_fpr", {}).get("0.001", {}).get("tpr")})
+    leaked = [dict(r, segments=segments(r["text"], r.get("match_span"), secrets, hide=hide))
+              for r in scorecard.memorized_samples(top)]
     tmpl = env.get_template("report.html.j2")
-    return tmpl.render(r=report, prov=report["provenance"], ext=report["extraction"], tops=tops, figs=figs,
+    return tmpl.render(card=scorecard.rows(report), leaked=leaked, r=report, prov=report["provenance"], ext=report["extraction"], tops=tops, figs=figs,
                        secret_rows=secret_rows, est_names=est_names, signals=signals, mem=mem,
                        pii=report.get("pii"), verdict=report.get("verdict") or {}, hidden=hide,
                        log2=math.log2)

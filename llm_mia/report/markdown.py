@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from llm_mia.data.pii import find_pii
+from llm_mia.report import scorecard
 
 _REDACTED = re.compile(r"[^…]{0,2}…[0-9a-f]{8}")
 
@@ -104,7 +105,7 @@ def _extracted(row: dict, how: str) -> str:
 
 
 def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_secrets: bool = False) -> str:
-    """The report as Markdown: findings first, then extraction, secrets, membership, PII, provenance.
+    """The report as Markdown: verdict and scorecard first, then findings, extraction, secrets, membership, PII, provenance.
 
     Args:
         report: the audit report (``report.json``): ``provenance``, ``extraction``, ``observations``,
@@ -134,7 +135,8 @@ def render_markdown(report: dict, top: list[dict], secrets: Sequence, *, show_se
 
 
 def _header_section(report: dict) -> list[str]:
-    """Title, what was audited (model, reference, data), the release-gate verdict and the findings."""
+    """Title, what was audited (model, reference, data), the release-gate verdict, the scorecard
+    (:func:`llm_mia.report.scorecard.markdown`) and the findings."""
     prov = report["provenance"]
     out = ["# llm_mia audit report", ""]
     data = (f"corpus {code_span(str(prov['corpus']))}" if prov.get("corpus") else
@@ -147,6 +149,7 @@ def _header_section(report: dict) -> list[str]:
         out += [f"**Verdict: {v['line']}**", ""]
         if v.get("policy"):
             out += [f"Release gate policy {code_span(str(v['policy']))}.", ""]
+    out += scorecard.markdown(report)
     out += ["## Findings", ""] + [f"- {o}" for o in report["observations"]] + [""]
     return out
 

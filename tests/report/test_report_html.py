@@ -118,13 +118,19 @@ def test_html_is_self_contained_and_escapes_model_output(leaky_audit):
     page = (out / "hidden" / "report.html").read_text()
     tags = _Tags()
     tags.feed(page)
-    assert len(tags.imgs) >= 3 and all(s.startswith("data:image/png;base64,") for s in tags.imgs)
+    pngs = [s for s in tags.imgs if s.startswith("data:image/png;base64,")]
+    svgs = [s for s in tags.imgs if s.startswith("data:image/svg+xml;base64,")]  # the scorecard's small plots
+    assert len(pngs) >= 3 and len(svgs) == 2 and len(pngs) + len(svgs) == len(tags.imgs)
     import base64
     import io as _io
+    import re
 
     from PIL import Image
 
-    for src in tags.imgs:  # each figure is a real, non-blank PNG
+    for src in svgs:  # an SVG that links only to its own elements
+        svg = base64.b64decode(src.split(",", 1)[1])
+        assert b"<svg" in svg and all(h.startswith(b"#") for h in re.findall(rb'href="([^"]*)"', svg))
+    for src in pngs:  # each figure is a real, non-blank PNG
         im = Image.open(_io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
         assert im.width >= 300 and im.height >= 200
         assert len(im.getcolors(maxcolors=1 << 20)) > 20
@@ -173,3 +179,48 @@ def test_chromium_renders_the_report_offline(leaky_audit, tmp_path):
     # the verdict box (fail: light red #fce8e6) is drawn near the top of the page
     top = img.crop((0, 0, 1200, 400)).getcolors(maxcolors=1 << 20)
     assert any(c == (0xFC, 0xE8, 0xE6) and n > 1000 for n, c in top)
+
+
+def test_scorecard_comes_first_with_its_lights(leaky_audit):
+    _, out = leaky_audit
+    page = (out / "hidden" / "report.html").read_text()
+    at = {k: page.index(k) for k in ('id="verdict"', 'id="scorecard"', 'id="leaked"', "<h2>Findings", "<h2>Extraction")}
+    assert at['id="verdict"'] < at['id="scorecard"'] < at['id="leaked"'] < at["<h2>Findings"] < at["<h2>Extraction"]
+    card = page[at['id="scorecard"']:at['id="leaked"']]
+    for title in ("Verbatim extraction", "Secrets extracted and exposure", "Membership at low FPR", "PII emitted",
+                  "Discoverable memorization"):
+        assert title in card, title
+    rep = json.loads((out / "hidden" / "report.json").read_text())
+    failed = {c["name"] for c in rep["verdict"]["checks"] if c["status"] == "failed"}
+    assert "max_extracted_secrets" in failed  # the leaky model fails it: its row is red
+    row = card[card.index('id="risk-secrets"'):card.index('id="risk-membership"')]
+    assert 'class="light red"' in row
+    assert "<mark" not in card and "data:image/svg+xml;base64," in card
+    md = (out / "hidden" / "report.md").read_text()
+    assert md.index("| risk | figure | against the policy |") < md.index("## Findings")
+    assert "| Secrets extracted and exposure |" in md and "🔴 FAIL" in md
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+def test_chromium_first_screen_holds_the_scorecard(leaky_audit, tmp_path):
+    """The whole scorecard is drawn inside the first 1200 x 900 screen: outlined in a colour the page
+    never uses, on a 1800-pixel-high screenshot all its outline's pixels (top and bottom edges included)
+    lie between the verdict and row 900."""
+    from PIL import Image
+
+    _, out = leaky_audit
+    page = (out / "hidden" / "report.html").read_text()
+    probe = tmp_path / "report.html"
+    probe.write_text(page.replace("</head>", "<style>#scorecard { outline: 4px solid rgb(1, 2, 3); }</style></head>"))
+    shot = tmp_path / "first.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           '--host-resolver-rules=MAP * ~NOTFOUND', "--disable-background-networking", "--hide-scrollbars",
+           f"--screenshot={shot}", "--window-size=1200,1800", probe.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    img = Image.open(shot).convert("RGB")
+    exact = [(x, y) for y in range(0, img.size[1], 2) for x in range(0, img.size[0], 50)
+             if img.getpixel((x, y)) == (1, 2, 3)]
+    assert exact, "the scorecard's outline is not drawn"
+    ys = [y for _, y in exact]
+    assert min(ys) > 150 and max(ys) < 900, (min(ys), max(ys))  # below the verdict, inside the first screen
