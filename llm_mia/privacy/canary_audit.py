@@ -252,13 +252,19 @@ def audit_canaries(model: str, canaries_path, inclusion_path, out_dir, *, refere
     return res
 
 
+def _max_note(res: dict) -> str:
+    """`` (at most X with m canaries)`` from ``res["tightness"]``, or nothing."""
+    t = res.get("tightness")
+    return f" (at most {t['max_epsilon']:.3f} with {res['n_canaries']} canaries)" if t else ""
+
+
 def summary_line(res: dict) -> str:
     """One line: kind and count, TPR at 1% FPR, the three bounds, the DP comparison."""
     b = res["bounds"]
     t = res["tpr_at_fpr"]["0.01"]
     line = (f"{res['n_canaries']} {res['kind']} canaries ({res['n_included']} included), signal {res['signal']}: "
             f"TPR {t['tpr']:.3f} at 1% FPR; epsilon lower bounds at delta {res['delta']:g}: one-run "
-            f"{b['one_run']['epsilon']:.3f}, Gaussian DP {b['gaussian_dp']['epsilon']:.3f}, Clopper-Pearson "
+            f"{b['one_run']['epsilon']:.3f}{_max_note(res)}, Gaussian DP {b['gaussian_dp']['epsilon']:.3f}, Clopper-Pearson "
             f"{b['clopper_pearson']['epsilon']:.3f}")
     if res.get("dp"):
         line += f"; {res['dp']['verdict']}"
