@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SIGNALS = ("loss", "zlib", "min_k", "min_k_plus_plus", "lira_online", "lira_offline", "rmia_online", "rmia_offline",
-           "shokri")
+SIGNALS = ("loss", "zlib", "min_k", "min_k_plus_plus", "lira_online", "lira_offline", "lira_token_online",
+           "lira_token_offline", "rmia_online", "rmia_offline", "shokri")
 
 
 def main() -> None:
@@ -43,6 +43,7 @@ def main() -> None:
         ShadowInputs,
         fit_attack_classifier,
         membership_features,
+        token_logprob_matrix,
     )
     from llm_mia.models.loading import load_model
     from llm_mia.models.tokenizer import train_bpe_tokenizer
@@ -61,7 +62,7 @@ def main() -> None:
     sh = load_shadows(out / "models")
     texts, K1 = sh.texts, sh.n_models
     t0 = time.time()
-    stats, lp, feats = [], [], []
+    stats, lp, feats, tok = [], [], [], []
     for mdir in sh.model_dirs:
         m = load_model(str(mdir), device=a.device)
         ids, ctx = m.encode(texts, prepend_bos=True)
@@ -69,8 +70,11 @@ def main() -> None:
         stats.append(st)
         lp.append(-S.mean_nll(st).double().numpy())
         feats.append(membership_features(st, texts))
+        tok.append(token_logprob_matrix(st))
     t_score = time.time() - t0
     lp = np.stack(lp, 1)  # (N, K + 1)
+    width = max(t.shape[1] for t in tok)
+    tok = np.stack([np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=np.nan) for t in tok], 1)
     y_all, s_all, per_target = [], {k: [] for k in SIGNALS}, {k: [] for k in SIGNALS}
     for j in range(K1):
         others = [k for k in range(K1) if k != j]
@@ -79,7 +83,8 @@ def main() -> None:
         clf = fit_attack_classifier(X, sh.keep[others].reshape(-1).astype(int), seed=a.seed)
         inp = S.SignalInputs(target=stats[j], texts=texts)
         inp.shadow = ShadowInputs(x_logprob=lp[:, others], x_in=x_in, z_target=lp[:, j], z_logprob=lp[:, others],
-                                  z_in=x_in, classifier=clf, n_models=K1 - 1)
+                                  z_in=x_in, classifier=clf, n_models=K1 - 1,
+                                  x_token_logprob=tok[:, others], z_token_logprob=tok[:, others])
         y_all += sh.keep[j].astype(int).tolist()
         for k in SIGNALS:
             v = torch.as_tensor(S.REGISTRY[k].fn(inp)).double().tolist()

@@ -111,6 +111,7 @@ LIMITS: dict[str, type] = {
     "max_audited_epsilon": float,
     "max_canary_tpr_at_1pct_fpr": float,
     "max_queries_per_secret": int,
+    "max_vulnerable_records": int,
 }
 #: Exposure estimators a report's secret records may carry (bits); "max" takes the highest present.
 ESTIMATORS: tuple[str, ...] = ("exposure_rank", "exposure_exact", "exposure_extrapolated")
@@ -512,6 +513,23 @@ def _check_membership(report: dict, policy: Policy, limit) -> Check:
     return c
 
 
+def _check_vulnerable_records(report: dict, limit) -> Check:
+    """Members flagged at the gated FPR (:data:`GATED_FPR`, a per-record calibrated FPR <= 1%,
+    report["membership"]["records_summary"], :mod:`llm_mia.membership.records`): FAIL when more than ``limit``."""
+    summ = (report.get("membership") or {}).get("records_summary")
+    if not isinstance(summ, dict):
+        raise LlmMiaError("the report has no per-record membership risk (membership.records_summary)")
+    v = int(summ["n_flagged"][f"{GATED_FPR:g}"])
+    ok = v <= limit
+    c = Check("max_vulnerable_records", limit, v, ok, f"records flagged at {GATED_FPR:.0%} FPR {v} "
+              f"{'<=' if ok else '>'} {limit} (signal {summ.get('signal')}, {summ.get('n_records')} members)")
+    refs = [int(r.get("n_reference") or 0) for r in (report["membership"].get("records") or [])]
+    if ok and max(refs, default=0) + 1 < 1 / GATED_FPR:  # (1 + 0) / (1 + m) > 1%: no record could be flagged
+        c.status, c.reason = "inconclusive", (f"at most {max(refs, default=0)} reference scores per record cannot "
+                                              f"resolve {GATED_FPR:.0%} FPR (needs {round(1 / GATED_FPR) - 1})")
+    return c
+
+
 def _check_queries(report: dict, policy: Policy, secrets: list[dict], limit) -> Check:
     """max_queries_per_secret: FAIL when a gated secret needs <= ``limit`` queries (module docstring)."""
 
@@ -810,6 +828,7 @@ def _runs(report: dict, policy: Policy, secrets: list[dict]) -> dict:
         "max_audited_epsilon": lambda v: _check_canary(report, "max_audited_epsilon", v),
         "max_canary_tpr_at_1pct_fpr": lambda v: _check_canary(report, "max_canary_tpr_at_1pct_fpr", v),
         "max_queries_per_secret": lambda v: _check_queries(report, policy, secrets, v),
+        "max_vulnerable_records": lambda v: _check_vulnerable_records(report, v),
     }
 
 

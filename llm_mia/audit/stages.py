@@ -38,6 +38,7 @@ from llm_mia.extraction.pii_findings import (
 )
 from llm_mia.membership.baseline import model_free_baseline
 from llm_mia.membership.metrics import roc_metrics
+from llm_mia.membership.records import membership_records
 from llm_mia.membership.scoring import reference_warning, score
 from llm_mia.membership.shadow import ShadowSet, check_tokenizer, load_shadows, recipe_mismatch, shadow_summary
 from llm_mia.models.endpoint import EndpointModel
@@ -380,6 +381,7 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
     extra = {}
     if shadow is not None:
         extra["shadow"] = shadow_summary(shadow, res.inputs.shadow)
+    extra.update(membership_records(out, per_doc, texts[:n], secrets, res.inputs.shadow if shadow else None))
     return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
             "baseline": _baseline(texts[:n], texts[n:], cfg.seed), "per_doc": per_doc, **extra}
 

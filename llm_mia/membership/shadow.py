@@ -36,6 +36,7 @@ from llm_mia.membership.signals.shadow import (
     ShadowInputs,
     fit_attack_classifier,
     membership_features,
+    token_logprob_matrix,
 )
 from llm_mia.models.hub import resolve_folder
 from llm_mia.models.loading import load_model
@@ -328,8 +329,14 @@ def check_tokenizer(shadow: ShadowSet, tokenizer) -> None:
 
 
 def _mean_logprob_and_features(stats, texts):
+    """(mean log p (n,), features (n, F), per-token log p (n, T) with NaN where unscored)."""
+    return -mean_nll(stats).double().numpy(), membership_features(stats, texts), token_logprob_matrix(stats)
 
-    return -mean_nll(stats).double().numpy(), membership_features(stats, texts)
+
+def _stack_tokens(rows: list[np.ndarray]) -> np.ndarray:
+    """K arrays (n, T_k) -> (n, K, max T_k), NaN-padded."""
+    width = max(r.shape[1] for r in rows)
+    return np.stack([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=np.nan) for r in rows], 1)
 
 
 def _per_model(shadow: ShadowSet, jobs: list[tuple[list, int | list, list[str], Callable | None]], *,
@@ -397,7 +404,9 @@ def shadow_inputs(shadow: ShadowSet, target, texts: Sequence[str], ids, context_
     y = shadow.keep.reshape(-1).astype(np.int64)
     return ShadowInputs(x_logprob=np.stack([p[0][0] for p in per], 1), x_in=shadow.is_in(texts), z_target=zt,
                         z_logprob=np.stack([p[1][0] for p in per], 1), z_in=shadow.keep.T.copy(),
-                        classifier=fit_attack_classifier(X, y, seed=seed), n_models=shadow.n_models)
+                        classifier=fit_attack_classifier(X, y, seed=seed), n_models=shadow.n_models,
+                        x_token_logprob=_stack_tokens([p[0][2] for p in per]),
+                        z_token_logprob=_stack_tokens([p[1][2] for p in per]))
 
 
 def shadow_summary(shadow: ShadowSet, inputs) -> dict:

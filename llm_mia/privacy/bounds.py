@@ -250,6 +250,38 @@ def one_run_bound(scores: Sequence[float], included: Sequence[bool], *, delta: f
             "correction": "bonferroni", "grid": [list(k) for k in grid]}
 
 
+def one_run_max_epsilon(m: int, *, delta: float, beta: float = 0.05, n_scored: int | None = None,
+                        k_grid: Sequence[tuple[int, int]] | None = None) -> dict:
+    """The largest epsilon :func:`one_run_bound` could ever report with ``m`` canaries: its bound when
+    every guess is correct (Steinke, Nasr, Jagielski 2023, Theorem 3.1 with v = r), maximised over the
+    same (k+, k-) grid at the same Bonferroni level ``beta / len(grid)``. An audit whose bound is
+    near this value is limited by its number of canaries, not by the model. Nats.
+
+    Args:
+        m: number of canaries (>= 2); n_scored: how many have a score (default m; guesses r <= it).
+        delta: in [0, 1); beta: 1 - confidence, in (0, 1); k_grid: as in :func:`one_run_bound`.
+
+    Returns:
+        {"epsilon", "k_plus", "k_minus", "guesses", "m", "beta_per_test", "delta"}; epsilon may be inf
+        (delta = 0 and many guesses).
+
+    Raises:
+        LlmMiaError: m < 2, or no (k+, k-) pair fits.
+    """
+    n_ok = m if n_scored is None else int(n_scored)
+    if m < 2:
+        raise LlmMiaError(f"the one-run bound needs >= 2 canaries, got {m}")
+    grid = [tuple(map(int, k)) for k in (k_grid if k_grid is not None else default_k_grid(m))]
+    grid = [(a, b) for a, b in grid if a >= 0 and b >= 0 and 0 < a + b <= n_ok]
+    if not grid:
+        raise LlmMiaError("the one-run bound has no (k+, k-) with 0 < k+ + k- <= the canaries with a score")
+    b = beta / len(grid)
+    best = max(((one_run_epsilon(m, kp + km, kp + km, delta=delta, beta=b), kp, km) for kp, km in grid),
+               key=lambda t: t[0])
+    return {"epsilon": best[0], "k_plus": best[1], "k_minus": best[2], "guesses": best[1] + best[2], "m": m,
+            "beta_per_test": b, "delta": delta}
+
+
 # ----------------------------------------------------------------------------------------------
 # Gaussian differential privacy (Dong, Roth, Su 2022)
 

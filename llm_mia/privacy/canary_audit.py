@@ -6,6 +6,7 @@ Inputs come from :mod:`llm_mia.data.canaries` (the canaries file and the inclusi
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from llm_mia.membership import signals as S
 from llm_mia.membership.metrics import roc_metrics
 from llm_mia.membership.scoring import score
 from llm_mia.models.loading import load_model
-from llm_mia.privacy.bounds import one_run_bound, threshold_bound
+from llm_mia.privacy.bounds import one_run_bound, one_run_max_epsilon, threshold_bound
 
 
 @dataclass
@@ -169,9 +170,41 @@ def run_canary_audit(target, inp: CanaryAuditInputs, *, reference=None, seed: in
                      "group_size": group, "claimed_epsilon_per_canary": claim, "failed_dp_implementation": failed,
                      "verdict": (f"FAILED DP IMPLEMENTATION: audited epsilon {audited:.3f} > {what}" if failed
                                  else f"audited epsilon {audited:.3f} <= {what} (consistent with the claim)")}
+    out["tightness"] = audit_tightness(len(texts), int(sum(not math.isnan(float(v)) for v in s)), audited,
+                                       delta=inp.delta, beta=inp.beta,
+                                       claim=(out["dp"] or {}).get("claimed_epsilon_per_canary"))
     out["canaries"] = [{"id": c["id"], "kind": c["kind"], "included": inc, "score": v}
                        for c, inc, v in zip(inp.canaries, inp.included, s)]
     return out
+
+
+#: Why a one-run audit need not reach the true epsilon, however many canaries (report.json canaries.tightness.note).
+LOOSE_NOTE = ("a one-run audit is a lower bound that need not be tight: interference between the canaries of one "
+              "training run caps what it can show, and for Gaussian mechanisms such as DP-SGD the gap stays "
+              "however many canaries are planted (Keinan, Shenfeld, Ligett 2025, arXiv 2503.07199)")
+
+
+def audit_tightness(m: int, n_scored: int, audited: float, *, delta: float, beta: float,
+                    claim: float | None = None) -> dict:
+    """How far the canary audit could go: the largest epsilon ``m`` canaries could ever show
+    (:func:`llm_mia.privacy.bounds.one_run_max_epsilon`, every guess correct), the audited share of it,
+    and notes: the one-run bound's looseness (:data:`LOOSE_NOTE`), and when ``claim`` (the trained
+    epsilon per canary) is above the maximum, that no result of this audit could contradict it.
+
+    Returns:
+        {"max_epsilon", "k_plus", "k_minus", "at_max": audited >= 0.95 max, "source", "notes": [str]}.
+    """
+    mx = one_run_max_epsilon(m, delta=delta, beta=beta, n_scored=n_scored)
+    notes = [LOOSE_NOTE]
+    if mx["epsilon"] > 0 and audited >= 0.95 * mx["epsilon"]:
+        notes.append(f"the audited epsilon {audited:.3f} is at the most {m} canaries can show "
+                     f"({mx['epsilon']:.3f}): more canaries could show more")
+    if claim is not None and claim > mx["epsilon"]:
+        notes.append(f"{m} canaries can show at most epsilon {mx['epsilon']:.3f}, below the claimed {claim:g}: "
+                     "this audit cannot detect a violation of the claim")
+    return {"max_epsilon": mx["epsilon"], "k_plus": mx["k_plus"], "k_minus": mx["k_minus"],
+            "at_max": bool(mx["epsilon"] > 0 and audited >= 0.95 * mx["epsilon"]),
+            "source": "Steinke, Nasr, Jagielski 2023, Theorem 3.1 with every guess correct", "notes": notes}
 
 
 def audit_canaries(model: str, canaries_path, inclusion_path, out_dir, *, reference: str | None = None,
@@ -219,13 +252,19 @@ def audit_canaries(model: str, canaries_path, inclusion_path, out_dir, *, refere
     return res
 
 
+def _max_note(res: dict) -> str:
+    """`` (at most X with m canaries)`` from ``res["tightness"]``, or nothing."""
+    t = res.get("tightness")
+    return f" (at most {t['max_epsilon']:.3f} with {res['n_canaries']} canaries)" if t else ""
+
+
 def summary_line(res: dict) -> str:
     """One line: kind and count, TPR at 1% FPR, the three bounds, the DP comparison."""
     b = res["bounds"]
     t = res["tpr_at_fpr"]["0.01"]
     line = (f"{res['n_canaries']} {res['kind']} canaries ({res['n_included']} included), signal {res['signal']}: "
             f"TPR {t['tpr']:.3f} at 1% FPR; epsilon lower bounds at delta {res['delta']:g}: one-run "
-            f"{b['one_run']['epsilon']:.3f}, Gaussian DP {b['gaussian_dp']['epsilon']:.3f}, Clopper-Pearson "
+            f"{b['one_run']['epsilon']:.3f}{_max_note(res)}, Gaussian DP {b['gaussian_dp']['epsilon']:.3f}, Clopper-Pearson "
             f"{b['clopper_pearson']['epsilon']:.3f}")
     if res.get("dp"):
         line += f"; {res['dp']['verdict']}"

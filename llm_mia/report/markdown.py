@@ -249,7 +249,19 @@ def _membership_section(mem: dict) -> list[str]:
                 f"population {sh['n_population']} texts; LiRA variance {sh['lira_variance']}).", ""]
     if base.get("warning"):
         out += [f"**Warning:** {base['warning']}.", ""]
-    return out
+    return out + _records_lines(mem)
+
+
+def _records_lines(mem: dict, n: int = 10) -> list[str]:
+    """The members most at risk (report.json membership.records, previews already redacted) and how many are flagged."""
+    summ = mem.get("records_summary")
+    if not summ:
+        return []
+    rows = [[r["member"], code_span(r.get("preview", "")), r["score"], _fmt(r["fpr"], 4), r["fpr_from"]]
+            for r in mem.get("records", [])[:n]]
+    return [f"Records at risk ({summ['signal']}, per-record calibrated FPR): {summ['n_flagged']['0.001']} of "
+            f"{summ['n_records']} members flagged at 0.1% FPR, {summ['n_flagged']['0.01']} at 1%.", "",
+            _table(["member", "text (redacted)", "score", "calibrated FPR", "from"], rows), ""]
 
 
 def _pii_section(pii: dict | None, *, show_secrets: bool) -> list[str]:

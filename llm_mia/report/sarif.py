@@ -48,6 +48,8 @@ RULES: dict[str, tuple[str, str, str, str]] = {
     "max_discoverable_rate": ("DiscoverableMemorization", "warning", "6.0",
                               "Training examples whose suffix greedy decoding of their prefix gives back "
                               "(discoverable memorization, Carlini et al. 2023)."),
+    "max_vulnerable_records": ("VulnerableRecords", "warning", "5.5",
+                               "Members whose per-record calibrated membership FPR is at most 1% (records at risk)."),
     "training_data": ("TrainingData", "error", "5.0",
                       "Whether the model was trained on the audited members: its training record against the "
                       "audited files, and membership signals pointing the wrong way (members look swapped)."),

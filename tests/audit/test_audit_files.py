@@ -211,6 +211,17 @@ def test_audit_of_a_gpt2_lora_adapter_uses_its_base_as_reference(leak_models, tm
     for g in got_mem:
         assert min(abs(g - w) for w in want_mem) < 1e-4
     assert len(got_non) == len(want_non)
+    # per-record risk: every member once, its FPR against the best signal's non-member scores, by hand
+    recs, summ = rep["membership"]["records"], rep["membership"]["records_summary"]
+    sig = summ["signal"]
+    non = [float(x) for x in per["scores"][sig][n:]]
+    assert sorted(r["member"] for r in recs) == list(range(n)) and summ["n_records"] == n
+    for r in recs:
+        s = float(per["scores"][sig][r["member"]])
+        assert r["fpr"] == pytest.approx((1 + sum(x >= s for x in non)) / (1 + len(non)))
+        assert r["flagged"]["0.01"] == (r["fpr"] <= 0.01)
+    assert [r["fpr"] for r in recs] == sorted(r["fpr"] for r in recs)
+    assert summ["n_flagged"]["0.01"] == sum(r["flagged"]["0.01"] for r in recs)
 
 
 def test_policy_reports_limits_on_unmeasured_things_as_not_measured():

@@ -528,3 +528,19 @@ def test_sarif_and_junit_of_inconclusive_error_and_memorized_results(tmp_path):
     jsonschema.validate(log, _sarif_schema())
     assert log["runs"][0]["invocations"][0]["executionSuccessful"] is False
     assert [r["level"] for r in log["runs"][0]["results"]] == ["error"]
+
+
+def test_max_vulnerable_records_counts_the_flagged_members():
+    recs = [{"member": i, "fpr": f, "n_reference": 120, "flagged": {"0.001": False, "0.01": f <= 0.01}}
+            for i, f in enumerate([1 / 121, 1 / 121, 2 / 121, 0.5])]  # 1/121, 2/121 = 0.0083, 0.0165
+    summ = {"signal": "loss", "n_records": 4, "n_flagged": {"0.001": 0, "0.01": 2}}
+    rep = _report(membership={"records": recs, "records_summary": summ})
+    by = lambda lim: {c.name: c for c in evaluate(rep, parse_policy({"limits": {"max_vulnerable_records": lim}})).checks}  # noqa: E731
+    assert by(1)["max_vulnerable_records"].status == "failed" and by(1)["max_vulnerable_records"].value == 2
+    assert by(2)["max_vulnerable_records"].status == "passed"
+    few = _report(membership={"records": [dict(r, n_reference=50) for r in recs],
+                              "records_summary": dict(summ, n_flagged={"0.001": 0, "0.01": 0})})
+    c = {c.name: c for c in evaluate(few, parse_policy({"limits": {"max_vulnerable_records": 0}})).checks}
+    assert c["max_vulnerable_records"].status == "inconclusive" and "cannot resolve 1% FPR" in c["max_vulnerable_records"].reason
+    with pytest.raises(LlmMiaError, match="per-record membership risk"):
+        evaluate(_report(membership={"skipped": "x"}), parse_policy({"limits": {"max_vulnerable_records": 0}}))

@@ -19,6 +19,7 @@ from llm_mia.membership.signals.shadow import (
     FEATURE_NAMES,
     fit_attack_classifier,
     lira_scores,
+    lira_token_scores,
     logit_confidence,
     membership_features,
     rmia_scores,
@@ -222,3 +223,95 @@ def test_balanced_design_refuses_a_small_population():
         balanced_membership(7, 2, seed=0)
     with pytest.raises(LlmMiaError, match="at least 2 models"):
         balanced_membership(40, 1, seed=0)
+
+
+# ---------------------------------------------------------------- per-token LiRA
+
+def _slow_token_lira(t, s, m, pool, pool_in, *, online, nu):
+    """Per-token LiRA by explicit loops: pooled variance per side, shrinkage (SS + nu v0) / (d + nu)."""
+
+    def pooled(side):
+        ss = dof = 0.0
+        for i in range(pool.shape[0]):
+            for j in range(pool.shape[2]):
+                vals = [pool[i, k, j] for k in range(pool.shape[1]) if pool_in[i, k] == side and not math.isnan(pool[i, k, j])]
+                if len(vals) >= 2:
+                    mean = sum(vals) / len(vals)
+                    ss += sum((v - mean) ** 2 for v in vals)
+                    dof += len(vals) - 1
+        return ss / dof
+
+    v0 = {True: pooled(True), False: pooled(False)}
+    out = []
+    for i in range(t.shape[0]):
+        total, zs = 0.0, []
+        for j in range(t.shape[1]):
+            if math.isnan(t[i, j]):
+                continue
+            fit = {}
+            for side in (True, False):
+                vals = [s[i, k, j] for k in range(s.shape[1]) if m[i, k] == side]
+                mean = sum(vals) / len(vals)
+                ss = sum((v - mean) ** 2 for v in vals)
+                var = v0[side] if math.isinf(nu) else (ss + nu * v0[side]) / (len(vals) - 1 + nu)
+                fit[side] = (mean, math.sqrt(var))
+            if online:
+                total += norm.logpdf(t[i, j], *fit[True]) - norm.logpdf(t[i, j], *fit[False])
+            else:
+                zs.append((t[i, j] - fit[False][0]) / fit[False][1])
+        out.append(total if online else norm.logcdf(sum(zs) / math.sqrt(len(zs))))
+    return np.array(out)
+
+
+def _token_case(seed=0):
+    rng = np.random.default_rng(seed)
+    n, k, width = 3, 6, 5
+    m = np.zeros((n, k), dtype=bool)
+    for i in range(n):
+        m[i, rng.permutation(k)[:3]] = True
+    s = rng.normal(-2.0, 0.5, (n, k, width)) + 0.4 * m[:, :, None]
+    t = rng.normal(-1.8, 0.5, (n, width))
+    t[1, 3:] = math.nan  # text 1 has 3 scored tokens
+    s[1, :, 3:] = math.nan
+    pool = rng.normal(-2.0, 0.6, (4, k, width))
+    pool_in = rng.random((4, k)) < 0.5
+    return t, s, m, pool, pool_in
+
+
+@pytest.mark.parametrize("nu", [0.0, 3.0, 64.0, math.inf])
+@pytest.mark.parametrize("online", [True, False])
+def test_lira_token_matches_a_slow_loop(nu, online):
+    t, s, m, pool, pool_in = _token_case()
+    got = lira_token_scores(t, s, m, online=online, prior_dof=nu, variance_from=(pool, pool_in))
+    want = _slow_token_lira(t, s, m, pool, pool_in, online=online, nu=nu)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_lira_token_with_one_token_is_the_scalar_lira():
+    t, shadow, is_in = _hand_built()
+    pop = np.array([[-1.0, -1.4, -2.0, -1.1, -0.7, -1.3], [-2.2, -2.0, -2.9, -2.5, -2.1, -3.0]])
+    pop_in = np.array([[True, False, True, False, True, False], [False, True, False, True, False, True]])
+    pop8 = np.concatenate([pop, pop[:, :2]], 1)
+    pin8 = np.concatenate([pop_in, pop_in[:, :2]], 1)
+    for online in (True, False):
+        fixed = lira_scores(t, shadow, is_in, online=online, fixed_variance=True, variance_from=(pop8, pin8))
+        tok = lira_token_scores(t[:, None], shadow[:, :, None], is_in, online=online, prior_dof=math.inf,
+                                variance_from=(pop8[:, :, None], pin8))
+        np.testing.assert_allclose(tok, fixed, rtol=1e-12)
+        per_text = lira_scores(t, shadow, is_in, online=online, fixed_variance=False)
+        tok0 = lira_token_scores(t[:, None], shadow[:, :, None], is_in, online=online, prior_dof=0.0)
+        np.testing.assert_allclose(tok0, per_text, rtol=1e-12)
+
+
+def test_lira_token_undefined_cases_and_bad_input():
+    t, s, m, pool, pool_in = _token_case()
+    t2 = t.copy()
+    t2[0] = math.nan
+    none_in = np.zeros_like(m)
+    assert np.isnan(lira_token_scores(t2, s, m, online=True, variance_from=(pool, pool_in))[0])
+    assert np.isnan(lira_token_scores(t, s, none_in, online=True, variance_from=(pool, pool_in))).all()
+    assert np.isfinite(lira_token_scores(t, s, none_in, online=False, variance_from=(pool, pool_in))).all()
+    with pytest.raises(LlmMiaError, match="per-token lira needs"):
+        lira_token_scores(t, s[:, :2], m, online=True)
+    with pytest.raises(LlmMiaError, match="prior_dof"):
+        lira_token_scores(t, s, m, online=True, prior_dof=-1.0)

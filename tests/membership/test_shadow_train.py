@@ -20,7 +20,8 @@ from llm_mia.membership.shadow import (
 from llm_mia.models.tokenizer import train_bpe_tokenizer
 from tests.conftest import distinct_docs, make_tiny_gpt2, run_cli
 
-SHADOW_SIGNALS = {"lira_online", "lira_offline", "rmia_online", "rmia_offline", "shokri"}
+SHADOW_SIGNALS = {"lira_online", "lira_offline", "lira_token_online", "lira_token_offline", "rmia_online", "rmia_offline",
+                  "shokri"}
 
 
 def _target(folder, texts, seed=0):
@@ -190,6 +191,12 @@ def test_score_with_shadow_adds_the_attacks(shadow_case, tmp_path, capsys):
     assert isinstance(res[-1]["scores"]["lira_offline"], float)
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["shadow"]["n_models"] == 4 and m["shadow"]["in_per_text"] == [0, 2] and SHADOW_SIGNALS <= set(m["signals"])
+    assert res[-1]["scores"]["lira_token_online"] == "NaN" and isinstance(res[-1]["scores"]["lira_token_offline"], float)
+    code, out, err = run_cli(["score", "--model", d / "target", "--input", tmp_path / "in.jsonl", "--output",
+                              tmp_path / "tok.jsonl", "--shadow", d / "sh", "--signals", "lira_token_online"], capsys)
+    assert code == 0, err
+    tok = io.read_jsonl(tmp_path / "tok.jsonl")
+    assert [r["scores"]["lira_token_online"] for r in tok] == [r["scores"]["lira_token_online"] for r in res]
     # a target with another tokenizer: exit 2, one line, nothing written
     other = _target(tmp_path / "other", distinct_docs(16, sentences=2, seed=9))
     capsys.readouterr()

@@ -109,7 +109,7 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     pop = [[3, 4, 5, 6], [9, 8, 7, 6, 5, 1], [2, 2]]  # RMIA's population, batched with the texts' batch size
     import numpy as np
 
-    from llm_mia.membership.signals.shadow import ShadowInputs, fit_attack_classifier
+    from llm_mia.membership.signals.shadow import ShadowInputs, fit_attack_classifier, token_logprob_matrix
 
     shadows = [GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16)).eval()
                for _ in range(4)]
@@ -121,6 +121,11 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     def mean_lp(model, seqs, kw):
         return -S.mean_nll(compute_token_stats(model, seqs, **kw)).double().numpy()
 
+    def tok_lp(seqs, kw):  # (n, K, T): each shadow model's per-token log p, NaN-padded to one width
+        rows = [token_logprob_matrix(compute_token_stats(m, seqs, **kw)) for m in shadows]
+        w = max(r.shape[1] for r in rows)
+        return np.stack([np.pad(r, ((0, 0), (0, w - r.shape[1])), constant_values=np.nan) for r in rows], 1)
+
     def signals_of(batch, batch_size):
         kw = dict(batch_size=batch_size, pad_id=4)
         population = SignalInputs(target=compute_token_stats(s2_model, pop, **kw), texts=["pop"] * 3,
@@ -128,7 +133,8 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
         shadow = ShadowInputs(x_logprob=np.stack([mean_lp(m, batch, kw) for m in shadows], 1),
                               x_in=np.array([shadow_in[tuple(x)] for x in batch]), z_target=mean_lp(s2_model, pop, kw),
                               z_logprob=np.stack([mean_lp(m, pop, kw) for m in shadows], 1), z_in=pop_in,
-                              classifier=clf, n_models=4)
+                              classifier=clf, n_models=4, x_token_logprob=tok_lp(batch, kw),
+                              z_token_logprob=tok_lp(pop, kw))
         inp = SignalInputs(population=population, target=compute_token_stats(s2_model, batch, **kw),
                            texts=[view[tuple(x)][1] for x in batch],
                            lowercase=compute_token_stats(s2_model, [view[tuple(x)][0] for x in batch], **kw),
@@ -140,7 +146,8 @@ def test_c02_every_signal_batch_invariant_on_s2(s2_model):
     assert {"loss", "zlib", "lowercase", "reference", "reference_diff", "min_k", "min_k_plus_plus", "window",
             "ez_mia", "wbc", "rmia"} <= set(S.REGISTRY)
     alone = {tuple(x): signals_of([x], 1) for x in (A, B)}
-    for name in ("lira_online", "lira_offline", "rmia_online", "rmia_offline", "shokri"):  # defined, so compared
+    for name in ("lira_online", "lira_offline", "lira_token_online", "lira_token_offline", "rmia_online",
+                 "rmia_offline", "shokri"):  # defined, so compared
         assert all(math.isfinite(float(alone[tuple(x)][name][0])) for x in (A, B)), name
     for batch in ([A], [B], [A, B], [B, A], [A, B, B]):
         for bs in (1, 2, 3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -138,6 +139,9 @@ def test_make_plant_audit_end_to_end(setup, capsys):
                              seed=0)["epsilon"] == pytest.approx(cp["epsilon"])
     assert res["dp"]["failed_dp_implementation"] and res["audited_epsilon"] == b["one_run"]["epsilon"]
     assert res["dp"]["claimed_epsilon_per_canary"] == pytest.approx(0.04)  # 4 copies: group privacy
+    tight = res["tightness"]
+    assert tight["max_epsilon"] == pytest.approx(P.one_run_max_epsilon(40, delta=1e-5, beta=res["beta"])["epsilon"])
+    assert tight["max_epsilon"] >= res["audited_epsilon"]
     t = res["tpr_at_fpr"]["0.01"]
     assert t["tp"] == round(t["tpr"] * res["n_included"])
     _cli_ok(["canaries", "audit", "--model", d / "m", "--canaries", d / "new.jsonl", "--inclusion",
@@ -282,3 +286,24 @@ def test_b4_08_canaries_with_line_breaks_are_refused_for_txt_and_never_synthetic
     _cli_ok(["canaries", "plant", "--train", tmp_path / "t.jsonl", "--canaries", tmp_path / "c.jsonl",
              "--out", tmp_path / "q", "--repeats", "2"], capsys)
     assert one_line('a\n\nb\r\nc\u2028d') == "a  b c d" and one_line("plain text") == "plain text"
+
+
+def test_one_run_max_epsilon_is_the_bound_with_every_guess_correct():
+    from llm_mia.privacy.canary_audit import LOOSE_NOTE, audit_tightness
+
+    # by hand: delta = 0, 10 guesses all correct -> p = q^10 <= beta, q = beta^(1/10), eps = log(q / (1 - q))
+    q = 0.05 ** 0.1
+    mx = P.one_run_max_epsilon(40, delta=0.0, beta=0.05, k_grid=[(10, 0)])
+    assert mx["epsilon"] == pytest.approx(math.log(q / (1 - q)), rel=1e-6) and mx["guesses"] == 10
+    # independent path: one_run_bound on perfectly separated scores (20 included above 20 excluded), where
+    # every guess of every (k+, k-) of the default grid is correct
+    y = [True] * 20 + [False] * 20
+    s = [100.0 - i for i in range(40)]
+    got = P.one_run_bound(s, y, delta=1e-5, beta=0.05)
+    assert got["correct"] == got["guesses"]
+    assert P.one_run_max_epsilon(40, delta=1e-5, beta=0.05)["epsilon"] == pytest.approx(got["epsilon"], rel=1e-9)
+    t = audit_tightness(40, 40, got["epsilon"], delta=1e-5, beta=0.05, claim=100.0)
+    assert t["at_max"] and t["notes"][0] == LOOSE_NOTE and any("cannot detect" in n for n in t["notes"])
+    assert not audit_tightness(40, 40, 0.0, delta=1e-5, beta=0.05)["at_max"]
+    with pytest.raises(LlmMiaError, match=">= 2 canaries"):
+        P.one_run_max_epsilon(1, delta=1e-5)

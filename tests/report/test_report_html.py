@@ -108,6 +108,10 @@ def test_report_files_never_show_a_planted_value_unless_asked(leaky_audit):
         text = (out / "hidden" / name).read_text()
         for v in values:
             assert v not in text and html.escape(v) not in text, (name, v)
+    summ = rep["membership"]["records_summary"]  # the members most at risk, with the flagged counts
+    line = (f"{summ['n_flagged']['0.001']} of {summ['n_records']} members flagged at 0.1% FPR, "
+            f"{summ['n_flagged']['0.01']} at 1%")
+    assert line in (out / "hidden" / "report.md").read_text() and line in (out / "hidden" / "report.html").read_text()
     shown = (out / "shown" / "report.html").read_text()
     assert any(html.escape(s["secret"]) in shown for s in json.loads((d / "corpus" / "secrets.json").read_text())
                if s["count"] > 0)

@@ -54,6 +54,10 @@ class ShadowInputs:
         classifier: the Shokri attack classifier fitted on the shadow models' features
             (:func:`fit_attack_classifier`), or None.
         n_models: K.
+        x_token_logprob: (N, K, T) float64, log p of each scored token (nats, column j = the j-th
+            scored token, as in :class:`llm_mia.models.stats.TokenStats`) under each shadow model; NaN
+            past a text's last scored token. None when not computed (the per-token LiRA then refuses).
+        z_token_logprob: (M, K, T') float64, the same for the population texts.
     """
 
     x_logprob: np.ndarray
@@ -63,6 +67,8 @@ class ShadowInputs:
     z_in: np.ndarray
     classifier: Any = None
     n_models: int = 0
+    x_token_logprob: np.ndarray | None = None
+    z_token_logprob: np.ndarray | None = None
 
 
 def logit_confidence(mean_logprob: np.ndarray) -> np.ndarray:
@@ -148,6 +154,110 @@ def lira_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, on
         lin = norm.logpdf(t, loc=mu_in, scale=np.where(good, sd_in, 1.0))
         lout = norm.logpdf(t, loc=mu_out, scale=np.where(good, sd_out, 1.0))
         return np.where(good, lin - lout, math.nan)
+
+
+#: Prior degrees of freedom of the per-token LiRA's variance shrinkage (:func:`lira_token_scores`):
+#: a token's variance counts as much as this many shadow-model deviations of the pooled variance,
+#: so with K < 64 models (Carlini et al. 2022, fig. 6) the pooled variance dominates.
+LIRA_TOKEN_PRIOR_DOF = 64.0
+
+
+def token_logprob_matrix(stats: TokenStats) -> np.ndarray:
+    """(N, T) float64: the scored tokens' log p (nats), NaN where ``stats.mask`` is False."""
+    lp = stats.token_logprob.double().numpy()
+    return np.where(stats.mask.numpy(), lp, math.nan)
+
+
+def _token_fit(values: np.ndarray, side: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (text, token) over the models on ``side``: (mean, count, sum of squared deviations), each (N, T)."""
+    use = side[:, :, None] & ~np.isnan(values)
+    n = use.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = np.where(use, values, 0.0).sum(1) / n
+        ss = np.where(use, (values - mu[:, None, :]) ** 2, 0.0).sum(1)
+    return mu, n, ss
+
+
+def _token_var(values, side, pool_values, pool_side, prior_dof: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, shrunk variance) per (text, token); see :func:`lira_token_scores` for the estimator."""
+    mu, n, ss = _token_fit(values, side)
+    _, pn, pss = _token_fit(pool_values, pool_side)
+    dof = np.clip(pn - 1, 0, None).sum()
+    v0 = pss[pn >= 2].sum() / dof if dof > 0 else math.nan
+    d = np.clip(n - 1, 0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if math.isinf(prior_dof):
+            var = np.full(mu.shape, v0)
+        elif prior_dof == 0 or math.isnan(v0):
+            var = np.where(d >= 1, ss / d, math.nan)
+        else:
+            var = (ss + prior_dof * v0) / (d + prior_dof)
+    return mu, np.where(n >= 1, var, math.nan)
+
+
+def lira_token_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, online: bool,
+                      prior_dof: float = LIRA_TOKEN_PRIOR_DOF,
+                      variance_from: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Per-token LiRA (Rossi, Aerni, Zhang, Tramer 2025, "Membership Inference Attacks on Sequence
+    Models", arXiv 2506.05126, sec. 3): LiRA over the vector of per-token log-probabilities, not their mean.
+
+    For each text and scored token j, Gaussians are fitted across the shadow models that trained on
+    the text (IN: mu_in[j], var_in[j]) and those that did not (OUT); the covariance is diagonal (the
+    paper's cheapest estimator; its full and low-rank ones are not built here). Each token's
+    variance is shrunk toward a pooled variance v0 (the within-(text, token) variance pooled over
+    every token of ``variance_from`` on the same side, like the scalar LiRA's fixed variance):
+    var[j] = (SS[j] + nu v0) / (d[j] + nu), SS[j] the sum of squared deviations over the d[j] + 1
+    models, nu = ``prior_dof`` (the posterior mean of a variance with an inverse-gamma prior of
+    nu degrees of freedom centred at v0). nu = inf gives v0 (the scalar LiRA's fixed variance);
+    nu = 0 the per-token sample variance (ddof 1).
+
+    Online: sum_j log N(t_j; mu_in[j], var_in[j]) - log N(t_j; mu_out[j], var_out[j]), the
+    log-likelihood ratio of the diagonal Gaussian (Carlini et al. 2022 alg. 1 per token).
+    Offline (OUT only): log Pr[Z < sum_j z_j / sqrt(n)], Z ~ N(0, 1), z_j = (t_j - mu_out[j]) /
+    sqrt(var_out[j]) over the n usable tokens: the one-sided test of the whole vector, since
+    sum_j z_j / sqrt(n) ~ N(0, 1) for a non-member under the diagonal model. With one token both
+    equal the scalar LiRA (:func:`lira_scores`) of that token.
+
+    Args:
+        target: (N, T) log p of each scored token under the target, nats; NaN where unscored.
+        shadow: (N, K, T) the same under each shadow model.
+        is_in: (N, K) bool, shadow model k trained on text n.
+        online: the online test (needs IN models) or the offline one.
+        prior_dof: nu >= 0 (may be inf).
+        variance_from: ((M, K, T') values, (M, K) is_in) to pool v0 over (default: these texts).
+
+    Returns:
+        (N,) float64, higher = member; NaN where no token is usable (a token needs a target value
+        and a positive finite variance on each side used: >= 1 model there, >= 2 when nu = 0 or no v0).
+
+    Raises:
+        LlmMiaError: shapes that do not match, or a negative ``prior_dof``.
+    """
+    t, s, m = np.asarray(target, dtype=np.float64), np.asarray(shadow, dtype=np.float64), np.asarray(is_in, dtype=bool)
+    if t.ndim != 2 or s.ndim != 3 or s.shape[:2] != m.shape or s.shape[0] != t.shape[0]:
+        raise LlmMiaError(f"per-token lira needs target (N, T), shadow (N, K, T) and is_in (N, K); got {t.shape}, "
+                          f"{s.shape}, {m.shape}")
+    if not prior_dof >= 0:
+        raise LlmMiaError(f"per-token lira's prior_dof must be >= 0, got {prior_dof}")
+    width = max(t.shape[1], s.shape[2])
+    t = np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=math.nan)
+    s = np.pad(s, ((0, 0), (0, 0), (0, width - s.shape[2])), constant_values=math.nan)
+    pv, pm = (s, m) if variance_from is None else (np.asarray(variance_from[0], dtype=np.float64),
+                                                   np.asarray(variance_from[1], dtype=bool))
+    ok = lambda v: np.isfinite(v) & (v > 0)  # noqa: E731
+    mu_out, var_out = _token_var(s, ~m, pv, ~pm, prior_dof)
+    good = ok(var_out) & ~np.isnan(t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if not online:
+            z = np.where(good, (t - mu_out) / np.sqrt(np.where(good, var_out, 1.0)), 0.0)
+            n = good.sum(1)
+            out = norm.logcdf(z.sum(1) / np.sqrt(np.maximum(n, 1)))
+            return np.where(n > 0, out, math.nan)
+        mu_in, var_in = _token_var(s, m, pv, pm, prior_dof)
+        good &= ok(var_in)
+        sd_in, sd_out = np.sqrt(np.where(good, var_in, 1.0)), np.sqrt(np.where(good, var_out, 1.0))
+        llr = norm.logpdf(t, loc=mu_in, scale=sd_in) - norm.logpdf(t, loc=mu_out, scale=sd_out)
+        return np.where(good.any(1), np.where(good, llr, 0.0).sum(1), math.nan)
 
 
 def rmia_scores(x_target: torch.Tensor, x_reference: torch.Tensor, z_target: torch.Tensor, z_reference: torch.Tensor,
@@ -306,6 +416,28 @@ def lira_offline(inp: SignalInputs) -> torch.Tensor:
     sh = _need(inp)
     return torch.from_numpy(lira_scores(_x(inp), sh.x_logprob, sh.x_in, online=False,
                                         variance_from=(sh.z_logprob, sh.z_in)))
+
+
+def _lira_token(inp: SignalInputs, online: bool) -> torch.Tensor:
+    sh = _need(inp)
+    if sh.x_token_logprob is None or sh.z_token_logprob is None:
+        raise LlmMiaError("the per-token LiRA needs the shadow models' per-token log-probs (ShadowInputs.x_token_logprob)")
+    return torch.from_numpy(lira_token_scores(token_logprob_matrix(inp.target), sh.x_token_logprob, sh.x_in,
+                                              online=online, variance_from=(sh.z_token_logprob, sh.z_in)))
+
+
+@register("lira_token_online", needs=("shadow",),
+          source="Rossi et al. 2025 (arXiv 2506.05126) sec. 3, diagonal Gaussian over per-token log p, online",
+          description="sum over tokens of log N(t_j; IN fit) - log N(t_j; OUT fit), variances shrunk to the pooled one")
+def lira_token_online(inp: SignalInputs) -> torch.Tensor:
+    return _lira_token(inp, online=True)
+
+
+@register("lira_token_offline", needs=("shadow",),
+          source="Rossi et al. 2025 (arXiv 2506.05126) sec. 3, diagonal Gaussian over per-token log p, offline",
+          description="log Pr[Z < sum_j z_j / sqrt(n)], z_j the token's standard score under the OUT fit")
+def lira_token_offline(inp: SignalInputs) -> torch.Tensor:
+    return _lira_token(inp, online=False)
 
 
 def _rmia(inp: SignalInputs, offline: bool) -> torch.Tensor:
