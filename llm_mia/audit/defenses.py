@@ -17,6 +17,7 @@ from llm_mia.audit.compare import (
     compare_models,
     render_compare_markdown,
 )
+from llm_mia.audit.dp_matched import heldout_ppl_of, match_dp_utility
 from llm_mia.audit.stages import AuditConfig, strip_planted
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
@@ -37,6 +38,7 @@ DEMO_DEFENSES: list[tuple[str, dict]] = [
     ("early-stop", {"early_stopping": 3}),
     ("selena", {"defense": "selena", "selena_k": 4, "selena_l": 2}),
     ("adv-reg", {"defense": "adv-reg", "adv_lambda": 1.0}),
+    ("goldfish", {"defense": "goldfish", "goldfish_k": 4, "goldfish_h": 13}),
 ]
 
 
@@ -66,6 +68,7 @@ class DemoPlan:
     defender_docs: int
     limit_docs: int
     n_boot: int
+    dp_match_runs: int = 4  # trainings of the dp-matched search (:func:`llm_mia.audit.dp_matched.match_dp_utility`)
 
 
 #: Full mode, sized for about 40 minutes on one thread of the shared 2-core CPU from measured costs
@@ -82,7 +85,7 @@ DEMO_PLAN = DemoPlan(preset="mini", steps=500, dp_steps=180, selena_sub_steps=25
 
 QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20, n_shadows=4, shadow_steps=20,
                       max_chars=40_000, repeats=(1, 4, 16), heldout_fraction=0.5, defender_docs=3, limit_docs=6,
-                      n_boot=200)
+                      n_boot=200, dp_match_runs=3)
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,16 @@ class DemoModels:
             order, then (name, folder, serving mode) of :data:`SERVED_DEFENSES`: :func:`compare_models`'s ``models``.
         reference: the reference model's folder.
         shadow: the shadow models' folder.
-        timings: seconds per training, rounded to 0.1 s: ``train_<name>_s`` per model, ``train_reference_s``,
-            ``train_shadows_s``, in that order.
+        timings: seconds per training, rounded to 0.1 s: ``train_<name>_s`` per model (``train_dp-matched_s``:
+            its whole search), ``train_reference_s``, ``train_shadows_s``, in that order.
+        dp_matched: the ``dp-matched`` search (:class:`~llm_mia.audit.dp_matched.DpMatch` as a dict).
     """
 
     models: list[tuple]
     reference: Path
     shadow: Path
     timings: dict[str, float]
+    dp_matched: dict | None = None
 
 
 def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
@@ -161,7 +166,8 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
                                                                                       seed=seed))
     timings["audits_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
-    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings})
+    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings,
+                               "dp_matched": trained.dp_matched})
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
@@ -207,6 +213,10 @@ def _train_demo_models(out: Path, corpus: DemoCorpus, plan: DemoPlan, quick: boo
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
+    t = time.time()
+    match = _train_dp_matched(out, corpus, plan, [n for n, _ in models], seed=seed, progress=progress)
+    timings["train_dp-matched_s"] = round(time.time() - t, 1)
+    models.append(("dp-matched", out / "models" / "dp-matched"))
     models += [(name, out / "models" / base, mode) for name, base, mode in SERVED_DEFENSES]
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
@@ -223,7 +233,25 @@ def _train_demo_models(out: Path, corpus: DemoCorpus, plan: DemoPlan, quick: boo
                   tokenizer_from=str(out / "models" / "baseline"), max_steps=plan.shadow_steps, seed=seed,
                   progress=progress)
     timings["train_shadows_s"] = round(time.time() - t, 1)
-    return DemoModels(models=models, reference=out / "models" / "reference", shadow=out / "shadow", timings=timings)
+    return DemoModels(models=models, reference=out / "models" / "reference", shadow=out / "shadow", timings=timings,
+                      dp_matched=match)
+
+
+def _train_dp_matched(out: Path, corpus: DemoCorpus, plan: DemoPlan, names: list[str], *, seed: int,
+                      progress: bool) -> dict:
+    """The ``dp-matched`` model: DP-SGD tuned to the held-out perplexity of the best non-DP defence
+    other than the baseline (:func:`llm_mia.audit.dp_matched.match_dp_utility`); returns its
+    :class:`~llm_mia.audit.dp_matched.DpMatch` as a dict."""
+    recipes = {n: io.read_json(out / "models" / n / "recipe.json") for n in names if n != "baseline"}
+    heuristic = {n: heldout_ppl_of(out / "models" / n) for n, r in recipes.items() if r.get("defense") != "dp"}
+    if not heuristic:
+        raise LlmMiaError("the defence comparison has no non-DP defence to match DP-SGD's utility to")
+    target = min(heuristic, key=heuristic.get)
+    m = match_dp_utility(corpus.train_corpus, out / "models" / "dp-matched", target_name=target,
+                         target_perplexity=heuristic[target], max_runs=plan.dp_match_runs, preset=plan.preset,
+                         max_steps=plan.dp_steps, seed=seed, tokenizer_from=str(out / "models" / "baseline"),
+                         progress=progress)
+    return asdict(m)
 
 
 def _reserve_defender_set(corpus: Path, out: Path, n: int, *, seed: int) -> Path:
