@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm_mia.audit.adaptive import adaptive_rows, label_only, vulnerable_summary
 from llm_mia.audit.compare import (
     SERVED_DEFENSES,
     compare_models,
@@ -68,6 +69,7 @@ class DemoPlan:
     defender_docs: int
     limit_docs: int
     n_boot: int
+    adaptive_shadows: int = 4  # shadow models per defence for the adaptive attacks (llm_mia.audit.adaptive)
     dp_match_runs: int = 4  # trainings of the dp-matched search (:func:`llm_mia.audit.dp_matched.match_dp_utility`)
 
 
@@ -85,7 +87,7 @@ DEMO_PLAN = DemoPlan(preset="mini", steps=500, dp_steps=180, selena_sub_steps=25
 
 QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20, n_shadows=4, shadow_steps=20,
                       max_chars=40_000, repeats=(1, 4, 16), heldout_fraction=0.5, defender_docs=3, limit_docs=6,
-                      n_boot=200, dp_match_runs=3)
+                      n_boot=200, adaptive_shadows=2, dp_match_runs=3)
 
 
 @dataclass(frozen=True)
@@ -165,12 +167,49 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
                             memguard_classifier=lambda target: classifier_from_shadows(trained.shadow, max_texts=20,
                                                                                       seed=seed))
     timings["audits_s"] = round(time.time() - t, 1)
+    t = time.time()
+    _add_adaptive(result, out, corpus, trained, plan, cfg, quick, seed=seed, progress=progress)
+    timings["adaptive_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
     result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings,
                                "dp_matched": trained.dp_matched})
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _add_adaptive(result: dict, out: Path, corpus: DemoCorpus, trained: DemoModels, plan: DemoPlan,
+                  cfg: AuditConfig, quick: bool, *, seed: int, progress: bool) -> None:
+    """Each row's ``adaptive_attacks`` (defence-aware shadows, MemGuard's label-only view) and
+    ``vulnerable`` (the canaries beside the population): :mod:`llm_mia.audit.adaptive`."""
+    kws = dict(QUICK_DEFENSES if quick else DEMO_DEFENSES)
+    models = [(n, out / "models" / n, _defense_kw(kws[n], corpus, plan)) for n, *_ in trained.models if n in kws]
+    adaptive = adaptive_rows(out, corpus=corpus.corpus, models=models, population=out / "shadow-population.jsonl",
+                             reference=trained.reference, tokenizer_from=str(out / "models" / "baseline"),
+                             preset=plan.preset, n_shadows=plan.adaptive_shadows, shadow_steps=plan.shadow_steps,
+                             steps=plan.steps, cfg=cfg, limit_docs=plan.limit_docs, n_boot=plan.n_boot, seed=seed,
+                             progress=progress)
+    by_name = {r["name"]: r for r in result["rows"]}
+    served_base = {name: base for name, base, _ in SERVED_DEFENSES}
+    for row in result["rows"]:
+        row["vulnerable"] = vulnerable_summary(row)
+        if row["name"] in adaptive:
+            row["adaptive_attacks"] = adaptive[row["name"]]
+        elif (row.get("serving") or "").startswith("memguard"):  # the argmax is its model's: that row's label-only run
+            row["adaptive_attacks"] = {"trained_with": "label-only view (argmax: what MemGuard cannot perturb)",
+                                       "label_only": label_only(by_name.get(served_base.get(row["name"]), {}))}
+        else:
+            row["adaptive_attacks"] = None
+
+
+def _defense_kw(kw: dict, corpus: DemoCorpus, plan: DemoPlan) -> dict:
+    """A defence's train_model keywords with the demo's reference set and SELENA sub-model steps filled in."""
+    kw = dict(kw)
+    if kw.get("defense") == "adv-reg":
+        kw["reference_set"] = str(corpus.defender_set)
+    if kw.get("defense") == "selena":
+        kw["selena_sub_steps"] = plan.selena_sub_steps
+    return kw
 
 
 def _demo_audit_config(quick: bool, *, seed: int, progress: bool) -> AuditConfig:
@@ -202,11 +241,7 @@ def _train_demo_models(out: Path, corpus: DemoCorpus, plan: DemoPlan, quick: boo
     models = []
     for name, kw in (QUICK_DEFENSES if quick else DEMO_DEFENSES):
         t = time.time()
-        kw = dict(kw)
-        if kw.get("defense") == "adv-reg":
-            kw["reference_set"] = str(corpus.defender_set)
-        if kw.get("defense") == "selena":
-            kw["selena_sub_steps"] = plan.selena_sub_steps
+        kw = _defense_kw(kw, corpus, plan)
         n_steps = plan.dp_steps if kw.get("defense") == "dp" else plan.steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
         train_model(corpus.train_corpus, out / "models" / name, preset=plan.preset, max_steps=n_steps, seed=seed,

@@ -132,7 +132,17 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     ratio = rows["dp-matched"]["heldout_perplexity"] / heur[match["target_name"]]
     assert 1 / 1.25 <= ratio <= 1.25 or match["note"]
     assert json.loads((out / "models" / "goldfish" / "recipe.json").read_text())["goldfish"]["k"] == 4
+    # adaptive attacks: shadows trained with each objective-changing defence; MemGuard's label-only view
+    for name in ("selena", "adv-reg", "goldfish"):
+        ad = rows[name]["adaptive_attacks"]
+        assert ad["trained_with"] == name and {"lira_online", "shokri"} <= set(ad["attacks"])
+        sh = json.loads((out / "adaptive" / name / "shadow" / "model-00" / "recipe.json").read_text())
+        assert sh["defense"] == name
+    assert rows["baseline"]["adaptive_attacks"] is None
+    assert rows["baseline"]["vulnerable"]["canary_auc"] == rows["baseline"]["canary_audit"]["auc"]
     mg = rows.pop("memguard")
+    # MemGuard cannot move the argmax: its label-only view is its model's (the baseline's) label-only run
+    assert mg["adaptive_attacks"]["label_only"] == rows["baseline"]["output_limits"]["modes"]["label-only"]
     assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["trained_on"] == "given (shadow models)"
     assert mg["secrets_extracted"] == rows["baseline"]["secrets_extracted"] and "memguard:0.5" in mg["query_limits"]
     assert mg["model_heldout_perplexity"] == rows["baseline"]["heldout_perplexity"] != mg["heldout_perplexity"]
