@@ -179,6 +179,30 @@ def _recipe_meta(preset, max_steps, base, tokenizer_from, lora, train_options) -
     return rec
 
 
+def _shadow_recipe(like, base, tokenizer_from, lora, preset, max_steps) -> tuple:
+    """(base, tokenizer_from, lora, preset, max_steps) of the shadows, from ``like`` when given, checked.
+
+    Raises:
+        LlmMiaError: ``like`` with a base, tokenizer or LoRA spec; no or both of base / tokenizer_from;
+            an unknown preset; non-positive steps.
+    """
+    if like is not None:
+        if base is not None or tokenizer_from is not None or lora is not None:
+            raise LlmMiaError("--like TARGET takes the base, tokenizer and LoRA recipe from the target: drop --base / "
+                              "--tokenizer-from")
+        r = recipe_like(like)
+        base, tokenizer_from, lora, preset = r["base"], r["tokenizer_from"], r["lora"], r["preset"]
+        max_steps = max_steps if max_steps is not None else r["max_steps"]
+    if (base is None) == (tokenizer_from is None):
+        raise LlmMiaError("shadow models must share the target's tokenizer: give exactly one of --tokenizer-from "
+                          "TARGET_FOLDER (train from scratch with it) and --base BASE (fine-tune the target's base)")
+    if preset not in PRESETS:
+        raise LlmMiaError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise LlmMiaError(f"--steps must be a positive integer, got {max_steps!r}")
+    return base, tokenizer_from, lora, preset, max_steps
+
+
 def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int = DEFAULT_N_MODELS, preset: str = "tiny",
                   base: str | None = None, tokenizer_from: str | None = None, max_steps: int | None = None,
                   seed: int = 0, progress: bool = True, train_fn: Callable | None = None,
@@ -212,20 +236,7 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
             or a folder holding shadow models of another run.
     """
 
-    if like is not None:
-        if base is not None or tokenizer_from is not None or lora is not None:
-            raise LlmMiaError("--like TARGET takes the base, tokenizer and LoRA recipe from the target: drop --base / "
-                              "--tokenizer-from")
-        r = recipe_like(like)
-        base, tokenizer_from, lora, preset = r["base"], r["tokenizer_from"], r["lora"], r["preset"]
-        max_steps = max_steps if max_steps is not None else r["max_steps"]
-    if (base is None) == (tokenizer_from is None):
-        raise LlmMiaError("shadow models must share the target's tokenizer: give exactly one of --tokenizer-from "
-                          "TARGET_FOLDER (train from scratch with it) and --base BASE (fine-tune the target's base)")
-    if preset not in PRESETS:
-        raise LlmMiaError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise LlmMiaError(f"--steps must be a positive integer, got {max_steps!r}")
+    base, tokenizer_from, lora, preset, max_steps = _shadow_recipe(like, base, tokenizer_from, lora, preset, max_steps)
     out = Path(out_dir)
     io.check_output_dir(out)
     texts = _read_population(population)
