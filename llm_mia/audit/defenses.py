@@ -70,7 +70,8 @@ class DemoPlan:
     limit_docs: int
     n_boot: int
     adaptive_shadows: int = 4  # shadow models per defence for the adaptive attacks (llm_mia.audit.adaptive)
-    dp_match_runs: int = 4  # trainings of the dp-matched search (:func:`llm_mia.audit.dp_matched.match_dp_utility`)
+    dp_match_clips: tuple[float, ...] = (1.0, 0.1)  # clipping norms the dp-matched search tries
+    dp_match_runs: int = 5  # trainings of the dp-matched search (:func:`llm_mia.audit.dp_matched.match_dp_utility`)
 
 
 #: Full mode, sized for about 40 minutes on one thread of the shared 2-core CPU from measured costs
@@ -87,7 +88,8 @@ DEMO_PLAN = DemoPlan(preset="mini", steps=500, dp_steps=180, selena_sub_steps=25
 
 QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20, n_shadows=4, shadow_steps=20,
                       max_chars=40_000, repeats=(1, 4, 16), heldout_fraction=0.5, defender_docs=3, limit_docs=6,
-                      n_boot=200, adaptive_shadows=2, dp_match_runs=3)
+                      n_boot=200, adaptive_shadows=2, dp_match_clips=(1.0,),
+                      dp_match_runs=4)
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,8 @@ def _train_dp_matched(out: Path, corpus: DemoCorpus, plan: DemoPlan, names: list
         raise LlmMiaError("the defence comparison has no non-DP defence to match DP-SGD's utility to")
     target = min(heuristic, key=heuristic.get)
     m = match_dp_utility(corpus.train_corpus, out / "models" / "dp-matched", target_name=target,
-                         target_perplexity=heuristic[target], max_runs=plan.dp_match_runs, preset=plan.preset,
+                         target_perplexity=heuristic[target], max_runs=plan.dp_match_runs,
+                         clips=plan.dp_match_clips, preset=plan.preset,
                          max_steps=plan.dp_steps, seed=seed, tokenizer_from=str(out / "models" / "baseline"),
                          progress=progress)
     return asdict(m)

@@ -29,10 +29,11 @@ def test_search_tries_clips_then_bisects_sigma(tmp_path, monkeypatch):
     monkeypatch.setattr(M, "train_model", fake_trainer(lambda s, c: 100 * (1 + s) * (1.0 if c == 1.0 else 1.1), calls))
     m = M.match_dp_utility(tmp_path / "corpus", tmp_path / "dp-matched", target_name="selena", target_perplexity=130.0,
                            max_runs=6)
-    # by hand: (1, 1.0) -> 200, (1, 0.1) -> 220; keep C = 1.0; sigma -> sqrt(0.1 * 1) = 0.316 -> 131.6 (within 10%)
+    # by hand: (1, 1.0) -> 200, (1, 0.1) -> 220; keep C = 1.0; sigma -> sqrt(0.01 * 1) = 0.1 -> 110 (15% off,
+    # too good: raise sigma) -> sqrt(0.1 * 1) = 0.316 -> 131.6 (within 10%)
     assert calls[:2] == [(1.0, 1.0), (1.0, 0.1)]
-    assert calls[2][1] == 1.0 and calls[2][0] == pytest.approx(math.sqrt(0.1))
-    assert len(calls) == 3 and m.within_tolerance and m.note is None
+    assert [c for _, c in calls[2:]] == [1.0, 1.0] and [s for s, _ in calls[2:]] == pytest.approx([0.1, math.sqrt(0.1)])
+    assert len(calls) == 4 and m.within_tolerance and m.note is None
     assert m.perplexity == pytest.approx(100 * (1 + math.sqrt(0.1))) and m.epsilon == pytest.approx(1 / math.sqrt(0.1))
     assert io.read_json(tmp_path / "dp-matched" / "recipe.json")["dp"]["epsilon"] == pytest.approx(m.epsilon)
     assert not (tmp_path / "dp-matched-search").exists()
@@ -42,10 +43,10 @@ def test_search_is_bounded_and_reports_the_closest_with_a_note(tmp_path, monkeyp
     calls = []
     monkeypatch.setattr(M, "train_model", fake_trainer(lambda s, c: 1000 + 100 * s, calls))  # never below 1000
     m = M.match_dp_utility(tmp_path / "c", tmp_path / "dp", target_name="dedup", target_perplexity=100.0, max_runs=4)
-    # sigmas by hand: 1, 1, sqrt(0.1), sqrt(0.1 * sqrt(0.1)) = 0.1 ** 0.75: the last is the closest
-    assert [s for s, _ in calls] == pytest.approx([1.0, 1.0, 0.1 ** 0.5, 0.1 ** 0.75])
+    # sigmas by hand: 1, 1, sqrt(0.01 * 1) = 0.1, sqrt(0.01 * 0.1) = 0.1 ** 1.5: the last is the closest
+    assert [s for s, _ in calls] == pytest.approx([1.0, 1.0, 0.1, 0.1 ** 1.5])
     assert not m.within_tolerance and "no DP run within 1.25x of dedup" in m.note
-    assert m.noise_multiplier == pytest.approx(0.1 ** 0.75) and len(m.tries) == 4
+    assert m.noise_multiplier == pytest.approx(0.1 ** 1.5) and len(m.tries) == 4
 
 
 def test_search_bad_inputs(tmp_path):
