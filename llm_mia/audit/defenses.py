@@ -12,11 +12,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm_mia.audit.adaptive import adaptive_rows, label_only, vulnerable_summary
 from llm_mia.audit.compare import (
     SERVED_DEFENSES,
     compare_models,
     render_compare_markdown,
 )
+from llm_mia.audit.dp_matched import heldout_ppl_of, match_dp_utility
 from llm_mia.audit.stages import AuditConfig, strip_planted
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
@@ -37,6 +39,7 @@ DEMO_DEFENSES: list[tuple[str, dict]] = [
     ("early-stop", {"early_stopping": 3}),
     ("selena", {"defense": "selena", "selena_k": 4, "selena_l": 2}),
     ("adv-reg", {"defense": "adv-reg", "adv_lambda": 1.0}),
+    ("goldfish", {"defense": "goldfish", "goldfish_k": 4, "goldfish_h": 13}),
 ]
 
 
@@ -66,6 +69,9 @@ class DemoPlan:
     defender_docs: int
     limit_docs: int
     n_boot: int
+    adaptive_shadows: int = 4  # shadow models per defence for the adaptive attacks (llm_mia.audit.adaptive)
+    dp_match_clips: tuple[float, ...] = (1.0, 0.1)  # clipping norms the dp-matched search tries
+    dp_match_runs: int = 5  # trainings of the dp-matched search (:func:`llm_mia.audit.dp_matched.match_dp_utility`)
 
 
 #: Full mode, sized for about 40 minutes on one thread of the shared 2-core CPU from measured costs
@@ -82,7 +88,8 @@ DEMO_PLAN = DemoPlan(preset="mini", steps=500, dp_steps=180, selena_sub_steps=25
 
 QUICK_PLAN = DemoPlan(preset="tiny", steps=40, dp_steps=40, selena_sub_steps=20, n_shadows=4, shadow_steps=20,
                       max_chars=40_000, repeats=(1, 4, 16), heldout_fraction=0.5, defender_docs=3, limit_docs=6,
-                      n_boot=200)
+                      n_boot=200, adaptive_shadows=2, dp_match_clips=(1.0,),
+                      dp_match_runs=4)
 
 
 @dataclass(frozen=True)
@@ -112,14 +119,16 @@ class DemoModels:
             order, then (name, folder, serving mode) of :data:`SERVED_DEFENSES`: :func:`compare_models`'s ``models``.
         reference: the reference model's folder.
         shadow: the shadow models' folder.
-        timings: seconds per training, rounded to 0.1 s: ``train_<name>_s`` per model, ``train_reference_s``,
-            ``train_shadows_s``, in that order.
+        timings: seconds per training, rounded to 0.1 s: ``train_<name>_s`` per model (``train_dp-matched_s``:
+            its whole search), ``train_reference_s``, ``train_shadows_s``, in that order.
+        dp_matched: the ``dp-matched`` search (:class:`~llm_mia.audit.dp_matched.DpMatch` as a dict).
     """
 
     models: list[tuple]
     reference: Path
     shadow: Path
     timings: dict[str, float]
+    dp_matched: dict | None = None
 
 
 def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = False, seed: int = 0,
@@ -160,11 +169,49 @@ def run_compare_defenses(out_dir: str | Path = "compare-demo", *, quick: bool = 
                             memguard_classifier=lambda target: classifier_from_shadows(trained.shadow, max_texts=20,
                                                                                       seed=seed))
     timings["audits_s"] = round(time.time() - t, 1)
+    t = time.time()
+    _add_adaptive(result, out, corpus, trained, plan, cfg, quick, seed=seed, progress=progress)
+    timings["adaptive_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
-    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings})
+    result["settings"].update({"quick": quick, "plan": asdict(plan), "timings": timings,
+                               "dp_matched": trained.dp_matched})
     io.write_json(out / "compare.json", result)
     io.write_text(out / "compare.md", render_compare_markdown(result))
     return result
+
+
+def _add_adaptive(result: dict, out: Path, corpus: DemoCorpus, trained: DemoModels, plan: DemoPlan,
+                  cfg: AuditConfig, quick: bool, *, seed: int, progress: bool) -> None:
+    """Each row's ``adaptive_attacks`` (defence-aware shadows, MemGuard's label-only view) and
+    ``vulnerable`` (the canaries beside the population): :mod:`llm_mia.audit.adaptive`."""
+    kws = dict(QUICK_DEFENSES if quick else DEMO_DEFENSES)
+    models = [(n, out / "models" / n, _defense_kw(kws[n], corpus, plan)) for n, *_ in trained.models if n in kws]
+    adaptive = adaptive_rows(out, corpus=corpus.corpus, models=models, population=out / "shadow-population.jsonl",
+                             reference=trained.reference, tokenizer_from=str(out / "models" / "baseline"),
+                             preset=plan.preset, n_shadows=plan.adaptive_shadows, shadow_steps=plan.shadow_steps,
+                             steps=plan.steps, cfg=cfg, limit_docs=plan.limit_docs, n_boot=plan.n_boot, seed=seed,
+                             progress=progress)
+    by_name = {r["name"]: r for r in result["rows"]}
+    served_base = {name: base for name, base, _ in SERVED_DEFENSES}
+    for row in result["rows"]:
+        row["vulnerable"] = vulnerable_summary(row)
+        if row["name"] in adaptive:
+            row["adaptive_attacks"] = adaptive[row["name"]]
+        elif (row.get("serving") or "").startswith("memguard"):  # the argmax is its model's: that row's label-only run
+            row["adaptive_attacks"] = {"trained_with": "label-only view (argmax: what MemGuard cannot perturb)",
+                                       "label_only": label_only(by_name.get(served_base.get(row["name"]), {}))}
+        else:
+            row["adaptive_attacks"] = None
+
+
+def _defense_kw(kw: dict, corpus: DemoCorpus, plan: DemoPlan) -> dict:
+    """A defence's train_model keywords with the demo's reference set and SELENA sub-model steps filled in."""
+    kw = dict(kw)
+    if kw.get("defense") == "adv-reg":
+        kw["reference_set"] = str(corpus.defender_set)
+    if kw.get("defense") == "selena":
+        kw["selena_sub_steps"] = plan.selena_sub_steps
+    return kw
 
 
 def _demo_audit_config(quick: bool, *, seed: int, progress: bool) -> AuditConfig:
@@ -196,17 +243,17 @@ def _train_demo_models(out: Path, corpus: DemoCorpus, plan: DemoPlan, quick: boo
     models = []
     for name, kw in (QUICK_DEFENSES if quick else DEMO_DEFENSES):
         t = time.time()
-        kw = dict(kw)
-        if kw.get("defense") == "adv-reg":
-            kw["reference_set"] = str(corpus.defender_set)
-        if kw.get("defense") == "selena":
-            kw["selena_sub_steps"] = plan.selena_sub_steps
+        kw = _defense_kw(kw, corpus, plan)
         n_steps = plan.dp_steps if kw.get("defense") == "dp" else plan.steps
         tok = None if name == "baseline" else str(out / "models" / "baseline")
         train_model(corpus.train_corpus, out / "models" / name, preset=plan.preset, max_steps=n_steps, seed=seed,
                     tokenizer_from=tok, progress=progress, **kw)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
         models.append((name, out / "models" / name))
+    t = time.time()
+    match = _train_dp_matched(out, corpus, plan, [n for n, _ in models], seed=seed, progress=progress)
+    timings["train_dp-matched_s"] = round(time.time() - t, 1)
+    models.append(("dp-matched", out / "models" / "dp-matched"))
     models += [(name, out / "models" / base, mode) for name, base, mode in SERVED_DEFENSES]
     t = time.time()
     ratio = (out / "corpus" / "heldout.jsonl").stat().st_size / max(1, (out / "corpus" / "train.jsonl").stat().st_size)
@@ -223,7 +270,26 @@ def _train_demo_models(out: Path, corpus: DemoCorpus, plan: DemoPlan, quick: boo
                   tokenizer_from=str(out / "models" / "baseline"), max_steps=plan.shadow_steps, seed=seed,
                   progress=progress)
     timings["train_shadows_s"] = round(time.time() - t, 1)
-    return DemoModels(models=models, reference=out / "models" / "reference", shadow=out / "shadow", timings=timings)
+    return DemoModels(models=models, reference=out / "models" / "reference", shadow=out / "shadow", timings=timings,
+                      dp_matched=match)
+
+
+def _train_dp_matched(out: Path, corpus: DemoCorpus, plan: DemoPlan, names: list[str], *, seed: int,
+                      progress: bool) -> dict:
+    """The ``dp-matched`` model: DP-SGD tuned to the held-out perplexity of the best non-DP defence
+    other than the baseline (:func:`llm_mia.audit.dp_matched.match_dp_utility`); returns its
+    :class:`~llm_mia.audit.dp_matched.DpMatch` as a dict."""
+    recipes = {n: io.read_json(out / "models" / n / "recipe.json") for n in names if n != "baseline"}
+    heuristic = {n: heldout_ppl_of(out / "models" / n) for n, r in recipes.items() if r.get("defense") != "dp"}
+    if not heuristic:
+        raise LlmMiaError("the defence comparison has no non-DP defence to match DP-SGD's utility to")
+    target = min(heuristic, key=heuristic.get)
+    m = match_dp_utility(corpus.train_corpus, out / "models" / "dp-matched", target_name=target,
+                         target_perplexity=heuristic[target], max_runs=plan.dp_match_runs,
+                         clips=plan.dp_match_clips, preset=plan.preset,
+                         max_steps=plan.dp_steps, seed=seed, tokenizer_from=str(out / "models" / "baseline"),
+                         progress=progress)
+    return asdict(m)
 
 
 def _reserve_defender_set(corpus: Path, out: Path, n: int, *, seed: int) -> Path:

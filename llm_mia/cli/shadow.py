@@ -22,10 +22,12 @@ def shadow_train(
                                                  "folder's tokenizer (the target's folder)."),
     steps: int | None = typer.Option(None, "--steps", help="Override the preset's number of steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the IN/OUT draw; model k trains with seed + k."),
+    like: Path | None = typer.Option(None, "--like", help="A target model folder trained by llm-mia: copy its recipe "
+                                     "(LoRA adapters of the same base and rank, its preset and steps)."),
 ):
     """Train K shadow models on balanced random halves of a population; a rerun resumes after a kill."""
     from llm_mia.membership.shadow import train_shadows
 
     sh = train_shadows(population, out, n_models=n, preset=preset, base=base, tokenizer_from=tokenizer_from,
-                       max_steps=steps, seed=seed, echo=lambda s: typer.echo(s, err=True))
+                       max_steps=steps, seed=seed, like=like, echo=lambda s: typer.echo(s, err=True))
     typer.echo(f"{sh.n_models} shadow models on {len(sh.texts)} population texts -> {out}")

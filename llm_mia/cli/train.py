@@ -25,7 +25,8 @@ def train(
     seed: int = typer.Option(_TC.seed, "--seed"),
     max_steps: int | None = typer.Option(_TC.max_steps, "--max-steps", help="Override the preset's number of steps."),
     defense: str = typer.Option(_TC.defense, "--defense", help="none | dp (DP-SGD) | dedup (training-data dedup) | "
-                                "selena (Split-AI + self-distillation) | adv-reg (adversarial regularisation)."),
+                                "selena (Split-AI + self-distillation) | adv-reg (adversarial regularisation) | "
+                                "goldfish (Goldfish loss)."),
     epsilon: float | None = typer.Option(_TC.epsilon, "--epsilon",
                                          help="DP target epsilon (sets the noise multiplier)."),
     delta: float = typer.Option(_TC.delta, "--delta", help="DP delta."),
@@ -53,6 +54,10 @@ def train(
     reference_set: str | None = typer.Option(_TC.reference_set, "--reference-set",
                                                 help="--defense adv-reg: JSONL of non-member texts for the adversary "
                                                      "(default: a seeded half of heldout.jsonl)."),
+    goldfish_k: int = typer.Option(_TC.goldfish_k, "--goldfish-k",
+                                   help="--defense goldfish: drop one label in k from the loss."),
+    goldfish_h: int = typer.Option(_TC.goldfish_h, "--goldfish-h",
+                                   help="--defense goldfish: preceding tokens hashed to choose the drops."),
     lora: bool = typer.Option(False, "--lora",
                               help="With --base: fine-tune LoRA matrices (peft) and save the adapter only."),
     lora_r: int = typer.Option(LoraSpec.r, "--lora-r", help="LoRA rank."),
@@ -78,7 +83,7 @@ def train(
                       weight_decay=weight_decay, dropout=dropout, early_stopping=early_stopping,
                       dedup_min_chars=dedup_min_chars, lora=spec, selena_k=selena_k, selena_l=selena_l,
                       selena_sub_steps=selena_sub_steps, adv_lambda=adv_lambda, adv_k=adv_k,
-                      reference_set=reference_set)
+                      reference_set=reference_set, goldfish_k=goldfish_k, goldfish_h=goldfish_h)
     s = train_model(corpus, out, config=cfg)
     typer.echo(f"trained {s.steps} steps in {s.seconds:.0f} s: train loss {s.train_loss:.3f}, "
                f"held-out loss {s.heldout_loss:.3f} -> {out}")

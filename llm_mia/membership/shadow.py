@@ -14,6 +14,15 @@ holds recipe.json (train_model writes it under a temporary name and renames it),
 kill trains only the missing models. The shadow models share the target's tokenizer
 (``tokenizer_from`` the target folder, or the target's ``base``): the attacks compare per-token
 likelihoods, and the tokenizer digest is checked against the target's before any scoring.
+
+Shadows like the target (``like=TARGET``, ``llm-mia shadow train --like TARGET``): the recipe is read
+from the target's recipe.json (:func:`recipe_like`): a LoRA adapter's shadows are LoRA adapters of the
+same base with the same rank, alpha, dropout and target modules; a full fine-tune's shadows fine-tune
+the same base; a model trained from scratch gives shadows from scratch with its tokenizer; the preset
+and the number of steps are the target's (steps: the ones it took) unless given. ``train_options``
+(train_model keywords such as ``defense="goldfish"``) trains every shadow with a defence: the
+adaptive attack of Aerni, Zhang, Tramèr 2024 (arXiv 2404.17399, Section 4.2), whose shadow models are
+trained the way the defended target was.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from llm_mia.membership.signals.shadow import (
 from llm_mia.models.hub import resolve_folder
 from llm_mia.models.loading import load_model
 from llm_mia.models.tokenizer import tokenizer_sha256
+from llm_mia.training.config import LoraSpec
 from llm_mia.training.train import PRESETS, train_model
 
 MEMBERSHIP_FILE = "membership.json"
@@ -137,10 +147,68 @@ def _tokenizer_digest(tokenizer_from: str | None, base: str | None) -> str:
     return tokenizer_sha256(tok)
 
 
+def recipe_like(target: str | Path) -> dict:
+    """The shadow recipe of a target model folder, from its recipe.json: ``train_shadows`` keywords
+    ``base``, ``tokenizer_from``, ``lora`` (:class:`~llm_mia.training.config.LoraSpec` or None),
+    ``preset`` and ``max_steps`` (the steps it took).
+
+    Raises:
+        LlmMiaError: no recipe.json in ``target`` (a model not trained by llm-mia: give the recipe).
+    """
+    f = Path(target) / "recipe.json"
+    if not f.is_file():
+        raise LlmMiaError(f"--like {target}: no recipe.json there (a model not trained by llm-mia); give --base or "
+                          "--tokenizer-from and --steps instead")
+    r = io.read_json(f)
+    lo = r.get("lora")
+    lora = None if lo is None else LoraSpec(r=int(lo["r"]), alpha=float(lo["alpha"]), dropout=float(lo["dropout"]),
+                                            target_modules=tuple(lo["target_modules"]))
+    base = r.get("base")
+    return {"base": base, "tokenizer_from": None if base else str(Path(target).resolve()), "lora": lora,
+            "preset": r.get("preset", "tiny"), "max_steps": r.get("steps")}
+
+
+def _recipe_meta(preset, max_steps, base, tokenizer_from, lora, train_options) -> dict:
+    """membership.json's ``recipe`` (``lora`` and ``train_options`` only when given: older folders resume)."""
+    rec = {"preset": preset, "max_steps": max_steps, "base": base,
+           "tokenizer_from": str(Path(tokenizer_from).resolve()) if tokenizer_from else None}
+    if lora is not None:
+        rec["lora"] = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout,
+                       "target_modules": list(lora.target_modules) if lora.target_modules else None}
+    if train_options:
+        rec["train_options"] = dict(train_options)
+    return rec
+
+
+def _shadow_recipe(like, base, tokenizer_from, lora, preset, max_steps) -> tuple:
+    """(base, tokenizer_from, lora, preset, max_steps) of the shadows, from ``like`` when given, checked.
+
+    Raises:
+        LlmMiaError: ``like`` with a base, tokenizer or LoRA spec; no or both of base / tokenizer_from;
+            an unknown preset; non-positive steps.
+    """
+    if like is not None:
+        if base is not None or tokenizer_from is not None or lora is not None:
+            raise LlmMiaError("--like TARGET takes the base, tokenizer and LoRA recipe from the target: drop --base / "
+                              "--tokenizer-from")
+        r = recipe_like(like)
+        base, tokenizer_from, lora, preset = r["base"], r["tokenizer_from"], r["lora"], r["preset"]
+        max_steps = max_steps if max_steps is not None else r["max_steps"]
+    if (base is None) == (tokenizer_from is None):
+        raise LlmMiaError("shadow models must share the target's tokenizer: give exactly one of --tokenizer-from "
+                          "TARGET_FOLDER (train from scratch with it) and --base BASE (fine-tune the target's base)")
+    if preset not in PRESETS:
+        raise LlmMiaError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise LlmMiaError(f"--steps must be a positive integer, got {max_steps!r}")
+    return base, tokenizer_from, lora, preset, max_steps
+
+
 def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int = DEFAULT_N_MODELS, preset: str = "tiny",
                   base: str | None = None, tokenizer_from: str | None = None, max_steps: int | None = None,
                   seed: int = 0, progress: bool = True, train_fn: Callable | None = None,
-                  echo: Callable[[str], None] | None = None) -> ShadowSet:
+                  echo: Callable[[str], None] | None = None, like: str | Path | None = None,
+                  lora: LoraSpec | None = None, train_options: dict | None = None) -> ShadowSet:
     """``llm-mia shadow train``: train ``n_models`` shadow models on balanced random halves of ``population``.
 
     Args:
@@ -155,6 +223,10 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
             from scratch with this model folder's tokenizer (the target's folder).
         seed: seeds the IN/OUT draw; model k trains with seed + k.
         train_fn: ``train_model``-compatible callable (tests spy on it); default llm_mia.training.train.train_model.
+        like: a target model folder whose recipe the shadows copy (:func:`recipe_like`; replaces
+            ``preset``, ``base``, ``tokenizer_from`` and ``lora``; ``max_steps`` given wins over its steps).
+        lora: train each shadow as a LoRA adapter of ``base``.
+        train_options: extra ``train_model`` keywords for every shadow (a defence: adaptive shadows).
 
     Returns:
         The :class:`ShadowSet` of the finished folder.
@@ -165,13 +237,7 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
             or a folder holding shadow models of another run.
     """
 
-    if (base is None) == (tokenizer_from is None):
-        raise LlmMiaError("shadow models must share the target's tokenizer: give exactly one of --tokenizer-from "
-                          "TARGET_FOLDER (train from scratch with it) and --base BASE (fine-tune the target's base)")
-    if preset not in PRESETS:
-        raise LlmMiaError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise LlmMiaError(f"--steps must be a positive integer, got {max_steps!r}")
+    base, tokenizer_from, lora, preset, max_steps = _shadow_recipe(like, base, tokenizer_from, lora, preset, max_steps)
     out = Path(out_dir)
     io.check_output_dir(out)
     texts = _read_population(population)
@@ -181,8 +247,7 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
             "population": {"file": str(Path(population).resolve()), "n_texts": len(texts),
                            "sha256": population_sha256(texts)},
             "n_models": n_models, "seed": seed, "tokenizer_sha256": tok_sha,
-            "recipe": {"preset": preset, "max_steps": max_steps, "base": base,
-                       "tokenizer_from": str(Path(tokenizer_from).resolve()) if tokenizer_from else None},
+            "recipe": _recipe_meta(preset, max_steps, base, tokenizer_from, lora, train_options),
             "models": [{"name": _model_name(k), "seed": seed + k, "in": np.flatnonzero(keep[k]).tolist()}
                        for k in range(n_models)]}
     mfile = out / MEMBERSHIP_FILE
@@ -207,8 +272,9 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
         io.write_jsonl(data / "train.jsonl", [{"text": texts[i]} for i in np.flatnonzero(keep[k])])
         io.write_jsonl(data / "heldout.jsonl", [{"text": texts[i]} for i in np.flatnonzero(~keep[k])])
         try:
+            extra = dict(train_options or {}, **({"lora": lora} if lora is not None else {}))
             s = train_fn(data, folder, base=base, tokenizer_from=tokenizer_from, preset=preset, max_steps=max_steps,
-                         seed=seed + k, progress=progress)
+                         seed=seed + k, progress=progress, **extra)
         finally:
             shutil.rmtree(data, ignore_errors=True)
         say(f"{folder.name}: {int(keep[k].sum())} IN texts, {s.steps} steps, held-out (OUT) loss "

@@ -94,8 +94,8 @@ class TrainConfig:
         progress: show a progress bar on stderr.
         defense: a value of :data:`llm_mia.training.defenses.DEFENSES`: "none", "dp" (DP-SGD, see
             :mod:`llm_mia.training.defenses`), "dedup" (exact, near and repeated-span dedup of the training
-            documents before training; counts in the recipe), "selena" (:mod:`llm_mia.training.selena`) or
-            "adv-reg" (:mod:`llm_mia.training.adv_reg`).
+            documents before training; counts in the recipe), "selena" (:mod:`llm_mia.training.selena`),
+            "adv-reg" (:mod:`llm_mia.training.adv_reg`) or "goldfish" (Goldfish loss).
         epsilon / delta: with ``defense="dp"``: the target privacy budget; the noise multiplier is
             the smallest that the RDP accountant says reaches ``epsilon`` at ``delta`` after the
             planned steps. The accountant's final epsilon for the steps actually taken is written to
@@ -119,6 +119,9 @@ class TrainConfig:
         adv_lambda / adv_k / reference_set: with ``defense="adv-reg"`` (:mod:`llm_mia.training.adv_reg`): the
             weight lambda of the inference gain, the adversary steps per model step, and a JSONL
             file of the defender's non-member texts (None: a seeded half of the evaluation file).
+        goldfish_k / goldfish_h: with ``defense="goldfish"`` (Goldfish loss, Hans et al. 2024,
+            :mod:`llm_mia.training.defenses`): one label in ``k`` left out of the loss, chosen by a
+            hash of the ``h`` preceding tokens (the paper's k = 4, h = 13).
     """
 
     base: str | None = None
@@ -147,6 +150,8 @@ class TrainConfig:
     adv_k: int = 1
     reference_set: str | None = None
     lr: float | None = None
+    goldfish_k: int = 4
+    goldfish_h: int = 13
 
 
 def options_only_with(cfg: TrainConfig, defense: str, names: tuple[str, ...]) -> bool:

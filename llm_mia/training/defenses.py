@@ -35,10 +35,24 @@ Rules, applied to the training documents in file order (earlier wins):
    rule would never touch, so the default here is 30 characters (a choice, reported in the
    recipe with the counts it removed). Windows are compared by exact string equality, found with
    a hash table of all ``min_span_chars``-character windows (O(total characters)).
+
+Goldfish loss (Hans et al. 2024, "Be like a Goldfish, Don't Memorize! Mitigating Memorization in
+Generative LLMs", arXiv 2406.10209, Section 3.1, "Robust handling of duplicate passages with hashing")
+-----------------------------------------------------------------------------------------------------
+The next-token loss leaves out a pseudo-random 1/k of the token positions, so that the model never
+receives a gradient on them and cannot reproduce a training passage verbatim. The drop is decided by
+a hash of the ``h`` tokens that precede the position (the paper's hashed mask, k = 4 and h = 13 as in
+its main experiments): the same context always drops the same token, however often and wherever a
+passage is repeated, which a random mask redrawn each time would not do (the repeats would together
+cover every token). Here: the label at position ``i`` of a block is dropped when
+``blake2b(x[i-h:i] as little-endian int64, 8-byte digest) mod k == 0``; a position with fewer than
+``h`` preceding tokens in its block is always kept (a choice; the paper's code also keeps the first
+tokens of a sequence).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -49,11 +63,12 @@ import torch
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.dedup import dedup
 
-__all__ = ["DEFENSES", "DPRun", "DPSGD", "dp_train_loop", "TrainingDedup", "dedup_training_texts", "dp_epsilon", "noise_for_epsilon",
+__all__ = ["DEFENSES", "DPRun", "DPSGD", "dp_train_loop", "TrainingDedup", "dedup_training_texts", "dp_epsilon",
+           "goldfish_keep_mask", "goldfish_loss", "noise_for_epsilon",
            "per_sample_losses", "poisson_batches", "register_conv1d_grad_sampler", "wrap_for_dp"]
 
 #: The values of ``llm-mia train --defense``.
-DEFENSES = ("none", "dp", "dedup", "selena", "adv-reg")
+DEFENSES = ("none", "dp", "dedup", "selena", "adv-reg", "goldfish")
 
 # ----------------------------------------------------------------------------------------------
 # DP-SGD
@@ -402,3 +417,56 @@ def dedup_training_texts(texts: Sequence[str], *, min_span_chars: int = 30,
     return TrainingDedup(texts=cut, n_in=len(texts), exact_documents_removed=n_exact,
                          near_documents_removed=n_near, spans_removed=n_spans, chars_removed=n_chars,
                          chars_in=sum(map(len, texts)), min_span_chars=min_span_chars, near_threshold=near_threshold)
+
+
+# ----------------------------------------------------------------------------------------------
+# Goldfish loss
+
+
+def _goldfish_drops(context: Sequence[int], k: int) -> bool:
+    """Whether the token after ``context`` (its h preceding token ids) is dropped: the hash mod k is 0."""
+    digest = hashlib.blake2b(b"".join(int(t).to_bytes(8, "little", signed=True) for t in context), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") % k == 0
+
+
+def goldfish_keep_mask(x: torch.Tensor, *, k: int = 4, h: int = 13) -> torch.Tensor:
+    """Which labels of the blocks ``x`` (B, T) of token ids the Goldfish loss keeps: bool (B, T).
+
+    ``mask[b, i]`` is False when position ``i >= h`` is dropped (module docstring: the hash of
+    ``x[b, i-h:i]`` mod ``k`` is 0), True otherwise; position 0 is never a label but is True.
+    Deterministic: equal contexts give equal decisions in any block, run or process.
+    Source: Hans et al. 2024, arXiv 2406.10209, Section 3.1 (hashed mask).
+
+    Raises:
+        LlmMiaError: ``k`` < 2 or ``h`` < 1.
+    """
+    if not (isinstance(k, int) and k >= 2):
+        raise LlmMiaError(f"--goldfish-k (drop one token in k) must be an integer >= 2, got {k!r}")
+    if not (isinstance(h, int) and h >= 1):
+        raise LlmMiaError(f"--goldfish-h (hash context width) must be an integer >= 1, got {h!r}")
+    keep = torch.ones(x.shape, dtype=torch.bool)
+    rows = x.detach().cpu().tolist()
+    for b, row in enumerate(rows):
+        for i in range(h, len(row)):
+            if _goldfish_drops(row[i - h:i], k):
+                keep[b, i] = False
+    return keep.to(x.device)
+
+
+def goldfish_loss(logits: torch.Tensor, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) over the kept labels only: a scalar tensor.
+
+    Args:
+        logits: (B, T, V) the model's logits on ``x``; position t predicts ``x[:, t+1]``.
+        x: (B, T) token ids.
+        keep: (B, T) :func:`goldfish_keep_mask` of ``x`` (column 0 is ignored: it is no label).
+
+    Returns:
+        ``sum over kept (b, i >= 1) of -log p(x[b, i] | x[b, :i]) / number kept``; NaN when no
+        label is kept (the caller's divergence check stops the run).
+    Source: Hans et al. 2024, arXiv 2406.10209, Section 3.1, eq. 2 (normalised by the kept count).
+    """
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                            x[:, 1:].reshape(-1), reduction="none")  # (B*(T-1),)
+    k = keep[:, 1:].reshape(-1).to(nll.dtype)
+    return (nll * k).sum() / k.sum()

@@ -56,11 +56,14 @@ from llm_mia.training.config import (
     LoraSpec,
     TrainConfig,
     TrainPreset,
+    options_only_with,
 )
 from llm_mia.training.defenses import (
     DEFENSES,
     dedup_training_texts,
     dp_train_loop,
+    goldfish_keep_mask,
+    goldfish_loss,
     noise_for_epsilon,
 )
 
@@ -361,6 +364,8 @@ def _check_config(cfg: TrainConfig) -> tuple[TrainPreset, int]:
         raise LlmMiaError(f"unknown defense '{cfg.defense}' (known: {', '.join(DEFENSES)})"
                           + (f"; did you mean '{close[0]}'?" if close else ""))
     _check_dp(cfg)
+    if options_only_with(cfg, "goldfish", ("goldfish_k", "goldfish_h")):
+        goldfish_keep_mask(torch.zeros(1, 1, dtype=torch.long), k=cfg.goldfish_k, h=cfg.goldfish_h)  # checks k, h
     for module in _DEFENSE_MODULES.values():
         importlib.import_module(module).check_config(cfg)
     if cfg.lr is not None:
@@ -677,11 +682,36 @@ def _dp_loop(ctx: TrainContext) -> LoopResult:
                       info={"dp": dict(run.accounting, target_epsilon=cfg.epsilon)}, stopper=stopper)
 
 
+def _goldfish_loop(ctx: TrainContext) -> LoopResult:
+    """Goldfish loss (:func:`llm_mia.training.defenses.goldfish_loss`): plain training's blocks and
+    schedule, the loss averaged over the labels the hashed mask keeps."""
+    cfg = ctx.cfg
+    model = ctx.new_model(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    counts = [0, 0]  # labels dropped, labels seen
+
+    def step_loss(m, x):
+        keep = goldfish_keep_mask(x, k=cfg.goldfish_k, h=cfg.goldfish_h)  # (B, T)
+        counts[0] += int((~keep[:, 1:]).sum())
+        counts[1] += keep[:, 1:].numel()
+        with ctx.autocast():
+            logits = m(input_ids=x).logits  # (B, T, V)
+        loss = goldfish_loss(logits, x, keep)
+        return loss, loss.item()
+
+    res = run_loop(ctx, model, ctx.batches(ctx.train_docs, gen), steps=ctx.steps, step_loss=step_loss,
+                   stopper=ctx.stopper(model))
+    res.info = {"goldfish": {"source": "Hans et al. 2024, arXiv 2406.10209, Section 3.1 (hashed mask)",
+                             "k": cfg.goldfish_k, "h": cfg.goldfish_h, "hash": "blake2b-64 of the h preceding ids",
+                             "dropped_fraction": counts[0] / counts[1] if counts[1] else None}}
+    return res
+
+
 def _loop_for(defense: str):
     """The training loop of a defence (the defences with their own module are imported when used)."""
     if defense in _DEFENSE_MODULES:
         return importlib.import_module(_DEFENSE_MODULES[defense]).train_loop
-    return {"none": _plain_loop, "dedup": _plain_loop, "dp": _dp_loop}[defense]
+    return {"none": _plain_loop, "dedup": _plain_loop, "dp": _dp_loop, "goldfish": _goldfish_loop}[defense]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -123,8 +123,26 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
     assert code == 0, err
     res = json.loads((out / "compare.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}
-    assert list(rows) == [n for n, _ in D.QUICK_DEFENSES] + [n for n, _, _ in C.SERVED_DEFENSES]
+    assert list(rows) == [n for n, _ in D.QUICK_DEFENSES] + ["dp-matched"] + [n for n, _, _ in C.SERVED_DEFENSES]
+    # DP-SGD at the utility of the best non-DP defence (Aerni et al. 2024): finite epsilon, perplexity close
+    match = res["settings"]["dp_matched"]
+    heur = {n: rows[n]["heldout_perplexity"] for n in rows if n not in ("baseline", "dp-eps1", "dp-matched", "memguard")}
+    assert match["target_name"] in heur and 1 <= len(match["tries"]) <= D.QUICK_PLAN.dp_match_runs
+    assert math.isfinite(rows["dp-matched"]["trained_epsilon"]) and rows["dp-matched"]["trained_epsilon"] > 0
+    ratio = rows["dp-matched"]["heldout_perplexity"] / heur[match["target_name"]]
+    assert 1 / 1.25 <= ratio <= 1.25 or match["note"]
+    assert json.loads((out / "models" / "goldfish" / "recipe.json").read_text())["goldfish"]["k"] == 4
+    # adaptive attacks: shadows trained with each objective-changing defence; MemGuard's label-only view
+    for name in ("selena", "adv-reg", "goldfish"):
+        ad = rows[name]["adaptive_attacks"]
+        assert ad["trained_with"] == name and {"lira_online", "shokri"} <= set(ad["attacks"])
+        sh = json.loads((out / "adaptive" / name / "shadow" / "model-00" / "recipe.json").read_text())
+        assert sh["defense"] == name
+    assert rows["baseline"]["adaptive_attacks"] is None
+    assert rows["baseline"]["vulnerable"]["canary_auc"] == rows["baseline"]["canary_audit"]["auc"]
     mg = rows.pop("memguard")
+    # MemGuard cannot move the argmax: its label-only view is its model's (the baseline's) label-only run
+    assert mg["adaptive_attacks"]["label_only"] == rows["baseline"]["output_limits"]["modes"]["label-only"]
     assert mg["defense"] == "memguard:0.5 (serving)" and mg["memguard"]["trained_on"] == "given (shadow models)"
     assert mg["secrets_extracted"] == rows["baseline"]["secrets_extracted"] and "memguard:0.5" in mg["query_limits"]
     assert mg["model_heldout_perplexity"] == rows["baseline"]["heldout_perplexity"] != mg["heldout_perplexity"]
@@ -149,7 +167,7 @@ def test_quick_compare_defenses_demo(tmp_path, capsys):
         assert r["output_limits"]["modes"]["label-only"]["computable"] == ["greedy_match"]
         if recipe["defense"] == "dp":
             dp = recipe["dp"]
-            assert r["trained_epsilon"] == dp["epsilon"] <= 1.0
+            assert r["trained_epsilon"] == dp["epsilon"] and (name == "dp-matched" or dp["epsilon"] <= 1.0)
             assert dp["epsilon"] == pytest.approx(dp_epsilon(noise_multiplier=dp["noise_multiplier"],
                                                              sample_rate=dp["sample_rate"], steps=dp["steps"],
                                                              delta=dp["delta"]))
