@@ -81,6 +81,12 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _mem_cell(cell: dict, prefix: str = "") -> str | int:
+    """A Carlini table cell: ``verbatim / near-verbatim`` counts, or the verbatim count alone (older reports)."""
+    near = cell.get(f"{prefix}near_memorized")
+    return cell[f"{prefix}memorized"] if near is None else f"{cell[f'{prefix}memorized']} / {near}"
+
+
 def _snippet(text: str, n: int = 160) -> str:
     t = " ".join(text.split())
     return (t[:n] + "…") if len(t) > n else t
@@ -164,8 +170,12 @@ def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[
     if table:
         names = [n for n in ext["rankings"]]
         out += [f"Memorized samples among the top {ext['top_n']} of each (strategy, ranking), the paper's table 3:", ""]
-        rows = [[st] + [table[st][n]["memorized"] for n in names] + [table[st]["unique_memorized"]] for st in strategies]
+        rows = [[st] + [_mem_cell(table[st][n]) for n in names] + [_mem_cell(table[st], "unique_")] for st in strategies]
         out.append(_table(["strategy"] + names + ["unique"], rows))
+        if "near_memorized_total" in ext:
+            out += ["", f"Cells read verbatim / near-verbatim (token edit similarity >= {ext['near_similarity']} over "
+                        f"{ext['near_window']} tokens, Ippolito et al. 2023). Near-verbatim samples in all: "
+                        f"{ext['near_memorized_total']} (verbatim: {ext['memorized_total']})."]
         out += ["", f"Unique memorized samples in any top list, all strategies: "
                     f"{ext.get('memorized_unique_in_any_top', ext['memorized_in_any_top'])}.", ""]
     shown = min(ext["top_n"], ext["unique_samples"])
@@ -178,7 +188,7 @@ def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[
             continue
         out += [f"Top samples by **{name}**:", ""]
         for r in rows:
-            tag = "memorized" if r["memorized"] else "not memorized"
+            tag = "memorized" if r["memorized"] else "near-verbatim" if r.get("near_memorized") else "not memorized"
             out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) {code_span(_snippet(hide(r['text'])))}")
         out.append("")
     return out

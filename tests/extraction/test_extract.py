@@ -361,3 +361,35 @@ def test_samples_and_top_are_redacted_unless_show_secrets(lm, tmp_path):
         assert "4821" not in shown["text"] and "555-0142" not in shown["text"] and redact("4821") in shown["text"]
         assert "4821" not in top["text"] and "token_ids" not in shown
         assert all(h["value"] == redact(c["value"]) for h, c in zip(shown["pii"], clear["pii"]))
+
+
+def test_near_verbatim_samples_counted_beside_verbatim(lm, tmp_path):
+    """A sample one substitution away from a 20-token training window is near-verbatim (similarity
+    19 / 20 by hand) but not verbatim; a verbatim one is both; near_memorized_total counts both."""
+    from llm_mia.extraction.extract import _score_rows, _verify_and_rank
+    from llm_mia.report.markdown import _mem_cell
+
+    tok = lm.tokenizer
+    train = ["the quick brown fox jumps over the lazy dog while the river keeps flowing past the old mill " * 2]
+    span = tok(train[0])["input_ids"][:20]
+    near = list(span)
+    near[10] = tok("zebra")["input_ids"][0]
+    assert near[10] not in span
+    other = tok("zebra quantum violet 42 orbit nebula copper lantern whisper 7 meadow granite echo")["input_ids"]
+    bos = lm.bos_id
+    gen = [{"strategy": "top-k", "index": i, "prompt_ids": [bos], "token_ids": t} for i, t in enumerate([span, near, other])]
+    cfg = ExtractConfig(num_samples=3, memorized_min_tokens=20, near_window=20, near_similarity=0.9, top_n=5,
+                        dedup=False, progress=False)
+    sigs = ["loss", "zlib", "lowercase", "window"]
+    s = _verify_and_rank(lm, gen, _score_rows(lm, None, gen, cfg, sigs, None), tmp_path, train, [], cfg, sigs)
+    rows = [json.loads(line) for line in (tmp_path / "private" / "samples.jsonl").read_text().splitlines()]
+    assert [r["memorized"] for r in rows] == [True, False, False]
+    assert [r["near_memorized"] for r in rows] == [True, True, False]
+    assert rows[0]["near_similarity"] == 1.0 and rows[1]["near_similarity"] == pytest.approx(19 / 20)
+    assert rows[2]["near_similarity"] < 0.9  # unrelated text
+    assert s["memorized_total"] == 1 and s["near_memorized_total"] == 2
+    cell = s["carlini_table"]["top-k"]["perplexity"]
+    assert (cell["memorized"], cell["near_memorized"]) == (1, 2)
+    assert _mem_cell(cell) == "1 / 2" and _mem_cell({"memorized": 3}) == 3
+    with pytest.raises(LlmMiaError, match="similarity threshold"):
+        ExtractConfig(near_similarity=0.0)
