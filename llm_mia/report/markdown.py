@@ -203,14 +203,18 @@ def _secrets_section(report: dict, secrets: Sequence, *, show_secrets: bool) -> 
            f"space (at most log2 N = {math.log2(n_ref):.2f} bits), *exact* over the whole space where it has at most "
            f"{prov['settings'].get('exact_limit', 0)} members, *extrapolated* from a skew-normal fitted to the "
            "candidates (inf: beyond the fit's numerical range). Extraction by greedy decoding and beam search of "
-           "the prefix, and the probability that one top-40 sample continuing the prefix is the secret.", ""]
+           "the prefix, and the probability that one top-40 sample continuing the prefix is the secret. *Recovered*: "
+           "characters of the random part the best greedy, beam or sampled completion reproduces in place; *bits "
+           "left*: log2 of the members of the secret's space that agree with them (an attacker's guessing left; "
+           "lower = more exposed).", ""]
     if report.get("exposure_plot"):
         out += [f"![exposure against insertion count]({report['exposure_plot']})", ""]
     out.append(_table(["insertions", "kind", "secrets", "rank (bits)", "exact (bits)", "extrapolated (bits)",
-                       "greedy extracted", "beam extracted", "seen in samples"],
+                       "greedy extracted", "beam extracted", "seen in samples", "fewest bits left"],
                       [[g["count"], g["kind"], g["n"], g["mean_exposure_rank"], g.get("mean_exposure_exact"),
                         g.get("mean_exposure_extrapolated"), f"{g['greedy_extracted']}/{g['n']}",
-                        f"{g.get('beam_extracted', 0)}/{g['n']}", f"{g['surfaced_in_samples']}/{g['n']}"]
+                        f"{g.get('beam_extracted', 0)}/{g['n']}", f"{g['surfaced_in_samples']}/{g['n']}",
+                        g.get("min_remaining_guess_bits")]
                        for g in report["exposure_by_count"]]))
     out.append("")
     by_id = {s.id: s for s in secrets}
@@ -222,10 +226,11 @@ def _secrets_section(report: dict, secrets: Sequence, *, show_secrets: bool) -> 
         rows.append([r["id"], r["kind"], r["count"], val, r["exposure_rank"], r.get("exposure_exact"),
                      r.get("exposure_extrapolated"), _extracted(r, "greedy"), _extracted(r, "beam"),
                      f"{p:.3g}" if isinstance(p, float) else "-",
-                     r.get("samples_for_half")])
+                     r.get("samples_for_half"), r.get("recovered_chars"), r.get("remaining_guess_bits")])
     out += ["<details><summary>Every secret</summary>", "",
             _table(["id", "kind", "insertions", "secret", "rank (bits)", "exact (bits)", "extrapolated (bits)",
-                    "greedy", "beam", "P(top-40 sample = secret)", "samples for 50 %"], rows),
+                    "greedy", "beam", "P(top-40 sample = secret)", "samples for 50 %", "recovered chars",
+                    "bits left"], rows),
             "", "</details>", ""]
     return out
 
