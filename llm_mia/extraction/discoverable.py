@@ -94,6 +94,23 @@ def _near_fields(loaded, prompts: list[list[int]], suffixes: list[list[int]], ex
         "indices_at_least_near_p": [ex["index"] for ex in examples if ex["p_near"] >= near_p]}}
 
 
+def _check_args(*, confidence: float, near_samples: int, **kw) -> None:
+    """One-line :class:`LlmMiaError` for an argument of :func:`discoverable_memorization` out of range."""
+    n_examples, prefix_len, suffix_len, top_k, n, batch_size = (kw[k] for k in (
+        "n_examples", "prefix_len", "suffix_len", "top_k", "n", "batch_size"))
+    p, near_p, near_similarity = kw["p"], kw["near_p"], kw["near_similarity"]
+    for name, v in (("n_examples", n_examples), ("prefix_len", prefix_len), ("suffix_len", suffix_len),
+                    ("top_k", top_k), ("n", n), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise LlmMiaError(f"discoverable memorization: {name} must be a positive integer, got {v!r}")
+    for name, v in (("p", p), ("near_p", near_p), ("near_similarity", near_similarity)):
+        if not 0 < v <= 1:
+            raise LlmMiaError(f"discoverable memorization: {name} must be in (0, 1], got {v!r}")
+    if not 0 < confidence < 1 or isinstance(near_samples, bool) or not isinstance(near_samples, int) or near_samples < 0:
+        raise LlmMiaError(f"discoverable memorization: need 0 < confidence < 1 and near_samples >= 0, "
+                          f"got {confidence!r}, {near_samples!r}")
+
+
 def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int = 200, prefix_len: int = 50,
                               suffix_len: int = 50, seed: int = 0, top_k: int = 40, n: int = 100, p: float = 0.5,
                               batch_size: int = 32, n_grid: Sequence[int] = DEFAULT_N_GRID,
@@ -127,17 +144,9 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
         LlmMiaError: non-positive lengths or counts, p, near_p or near_similarity outside (0, 1], confidence
             outside (0, 1), near_samples < 0, or a prompt + suffix longer than the model's context.
     """
-
-    for name, v in (("n_examples", n_examples), ("prefix_len", prefix_len), ("suffix_len", suffix_len),
-                    ("top_k", top_k), ("n", n), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise LlmMiaError(f"discoverable memorization: {name} must be a positive integer, got {v!r}")
-    for name, v in (("p", p), ("near_p", near_p), ("near_similarity", near_similarity)):
-        if not 0 < v <= 1:
-            raise LlmMiaError(f"discoverable memorization: {name} must be in (0, 1], got {v!r}")
-    if not 0 < confidence < 1 or isinstance(near_samples, bool) or not isinstance(near_samples, int) or near_samples < 0:
-        raise LlmMiaError(f"discoverable memorization: need 0 < confidence < 1 and near_samples >= 0, "
-                          f"got {confidence!r}, {near_samples!r}")
+    _check_args(n_examples=n_examples, prefix_len=prefix_len, suffix_len=suffix_len, top_k=top_k, n=n,
+                batch_size=batch_size, p=p, near_p=near_p, near_similarity=near_similarity, confidence=confidence,
+                near_samples=near_samples)
     ids, _ = loaded.encode(texts, prepend_bos=True)
     start = 1  # the BOS (prepended or the tokenizer's own) conditions; document tokens follow
     if loaded.max_context is not None and start + prefix_len + suffix_len > loaded.max_context:
@@ -148,8 +157,7 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
                 "sampling": f"top-k = {top_k}, temperature 1", "prompt": "[BOS] + the first prefix_len tokens"}
     if not eligible:
         return {"n_eligible": 0, "n_examples": 0, "greedy_rate": None, "np_discoverable_rate": None,
-                "greedy_near_rate": None, "near_risk": None,
-                "np_rate_by_n": {}, "skipped": f"no training document has {prefix_len + suffix_len} tokens",
+                "greedy_near_rate": None, "near_risk": None, "np_rate_by_n": {}, "skipped": f"no training document has {prefix_len + suffix_len} tokens",
                 **settings, "examples": []}
     chosen = sorted(random.Random(seed).sample(eligible, min(n_examples, len(eligible))))
     prompts = [ids[i][:start + prefix_len] for i in chosen]
