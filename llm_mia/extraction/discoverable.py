@@ -95,7 +95,9 @@ def _near_fields(loaded, prompts: list[list[int]], suffixes: list[list[int]], ex
 
 
 def _check_args(*, confidence: float, near_samples: int, **kw) -> None:
-    """One-line :class:`LlmMiaError` for an argument of :func:`discoverable_memorization` out of range."""
+    """One-line :class:`LlmMiaError` for an argument of :func:`discoverable_memorization` out of range:
+    non-positive lengths or counts, p, near_p or near_similarity outside (0, 1], confidence outside
+    (0, 1), near_samples < 0."""
     n_examples, prefix_len, suffix_len, top_k, n, batch_size = (kw[k] for k in (
         "n_examples", "prefix_len", "suffix_len", "top_k", "n", "batch_size"))
     p, near_p, near_similarity = kw["p"], kw["near_p"], kw["near_similarity"]
@@ -141,8 +143,7 @@ def discoverable_memorization(loaded, texts: Sequence[str], *, n_examples: int =
         ``n_upper_at_least_near_p``, ``indices_at_least_near_p``; per example ``p_near``, ``p_near_upper``).
 
     Raises:
-        LlmMiaError: non-positive lengths or counts, p, near_p or near_similarity outside (0, 1], confidence
-            outside (0, 1), near_samples < 0, or a prompt + suffix longer than the model's context.
+        LlmMiaError: an argument out of range (:func:`_check_args`) or prompt + suffix over the context.
     """
     _check_args(n_examples=n_examples, prefix_len=prefix_len, suffix_len=suffix_len, top_k=top_k, n=n,
                 batch_size=batch_size, p=p, near_p=near_p, near_similarity=near_similarity, confidence=confidence,
