@@ -70,10 +70,10 @@ def _candidates(index: CorpusIndex, ids: list[int], window: int, k: int, q: int,
     m = len(ids)
     diagonals: dict[tuple[int, int], list[int]] = {}
     for i in range(m - q + 1):
-        seed = ids[i : i + q]
-        if index.count(seed) > max_occurrences:
+        occurrences = index.locate(ids[i : i + q])
+        if len(occurrences) > max_occurrences:
             continue
-        for doc, p in index.locate(seed):
+        for doc, p in occurrences:
             diagonals.setdefault((doc, p - i), []).append(i)
     out: set[tuple[int, int, int]] = set()
     for (doc, d), seeds in diagonals.items():
@@ -107,6 +107,10 @@ def near_match(index: CorpusIndex, ids: Sequence[int] | np.ndarray, *, window: i
     ids = [int(x) for x in np.asarray(ids).tolist()]
     if len(ids) < window:
         return NearMatch(math.nan, -1, -1, -1)
+    verbatim = index.longest_match(ids)
+    if verbatim.length >= window:  # a verbatim window: similarity 1, no search needed
+        doc, off = index.locate(ids[verbatim.start:verbatim.start + window])[0]
+        return NearMatch(1.0, verbatim.start, doc, off)
     key = index.query_key(ids)
     k = math.floor((1.0 - threshold) * window + 1e-9)
     q = max(window // (k + 1), 1)
