@@ -165,7 +165,9 @@ def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[
            f"({ext.get('samples_per_strategy', ext['num_samples'])} "
            f"per strategy: {', '.join(strategies)}; top-k 40, seed {ext['seed']}), "
            f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
-           f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
+           f"span of at least {prov['settings']['memorized_min_tokens']} tokens"
+           + (f", {ext['near_memorized_total']} a near-verbatim one (token edit similarity >= {ext['near_similarity']} "
+              f"over {ext['near_window']} tokens)." if "near_memorized_total" in ext else "."), ""]
     table = ext.get("carlini_table")
     if table:
         names = [n for n in ext["rankings"]]
