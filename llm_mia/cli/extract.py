@@ -35,6 +35,10 @@ def extract(
     memorized_min_tokens: int = typer.Option(50, "--memorized-min-tokens", min=1,
                                              help="A verbatim training match this long (or the whole sample) = "
                                                   "memorized."),
+    near_similarity: float = typer.Option(0.9, "--near-similarity",
+                                          help="Near-verbatim memorized: token edit similarity to a training window "
+                                               "at least this (Ippolito et al. 2023)."),
+    near_window: int = typer.Option(50, "--near-window", help="Window (tokens) of the near-verbatim match."),
     resume: bool = typer.Option(False, "--resume", help="Continue the samples already in --out (after a kill)."),
     show_secrets: bool = typer.Option(False, "--show-secrets",
                                       help="samples.jsonl / top.jsonl in clear text (default: redacted; clear "
@@ -56,7 +60,8 @@ def extract(
     regions = resolve_regions(pii_regions, corpus)  # checked before any model work
     cfg = ExtractConfig(num_samples=num_samples, strategies=tuple(x.strip() for x in strategy.split(",") if x.strip()),
                         prompt_source=prompts, seed=seed, max_new_tokens=length, batch_size=batch_size, top_n=top_n,
-                        memorized_min_tokens=memorized_min_tokens, resume=resume, show_secrets=show_secrets,
+                        memorized_min_tokens=memorized_min_tokens, near_similarity=near_similarity,
+                        near_window=near_window, resume=resume, show_secrets=show_secrets,
                         pii_regions=regions)  # checks options
     io.check_output_dir(out)
     train_texts, secrets = None, []
@@ -74,4 +79,5 @@ def extract(
     s = run(tgt, out, reference=ref, train_texts=train_texts, secrets=secrets, cfg=cfg)
     if s is not None:  # process 0
         typer.echo(f"{s['num_samples']} samples ({s['unique_samples']} unique), {s['memorized_total']} memorized "
+                   f"({s.get('near_memorized_total')} near-verbatim) "
                    f"-> {out}")

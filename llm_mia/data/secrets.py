@@ -16,6 +16,7 @@ mixed-radix order of :func:`secret_at`.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import re
@@ -167,6 +168,46 @@ def index_of(fmt: str, value: str) -> int:
             index = index * len(part.alphabet) + part.alphabet.index(ch)
         pos += part.length
     return index
+
+
+def random_positions(fmt: str) -> list[tuple[int, int]]:
+    """``(character offset, alphabet size)`` of every random character of a member of the format's
+    space, in order: ``"{d2}-{h1}"`` -> ``[(0, 10), (1, 10), (3, 16)]``. Raises :class:`LlmMiaError`
+    for a malformed format."""
+    out, pos = [], 0
+    for part in parse_format(fmt):
+        if isinstance(part, str):
+            pos += len(part)
+            continue
+        out += [(pos + k, len(part.alphabet)) for k in range(part.length)]
+        pos += part.length
+    return out
+
+
+def partial_recovery(fmt: str, secret: str, guess: str) -> tuple[int, float]:
+    """How much of ``secret``'s random part ``guess`` reproduces in place, and what is left to guess.
+
+    ``guess`` is aligned with ``secret`` character by character (its i-th character is compared with
+    the secret's i-th; a shorter guess recovers nothing past its end). Returns ``(recovered_chars,
+    remaining_guess_bits)``: the random characters of the secret that ``guess`` holds at their
+    position, and log2 of the number of members of the space that agree with the secret on those
+    characters (the product of the alphabet sizes of the random characters not recovered; 0.0 when
+    all are recovered, log2 |R| when none is). Example: format ``"{d2}-{d2}-{d2}"``, secret
+    ``"73-19-55"``, guess ``"73-19-19"`` -> ``(4, log2 100 = 6.64)``. Bits. The attacker's work left
+    after a partial extraction, in the randomness-space terms of Carlini et al. 2019 (sec. 3).
+
+    Raises:
+        LlmMiaError: ``secret`` is not a member of the format's space, or a malformed format.
+    """
+    if not matches_format(secret, fmt):
+        raise LlmMiaError(f"{secret!r} is not a member of the space of {fmt!r}")
+    recovered, bits = 0, 0.0
+    for pos, size in random_positions(fmt):
+        if pos < len(guess) and guess[pos] == secret[pos]:
+            recovered += 1
+        else:
+            bits += math.log2(size)
+    return recovered, bits
 
 
 def iter_space(fmt: str, *, chunk: int = 4096) -> Iterator[list[str]]:

@@ -45,6 +45,7 @@ from llm_mia.data.secrets import (
     index_of,
     iter_space,
     load_secrets,
+    partial_recovery,
     sample_candidates,
     space_size,
 )
@@ -213,7 +214,7 @@ def _split_at_secret(loaded: LoadedModel, before: str, s: Secret) -> tuple[list[
 
 def decode_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, num_beams: int = 1,
                      batch_size: int = 32, train_texts: Sequence[str] | None = None,
-                     contexts: Sequence[str] = EXTRACTION_CONTEXTS) -> list[dict]:
+                     contexts: Sequence[str] = EXTRACTION_CONTEXTS, samples: int = 0, seed: int = 0) -> list[dict]:
     """Whether greedy decoding (``num_beams=1``) or beam search of each secret's prefix reproduces
     its random part (Carlini et al. 2019, sec. 8), in each of ``contexts`` (:data:`EXTRACTION_CONTEXTS`).
 
@@ -230,7 +231,10 @@ def decode_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, num_beam
     Returns:
         one dict per secret, in order: ``extracted`` (bool), ``context`` (the first context that gave
         it back, else None), ``completion`` (the decoded new text of that context, else of the first
-        context tried) and ``contexts_tried`` (list of names).
+        context tried), ``contexts_tried`` (list of names) and ``completions`` (every continuation:
+        ``{"context", "text", "want"}``, ``want`` the text from the prompt's end to the secret's end).
+        With ``samples`` > 0, each context is continued by that many top-k (k = 40, T = 1) samples
+        instead of greedy / beam decoding, each seeded from ``seed``, the secret and the context.
 
     Raises:
         LlmMiaError: if the model's context is too short for the continuation, or an unknown context.
@@ -260,32 +264,49 @@ def decode_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, num_beam
                 continue
             budget = len(tok(want + s.suffix, add_special_tokens=False)["input_ids"]) + 2
             jobs.append(_Job(i, c, p_ids, target, want, budget))
-    jobs.sort(key=lambda j: len(j.prompt))  # similar lengths together: little left padding
+    results = _run_jobs(loaded, jobs, num_beams=num_beams, batch_size=batch_size, samples=samples, seed=seed)
+    out = []
+    for i in range(len(secrets)):
+        tried = [c for c in contexts if (i, c) in results]
+        hit = next((c for c in tried if any(ok for ok, _ in results[(i, c)])), None)
+        shown = hit or (tried[0] if tried else None)
+        first = next((t for ok, t in results[(i, shown)] if ok), results[(i, shown)][0][1]) if shown else ""
+        wants = {j.context: j.want for j in jobs if j.secret == i}
+        out.append({"extracted": hit is not None, "context": hit, "completion": first, "contexts_tried": tried,
+                    "completions": [{"context": c, "text": t, "want": wants[c]} for c in tried
+                                    for _, t in results[(i, c)]]})
+    return out
+
+
+def _run_jobs(loaded: LoadedModel, jobs: list[_Job], *, num_beams: int, batch_size: int, samples: int,
+              seed: int) -> dict[tuple[int, str], list[tuple[bool, str]]]:
+    """Generate every job's continuation (greedy / beam search, or ``samples`` top-k samples each when
+    ``samples > 0``): (secret, context) -> [(reproduces the secret, decoded continuation)]."""
+    jobs = sorted(jobs, key=lambda j: len(j.prompt))  # similar lengths together: little left padding
+    runs = [(j, r) for j in jobs for r in range(max(samples, 1))]
     ctx = loaded.max_context
     step = max(1, batch_size // num_beams)
-    results: dict[tuple[int, str], tuple[bool, str]] = {}
-    for b0 in range(0, len(jobs), step):
-        batch = jobs[b0:b0 + step]
-        budget = max(j.budget for j in batch)
-        prompts = [j.prompt for j in batch]
+    results: dict[tuple[int, str], list[tuple[bool, str]]] = {}
+    for b0 in range(0, len(runs), step):
+        batch = runs[b0:b0 + step]
+        budget = max(j.budget for j, _ in batch)
+        prompts = [j.prompt for j, _ in batch]
         if ctx:  # keep the end of a prompt that would not fit with its continuation
             keep = ctx - budget
             if keep < 1:
                 raise LlmMiaError(f"model context of {ctx} tokens is too short for these secrets")
             prompts = [p[-keep:] for p in prompts]
-        gens = loaded.generate(prompts, max_new_tokens=budget, greedy=True, num_beams=num_beams)
-        for j, p, g in zip(batch, prompts, gens):
+        if samples:
+            seeds = [seed * 1_000_003 + j.secret * 1009 + EXTRACTION_CONTEXTS.index(j.context) * 101 + r
+                     for j, r in batch]
+            gens = loaded.generate(prompts, max_new_tokens=budget, seeds=seeds)
+        else:
+            gens = loaded.generate(prompts, max_new_tokens=budget, greedy=True, num_beams=num_beams)
+        for (j, _), p, g in zip(batch, prompts, gens):
             text = loaded.decode_continuation(p, g.new_ids)
             by_ids = bool(j.target) and g.new_ids[:len(j.target)] == j.target
-            results[(j.secret, j.context)] = (by_ids or text.startswith(j.want), text)
-    out = []
-    for i in range(len(secrets)):
-        tried = [c for c in contexts if (i, c) in results]
-        hit = next((c for c in tried if results[(i, c)][0]), None)
-        shown = hit or (tried[0] if tried else None)
-        out.append({"extracted": hit is not None, "context": hit,
-                    "completion": results[(i, shown)][1] if shown else "", "contexts_tried": tried})
-    return out
+            results.setdefault((j.secret, j.context), []).append((by_ids or text.startswith(j.want), text))
+    return results
 
 
 def greedy_extracted(loaded: LoadedModel, secrets: Sequence[Secret], *, batch_size: int = 32,
@@ -418,23 +439,58 @@ def _exact_exposures(loaded: LoadedModel, secrets: Sequence[Secret], logppl: Seq
     return out
 
 
+def best_recovery(s: Secret, completions: dict[str, Sequence[dict]]) -> dict:
+    """The completion that reproduces most of ``s``'s random part in place (partial extraction).
+
+    Args:
+        s: the secret.
+        completions: source (``"greedy"``, ``"beam"``, ``"sampled"``) -> continuations of its prefix
+            (``{"context", "text", "want"}`` of :func:`decode_extracted`). A continuation is aligned
+            with the secret where it would sit: at ``len(want) - len(s.secret)`` characters.
+
+    Returns:
+        ``recovered_chars`` and ``remaining_guess_bits`` (:func:`llm_mia.data.secrets.partial_recovery`:
+        random characters reproduced in place; log2 of the members of the space agreeing with them,
+        bits) of the best continuation (most characters; the first in source, context, sample order
+        on a tie), with its ``recovery_source`` and ``recovery_context`` (None with no continuation,
+        which recovers 0 characters and leaves log2 |R| bits).
+    """
+    best = {"recovered_chars": 0, "remaining_guess_bits": math.log2(space_size(s.format)),
+            "recovery_source": None, "recovery_context": None}
+    for source, comps in completions.items():
+        for c in comps:
+            off = len(c["want"]) - len(s.secret)
+            guess = c["text"][off:off + len(s.secret)] if off >= 0 else ""
+            got, bits = partial_recovery(s.format, s.secret, guess)
+            if got > best["recovered_chars"]:
+                best = {"recovered_chars": got, "remaining_guess_bits": bits, "recovery_source": source,
+                        "recovery_context": c["context"]}
+    return best
+
+
 def _extraction_fields(loaded: LoadedModel, secrets: Sequence[Secret], *, beams: int,
-                       train_texts: Sequence[str] | None) -> list[dict]:
+                       train_texts: Sequence[str] | None, recovery_samples: int = 0, seed: int = 0) -> list[dict]:
     """Greedy and beam extraction of each secret (:func:`decode_extracted`), one dict of row fields per
     secret: ``greedy_/beam_extracted``, ``greedy_/beam_context``, ``greedy_/beam_completion``,
-    ``extraction_contexts``."""
+    ``extraction_contexts``, and the partial recovery (:func:`best_recovery`) over the greedy, beam
+    and ``recovery_samples`` sampled continuations of each context."""
     greedy = decode_extracted(loaded, secrets, num_beams=1, train_texts=train_texts)
     beam = decode_extracted(loaded, secrets, num_beams=beams, train_texts=train_texts)
+    sampled = (decode_extracted(loaded, secrets, train_texts=train_texts, samples=recovery_samples, seed=seed)
+               if recovery_samples else [{"completions": []}] * len(secrets))
     return [{"greedy_extracted": g["extracted"], "greedy_context": g["context"],
              "greedy_completion": g["completion"], "beam_extracted": b["extracted"],
              "beam_context": b["context"], "beam_completion": b["completion"],
-             "extraction_contexts": g["contexts_tried"]} for g, b in zip(greedy, beam)]
+             "extraction_contexts": g["contexts_tried"],
+             **best_recovery(s, {"greedy": g["completions"], "beam": b["completions"], "sampled": x["completions"]})}
+            for s, g, b, x in zip(secrets, greedy, beam, sampled)]
 
 
 def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_references: int = DEFAULT_REFERENCES,
                     exact_limit: int = DEFAULT_EXACT_LIMIT, seed: int = 0, beams: int = 5, top_k: int = 40,
                     batch_size: int = 64, progress: Callable[[int], None] | None = None,
-                    n_candidates: int | None = None, train_texts: Sequence[str] | None = None) -> ExposureResult:
+                    n_candidates: int | None = None, train_texts: Sequence[str] | None = None,
+                    recovery_samples: int = 4) -> ExposureResult:
     """Every estimator of exposure and extraction for each secret (controls with ``count`` 0 included).
 
     Args:
@@ -450,14 +506,17 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
         n_candidates: old name of ``n_references``.
         train_texts: the training documents, for the "training" extraction context (the text that
             precedes the secret in its document; :data:`EXTRACTION_CONTEXTS`).
+        recovery_samples: top-k samples per context, beside greedy and beam, for the partial recovery
+            (``recovered_chars``, ``remaining_guess_bits``: :func:`best_recovery`); 0: none.
 
     Returns:
         :class:`ExposureResult`; each row has ``id, kind, count, format, space_size,
         log_perplexity_bits, exposure_rank, max_exposure_rank (log2 N), exposure_exact,
         exposure_extrapolated, skewnorm (a, loc, scale), greedy_extracted, greedy_context,
         greedy_completion, beam_extracted, beam_context, beam_completion, extraction_contexts
-        (the contexts tried, :data:`EXTRACTION_CONTEXTS`), sample_probability, samples_for_half, flags``. Bits; higher =
-        more exposed; NaN + a flag where undefined.
+        (the contexts tried, :data:`EXTRACTION_CONTEXTS`), sample_probability, samples_for_half,
+        recovered_chars, remaining_guess_bits, recovery_source, recovery_context, flags``. Bits; higher =
+        more exposed (``remaining_guess_bits``: lower = more exposed); NaN + a flag where undefined.
 
     Raises:
         LlmMiaError: n_references < 1, exact_limit < 0, beams < 1, top_k < 1, a sentence longer than
@@ -466,6 +525,8 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
     if n_candidates is not None:
         n_references = n_candidates
     _check_exposure_args(n_references, exact_limit, beams, top_k)
+    if isinstance(recovery_samples, bool) or not isinstance(recovery_samples, int) or recovery_samples < 0:
+        raise LlmMiaError(f"recovery samples must be a non-negative int, got {recovery_samples!r}")
     secrets = list(secrets)
     rows = [_sampled_row(loaded, s, sample_candidates(s.format, n_references, random.Random(seed * 1_000_003 + i)),
                          top_k=top_k, batch_size=batch_size, progress=progress) for i, s in enumerate(secrets)]
@@ -476,7 +537,8 @@ def secret_exposure(loaded: LoadedModel, secrets: Sequence[Secret], *, n_referen
             r["exposure_exact"] = exact[i]
         else:
             r["flags"].append("exact_skipped_space_above_limit")
-    for r, x in zip(rows, _extraction_fields(loaded, secrets, beams=beams, train_texts=train_texts)):
+    for r, x in zip(rows, _extraction_fields(loaded, secrets, beams=beams, train_texts=train_texts,
+                                             recovery_samples=recovery_samples, seed=seed)):
         r.update(x)
     return ExposureResult(rows=rows, n_references=n_references, exact_limit=exact_limit, seed=seed, beams=beams,
                           top_k=top_k, controls=control_summary(rows, n_references))
@@ -501,13 +563,16 @@ def exposure_by_count(rows: Sequence[dict]) -> list[dict]:
                     "n_extrapolated_inf": sum(r.get("exposure_extrapolated") == math.inf for r in rs),
                     "greedy_extracted": sum(bool(r["greedy_extracted"]) for r in rs),
                     "beam_extracted": sum(bool(r.get("beam_extracted")) for r in rs),
+                    "min_remaining_guess_bits": min((r["remaining_guess_bits"] for r in rs
+                                                     if r.get("remaining_guess_bits") is not None), default=None),
                     "surfaced_in_samples": sum(r.get("surfaced_in_samples", 0) > 0 for r in rs)})
     return out
 
 
 CSV_COLUMNS = ["id", "kind", "count", "format", "space_size", "log_perplexity_bits", "n_references",
                "exposure_rank", "max_exposure_rank", "exposure_exact", "exposure_extrapolated",
-               "greedy_extracted", "greedy_context", "beam_extracted", "beam_context", "sample_probability", "samples_for_half", "flags"]
+               "greedy_extracted", "greedy_context", "beam_extracted", "beam_context", "sample_probability", "samples_for_half",
+               "recovered_chars", "remaining_guess_bits", "flags"]
 
 
 def rows_to_csv(rows: Sequence[dict]) -> str:

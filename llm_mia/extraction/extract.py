@@ -55,6 +55,7 @@ from llm_mia.core.resources import DEFAULT_PROMPTS
 from llm_mia.data.corpus import load_source
 from llm_mia.data.dedup import dedup
 from llm_mia.extraction.index import CorpusIndex
+from llm_mia.extraction.near_verbatim import check_near_settings, near_match
 from llm_mia.extraction.pii_findings import (
     TrainingPii,
     sample_pii,
@@ -110,6 +111,8 @@ class ExtractConfig:
     score_batch_size: int | None = None  # None: the scorer's per-device token budget
     top_n: int = 100  # samples kept per (strategy, ranking) in top.jsonl (Carlini: 100)
     memorized_min_tokens: int = 50  # a verbatim match this long (or the whole sample) = memorized
+    near_similarity: float = 0.9  # near-memorized: token edit similarity >= this over near_window tokens
+    near_window: int = 50  # window (tokens) of the near-verbatim match (Ippolito et al. 2023)
     prompt_source: str | None = None  # internet strategy; None: prompts/internet.txt
     prompt_tokens: tuple[int, int] = (5, 10)  # internet: span length, inclusive bounds
     dedup: bool = True
@@ -130,6 +133,7 @@ class ExtractConfig:
         for name, lo in (("num_samples", 1), ("seed", 0), ("top_k", 1), ("batch_size", 1), ("top_n", 1),
                          ("memorized_min_tokens", 1)):
             _check_int(name, getattr(self, name), lo)
+        check_near_settings(self.near_window, self.near_similarity)
         if self.max_new_tokens is not None:
             _check_int("--length", self.max_new_tokens, 1)
         if self.score_batch_size is not None:
@@ -584,9 +588,13 @@ def _sample_row(target: LoadedModel, k: int, g: dict, r: dict, duplicate_of: int
         row["longest_match_text"] = target.decode(ids[m.start:m.start + m.length]) if m.length else ""
         row["match_span"] = _char_span(text, row["longest_match_text"], target.decode(ids[:m.start])) if m.length else None
         row["memorized"] = is_memorized(m.length, len(ids), cfg.memorized_min_tokens)
+        near = near_match(index, ids, window=cfg.near_window, threshold=cfg.near_similarity)
+        row["near_similarity"] = None if near.similarity != near.similarity else near.similarity
+        # verbatim implies near-verbatim (similarity 1, or a short sample wholly in the training data)
+        row["near_memorized"] = row["memorized"] or near.similarity >= cfg.near_similarity
     else:
         row["longest_match_tokens"] = row["longest_match_count"] = row["match_span"] = None
-        row["memorized"] = None
+        row["memorized"] = row["near_similarity"] = row["near_memorized"] = None
     row["secrets"] = [s.id for s in secrets if s.secret in text]
     row["pii"] = sample_pii(text, pii_index, regions=cfg.pii_regions, presidio=cfg.pii_presidio)
     return row
@@ -600,7 +608,8 @@ class _Ranked:
         top_rows: the rows of top.jsonl, ``{"strategy", "ranking", "rank" (1-based), "id", "score",
             "memorized", "longest_match_tokens", "match_span", "secrets", "text"}``, by strategy, ranking, rank.
         carlini: strategy -> ranking -> cell (``{"signal", "top_n", "memorized", "secrets", "pii_hits"}``),
-            plus ``"unique_memorized"`` (memorized samples among any of the strategy's tops).
+            plus ``"unique_memorized"`` (memorized samples among any of the strategy's tops) and
+            ``"unique_near_memorized"`` (near-verbatim ones, :mod:`~llm_mia.extraction.near_verbatim`; a superset).
         table: ranking -> cell, over every strategy's samples together.
     """
 
@@ -619,6 +628,7 @@ def _rank(samples: list[dict], cfg: ExtractConfig, sigs: list[str]) -> _Ranked:
 
     def cell(top: list[dict], sig: str) -> dict:
         return {"signal": sig, "top_n": len(top), "memorized": sum(bool(s["memorized"]) for s in top),
+                "near_memorized": sum(bool(s["near_memorized"]) for s in top),
                 "secrets": sorted({x for s in top for x in s["secrets"]}), "pii_hits": sum(len(s["pii"]) for s in top)}
 
     kept = [s for s in samples if s["duplicate_of"] is None]
@@ -634,10 +644,13 @@ def _rank(samples: list[dict], cfg: ExtractConfig, sigs: list[str]) -> _Ranked:
             for rank, s in enumerate(top, 1):
                 top_rows.append({"strategy": strategy, "ranking": name, "rank": rank, "id": s["id"],
                                  "score": s["scores"][sig], "memorized": s["memorized"],
+                                 "near_memorized": s["near_memorized"], "near_similarity": s["near_similarity"],
                                  "longest_match_tokens": s["longest_match_tokens"], "match_span": s["match_span"],
                                  "secrets": s["secrets"], "text": s["text"]})
         ids_top = {r["id"] for r in top_rows if r["strategy"] == strategy and r["memorized"]}
         carlini[strategy]["unique_memorized"] = len(ids_top)
+        carlini[strategy]["unique_near_memorized"] = len({r["id"] for r in top_rows
+                                                          if r["strategy"] == strategy and r["near_memorized"]})
     for name, sig in RANKINGS.items():
         if sig in sigs:
             table[name] = cell(top_of(kept, sig), sig)
@@ -673,7 +686,10 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
     summary = {"num_samples": len(samples), "unique_samples": len(kept), "strategies": list(cfg.strategies),
                "samples_per_strategy": cfg.num_samples, "max_new_tokens": len(gen[0]["token_ids"]) if gen else 0,
                "seed": cfg.seed, "top_n": cfg.top_n, "carlini_table": ranked.carlini, "rankings": ranked.table,
-               "memorized_total": len(mem_ids), "memorized_in_any_top": len({s["id"] for s in mem_top}),
+               "memorized_total": len(mem_ids),
+               "near_memorized_total": sum(bool(s["near_memorized"]) for s in kept),
+               "near_similarity": cfg.near_similarity, "near_window": cfg.near_window,
+               "memorized_in_any_top": len({s["id"] for s in mem_top}),
                "memorized_unique_in_any_top": unique_top,
                "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine}
     io.write_json(out / "extract.json", summary)

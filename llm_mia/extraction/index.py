@@ -243,6 +243,26 @@ class CorpusIndex:
         doc = np.searchsorted(self._doc_starts, pos, side="right") - 1
         return [(int(d), int(p - self._doc_starts[d])) for d, p in zip(doc, pos)]
 
+    def doc_length(self, doc: int) -> int:
+        """Number of tokens of document ``doc`` (0-based, separators excluded)."""
+        end = int(self._doc_starts[doc + 1]) - 1 if doc + 1 < len(self._doc_starts) else len(self._text) - 1
+        return end - int(self._doc_starts[doc])
+
+    def span_key(self, doc: int, start: int, length: int) -> str:
+        """Tokens ``[start, start + length)`` of document ``doc`` (clipped at its end) as an opaque string,
+        one character per token, comparable with :meth:`query_key` of the same ids (e.g. by an edit distance)."""
+        base = int(self._doc_starts[doc])
+        end = base + min(start + length, self.doc_length(doc))
+        return self._text[base + start : end]
+
+    def query_key(self, ids: Sequence[int] | np.ndarray) -> str:
+        """The token ids ``ids`` as the opaque string :meth:`span_key` returns for the same tokens.
+
+        Raises:
+            ValueError: on a negative, too large or non-integer id.
+        """
+        return self._query(ids)
+
     def longest_match(self, ids: Sequence[int] | np.ndarray) -> Match:
         """The longest contiguous span of ``ids`` occurring verbatim in one corpus document.
 

@@ -82,6 +82,12 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _mem_cell(cell: dict, prefix: str = "") -> str | int:
+    """A Carlini table cell: ``verbatim / near-verbatim`` counts, or the verbatim count alone (older reports)."""
+    near = cell.get(f"{prefix}near_memorized")
+    return cell[f"{prefix}memorized"] if near is None else f"{cell[f'{prefix}memorized']} / {near}"
+
+
 def _snippet(text: str, n: int = 160) -> str:
     t = " ".join(text.split())
     return (t[:n] + "…") if len(t) > n else t
@@ -162,13 +168,19 @@ def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[
            f"({ext.get('samples_per_strategy', ext['num_samples'])} "
            f"per strategy: {', '.join(strategies)}; top-k 40, seed {ext['seed']}), "
            f"{ext['unique_samples']} after dedup; {ext['memorized_total']} unique samples hold a verbatim training "
-           f"span of at least {prov['settings']['memorized_min_tokens']} tokens.", ""]
+           f"span of at least {prov['settings']['memorized_min_tokens']} tokens"
+           + (f", {ext['near_memorized_total']} a near-verbatim one (token edit similarity >= {ext['near_similarity']} "
+              f"over {ext['near_window']} tokens)." if "near_memorized_total" in ext else "."), ""]
     table = ext.get("carlini_table")
     if table:
         names = [n for n in ext["rankings"]]
         out += [f"Memorized samples among the top {ext['top_n']} of each (strategy, ranking), the paper's table 3:", ""]
-        rows = [[st] + [table[st][n]["memorized"] for n in names] + [table[st]["unique_memorized"]] for st in strategies]
+        rows = [[st] + [_mem_cell(table[st][n]) for n in names] + [_mem_cell(table[st], "unique_")] for st in strategies]
         out.append(_table(["strategy"] + names + ["unique"], rows))
+        if "near_memorized_total" in ext:
+            out += ["", f"Cells read verbatim / near-verbatim (token edit similarity >= {ext['near_similarity']} over "
+                        f"{ext['near_window']} tokens, Ippolito et al. 2023). Near-verbatim samples in all: "
+                        f"{ext['near_memorized_total']} (verbatim: {ext['memorized_total']})."]
         out += ["", f"Unique memorized samples in any top list, all strategies: "
                     f"{ext.get('memorized_unique_in_any_top', ext['memorized_in_any_top'])}.", ""]
     shown = min(ext["top_n"], ext["unique_samples"])
@@ -181,7 +193,7 @@ def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[
             continue
         out += [f"Top samples by **{name}**:", ""]
         for r in rows:
-            tag = "memorized" if r["memorized"] else "not memorized"
+            tag = "memorized" if r["memorized"] else "near-verbatim" if r.get("near_memorized") else "not memorized"
             out.append(f"{r['rank']}. ({tag}, longest match {r['longest_match_tokens']} tokens) {code_span(_snippet(hide(r['text'])))}")
         out.append("")
     return out
@@ -196,14 +208,18 @@ def _secrets_section(report: dict, secrets: Sequence, *, show_secrets: bool) -> 
            f"space (at most log2 N = {math.log2(n_ref):.2f} bits), *exact* over the whole space where it has at most "
            f"{prov['settings'].get('exact_limit', 0)} members, *extrapolated* from a skew-normal fitted to the "
            "candidates (inf: beyond the fit's numerical range). Extraction by greedy decoding and beam search of "
-           "the prefix, and the probability that one top-40 sample continuing the prefix is the secret.", ""]
+           "the prefix, and the probability that one top-40 sample continuing the prefix is the secret. *Recovered*: "
+           "characters of the random part the best greedy, beam or sampled completion reproduces in place; *bits "
+           "left*: log2 of the members of the secret's space that agree with them (an attacker's guessing left; "
+           "lower = more exposed).", ""]
     if report.get("exposure_plot"):
         out += [f"![exposure against insertion count]({report['exposure_plot']})", ""]
     out.append(_table(["insertions", "kind", "secrets", "rank (bits)", "exact (bits)", "extrapolated (bits)",
-                       "greedy extracted", "beam extracted", "seen in samples"],
+                       "greedy extracted", "beam extracted", "seen in samples", "fewest bits left"],
                       [[g["count"], g["kind"], g["n"], g["mean_exposure_rank"], g.get("mean_exposure_exact"),
                         g.get("mean_exposure_extrapolated"), f"{g['greedy_extracted']}/{g['n']}",
-                        f"{g.get('beam_extracted', 0)}/{g['n']}", f"{g['surfaced_in_samples']}/{g['n']}"]
+                        f"{g.get('beam_extracted', 0)}/{g['n']}", f"{g['surfaced_in_samples']}/{g['n']}",
+                        g.get("min_remaining_guess_bits")]
                        for g in report["exposure_by_count"]]))
     out.append("")
     by_id = {s.id: s for s in secrets}
@@ -215,10 +231,11 @@ def _secrets_section(report: dict, secrets: Sequence, *, show_secrets: bool) -> 
         rows.append([r["id"], r["kind"], r["count"], val, r["exposure_rank"], r.get("exposure_exact"),
                      r.get("exposure_extrapolated"), _extracted(r, "greedy"), _extracted(r, "beam"),
                      f"{p:.3g}" if isinstance(p, float) else "-",
-                     r.get("samples_for_half")])
+                     r.get("samples_for_half"), r.get("recovered_chars"), r.get("remaining_guess_bits")])
     out += ["<details><summary>Every secret</summary>", "",
             _table(["id", "kind", "insertions", "secret", "rank (bits)", "exact (bits)", "extrapolated (bits)",
-                    "greedy", "beam", "P(top-40 sample = secret)", "samples for 50 %"], rows),
+                    "greedy", "beam", "P(top-40 sample = secret)", "samples for 50 %", "recovered chars",
+                    "bits left"], rows),
             "", "</details>", ""]
     return out
 

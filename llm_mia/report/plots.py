@@ -53,7 +53,8 @@ def exposure_plot(path: str | Path, rows: list[dict], *, n_references: int | Non
     """Draw each secret's exposure (bits) against how many times it was inserted into ``path`` (PNG).
 
     ``rows`` are exposure records (``count``, ``exposure_rank``, optionally ``exposure_exact`` and
-    ``exposure_extrapolated``). Controls (count 0) sit at the left; the x axis is symmetric-log.
+    ``exposure_extrapolated``; ``space_size`` and ``remaining_guess_bits`` draw the bits of the random part
+    a completion recovered, log2 |R| - remaining_guess_bits). Controls (count 0) sit at the left; the x axis is symmetric-log.
     Extrapolated values that are +inf are drawn as triangles at the top of the axis. A dashed line
     marks chance (1/ln 2 = 1.44 bits, where never-inserted controls should sit) and, given
     ``n_references``, a dotted one log2 N, the most the rank estimator can show.
@@ -75,7 +76,14 @@ def exposure_plot(path: str | Path, rows: list[dict], *, n_references: int | Non
         ax.scatter(xs, exact, s=26, marker="s", facecolors="none", edgecolors="C2", label="exact (whole space)")
     ext = np.array([r.get("exposure_extrapolated", float("nan")) for r in rows], dtype=float)
     finite = np.isfinite(ext)
-    top = max([1.0, *rank[np.isfinite(rank)], *ext[finite], *exact[np.isfinite(exact)]]) * 1.08
+    # partial extraction: bits of the random part recovered = log2 |R| - remaining_guess_bits (higher = more exposed)
+    rec = np.array([math.log2(r["space_size"]) - float(r["remaining_guess_bits"])
+                    if r.get("remaining_guess_bits") is not None and r.get("space_size") else float("nan")
+                    for r in rows], dtype=float)
+    top = max([1.0, *rank[np.isfinite(rank)], *ext[finite], *exact[np.isfinite(exact)], *rec[np.isfinite(rec)]]) * 1.08
+    if np.isfinite(rec).any():
+        ax.scatter(xs, rec, s=22, marker="D", facecolors="none", edgecolors="C4",
+                   label="recovered by completion (log2 |R| - bits left)")
     if finite.any():
         ax.scatter(xs[finite], ext[finite], s=18, marker="x", c="C1", label="extrapolated (skew-normal)")
     inf = np.isposinf(ext)

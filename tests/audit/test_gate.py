@@ -544,3 +544,21 @@ def test_max_vulnerable_records_counts_the_flagged_members():
     assert c["max_vulnerable_records"].status == "inconclusive" and "cannot resolve 1% FPR" in c["max_vulnerable_records"].reason
     with pytest.raises(LlmMiaError, match="per-record membership risk"):
         evaluate(_report(membership={"skipped": "x"}), parse_policy({"limits": {"max_vulnerable_records": 0}}))
+
+
+def test_min_remaining_guess_bits_fails_on_a_partly_recovered_inserted_secret():
+    rows = [{"id": "c0", "count": 0, "recovered_chars": 6, "remaining_guess_bits": 0.0},  # a control: not gated
+            {"id": "c8", "count": 8, "recovered_chars": 4, "remaining_guess_bits": math.log2(100)},
+            {"id": "c32", "count": 32, "recovered_chars": 1, "remaining_guess_bits": math.log2(10**5)}]
+    v = evaluate(_report(secrets=rows), parse_policy({"limits": {"min_remaining_guess_bits": 10.0}}))
+    c = v.checks[0]
+    assert not v.passed and c.value == pytest.approx(6.643856) and [x["id"] for x in c.items] == ["c8"]
+    assert v.line == "FAIL: fewest bits left to guess of a secret 6.64 < 10.0 (c8)"
+    v = evaluate(_report(secrets=rows), parse_policy({"limits": {"min_remaining_guess_bits": 6.5}}))
+    assert v.passed and v.checks[0].value == pytest.approx(math.log2(100))
+    # min_insertions 0: the fully recovered control is gated too
+    v = evaluate(_report(secrets=rows), parse_policy({"limits": {"min_remaining_guess_bits": 6.5},
+                                                      "settings": {"min_insertions": 0}}))
+    assert not v.passed and v.checks[0].value == 0.0
+    with pytest.raises(LlmMiaError, match="remaining_guess_bits"):  # not measured: an error, never a pass
+        evaluate(_report(), parse_policy({"limits": {"min_remaining_guess_bits": 6.5}}))

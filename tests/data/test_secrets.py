@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections import Counter
 
@@ -268,3 +269,20 @@ def test_make_canary():
     assert s.secret == sample_secret("{d6}", random.Random(3))
     with pytest.raises(LlmMiaError, match="name"):
         make_canary("x", dict(template, prefix_template="The PIN is "), "Jane", random.Random(0), count=1)
+
+
+def test_partial_recovery_by_hand():
+    from llm_mia.data.secrets import partial_recovery, random_positions
+
+    assert random_positions("{d2}-{h1}") == [(0, 10), (1, 10), (3, 16)]
+    # the example: 4 of 6 digits in place, 10 ** 2 members left
+    assert partial_recovery("{d2}-{d2}-{d2}", "73-19-55", "73-19-19-5") == (4, pytest.approx(math.log2(100)))
+    assert partial_recovery("{d2}-{d2}-{d2}", "73-19-55", "73-19-55") == (6, 0.0)
+    assert partial_recovery("{d2}-{d2}-{d2}", "73-19-55", "") == (0, pytest.approx(math.log2(10**6)))
+    # shifted by one character: only the last digit (5 over 5) is in place; literals never count
+    assert partial_recovery("{d2}-{d2}-{d2}", "73-19-55", " 73-19-55")[0] == 1
+    # mixed alphabets: hex char recovered, both digits lost -> log2(10 * 10)
+    assert partial_recovery("{d2}-{h1}", "07-c", "18-c") == (1, pytest.approx(math.log2(100)))
+    assert partial_recovery("{a2}", "qz", "q") == (1, pytest.approx(math.log2(26)))
+    with pytest.raises(LlmMiaError):
+        partial_recovery("{d2}", "7x", "7x")

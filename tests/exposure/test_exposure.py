@@ -360,3 +360,40 @@ def test_exact_limit_beyond_what_can_be_enumerated_is_an_error(tiny_model, tiny_
 
     with pytest.raises(LlmMiaError, match="exact limit"):
         secret_exposure(from_objects(tiny_model, tiny_tokenizer), [], exact_limit=MAX_EXACT_LIMIT + 1)
+
+
+def test_best_recovery_on_given_completions():
+    from llm_mia.data.secrets import Secret
+    from llm_mia.exposure.secrets import best_recovery
+
+    s = Secret(id="c", kind="canary", text="the locker combination of Edna Pike is 73-19-55", secret="73-19-55",
+               prefix="the locker combination of Edna Pike is ", suffix="", format="{d2}-{d2}-{d2}",
+               space_size=10**6, count=30)
+    got = best_recovery(s, {"greedy": [{"context": "start", "text": " 73-19-19-5", "want": " 73-19-55"}],
+                            "beam": [{"context": "none", "text": " 73-11-11", "want": " 73-19-55"}],
+                            "sampled": [{"context": "start", "text": " 99-19-55", "want": " 73-19-55"},
+                                        {"context": "training", "text": "73-19-50", "want": "73-19-55"}]})
+    # greedy: 7,3,1,9 in place (4); beam: 7,3,1 (3); sampled: 1,9,5,5 (4), then 7,3,1,9,5 (5) -> the last wins
+    assert got == {"recovered_chars": 5, "remaining_guess_bits": pytest.approx(math.log2(10)),
+                   "recovery_source": "sampled", "recovery_context": "training"}
+    none = best_recovery(s, {"greedy": []})
+    assert none["recovered_chars"] == 0 and none["remaining_guess_bits"] == pytest.approx(math.log2(10**6))
+
+
+def test_partly_recovered_secret_on_a_memorizing_model(memorizing_model):
+    """The model completes "The PIN of Jane Roe is " with 482913; a secret record 482900 under the same
+    prefix is then recovered in 4 of its 6 digits (log2 100 bits left), the planted one fully."""
+    from llm_mia.data.secrets import Secret
+    from llm_mia.exposure.secrets import secret_exposure
+    from llm_mia.models.loading import load_model
+
+    d, inserted, _ = memorizing_model
+    near = Secret(id="canary-near-0", kind="canary", text="The PIN of Jane Roe is 482900.", prefix=inserted.prefix,
+                  secret="482900", suffix=".", format="{d6}", space_size=10**6, count=1)
+    lm = load_model(str(d / "model"), device="cpu")
+    res = secret_exposure(lm, [inserted, near], n_references=8, exact_limit=0, seed=0, beams=2, recovery_samples=2)
+    r_in, r_near = res.rows
+    assert (r_in["recovered_chars"], r_in["remaining_guess_bits"]) == (6, 0.0)
+    assert r_near["greedy_extracted"] is False
+    assert r_near["recovered_chars"] == 4 and r_near["remaining_guess_bits"] == pytest.approx(math.log2(100))
+    assert r_near["recovery_source"] == "greedy"

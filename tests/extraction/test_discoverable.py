@@ -70,3 +70,52 @@ def test_p_extract_is_one_minus_miss_probability():
 def test_short_documents_are_skipped_not_errors(fitted):
     res = discoverable_memorization(fitted, ["too short"], prefix_len=50, suffix_len=50)
     assert res["n_eligible"] == 0 and res["greedy_rate"] is None and "skipped" in res
+
+
+def _exact_p_near(loaded, text, k, top_k):
+    """P(a top-k, T = 1 sample of 2 tokens is within 1 token edit of the true 2-token suffix), by
+    enumerating the top_k x top_k continuations with a full forward pass each."""
+    tok = loaded.tokenizer
+    ids = [loaded.bos_id] + tok(text, add_special_tokens=False)["input_ids"]
+    prompt, true = ids[:1 + k], ids[1 + k:1 + k + 2]
+
+    def topk_probs(seq):
+        with torch.no_grad():
+            row = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].double()
+        v, i = torch.topk(row, top_k)
+        return list(zip(i.tolist(), torch.softmax(v, 0).tolist()))
+
+    total = 0.0
+    for a, pa in topk_probs(prompt):
+        for b, pb in topk_probs(prompt + [a]):
+            total += pa * pb * (int(a != true[0]) + int(b != true[1]) <= 1)  # Levenshtein <= 1 for 2 tokens
+    return total
+
+
+def test_near_verbatim_risk_matches_enumerated_probability(fitted):
+    n_s = 300
+    res = discoverable_memorization(fitted, DOCS, n_examples=6, prefix_len=6, suffix_len=2, seed=1, top_k=5,
+                                    n=10, p=0.5, batch_size=64, near_similarity=0.5, near_samples=n_s, near_p=0.5,
+                                    confidence=0.999)
+    exact = []
+    for ex in res["examples"]:
+        pe = _exact_p_near(fitted, DOCS[ex["index"]], 6, 5)
+        exact.append(pe)
+        assert abs(ex["p_near"] - pe) <= 4 * math.sqrt(pe * (1 - pe) / n_s) + 2 / n_s
+        assert ex["p_near_upper"] >= pe - 1e-12 and ex["p_near_upper"] >= ex["p_near"]
+    assert any(pe > 0.9 for pe in exact) and any(pe < 0.9 for pe in exact)  # both kinds of prefix present
+    risk = res["near_risk"]
+    assert risk["mean_p_near"] == pytest.approx(sum(ex["p_near"] for ex in res["examples"]) / 6)
+    assert risk["n_at_least_near_p"] == sum(ex["p_near"] >= 0.5 for ex in res["examples"])
+    # greedy near-verbatim: similarity 1 - edits / 2 of the greedy suffix, by hand from greedy_match_tokens bounds
+    for ex in res["examples"]:
+        assert ex["greedy_similarity"] in (0.0, 0.5, 1.0) and (ex["greedy_similarity"] == 1.0) == ex["greedy"]
+    assert res["greedy_near_rate"] >= res["greedy_rate"]
+
+
+def test_clopper_pearson_upper_by_hand():
+    from llm_mia.extraction.discoverable import clopper_pearson_upper
+
+    assert clopper_pearson_upper(0, 20, 0.95) == pytest.approx(1 - 0.05 ** (1 / 20))  # (1 - u)^20 = 0.05
+    assert clopper_pearson_upper(20, 20, 0.95) == 1.0
+    assert clopper_pearson_upper(19, 20, 0.95) == pytest.approx(0.95 ** (1 / 20))  # P(X <= 19) = 1 - u^20 = 0.05

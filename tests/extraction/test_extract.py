@@ -361,3 +361,63 @@ def test_samples_and_top_are_redacted_unless_show_secrets(lm, tmp_path):
         assert "4821" not in shown["text"] and "555-0142" not in shown["text"] and redact("4821") in shown["text"]
         assert "4821" not in top["text"] and "token_ids" not in shown
         assert all(h["value"] == redact(c["value"]) for h, c in zip(shown["pii"], clear["pii"]))
+
+
+def test_near_verbatim_samples_counted_beside_verbatim(lm, tmp_path):
+    """A sample one substitution away from a 20-token training window is near-verbatim (similarity
+    19 / 20 by hand) but not verbatim; a verbatim one is both; near_memorized_total counts both."""
+    from llm_mia.extraction.extract import _score_rows, _verify_and_rank
+    from llm_mia.report.markdown import _mem_cell
+
+    tok = lm.tokenizer
+    train = ["the quick brown fox jumps over the lazy dog while the river keeps flowing past the old mill " * 2]
+    span = tok(train[0])["input_ids"][:20]
+    near = list(span)
+    near[10] = tok("zebra")["input_ids"][0]
+    assert near[10] not in span
+    other = tok("zebra quantum violet 42 orbit nebula copper lantern whisper 7 meadow granite echo")["input_ids"]
+    bos = lm.bos_id
+    gen = [{"strategy": "top-k", "index": i, "prompt_ids": [bos], "token_ids": t} for i, t in enumerate([span, near, other])]
+    cfg = ExtractConfig(num_samples=3, memorized_min_tokens=20, near_window=20, near_similarity=0.9, top_n=5,
+                        dedup=False, progress=False)
+    sigs = ["loss", "zlib", "lowercase", "window"]
+    s = _verify_and_rank(lm, gen, _score_rows(lm, None, gen, cfg, sigs, None), tmp_path, train, [], cfg, sigs)
+    rows = [json.loads(line) for line in (tmp_path / "private" / "samples.jsonl").read_text().splitlines()]
+    assert [r["memorized"] for r in rows] == [True, False, False]
+    assert [r["near_memorized"] for r in rows] == [True, True, False]
+    assert rows[0]["near_similarity"] == 1.0 and rows[1]["near_similarity"] == pytest.approx(19 / 20)
+    assert rows[2]["near_similarity"] < 0.9  # unrelated text
+    assert s["memorized_total"] == 1 and s["near_memorized_total"] == 2
+    cell = s["carlini_table"]["top-k"]["perplexity"]
+    assert (cell["memorized"], cell["near_memorized"]) == (1, 2)
+    assert _mem_cell(cell) == "1 / 2" and _mem_cell({"memorized": 3}) == 3
+    with pytest.raises(LlmMiaError, match="similarity threshold"):
+        ExtractConfig(near_similarity=0.0)
+
+
+def test_near_verbatim_findings_are_redacted_like_verbatim_ones():
+    """A near-memorized top sample holding a planted value: the shareable row and the report's
+    extraction section hide the value, as for a verbatim one, and keep the near-verbatim tag."""
+    from llm_mia.data.secrets import Secret
+    from llm_mia.extraction.extract import redact_row
+    from llm_mia.report.markdown import _extraction_section, redact_text
+
+    s = Secret(id="c", kind="canary", text="the locker combination of Edna Pike is 73-19-55", secret="73-19-55",
+               prefix="the locker combination of Edna Pike is ", suffix="", format="{d2}-{d2}-{d2}",
+               space_size=10**6, count=30)
+    text = "notes: the locker combination of Edna Pike is 73-19-55 and the door code"
+    rows = [{"ranking": "perplexity", "rank": 1, "id": k, "score": 1.0 - k, "text": text, "memorized": mem,
+             "near_memorized": True, "near_similarity": sim, "longest_match_tokens": 30, "match_span": None,
+             "secrets": ["c"], "token_ids": [1, 2]} for k, (mem, sim) in enumerate(((True, 1.0), (False, 0.93)))]
+    for r in rows:
+        shared = redact_row(r, [s])
+        assert "73-19-55" not in shared["text"] and "token_ids" not in shared
+        assert shared["near_memorized"] is True and shared["near_similarity"] == r["near_similarity"]
+    ext = {"num_samples": 2, "max_new_tokens": 24, "seed": 0, "unique_samples": 2, "memorized_total": 1,
+           "near_memorized_total": 2, "near_similarity": 0.9, "near_window": 50, "top_n": 2, "rankings": {
+               "perplexity": {"signal": "loss", "top_n": 2, "memorized": 1, "near_memorized": 2, "secrets": ["c"],
+                              "pii_hits": 0}}}
+    md = "\n".join(_extraction_section(ext, {"settings": {"memorized_min_tokens": 50}}, rows,
+                                       lambda t: redact_text(t, [s])))
+    assert "73-19-55" not in md and "(memorized," in md and "(near-verbatim," in md
+    assert "1 unique samples hold a verbatim training span of at least 50 tokens, 2 a near-verbatim one" in md

@@ -104,6 +104,10 @@ def test_report_files_never_show_a_planted_value_unless_asked(leaky_audit):
     values = _planted(d)
     rep = json.loads((out / "hidden" / "report.json").read_text())
     assert any(s["greedy_extracted"] for s in rep["secrets"])  # the model did give secrets back
+    ext = rep["extraction"]  # near-verbatim counted beside verbatim (verbatim implies near-verbatim)
+    assert ext["near_memorized_total"] >= ext["memorized_total"] and "near-verbatim" in (out / "hidden" / "report.md").read_text()
+    assert all(0 <= s["recovered_chars"] <= len(s["format"]) and s["remaining_guess_bits"] >= 0 for s in rep["secrets"])
+    assert "bits left" in (out / "hidden" / "report.md").read_text()
     for name in ("report.json", "report.md", "report.html"):
         text = (out / "hidden" / name).read_text()
         for v in values:
