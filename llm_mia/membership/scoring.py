@@ -34,6 +34,8 @@ from llm_mia.membership.shadow import (
     shadow_summary,
 )
 from llm_mia.membership.signals import token_frequencies
+from llm_mia.membership.signals.text_overlap import TEXT_SIGNALS
+from llm_mia.membership.text_scoring import text_signal_scores
 from llm_mia.models.hf import LoadedModel, reference_is_target
 from llm_mia.models.loading import load_model
 from llm_mia.models.stats import TokenStats
@@ -404,6 +406,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not math.isfinite(target_fpr) \
             or not 0 <= target_fpr < 1:
         raise LlmMiaError(f"--target-fpr must be in [0, 1), got {target_fpr!r}")
+    if signals and set(signals) & set(TEXT_SIGNALS) and calibrate_on is not None:
+        raise LlmMiaError(f"--calibrate-on does not apply to {', '.join(TEXT_SIGNALS)} yet: score them without it")
     _check_outputs([input_path, recall_prefix, dc_pdd_corpus, calibrate_on],
                    [(output_path, "--output"), (metrics_path, "--metrics"), (roc_path, "--roc")])
     got = _read_score_inputs(input_path, text_field=text_field, label_field=label_field, recall_prefix=recall_prefix,
@@ -422,8 +426,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     freq = token_frequencies(tgt.tokenizer, got.freq_texts, len(tgt.tokenizer)) if got.freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
               recall_prefix=got.prefix, token_freq=freq, shadow=shadow)
-    with bar("scoring", None, enabled=progress) as adv:
-        res = score(tgt, data.texts, progress=adv, warn=False, **kw)
+    res = _score_with_text_signals(tgt, data.texts, kw, progress)
     rows = []
     for r, i in zip(res.rows, data.ids):
         r = dict(r, id=i)
@@ -446,6 +449,30 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                                         shadow={"shadow": out["shadow"]} if shadow is not None else {},
                                         metrics_path=metrics_path, roc_path=roc_path)
     return out
+
+
+def _score_with_text_signals(tgt, texts: list[str], kw: dict, progress: bool) -> ScoreResult:
+    """:func:`score` for the TokenStats signals asked for, plus the text-only ones (SaMIA, n-gram
+    coverage: :mod:`llm_mia.membership.text_scoring`) merged into each row's ``scores`` and ``flags``.
+    With only text-only signals no log-prob is read (any endpoint API works); rows then hold
+    ``id``, ``scores`` and ``flags`` and the per-token fields as None."""
+    asked = kw.get("signals")
+    text_sigs = [x for x in (asked or []) if x in TEXT_SIGNALS]
+    if not text_sigs:
+        with bar("scoring", None, enabled=progress) as adv:
+            return score(tgt, texts, progress=adv, warn=False, **kw)
+    others = [x for x in asked if x not in TEXT_SIGNALS]
+    vals, flags = text_signal_scores(tgt, texts, text_sigs, seed=0)
+    if others:
+        with bar("scoring", None, enabled=progress) as adv:
+            res = score(tgt, texts, progress=adv, warn=False, **dict(kw, signals=others))
+    else:
+        res = ScoreResult(rows=[{"n_scored_tokens": None, "nll": None, "perplexity": None, "zlib_bytes": None,
+                                 "scores": {}, "flags": []} for _ in texts], target=None, inputs=None)
+    for i, r in enumerate(res.rows):
+        r["scores"].update({k: v[i] for k, v in vals.items()})
+        r["flags"] = list(r["flags"]) + flags[i]
+    return res
 
 
 def _check_outputs(inputs: list, outputs: list[tuple]) -> None:

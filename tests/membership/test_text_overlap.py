@@ -1,0 +1,88 @@
+"""Text-only membership signals: SaMIA (Kaneko et al. 2024) and n-gram coverage (Hallinan et al. 2025)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from llm_mia.core import io
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.signals.text_overlap import coverage, ngram_coverage, rouge_n_recall, samia, words
+from llm_mia.models.continuations import sample_continuations
+from llm_mia.models.hf import from_objects
+from tests.conftest import run_cli
+
+
+def _slow_rouge1(cand: str, ref: str) -> float:
+    """Unigram recall by removing matched words one at a time from a copy of the candidate."""
+    c, hit = list(words(cand)), 0
+    for w in words(ref):
+        if w in c:
+            c.remove(w)
+            hit += 1
+    return hit / len(words(ref))
+
+
+def _slow_coverage(sample: str, suffix: str, n: int) -> float:
+    s, x = words(sample), words(suffix)
+    covered = 0
+    for pos in range(len(x)):  # is word pos inside some n-gram of x that occurs in the sample?
+        ok = False
+        for start in range(max(0, pos - n + 1), min(pos, len(x) - n) + 1):
+            g = x[start:start + n]
+            if any(s[j:j + n] == g for j in range(len(s) - n + 1)):
+                ok = True
+        covered += ok
+    return covered / len(x)
+
+
+def test_hand_computed_overlaps():
+    # suffix words: the cat sat on the mat (6); sample: the the cat (counts clipped: the x2, cat x1) -> 3/6
+    assert rouge_n_recall("The the cat", "the cat sat on the mat") == pytest.approx(3 / 6)
+    assert samia(["the the cat", "dog"], "the cat sat on the mat") == pytest.approx((3 / 6 + 0) / 2)
+    # 3-grams of the suffix in the sample: (cat sat on) covers words 1..3 -> 3/6
+    assert coverage("a cat sat on a hat", "the cat sat on the mat", 3) == pytest.approx(3 / 6)
+    assert ngram_coverage(["x", "a cat sat on a hat", "the cat sat on the mat"], "the cat sat on the mat") == 1.0
+    assert math.isnan(samia([], "a b")) and math.isnan(samia(["a"], "  ,")) and math.isnan(coverage("a b", "a b", 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_against_slow_loops(seed):
+    import random
+
+    rng = random.Random(seed)
+    vocab = ["a", "b", "c", "d", "e"]
+    for _ in range(50):
+        suffix = " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 12)))
+        samples = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12))) for _ in range(3)]
+        assert samia(samples, suffix) == pytest.approx(sum(_slow_rouge1(c, suffix) for c in samples) / 3)
+        assert ngram_coverage(samples, suffix, 2) == pytest.approx(max(_slow_coverage(c, suffix, 2) for c in samples))
+
+
+def test_continuations_split_and_are_seeded(tiny_model, tiny_tokenizer):
+    lm = from_objects(tiny_model, tiny_tokenizer)
+    texts = ["Alpha beta gamma delta epsilon.", "def f(x):\n    return x + 1\n"]
+    a = sample_continuations(lm, texts, n_samples=3, seed=0)
+    b = sample_continuations(lm, texts, n_samples=3, seed=0)
+    assert [c.samples for c in a] == [c.samples for c in b] and len(a[0].samples) == 3
+    assert all(c.prefix + c.suffix == t for c, t in zip(a, texts))
+    with pytest.raises(LlmMiaError, match="at least"):
+        sample_continuations(lm, ["A"], n_samples=1)
+
+
+def test_cli_score_text_signals_finite_and_samia_auc(leak_models, tmp_path, capsys):
+    d, _ = leak_models
+    mem = [r["text"] for r in io.read_jsonl(d / "corpus" / "train.jsonl")][:12]
+    non = [r["text"] for r in io.read_jsonl(d / "corpus" / "heldout.jsonl")][:12]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in [(t, 1) for t in mem] + [(t, 0) for t in non]))
+    code, out, err = run_cli(["score", "--model", d / "leaky", "--input", inp, "--output", tmp_path / "o.jsonl",
+                              "--signals", "samia,ngram_coverage,loss", "--metrics", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    rows = io.read_jsonl(tmp_path / "o.jsonl")
+    assert all(math.isfinite(r["scores"]["samia"]) and math.isfinite(r["scores"]["ngram_coverage"]) for r in rows)
+    m = json.loads((tmp_path / "m.json").read_text())
+    auc = {k: v.get("auc") for k, v in m.get("signals", m).items() if isinstance(v, dict)}
+    assert auc["samia"] >= 0.8 and auc["ngram_coverage"] >= 0.7  # the leaky model memorised its members
