@@ -376,7 +376,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int | None = None,
                prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
                calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True,
-               model_args: str | None = None, shadow_dir=None, engine: str = "hf") -> dict:
+               model_args: str | None = None, shadow_dir=None, engine: str = "hf", max_queries: int | None = None) -> dict:
     """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).
 
     Every input is read and validated before the model is loaded, and every output is written
@@ -394,6 +394,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
         device, model_args, engine: as in :func:`~llm_mia.models.loading.load_model`.
         progress: show a progress bar.
         shadow_dir: shadow models from ``llm-mia shadow train``.
+        max_queries: the query budget of an ``openai:`` endpoint (``--max-queries``; ignored for a local model).
 
     Returns:
         A summary: ``n``, ``n_flagged``, ``warnings``, ``engine`` and, when asked, ``shadow``,
@@ -418,6 +419,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
     tgt = load_model(model, device=device, model_args=model_args, engine=engine,
                      crosscheck_texts=data.texts[:16])
+    if max_queries is not None and hasattr(tgt, "usage"):
+        tgt.max_queries = tgt.usage.queries + int(max_queries)
     if shadow is not None:
         check_tokenizer(shadow, tgt.tokenizer)
         if (why := recipe_mismatch(shadow, getattr(tgt, "folder", None))) is not None:

@@ -86,3 +86,33 @@ def test_cli_score_text_signals_finite_and_samia_auc(leak_models, tmp_path, caps
     m = json.loads((tmp_path / "m.json").read_text())
     auc = {k: v.get("auc") for k, v in m.get("signals", m).items() if isinstance(v, dict)}
     assert auc["samia"] >= 0.8 and auc["ngram_coverage"] >= 0.7  # the leaky model memorised its members
+
+
+def test_score_on_a_chat_endpoint_counts_queries_and_honours_the_budget(tiny_tokenizer, tmp_path, capsys):
+    from tests.models.test_endpoint import StepServer
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    texts = ["the cat sat on the mat today", "a dog ran in the park at noon"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    server = StepServer()
+    body = {"id": "x", "object": "chat.completion", "created": 0, "model": "step", "choices": [
+        {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "sat on the mat"}}]}
+    try:
+        base = ["score", "--model", f"openai:{server.url}", "--model-args", f"tokenizer={tmp_path / 'tok'},api=chat",
+                "--input", tmp_path / "in.txt", "--signals", "samia,ngram_coverage"]
+        code, _, err = run_cli([*base, "--output", tmp_path / "o1.jsonl", "--max-queries", "9"], capsys)
+        assert code == 2 and "10 queries" in err and "\n" not in err.strip()
+        assert not [p for p, _ in server.seen if "chat" in p]  # refused before the first query
+        server.raw = [(200, "application/json", json.dumps(body).encode())] * 10
+        code, _, err = run_cli([*base, "--output", tmp_path / "o2.jsonl", "--max-queries", "10"], capsys)
+        assert code == 0, err
+        posts = [b for p, b in server.seen if p.endswith("/chat/completions")]
+        assert len(posts) == 10 and "the cat sat" in posts[0]["messages"][0]["content"]
+        rows = io.read_jsonl(tmp_path / "o2.jsonl")
+        for t, r in zip(texts, rows):  # suffix: the text after its first floor(T / 2) tokens
+            ids = tiny_tokenizer(t, add_special_tokens=False)["input_ids"]
+            suffix = t[len(tiny_tokenizer.decode(ids[:len(ids) // 2])):]
+            assert r["scores"]["samia"] == pytest.approx(_slow_rouge1("sat on the mat", suffix))
+            assert r["scores"]["ngram_coverage"] == pytest.approx(_slow_coverage("sat on the mat", suffix, 3))
+    finally:
+        server.close()
