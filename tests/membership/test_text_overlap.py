@@ -116,3 +116,28 @@ def test_score_on_a_chat_endpoint_counts_queries_and_honours_the_budget(tiny_tok
             assert r["scores"]["ngram_coverage"] == pytest.approx(_slow_coverage("sat on the mat", suffix, 3))
     finally:
         server.close()
+
+
+def test_score_on_a_text_endpoint_uses_generated_text(tiny_tokenizer, tmp_path, capsys):
+    from tests.models.test_endpoint import StepServer
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    text = "the cat sat on the mat today"
+    (tmp_path / "in.txt").write_text(text + "\n")
+    reply = {"id": "c", "object": "text_completion", "created": 0, "model": "step",
+             "choices": [{"index": 0, "text": " on the mat today", "finish_reason": "length", "logprobs": None}]}
+    server = StepServer()
+    try:
+        server.raw = [(200, "application/json", json.dumps(reply).encode())] * 5
+        code, _, err = run_cli(["score", "--model", f"openai:{server.url}", "--model-args",
+                                f"tokenizer={tmp_path / 'tok'},api=text", "--input", tmp_path / "in.txt",
+                                "--output", tmp_path / "o.jsonl", "--signals", "samia", "--max-queries", "5"], capsys)
+        assert code == 0, err
+        posts = [b for p, b in server.seen if p.endswith("/completions")]
+        assert len(posts) == 5 and len({b["seed"] for b in posts}) == 5  # one query per sample, own seed
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        suffix = text[len(tiny_tokenizer.decode(ids[:len(ids) // 2])):]
+        assert io.read_jsonl(tmp_path / "o.jsonl")[0]["scores"]["samia"] == pytest.approx(
+            _slow_rouge1(" on the mat today", suffix))
+    finally:
+        server.close()
