@@ -40,7 +40,7 @@ def rouge_n_recall(candidate: str, reference: str, n: int = 1) -> float:
 
 def samia(samples: Sequence[str], suffix: str, n: int = 1) -> float:
     """SaMIA (Kaneko et al. 2024, "Sampling-based pseudo-likelihood for membership inference attacks",
-    sec. 3, eq. 2-3): the mean ROUGE-N recall of the m sampled continuations c_1..c_m of the prefix
+    sec. 3): the mean ROUGE-N recall of the m sampled continuations c_1..c_m of the prefix
     against the true suffix x_s, SaMIA(x) = (1/m) sum_j ROUGE-N(c_j, x_s); the paper's default N = 1.
 
     Returns a value in [0, 1], higher = member; NaN when the suffix has no n-gram or ``samples`` is empty.
@@ -68,7 +68,7 @@ def coverage(sample: str, suffix: str, n: int = 3) -> float:
 
 def ngram_coverage(samples: Sequence[str], suffix: str, n: int = 3) -> float:
     """N-gram coverage attack (Hallinan et al. 2025, "The surprising effectiveness of membership inference
-    with simple n-gram coverage", sec. 3, eq. 1-2): max over the m sampled continuations c_j of
+    with simple n-gram coverage", sec. 3): max over the m sampled continuations c_j of
     Coverage_n(x_s, c_j), the fraction of the true suffix's words covered by n-grams shared with c_j.
 
     Returns a value in [0, 1], higher = member; NaN when the suffix has fewer than n words or no sample.
