@@ -20,7 +20,8 @@ def extract(
                                   "clear-text rows)."),
     num_samples: int = typer.Option(1000, "--num-samples", min=1, help="Samples per strategy."),
     strategy: str = typer.Option("top-k", "--strategy",
-                                 help="top-k, temperature-decay, internet, or several, comma-separated."),
+                                 help="top-k, temperature-decay, internet, chat, divergence (the last two: chat models only, "
+                                      "Nasr et al. 2023), or several, comma-separated."),
     prompts: str | None = typer.Option(None, "--prompts",
                                           help="Prompt corpus of the internet strategy: .txt/.jsonl/folder/hf:NAME "
                                                "(default: prompts/internet.txt)."),

@@ -98,7 +98,8 @@ def num_samples():
 
 def strategy():
     return typer.Option("top-k,temperature-decay,internet", "--strategy", rich_help_panel=EXTRACTION,
-                        help="Extraction strategies, comma-separated.")
+                        help="Extraction strategies, comma-separated: top-k, temperature-decay, internet, chat, "
+                             "divergence (chat and divergence: chat models only).")
 
 
 def prompts():

@@ -39,6 +39,8 @@ def score(
     shadow: Path | None = typer.Option(None, "--shadow", help="Shadow folder (`llm-mia shadow train`): adds LiRA, "
                                           "RMIA with K references and the Shokri attack."),
     engine: str = engine_option(),
+    max_queries: int | None = typer.Option(None, "--max-queries", min=1,
+                                           help="openai: endpoints only: the most API queries (checked before the first)."),
 ):
     """Score texts for membership with every signal; optional ROC metrics and calibrated decisions."""
     from llm_mia.membership.scoring import score_file
@@ -48,7 +50,7 @@ def score(
                      batch_size=batch_size, prepend_bos=prepend_bos, recall_prefix=recall_prefix,
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
                      target_fpr=target_fpr, device=device, model_args=model_args, shadow_dir=shadow,
-                     engine=engine)
+                     engine=engine, max_queries=max_queries)
     echo_engine(res.get("engine"))
     for w in res.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)

@@ -10,3 +10,5 @@ PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 DEFAULT_PROMPTS = PROMPTS_DIR / "internet.txt"
 #: Canary sentence templates of the corpus builder.
 CANARY_TEMPLATES = PROMPTS_DIR / "canary_templates.json"
+#: Chat-model extraction prompts: the ``chat`` requests and the ``divergence`` repeated-word template.
+CHAT_PROMPTS = PROMPTS_DIR / "chat_prompts.json"

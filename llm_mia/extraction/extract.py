@@ -54,6 +54,7 @@ from llm_mia.core.progress import bar
 from llm_mia.core.resources import DEFAULT_PROMPTS
 from llm_mia.data.corpus import load_source
 from llm_mia.data.dedup import dedup
+from llm_mia.extraction.chat import CHAT_STRATEGIES, chat_samples, load_chat_prompts, max_prompt_tokens
 from llm_mia.extraction.index import CorpusIndex
 from llm_mia.extraction.near_verbatim import check_near_settings, near_match
 from llm_mia.extraction.pii_findings import (
@@ -79,6 +80,8 @@ RANKINGS = {
 
 #: Carlini et al. 2021 sec. 5.1.1 sampling strategies, in the order their rows are merged.
 STRATEGIES = ("top-k", "temperature-decay", "internet")
+#: Every strategy ``--strategy`` takes: Carlini's, then the chat-model ones (:mod:`llm_mia.extraction.chat`).
+ALL_STRATEGIES = STRATEGIES + CHAT_STRATEGIES
 
 #: The prompt set shipped for the ``internet`` strategy.
 
@@ -125,9 +128,9 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         """Validate every option before any work (one-line :class:`LlmMiaError`)."""
         self.strategies = tuple(self.strategies)
-        bad = [s for s in self.strategies if s not in STRATEGIES]
+        bad = [s for s in self.strategies if s not in ALL_STRATEGIES]
         if bad or not self.strategies:
-            raise LlmMiaError(f"unknown strategy {', '.join(bad) or '(none)'}; use {', '.join(STRATEGIES)}")
+            raise LlmMiaError(f"unknown strategy {', '.join(bad) or '(none)'}; use {', '.join(ALL_STRATEGIES)}")
         if len(set(self.strategies)) != len(self.strategies):
             raise LlmMiaError(f"strategy given twice: {', '.join(self.strategies)}")
         for name, lo in (("num_samples", 1), ("seed", 0), ("top_k", 1), ("batch_size", 1), ("top_n", 1),
@@ -153,7 +156,7 @@ def strategy_seed(seed: int, strategy: str, index: int) -> int:
     """The seed of sample ``index`` of ``strategy``: :func:`sample_seed` (seed, index) for top-k,
     a SeedSequence of (seed, index, strategy number) for the others, so strategies never share draws.
     Never depends on the process rank or the batch."""
-    k = STRATEGIES.index(strategy)
+    k = ALL_STRATEGIES.index(strategy)
     if k == 0:
         return sample_seed(seed, index)
     return int(np.random.SeedSequence([int(seed), int(index), k]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -356,7 +359,8 @@ def _char_span(text: str, match_text: str, before: str) -> list[int] | None:
 
 def _max_new(target: LoadedModel, cfg: ExtractConfig) -> int:
     ctx = target.max_context or 1024
-    room = ctx - 1 - (cfg.prompt_tokens[1] if "internet" in cfg.strategies else 0)
+    chat = max_prompt_tokens(target, cfg.strategies, load_chat_prompts())  # refuses a model without a template
+    room = ctx - 1 - max(cfg.prompt_tokens[1] if "internet" in cfg.strategies else 0, chat)
     max_new = cfg.max_new_tokens or min(256, room)
     if max_new < 1 or max_new > room:
         raise LlmMiaError(f"--length {max_new} does not fit the model's context of {ctx} tokens"
@@ -383,7 +387,6 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
     out_dir = Path(out_dir)
     io.check_output_dir(out_dir)
     max_new = _max_new(target, cfg)
-    bos = target.bos_id
     prompts = _Prompts(target, cfg.prompt_source, cfg.prompt_tokens) if "internet" in cfg.strategies else None
     fp = model_fingerprint(target)
     if world == 1:  # several processes check together before any of them writes (see extract)
@@ -407,17 +410,25 @@ def sample(target: LoadedModel, cfg: ExtractConfig, out_dir: Path, *, rank: int 
             with open(path, "a", encoding="utf-8") as f:
                 for idx in iter(lambda: list(islice(todo, cfg.batch_size)), []):  # noqa: B023  (consumed within this iteration)
                     seeds = [strategy_seed(cfg.seed, strategy, i) for i in idx]
-                    pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(idx)
-                    gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds,
-                                           top_k=cfg.top_k, min_new_tokens=max_new,
-                                           temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
-                    for i, g in zip(idx, gens):
+                    for i, (p, t, more) in zip(idx, _generate(target, strategy, seeds, prompts, cfg, max_new)):
                         f.write(io.dumps({"strategy": strategy, "index": i, "seed": cfg.seed, "max_new_tokens": max_new,
-                                          **fp, "prompt_ids": g.prompt, "token_ids": g.new_ids}) + "\n")
+                                          **fp, "prompt_ids": p, "token_ids": t, **more}) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
                     adv(len(idx))
     return _collect(out_dir, cfg, max_new, fp)
+
+
+def _generate(target: LoadedModel, strategy: str, seeds: list[int], prompts, cfg: ExtractConfig,
+              max_new: int) -> list[tuple[list[int], list[int], dict]]:
+    """(prompt ids, token ids, extra record fields) of one batch of ``strategy``."""
+    if strategy in CHAT_STRATEGIES:
+        return chat_samples(target, strategy, seeds, load_chat_prompts(), max_new_tokens=max_new, top_k=cfg.top_k)
+    bos = target.bos_id
+    pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(seeds)
+    gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds, top_k=cfg.top_k, min_new_tokens=max_new,
+                           temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
+    return [(g.prompt, g.new_ids, {}) for g in gens]
 
 
 def _check_fresh(out_dir: Path, cfg: ExtractConfig) -> None:

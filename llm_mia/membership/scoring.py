@@ -34,6 +34,8 @@ from llm_mia.membership.shadow import (
     shadow_summary,
 )
 from llm_mia.membership.signals import token_frequencies
+from llm_mia.membership.signals.text_overlap import TEXT_SIGNALS
+from llm_mia.membership.text_scoring import text_signal_scores
 from llm_mia.models.hf import LoadedModel, reference_is_target
 from llm_mia.models.loading import load_model
 from llm_mia.models.stats import TokenStats
@@ -374,7 +376,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                label_field: str | None = "label", signals: Sequence[str] | None = None, batch_size: int | None = None,
                prepend_bos: bool = False, recall_prefix=None, dc_pdd_corpus=None, metrics_path=None, roc_path=None,
                calibrate_on=None, target_fpr: float = 0.01, device: str | None = None, progress: bool = True,
-               model_args: str | None = None, shadow_dir=None, engine: str = "hf") -> dict:
+               model_args: str | None = None, shadow_dir=None, engine: str = "hf", max_queries: int | None = None) -> dict:
     """``llm-mia score``: read texts, score them, write JSONL (and metrics / ROC / decisions).
 
     Every input is read and validated before the model is loaded, and every output is written
@@ -392,6 +394,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
         device, model_args, engine: as in :func:`~llm_mia.models.loading.load_model`.
         progress: show a progress bar.
         shadow_dir: shadow models from ``llm-mia shadow train``.
+        max_queries: the query budget of an ``openai:`` endpoint (``--max-queries``; ignored for a local model).
 
     Returns:
         A summary: ``n``, ``n_flagged``, ``warnings``, ``engine`` and, when asked, ``shadow``,
@@ -404,6 +407,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not math.isfinite(target_fpr) \
             or not 0 <= target_fpr < 1:
         raise LlmMiaError(f"--target-fpr must be in [0, 1), got {target_fpr!r}")
+    if signals and set(signals) & set(TEXT_SIGNALS) and calibrate_on is not None:
+        raise LlmMiaError(f"--calibrate-on does not apply to {', '.join(TEXT_SIGNALS)} yet: score them without it")
     _check_outputs([input_path, recall_prefix, dc_pdd_corpus, calibrate_on],
                    [(output_path, "--output"), (metrics_path, "--metrics"), (roc_path, "--roc")])
     got = _read_score_inputs(input_path, text_field=text_field, label_field=label_field, recall_prefix=recall_prefix,
@@ -414,6 +419,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
     tgt = load_model(model, device=device, model_args=model_args, engine=engine,
                      crosscheck_texts=data.texts[:16])
+    if max_queries is not None and hasattr(tgt, "usage"):
+        tgt.max_queries = tgt.usage.queries + int(max_queries)
     if shadow is not None:
         check_tokenizer(shadow, tgt.tokenizer)
         if (why := recipe_mismatch(shadow, getattr(tgt, "folder", None))) is not None:
@@ -422,8 +429,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     freq = token_frequencies(tgt.tokenizer, got.freq_texts, len(tgt.tokenizer)) if got.freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
               recall_prefix=got.prefix, token_freq=freq, shadow=shadow)
-    with bar("scoring", None, enabled=progress) as adv:
-        res = score(tgt, data.texts, progress=adv, warn=False, **kw)
+    res = _score_with_text_signals(tgt, data.texts, kw, progress)
     rows = []
     for r, i in zip(res.rows, data.ids):
         r = dict(r, id=i)
@@ -446,6 +452,30 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
                                         shadow={"shadow": out["shadow"]} if shadow is not None else {},
                                         metrics_path=metrics_path, roc_path=roc_path)
     return out
+
+
+def _score_with_text_signals(tgt, texts: list[str], kw: dict, progress: bool) -> ScoreResult:
+    """:func:`score` for the TokenStats signals asked for, plus the text-only ones (SaMIA, n-gram
+    coverage: :mod:`llm_mia.membership.text_scoring`) merged into each row's ``scores`` and ``flags``.
+    With only text-only signals no log-prob is read (any endpoint API works); rows then hold
+    ``id``, ``scores`` and ``flags`` and the per-token fields as None."""
+    asked = kw.get("signals")
+    text_sigs = [x for x in (asked or []) if x in TEXT_SIGNALS]
+    if not text_sigs:
+        with bar("scoring", None, enabled=progress) as adv:
+            return score(tgt, texts, progress=adv, warn=False, **kw)
+    others = [x for x in asked if x not in TEXT_SIGNALS]
+    vals, flags = text_signal_scores(tgt, texts, text_sigs, seed=0)
+    if others:
+        with bar("scoring", None, enabled=progress) as adv:
+            res = score(tgt, texts, progress=adv, warn=False, **dict(kw, signals=others))
+    else:
+        res = ScoreResult(rows=[{"n_scored_tokens": None, "nll": None, "perplexity": None, "zlib_bytes": None,
+                                 "scores": {}, "flags": []} for _ in texts], target=None, inputs=None)
+    for i, r in enumerate(res.rows):
+        r["scores"].update({k: v[i] for k, v in vals.items()})
+        r["flags"] = list(r["flags"]) + flags[i]
+    return res
 
 
 def _check_outputs(inputs: list, outputs: list[tuple]) -> None:

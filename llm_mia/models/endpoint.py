@@ -414,6 +414,29 @@ class EndpointModel:
             out.append(Generated(prompt=p, new_ids=new[:stop[0]] if stop else new))
         return out
 
+    def chat_generate(self, user_texts, *, max_new_tokens: int, seeds, top_k: int = 40) -> list[str]:
+        """Sampled replies (text) to one user turn each through ``/v1/chat/completions``: one counted
+        request per sample (the seed is per request); top-k only on a vLLM server.
+
+        Raises:
+            LlmMiaError: an endpoint whose api is not chat, a reply without a message.
+        """
+        if self.api != "chat":
+            raise LlmMiaError(f"/v1/chat/completions is used only with api=chat (this endpoint: api={self.api})")
+        ext = {"top_k": int(top_k)} if top_k and self.server == "vllm" else None
+
+        def one(job):
+            text, s = job
+            reply = self._call(self.client.chat.completions.with_raw_response.create, 1,
+                               messages=[{"role": "user", "content": text}], max_tokens=int(max_new_tokens),
+                               temperature=1.0, seed=int(s) % (2 ** 63), extra_body=ext)
+            try:
+                return str(reply.choices[0].message.content or "")
+            except (AttributeError, IndexError):
+                raise LlmMiaError(f"the endpoint {self.url} answered a chat completion without a message") from None
+
+        return self._map(one, list(zip(user_texts, seeds)))
+
 
 def _parsed(raw, url: str):
     """The parsed reply of a raw API response, or one line saying what the server sent instead (a body
