@@ -1,6 +1,7 @@
 """A gated verdict as JUnit XML: one test case per policy limit (passed, ``<failure>`` when the
 limit is exceeded, ``<skipped>`` when it is inconclusive or not measured, ``<error>`` when the report
-cannot answer it: :data:`llm_mia.report.ci.OUTCOMES`), so CI test dashboards show the release gate next
+cannot answer it: :data:`llm_mia.report.ci.OUTCOMES`), each case with the check's confidence interval
+as a ``<property name="interval">`` where it has one, so CI test dashboards show the release gate next
 to the unit tests."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from llm_mia.core import io
-from llm_mia.report.ci import clean_text, outcome
+from llm_mia.report.ci import clean_text, interval_text, outcome
 
 
 def junit_xml(report: dict, verdict: dict) -> str:
@@ -29,6 +30,10 @@ def junit_xml(report: dict, verdict: dict) -> str:
     for c in checks:
         case = ET.SubElement(suite, "testcase", classname="llm_mia.gate", name=clean_text(c["name"]), time="0")
         element, kind, _, _ = outcome(c["status"])
+        if interval_text(c):  # the figure's one-sided confidence bounds, as the verdict computed them
+            cprops = ET.SubElement(case, "properties")
+            ET.SubElement(cprops, "property", name="interval", value=interval_text(c))
+            ET.SubElement(cprops, "property", name="status", value=clean_text(c["status"]))
         if element == "failure":
             el = ET.SubElement(case, "failure", message=clean_text(c["text"]), type=kind)
             el.text = clean_text("\n".join(str(it) for it in c.get("items") or []) or c["text"])

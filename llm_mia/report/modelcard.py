@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from llm_mia.report.ci import interval_text
+
 
 def _num(v, nd: int = 3) -> str:
     if v is None:
@@ -25,9 +27,9 @@ def render_modelcard(report: dict) -> str:
            f"training data sha256 `{prov.get('train_sha256')}`.", ""]
     if v.get("policy"):
         out += [f"**Release gate: {v.get('status')}** against policy `{v['policy']}`.", "", f"> {v.get('line')}", ""]
-        rows = [f"| {c['name']} | {_num(c['limit'])} | {_num(c['value'])} | {c['status']}"
+        rows = [f"| {c['name']} | {_num(c['limit'])} | {_num(c['value'])} | {interval_text(c) or '-'} | {c['status']}"
                 f"{' (' + c['reason'] + ')' if c.get('reason') else ''} |" for c in v.get("checks") or []]
-        out += ["| limit | allowed | measured | result |", "|---|---|---|---|", *rows, ""]
+        out += ["| limit | allowed | measured | confidence interval | result |", "|---|---|---|---|---|", *rows, ""]
     else:
         out += ["No release policy was checked.", "", f"> {v.get('line', '')}", ""]
     secrets = [s for s in report.get("secrets") or [] if (s.get("count") or 0) > 0]

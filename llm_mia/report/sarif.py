@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llm_mia.core import io
 from llm_mia.core.version import __version__
-from llm_mia.report.ci import clean_text, outcome
+from llm_mia.report.ci import clean_text, interval_text, outcome
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 TAXONOMY_TAGS = ["security", "privacy", "OWASP-LLM02:2025", "MITRE-ATLAS-AML.T0057"]
@@ -159,7 +159,8 @@ def sarif_log(report: dict, verdict: dict, *, report_dir: Path | None = None, re
                                "logicalLocations": [{"name": str(prov.get("model") or "model"),
                                                      "kind": "module"}]}],
                 "partialFingerprints": {FINGERPRINT_KEY: fp},
-                "properties": {"tags": TAXONOMY_TAGS, "check_status": c["status"], **props}})
+                "properties": {"tags": TAXONOMY_TAGS, "check_status": c["status"],
+                               **({"interval": interval_text(c)} if interval_text(c) else {}), **props}})
     return {
         "$schema": SARIF_SCHEMA, "version": "2.1.0",
         "runs": [{
