@@ -1,0 +1,111 @@
+"""The positive-control twin (llm_mia.audit.twin): a copy of the target fine-tuned on the documents that
+carry the planted secrets memorizes them; the record's fields; a given model; served targets; bad folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_mia.audit.twin import carrying_documents, control_secrets, run_positive_control
+from llm_mia.core import io
+from llm_mia.core.errors import LlmMiaError
+from llm_mia.data.secrets import load_secrets
+from llm_mia.exposure.secrets import decode_extracted
+from llm_mia.models.loading import load_model
+
+torch.set_num_threads(1)
+
+
+def _corpus(d):
+    train = [r["text"] for r in io.read_jsonl(d / "corpus" / "train.jsonl")]
+    held = [r["text"] for r in io.read_jsonl(d / "corpus" / "heldout.jsonl")]
+    return train, held, load_secrets(d / "corpus" / "secrets.json")
+
+
+@pytest.fixture(scope="module")
+def untrained(leak_models, tmp_path_factory):
+    """A randomly initialised 2-layer GPT-2 (seed 0) with the corpus's tokenizer: the audited target."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import make_tiny_gpt2
+
+    d, _ = leak_models
+    tok = AutoTokenizer.from_pretrained(d / "clean")
+    folder = tmp_path_factory.mktemp("untrained")
+    make_tiny_gpt2(len(tok), seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _greedy(folder, secrets, train) -> int:
+    """Secrets greedy decoding gives back from ``folder`` (an independent count, one secret at a time)."""
+    m = load_model(str(folder))
+    return sum(decode_extracted(m, [s], num_beams=1, train_texts=train)[0]["extracted"] for s in secrets)
+
+
+def test_control_secrets_and_carrying_documents(leak_models):
+    d, _ = leak_models
+    train, _, secrets = _corpus(d)
+    ctl = control_secrets(secrets, 16)
+    assert sorted(s.id for s in ctl) == sorted(s.id for s in secrets if s.count >= 16) and len(ctl) == 2
+    assert control_secrets(secrets, 0) == [] and control_secrets(secrets, 17) == []
+    docs = carrying_documents(["Nothing planted here.", *train], ctl)
+    by_hand = [t for t in train if any(s.text in t for s in ctl)]
+    assert docs == by_hand and len(docs) > 0
+
+
+def test_twin_memorizes_what_the_untrained_target_does_not(leak_models, untrained, tmp_path):
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
+    ctl = control_secrets(secrets, 16)
+    target = load_model(str(untrained))
+    assert _greedy(untrained, ctl, train) == 0
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path / "pc", control_insertions=16, beams=1,
+                               seed=0, progress=False)
+    assert rec.status == "detected", rec
+    assert rec.secrets_planted == 2 and rec.secrets_found == 2 and rec.target_found == 0
+    assert rec.control_insertions == 16 and rec.reason is None and rec.seconds > 0
+    assert 0 < rec.steps and rec.model.startswith("fine-tuned twin of the target")
+    last = sorted((tmp_path / "pc").glob("model-*"))[-1]  # the twin kept on disk gives them back on its own
+    assert _greedy(last, ctl, train) == 2
+    assert set(rec.to_dict()) >= {"status", "model", "control_insertions", "secrets_planted", "secrets_found",
+                                  "target_found", "seconds", "reason"}
+
+
+def test_given_model_skip_and_no_controls(leak_models, tmp_path):
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
+    target = load_model(str(d / "clean"))
+    ids = {s.id for s in control_secrets(secrets, 16)}
+    rec = run_positive_control(target, secrets, train, held, {next(iter(ids)), "not-a-control"}, tmp_path,
+                               model=str(d / "leaky"), beams=1)
+    assert (rec.status, rec.model, rec.secrets_planted, rec.target_found, rec.steps) == \
+        ("detected", str(d / "leaky"), 2, 1, 0)
+    assert rec.secrets_found == _greedy(d / "leaky", control_secrets(secrets, 16), train) == 2
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path, model=str(d / "clean"), beams=1)
+    assert (rec.status, rec.secrets_found, rec.reason) == \
+        ("not_detected", 0, "found 0 of 2 secrets in a model made to memorize them")
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path, skip=True)
+    assert (rec.status, rec.reason, rec.secrets_found, rec.seconds) == ("skipped", "--no-positive-control", 0, 0.0)
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path, control_insertions=17)
+    assert rec.status == "unavailable" and rec.secrets_planted == 0 and "inserted >= 17" in rec.reason
+
+
+def test_served_target_is_unavailable(leak_models, tmp_path):
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
+
+    class Served:  # an endpoint or a vLLM server: no folder, no weights in process
+        folder = None
+        model = None
+
+    rec = run_positive_control(Served(), secrets, train, held, set(), tmp_path / "pc")
+    assert rec.status == "unavailable" and "--positive-control MODEL" in rec.reason
+    assert rec.secrets_planted == 2 and not (tmp_path / "pc").exists()
+
+
+def test_no_carrying_document_is_one_line_error(leak_models, tmp_path):
+    d, _ = leak_models
+    _, held, secrets = _corpus(d)
+    with pytest.raises(LlmMiaError, match="no training document holds a planted secret"):
+        run_positive_control(load_model(str(d / "clean")), secrets, held, held, set(), tmp_path)
