@@ -109,3 +109,53 @@ def test_no_carrying_document_is_one_line_error(leak_models, tmp_path):
     _, held, secrets = _corpus(d)
     with pytest.raises(LlmMiaError, match="no training document holds a planted secret"):
         run_positive_control(load_model(str(d / "clean")), secrets, held, held, set(), tmp_path)
+
+
+# ----------------------------------------------------------------------------- the audit and its report
+
+
+def _audit(d, out, capsys, *extra):
+    from tests.conftest import run_cli
+
+    return run_cli(["audit", "--corpus", d / "corpus", "--model", d / "clean", "--out", out, "--num-samples", 4,
+                    "--length", 16, "--candidates", 8, *extra], capsys)
+
+
+def test_audit_with_a_given_positive_control_reports_it(leak_models, tmp_path, capsys):
+    import html
+    import json
+
+    from llm_mia.report.markdown import positive_control_line
+
+    d, _ = leak_models
+    code, _, err = _audit(d, tmp_path / "a", capsys, "--positive-control", d / "leaky")
+    assert code == 0, err
+    pc = json.loads((tmp_path / "a" / "report.json").read_text())["positive_control"]
+    assert {k: pc[k] for k in ("status", "model", "control_insertions", "secrets_planted", "secrets_found",
+                               "target_found", "reason", "steps")} == \
+        {"status": "detected", "model": str(d / "leaky"), "control_insertions": 16, "secrets_planted": 2,
+         "secrets_found": 2, "target_found": 0, "reason": None, "steps": 0}
+    line = positive_control_line(pc)
+    assert line == (f"Positive control (detected): the audit finds 2 of 2 secrets inserted >= 16 times in a model "
+                    f"known to have memorized them ({d / 'leaky'}, {pc['seconds']:.1f} s); 0 of 2 in yours.")
+    assert line in (tmp_path / "a" / "report.md").read_text()
+    assert line in html.unescape((tmp_path / "a" / "report.html").read_text())
+
+    code, _, err = _audit(d, tmp_path / "b", capsys, "--no-positive-control")
+    assert code == 0, err
+    pc = json.loads((tmp_path / "b" / "report.json").read_text())["positive_control"]
+    assert (pc["status"], pc["reason"], pc["secrets_found"]) == ("skipped", "--no-positive-control", 0)
+    assert "Positive control skipped: --no-positive-control; 0 of 2 in yours." in (tmp_path / "b" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty", "both"])
+def test_bad_positive_control_is_a_one_line_error_before_any_work(leak_models, tmp_path, capsys, bad):
+    d, _ = leak_models
+    (tmp_path / "empty").mkdir()
+    folder = tmp_path / ("empty" if bad == "empty" else "missing")
+    extra = ["--no-positive-control"] if bad == "both" else []
+    code, _, err = _audit(d, tmp_path / "out", capsys, "--positive-control", folder, *extra)
+    assert code == 2 and "Traceback" not in err
+    msg = "exclude each other" if bad == "both" else f"--positive-control: not a model folder: {folder}"
+    assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
