@@ -159,3 +159,21 @@ def test_bad_positive_control_is_a_one_line_error_before_any_work(leak_models, t
     msg = "exclude each other" if bad == "both" else f"--positive-control: not a model folder: {folder}"
     assert msg in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_adapter_target_twin_starts_from_the_merged_model(leak_models, untrained, tmp_path):
+    """A PEFT adapter folder trains no weights of its own: the twin starts from the adapter merged into its base."""
+    from llm_mia.training.train import LoraSpec, train_model
+
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
+    train_model(d / "corpus", tmp_path / "adapter", base=str(untrained), preset="tiny", max_steps=2, progress=False,
+                lora=LoraSpec(r=4, alpha=8))
+    target = load_model(str(tmp_path / "adapter"))
+    assert target.base_folder is not None
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path / "pc", beams=1)
+    merged = load_model(str(tmp_path / "pc" / "target-merged"))
+    ids = torch.tensor([[0, 5, 9, 17]])
+    with torch.no_grad():
+        assert torch.allclose(merged.model(ids).logits, target.model(ids).logits, atol=1e-5)
+    assert (rec.status, rec.secrets_found, rec.secrets_planted) == ("detected", 2, 2), rec
