@@ -148,11 +148,16 @@ def test_audit_with_a_given_positive_control_reports_it(leak_models, tmp_path, c
     assert "Positive control skipped: --no-positive-control; 0 of 2 in yours." in (tmp_path / "b" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("bad", ["missing", "empty", "both"])
+@pytest.mark.parametrize("bad", ["missing", "empty", "no weights", "both"])
 def test_bad_positive_control_is_a_one_line_error_before_any_work(leak_models, tmp_path, capsys, bad):
+    import shutil
+
     d, _ = leak_models
     (tmp_path / "empty").mkdir()
-    folder = tmp_path / ("empty" if bad == "empty" else "missing")
+    shutil.copytree(d / "leaky", tmp_path / "no weights")
+    for f in (tmp_path / "no weights").glob("*.safetensors"):
+        f.unlink()
+    folder = tmp_path / {"empty": "empty", "no weights": "no weights"}.get(bad, "missing")
     extra = ["--no-positive-control"] if bad == "both" else []
     code, _, err = _audit(d, tmp_path / "out", capsys, "--positive-control", folder, *extra)
     assert code == 2 and "Traceback" not in err
