@@ -113,6 +113,18 @@ def _train_round(base: str, docs: list[str], heldout: list[str], work: Path, k: 
     return out
 
 
+def twin_base(target, work: Path) -> Path:
+    """The folder the twin is fine-tuned from: the target's own, or for a PEFT adapter target (its
+    ``base_folder`` set; :func:`~llm_mia.models.loading.load_model` merged LoRA into the base) the merged
+    model and its tokenizer saved to ``work/target-merged`` (an adapter folder itself trains no weights)."""
+    if getattr(target, "base_folder", None) is None:
+        return Path(target.folder)
+    out = Path(work) / "target-merged"
+    target.model.save_pretrained(out)
+    target.tokenizer.save_pretrained(out)
+    return out
+
+
 def train_twin(target_folder: str | Path, docs: list[str], heldout: list[str], secrets, work: Path, *,
                beams: int, train: list[str], seed: int = 0, steps: int = TWIN_STEPS, rounds: int = TWIN_ROUNDS,
                progress: bool = False) -> tuple[set[str], int, str]:
@@ -169,7 +181,7 @@ def run_positive_control(target, secrets, train: list[str], heldout: list[str], 
         docs = carrying_documents(train, ctl)
         if not docs:
             raise LlmMiaError("no training document holds a planted secret: is secrets.json this corpus's?")
-        found, steps, _ = train_twin(target.folder, docs, heldout, ctl, Path(work), beams=beams, train=train,
+        found, steps, _ = train_twin(twin_base(target, Path(work)), docs, heldout, ctl, Path(work), beams=beams, train=train,
                                      seed=seed, progress=progress)
         rec["model"] = f"fine-tuned twin of the target ({steps} steps on {len(docs)} documents)"
     rec.update(secrets_found=len(found), seconds=round(time.time() - t0, 1))

@@ -175,8 +175,8 @@ def audit(
         raise LlmMiaError("--canaries and --inclusion go together")
     if positive_control is not None and no_positive_control:
         raise LlmMiaError("--positive-control and --no-positive-control exclude each other")
-    if positive_control is not None and not (Path(positive_control) / "config.json").is_file():
-        raise LlmMiaError(f"--positive-control: not a model folder: {positive_control}")
+    if positive_control is not None:
+        _check_positive_control(positive_control)
     cfg.positive_control, cfg.positive_control_model = not no_positive_control, positive_control
     from llm_mia.audit.pipeline import run_audit
 
@@ -338,3 +338,16 @@ def defenses(
     out = out or Path("compare-demo")
     res = run_compare_defenses(out, quick=quick, seed=seed)
     _echo_compare(res, out, None)
+
+
+def _check_positive_control(folder: str) -> None:
+    """``--positive-control``: a local model or PEFT adapter folder whose weights and tokenizer are there
+    (:func:`llm_mia.models.loading.resolve_model_spec`, nothing loaded), else a one-line error now."""
+    from llm_mia.models.loading import resolve_model_spec  # torch: deferred until an audit runs
+
+    if not Path(folder).is_dir():
+        raise LlmMiaError(f"--positive-control: not a model folder: {folder}")
+    try:
+        resolve_model_spec(str(folder), {})
+    except LlmMiaError as e:
+        raise LlmMiaError(f"--positive-control: not a model folder: {folder} ({e})") from None

@@ -17,6 +17,7 @@ from llm_mia.report import figures, scorecard
 from llm_mia.report.markdown import _fmt as _md_fmt
 from llm_mia.report.markdown import (
     planted_strings,
+    positive_control_line,
     redact,
     redact_text,
     redaction_spans,
@@ -157,4 +158,4 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
     return tmpl.render(card=scorecard.rows(report), leaked=leaked, r=report, prov=report["provenance"], ext=report["extraction"], tops=tops, figs=figs,
                        secret_rows=secret_rows, est_names=est_names, signals=signals, mem=mem,
                        pii=report.get("pii"), verdict=report.get("verdict") or {}, hidden=hide,
-                       log2=math.log2)
+                       log2=math.log2, pc_line=positive_control_line(report.get("positive_control")))

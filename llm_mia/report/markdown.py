@@ -63,6 +63,24 @@ def redact_text(text: str, secrets: Sequence) -> str:
     return text
 
 
+def positive_control_line(pc: dict | None) -> str | None:
+    """One sentence on report.json ``positive_control`` (:mod:`llm_mia.audit.twin`) beside the target's
+    result, e.g. "finds 2 of 2 ... in a model made to memorize them; 0 of 2 in yours"; None without a record.
+
+    Counts are secrets inserted >= ``control_insertions`` times that greedy or beam decoding gave back.
+    """
+    if not pc:
+        return None
+    n, k = pc.get("secrets_planted", 0), pc.get("control_insertions")
+    yours = f"{pc.get('target_found', 0)} of {n} in yours"
+    if pc.get("status") in ("detected", "not_detected"):
+        known = "known to have memorized them" if pc["status"] == "detected" else "made to memorize them"
+        return (f"Positive control ({pc['status'].replace('_', ' ')}): the audit finds {pc.get('secrets_found', 0)} of "
+                f"{n} secrets inserted >= {k} times in a model {known} ({pc.get('model')}, "
+                f"{pc.get('seconds', 0.0):.1f} s); {yours}.")
+    return f"Positive control {pc.get('status')}: {pc.get('reason')}; {yours}."
+
+
 def _fmt(x, nd=2) -> str:
     if x is None:
         return "-"
@@ -222,6 +240,9 @@ def _secrets_section(report: dict, secrets: Sequence, *, show_secrets: bool) -> 
                         g.get("min_remaining_guess_bits")]
                        for g in report["exposure_by_count"]]))
     out.append("")
+    line = positive_control_line(report.get("positive_control"))
+    if line:
+        out += [line, ""]
     by_id = {s.id: s for s in secrets}
     rows = []
     for r in report["secrets"]:

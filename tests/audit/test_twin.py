@@ -1,74 +1,192 @@
-"""The positive-control twin (a copy of the target made to memorize the planted secrets, run through the
-same extraction) and the training record the audit verifies."""
+"""The positive-control twin (llm_mia.audit.twin): a copy of the target fine-tuned on the documents that
+carry the planted secrets memorizes them; the record's fields; a given model; served targets; bad folders."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from llm_mia.audit.stages import AuditConfig, check_training_record, read_inputs
 from llm_mia.audit.twin import carrying_documents, control_secrets, run_positive_control
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.secrets import load_secrets
+from llm_mia.exposure.secrets import decode_extracted
 from llm_mia.models.loading import load_model
 from tests.conftest import run_cli
 
+torch.set_num_threads(1)
+
 
 def _corpus(d):
-    secrets = load_secrets(d / "corpus" / "secrets.json")
     train = [r["text"] for r in io.read_jsonl(d / "corpus" / "train.jsonl")]
     held = [r["text"] for r in io.read_jsonl(d / "corpus" / "heldout.jsonl")]
-    return secrets, train, held
+    return train, held, load_secrets(d / "corpus" / "secrets.json")
 
 
-def test_twin_of_a_model_that_never_saw_the_secrets_memorizes_them(leak_models, tmp_path):
-    """The clean model (trained on the held-out split) gives back no planted secret; its twin, fine-tuned
-    on the documents carrying the 16x secrets, gives back all of them: "detected", target_found 0."""
+@pytest.fixture(scope="module")
+def untrained(leak_models, tmp_path_factory):
+    """A randomly initialised 2-layer GPT-2 (seed 0) with the corpus's tokenizer: the audited target."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import make_tiny_gpt2
+
     d, _ = leak_models
-    secrets, train, held = _corpus(d)
+    tok = AutoTokenizer.from_pretrained(d / "clean")
+    folder = tmp_path_factory.mktemp("untrained")
+    make_tiny_gpt2(len(tok), seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _greedy(folder, secrets, train) -> int:
+    """Secrets greedy decoding gives back from ``folder`` (an independent count, one secret at a time)."""
+    m = load_model(str(folder))
+    return sum(decode_extracted(m, [s], num_beams=1, train_texts=train)[0]["extracted"] for s in secrets)
+
+
+def test_control_secrets_and_carrying_documents(leak_models):
+    d, _ = leak_models
+    train, _, secrets = _corpus(d)
     ctl = control_secrets(secrets, 16)
-    assert ctl and all(s.count >= 16 for s in ctl) and len(ctl) == sum(s.count >= 16 for s in secrets)
-    docs = carrying_documents(train, ctl)
-    assert docs and all(any(s.text in t for s in ctl) for t in docs)
+    assert sorted(s.id for s in ctl) == sorted(s.id for s in secrets if s.count >= 16) and len(ctl) == 2
+    assert control_secrets(secrets, 0) == [] and control_secrets(secrets, 17) == []
+    docs = carrying_documents(["Nothing planted here.", *train], ctl)
+    by_hand = [t for t in train if any(s.text in t for s in ctl)]
+    assert docs == by_hand and len(docs) > 0
+
+
+def test_twin_memorizes_what_the_untrained_target_does_not(leak_models, untrained, tmp_path):
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
+    ctl = control_secrets(secrets, 16)
+    target = load_model(str(untrained))
+    assert _greedy(untrained, ctl, train) == 0
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path / "pc", control_insertions=16, beams=1,
+                               seed=0, progress=False)
+    assert rec.status == "detected", rec
+    assert rec.secrets_planted == 2 and rec.secrets_found == 2 and rec.target_found == 0
+    assert rec.control_insertions == 16 and rec.reason is None and rec.seconds > 0
+    assert 0 < rec.steps and rec.model.startswith("fine-tuned twin of the target")
+    last = sorted((tmp_path / "pc").glob("model-*"))[-1]  # the twin kept on disk gives them back on its own
+    assert _greedy(last, ctl, train) == 2
+    assert set(rec.to_dict()) >= {"status", "model", "control_insertions", "secrets_planted", "secrets_found",
+                                  "target_found", "seconds", "reason"}
+
+
+def test_given_model_skip_and_no_controls(leak_models, tmp_path):
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
     target = load_model(str(d / "clean"))
-    rec = run_positive_control(target, secrets, train, held, set(), tmp_path / "pc", beams=1, seed=0)
-    assert (rec.status, rec.secrets_planted, rec.secrets_found, rec.target_found) == ("detected", len(ctl), len(ctl), 0)
-    assert rec.steps >= 30 and rec.seconds > 0 and "fine-tuned twin" in rec.model and rec.reason is None
-    assert json.loads(json.dumps(rec.to_dict()))["status"] == "detected"
+    ids = {s.id for s in control_secrets(secrets, 16)}
+    rec = run_positive_control(target, secrets, train, held, {next(iter(ids)), "not-a-control"}, tmp_path,
+                               model=str(d / "leaky"), beams=1)
+    assert (rec.status, rec.model, rec.secrets_planted, rec.target_found, rec.steps) == \
+        ("detected", str(d / "leaky"), 2, 1, 0)
+    assert rec.secrets_found == _greedy(d / "leaky", control_secrets(secrets, 16), train) == 2
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path, model=str(d / "clean"), beams=1)
+    assert (rec.status, rec.secrets_found, rec.reason) == \
+        ("not_detected", 0, "found 0 of 2 secrets in a model made to memorize them")
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path, skip=True)
+    assert (rec.status, rec.reason, rec.secrets_found, rec.seconds) == ("skipped", "--no-positive-control", 0, 0.0)
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path, control_insertions=17)
+    assert rec.status == "unavailable" and rec.secrets_planted == 0 and "inserted >= 17" in rec.reason
 
 
-def test_positive_control_given_skipped_or_unavailable(leak_models, tmp_path):
+def test_served_target_is_unavailable(leak_models, tmp_path):
     d, _ = leak_models
-    secrets, train, held = _corpus(d)
-    clean = load_model(str(d / "clean"))
-    n = len(control_secrets(secrets, 16))
-    # a given model known to have memorized them (the leaky one): used as is, no training
-    rec = run_positive_control(clean, secrets, train, held, set(), tmp_path / "a", beams=1, model=str(d / "leaky"))
-    assert (rec.status, rec.secrets_found, rec.steps, rec.model) == ("detected", n, 0, str(d / "leaky"))
-    # a given model that never saw them: the audit could not have seen a leak
-    rec = run_positive_control(clean, secrets, train, held, set(), tmp_path / "b", beams=1, model=str(d / "clean"))
-    assert rec.status == "not_detected" and rec.secrets_found == 0 and f"found 0 of {n}" in rec.reason
-    rec = run_positive_control(clean, secrets, train, held, set(), tmp_path / "c", skip=True)
-    assert rec.status == "skipped" and not (tmp_path / "c").exists()
-    served = SimpleNamespace(model=None, folder=None)
-    rec = run_positive_control(served, secrets, train, held, set(), tmp_path / "d")
+    train, held, secrets = _corpus(d)
+
+    class Served:  # an endpoint or a vLLM server: no folder, no weights in process
+        folder = None
+        model = None
+
+    rec = run_positive_control(Served(), secrets, train, held, set(), tmp_path / "pc")
     assert rec.status == "unavailable" and "--positive-control MODEL" in rec.reason
-    rec = run_positive_control(clean, secrets, train, held, set(), tmp_path / "e", control_insertions=64)
-    assert rec.status == "unavailable" and rec.secrets_planted == 0 and ">= 64 times" in rec.reason
+    assert rec.secrets_planted == 2 and not (tmp_path / "pc").exists()
 
 
-def test_positive_control_options_are_checked_before_work(leak_models, tmp_path, capsys):
+def test_no_carrying_document_is_one_line_error(leak_models, tmp_path):
     d, _ = leak_models
-    base = ["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", tmp_path / "o"]
-    code, _, err = run_cli(base + ["--positive-control", tmp_path / "nope"], capsys)
-    assert code == 2 and "--positive-control: not a model folder" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(base + ["--positive-control", d / "leaky", "--no-positive-control"], capsys)
-    assert code == 2 and "exclude each other" in err
-    assert not (tmp_path / "o").exists()
+    _, held, secrets = _corpus(d)
+    with pytest.raises(LlmMiaError, match="no training document holds a planted secret"):
+        run_positive_control(load_model(str(d / "clean")), secrets, held, held, set(), tmp_path)
+
+
+# ----------------------------------------------------------------------------- the audit and its report
+
+
+def _audit(d, out, capsys, *extra):
+    from tests.conftest import run_cli
+
+    return run_cli(["audit", "--corpus", d / "corpus", "--model", d / "clean", "--out", out, "--num-samples", 4,
+                    "--length", 16, "--candidates", 8, *extra], capsys)
+
+
+def test_audit_with_a_given_positive_control_reports_it(leak_models, tmp_path, capsys):
+    import html
+    import json
+
+    from llm_mia.report.markdown import positive_control_line
+
+    d, _ = leak_models
+    code, _, err = _audit(d, tmp_path / "a", capsys, "--positive-control", d / "leaky")
+    assert code == 0, err
+    pc = json.loads((tmp_path / "a" / "report.json").read_text())["positive_control"]
+    assert {k: pc[k] for k in ("status", "model", "control_insertions", "secrets_planted", "secrets_found",
+                               "target_found", "reason", "steps")} == \
+        {"status": "detected", "model": str(d / "leaky"), "control_insertions": 16, "secrets_planted": 2,
+         "secrets_found": 2, "target_found": 0, "reason": None, "steps": 0}
+    line = positive_control_line(pc)
+    assert line == (f"Positive control (detected): the audit finds 2 of 2 secrets inserted >= 16 times in a model "
+                    f"known to have memorized them ({d / 'leaky'}, {pc['seconds']:.1f} s); 0 of 2 in yours.")
+    assert line in (tmp_path / "a" / "report.md").read_text()
+    assert line in html.unescape((tmp_path / "a" / "report.html").read_text())
+
+    code, _, err = _audit(d, tmp_path / "b", capsys, "--no-positive-control")
+    assert code == 0, err
+    pc = json.loads((tmp_path / "b" / "report.json").read_text())["positive_control"]
+    assert (pc["status"], pc["reason"], pc["secrets_found"]) == ("skipped", "--no-positive-control", 0)
+    assert "Positive control skipped: --no-positive-control; 0 of 2 in yours." in (tmp_path / "b" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty", "no weights", "both"])
+def test_bad_positive_control_is_a_one_line_error_before_any_work(leak_models, tmp_path, capsys, bad):
+    import shutil
+
+    d, _ = leak_models
+    (tmp_path / "empty").mkdir()
+    shutil.copytree(d / "leaky", tmp_path / "no weights")
+    for f in (tmp_path / "no weights").glob("*.safetensors"):
+        f.unlink()
+    folder = tmp_path / {"empty": "empty", "no weights": "no weights"}.get(bad, "missing")
+    extra = ["--no-positive-control"] if bad == "both" else []
+    code, _, err = _audit(d, tmp_path / "out", capsys, "--positive-control", folder, *extra)
+    assert code == 2 and "Traceback" not in err
+    msg = "exclude each other" if bad == "both" else f"--positive-control: not a model folder: {folder}"
+    assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapter_target_twin_starts_from_the_merged_model(leak_models, untrained, tmp_path):
+    """A PEFT adapter folder trains no weights of its own: the twin starts from the adapter merged into its base."""
+    from llm_mia.training.train import LoraSpec, train_model
+
+    d, _ = leak_models
+    train, held, secrets = _corpus(d)
+    train_model(d / "corpus", tmp_path / "adapter", base=str(untrained), preset="tiny", max_steps=2, progress=False,
+                lora=LoraSpec(r=4, alpha=8))
+    target = load_model(str(tmp_path / "adapter"))
+    assert target.base_folder is not None
+    rec = run_positive_control(target, secrets, train, held, set(), tmp_path / "pc", beams=1)
+    merged = load_model(str(tmp_path / "pc" / "target-merged"))
+    ids = torch.tensor([[0, 5, 9, 17]])
+    with torch.no_grad():
+        assert torch.allclose(merged.model(ids).logits, target.model(ids).logits, atol=1e-5)
+    assert (rec.status, rec.secrets_found, rec.secrets_planted) == ("detected", 2, 2), rec
 
 
 @pytest.fixture(scope="module")
