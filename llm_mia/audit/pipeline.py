@@ -72,23 +72,10 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
-def positive_control_line(report: dict) -> str | None:
-    """The positive control in one sentence, beside the target's result, or None without one."""
-    pc = report.get("positive_control")
-    if not pc:
-        return None
-    n = pc.get("secrets_planted")
-    if pc.get("status") in ("detected", "not_detected"):
-        return (f"positive control: the audit finds {pc['secrets_found']} of {n} secrets inserted >= "
-                f"{pc['control_insertions']} times in a model known to have memorized them ({pc.get('model')}, "
-                f"{pc.get('seconds')} s); {pc.get('target_found')} of {n} in yours.")
-    return f"positive control {pc.get('status')}: {pc.get('reason')}."
-
-
 def _gate_observations(report: dict) -> list[str]:
-    """What the release gate's detection power and provenance rest on: the positive control and the
-    training record."""
-    obs = [x for x in [positive_control_line(report)] if x]
+    """What the release gate's provenance rests on: the training record (the positive control has its
+    line under the planted secrets, :func:`llm_mia.report.markdown.positive_control_line`)."""
+    obs = []
     rec = (report.get("provenance") or {}).get("training_record") or {}
     if rec.get("status"):
         obs.append(f"training record: {rec['status']}" + (f" ({rec['reason']})." if rec.get("reason") else "."))
