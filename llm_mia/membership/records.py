@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.signals.shadow import lira_scores, lira_token_scores
 from llm_mia.report.markdown import redact_text
 
 #: The FPRs each record is flagged at (0.1% and 1%); the policy gates the 1% one.
@@ -111,17 +112,44 @@ def membership_records(signals: dict, per_doc: dict, member_texts: Sequence[str]
     """report.json's ``membership["records"]`` and ``membership["records_summary"]`` for the best signal
     (:func:`best_signal`) of an audit whose per-document scores list the members first.
 
-    The shadow models give a record its own OUT scores for the ``loss`` signal (each OUT shadow
-    model's mean log p of the record is that signal's score with the model as target); the other
-    signals are calibrated against the non-members. Returns {} when no signal has metrics.
+    The shadow models give a record its own OUT scores for ``loss`` and the LiRA signals
+    (:func:`shadow_out_scores`); the other signals are calibrated against the non-members. Returns {}
+    when no signal has metrics.
     """
     sig = best_signal(signals)
     if sig is None:
         return {}
     n = len(member_texts)
     scores = np.array([float(v) for v in per_doc["scores"][sig]], dtype=np.float64)
-    out = None
-    if sig == "loss" and shadow is not None:
-        out = np.where(shadow.x_in[:n], math.nan, shadow.x_logprob[:n])
+    out = None if shadow is None else shadow_out_scores(sig, shadow)
+    out = None if out is None else out[:n]
     recs = record_risk(scores[:n], scores[n:], out_scores=out, texts=list(member_texts), secrets=secrets)
     return {"records": recs, "records_summary": records_summary(recs, sig)}
+
+
+#: Signals whose per-record OUT scores the shadow models give (:func:`shadow_out_scores`).
+SHADOW_CALIBRATED = ("loss", "lira_online", "lira_offline", "lira_token_online", "lira_token_offline")
+
+
+def shadow_out_scores(signal: str, shadow) -> np.ndarray | None:
+    """(N, K): the score of each record with shadow model k as the target, NaN where k trained on it.
+
+    ``loss``: model k's mean log p. The LiRA signals: leave-one-out (Carlini et al. 2022 sec. VI's
+    protocol), model k as the target and the other K - 1 as its shadow models (pooled variances from
+    those K - 1 too), so an OUT score is computed like the target's with one model fewer. None for
+    the other signals (and for the per-token ones without per-token log-probs).
+    """
+    x_in, k_all = np.asarray(shadow.x_in, dtype=bool), shadow.x_in.shape[1]
+    if signal == "loss":
+        return np.where(x_in, math.nan, shadow.x_logprob)
+    tok = signal.startswith("lira_token_")
+    if signal not in SHADOW_CALIBRATED or (tok and shadow.x_token_logprob is None) or k_all < 2:
+        return None
+    x, z = (shadow.x_token_logprob, shadow.z_token_logprob) if tok else (shadow.x_logprob, shadow.z_logprob)
+    fn, online = (lira_token_scores if tok else lira_scores), signal.endswith("_online")
+    out = np.full(x_in.shape, math.nan)
+    for k in range(k_all):
+        o = [j for j in range(k_all) if j != k]
+        sc = fn(x[:, k], x[:, o], x_in[:, o], online=online, variance_from=(z[:, o], shadow.z_in[:, o]))
+        out[:, k] = np.where(x_in[:, k], math.nan, sc)
+    return out

@@ -64,3 +64,33 @@ def test_membership_records_loss_calibrated_by_the_shadow_out_models():
     assert by[0]["fpr"] == pytest.approx((1 + 1) / 3)  # OUT: -1.5, -0.9; -0.9 >= -1.0
     assert by[1]["fpr"] == pytest.approx((1 + 1) / 4)  # OUT: -2.5, -1.0, -3.0; -1.0 >= -2.0
     assert by[0]["fpr_from"] == by[1]["fpr_from"] == "shadow_out"
+
+
+def test_shadow_out_scores_leave_one_out_for_lira():
+    from types import SimpleNamespace
+
+    from llm_mia.membership.records import shadow_out_scores
+    from llm_mia.membership.signals.shadow import lira_scores
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(-2.0, 0.3, (2, 4))
+    x_in = np.array([[True, False, True, False], [False, False, True, True]])
+    z, z_in = rng.normal(-2.0, 0.3, (6, 4)), np.array([[True, False] * 2, [False, True] * 2] * 3)
+    sh = SimpleNamespace(x_logprob=x, x_in=x_in, z_logprob=z, z_in=z_in, x_token_logprob=None, z_token_logprob=None)
+    got = shadow_out_scores("lira_offline", sh)
+    assert np.isnan(got[x_in]).all()
+    # record 0, model 1 as the target: LiRA offline over models 0, 2, 3 (fixed variance pooled over the population)
+    want = lira_scores(x[:1, 1], x[:1, [0, 2, 3]], x_in[:1, [0, 2, 3]], online=False,
+                       variance_from=(z[:, [0, 2, 3]], z_in[:, [0, 2, 3]]))
+    assert got[0, 1] == pytest.approx(want[0])
+    # by hand: record 0's only OUT model among 0, 2, 3 is 3; sd pooled over the population's OUT entries
+    ss = dof = 0.0
+    for i in range(6):
+        vals = [z[i, j] for j in (0, 2, 3) if not z_in[i, j]]
+        if len(vals) >= 2:
+            ss += sum((v - sum(vals) / len(vals)) ** 2 for v in vals)
+            dof += len(vals) - 1
+    from scipy.stats import norm
+
+    assert got[0, 1] == pytest.approx(norm.logcdf(x[0, 1], loc=x[0, 3], scale=math.sqrt(ss / dof)))
+    assert shadow_out_scores("min_k", sh) is None and shadow_out_scores("lira_token_online", sh) is None

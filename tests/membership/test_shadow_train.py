@@ -11,6 +11,7 @@ import pytest
 
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
+from llm_mia.membership.records import SHADOW_CALIBRATED
 from llm_mia.membership.shadow import (
     MEMBERSHIP_FILE,
     load_shadows,
@@ -225,6 +226,10 @@ def test_audit_with_shadow_reports_the_attacks(leak_models, tmp_path, capsys):
     assert SHADOW_SIGNALS <= set(mem["signals"]) and "auc" in mem["signals"]["lira_online"]
     assert mem["shadow"]["n_models"] == 4 and mem["shadow"]["in_per_text"] == [2, 2]
     assert mem["shadow"]["lira_variance"] == "fixed (global)"
+    recs = mem["records"]  # every member once; OUT scores from the shadows when the best signal has them
+    assert sorted(r["member"] for r in recs) == list(range(mem["n_members"]))
+    want = "shadow_out" if mem["records_summary"]["signal"] in SHADOW_CALIBRATED else "nonmembers"
+    assert {r["fpr_from"] for r in recs if r["fpr"] == r["fpr"]} <= {want}
     md = (tmp_path / "o" / "report.md").read_text()
     assert "TPR at 0.1% FPR" in md and "use 4 shadow models (2-2 IN and 2-2 OUT per document" in md
     assert "4 shadow models" in (tmp_path / "o" / "report.html").read_text()
