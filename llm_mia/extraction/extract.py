@@ -503,6 +503,8 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
     mine = shard_indices(len(gen), dist.world, dist.rank)
     with bar("scoring", None, enabled=cfg.progress and dist.rank == 0) as adv:
         scored_mine = _score_rows(target, reference, [gen[k] for k in mine], cfg, sigs, adv)
+    if hasattr(target, "forget_generations"):  # samples another process scored: free their log-probs
+        target.forget_generations()
     if dist.world > 1:
         io.write_jsonl(out / PRIVATE / "shards" / f"scores.{dist.rank}-of-{dist.world}.jsonl",
                        [{"k": k, **r} for k, r in zip(mine, scored_mine)])

@@ -89,6 +89,10 @@ class LoadedModel:
             return self._stats_reusing(sequences, context_lens, batch_size, stride, progress)
         return self._compute(sequences, context_lens, batch_size, stride, moments, progress)
 
+    def forget_generations(self) -> None:
+        """Drop the log-probs kept by ``generate(..., keep_logprobs=True)`` that were not scored."""
+        self._gen_cache.clear()
+
     def _stats_reusing(self, sequences, context_lens, batch_size, stride, progress):
         n = len(sequences)
         ctx = [context_lens] * n if isinstance(context_lens, int) else list(context_lens)

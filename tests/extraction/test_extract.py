@@ -449,6 +449,10 @@ def test_extraction_scores_each_sample_once_and_matches_two_passes(tiny_model, t
     sigs = [s for s in RANKINGS.values() if s != "reference"]
     once = _score_rows(lm, None, gen, cfg, sigs, None)
     assert lm.gen_reused == 12 and not lm._gen_cache
+    lm.generate([[lm.bos_id]], max_new_tokens=3, seeds=[1], keep_logprobs=True)
+    assert len(lm._gen_cache) == 1
+    lm.forget_generations()
+    assert not lm._gen_cache
     bos = lm.bos_id
     texts = [r["text"] for r in once]
     changed = [[bos] + tiny_tokenizer(t.lower())["input_ids"] for t, g in zip(texts, gen)
