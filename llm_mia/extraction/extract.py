@@ -426,8 +426,10 @@ def _generate(target: LoadedModel, strategy: str, seeds: list[int], prompts, cfg
         return chat_samples(target, strategy, seeds, load_chat_prompts(), max_new_tokens=max_new, top_k=cfg.top_k)
     bos = target.bos_id
     pr = [[bos] + prompts.span(s) for s in seeds] if strategy == "internet" else [[bos]] * len(seeds)
+    # the HF engine keeps each sample's log-probs from generation: the target's scoring pass reads them
+    keep = {"keep_logprobs": True} if getattr(target, "keeps_logprobs", False) else {}
     gens = target.generate(pr, max_new_tokens=max_new, seeds=seeds, top_k=cfg.top_k, min_new_tokens=max_new,
-                           temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None)
+                           temperature_decay=TEMPERATURE_DECAY if strategy == "temperature-decay" else None, **keep)
     return [(g.prompt, g.new_ids, {}) for g in gens]
 
 
@@ -501,6 +503,8 @@ def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: Loade
     mine = shard_indices(len(gen), dist.world, dist.rank)
     with bar("scoring", None, enabled=cfg.progress and dist.rank == 0) as adv:
         scored_mine = _score_rows(target, reference, [gen[k] for k in mine], cfg, sigs, adv)
+    if hasattr(target, "forget_generations"):  # samples another process scored: free their log-probs
+        target.forget_generations()
     if dist.world > 1:
         io.write_jsonl(out / PRIVATE / "shards" / f"scores.{dist.rank}-of-{dist.world}.jsonl",
                        [{"k": k, **r} for k, r in zip(mine, scored_mine)])

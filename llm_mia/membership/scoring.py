@@ -38,7 +38,7 @@ from llm_mia.membership.signals.text_overlap import TEXT_SIGNALS
 from llm_mia.membership.text_scoring import text_signal_scores
 from llm_mia.models.hf import LoadedModel, reference_is_target
 from llm_mia.models.loading import load_model
-from llm_mia.models.stats import TokenStats
+from llm_mia.models.stats import TokenStats, combine_stats
 from llm_mia.models.tokenizer import same_tokenizer, text_ids, tokenizer_adds_bos
 from llm_mia.report.plots import roc_plot
 
@@ -162,7 +162,8 @@ def score(target: LoadedModel, texts: Sequence[str], *, ids: Sequence[Sequence[i
     tstats = run(target, ids, ctx, moments="moments" in needs, masked=True)
     inp = S.SignalInputs(target=tstats, texts=texts)
     if "lowercase" in needs:
-        inp.lowercase = _lowercase_view(target, texts, ids, prompts, prepend_bos=prepend_bos, run=run)
+        inp.lowercase = _lowercase_view(target, texts, ids, prompts, prepend_bos=prepend_bos, run=run,
+                                        same=(ids, ctx, tstats) if score_mask is None else None)
     if "reference" in needs:
         _reference_views(inp, target, reference, ids, ctx, aligned=aligned, prepend_bos=prepend_bos, run=run)
     if "recall" in needs:
@@ -220,19 +221,33 @@ def _target_ids(target: LoadedModel, texts: list[str], ids: Sequence[Sequence[in
 
 
 def _lowercase_view(target: LoadedModel, texts: list[str], ids: list[list[int]], prompts: Sequence[str] | None, *,
-                    prepend_bos: bool, run: _ViewRunner) -> TokenStats:
+                    prepend_bos: bool, run: _ViewRunner, same: tuple | None = None) -> TokenStats:
     """The texts lowercased under the target; with ``prompts``, conditioned on [BOS] + the lowercase prompt.
 
     Without prompts the view starts with a BOS id when the target view does (``prepend_bos``, or ``ids``
-    that start with BOS).
+    that start with BOS). ``same``: ``(ids, context_lens, stats)`` of the target view; a row whose
+    lowercase ids and context equal the target's (lowercasing changed no token) reuses its stats
+    instead of running the model again.
     """
     if prompts is not None:
         pl, _ = target.encode([p.lower() for p in prompts], prepend_bos=True)
         pl = [x or [target.bos_id] for x in pl]
         tl = [text_ids(target.tokenizer, t.lower()) for t in texts]
-        return run(target, [a + b for a, b in zip(pl, tl)], [len(a) for a in pl])
-    lids, lctx = target.encode([t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
-    return run(target, lids, lctx)
+        lids, lctx = [a + b for a, b in zip(pl, tl)], [len(a) for a in pl]
+    else:
+        lids, lctx = target.encode([t.lower() for t in texts], prepend_bos=prepend_bos or _starts_with_bos(target, ids))
+    if same is None:
+        return run(target, lids, lctx)
+    tids, tctx, tstats = same
+    n = len(lids)
+    lc = [lctx] * n if isinstance(lctx, int) else list(lctx)
+    tc = [tctx] * n if isinstance(tctx, int) else list(tctx)
+    keep = [i for i in range(n) if lc[i] == tc[i] and list(lids[i]) == list(tids[i])]
+    if not keep:
+        return run(target, lids, lctx)
+    todo = sorted(set(range(n)) - set(keep))
+    rest = run(target, [lids[i] for i in todo], [lc[i] for i in todo])
+    return combine_stats(n, [(keep, tstats.select(keep)), (todo, rest)])
 
 
 def _reference_views(inp: S.SignalInputs, target: LoadedModel, reference: LoadedModel, ids: list[list[int]],

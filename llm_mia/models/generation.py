@@ -5,8 +5,10 @@ Sampling randomness comes from one ``torch.Generator`` per sample, seeded from
 samples whatever the batch size or the number of processes (only numerically different batched
 forward passes could change a draw). The draw is made by :class:`PerSampleSampler`, a logits
 processor that applies the temperature and top-k, picks every row's token by inverse transform in
-one vectorised step, and hands ``generate`` a one-point distribution, so HF's own sampling step only
-confirms the choice.
+one vectorised step, and hands ``generate`` a one-point distribution, which ``generate`` then takes
+by argmax (``do_sample=False``): each token is drawn once, never a second time by HF's multinomial.
+A :class:`LogprobRecorder`, first in the processor list, keeps each new token's log-probability under
+the model's raw logits (before temperature and top-k), so a generated sample need not be scored again.
 """
 
 from __future__ import annotations
@@ -80,6 +82,42 @@ class PerSampleSampler(LogitsProcessor):
         return out
 
 
+class LogprobRecorder(LogitsProcessor):
+    """Records log p(token) of each generated token under the model's raw logits, and whether it is top-1.
+
+    Runs first in the processor list and returns ``scores`` unchanged. At step i it keeps the step's
+    fp32 logits x (B, V); at step i + 1 (or :meth:`finish`) the token chosen at step i is known and
+    log p = x[tok] - logsumexp(x), top-1 = (x[tok] == max x) are kept, as
+    :func:`llm_mia.models.stats.vocab_stats` computes them in a scoring pass. Memory: one (B, V) step.
+    """
+
+    def __init__(self):
+        self._x: torch.Tensor | None = None
+        self.logprob: list[torch.Tensor] = []  # per step, (B,) float32, nats
+        self.top1: list[torch.Tensor] = []  # per step, (B,) bool
+
+    def _take(self, tok: torch.Tensor) -> None:
+        x = self._x
+        picked = x.gather(1, tok.to(x.device)[:, None])[:, 0]
+        self.logprob.append((picked - torch.logsumexp(x, dim=-1)).cpu())
+        self.top1.append((picked >= x.max(dim=-1).values).cpu())
+        self._x = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._x is not None:
+            self._take(input_ids[:, -1])
+        self._x = scores.float().clone()
+        return scores
+
+    def finish(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs (B, steps) and top-1 flags (B, steps) once ``last`` (B,), the final tokens, are known."""
+        if self._x is not None:
+            self._take(last)
+        if not self.logprob:
+            return torch.zeros((0, 0)), torch.zeros((0, 0), dtype=torch.bool)
+        return torch.stack(self.logprob, 1), torch.stack(self.top1, 1)
+
+
 class TemperatureDecay(LogitsProcessor):
     """Carlini et al. 2021 sec. 5.1.1 "decaying temperature": logits / T(i) for the i-th new token.
 
@@ -139,6 +177,8 @@ class Generated:
 
     prompt: list[int]
     new_ids: list[int]
+    logprob: list[float] | None = None  # log p of each new token under the raw logits, nats (None: not recorded)
+    top1: list[bool] | None = None  # whether each new token had the highest raw logit
 
 
 @torch.inference_mode()
@@ -168,6 +208,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
 
     Returns:
         B :class:`Generated`, in prompt order; ``new_ids`` stop before the first EOS if one is emitted.
+        With sampling or plain greedy decoding (no beams, no ``min_new_tokens`` on the greedy path,
+        where HF masks the logits before the recorder) each carries ``logprob`` and ``top1`` of its
+        new tokens (:class:`LogprobRecorder`); otherwise they are None.
     """
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise LlmMiaError(f"number of beams must be a positive int, got {num_beams!r}")
@@ -183,7 +226,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
     W = ids.shape[1]
     eos = [] if eos_id is None else ([int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id])
     eos_id = (eos[0] if len(eos) == 1 else eos) if eos else None
-    processors = LogitsProcessorList()
+    recorder = LogprobRecorder()
+    processors = LogitsProcessorList([recorder])
     if greedy:
         if vocab_limit is not None:
             processors.append(MaskPaddedVocab(vocab_limit))
@@ -201,15 +245,21 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
             processors.append(TemperatureDecay(W, start=start, end=end, steps=steps))
         processors.append(PerSampleSampler(seeds, top_k=top_k, temperature=temperature, prompt_width=W,
                                            n_steps=max_new_tokens, banned_until=banned, vocab_limit=vocab_limit))
-        cfg = GenerationConfig(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
-                               pad_token_id=pad_id, eos_token_id=eos_id, num_beams=1)
+        # the sampler hands a one-point distribution: argmax takes it (no second draw by multinomial)
+        cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                               num_beams=1)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
                          logits_processor=processors)
+    recorded = num_beams == 1 and not (greedy and min_new_tokens and eos_id is not None) and out.shape[1] > W
+    lp, t1 = recorder.finish(out[:, -1]) if recorded else (None, None)
     res = []
     for i, p in enumerate(prompts):
         new = out[i, W:].tolist()
         stop = [k for k, t in enumerate(new) if t in eos]
         if stop:
             new = new[:stop[0]]
-        res.append(Generated(prompt=list(p), new_ids=new))
+        g = Generated(prompt=list(p), new_ids=new)
+        if lp is not None:
+            g.logprob, g.top1 = lp[i, :len(new)].tolist(), t1[i, :len(new)].tolist()
+        res.append(g)
     return res

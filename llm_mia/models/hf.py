@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import weights_sha256
 from llm_mia.models.device import model_max_context
 from llm_mia.models.generation import generate
-from llm_mia.models.stats import compute_token_stats
+from llm_mia.models.stats import combine_stats, compute_token_stats, generation_key, stats_from_arrays
 from llm_mia.models.tokenizer import decode, decode_continuation, encode, eos_ids
 
 
@@ -34,6 +34,10 @@ class LoadedModel:
     adapter: str | None = None
     folder: Path | None = None
     base_folder: Path | None = None
+    #: log-probs of generated samples, kept by :meth:`generate` until :meth:`token_stats` scores them
+    _gen_cache: dict = field(default_factory=dict, repr=False)
+    #: how many sequences :meth:`token_stats` read from the generation pass instead of a forward pass
+    gen_reused: int = 0
 
     @functools.cached_property
     def weights_sha256(self) -> str | None:
@@ -78,7 +82,39 @@ class LoadedModel:
         return decode_continuation(self.tokenizer, prompt_ids, new_ids)
 
     def token_stats(self, sequences, *, context_lens=1, batch_size=None, stride=None, moments=True, progress=None):
+        """Per-token statistics (:func:`~llm_mia.models.stats.compute_token_stats`). Without ``moments``, a
+        sample this model generated with ``keep_logprobs`` is read from the generation pass (same
+        context length, same ids), never run again; the others run as usual."""
+        if self._gen_cache and not moments and self.logprob_transform is None:
+            return self._stats_reusing(sequences, context_lens, batch_size, stride, progress)
+        return self._compute(sequences, context_lens, batch_size, stride, moments, progress)
 
+    def forget_generations(self) -> None:
+        """Drop the log-probs kept by ``generate(..., keep_logprobs=True)`` that were not scored."""
+        self._gen_cache.clear()
+
+    def _stats_reusing(self, sequences, context_lens, batch_size, stride, progress):
+        n = len(sequences)
+        ctx = [context_lens] * n if isinstance(context_lens, int) else list(context_lens)
+        if len(ctx) != n:
+            raise LlmMiaError(f"context_lens has {len(ctx)} entries for {n} sequences")
+        hits, todo = {}, []
+        for i, s in enumerate(sequences):
+            got = self._gen_cache.pop(generation_key(s, ctx[i]), None) if ctx[i] >= 1 else None
+            if got is not None and len(got[0]) == len(s) - ctx[i]:
+                hits[i] = got
+            else:
+                todo.append(i)
+        self.gen_reused += len(hits)
+        if progress is not None and hits:
+            progress(len(hits))
+        rest = self._compute([sequences[i] for i in todo], [ctx[i] for i in todo], batch_size, stride, False, progress)
+        hit = sorted(hits)
+        done = stats_from_arrays([sequences[i] for i in hit], [ctx[i] for i in hit], [hits[i][0] for i in hit],
+                                 [hits[i][1] for i in hit])
+        return combine_stats(n, [(hit, done), (todo, rest)])
+
+    def _compute(self, sequences, context_lens, batch_size, stride, moments, progress):
         return compute_token_stats(self.model, sequences, context_lens=context_lens, batch_size=batch_size,
                                    pad_id=self.bos_id, max_context=self.max_context, stride=stride, moments=moments,
                                    progress=progress, logprob_transform=self.logprob_transform)
@@ -95,12 +131,24 @@ class LoadedModel:
     #: :class:`llm_mia.serving.output_limits.ApiView` sets it to an API output limit
     logprob_transform = None
 
+    @property
+    def keeps_logprobs(self) -> bool:
+        """Whether ``generate(..., keep_logprobs=True)`` keeps the samples' log-probs for :meth:`token_stats`."""
+        return self.logprob_transform is None
+
     def generate(self, prompts, *, max_new_tokens: int, **kw):
 
         kw.setdefault("pad_id", self.bos_id)
         kw.setdefault("eos_id", self.eos_ids or None)
         kw.setdefault("vocab_limit", self.vocab_size)
-        return generate(self.model, prompts, max_new_tokens=max_new_tokens, **kw)
+        keep = kw.pop("keep_logprobs", False)
+        gens = generate(self.model, prompts, max_new_tokens=max_new_tokens, **kw)
+        if keep:  # scored later by token_stats from these values (extraction)
+            for g in gens:
+                if g.logprob is not None and g.new_ids:
+                    self._gen_cache[generation_key(g.prompt + g.new_ids, len(g.prompt))] = (
+                        torch.tensor(g.logprob, dtype=torch.float32), torch.tensor(g.top1, dtype=torch.bool))
+        return gens
 
 
 def use_fused_activations(model: torch.nn.Module) -> int:

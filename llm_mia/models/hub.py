@@ -18,6 +18,12 @@ MODEL_ARGS = ("pretrained", "peft", "revision", "dtype", "trust_remote_code", "a
 ENDPOINT_ARGS = ("name", "api", "tokenizer", "top_logprobs", "batch", "concurrency", "max_retries", "timeout")
 
 
+#: keys passed to ``vllm.LLM`` by the vLLM engine (``--engine vllm``): more than one GPU or node
+#: (tensor, pipeline and data parallelism; ``distributed_executor_backend`` "ray" across nodes)
+VLLM_ARGS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "distributed_executor_backend")
+VLLM_EXECUTORS = ("mp", "ray", "uni", "external_launcher")
+
+
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -26,8 +32,10 @@ def parse_model_args(text: str | None) -> dict:
 
     Keys: ``pretrained`` (model folder or hub id), ``peft`` (adapter folder or id), ``revision``,
     ``dtype`` (float32/bfloat16/float16), ``trust_remote_code`` and ``allow_pickle`` (true/false);
-    for an ``openai:URL`` endpoint, :data:`ENDPOINT_ARGS` instead.
-    Returns a dict with the keys given (booleans parsed).
+    for an ``openai:URL`` endpoint, :data:`ENDPOINT_ARGS` instead; with ``--engine vllm`` also
+    :data:`VLLM_ARGS` (``tensor_parallel_size``, ``pipeline_parallel_size``, ``data_parallel_size``:
+    positive ints; ``distributed_executor_backend``: one of :data:`VLLM_EXECUTORS`), given to ``vllm.LLM``.
+    Returns a dict with the keys given (booleans and the parallel sizes parsed).
 
     Raises:
         LlmMiaError: an item without ``=``, an unknown key (with a "did you mean" hint), a repeated
@@ -41,9 +49,10 @@ def parse_model_args(text: str | None) -> dict:
         key, value = key.strip(), value.strip()
         if not eq or not key:
             raise LlmMiaError(f"--model-args: '{item.strip()}' is not key=value")
-        if key not in MODEL_ARGS + ENDPOINT_ARGS:
-            close = difflib.get_close_matches(key, MODEL_ARGS + ENDPOINT_ARGS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(MODEL_ARGS + ENDPOINT_ARGS)})"
+        if key not in MODEL_ARGS + ENDPOINT_ARGS + VLLM_ARGS:
+            known = MODEL_ARGS + ENDPOINT_ARGS + VLLM_ARGS
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
             raise LlmMiaError(f"--model-args: unknown key '{key}'{hint}")
         if key in out:
             raise LlmMiaError(f"--model-args: '{key}' given twice")
@@ -54,8 +63,19 @@ def parse_model_args(text: str | None) -> dict:
         else:
             if not value:
                 raise LlmMiaError(f"--model-args: '{key}' has no value")
-            out[key] = value
+            out[key] = _vllm_value(key, value) if key in VLLM_ARGS else value
     return out
+
+
+def _vllm_value(key: str, value: str) -> int | str:
+    """A parallel size as a positive int, or the executor backend checked against :data:`VLLM_EXECUTORS`."""
+    if key == "distributed_executor_backend":
+        if value not in VLLM_EXECUTORS:
+            raise LlmMiaError(f"--model-args: {key} must be one of {', '.join(VLLM_EXECUTORS)}, got '{value}'")
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise LlmMiaError(f"--model-args: {key} must be a positive int, got '{value}'")
+    return int(value)
 
 
 def _offline() -> bool:

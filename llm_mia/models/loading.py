@@ -33,6 +33,7 @@ from llm_mia.models.endpoint import is_endpoint, load_endpoint
 from llm_mia.models.hf import LoadedModel, use_fused_activations
 from llm_mia.models.hub import (
     ENDPOINT_ARGS,
+    VLLM_ARGS,
     _check_weights,
     _has_tokenizer,
     parse_model_args,
@@ -110,6 +111,9 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
     if engine == "vllm":
         require_vllm()
     args = parse_model_args(model_args) if isinstance(model_args, str) or model_args is None else dict(model_args)
+    vllm_args = {k: args.pop(k) for k in VLLM_ARGS if k in args}
+    if vllm_args and engine != "vllm":
+        raise LlmMiaError(f"--model-args {', '.join(vllm_args)}: vLLM settings, they need --engine vllm")
 
     if is_endpoint(name_or_path):
         if engine != "hf":
@@ -120,7 +124,7 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None, dt
                               allow_pickle=allow_pickle)
     loaded = _load_hf(spec)
     if engine == "vllm":
-        return VllmModel.from_loaded(loaded, texts=crosscheck_texts)
+        return VllmModel.from_loaded(loaded, texts=crosscheck_texts, **vllm_args)
     return loaded
 
 

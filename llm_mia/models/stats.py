@@ -25,10 +25,12 @@ Correctness rules (each a test in tests/test_stats.py, under its case id C01-C06
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from llm_mia.core.errors import LlmMiaError
@@ -417,3 +419,58 @@ def _score_batch(model: torch.nn.Module, batch: list[_Window], sequences: Sequen
         buf.values[0, ds, dc] = tok.float().cpu()
         buf.values[1, ds, dc] = mu.float().cpu()
         buf.values[2, ds, dc] = sigma.float().cpu()
+
+
+def generation_key(ids: Sequence[int], ctx: int) -> bytes:
+    """A 16-byte key of (context length, token ids): how a generation pass's log-probs are found again
+    when the same sample is scored (:meth:`llm_mia.models.hf.LoadedModel.token_stats`)."""
+    return hashlib.blake2b(np.asarray([ctx, *ids], dtype=np.int64).tobytes(), digest_size=16).digest()
+
+
+def stats_from_arrays(sequences: Sequence[Sequence[int]], first: Sequence[int], logprob: Sequence,
+                      top1: Sequence) -> TokenStats:
+    """TokenStats (moments NaN) from per-sequence arrays: ``logprob[i]`` (nats, float) and ``top1[i]`` (bool)
+    of the tokens at positions ``first[i]..len - 1`` of sequence i, e.g. recorded by a generation pass."""
+    n = len(sequences)
+    n_scored = torch.tensor([len(r) for r in logprob], dtype=torch.long)
+    width = int(n_scored.max()) if n else 0
+    lp = torch.zeros((n, width), dtype=torch.float32)
+    t1 = torch.zeros((n, width), dtype=torch.bool)
+    tid = torch.full((n, width), -1, dtype=torch.long)
+    for i, (a, b) in enumerate(zip(logprob, top1)):
+        k = len(a)
+        if k:
+            lp[i, :k] = torch.as_tensor(a, dtype=torch.float32)
+            t1[i, :k] = torch.as_tensor(b, dtype=torch.bool)
+            tid[i, :k] = torch.as_tensor(list(sequences[i][first[i]:]), dtype=torch.long)
+    mask = torch.arange(width)[None, :] < n_scored[:, None]
+    nan = torch.where(mask, float("nan"), 0.0).float()
+    return TokenStats(token_logprob=lp, mean_logprob=nan, std_logprob=nan.clone(), mask=mask, n_scored=n_scored,
+                      truncated=torch.zeros(n, dtype=torch.bool), token_id=tid, token_is_top1=t1 & mask)
+
+
+def combine_stats(n: int, parts: Sequence[tuple[Sequence[int], TokenStats]]) -> TokenStats:
+    """One TokenStats of ``n`` rows from pieces: ``(rows, stats)`` puts ``stats``' row k at row ``rows[k]``.
+
+    Every row must be covered once; a piece without ``token_id`` / ``token_is_top1`` leaves -1 / False."""
+    width = max((int(s.token_logprob.shape[1]) for _, s in parts), default=0)
+    vals = torch.zeros(3, n, width, dtype=torch.float32)
+    tid = torch.full((n, width), -1, dtype=torch.long)
+    t1 = torch.zeros((n, width), dtype=torch.bool)
+    n_scored = torch.zeros(n, dtype=torch.long)
+    trunc = torch.zeros(n, dtype=torch.bool)
+    for rows, s in parts:
+        if not len(rows):
+            continue
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        w = int(s.token_logprob.shape[1])
+        for f, name in enumerate(("token_logprob", "mean_logprob", "std_logprob")):
+            vals[f, idx, :w] = getattr(s, name)
+        if s.token_id is not None:
+            tid[idx, :w] = s.token_id
+        if s.token_is_top1 is not None:
+            t1[idx, :w] = s.token_is_top1
+        n_scored[idx], trunc[idx] = s.n_scored, s.truncated
+    mask = torch.arange(width)[None, :] < n_scored[:, None]
+    return TokenStats(token_logprob=vals[0], mean_logprob=vals[1], std_logprob=vals[2], mask=mask, n_scored=n_scored,
+                      truncated=trunc, token_id=tid, token_is_top1=t1)

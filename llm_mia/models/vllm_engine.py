@@ -110,6 +110,7 @@ class VllmModel(LoadedModel):
     _gen_logprobs: dict = field(default_factory=dict, repr=False)
 
     engine = "vllm"
+    keeps_logprobs = False  # generate keeps them always (no keep_logprobs argument)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, *, check: bool = True, texts: Sequence[str] | None = None,

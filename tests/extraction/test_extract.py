@@ -421,3 +421,50 @@ def test_near_verbatim_findings_are_redacted_like_verbatim_ones():
                                        lambda t: redact_text(t, [s])))
     assert "73-19-55" not in md and "(memorized," in md and "(near-verbatim," in md
     assert "1 unique samples hold a verbatim training span of at least 50 tokens, 2 a near-verbatim one" in md
+
+
+def test_extraction_scores_each_sample_once_and_matches_two_passes(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """The target's scoring pass reads the generation pass's log-probs (no forward pass over the
+    samples), the lowercase view runs only on samples whose lowercase ids differ, and every ranking
+    score equals today's two-pass values (a fresh model, every view run: score_mask disables reuse), 1e-4."""
+    import numpy as np
+
+    from llm_mia.extraction.extract import RANKINGS, _score_rows
+    from llm_mia.membership.scoring import score
+    from llm_mia.models.hf import LoadedModel
+
+    lm = from_objects(tiny_model, tiny_tokenizer)
+    cfg = ExtractConfig(num_samples=6, seed=2, max_new_tokens=10, batch_size=3, progress=False,
+                        strategies=("top-k", "temperature-decay"))
+    gen = sample(lm, cfg, tmp_path / "x")
+    assert len(lm._gen_cache) == len(gen) == 12
+    scored_seqs = []
+    orig = LoadedModel._compute
+
+    def spy(self, sequences, *a):
+        scored_seqs.extend(list(s) for s in sequences)
+        return orig(self, sequences, *a)
+
+    monkeypatch.setattr(LoadedModel, "_compute", spy)
+    sigs = [s for s in RANKINGS.values() if s != "reference"]
+    once = _score_rows(lm, None, gen, cfg, sigs, None)
+    assert lm.gen_reused == 12 and not lm._gen_cache
+    lm.generate([[lm.bos_id]], max_new_tokens=3, seeds=[1], keep_logprobs=True)
+    assert len(lm._gen_cache) == 1
+    lm.forget_generations()
+    assert not lm._gen_cache
+    bos = lm.bos_id
+    texts = [r["text"] for r in once]
+    changed = [[bos] + tiny_tokenizer(t.lower())["input_ids"] for t, g in zip(texts, gen)
+               if [bos] + tiny_tokenizer(t.lower())["input_ids"] != g["prompt_ids"] + g["token_ids"]]
+    assert sorted(scored_seqs) == sorted(changed)  # only the lowercase views that differ ran (here: all)
+    monkeypatch.setattr(LoadedModel, "_compute", orig)
+    fresh = from_objects(tiny_model, tiny_tokenizer)
+    ids = [g["prompt_ids"] + g["token_ids"] for g in gen]
+    two = score(fresh, texts, ids=ids, context_lens=[len(g["prompt_ids"]) for g in gen], signals=sigs,
+                score_mask=[[True] * len(x) for x in ids]).rows
+    assert fresh.gen_reused == 0
+    for a, b in zip(once, two):
+        for s in sigs:
+            np.testing.assert_allclose(a["scores"][s], b["scores"][s], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a["perplexity"], b["perplexity"], rtol=1e-4)

@@ -469,6 +469,30 @@ def test_c20_lowercase_view_tokenized_on_its_own(tiny_tokenizer, tiny_model):
         assert res.rows[i]["scores"]["loss"] == pytest.approx(-ref_nll(tiny_model, ids), abs=1e-5)
 
 
+def test_lowercase_view_runs_only_where_lowercasing_changes_the_ids(tiny_tokenizer, tiny_model, monkeypatch):
+    """A text whose lowercase has the same ids reuses the target view; the others run; the ratio is
+    still NLL(lowercase) / NLL(text) from a plain forward pass (1 for the unchanged texts)."""
+    from llm_mia.models.hf import LoadedModel
+
+    tok = tiny_tokenizer
+    texts = ["hello world. bye.", "Hello World. Bye.", "bye bye"]
+    ran = []
+    orig = LoadedModel._compute
+
+    def spy(self, sequences, *a):
+        ran.extend(list(s) for s in sequences)
+        return orig(self, sequences, *a)
+
+    monkeypatch.setattr(LoadedModel, "_compute", spy)
+    res = score(from_objects(tiny_model, tok), texts, signals=["lowercase"], batch_size=3)
+    ids = [tok(t)["input_ids"] for t in texts]
+    assert ran == ids + [tok(texts[1].lower())["input_ids"]]  # the target view, then one lowercase row
+    for i, t in enumerate(texts):
+        expected = ref_nll(tiny_model, tok(t.lower())["input_ids"]) / ref_nll(tiny_model, ids[i])
+        assert res.rows[i]["scores"]["lowercase"] == pytest.approx(expected, rel=1e-5)
+    assert res.rows[0]["scores"]["lowercase"] == 1.0 and res.rows[1]["scores"]["lowercase"] != 1.0
+
+
 # ------------------------------------------------------------------------------------ registry
 
 def test_unknown_signal_suggests_a_name():

@@ -238,8 +238,8 @@ def test_p05_temperature_decay_processor(width):
 
 def test_p05_temperature_decay_changes_the_samples_and_config_is_top_k_40(gen_model, monkeypatch):
     """Samples with the decay equal the slow loop with T(i) = 10 - 9 i / 20; they differ from plain
-    top-k samples with the same seeds; the GenerationConfig actually passed to HF samples with
-    top_k 40 and top_p 1.0."""
+    top-k samples with the same seeds (top-k 40 is applied by our sampler); the GenerationConfig
+    actually passed to HF does not sample again (argmax of the sampler's one-point distribution)."""
     seen = []
     orig = type(gen_model).generate
 
@@ -256,4 +256,61 @@ def test_p05_temperature_decay_changes_the_samples_and_config_is_top_k_40(gen_mo
         assert g.new_ids == ref_generate(gen_model, p, 8, seed=s, top_k=40, temperature=lambda i: 10 - 9 * min(i, 20) / 20)
     assert [g.new_ids for g in decayed] != [g.new_ids for g in plain]
     cfg = seen[0]
-    assert cfg.do_sample is True and cfg.top_k == 40 and cfg.top_p == 1.0
+    assert cfg.do_sample is False and cfg.num_beams == 1
+
+
+@pytest.mark.parametrize("decay", [None, (10.0, 1.0, 20)])
+def test_generation_logprobs_equal_a_second_scoring_pass(gen_model, decay):
+    """Each sampled token's recorded log p (raw logits, before temperature and top-k) and top-1 flag equal
+    today's two-pass values: compute_token_stats over prompt + new tokens, the prompt as context (1e-4)."""
+    from llm_mia.models.stats import compute_token_stats
+
+    seeds = [sample_seed(11, i) for i in range(len(PROMPTS))]
+    gens = generate(gen_model, PROMPTS, max_new_tokens=7, pad_id=EOS, seeds=seeds, top_k=5, temperature_decay=decay)
+    seqs = [g.prompt + g.new_ids for g in gens]
+    st = compute_token_stats(gen_model, seqs, context_lens=[len(g.prompt) for g in gens], moments=False)
+    for i, g in enumerate(gens):
+        n = len(g.new_ids)
+        assert n == 7 and int(st.n_scored[i]) == n  # EOS is a token like any other here (not passed as eos_id)
+        np.testing.assert_allclose(g.logprob, st.token_logprob[i, :n].numpy(), atol=1e-4, rtol=0)
+        assert g.top1 == st.token_is_top1[i, :n].tolist()
+    # a slow, obviously correct oracle for one row: the unpadded prompt run token by token
+    g = gens[1]
+    with torch.no_grad():
+        ids = list(g.prompt)
+        for k, t in enumerate(g.new_ids):
+            lp = torch.log_softmax(gen_model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
+            assert abs(float(lp[t]) - g.logprob[k]) < 1e-4
+            ids.append(t)
+
+
+def test_loaded_model_scores_generated_samples_from_the_generation_pass(gen_model):
+    """LoadedModel.token_stats reads kept samples (moments off) instead of a forward pass; the values
+    equal a fresh pass (1e-4); an unknown sequence in the same call is scored by the model; with
+    moments the model always runs."""
+    from llm_mia.models.hf import LoadedModel
+    from llm_mia.models.stats import compute_token_stats
+
+    class Tok:  # what generate's defaults read; every default is passed explicitly below
+        bos_token_id = eos_token_id = EOS
+
+        def __len__(self):
+            return 64
+
+    lm = LoadedModel(model=gen_model, tokenizer=Tok(), source="t", max_context=16)
+    seeds = [sample_seed(3, i) for i in range(len(PROMPTS))]
+    gens = lm.generate(PROMPTS, max_new_tokens=6, pad_id=EOS, eos_id=None, vocab_limit=64, seeds=seeds, top_k=8,
+                       keep_logprobs=True)
+    seqs = [g.prompt + g.new_ids for g in gens] + [[1, 2, 3, 4]]
+    ctx = [len(g.prompt) for g in gens] + [1]
+    fresh = compute_token_stats(gen_model, seqs, context_lens=ctx, moments=False)
+    got = lm.token_stats(seqs, context_lens=ctx, moments=False)
+    assert lm.gen_reused == 3 and not lm._gen_cache
+    assert torch.equal(got.n_scored, fresh.n_scored) and torch.equal(got.mask, fresh.mask)
+    assert torch.equal(got.token_id, fresh.token_id) and torch.equal(got.token_is_top1, fresh.token_is_top1)
+    np.testing.assert_allclose(got.token_logprob.numpy(), fresh.token_logprob.numpy(), atol=1e-4, rtol=0)
+    assert got.mean_logprob[got.mask].isnan().all()
+    lm.generate(PROMPTS, max_new_tokens=6, pad_id=EOS, eos_id=None, vocab_limit=64, seeds=seeds, top_k=8,
+                keep_logprobs=True)
+    lm.token_stats(seqs, context_lens=ctx, moments=True)
+    assert lm.gen_reused == 3 and len(lm._gen_cache) == 3

@@ -285,3 +285,52 @@ def test_b4_11_model_folder_without_tokenizer_is_refused(tiny_tokenizer, tmp_pat
     # with the tokenizer files it loads and encodes text to tokens
     tiny_tokenizer.save_pretrained(tmp_path / "notok")
     assert len(load_model(str(tmp_path / "notok"), device="cpu").tokenizer("The quick")["input_ids"]) > 0
+
+
+def test_vllm_parallel_model_args_are_checked():
+    """tensor/pipeline/data parallel sizes parse to positive ints; the executor is one vLLM knows."""
+    assert parse_model_args("tensor_parallel_size=2,pipeline_parallel_size=1,data_parallel_size=4,"
+                            "distributed_executor_backend=ray") == {
+        "tensor_parallel_size": 2, "pipeline_parallel_size": 1, "data_parallel_size": 4,
+        "distributed_executor_backend": "ray"}
+    for bad in ("tensor_parallel_size=0", "tensor_parallel_size=-2", "pipeline_parallel_size=two",
+                "data_parallel_size=1.5"):
+        with pytest.raises(LlmMiaError, match=r"must be a positive int, got") as e:
+            parse_model_args(bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(LlmMiaError, match="must be one of mp, ray, uni, external_launcher, got 'slurm'"):
+        parse_model_args("distributed_executor_backend=slurm")
+    with pytest.raises(LlmMiaError, match="did you mean 'tensor_parallel_size'"):
+        parse_model_args("tensor_paralel_size=2")
+
+
+def test_vllm_parallel_model_args_reach_vllm_llm(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """--model-args parallel settings are handed to vllm.LLM unchanged (a fake vLLM: the real one is
+    not a dependency); without --engine vllm they are a one-line error before loading."""
+    import sys
+    import types
+
+    import llm_mia.models.loading as L
+    import llm_mia.models.vllm_engine as V
+
+    tiny_model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    seen = {}
+
+    class FakeLLM:
+        def __init__(self, **kw):
+            seen.update(kw)
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, __version__="fake"))
+    monkeypatch.setitem(sys.modules, "llm_mia.models.vllm_logits", types.SimpleNamespace(TemperatureDecayProcessor=object))
+    monkeypatch.setattr(L, "require_vllm", lambda: None)
+    monkeypatch.setattr(V, "require_vllm", lambda: None)
+    monkeypatch.setattr(V, "crosscheck", lambda *a, **k: {"skipped": "fake"})
+    args = "tensor_parallel_size=2,pipeline_parallel_size=3,data_parallel_size=2,distributed_executor_backend=ray"
+    lm = load_model(str(tmp_path / "m"), device="cpu", engine="vllm", model_args=args)
+    V._LIVE.discard(lm.llm)
+    assert (seen["tensor_parallel_size"], seen["pipeline_parallel_size"], seen["data_parallel_size"],
+            seen["distributed_executor_backend"]) == (2, 3, 2, "ray")
+    assert seen["model"] == str(tmp_path / "m")
+    with pytest.raises(LlmMiaError, match=r"^--model-args tensor_parallel_size: vLLM settings, they need --engine vllm$"):
+        load_model(str(tmp_path / "m"), device="cpu", model_args="tensor_parallel_size=2")
