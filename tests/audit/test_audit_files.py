@@ -237,7 +237,7 @@ def test_policy_reports_limits_on_unmeasured_things_as_not_measured():
     assert checks["max_canary_exposure_bits"].value is None and checks["max_extracted_secrets"].value is None
     assert "not measured" in checks["max_extracted_secrets"].text
     assert checks["max_discoverable_rate"].value == 0.25 and not checks["max_discoverable_rate"].passed
-    assert v.passed is False and "discoverable memorization 0.250 > 0.1" in v.line
+    assert v.passed is False and "discoverable memorization 0.250 [0.104, 0.456] > 0.1" in v.line
     rep["discoverable"] = {"skipped": "disabled (--discoverable 0)", "greedy_rate": None}
     nothing = evaluate(rep, pol)  # every limit unmeasured: no evidence, so never a PASS
     assert nothing.status == "INCONCLUSIVE" and nothing.passed is False and nothing.exit_code == 3
