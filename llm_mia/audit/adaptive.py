@@ -41,9 +41,11 @@ def _shadow_options(kw: dict, *, steps: int, shadow_steps: int) -> dict:
 
 def adaptive_rows(out: Path, *, corpus: Path, models: list[tuple[str, Path, dict]], population: Path, reference: Path,
                   tokenizer_from: str, preset: str, n_shadows: int, shadow_steps: int, steps: int, cfg,
-                  limit_docs: int, n_boot: int, seed: int, progress: bool) -> dict[str, dict]:
+                  limit_docs: int, n_boot: int, seed: int, progress: bool, canaries=None) -> dict[str, dict]:
     """Train defence-aware shadows for each (name, folder, train_model keywords) of ``models`` whose
     ``defense`` is in :data:`ADAPTIVE_DEFENSES` and audit it with them (``out/adaptive/<name>``).
+    ``canaries``: (canaries.jsonl, inclusion.json) planted in the models' training file, as in the
+    main comparison (the audit then accepts the planted file as the training record).
 
     Returns:
         name -> {"shadows": the shadow folder, "attacks": the shadow attacks' figures}.
@@ -60,7 +62,7 @@ def adaptive_rows(out: Path, *, corpus: Path, models: list[tuple[str, Path, dict
                       train_options=_shadow_options(kw, steps=steps, shadow_steps=shadow_steps))
         r = compare_models(corpus, [(name, folder)], d / "audit", reference_path=reference, cfg=cfg,
                            api_modes=("full",), limit_docs=limit_docs, n_boot=n_boot, progress=progress,
-                           shadow_dir=d / "shadow")
+                           shadow_dir=d / "shadow", canaries=canaries)
         attacks = r["rows"][0]["attacks"]
         res[name] = {"shadows": str(d / "shadow"), "trained_with": kw["defense"],
                      "attacks": {k: attacks[k] for k in SHADOW_ATTACKS if k in attacks}}

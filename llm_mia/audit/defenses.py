@@ -190,7 +190,7 @@ def _add_adaptive(result: dict, out: Path, corpus: DemoCorpus, trained: DemoMode
                              reference=trained.reference, tokenizer_from=str(out / "models" / "baseline"),
                              preset=plan.preset, n_shadows=plan.adaptive_shadows, shadow_steps=plan.shadow_steps,
                              steps=plan.steps, cfg=cfg, limit_docs=plan.limit_docs, n_boot=plan.n_boot, seed=seed,
-                             progress=progress)
+                             progress=progress, canaries=corpus.canaries)
     by_name = {r["name"]: r for r in result["rows"]}
     served_base = {name: base for name, base, _ in SERVED_DEFENSES}
     for row in result["rows"]:
