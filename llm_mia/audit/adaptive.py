@@ -1,4 +1,4 @@
-"""Adaptive attacks on each defence (Aerni, Zhang, Tramèr 2024, arXiv 2404.17399, Section 4.2): the
+"""Adaptive attacks on each defence (Aerni, Zhang, Tramèr 2024, arXiv 2404.17399, its evaluation protocol): the
 attacker knows the defence and trains its shadow models with it.
 
 For each training-time defence of the comparison that changes the training objective (SELENA,
@@ -9,7 +9,7 @@ shadow-model attacks (LiRA online/offline, RMIA online/offline, Shokri), each ``
 ``tpr_at_0.1pct_fpr``, ``tpr_at_1pct_fpr``, beside the population figures of ``attacks`` (shadows
 trained without the defence). MemGuard (a serving defence) perturbs the returned probabilities but
 never their argmax: its adaptive attack is the label-only view, the ``label-only`` output-limit run
-of its row, which reads only the argmax (what it cannot perturb).
+of the model it serves, which reads only the argmax (what it cannot perturb).
 
 The most vulnerable records: each row's ``canary_audit`` (random canaries planted in the training
 data, audited as the most exposed records) is copied beside it as ``vulnerable``: the canaries'
@@ -44,8 +44,8 @@ def adaptive_rows(out: Path, *, corpus: Path, models: list[tuple[str, Path, dict
                   limit_docs: int, n_boot: int, seed: int, progress: bool, canaries=None) -> dict[str, dict]:
     """Train defence-aware shadows for each (name, folder, train_model keywords) of ``models`` whose
     ``defense`` is in :data:`ADAPTIVE_DEFENSES` and audit it with them (``out/adaptive/<name>``).
-    ``canaries`` (canaries.jsonl, inclusion.json): the models trained on the canary-planted copy, whose
-    training record the audit verifies against it.
+    ``canaries``: (canaries.jsonl, inclusion.json) planted in the models' training file, as in the
+    main comparison (the audit then accepts the planted file as the training record).
 
     Returns:
         name -> {"shadows": the shadow folder, "attacks": the shadow attacks' figures}.

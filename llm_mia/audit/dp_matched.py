@@ -1,7 +1,7 @@
 """DP-SGD tuned to a heuristic defence's utility: the ``dp-matched`` row of ``llm-mia defenses``.
 
 Aerni, Zhang and Tramèr 2024 ("Evaluations of Machine Learning Privacy Defenses are Misleading",
-arXiv 2404.17399, Section 4.3 and Section 5, "DP-SGD baselines"): a heuristic defence should be
+arXiv 2404.17399, its evaluation protocol's DP-SGD baseline): a heuristic defence should be
 compared with DP-SGD tuned to the *same utility*, not with DP at a fixed epsilon whose model is far
 worse. Here the utility is the held-out perplexity ``exp(recipe.json["heldout_loss"])`` (nats per
 token, the evaluation file of the training corpus); the target is the best (lowest) perplexity among

@@ -21,7 +21,7 @@ same base with the same rank, alpha, dropout and target modules; a full fine-tun
 the same base; a model trained from scratch gives shadows from scratch with its tokenizer; the preset
 and the number of steps are the target's (steps: the ones it took) unless given. ``train_options``
 (train_model keywords such as ``defense="goldfish"``) trains every shadow with a defence: the
-adaptive attack of Aerni, Zhang, Tramèr 2024 (arXiv 2404.17399, Section 4.2), whose shadow models are
+adaptive attack of Aerni, Zhang, Tramèr 2024 (arXiv 2404.17399), whose shadow models are
 trained the way the defended target was.
 """
 
