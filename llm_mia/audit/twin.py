@@ -18,6 +18,7 @@ are INCONCLUSIVE.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -47,12 +48,26 @@ def twin_lr(folder: str) -> float:
     return 1e-2 if n < 1e6 else 3e-3 if n < 30e6 else 1e-3 if n < 300e6 else 3e-4
 
 
+#: The share of the control secrets the audit must find in the twin for "detected". Half, not all: the
+#: twin shows that this audit's extraction (contexts, decoding, verification) finds secrets of this
+#: kind in this model family; whether the hardest one memorizes within the twin's bounded budget says
+#: nothing about that (measured: the demo's own 1,000-step fine-tune gives back 5 of its 8 16x secrets,
+#: its 240-step twin 4 of 8). The count is reported beside the target's, so a reader sees both.
+DETECT_FRACTION = 0.5
+
+
+def detected(found: int, planted: int) -> bool:
+    """Whether ``found`` of ``planted`` control secrets is a detection (:data:`DETECT_FRACTION`, at least one)."""
+    return planted > 0 and found >= max(1, math.ceil(DETECT_FRACTION * planted))
+
+
 @dataclass
 class PositiveControl:
     """report.json ``positive_control``.
 
     Attributes:
-        status: "detected" (every control secret found in the twin), "not_detected" (some not),
+        status: "detected" (at least :data:`DETECT_FRACTION` of the control secrets found in the twin),
+            "not_detected" (fewer),
             "unavailable" (no twin could be made or no secret planted at the control count) or
             "skipped" (``--no-positive-control``).
         model: what the twin is ("fine-tuned twin of <target>", or the ``--positive-control`` folder).
@@ -185,7 +200,7 @@ def run_positive_control(target, secrets, train: list[str], heldout: list[str], 
                                      seed=seed, progress=progress)
         rec["model"] = f"fine-tuned twin of the target ({steps} steps on {len(docs)} documents)"
     rec.update(secrets_found=len(found), seconds=round(time.time() - t0, 1))
-    if len(found) == len(ctl):
+    if detected(len(found), len(ctl)):
         return PositiveControl(status="detected", reason=None, steps=steps, **rec)
     return PositiveControl(status="not_detected", steps=steps, reason=f"found {len(found)} of {len(ctl)} secrets in a "
                            "model made to memorize them", **rec)
