@@ -361,10 +361,36 @@ def _exposure_interval(row: dict, name: str, v: float, *, alpha_low: float, alph
     """(low, high) bits of one secret's exposure by estimator ``name`` (value ``v``): exact binomial
     bounds for the rank estimator (:func:`~llm_mia.exposure.estimators.rank_exposure_interval`); the
     exact estimator has no sampling error and the extrapolated one is a model fit (its point value)."""
-    n_ref = row.get("n_references") or row.get("n_candidates")
-    if name == "exposure_rank" and n_ref and math.isfinite(v):
-        return rank_exposure_interval(v, int(n_ref), alpha_low=alpha_low, alpha_high=alpha)
+    n_ref = _reference_count(row) if name == "exposure_rank" else None
+    if n_ref is not None:
+        if not math.isfinite(v):
+            raise LlmMiaError(f"secret {row.get('id')}: exposure_rank {v} is no rank among {n_ref} references")
+        return rank_exposure_interval(v, n_ref, alpha_low=alpha_low, alpha_high=alpha)
     return v, v
+
+
+def _reference_count(row: dict) -> int | None:
+    """N of a secret's rank exposure: ``n_references``, or 2^``max_exposure_rank`` (log2 N) when only that
+    is present; None for a record with neither (a report from before 0.1's reference counts: the rank
+    exposure is then taken as a point value).
+
+    Raises:
+        LlmMiaError: a count that is not a positive whole number, or the two disagreeing (a tampered record).
+    """
+    n, top = row.get("n_references", row.get("n_candidates")), row.get("max_exposure_rank")
+    from_top = None
+    if top is not None:
+        t = io.to_float(top)
+        if not (math.isfinite(t) and t >= 0):
+            raise LlmMiaError(f"secret {row.get('id')}: max_exposure_rank {top!r} is not log2 of a reference count")
+        from_top = int(round(2.0 ** t))
+    if n is None:
+        return from_top
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 1 or n != int(n):
+        raise LlmMiaError(f"secret {row.get('id')}: n_references {n!r} is not a positive whole number (malformed report)")
+    if from_top is not None and abs(from_top - int(n)) > max(1, 1e-6 * n):
+        raise LlmMiaError(f"secret {row.get('id')}: n_references {n} disagrees with max_exposure_rank (log2 {from_top})")
+    return int(n)
 
 
 def _exposure_reason(row: dict, name: str, v: float, lo: float, hi: float, limit, *, alpha_low, alpha) -> str:
@@ -429,6 +455,10 @@ def _check_remaining_bits(secrets: list[dict], limit) -> Check:
     have = [s for s in secrets if s.get("remaining_guess_bits") is not None]
     if not have:
         raise LlmMiaError("the report's secrets carry no remaining_guess_bits (partial recovery not measured)")
+    bad = [s["id"] for s in have if not math.isfinite(io.to_float(s["remaining_guess_bits"]))
+           and io.to_float(s["remaining_guess_bits"]) != math.inf]
+    if bad:
+        raise LlmMiaError(f"secret {bad[0]}: remaining_guess_bits is not a number of bits (malformed report)")
     low = [s for s in have if float(s["remaining_guess_bits"]) < limit]
     v = min(float(s["remaining_guess_bits"]) for s in have)
     ok = not low
@@ -684,6 +714,19 @@ def secret_control(report: dict, min_insertions: int) -> str | None:
             f"above {bits:.2f} bits (positive control: the audit could not have seen a leak)")
 
 
+#: The share of the control secrets the audit must find in the twin for "detected". Half, not all: the
+#: twin shows that this audit's extraction (contexts, decoding, verification) finds secrets of this
+#: kind in this model family; whether the hardest one memorizes within the twin's bounded budget says
+#: nothing about that (measured: the demo's own 1,000-step fine-tune gives back 5 of its 8 16x secrets,
+#: its 240-step twin 4 of 8). The count is reported beside the target's, so a reader sees both.
+DETECT_FRACTION = 0.5
+
+
+def detected(found: int, planted: int) -> bool:
+    """Whether ``found`` of ``planted`` control secrets is a detection (:data:`DETECT_FRACTION`, at least one)."""
+    return planted > 0 and found >= max(1, math.ceil(DETECT_FRACTION * planted))
+
+
 def twin_control(report: dict) -> str | None:
     """Why the positive-control twin does not vouch for the extraction-side limits (None when it does).
 
@@ -702,6 +745,12 @@ def twin_control(report: dict) -> str | None:
                 'detection_power = "sentinels"')
     if not isinstance(pc, dict) or pc.get("status") not in ("detected", "not_detected", "unavailable", "skipped"):
         raise LlmMiaError("malformed positive_control record in the report")
+    found, planted = pc.get("secrets_found"), pc.get("secrets_planted")
+    counts_ok = all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (found, planted))
+    if pc["status"] in ("detected", "not_detected") and not (counts_ok and found <= planted):
+        raise LlmMiaError(f"malformed positive_control record: secrets_found {found!r} of secrets_planted {planted!r}")
+    if pc["status"] == "detected" and not detected(found, planted):
+        raise LlmMiaError(f"positive_control says detected with {found} of {planted} secrets found (malformed report)")
     if pc["status"] == "detected":
         return None
     if pc["status"] == "not_detected":
@@ -768,6 +817,8 @@ def _provenance_check(report: dict, policy: Policy) -> tuple[Check | None, str |
     INCONCLUSIVE, because every limit then measures a model that never saw the members: a clean verdict
     would be meaningless, and an error would hide that it is the audit's inputs that are wrong)."""
     rec = (report.get("provenance") or {}).get("training_record") or {}
+    if not isinstance(rec, dict) or rec.get("status", "unverified") not in ("verified", "unverified", "mismatch"):
+        raise LlmMiaError(f"training_record {rec!r:.60} is not a record of verified | unverified | mismatch")
     status = rec.get("status", "unverified")
     name = "training_data"
     if status == "mismatch":
@@ -830,8 +881,10 @@ def _apply_control(report: dict, policy: Policy, c: Check, controls: dict) -> No
         try:
             controls[key] = _control(report, policy, key, c.name, c.limit)
         except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
-            controls[key] = f"its positive control could not be computed ({' '.join(str(e).split())})"
-    if controls[key]:
+            controls[key] = ("error", f"its positive control cannot be read: {' '.join(str(e).split())}")
+    if isinstance(controls[key], tuple):  # a corrupt control record: the report cannot answer this limit
+        c.status, c.reason = controls[key]
+    elif controls[key]:
         c.status, c.reason = "inconclusive", controls[key]
 
 
@@ -881,7 +934,11 @@ def evaluate(report: dict, policy: Policy) -> Verdict:
         if c.status == "passed":
             _apply_control(report, policy, c, controls)
         checks.append(c)
-    prov, note = _provenance_check(report, policy)
+    try:
+        prov, note = _provenance_check(report, policy)
+    except (LlmMiaError, KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        prov, note = Check("training_data", 0, None, None, "cannot check training_data", status="error",
+                           reason=f"malformed report ({' '.join(str(e).split())})"), None
     checks += [prov] if prov else []
     notes += [note] if note else []
     mc = next((c for c in checks if c.name == "max_membership_tpr_at_1pct_fpr" and c.status == "failed"), None)

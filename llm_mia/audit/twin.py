@@ -18,12 +18,12 @@ are INCONCLUSIVE.
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm_mia.audit.policy import detected
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.exposure.secrets import decode_extracted
@@ -48,25 +48,12 @@ def twin_lr(folder: str) -> float:
     return 1e-2 if n < 1e6 else 3e-3 if n < 30e6 else 1e-3 if n < 300e6 else 3e-4
 
 
-#: The share of the control secrets the audit must find in the twin for "detected". Half, not all: the
-#: twin shows that this audit's extraction (contexts, decoding, verification) finds secrets of this
-#: kind in this model family; whether the hardest one memorizes within the twin's bounded budget says
-#: nothing about that (measured: the demo's own 1,000-step fine-tune gives back 5 of its 8 16x secrets,
-#: its 240-step twin 4 of 8). The count is reported beside the target's, so a reader sees both.
-DETECT_FRACTION = 0.5
-
-
-def detected(found: int, planted: int) -> bool:
-    """Whether ``found`` of ``planted`` control secrets is a detection (:data:`DETECT_FRACTION`, at least one)."""
-    return planted > 0 and found >= max(1, math.ceil(DETECT_FRACTION * planted))
-
-
 @dataclass
 class PositiveControl:
     """report.json ``positive_control``.
 
     Attributes:
-        status: "detected" (at least :data:`DETECT_FRACTION` of the control secrets found in the twin),
+        status: "detected" (at least :data:`llm_mia.audit.policy.DETECT_FRACTION` of the control secrets found in the twin),
             "not_detected" (fewer),
             "unavailable" (no twin could be made or no secret planted at the control count) or
             "skipped" (``--no-positive-control``).

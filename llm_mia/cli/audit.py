@@ -224,6 +224,12 @@ def demo(
     secrets and audits the fine-tuned model with the base as reference (the reports of `llm-mia audit`; the same exit codes), then
     prints the verdict of `llm-mia gate audit-demo/report.json --policy examples/policy.toml` and that command."""
     from llm_mia.audit.demo import DEMO_AUDIT, run_demo
+    from llm_mia.training.config import PRESETS
+
+    if preset not in PRESETS:  # before the corpus or the base is made (break-it pass)
+        raise LlmMiaError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    if max_steps is not None and max_steps < 1:
+        raise LlmMiaError(f"--max-steps must be >= 1, got {max_steps}")
 
     # Only what the user set reaches the demo (None: the demo's size, filled by run_demo); the demo's
     # sizes here only let _prepare check the rest of the options.

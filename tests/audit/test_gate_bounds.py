@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import binom
 
 from llm_mia.audit.policy import evaluate, load_policy, parse_policy
+from llm_mia.core.errors import LlmMiaError
 from llm_mia.exposure.estimators import rank_exposure_interval, references_to_settle
 from llm_mia.membership.metrics import docs_to_settle_tpr, tpr_at_fpr, tpr_at_fpr_lower, tpr_at_fpr_upper
 
@@ -162,3 +163,53 @@ def test_documents_needed_for_a_membership_limit():
     assert need[0.05] > need[0.1] > need[0.2] >= 10
     for lim, n in need.items():
         assert tpr_at_fpr_upper([1] * n + [0] * n, np.r_[np.linspace(0, 1, n), np.linspace(0, 1, n)], 0.01) <= lim + 0.05
+
+
+# ----------------------------------------------------------------------------- break-it pass (issue 24, item 2)
+
+
+def _one_secret_report(**row):
+    rep = _clean_report(np.random.default_rng(0), K=1)
+    rep["secrets"][0].update(exposure_rank=math.log2(2000) - math.log2(21), max_exposure_rank=math.log2(2000), **row)
+    return rep
+
+
+def test_breakit_reference_count_is_read_and_checked():
+    """A rank exposure's reference count comes from n_references, or from max_exposure_rank (log2 N) when
+    n_references was deleted; 0, a fraction, or the two disagreeing is a malformed report, never a PASS."""
+    pol = parse_policy({"limits": {"max_canary_exposure_bits": 9.0}})
+    base = evaluate(_one_secret_report(), pol)
+    rep = _one_secret_report()
+    del rep["secrets"][0]["n_references"]
+    assert evaluate(rep, pol).checks[0].interval == base.checks[0].interval
+    for bad in (0, 2.5, -3, 1000):
+        with pytest.raises(LlmMiaError):
+            evaluate(_one_secret_report(n_references=bad), pol)
+
+
+def test_breakit_positive_control_and_training_record_are_checked():
+    pol = parse_policy({"limits": {"max_extracted_secrets": 0}})
+    for pc in ({"status": "detected", "secrets_found": 0, "secrets_planted": 2}, {"status": "detected"},
+               {"status": "DETECTED", "secrets_found": 2, "secrets_planted": 2}, "detected", ["detected"]):
+        rep = _clean_report(np.random.default_rng(0), K=2)
+        rep["positive_control"] = pc
+        with pytest.raises(LlmMiaError, match="positive.control"):
+            evaluate(rep, pol)
+    for rec in ("verified", ["x"], {"status": "VERIFIED"}):
+        rep = _clean_report(np.random.default_rng(0), K=2)
+        rep["provenance"] = {"training_record": rec}
+        with pytest.raises(LlmMiaError, match="training_data"):
+            evaluate(rep, pol)
+    rep = _clean_report(np.random.default_rng(0), K=2)
+    rep["secrets"][0]["remaining_guess_bits"] = float("nan")
+    with pytest.raises(LlmMiaError, match="remaining_guess_bits"):
+        evaluate(rep, parse_policy({"limits": {"min_remaining_guess_bits": 10.0}}))
+
+
+@pytest.mark.parametrize("args, msg", [(["--preset", "bogus"], "unknown preset 'bogus'"),
+                                       (["--max-steps", "0"], "--max-steps must be >= 1")])
+def test_breakit_demo_options_are_checked_before_work(tmp_path, capsys, args, msg):
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli(["demo", "--out", tmp_path / "d", *args], capsys)
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
