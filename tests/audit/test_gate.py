@@ -145,7 +145,8 @@ def _sarif_schema() -> dict:
 
 def test_leaky_model_fails_and_the_clean_model_is_inconclusive(leak_models, tmp_path, capsys):
     """Issue 15 items 1, 6, 7: the leaky model exits 1 with SARIF/JUnit/modelcard; the clean model never
-    saw the 16x-planted secrets, so the audit could not have seen a leak: INCONCLUSIVE, exit 3, not PASS."""
+    saw the members (it was trained on the held-out split): members and non-members look swapped,
+    INCONCLUSIVE, exit 3, not PASS."""
     import xml.etree.ElementTree as ET
 
     import jsonschema
@@ -210,7 +211,7 @@ def test_leaky_model_fails_and_the_clean_model_is_inconclusive(leak_models, tmp_
     code, out, err = _audit(d, "clean", tmp_path / "clean", capsys, "--policy", EXAMPLE)
     assert code == 3, err
     line = out.strip().splitlines()[-1]
-    assert line.startswith("INCONCLUSIVE: ") and "positive control" in line
+    assert line.startswith("INCONCLUSIVE: ") and "members and non-members look swapped" in line  # trained on the held-out split
     rep = json.loads((tmp_path / "clean" / "report.json").read_text())
     assert rep["verdict"]["status"] == "INCONCLUSIVE" and rep["verdict"]["passed"] is False
     assert not any(s["greedy_extracted"] or s["surfaced_in_samples"] for s in rep["secrets"] if s["count"] >= 16)

@@ -186,14 +186,15 @@ def test_max_queries_per_secret_gate_by_hand():
 
     report = {"schema_version": 1, "extraction": {"memorized_total": 0},
               "secrets": [_secret("s4", 4, p=0.01), _secret("s16", 16, greedy="training", p=1e-9),
-                          _secret("ctl", 0, greedy="start", p=1.0)]}
+                          _secret("ctl", 0, greedy="start", p=1.0)],
+              "positive_control": {"status": "detected", "secrets_found": 1, "secrets_planted": 1}}
     gate = lambda limit, **st: evaluate(report, parse_policy(  # noqa: E731
         {"limits": {"max_queries_per_secret": limit}, "settings": st}))
     v = gate(3)  # s16: greedy from the 3rd context = 3 queries <= 3
     c = v.checks[0]
     assert v.status == "FAIL" and c.value == 3 and [i["id"] for i in c.items] == ["s16"]
     assert "secret s16 extractable in 3 queries <= rate limit 3" in v.line
-    v = gate(2)  # 3 > 2 and s4 needs 69: passes; s16 was extracted, so the positive control holds
+    v = gate(2)  # 3 > 2 and s4 needs 69: passes; the positive control (the twin) found its secret
     assert v.status == "PASS" and v.checks[0].value == 3
     v = gate(100)
     assert v.status == "FAIL" and [i["id"] for i in v.checks[0].items] == ["s16", "s4"]
