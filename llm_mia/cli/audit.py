@@ -173,10 +173,7 @@ def audit(
                           "(or see `llm-mia demo`)")
     if (canaries is None) != (inclusion is None):
         raise LlmMiaError("--canaries and --inclusion go together")
-    if positive_control is not None and no_positive_control:
-        raise LlmMiaError("--positive-control and --no-positive-control exclude each other")
-    if positive_control is not None:
-        _check_positive_control(positive_control)
+    _check_positive_control(positive_control, no_positive_control)
     cfg.positive_control, cfg.positive_control_model = not no_positive_control, positive_control
     from llm_mia.audit.pipeline import run_audit
 
@@ -346,9 +343,14 @@ def defenses(
     _echo_compare(res, out, None)
 
 
-def _check_positive_control(folder: str) -> None:
+def _check_positive_control(folder: str | None, skip: bool) -> None:
     """``--positive-control``: a local model or PEFT adapter folder whose weights and tokenizer are there
-    (:func:`llm_mia.models.loading.resolve_model_spec`, nothing loaded), else a one-line error now."""
+    (:func:`llm_mia.models.loading.resolve_model_spec`, nothing loaded), not with ``--no-positive-control``;
+    else a one-line error now."""
+    if folder is None:
+        return
+    if skip:
+        raise LlmMiaError("--positive-control and --no-positive-control exclude each other")
     from llm_mia.models.loading import resolve_model_spec  # torch: deferred until an audit runs
 
     if not Path(folder).is_dir():

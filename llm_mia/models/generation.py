@@ -252,6 +252,12 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
                          logits_processor=processors)
     recorded = num_beams == 1 and not (greedy and min_new_tokens and eos_id is not None) and out.shape[1] > W
     lp, t1 = recorder.finish(out[:, -1]) if recorded else (None, None)
+    return _collect(out, prompts, W, eos, lp, t1)
+
+
+def _collect(out: torch.Tensor, prompts, W: int, eos: list[int], lp, t1) -> list[Generated]:
+    """One :class:`Generated` per prompt from ``out`` (B, W + new): the new ids cut at the first EOS, with
+    the recorded log-probs and top-1 flags (``lp``, ``t1`` (B, new) or None) of the ids kept."""
     res = []
     for i, p in enumerate(prompts):
         new = out[i, W:].tolist()

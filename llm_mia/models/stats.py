@@ -321,18 +321,29 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         max_rows_per_chunk = 128 if device.type == "cpu" else 4096
     opts = _RunOptions(device=device, split=_body_and_head(model), pad_id=pad_id, padding_side=padding_side,
                        moments=moments, max_rows_per_chunk=max_rows_per_chunk, logprob_transform=logprob_transform)
-    left = Counter(w.seq for w in windows)  # windows still to score per sequence: progress counts inputs, not windows
-    if progress is not None and n - len(left):
-        progress(n - len(left))  # inputs with nothing to score are finished already
+    done = _InputsDone(windows, n, progress)  # progress counts inputs, not windows
     for batch in _batches([windows[k] for k in order], batch_size, device):
         _score_batch(model, batch, sequences, plan.context, opts, buf)  # the batch's activations freed on return
-        left.subtract(w.seq for w in batch)
-        if progress is not None:
-            progress(sum(left[w.seq] == 0 for w in {w.seq: w for w in batch}.values()))
+        done(batch)
     out = buf.values
     mask = torch.arange(width)[None, :] < n_scored[:, None]
     return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=buf.token_id,
                       token_is_top1=buf.top1, n_scored=n_scored, truncated=plan.truncated)
+
+
+class _InputsDone:
+    """``progress`` told how many inputs finished: an input counts when its last window is scored, and
+    inputs with nothing to score count at once (field case B4-15: windows were counted)."""
+
+    def __init__(self, windows: list, n: int, progress: Callable[[int], None] | None):
+        self.left, self.progress = Counter(w.seq for w in windows), progress
+        if progress is not None and n - len(self.left):
+            progress(n - len(self.left))
+
+    def __call__(self, batch: list) -> None:
+        self.left.subtract(w.seq for w in batch)
+        if self.progress is not None:
+            self.progress(sum(self.left[s] == 0 for s in {w.seq for w in batch}))
 
 
 def _plan(sequences: Sequence[Sequence[int]], ctx: list[int], max_context: int | None, stride: int) -> _Plan:
