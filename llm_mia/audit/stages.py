@@ -56,7 +56,11 @@ class AuditConfig:
     exposure, whole-space enumeration up to ``exact_limit`` candidates, ``beams`` for beam extraction.
     Membership: ``membership_docs`` members and as many held-out documents. Discoverable memorization
     (Carlini et al. 2023): ``discoverable_samples`` training examples, prompts of ``discoverable_prefix``
-    tokens, suffixes of ``discoverable_suffix`` tokens. The extraction options are validated when the
+    tokens, suffixes of ``discoverable_suffix`` tokens. Near-verbatim (Ippolito et al. 2023): a sample or
+    greedy suffix with token edit similarity >= ``near_similarity`` over ``near_window`` tokens counts as
+    near-memorized (``report.json["extraction"]["near_memorized_total"]``, ``discoverable.greedy_near_rate``);
+    ``near_samples`` > 0 adds the sampled near-verbatim risk per discoverable prefix
+    (``discoverable.near_risk``). The extraction options are validated when the
     config is made (:class:`~llm_mia.extraction.extract.ExtractConfig`), raising a one-line
     :class:`~llm_mia.core.errors.LlmMiaError`.
     """
@@ -83,6 +87,12 @@ class AuditConfig:
     discoverable_samples: int = 200
     discoverable_prefix: int = 50
     discoverable_suffix: int = 50
+    # Near-verbatim (Ippolito et al. 2023): token edit similarity of a near-memorized sample (extraction) or
+    # greedy suffix (discoverable), over near_window tokens; near_samples: sampled continuations per discoverable
+    # prefix of the near-verbatim risk (llm_mia.extraction.discoverable; 0 = off)
+    near_similarity: float = 0.9
+    near_window: int = 50
+    near_samples: int = 0
     score_spans: str = "assistant"  # chat rows: score the assistant turns only, or "all" tokens
     show_secrets: bool = False
     progress: bool = True
@@ -99,7 +109,10 @@ class AuditConfig:
         """Check the extraction options now, before any folder or model (one-line LlmMiaError)."""
         self.extract = ExtractConfig(num_samples=self.num_samples, strategies=tuple(self.strategies), seed=self.seed,
                                      max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, top_n=self.top_n,
-                                     memorized_min_tokens=self.memorized_min_tokens, show_secrets=self.show_secrets)
+                                     memorized_min_tokens=self.memorized_min_tokens, show_secrets=self.show_secrets,
+                                     near_similarity=self.near_similarity, near_window=self.near_window)
+        if isinstance(self.near_samples, bool) or not isinstance(self.near_samples, int) or self.near_samples < 0:
+            raise LlmMiaError(f"near_samples must be an integer >= 0, got {self.near_samples!r}")
 
 
 @dataclass
@@ -651,7 +664,8 @@ def run_extraction(inputs: AuditInputs, target: AuditTarget, reference: AuditRef
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, score_batch_size=None,
                          top_n=cfg.top_n, memorized_min_tokens=cfg.memorized_min_tokens, progress=cfg.progress,
                          prompt_source=cfg.prompt_source or (non_spec if plain_prompts else None), resume=True,
-                         show_secrets=cfg.show_secrets, pii_regions=inputs.regions)
+                         show_secrets=cfg.show_secrets, pii_regions=inputs.regions,
+                         near_similarity=cfg.near_similarity, near_window=cfg.near_window)
     _stage(target.model, "extraction")
     ext = extract(target.model, out / "extract", reference=reference.model, train_texts=docs.train,
                   secrets=inputs.secrets, cfg=ecfg)
@@ -719,7 +733,9 @@ def run_discoverable(target: AuditTarget, docs: AuditDocuments) -> DiscoverableS
         try:
             discoverable = discoverable_memorization(target.model, docs.train, n_examples=cfg.discoverable_samples,
                                                      prefix_len=cfg.discoverable_prefix,
-                                                     suffix_len=cfg.discoverable_suffix, seed=cfg.seed)
+                                                     suffix_len=cfg.discoverable_suffix, seed=cfg.seed,
+                                                     near_similarity=cfg.near_similarity,
+                                                     near_samples=cfg.near_samples)
         except LlmMiaError as e:  # e.g. a context shorter than prompt + suffix
             discoverable = {"skipped": str(e)}
     return DiscoverableStage(report=discoverable, seconds=round(time.time() - t, 1))

@@ -132,6 +132,14 @@ def audit(
     length: int | None = o.length(),
     discoverable: int = o.discoverable(),
     discoverable_prefix: int = o.discoverable_prefix(),
+    near_similarity: float = typer.Option(0.9, "--near-similarity", rich_help_panel=o.EXTRACTION,
+                                          help="Near-verbatim: token edit similarity of a near-memorized sample or "
+                                               "greedy suffix (Ippolito et al. 2023), in (0, 1]."),
+    near_window: int = typer.Option(50, "--near-window", rich_help_panel=o.EXTRACTION,
+                                    help="Window (tokens) of the near-verbatim match."),
+    near_samples: int = typer.Option(0, "--near-samples", min=0, rich_help_panel=o.EXTRACTION,
+                                     help="Sampled continuations per discoverable prefix for the near-verbatim risk "
+                                          "(0 = off)."),
     pii_regions: str | None = o.pii_regions(),
     candidates: int = o.candidates(),
     exact_limit: int = o.exact_limit(),
@@ -175,7 +183,11 @@ def audit(
         raise LlmMiaError("--canaries and --inclusion go together")
     _check_positive_control(positive_control, no_positive_control)
     cfg.positive_control, cfg.positive_control_model = not no_positive_control, positive_control
+    from dataclasses import replace
+
     from llm_mia.audit.pipeline import run_audit
+
+    cfg = replace(cfg, near_similarity=near_similarity, near_window=near_window, near_samples=near_samples)
 
     _report_and_gate(lambda: run_audit(corpus, model, out, members=members, nonmembers=nonmembers,
                                        secrets_path=secrets, text_column=text_column, reference_path=reference,

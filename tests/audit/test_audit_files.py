@@ -106,8 +106,29 @@ def test_overlapping_nonmembers_are_left_out_of_membership(leak_models, tmp_path
     assert any(o.startswith("WARNING: 2 of") for o in rep["observations"])
 
 
+def test_audit_passes_its_near_verbatim_settings_to_extraction_and_discoverable(leak_models, tmp_path, capsys):
+    """--near-similarity / --near-window reach the extraction's verification and --near-samples the discoverable
+    stage's near-verbatim risk (before: the audit always ran the defaults and never the sampled risk)."""
+    d, _ = leak_models
+    code, out, err = run_cli(["audit", "--corpus", d / "corpus", "--model", d / "leaky", "--out", tmp_path / "o",
+                              "--num-samples", 4, "--length", 12, "--strategy", "top-k", "--candidates", 8,
+                              "--discoverable", 3, "--discoverable-prefix", 4, "--no-positive-control",
+                              "--near-similarity", 0.5, "--near-window", 10, "--near-samples", 3], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    ext, disc = rep["extraction"], rep["discoverable"]
+    assert (ext["near_similarity"], ext["near_window"]) == (0.5, 10)
+    assert ext["near_memorized_total"] >= ext["memorized_total"]
+    assert "skipped" not in disc and (disc["near_similarity"], disc["near_samples"]) == (0.5, 3)
+    assert disc["near_risk"] is not None and all(0 <= ex["p_near"] <= ex["p_near_upper"] <= 1 for ex in disc["examples"])
+    # the greedy near rate at 0.5, recounted from the per-example similarities
+    sims = [ex["greedy_similarity"] for ex in disc["examples"]]
+    assert disc["greedy_near_rate"] == pytest.approx(sum(x >= 0.5 for x in sims) / len(sims))
+
+
 @pytest.mark.parametrize("case", ["missing_column", "no_template", "reference_base_not_adapter", "bad_spans",
-                                  "missing_members", "members_and_corpus", "empty_nonmembers", "same_file"])
+                                  "missing_members", "members_and_corpus", "empty_nonmembers", "same_file",
+                                  "bad_near_similarity"])
 def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys):
     d, _ = chat_model
     io.write_jsonl(tmp_path / "m.jsonl", _chat_rows(0, 3))
@@ -118,7 +139,8 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
     want = {"missing_column": "(fields: body)", "no_template": "no chat template",
             "reference_base_not_adapter": "not a PEFT adapter", "bad_spans": "--score-spans",
             "missing_members": "file not found", "members_and_corpus": "not both",
-            "empty_nonmembers": "holds no documents", "same_file": "same file"}[case]
+            "empty_nonmembers": "holds no documents", "same_file": "same file",
+            "bad_near_similarity": "similarity threshold must be in (0, 1]"}[case]
     if case == "missing_column":
         args[args.index(tmp_path / "m.jsonl")] = tmp_path / "p.jsonl"
     elif case == "no_template":
@@ -134,6 +156,8 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
         args[args.index(tmp_path / "n.jsonl")] = tmp_path / "e.jsonl"
     elif case == "same_file":
         args[args.index(tmp_path / "n.jsonl")] = tmp_path / "m.jsonl"
+    elif case == "bad_near_similarity":
+        args += ["--near-similarity", 1.5]
     else:
         args += ["--corpus", tmp_path]
     code, out, err = run_cli(args, capsys)
