@@ -489,7 +489,7 @@ def _score_with_text_signals(tgt, texts: list[str], kw: dict, progress: bool) ->
                                  "scores": {}, "flags": []} for _ in texts], target=None, inputs=None)
     for i, r in enumerate(res.rows):
         r["scores"].update({k: v[i] for k, v in vals.items()})
-        r["flags"] = list(r["flags"]) + flags[i]
+        r["flags"] = list(r["flags"]) + [f for f in flags[i] if f not in r["flags"]]
     return res
 
 

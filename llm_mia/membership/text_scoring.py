@@ -22,7 +22,8 @@ def text_signal_scores(model, texts: Sequence[str], signals: Sequence[str], *, n
     """Scores of ``texts`` under each of ``signals`` (a subset of TEXT_SIGNALS), and per-text flags.
 
     Returns ({signal: N floats, higher = member, NaN where undefined}, N lists of flags): the flag
-    ``no_suffix_ngram`` marks a text whose suffix is too short for a signal.
+    ``no_suffix_ngram`` marks a text whose suffix is too short for a signal, ``truncated`` one cut to
+    the model's context before it was split (the suffix then ends at the context).
 
     Raises:
         LlmMiaError: as :func:`~llm_mia.models.continuations.sample_continuations` (before any query).
@@ -30,5 +31,6 @@ def text_signal_scores(model, texts: Sequence[str], signals: Sequence[str], *, n
     assert set(signals) <= set(TEXT_SIGNALS)
     conts = sample_continuations(model, texts, n_samples=n_samples, seed=seed)
     vals = {s: [_FN[s](c.samples, c.suffix) for c in conts] for s in signals}
-    flags = [["no_suffix_ngram"] if any(math.isnan(vals[s][i]) for s in signals) else [] for i in range(len(texts))]
+    flags = [(["no_suffix_ngram"] if any(math.isnan(vals[s][i]) for s in signals) else [])
+             + (["truncated"] if conts[i].truncated else []) for i in range(len(texts))]
     return vals, flags

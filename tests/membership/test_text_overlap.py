@@ -72,6 +72,31 @@ def test_continuations_split_and_are_seeded(tiny_model, tiny_tokenizer):
         sample_continuations(lm, ["A"], n_samples=1)
 
 
+def test_continuations_of_a_text_longer_than_the_context_fit_it(tiny_tokenizer):
+    """A text longer than the context was refused ("prompt of N tokens + 1 new tokens exceeds the
+    model's context"; seen on the demo's 128-token model); it is now cut to context - 1 tokens first
+    (as TokenStats scoring truncates), split there, and flagged."""
+    from llm_mia.membership.text_scoring import text_signal_scores
+    from llm_mia.models.tokenizer import text_ids
+    from tests.conftest import make_tiny_gpt2
+
+    lm = from_objects(make_tiny_gpt2(len(tiny_tokenizer), n_positions=24), tiny_tokenizer)
+    long = " ".join(f"word{i} and more" for i in range(40))
+    ids = text_ids(tiny_tokenizer, long)
+    assert len(ids) > 60
+    calls, generate = [], lm.generate
+    lm.generate = lambda p, **kw: calls.append((len(p[0]), kw["max_new_tokens"])) or generate(p, **kw)
+    (c,) = sample_continuations(lm, [long], n_samples=2, seed=0)
+    # by hand: 23 tokens fit after [start]; the prefix is floor(0.5 * 23) = 11 of them, the suffix the other 12
+    assert c.truncated and c.prefix == tiny_tokenizer.decode(ids[:11])
+    assert c.prefix + c.suffix == tiny_tokenizer.decode(ids[:23])
+    assert calls == [(1 + 11, 12)] and len(c.samples) == 2  # [start] + prefix + 12 new tokens = 24, the context
+    short = "the cat sat on the mat"
+    assert len(text_ids(tiny_tokenizer, short)) < 23
+    vals, flags = text_signal_scores(lm, [long, short], ["samia"])
+    assert math.isfinite(vals["samia"][0]) and flags[0] == ["truncated"] and "truncated" not in flags[1]
+
+
 def test_cli_score_text_signals_finite_and_samia_auc(leak_models, tmp_path, capsys):
     d, _ = leak_models
     mem = [r["text"] for r in io.read_jsonl(d / "corpus" / "train.jsonl")][:12]
