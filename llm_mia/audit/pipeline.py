@@ -43,6 +43,7 @@ from llm_mia.audit.stages import (
     stop_clock,
     strip_planted,
 )
+from llm_mia.audit.text_only import is_text_only, mark_not_measured, text_only_records
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import sha256_file
@@ -124,10 +125,12 @@ def _observations(report: dict) -> list[str]:
     elif disc.get("skipped"):
         obs.append(f"discoverable memorization not measured: {disc['skipped']}.")
     ext = report["extraction"]
-    for name, row in ext["rankings"].items():
+    if ext.get("skipped"):
+        obs.append(f"extraction not measured: {ext['skipped']}.")
+    for name, row in ext.get("rankings", {}).items():
         if row["memorized"] == 0:
             obs.append(f"ranking '{name}' found no memorized sample among its top {row['top_n']}.")
-    best = max(ext["rankings"].items(), key=lambda kv: kv[1]["memorized"], default=None)
+    best = max(ext.get("rankings", {}).items(), key=lambda kv: kv[1]["memorized"], default=None)
     if best and best[1]["memorized"]:
         obs.append(f"best ranking: '{best[0]}' with {best[1]['memorized']} memorized samples in its top {best[1]['top_n']}.")
     if report.get("provenance", {}).get("reference_excluded"):
@@ -166,7 +169,8 @@ def headline(report: dict) -> str:
     if ins:
         got = sum(bool(s.get("greedy_extracted") or s.get("surfaced_in_samples")) for s in ins)
         parts.append(f"{got} of {len(ins)} inserted secrets extracted")
-    parts.append(f"{report['extraction'].get('memorized_total', 0)} memorized samples")
+    ext = report["extraction"]
+    parts.append("extraction not measured" if ext.get("skipped") else f"{ext.get('memorized_total', 0)} memorized samples")
     if (report.get("discoverable") or {}).get("greedy_rate") is not None:
         parts.append(f"discoverable memorization {report['discoverable']['greedy_rate']:.1%}")
     if report.get("pii"):
@@ -343,6 +347,11 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs = drop_overlap(docs)
+    if is_text_only(target.model):  # api=chat / api=text: membership by the text-only signals, nothing else
+        report = mark_not_measured(assemble_report(text_only_records(inputs, target, docs, started=started,
+                                                                     training_record=training_record)),
+                                   target.model.api)
+        return _gate_and_write(report, policy, out, inputs.secrets, show_secrets=cfg.show_secrets)
     extraction = run_extraction(inputs, target, reference, docs, out)
     exposure = run_exposure(inputs, target, docs, extraction)
     positive = run_twin(inputs, target, docs, exposure, out) if exposure.rows else None
@@ -357,9 +366,15 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
                                           positive_control=positive, training_record=training_record))
     if exposure.rows:
         exposure_plot(out / "exposure.png", exposure.rows, n_references=target.cfg.n_candidates)
+    return _gate_and_write(report, policy, out, inputs.secrets, show_secrets=cfg.show_secrets)
+
+
+def _gate_and_write(report: dict, policy, out: Path, secrets, *, show_secrets: bool) -> dict:
+    """Put the verdict into ``report`` (:func:`apply_policy`) and write the report files; a policy that
+    asks what the report cannot answer still gets the report written, then its error raised."""
     try:
         apply_policy(report, policy)
     except LlmMiaError as e:  # the policy asks what this report cannot answer: keep the report, then fail
-        e.report = write_reports(out, report, inputs.secrets, show_secrets=cfg.show_secrets)
+        e.report = write_reports(out, report, secrets, show_secrets=show_secrets)
         raise
-    return write_reports(out, report, inputs.secrets, show_secrets=cfg.show_secrets)
+    return write_reports(out, report, secrets, show_secrets=show_secrets)

@@ -647,6 +647,10 @@ def _not_measured(report: dict, name: str) -> str | None:
     disc = report.get("discoverable")
     if name == "max_discoverable_rate" and isinstance(disc, dict) and disc.get("greedy_rate") is None:
         return str(disc.get("skipped") or "not run")
+    ext = report.get("extraction")  # skipped: a text-only endpoint (llm_mia.audit.text_only)
+    if name in ("max_memorized_samples", "max_extracted_training_pii", "min_remaining_guess_bits") \
+            and isinstance(ext, dict) and ext.get("skipped"):
+        return str(ext["skipped"])
     return None
 
 

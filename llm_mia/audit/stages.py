@@ -487,17 +487,18 @@ def _inputs(corpus_dir, members, nonmembers, secrets_path):
 
 
 def _endpoint_setup(target, cfg: AuditConfig) -> tuple[AuditConfig, list[str]]:
-    """For an endpoint target: refuse an API without prompt log-probs, bound its queries, and leave
-    out temperature decay (no API sets a per-token temperature). Returns (settings, what was left out)."""
+    """For an endpoint target: bound its queries; an API without prompt log-probs (chat, text) runs
+    the text-only audit (:mod:`llm_mia.audit.text_only`), every other stage left out; else leave out
+    temperature decay (no API sets a per-token temperature). Returns (settings, what was left out)."""
 
     if not isinstance(target, EndpointModel):
         if cfg.max_queries is not None:
             raise LlmMiaError("--max-queries bounds the queries to an openai:URL endpoint; this model is local")
         return cfg, []
-    if target.api != "completions":
-        raise LlmMiaError(f"an audit scores texts, which needs prompt log-probs: {target.url} offers api={target.api} "
-                          f"(label-only); audit an endpoint with /v1/completions echo + logprobs")
     target.max_queries = cfg.max_queries
+    if target.api != "completions":  # text only: membership by the text-only signals (llm_mia.audit.text_only)
+        return cfg, [f"extraction, exposure, discoverable memorization and PII (api={target.api} returns no "
+                     f"log-probs); membership runs the text-only signals samia and ngram_coverage"]
     left_out = []
     if "temperature-decay" in cfg.strategies:
         left_out.append("extraction strategy temperature-decay (an HTTP API has no per-token temperature)")

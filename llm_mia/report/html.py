@@ -134,7 +134,7 @@ def render_html(report: dict, top: Sequence[dict], samples: Sequence[dict], secr
         figs["zlib"] = figures.data_uri(png)
 
     tops = {}
-    for name in report["extraction"]["rankings"]:
+    for name in report["extraction"].get("rankings", {}):  # none when extraction was not measured
         rows = sorted((r for r in top if r["ranking"] == name), key=lambda r: -r["score"])[:per_ranking]
         tops[name] = [dict(r, segments=segments(r["text"], r.get("match_span"), secrets, hide=hide)) for r in rows]
     by_id = {s.id: s for s in secrets}

@@ -180,6 +180,8 @@ def _header_section(report: dict) -> list[str]:
 
 def _extraction_section(ext: dict, prov: dict, top: list[dict], hide: Callable[[str], str]) -> list[str]:
     """Extraction (Carlini et al. 2021): sampling settings, the paper's table 3, rankings, top samples."""
+    if ext.get("skipped"):  # e.g. a text-only endpoint (llm_mia.audit.text_only)
+        return ["## Extraction (Carlini et al. 2021)", "", f"Not measured: {ext['skipped']}.", ""]
     strategies = ext.get("strategies", ["top-k"])
     out = ["## Extraction (Carlini et al. 2021)", "",
            f"{ext['num_samples']} samples of {ext['max_new_tokens']} new tokens "
