@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import time
@@ -64,11 +65,12 @@ def digits_in_place(completion: str) -> int:
 
 
 def paragraphs(n: int) -> list[str]:
-    """The first ``n`` paragraphs of 200-600 characters of the demo's private python-docs text (its
-    first 400 k characters, which the demo's base never saw): short documents, so that the 30
-    insertions are a visible share of the fine-tuning text."""
+    """The first ``n`` distinct paragraphs of 200-600 characters and at least 30 words of the demo's
+    private python-docs text (its first 400 k characters, which the demo's base never saw): short
+    documents, so that the 30 insertions are a visible share of the fine-tuning text; prose, so that
+    SaMIA and n-gram coverage find words in every suffix (a grammar block of operators has none)."""
     out = [p.strip() for d in load_source("python-docs", max_chars=400_000) for p in d.split("\n\n")]
-    out = [p for p in out if 200 <= len(p) <= 600][:n]
+    out = [p for p in dict.fromkeys(out) if 200 <= len(p) <= 600 and len(re.findall(r"\w+", p)) >= 30][:n]
     if len(out) < n:
         sys.exit(f"only {len(out)} paragraphs of 200-600 characters")
     return out
@@ -151,7 +153,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=600)
-    ap.add_argument("--check-every", type=int, default=5)
+    ap.add_argument("--check-every", type=int, default=1)
     ap.add_argument("--min-digits", type=int, default=4)
     ap.add_argument("--members", type=int, default=60, help="member paragraphs (and as many non-members)")
     ap.add_argument("--threads", type=int, default=1)
