@@ -324,6 +324,9 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     ``serve`` ((name, f) with ``f(target) -> LanguageModel``): membership is scored through what a
     serving-time defence returns (``f``'s view, e.g. MemGuard's :class:`llm_mia.serving.output_limits.ApiView`);
     generation, extraction and exposure read the model itself; ``provenance.serving`` names it.
+    A text-only endpoint (``openai:URL`` with ``api=chat`` / ``api=text``: no log-probs) gets membership
+    by the text-only signals only (:mod:`llm_mia.audit.text_only`); the other sections say why they were
+    not measured.
 
     Returns:
         The report written to ``out_dir/report.json`` (redacted unless ``cfg.show_secrets``), verdict included.

@@ -641,14 +641,15 @@ def _check_discoverable(report: dict, policy: Policy, limit) -> Check:
 def _not_measured(report: dict, name: str) -> str | None:
     """Why the audit says it did not measure what limit ``name`` reads (None: it did, or does not say)."""
     exp = report.get("exposure")
-    if name in ("max_canary_exposure_bits", "max_extracted_secrets", "max_queries_per_secret") and isinstance(exp, dict) \
+    if name in ("max_canary_exposure_bits", "max_extracted_secrets", "max_queries_per_secret",
+                "min_remaining_guess_bits") and isinstance(exp, dict) \
             and exp.get("measured") is False:
         return str(exp.get("reason") or "no planted secrets")
     disc = report.get("discoverable")
     if name == "max_discoverable_rate" and isinstance(disc, dict) and disc.get("greedy_rate") is None:
         return str(disc.get("skipped") or "not run")
     ext = report.get("extraction")  # skipped: a text-only endpoint (llm_mia.audit.text_only)
-    if name in ("max_memorized_samples", "max_extracted_training_pii", "min_remaining_guess_bits") \
+    if name in ("max_memorized_samples", "max_extracted_training_pii") \
             and isinstance(ext, dict) and ext.get("skipped"):
         return str(ext["skipped"])
     return None

@@ -34,10 +34,13 @@ def test_audit_of_a_text_only_endpoint_runs_text_only_membership(api, tiny_token
     # members: its reply to every member holds all of GREEK; to every non-member, an unrelated word.
     io.write_jsonl(tmp_path / "m.jsonl", [{"text": f"{i} {GREEK}"} for i in range(3)])
     io.write_jsonl(tmp_path / "n.jsonl", [{"text": f"{i} {COLOURS}"} for i in range(3)])
+    policy = open("examples/policy.toml", encoding="utf-8").read().replace(
+        "[limits]\n", "[limits]\nmax_memorized_samples = 0\nmin_remaining_guess_bits = 10\nmax_discoverable_rate = 0.1\n")
+    (tmp_path / "policy.toml").write_text(policy, encoding="utf-8")
     server = StepServer()
     args = ["audit", "--model", f"openai:{server.url}", "--model-args", f"tokenizer={tmp_path / 'tok'},api={api}",
             "--members", tmp_path / "m.jsonl", "--nonmembers", tmp_path / "n.jsonl", "--membership-docs", 3,
-            "--no-positive-control", "--policy", "examples/policy.toml"]
+            "--no-positive-control", "--policy", tmp_path / "policy.toml"]
     try:
         # plan: 3 members + 3 non-members, 5 samples each = 30 queries; 29 is refused before the first
         code, _, err = run_cli([*args, "--out", tmp_path / "o1", "--max-queries", 29], capsys)
@@ -72,5 +75,7 @@ def test_audit_of_a_text_only_endpoint_runs_text_only_membership(api, tiny_token
     checks = {c["name"]: c for c in rep["verdict"]["checks"]}
     assert checks["max_membership_tpr_at_1pct_fpr"]["value"] == 1.0
     assert checks["max_membership_tpr_at_1pct_fpr"]["status"] in ("failed", "inconclusive")
-    assert all(checks[k]["status"] == "not measured" for k in ("max_extracted_training_pii", "max_extracted_secrets"))
+    assert all(checks[k]["status"] == "not measured" for k in (
+        "max_extracted_training_pii", "max_extracted_secrets", "max_memorized_samples", "min_remaining_guess_bits",
+        "max_discoverable_rate", "max_canary_exposure_bits"))
     assert "Not measured" in (tmp_path / "o2" / "report.md").read_text()
