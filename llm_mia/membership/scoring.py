@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from llm_mia.core import io
+from llm_mia.core import io, parallel
 from llm_mia.core.errors import LlmMiaError, LlmMiaWarning
 from llm_mia.core.progress import bar
 from llm_mia.data.texts import TextSet, read_texts
@@ -432,6 +432,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     data = got.data
 
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
+    device = parallel.process_device(device)  # each process of a launch on its own accelerator
     tgt = load_model(model, device=device, model_args=model_args, engine=engine,
                      crosscheck_texts=data.texts[:16])
     if max_queries is not None and hasattr(tgt, "usage"):
@@ -444,13 +445,13 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     freq = token_frequencies(tgt.tokenizer, got.freq_texts, len(tgt.tokenizer)) if got.freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
               recall_prefix=got.prefix, token_freq=freq, shadow=shadow)
-    res = _score_with_text_signals(tgt, data.texts, kw, progress)
+    res = _score_with_text_signals(tgt, data.texts, kw, progress and parallel.is_main())
     rows = []
     for r, i in zip(res.rows, data.ids):
         r = dict(r, id=i)
         rows.append(r)
     out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings,
-           "engine": getattr(tgt, "engine_info", None)}
+           "engine": getattr(tgt, "engine_info", None), "num_processes": parallel.world_size()}
     if shadow is not None:
         out["shadow"] = shadow_summary(shadow, res.inputs.shadow)
     if got.calib is not None:
@@ -458,14 +459,18 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     if data.labels is not None:
         for r, y in zip(rows, data.labels):
             r["label"] = y
-    io.write_jsonl(output_path, rows)
+    main = parallel.is_main()  # under `accelerate launch` only process 0 writes
+    if main:
+        io.write_jsonl(output_path, rows)
     if metrics_path or roc_path:
-        about = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path)}
+        about = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path),
+                 "num_processes": out["num_processes"]}
         calibration = None if got.calib is None else {"nonmembers": str(calibrate_on), "target_fpr": target_fpr,
                                                       "thresholds": out["thresholds"]}
         out["metrics"] = _write_metrics(rows, data.labels, res.warnings, about=about, calibration=calibration,
                                         shadow={"shadow": out["shadow"]} if shadow is not None else {},
-                                        metrics_path=metrics_path, roc_path=roc_path)
+                                        metrics_path=metrics_path if main else None,
+                                        roc_path=roc_path if main else None)
     return out
 
 
