@@ -462,15 +462,14 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     main = parallel.is_main()  # under `accelerate launch` only process 0 writes
     if main:
         io.write_jsonl(output_path, rows)
-    if metrics_path or roc_path:
+    if (metrics_path or roc_path) and main:  # the other processes skip the bootstrap too
         about = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path),
                  "num_processes": out["num_processes"]}
         calibration = None if got.calib is None else {"nonmembers": str(calibrate_on), "target_fpr": target_fpr,
                                                       "thresholds": out["thresholds"]}
         out["metrics"] = _write_metrics(rows, data.labels, res.warnings, about=about, calibration=calibration,
                                         shadow={"shadow": out["shadow"]} if shadow is not None else {},
-                                        metrics_path=metrics_path if main else None,
-                                        roc_path=roc_path if main else None)
+                                        metrics_path=metrics_path, roc_path=roc_path)
     return out
 
 
