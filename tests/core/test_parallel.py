@@ -70,7 +70,7 @@ def test_one_process_never_gathers(monkeypatch):
 
 def fake_world(monkeypatch, rank: int, pieces: list, sent: list):
     """This process is ``rank`` of 2; gather_object records what it is sent and returns ``pieces``."""
-    monkeypatch.setattr(parallel, "active", lambda: True)
+    monkeypatch.setattr(parallel, "world_size", lambda: 2)  # active() outside parallel.local()
     monkeypatch.setattr(parallel, "rank_and_world", lambda: (rank, 2))
     monkeypatch.setattr(parallel, "process_state", lambda: None)
 
@@ -152,3 +152,33 @@ def test_sharded_generate_keeps_each_seed_with_its_prompt(monkeypatch, rank):
     assert calls == ([([[1], [1, 2, 3]], [11, 22])] if rank == 0 else [([[4, 5]], [33])])
     with pytest.raises(LlmMiaError, match="one seed per prompt"):
         sharded_generate(run, prompts, seeds[:2])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_shared_prefix_scores_fake_world_of_two(monkeypatch, tiny_model, rank):
+    from llm_mia.models.prefix import score_shared_prefix
+
+    g = torch.Generator().manual_seed(5)
+    pre = [0] + torch.randint(1, 300, (4,), generator=g).tolist()
+    tails = [torch.randint(1, 300, (n,), generator=g).tolist() for n in (3, 6, 2, 5)]
+    seqs = [pre + t for t in tails[:3]] + [[0] + tails[3]]  # three rows share a prefix, the last is alone
+    split = [5, 5, 5, 3]
+    want = score_shared_prefix(tiny_model, seqs, split, top_k=5, min_group=2)  # one process
+    assert want.split.tolist() == [5, 5, 5, 1]  # the lone row is scored whole
+
+    # lengths (8, 11, 7, 6), longest first: 1, 0, 2, 3; rank 0 takes 1 and 2, rank 1 takes 0 and 3; the
+    # splits were decided on all rows, so row 3 keeps split 1 and rows 0 and 2 keep 5 though alone
+    shards, sp = [[1, 2], [0, 3]], [5, 5, 5, 1]
+
+    def piece(idx):
+        return score_shared_prefix(tiny_model, [seqs[i] for i in idx], [sp[i] for i in idx], top_k=5, min_group=1)
+
+    sent = []
+    fake_world(monkeypatch, rank, [(shards[0], piece(shards[0])), (shards[1], piece(shards[1]))], sent)
+    got = score_shared_prefix(tiny_model, seqs, split, top_k=5, min_group=2)
+    assert sent[0][0][0] == shards[rank]
+    assert torch.equal(got.split, want.split) and torch.equal(got.n_tail, want.n_tail)
+    assert torch.equal(got.tail_mask, want.tail_mask)
+    torch.testing.assert_close(got.total_logprob, want.total_logprob, rtol=1e-5, atol=1e-5)
+    for f in ("tail_logprob", "tail_topk_logprob"):
+        torch.testing.assert_close(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-5)
