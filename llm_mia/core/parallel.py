@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -57,9 +58,21 @@ def process_state():
 
 
 def rank_and_world() -> tuple[int, int]:
-    """``(process index, number of processes)``; ``(0, 1)`` for a single process."""
-    state = process_state()
-    return (0, 1) if state is None else (int(state.process_index), int(state.num_processes))
+    """``(process index, number of processes)`` from ``RANK`` and ``WORLD_SIZE`` (set by ``accelerate
+    launch`` and torchrun); ``(0, 1)`` for a single process. Starts no process group: transformers >= 5
+    saves a model only on rank 0 once torch.distributed is initialised, so code that trains one model per
+    process (shadow models) must learn its rank without one.
+
+    Raises:
+        LlmMiaError: ``RANK`` missing or outside ``[0, WORLD_SIZE)`` under several processes.
+    """
+    world = world_size()
+    if world == 1:
+        return 0, 1
+    raw = os.environ.get("RANK", "")
+    if not raw.isdigit() or int(raw) >= world:
+        raise LlmMiaError(f"RANK must be an integer in [0, {world}) under WORLD_SIZE={world}, got {raw!r}")
+    return int(raw), world
 
 
 def process_device(device: str | None) -> str | None:
@@ -98,6 +111,19 @@ def local_only(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def wait_for_file(path: str | os.PathLike, *, timeout_s: float = 3600.0, poll_s: float = 0.2) -> None:
+    """Wait until ``path`` exists (written atomically by process 0): a barrier without a process group.
+
+    Raises:
+        LlmMiaError: still missing after ``timeout_s`` seconds (process 0 failed or is stuck).
+    """
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise LlmMiaError(f"{path} not written by process 0 within {timeout_s:.0f} s")
+        time.sleep(poll_s)
 
 
 def barrier() -> None:

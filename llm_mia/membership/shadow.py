@@ -251,20 +251,16 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
             "models": [{"name": _model_name(k), "seed": seed + k, "in": np.flatnonzero(keep[k]).tolist()}
                        for k in range(n_models)]}
     mfile = out / MEMBERSHIP_FILE
-    if mfile.exists():
-        old = io.read_json(mfile)
-        same = {k: old.get(k) for k in ("population", "n_models", "seed", "tokenizer_sha256", "recipe", "models")}
-        if same != {k: meta[k] for k in same}:
-            raise LlmMiaError(f"{out} holds shadow models of another run (population, seed, --n, tokenizer or "
-                              "recipe differ); use another --out")
-    elif out.exists() and any(out.iterdir()):
-        raise LlmMiaError(f"output folder {out} is not empty and holds no {MEMBERSHIP_FILE}; refusing to write there")
     rank, world = parallel.rank_and_world()
+    # No process group before training (transformers >= 5 saves a model only on rank 0 once
+    # torch.distributed is initialised): the other processes wait for process 0's membership.json.
+    if rank > 0:
+        parallel.wait_for_file(mfile)
+    _check_folder(out, mfile, meta)
     meta["num_processes"] = world  # processes that trained the models (the last run's, on a resume)
-    parallel.barrier()  # every process checked the folder before process 0 writes to it
     if rank == 0:
-        io.write_jsonl(out / POPULATION_FILE, [{"text": t} for t in texts])
         io.write_json(mfile, meta)
+        io.write_jsonl(out / POPULATION_FILE, [{"text": t} for t in texts])
     train_fn = train_fn or train_model
     say = echo if echo is not None and rank == 0 else (lambda s: None)
     with parallel.local():  # under `accelerate launch` process r trains models r, r + P, ...
@@ -274,6 +270,18 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
                        train_options=train_options)
     parallel.barrier()  # every model finished
     return load_shadows(out)
+
+
+def _check_folder(out: Path, mfile: Path, meta: dict) -> None:
+    """Refuse a shadow folder of another run (membership.json differs) or a non-empty folder without one."""
+    if mfile.exists():
+        old = io.read_json(mfile)
+        same = {k: old.get(k) for k in ("population", "n_models", "seed", "tokenizer_sha256", "recipe", "models")}
+        if same != {k: meta[k] for k in same}:
+            raise LlmMiaError(f"{out} holds shadow models of another run (population, seed, --n, tokenizer or "
+                              "recipe differ); use another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise LlmMiaError(f"output folder {out} is not empty and holds no {MEMBERSHIP_FILE}; refusing to write there")
 
 
 def _train_one(k: int, out: Path, texts: list[str], keep: np.ndarray, train_fn: Callable, say: Callable, *, base,
