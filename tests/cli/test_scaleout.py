@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from llm_mia.membership.scoring import score_file
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None
+needs_launch = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None
                                 or not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs accelerate and torch.distributed with gloo")
 
@@ -28,6 +29,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@needs_launch
 def test_score_two_processes_equal_one(tmp_path, tiny_model, tiny_tokenizer):
     tiny_model.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
@@ -64,3 +66,12 @@ def test_score_two_processes_equal_one(tmp_path, tiny_model, tiny_tokenizer):
     metrics = json.loads((tmp_path / "two.json").read_text())
     assert metrics["num_processes"] == 2
     assert json.loads((tmp_path / "one.json").read_text())["num_processes"] == 1
+
+
+def test_audit_under_several_processes_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run_cli(["audit", "--model", tmp_path / "m", "--corpus", tmp_path / "c", "--out", tmp_path / "o"],
+                           capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "audit runs in one process" in err
+    assert not (tmp_path / "o").exists()

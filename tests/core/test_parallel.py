@@ -182,3 +182,19 @@ def test_shared_prefix_scores_fake_world_of_two(monkeypatch, tiny_model, rank):
     torch.testing.assert_close(got.total_logprob, want.total_logprob, rtol=1e-5, atol=1e-5)
     for f in ("tail_logprob", "tail_topk_logprob"):
         torch.testing.assert_close(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-5)
+
+
+def test_rank_from_env_without_a_process_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert parallel.rank_and_world() == (1, 2) and not parallel.is_main()
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(LlmMiaError, match=r"RANK must be an integer in \[0, 2\)"):
+        parallel.rank_and_world()
+
+
+def test_wait_for_file(tmp_path):
+    (tmp_path / "there").write_text("x")
+    parallel.wait_for_file(tmp_path / "there", timeout_s=0.0)  # returns at once
+    with pytest.raises(LlmMiaError, match="not written by process 0 within 0 s"):
+        parallel.wait_for_file(tmp_path / "missing", timeout_s=0.0, poll_s=0.0)
