@@ -412,8 +412,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
         max_queries: the query budget of an ``openai:`` endpoint (``--max-queries``; ignored for a local model).
 
     Returns:
-        A summary: ``n``, ``n_flagged``, ``warnings``, ``engine`` and, when asked, ``shadow``,
-        ``thresholds`` and ``metrics``.
+        A summary: ``n``, ``n_flagged``, ``warnings``, ``engine``, ``num_processes`` (of an ``accelerate
+        launch``, whose process 0 alone writes) and, when asked, ``shadow``, ``thresholds`` and ``metrics``.
 
     Raises:
         LlmMiaError: one line, for a bad option, input or output (all checked before the model is loaded),
@@ -433,8 +433,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
 
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
     device = parallel.process_device(device)  # each process of a launch on its own accelerator
-    tgt = load_model(model, device=device, model_args=model_args, engine=engine,
-                     crosscheck_texts=data.texts[:16])
+    tgt = load_model(model, device=device, model_args=model_args, engine=engine, crosscheck_texts=data.texts[:16])
     if max_queries is not None and hasattr(tgt, "usage"):
         tgt.max_queries = tgt.usage.queries + int(max_queries)
     if shadow is not None:
@@ -446,10 +445,7 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
               recall_prefix=got.prefix, token_freq=freq, shadow=shadow)
     res = _score_with_text_signals(tgt, data.texts, kw, progress and parallel.is_main())
-    rows = []
-    for r, i in zip(res.rows, data.ids):
-        r = dict(r, id=i)
-        rows.append(r)
+    rows = [dict(r, id=i) for r, i in zip(res.rows, data.ids)]
     out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings,
            "engine": getattr(tgt, "engine_info", None), "num_processes": parallel.world_size()}
     if shadow is not None:
@@ -459,10 +455,10 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     if data.labels is not None:
         for r, y in zip(rows, data.labels):
             r["label"] = y
-    main = parallel.is_main()  # under `accelerate launch` only process 0 writes
-    if main:
-        io.write_jsonl(output_path, rows)
-    if (metrics_path or roc_path) and main:  # the other processes skip the bootstrap too
+    if not parallel.is_main():  # under `accelerate launch` process 0 writes (and alone runs the bootstrap)
+        return out
+    io.write_jsonl(output_path, rows)
+    if metrics_path or roc_path:
         about = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path),
                  "num_processes": out["num_processes"]}
         calibration = None if got.calib is None else {"nonmembers": str(calibrate_on), "target_fpr": target_fpr,
