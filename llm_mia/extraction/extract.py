@@ -707,6 +707,7 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
                "near_similarity": cfg.near_similarity, "near_window": cfg.near_window,
                "memorized_in_any_top": len({s["id"] for s in mem_top}),
                "memorized_unique_in_any_top": unique_top,
-               "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine}
+               "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine,
+               "num_processes": parallel.world_size()}  # of an `accelerate launch` (1: one process)
     io.write_json(out / "extract.json", summary)
     return summary
