@@ -21,8 +21,12 @@ def _prepare(*, out, policy, sarif=None, junit=None, pii_regions, score_spans="a
              discoverable_prefix, max_queries=None):
     """The checks every audit command makes before any work, in this order; returns (AuditConfig, policy)."""
     from llm_mia.audit.pipeline import AuditConfig
+    from llm_mia.core.parallel import world_size
     from llm_mia.data.pii import parse_regions
 
+    if world_size() > 1:  # extract ends on process 0 only, the positive-control twin saves a model: not split yet
+        raise LlmMiaError("audit runs in one process; under `accelerate launch` run its stages (extract, score, "
+                          "exposure, canaries audit, shadow train) instead")
     if (sarif or junit) and policy is None:
         raise LlmMiaError("--sarif and --junit report a release gate's verdict: add --policy")
     regions = parse_regions(pii_regions) if pii_regions else None  # checked before any model work

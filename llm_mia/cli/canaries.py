@@ -104,5 +104,9 @@ def audit(
 
     res = audit_canaries(model, canaries, inclusion, out, reference=reference, delta=delta, beta=beta, signal=signal,
                          train_path=train, seed=seed, device=device, strategy=threshold_strategy)
+    from llm_mia.core.parallel import is_main
+
+    if not is_main():  # under `accelerate launch` process 0 reports
+        return
     typer.echo(summary_line(res))
     typer.echo(f"-> {out / 'canary-audit.json'}")

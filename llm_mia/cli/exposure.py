@@ -36,6 +36,10 @@ def exposure(
 
     res = run_exposure(model, secrets, out, n_references=references, exact_limit=exact_limit, seed=seed, beams=beams,
                        batch_size=batch_size, device=device, model_args=model_args, engine=engine)
+    from llm_mia.core.parallel import is_main
+
+    if not is_main():  # under `accelerate launch` process 0 reports
+        return
     c = res.controls
     typer.echo(f"{len(res.rows)} secrets, {sum(r['greedy_extracted'] for r in res.rows)} greedily extracted -> "
                f"{out / 'exposure.json'}")

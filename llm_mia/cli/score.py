@@ -51,10 +51,15 @@ def score(
                      dc_pdd_corpus=dc_pdd_corpus, metrics_path=metrics, roc_path=roc, calibrate_on=calibrate_on,
                      target_fpr=target_fpr, device=device, model_args=model_args, shadow_dir=shadow,
                      engine=engine, max_queries=max_queries)
+    from llm_mia.core.parallel import is_main
+
+    if not is_main():  # under `accelerate launch` process 0 reports
+        return
     echo_engine(res.get("engine"))
     for w in res.get("warnings", []):
         typer.echo(f"warning: {w}", err=True)
-    typer.echo(f"scored {res['n']} texts ({res['n_flagged']} flagged) -> {output}"
+    procs = f" by {res['num_processes']} processes" if res.get("num_processes", 1) > 1 else ""
+    typer.echo(f"scored {res['n']} texts{procs} ({res['n_flagged']} flagged) -> {output}"
                + (f"; metrics -> {metrics}" if metrics else ""))
     for sig, t in res.get("thresholds", {}).items():
         typer.echo(f"threshold at FPR {target_fpr:g} for {sig}: {t:.6g} (member iff score > threshold)")

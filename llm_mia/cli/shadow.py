@@ -30,4 +30,7 @@ def shadow_train(
 
     sh = train_shadows(population, out, n_models=n, preset=preset, base=base, tokenizer_from=tokenizer_from,
                        max_steps=steps, seed=seed, like=like, echo=lambda s: typer.echo(s, err=True))
-    typer.echo(f"{sh.n_models} shadow models on {len(sh.texts)} population texts -> {out}")
+    from llm_mia.core.parallel import is_main
+
+    if is_main():  # under `accelerate launch` each process trained its share; process 0 reports
+        typer.echo(f"{sh.n_models} shadow models on {len(sh.texts)} population texts -> {out}")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_mia.core import io
+from llm_mia.core import io, parallel
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.progress import bar
 from llm_mia.data.secrets import (
@@ -605,8 +605,9 @@ def run_exposure(model: str, secrets_path: str | Path, out_dir: str | Path, *,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LlmMiaError(f"--out {out} exists and is not a folder")
-    loaded = load_model(model, device=device, model_args=model_args, engine=engine)
-    with bar("exposure", exposure_work(secrets, n_references, exact_limit), enabled=progress) as adv:
+    loaded = load_model(model, device=parallel.process_device(device), model_args=model_args, engine=engine)
+    with bar("exposure", exposure_work(secrets, n_references, exact_limit),
+             enabled=progress and parallel.is_main()) as adv:
         res = secret_exposure(loaded, secrets, n_references=n_references, exact_limit=exact_limit, seed=seed,
                               beams=beams, batch_size=batch_size, progress=adv)
     record = {"model": loaded.source, "model_weights_sha256": loaded.weights_sha256,
@@ -614,7 +615,10 @@ def run_exposure(model: str, secrets_path: str | Path, out_dir: str | Path, *,
               "secrets": str(secrets_path),
               "settings": {"n_references": n_references, "exact_limit": exact_limit, "seed": seed, "beams": beams,
                            "top_k": res.top_k},
-              "controls": res.controls, "by_count": exposure_by_count(res.rows), "rows": res.rows}
+              "controls": res.controls, "by_count": exposure_by_count(res.rows), "rows": res.rows,
+              "num_processes": parallel.world_size()}
+    if not parallel.is_main():  # under `accelerate launch` process 0 writes
+        return res
     out.mkdir(parents=True, exist_ok=True)
     exposure_plot(out / "exposure.png", res.rows, n_references=n_references)
     io.write_text(out / "exposure.csv", rows_to_csv(res.rows))

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_mia.core import io
+from llm_mia.core import io, parallel
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.progress import bar
 from llm_mia.core.resources import DEFAULT_PROMPTS
@@ -466,6 +466,7 @@ def _score_rows(target: LoadedModel, reference: LoadedModel | None, rows: list[d
              "scores": x["scores"], "flags": x["flags"]} for t, x in zip(texts, res.rows)]
 
 
+@parallel.local_only  # divides sampling and scoring by rank itself (below)
 def extract(target: LoadedModel, out_dir: str | os.PathLike, *, reference: LoadedModel | None = None,
             train_texts: Sequence[str] | None = None, secrets: Sequence = (), cfg: ExtractConfig | None = None) -> dict | None:
     """Run the whole extraction and write ``samples.jsonl``, ``top.jsonl`` and ``extract.json`` into ``out_dir``.
@@ -706,6 +707,7 @@ def _verify_and_rank(target, gen, scored, out: Path, train_texts, secrets, cfg: 
                "near_similarity": cfg.near_similarity, "near_window": cfg.near_window,
                "memorized_in_any_top": len({s["id"] for s in mem_top}),
                "memorized_unique_in_any_top": unique_top,
-               "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine}
+               "secrets_surfaced": sorted({x for s in samples for x in s["secrets"]}), "engine": engine,
+               "num_processes": parallel.world_size()}  # of an `accelerate launch` (1: one process)
     io.write_json(out / "extract.json", summary)
     return summary

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from llm_mia.core import io
+from llm_mia.core import io, parallel
 from llm_mia.core.errors import LlmMiaError, LlmMiaWarning
 from llm_mia.core.progress import bar
 from llm_mia.data.texts import TextSet, read_texts
@@ -412,8 +412,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
         max_queries: the query budget of an ``openai:`` endpoint (``--max-queries``; ignored for a local model).
 
     Returns:
-        A summary: ``n``, ``n_flagged``, ``warnings``, ``engine`` and, when asked, ``shadow``,
-        ``thresholds`` and ``metrics``.
+        A summary: ``n``, ``n_flagged``, ``warnings``, ``engine``, ``num_processes`` (of an ``accelerate
+        launch``, whose process 0 alone writes) and, when asked, ``shadow``, ``thresholds`` and ``metrics``.
 
     Raises:
         LlmMiaError: one line, for a bad option, input or output (all checked before the model is loaded),
@@ -432,8 +432,8 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     data = got.data
 
     shadow = load_shadows(shadow_dir) if shadow_dir is not None else None
-    tgt = load_model(model, device=device, model_args=model_args, engine=engine,
-                     crosscheck_texts=data.texts[:16])
+    device = parallel.process_device(device)  # each process of a launch on its own accelerator
+    tgt = load_model(model, device=device, model_args=model_args, engine=engine, crosscheck_texts=data.texts[:16])
     if max_queries is not None and hasattr(tgt, "usage"):
         tgt.max_queries = tgt.usage.queries + int(max_queries)
     if shadow is not None:
@@ -444,13 +444,10 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     freq = token_frequencies(tgt.tokenizer, got.freq_texts, len(tgt.tokenizer)) if got.freq_texts is not None else None
     kw = dict(reference=ref, signals=signals, batch_size=batch_size, prepend_bos=prepend_bos,
               recall_prefix=got.prefix, token_freq=freq, shadow=shadow)
-    res = _score_with_text_signals(tgt, data.texts, kw, progress)
-    rows = []
-    for r, i in zip(res.rows, data.ids):
-        r = dict(r, id=i)
-        rows.append(r)
+    res = _score_with_text_signals(tgt, data.texts, kw, progress and parallel.is_main())
+    rows = [dict(r, id=i) for r, i in zip(res.rows, data.ids)]
     out = {"n": len(rows), "n_flagged": sum(bool(r["flags"]) for r in rows), "warnings": res.warnings,
-           "engine": getattr(tgt, "engine_info", None)}
+           "engine": getattr(tgt, "engine_info", None), "num_processes": parallel.world_size()}
     if shadow is not None:
         out["shadow"] = shadow_summary(shadow, res.inputs.shadow)
     if got.calib is not None:
@@ -458,9 +455,12 @@ def score_file(model: str, input_path, output_path, *, reference: str | None = N
     if data.labels is not None:
         for r, y in zip(rows, data.labels):
             r["label"] = y
+    if not parallel.is_main():  # under `accelerate launch` process 0 writes (and alone runs the bootstrap)
+        return out
     io.write_jsonl(output_path, rows)
     if metrics_path or roc_path:
-        about = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path)}
+        about = {"model": model, "engine": out["engine"], "reference": reference, "input": str(input_path),
+                 "num_processes": out["num_processes"]}
         calibration = None if got.calib is None else {"nonmembers": str(calibrate_on), "target_fpr": target_fpr,
                                                       "thresholds": out["thresholds"]}
         out["metrics"] = _write_metrics(rows, data.labels, res.warnings, about=about, calibration=calibration,

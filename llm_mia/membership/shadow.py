@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_mia.core import io
+from llm_mia.core import io, parallel
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.texts import read_texts
 from llm_mia.membership.signals import mean_nll
@@ -251,6 +251,29 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
             "models": [{"name": _model_name(k), "seed": seed + k, "in": np.flatnonzero(keep[k]).tolist()}
                        for k in range(n_models)]}
     mfile = out / MEMBERSHIP_FILE
+    rank, world = parallel.rank_and_world()
+    # No process group before training (transformers >= 5 saves a model only on rank 0 once
+    # torch.distributed is initialised): the other processes wait for process 0's membership.json.
+    if rank > 0:
+        parallel.wait_for_file(mfile)
+    _check_folder(out, mfile, meta)
+    meta["num_processes"] = world  # processes that trained the models (the last run's, on a resume)
+    if rank == 0:
+        io.write_json(mfile, meta)
+        io.write_jsonl(out / POPULATION_FILE, [{"text": t} for t in texts])
+    train_fn = train_fn or train_model
+    say = echo if echo is not None and rank == 0 else (lambda s: None)
+    with parallel.local():  # under `accelerate launch` process r trains models r, r + P, ...
+        for k in parallel.shard(n_models, rank, world):
+            _train_one(k, out, texts, keep, train_fn, say, base=base, tokenizer_from=tokenizer_from, preset=preset,
+                       max_steps=max_steps, seed=seed, progress=progress and rank == 0, lora=lora,
+                       train_options=train_options)
+    parallel.barrier()  # every model finished
+    return load_shadows(out)
+
+
+def _check_folder(out: Path, mfile: Path, meta: dict) -> None:
+    """Refuse a shadow folder of another run (membership.json differs) or a non-empty folder without one."""
     if mfile.exists():
         old = io.read_json(mfile)
         same = {k: old.get(k) for k in ("population", "n_models", "seed", "tokenizer_sha256", "recipe", "models")}
@@ -259,27 +282,26 @@ def train_shadows(population: str | Path, out_dir: str | Path, *, n_models: int 
                               "recipe differ); use another --out")
     elif out.exists() and any(out.iterdir()):
         raise LlmMiaError(f"output folder {out} is not empty and holds no {MEMBERSHIP_FILE}; refusing to write there")
-    io.write_jsonl(out / POPULATION_FILE, [{"text": t} for t in texts])
-    io.write_json(mfile, meta)
-    train_fn = train_fn or train_model
-    say = echo or (lambda s: None)
-    for k in range(n_models):
-        folder = out / _model_name(k)
-        if (folder / "recipe.json").is_file():
-            say(f"{folder.name}: finished earlier, kept")
-            continue
-        data = out / f".data-{_model_name(k)}"
-        io.write_jsonl(data / "train.jsonl", [{"text": texts[i]} for i in np.flatnonzero(keep[k])])
-        io.write_jsonl(data / "heldout.jsonl", [{"text": texts[i]} for i in np.flatnonzero(~keep[k])])
-        try:
-            extra = dict(train_options or {}, **({"lora": lora} if lora is not None else {}))
-            s = train_fn(data, folder, base=base, tokenizer_from=tokenizer_from, preset=preset, max_steps=max_steps,
-                         seed=seed + k, progress=progress, **extra)
-        finally:
-            shutil.rmtree(data, ignore_errors=True)
-        say(f"{folder.name}: {int(keep[k].sum())} IN texts, {s.steps} steps, held-out (OUT) loss "
-            + (f"{s.heldout_loss:.3f}" if s.heldout_loss is not None else "-"))
-    return load_shadows(out)
+
+
+def _train_one(k: int, out: Path, texts: list[str], keep: np.ndarray, train_fn: Callable, say: Callable, *, base,
+               tokenizer_from, preset, max_steps, seed: int, progress: bool, lora, train_options) -> None:
+    """Train shadow model ``k`` of :func:`train_shadows` on its IN texts (``keep[k]``), unless finished earlier."""
+    folder = out / _model_name(k)
+    if (folder / "recipe.json").is_file():
+        say(f"{folder.name}: finished earlier, kept")
+        return
+    data = out / f".data-{_model_name(k)}"
+    io.write_jsonl(data / "train.jsonl", [{"text": texts[i]} for i in np.flatnonzero(keep[k])])
+    io.write_jsonl(data / "heldout.jsonl", [{"text": texts[i]} for i in np.flatnonzero(~keep[k])])
+    try:
+        extra = dict(train_options or {}, **({"lora": lora} if lora is not None else {}))
+        s = train_fn(data, folder, base=base, tokenizer_from=tokenizer_from, preset=preset, max_steps=max_steps,
+                     seed=seed + k, progress=progress, **extra)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    say(f"{folder.name}: {int(keep[k].sum())} IN texts, {s.steps} steps, held-out (OUT) loss "
+        + (f"{s.heldout_loss:.3f}" if s.heldout_loss is not None else "-"))
 
 
 def _membership_matrix(meta: dict, n_pop: int, where: Path) -> np.ndarray:

@@ -12,6 +12,7 @@ from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import weights_sha256
 from llm_mia.models.device import model_max_context
 from llm_mia.models.generation import generate
+from llm_mia.models.parallel import sharded_generate, sharded_stats
 from llm_mia.models.stats import combine_stats, compute_token_stats, generation_key, stats_from_arrays
 from llm_mia.models.tokenizer import decode, decode_continuation, encode, eos_ids
 
@@ -115,9 +116,11 @@ class LoadedModel:
         return combine_stats(n, [(hit, done), (todo, rest)])
 
     def _compute(self, sequences, context_lens, batch_size, stride, moments, progress):
-        return compute_token_stats(self.model, sequences, context_lens=context_lens, batch_size=batch_size,
-                                   pad_id=self.bos_id, max_context=self.max_context, stride=stride, moments=moments,
-                                   progress=progress, logprob_transform=self.logprob_transform)
+        # data-parallel under `accelerate launch` (llm_mia.models.parallel); one process: the plain call
+        return sharded_stats(lambda seqs, ctx, prog: compute_token_stats(
+            self.model, seqs, context_lens=ctx, batch_size=batch_size, pad_id=self.bos_id, max_context=self.max_context,
+            stride=stride, moments=moments, progress=prog, logprob_transform=self.logprob_transform),
+            sequences, context_lens, progress)
 
     #: which engine runs the model (``--engine``): "hf" here, "vllm" in :class:`~llm_mia.models.vllm_engine.VllmModel`
     engine = "hf"
@@ -142,7 +145,9 @@ class LoadedModel:
         kw.setdefault("eos_id", self.eos_ids or None)
         kw.setdefault("vocab_limit", self.vocab_size)
         keep = kw.pop("keep_logprobs", False)
-        gens = generate(self.model, prompts, max_new_tokens=max_new_tokens, **kw)
+        seeds = kw.pop("seeds", None)  # one per prompt: sharded with the prompts under `accelerate launch`
+        gens = sharded_generate(lambda ps, ss: generate(self.model, ps, max_new_tokens=max_new_tokens, seeds=ss, **kw),
+                                prompts, seeds)
         if keep:  # scored later by token_stats from these values (extraction)
             for g in gens:
                 if g.logprob is not None and g.new_ids:

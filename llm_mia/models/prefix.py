@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_mia.core import parallel
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.models.device import model_max_context
 
@@ -166,6 +167,9 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
     sp = [int(k) for k in split]
     _check_sequences(seqs, sp, max_context)
     groups = _group(seqs, sp, min_group)  # sp: 1 for the sequences scored whole
+    if parallel.active():  # under `accelerate launch`: each process its share of the rows (same groups)
+        return _sharded(model, seqs, sp, batch_size=batch_size, top_k=top_k, max_context=max_context,
+                        progress=progress)
 
     n_tail = torch.tensor([len(s) - k for s, k in zip(seqs, sp)], dtype=torch.long)
     width = int(n_tail.max()) if n else 0
@@ -188,6 +192,38 @@ def score_shared_prefix(model: torch.nn.Module, sequences: Sequence[Sequence[int
                 progress(len(rows))
     mask = torch.arange(width)[None, :] < n_tail[:, None]
     return PrefixScores(total_logprob=buf.total, tail_logprob=buf.tail, tail_topk_logprob=buf.tail_k, tail_mask=mask,
+                        n_tail=n_tail, split=torch.tensor(sp, dtype=torch.long))
+
+
+def _sharded(model: torch.nn.Module, seqs: list[list[int]], sp: list[int], *, batch_size: int, top_k: int | None,
+             max_context: int | None, progress: Callable[[int], None] | None) -> PrefixScores:
+    """:func:`score_shared_prefix` data-parallel (:mod:`llm_mia.core.parallel`): the rows dealt out by length,
+    each process scoring its rows with the splits ``sp`` already decided on all of them (``min_group`` 1, so
+    a row keeps its split even when its group's other rows went to another process); every process gets
+    the whole :class:`PrefixScores` back in input order."""
+    rank, world = parallel.rank_and_world()
+    mine = parallel.shard(len(seqs), rank, world, costs=[len(s) for s in seqs])
+    with parallel.local():
+        got = score_shared_prefix(model, [seqs[i] for i in mine], [sp[i] for i in mine], batch_size=batch_size,
+                                  top_k=top_k, min_group=1, max_context=max_context,
+                                  progress=progress if rank == 0 else None) if mine else None
+    pieces = parallel.all_pieces(mine, got)
+    if progress is not None and rank == 0:
+        progress(len(seqs) - len(mine))
+    n_tail = torch.tensor([len(s) - k for s, k in zip(seqs, sp)], dtype=torch.long)
+    width = int(n_tail.max()) if seqs else 0
+    total = torch.zeros(len(seqs), dtype=torch.float64)
+    tail = torch.zeros(len(seqs), width, dtype=torch.float32)
+    tail_k = torch.zeros(len(seqs), width, dtype=torch.float32) if top_k is not None else None
+    for rows, part in pieces:
+        if part is None:
+            continue
+        idx, w = torch.as_tensor(rows, dtype=torch.long), int(part.tail_logprob.shape[1])
+        total[idx], tail[idx, :w] = part.total_logprob, part.tail_logprob
+        if tail_k is not None:
+            tail_k[idx, :w] = part.tail_topk_logprob
+    mask = torch.arange(width)[None, :] < n_tail[:, None]
+    return PrefixScores(total_logprob=total, tail_logprob=tail, tail_topk_logprob=tail_k, tail_mask=mask,
                         n_tail=n_tail, split=torch.tensor(sp, dtype=torch.long))
 
 

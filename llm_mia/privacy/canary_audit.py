@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_mia.core import io
+from llm_mia.core import io, parallel
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.canaries import MIN_PER_CLASS, load_canaries, training_text
 from llm_mia.membership import signals as S
@@ -243,12 +243,14 @@ def audit_canaries(model: str, canaries_path, inclusion_path, out_dir, *, refere
     inp = prepare_canary_audit(canaries_path, inclusion_path, model_path=model if Path(model).is_dir() else None,
                                has_reference=reference is not None, delta=delta, beta=beta, signal=signal,
                                train_path=train_path, strategy=strategy)
+    device = parallel.process_device(device)  # under `accelerate launch`: scored data-parallel, process 0 writes
     target = load_model(model, device=device)
     ref = load_model(reference, device=device) if reference else None
     res = {"model": str(model), "reference": str(reference) if reference else None,
            "canaries_file": str(canaries_path), "inclusion_file": str(inclusion_path),
-           **run_canary_audit(target, inp, reference=ref, seed=seed)}
-    io.write_json(Path(out_dir) / "canary-audit.json", res)
+           **run_canary_audit(target, inp, reference=ref, seed=seed), "num_processes": parallel.world_size()}
+    if parallel.is_main():
+        io.write_json(Path(out_dir) / "canary-audit.json", res)
     return res
 
 

@@ -305,3 +305,28 @@ def test_b4_10_shadow_recipe_other_than_the_target_is_reported(shadow_case, tmp_
         assert "trained with another recipe than the target (steps 20 vs 200" in err, (code, err)
     finally:
         (d / "target" / "recipe.json").unlink()
+
+
+def test_two_processes_train_one_model_each_in_turn(tmp_path, monkeypatch):
+    """Under a launch of 2 processes, process r trains models r, r + 2 (rank from RANK, no process group);
+    process 0 writes membership.json; together they give the folder one process would."""
+    from llm_mia.core import parallel
+
+    docs = distinct_docs(12, sentences=1, seed=3)
+    _target(tmp_path / "target", docs)
+    io.write_jsonl(tmp_path / "pop.jsonl", [{"text": t} for t in docs])
+    kw = dict(n_models=4, tokenizer_from=str(tmp_path / "target"), max_steps=2, progress=False, seed=0)
+    monkeypatch.setattr(parallel, "barrier", lambda: None)  # the other process is played in turn below
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    said = []
+    zero = _Spy()
+    with pytest.raises(LlmMiaError, match="2 of 4 shadow models missing"):  # process 1 has not trained yet
+        train_shadows(tmp_path / "pop.jsonl", tmp_path / "sh", train_fn=zero, echo=said.append, **kw)
+    assert zero.calls == ["model-00", "model-02"] and len(said) == 2
+    assert io.read_json(tmp_path / "sh" / MEMBERSHIP_FILE)["num_processes"] == 2
+    monkeypatch.setenv("RANK", "1")
+    one, said_one = _Spy(), []
+    sh = train_shadows(tmp_path / "pop.jsonl", tmp_path / "sh", train_fn=one, echo=said_one.append, **kw)
+    assert one.calls == ["model-01", "model-03"] and said_one == []  # only process 0 reports
+    assert sh.n_models == 4
