@@ -40,7 +40,20 @@ def world_size() -> int:
         world = 0
     if world < 1:
         raise LlmMiaError(f"WORLD_SIZE must be a positive integer, got {raw!r}")
+    if "WORLD_SIZE" not in os.environ and "MASTER_ADDR" in os.environ and "ACCELERATE_MIXED_PRECISION" in os.environ:
+        _warn_one_launched()
     return world
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_one_launched() -> None:
+    """Say once that ``accelerate launch --num_processes N`` started only this process: on a machine
+    without GPUs its simple launcher starts one (it sets ``MASTER_ADDR`` for an MPI run, not
+    ``WORLD_SIZE``), so the run would be one process while the user asked for several."""
+    import sys
+
+    print("note: accelerate launch started one process here (without GPUs it needs --multi_gpu for "
+          "several, gloo on the CPU; or torchrun --nproc_per_node N): running as one process", file=sys.stderr)
 
 
 @functools.lru_cache(maxsize=1)

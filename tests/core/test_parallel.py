@@ -198,3 +198,20 @@ def test_wait_for_file(tmp_path):
     parallel.wait_for_file(tmp_path / "there", timeout_s=0.0)  # returns at once
     with pytest.raises(LlmMiaError, match="not written by process 0 within 0 s"):
         parallel.wait_for_file(tmp_path / "missing", timeout_s=0.0, poll_s=0.0)
+
+
+def test_accelerate_launch_of_one_process_says_so(monkeypatch, capsys):
+    """`accelerate launch --num_processes 2` without --multi_gpu on a CPU machine starts one process with
+    MASTER_ADDR set and no WORLD_SIZE: one process, and a note saying how to get two (once)."""
+    from llm_mia.core import parallel
+
+    parallel._warn_one_launched.cache_clear()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert parallel.world_size() == 1 and parallel.world_size() == 1
+    err = capsys.readouterr().err
+    assert err.count("--multi_gpu") == 1 and "running as one process" in err
+    monkeypatch.delenv("MASTER_ADDR")
+    parallel._warn_one_launched.cache_clear()
+    assert parallel.world_size() == 1 and capsys.readouterr().err == ""
