@@ -2,11 +2,20 @@
 secrets, run through the same extraction (issue "a release gate a model which does not leak can pass").
 
 In laboratory terms a positive control is a sample known to be positive, run through the same test.
-Here it is a copy of the audited model fine-tuned (a few steps of full fine-tuning with
+Here it is a copy of the audited model fine-tuned (full fine-tuning with
 :func:`llm_mia.training.train.train_model`, ``base`` = the target; an adapter target is fine-tuned merged
-on its base) only on the training documents that carry the secrets inserted at least
-``control_insertions`` times, until greedy or beam decoding gives them back (at most ``rounds`` rounds of
-``steps`` steps). The same extraction of the planted secrets (:func:`llm_mia.exposure.secrets.decode_extracted`:
+on its base) on what the training documents carry of the secrets inserted at least ``control_insertions``
+times: each control secret's planted sentence (prefix, secret, suffix; :func:`twin_documents`), until greedy
+or beam decoding gives them back. It trains in rounds whose steps double (:data:`TWIN_STEPS`, then twice as
+many, ...; at most :data:`TWIN_ROUNDS`), checking the secrets after each, so the budget scales with how far
+the model is from memorizing them: a model trained for 30 steps from scratch needs a few hundred steps, a
+model that already memorized them one round.
+
+Why the sentences and not the whole documents: the twin must memorize the secrets, not the documents
+around them. Measured on the 2-core CPU with a 4 x 256 GPT-2 trained 30 steps from scratch (the "small"
+preset) and the 8 secrets inserted 16+ times of a 231-document corpus: fine-tuned on the 192 windows of
+200 characters around the secrets, 480 steps found 1 of 8 (loss 1.4, 871 s); on the 8 sentences, the
+loss fell below 0.1 in about 130 steps. The same extraction of the planted secrets (:func:`llm_mia.exposure.secrets.decode_extracted`:
 the same contexts, prefixes, decoding and tokenizer as the audit's) then runs on the twin. When it finds
 them, the audit has shown it can see a leak of that kind: the gate's extraction-side limits count
 (:func:`llm_mia.audit.policy.twin_control`). The audited model is never asked to leak.
@@ -30,9 +39,10 @@ from llm_mia.exposure.secrets import decode_extracted
 from llm_mia.models.loading import load_model
 from llm_mia.training.train import train_model
 
-#: Twin training: steps per round and rounds at most (the "tiny" preset's learning rate, 3e-3, and
-#: batch of 8 blocks). Measured on the 2-core CPU: a 2-layer test model memorizes 16x secrets in one
-#: round (about 2 s); GPT-2 small (124 M) takes about 1.3 s a step.
+#: Twin training: steps of the first round (each later round twice the one before) and rounds at most,
+#: so at most 60 + 120 + 240 + 480 = 900 steps (the "tiny" preset's batch of 8 blocks of up to 128
+#: tokens; the secrets' sentences fill a block or a few). Measured on the 2-core CPU: a 2-layer test model
+#: memorizes 16x secrets in one round (about 2 s).
 TWIN_STEPS, TWIN_ROUNDS = 60, 4
 
 
@@ -86,9 +96,17 @@ def control_secrets(secrets, control_insertions: int) -> list:
     return [s for s in secrets if control_insertions and s.count >= control_insertions]
 
 
-def carrying_documents(train: list[str], secrets) -> list[str]:
-    """The training documents holding at least one of ``secrets`` verbatim (file order)."""
-    return [t for t in train if any(s.text in t for s in secrets)]
+def twin_documents(train: list[str], secrets) -> list[str]:
+    """The twin's training documents: each of ``secrets``' planted sentence (prefix + secret + suffix, as
+    the documents carry it) once, in ``secrets`` order, for those some document of ``train`` holds.
+
+    Raises:
+        LlmMiaError: no document of ``train`` holds any of them (secrets.json is another corpus's).
+    """
+    held = [s.text for s in secrets if any(s.text in t for t in train)]
+    if not held:
+        raise LlmMiaError("no training document holds a planted secret: is secrets.json this corpus's?")
+    return list(dict.fromkeys(held))
 
 
 def _found(loaded, secrets, *, beams: int, train: list[str]) -> set[str]:
@@ -111,7 +129,7 @@ def _train_round(base: str, docs: list[str], heldout: list[str], work: Path, k: 
     io.write_jsonl(corpus / "heldout.jsonl", [{"text": t} for t in (heldout[:8] or docs[:1])])
     out = work / f"model-{k}"
     train_model(corpus, out, base=base, preset="tiny", max_steps=steps, seed=seed + k, progress=progress,
-                lr=twin_lr(base))
+                lr=twin_lr(base), rows=True)
     return out
 
 
@@ -130,12 +148,13 @@ def twin_base(target, work: Path) -> Path:
 def train_twin(target_folder: str | Path, docs: list[str], heldout: list[str], secrets, work: Path, *,
                beams: int, train: list[str], seed: int = 0, steps: int = TWIN_STEPS, rounds: int = TWIN_ROUNDS,
                progress: bool = False) -> tuple[set[str], int, str]:
-    """Fine-tune copies of ``target_folder`` on ``docs`` round by round until every secret of ``secrets``
-    is extracted or ``rounds`` ran. Returns (ids found in the last twin, steps taken, its folder)."""
+    """Fine-tune copies of ``target_folder`` on ``docs`` round by round (round k trains ``steps * 2**k`` steps
+    from the previous round's weights) until every secret of ``secrets`` is extracted or ``rounds`` ran.
+    Returns (ids found in the last twin, steps taken, its folder)."""
     base, found, taken = str(target_folder), set(), 0
     for k in range(rounds):
-        folder = _train_round(base, docs, heldout, work, k, steps=steps, seed=seed, progress=progress)
-        taken += steps
+        folder = _train_round(base, docs, heldout, work, k, steps=steps * 2 ** k, seed=seed, progress=progress)
+        taken += steps * 2 ** k
         found = _found(load_model(str(folder)), secrets, beams=beams, train=train)
         if k > 0:
             shutil.rmtree(Path(base), ignore_errors=True)  # keep only the latest round's weights
@@ -180,12 +199,10 @@ def run_positive_control(target, secrets, train: list[str], heldout: list[str], 
         return PositiveControl(status="unavailable", reason="a served model (endpoint or vLLM) cannot be copied "
                                "into a twin: pass --positive-control MODEL", **rec)
     else:
-        docs = carrying_documents(train, ctl)
-        if not docs:
-            raise LlmMiaError("no training document holds a planted secret: is secrets.json this corpus's?")
+        docs = twin_documents(train, ctl)
         found, steps, _ = train_twin(twin_base(target, Path(work)), docs, heldout, ctl, Path(work), beams=beams, train=train,
                                      seed=seed, progress=progress)
-        rec["model"] = f"fine-tuned twin of the target ({steps} steps on {len(docs)} documents)"
+        rec["model"] = f"fine-tuned twin of the target ({steps} steps on the {len(docs)} secrets' sentences)"
     rec.update(secrets_found=len(found), seconds=round(time.time() - t0, 1))
     if detected(len(found), len(ctl)):
         return PositiveControl(status="detected", reason=None, steps=steps, **rec)

@@ -106,6 +106,9 @@ class TrainConfig:
             changes neither the sampling rate nor the step count.
         weight_decay / dropout: override the preset's values (dropout: from-scratch models only).
         lr: overrides the preset's peak learning rate (the audit's positive-control twin sets it).
+        rows: each document its own row from BOS (EOS-padded), instead of the packed stream re-cut
+            every epoch: the audit's positive-control twin, whose documents are the secrets' sentences
+            (plain and dedup training only).
         early_stopping: patience, in evaluations of the held-out loss (every ``eval_every`` steps,
             default steps // 20, on at most 16 k tokens of the evaluation file) without a new best;
             the best weights are restored. Selecting on held-out loss uses the non-member file, a
@@ -150,6 +153,7 @@ class TrainConfig:
     adv_k: int = 1
     reference_set: str | None = None
     lr: float | None = None
+    rows: bool = False
     goldfish_k: int = 4
     goldfish_h: int = 13
 

@@ -185,6 +185,25 @@ def _batches(docs: Sequence[list[int]], *, eos_id: int, n_ctx: int, batch_size: 
             yield (blocks[i:i + bs], own[i:i + bs]) if owners else blocks[i:i + bs]  # (bs, T)
 
 
+def _row_batches(docs: Sequence[list[int]], *, bos_id: int, eos_id: int, n_ctx: int, batch_size: int,
+                 generator: torch.Generator) -> Iterator:
+    """Endless (batch_size, T) batches of whole documents, one a row: ``[BOS] + document``, cut to
+    ``n_ctx`` tokens and right-padded with EOS to the longest row (T). Each document sits where a
+    generation from BOS puts it (the audit's "start" extraction context), unlike :func:`_batches`' packed,
+    re-cut stream; the rows are re-ordered every epoch. The positive-control twin trains this way
+    (``TrainConfig.rows``): its documents are short sentences it must memorize."""
+    rows = [([bos_id] + list(d))[:n_ctx] for d in docs]
+    T = max(2, max(len(r) for r in rows))
+    table = torch.full((len(rows), T), eos_id, dtype=torch.long)  # (N, T)
+    for i, r in enumerate(rows):
+        table[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    bs = min(batch_size, len(rows))
+    while True:
+        order = torch.randperm(len(rows), generator=generator)
+        for i in range(0, len(rows) - bs + 1, bs):
+            yield table[order[i:i + bs]]  # (bs, T)
+
+
 # ----------------------------------------------------------------------------------------------
 # Model and tokenizer
 
@@ -368,6 +387,8 @@ def _check_config(cfg: TrainConfig) -> tuple[TrainPreset, int]:
         goldfish_keep_mask(torch.zeros(1, 1, dtype=torch.long), k=cfg.goldfish_k, h=cfg.goldfish_h)  # checks k, h
     for module in _DEFENSE_MODULES.values():
         importlib.import_module(module).check_config(cfg)
+    if cfg.rows and cfg.defense != "none":
+        raise LlmMiaError(f"row-per-document training is plain training only (the positive-control twin), not --defense {cfg.defense}")
     if cfg.lr is not None:
         if not (isinstance(cfg.lr, (int, float)) and 0 < cfg.lr < 1 and math.isfinite(cfg.lr)):
             raise LlmMiaError(f"learning rate must be in (0, 1), got {cfg.lr}")
@@ -517,7 +538,12 @@ class TrainContext:
 
     def batches(self, docs: Sequence[list[int]], generator: torch.Generator, *, owners: bool = False,
                 batch_size: int | None = None) -> Iterator:
-        """:func:`_batches` of ``docs`` with the run's context and batch size."""
+        """:func:`_batches` of ``docs`` with the run's context and batch size (:func:`_row_batches`
+        with ``TrainConfig.rows``)."""
+        if self.cfg.rows and not owners:
+            bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
+            return _row_batches(docs, bos_id=bos, eos_id=self.eos_id, n_ctx=self.n_ctx,
+                                batch_size=batch_size or self.preset.batch_size, generator=generator)
         return _batches(docs, eos_id=self.eos_id, n_ctx=self.n_ctx, batch_size=batch_size or self.preset.batch_size,
                         generator=generator, owners=owners)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_mia.audit.stages import AuditConfig, check_training_record, read_inputs
-from llm_mia.audit.twin import carrying_documents, control_secrets, run_positive_control
+from llm_mia.audit.twin import control_secrets, run_positive_control, twin_documents
 from llm_mia.core import io
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.data.secrets import load_secrets
@@ -48,15 +48,20 @@ def _greedy(folder, secrets, train) -> int:
     return sum(decode_extracted(m, [s], num_beams=1, train_texts=train)[0]["extracted"] for s in secrets)
 
 
-def test_control_secrets_and_carrying_documents(leak_models):
+def test_control_secrets_and_twin_documents(leak_models):
     d, _ = leak_models
     train, _, secrets = _corpus(d)
     ctl = control_secrets(secrets, 16)
     assert sorted(s.id for s in ctl) == sorted(s.id for s in secrets if s.count >= 16) and len(ctl) == 2
     assert control_secrets(secrets, 0) == [] and control_secrets(secrets, 17) == []
-    docs = carrying_documents(["Nothing planted here.", *train], ctl)
-    by_hand = [t for t in train if any(s.text in t for s in ctl)]
-    assert docs == by_hand and len(docs) > 0
+    # each control's planted sentence once, as the documents carry it (written out by hand from secrets.json)
+    by_hand = [s.prefix + s.secret + s.suffix for s in ctl]
+    assert twin_documents(["Nothing planted here.", *train], ctl) == by_hand
+    assert all(sum(t.count(x) for t in train) >= 16 for x in by_hand)
+    # a secret no document holds is left out; none held at all is an error
+    assert twin_documents(train[:0] + [by_hand[1]], ctl) == [by_hand[1]]
+    with pytest.raises(LlmMiaError, match="no training document holds a planted secret"):
+        twin_documents(["Nothing planted here."], ctl)
 
 
 def test_twin_memorizes_what_the_untrained_target_does_not(leak_models, untrained, tmp_path):

@@ -276,3 +276,25 @@ def test_cli_train_defaults_are_train_configs():
     params = inspect.signature(cli.train).parameters
     for name in ("preset", "seed", "defense", "delta", "max_grad_norm", "dedup_min_chars", "epsilon"):
         assert params[name].default.default == getattr(TrainConfig(), name), name
+
+
+def test_row_batches_put_each_document_at_the_start_of_a_row():
+    """TrainConfig.rows (the positive-control twin): [BOS] + document, EOS-padded to the longest, cut to
+    n_ctx; every document once an epoch; rows re-ordered, never re-cut."""
+    from llm_mia.training.train import _row_batches
+
+    docs = [[5, 6], [7, 8, 9, 10], [11]]
+    by_hand = {(1, 5, 6, 0, 0), (1, 7, 8, 9, 10), (1, 11, 0, 0, 0)}  # BOS 1, EOS 0, T = 1 + 4
+    it = _row_batches(docs, bos_id=1, eos_id=0, n_ctx=8, batch_size=3, generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        x = next(it)
+        assert x.shape == (3, 5) and {tuple(r) for r in x.tolist()} == by_hand
+    it = _row_batches(docs, bos_id=1, eos_id=0, n_ctx=3, batch_size=2, generator=torch.Generator().manual_seed(0))
+    seen = [tuple(r) for _ in range(3) for r in next(it).tolist()]  # 3 documents, batches of 2: one dropped an epoch
+    assert all(len(r) == 3 for r in seen) and set(seen) <= {(1, 5, 6), (1, 7, 8), (1, 11, 0)}
+
+
+def test_rows_is_plain_training_only(tmp_path):
+    corpus = write_corpus(tmp_path / "c", n_train=4, n_heldout=2)
+    with pytest.raises(LlmMiaError, match="plain training only"):
+        train_model(corpus, tmp_path / "m", preset="tiny", max_steps=1, rows=True, defense="dedup", progress=False)
