@@ -213,3 +213,23 @@ def test_breakit_demo_options_are_checked_before_work(tmp_path, capsys, args, ms
 
     code, _, err = run_cli(["demo", "--out", tmp_path / "d", *args], capsys)
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+def test_documents_needed_reads_the_binormal_roc_through_the_auc():
+    """The estimate in an INCONCLUSIVE reason reads the binormal ROC with the scores' AUC, not the
+    empirical ROC's last two or three non-members: AUC by hand on 2 + 2 scores."""
+    from llm_mia.audit.policy import _binormal_roc
+
+    chance = _binormal_roc(np.array([1.0, 2.0]), np.array([0.0, 3.0]))  # 2 of 4 pairs ordered: AUC 0.5
+    assert chance(0.01) == pytest.approx(0.01) and chance(0.3) == pytest.approx(0.3)
+    swapped = _binormal_roc(np.array([0.0, 1.0]), np.array([2.0, 3.0]))  # AUC 0, taken as chance
+    assert swapped(0.02) == pytest.approx(0.02)
+    # AUC 0.75 (3 of 4 pairs): d' = sqrt(2) * 0.67449 = 0.95387; TPR(0.01) = Phi(-2.32635 + 0.95387) = Phi(-1.37248)
+    assert _binormal_roc(np.array([1.0, 3.0]), np.array([0.0, 2.0]))(0.01) == pytest.approx(0.084958, abs=1e-5)
+    # a signal at chance on 102 + 102 documents: the docs' table's 103, whatever its empirical tail says
+    for seed in (0, 4):  # two clean 102 + 102 audits whose interval holds 0.1 (seeds found by trying)
+        rep = _clean_report(np.random.default_rng(seed), K=0, n_docs=102)
+        v = evaluate(rep, parse_policy({"limits": {"max_membership_tpr_at_1pct_fpr": 0.1}}))
+        assert v.status == "INCONCLUSIVE", v.line
+        n = int(v.line.split("about ")[-1].split(" non-members")[0].replace(",", ""))
+        assert 103 <= n <= 200, v.line
