@@ -49,6 +49,7 @@ from llm_mia.core.errors import LlmMiaError
 from llm_mia.core.io import sha256_file
 from llm_mia.core.version import __version__
 from llm_mia.exposure.secrets import exposure_by_count
+from llm_mia.extraction.chat import load_chat_prompts, max_prompt_tokens
 from llm_mia.extraction.extract import read_clear
 from llm_mia.membership import signals as S
 from llm_mia.models.endpoint import EndpointModel
@@ -345,6 +346,8 @@ def run_audit(corpus_dir: str | Path | None, model_path: str | Path, out_dir: st
     target = load_target(inputs, model_path, model_args=model_args, engine=engine, reference_path=reference_path,
                          shadow_dir=shadow_dir, serve=serve, cfg=cfg)
     training_record = check_training_record(inputs, target)  # a mismatch is an error before any long work
+    if not is_text_only(target.model):  # a chat strategy on a model without a chat template: before the out folder
+        max_prompt_tokens(target.model, cfg.strategies, load_chat_prompts())
     docs = render_documents(inputs, target)
     reference = load_reference(target)
     out = Path(out_dir)

@@ -128,7 +128,7 @@ def test_audit_passes_its_near_verbatim_settings_to_extraction_and_discoverable(
 
 @pytest.mark.parametrize("case", ["missing_column", "no_template", "reference_base_not_adapter", "bad_spans",
                                   "missing_members", "members_and_corpus", "empty_nonmembers", "same_file",
-                                  "bad_near_similarity"])
+                                  "bad_near_similarity", "chat_strategy_plain_model"])
 def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys):
     d, _ = chat_model
     io.write_jsonl(tmp_path / "m.jsonl", _chat_rows(0, 3))
@@ -140,7 +140,8 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
             "reference_base_not_adapter": "not a PEFT adapter", "bad_spans": "--score-spans",
             "missing_members": "file not found", "members_and_corpus": "not both",
             "empty_nonmembers": "holds no documents", "same_file": "same file",
-            "bad_near_similarity": "similarity threshold must be in (0, 1]"}[case]
+            "bad_near_similarity": "similarity threshold must be in (0, 1]",
+            "chat_strategy_plain_model": "the chat strategy needs a chat model"}[case]
     if case == "missing_column":
         args[args.index(tmp_path / "m.jsonl")] = tmp_path / "p.jsonl"
     elif case == "no_template":
@@ -158,6 +159,11 @@ def test_bad_input_exits_2_before_model_work(case, chat_model, tmp_path, capsys)
         args[args.index(tmp_path / "n.jsonl")] = tmp_path / "m.jsonl"
     elif case == "bad_near_similarity":
         args += ["--near-similarity", 1.5]
+    elif case == "chat_strategy_plain_model":  # plain documents, a plain model, a chat strategy
+        io.write_jsonl(tmp_path / "m.jsonl", [{"text": _doc(i)} for i in range(3)])
+        io.write_jsonl(tmp_path / "n.jsonl", [{"text": _doc(i)} for i in range(3, 6)])
+        args[2] = d / "plain"
+        args += ["--strategy", "top-k,chat"]
     else:
         args += ["--corpus", tmp_path]
     code, out, err = run_cli(args, capsys)
