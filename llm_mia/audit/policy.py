@@ -397,8 +397,12 @@ def _exposure_reason(row: dict, name: str, v: float, lo: float, hi: float, limit
     """Why one secret's exposure interval holds the limit, and how many references would settle it."""
     n_ref = int(row.get("n_references") or row.get("n_candidates") or 0)
     need = references_to_settle(v, n_ref, limit, alpha_low=alpha_low, alpha_high=alpha) if n_ref else None
-    more = (f"about {need:,} references would settle it (or the exact estimator)" if need
-            else "more references or the exact estimator would settle it")
+    if need and need <= 100 * n_ref:
+        more = f"about {need:,} references would settle it (or the exact estimator)"
+    elif need:  # the observed quantile sits at the limit's: no practical audit settles it by ranks
+        more = f"its rank sits at the limit: only over 100x the references would settle it (about {need:,})"
+    else:
+        more = "more references or the exact estimator would settle it"
     return (f"secret {row['id']} (inserted {row.get('count')}x): {name} {_fmt(v)} bits, interval "
             f"[{_fmt(lo)}, {_fmt(hi)}] holds the limit {limit} with {n_ref:,} references; {more}")
 

@@ -151,6 +151,9 @@ def test_inconclusive_reasons_say_how_much_more_would_settle_it():
     v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 10.0}}))
     assert v.status == "INCONCLUSIVE" and "references would settle it" in v.line and "[9.38, inf]" in v.line
     assert evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 9.0}})).status == "FAIL"
+    rep["secrets"][0]["exposure_rank"] = math.log2(2000 / 4)  # rank 4 of 2,000: 8.97 bits, at the limit 9.0
+    v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 9.0}}))
+    assert v.status == "INCONCLUSIVE" and "its rank sits at the limit: only over 100x the references" in v.line
     rep = _clean_report(rng, K=0, n_docs=60)
     v = evaluate(rep, parse_policy({"limits": {"max_membership_tpr_at_1pct_fpr": 0.05}}))
     assert v.status == "INCONCLUSIVE" and "non-members and" in v.line and "members would settle it" in v.line
