@@ -393,24 +393,28 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
 
     # Longest inputs first: minimal padding in each batch and an early out-of-memory error.
     order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    if max_rows_per_chunk is None:  # measured (docs/benchmarks.md, roofline.py): GEMM-sized blocks
-        max_rows_per_chunk = HEAD_BLOCK_ROWS if device.type == "cpu" else 4096
-    opts = _RunOptions(device=device, split=_body_and_head(model), pad_id=pad_id, padding_side=padding_side,
-                       moments=moments, max_rows_per_chunk=max_rows_per_chunk,
-                       vocab_block=HEAD_VOCAB_BLOCK if device.type == "cpu" else 16384,
-                       logprob_transform=logprob_transform)
+    opts = _run_options(model, pad_id=pad_id, padding_side=padding_side, moments=moments,
+                        max_rows_per_chunk=max_rows_per_chunk, logprob_transform=logprob_transform)
     done = _InputsDone(windows, n, progress)  # progress counts inputs, not windows
-    for batch in _batches([windows[k] for k in order], batch_size, device):
+    for batch in _batches([windows[k] for k in order], batch_size, opts.device):
         _score_batch(model, batch, sequences, plan.context, opts, buf)  # the batch's activations freed on return
         done(batch)
     out = buf.values
     mask = torch.arange(width)[None, :] < n_scored[:, None]
     return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=buf.token_id,
                       token_is_top1=buf.top1, n_scored=n_scored, truncated=plan.truncated)
+
+
+def _run_options(model: torch.nn.Module, *, max_rows_per_chunk: int | None, **kw) -> _RunOptions:
+    """The :class:`_RunOptions` of ``model`` (its device, head split and block sizes) and ``kw``."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    if max_rows_per_chunk is None:  # measured (docs/benchmarks.md, roofline.py): GEMM-sized blocks
+        max_rows_per_chunk = HEAD_BLOCK_ROWS if device.type == "cpu" else 4096
+    return _RunOptions(device=device, split=_body_and_head(model), max_rows_per_chunk=max_rows_per_chunk,
+                       vocab_block=HEAD_VOCAB_BLOCK if device.type == "cpu" else 16384, **kw)
 
 
 class _InputsDone:
