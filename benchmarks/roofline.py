@@ -82,8 +82,9 @@ def build(small: bool):
 
     model, n_params = gpt2(layers)
     ref, ref_params = gpt2(max(1, layers // 2))
-    return (from_objects(model, tok), text, (n_params, layers, width, vocab),
-            (from_objects(ref, tok), (ref_params, max(1, layers // 2), width, vocab)))
+    # fused GELU as the CLI's load_model does (the baselines run on the same modules)
+    return (from_objects(model, tok, fused_activations=True), text, (n_params, layers, width, vocab),
+            (from_objects(ref, tok, fused_activations=True), (ref_params, max(1, layers // 2), width, vocab)))
 
 
 def best_of(fn, reps: int) -> float:
@@ -133,6 +134,25 @@ def scoring_runs(lm, ref, texts, shapes, reps):
         score(lm, texts, reference=ref, warn=False)
 
     return best_of(ours, reps), best_of(loop, reps), useful, ours
+
+
+def process_run(lm, ref, texts, reps: int) -> float:
+    """Best wall time of the whole ``llm-mia score`` process (start-up, loading, scoring, writing) on
+    ``texts`` with the models saved to a temporary folder, as a user runs it."""
+    import os
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as d:
+        for name, m in (("target", lm), ("reference", ref)):
+            if m is not None:
+                m.model.save_pretrained(f"{d}/{name}")
+                m.tokenizer.save_pretrained(f"{d}/{name}")
+        Path(d, "in.txt").write_text("\n".join(texts) + "\n")
+        cmd = [sys.executable, "-c", "from llm_mia.cli.root import main; main()", "score", "--model", f"{d}/target",
+               "--input", f"{d}/in.txt", "--output", f"{d}/out.jsonl"] + (["--reference", f"{d}/reference"] if ref
+                                                                         else [])
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+        return best_of(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), reps)
 
 
 @torch.inference_mode()
@@ -194,6 +214,7 @@ def main(argv=None) -> None:
     ap.add_argument("--loop-reps", type=int, default=1, help="runs of the extraction baseline (0: skip it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--process", action="store_true", help="also time the whole `llm-mia score` process")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm, text, tgt, (ref, rsh) = build(a.small)
@@ -212,6 +233,8 @@ def main(argv=None) -> None:
     pct = lambda flops, t: f"{t:.2f} s = {flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / peak:.1f}% of peak"  # noqa: E731
     print(f"scoring    {a.texts} texts: {pct(useful, t_score)}")
     print(f"  loop     one text at a time: {pct(useful, t_sloop)} (ours {t_sloop / t_score:.2f}x)")
+    if a.process:
+        print(f"  process  `llm-mia score` start to end: {pct(useful, process_run(lm, ref, texts, a.reps))}")
     print(f"extraction {a.samples} x {a.new_tokens}: {pct(ext_useful, t_ext)}")
     if a.loop_reps:
         print(f"  loop     generate by 10, each sample scored alone: {pct(ext_useful, t_eloop)} "
