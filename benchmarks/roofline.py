@@ -33,6 +33,7 @@ a cProfile breakdown of one scoring and one extraction run (the functions with m
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -43,8 +44,12 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # this checkout's llm_mia
 
 
+#: the best GEMM FLOP/s measured so far in the run
+PEAKS: list[float] = [0.0]
+
+
 def gemm_peak(width: int, vocab: int, rows: int = 512, reps: int = 5) -> float:
-    """Best FLOP/s of ``torch.mm`` over the body's and the head's shapes (fp32)."""
+    """Best FLOP/s of ``torch.mm`` over the body's and the head's shapes (fp32), also kept in ``PEAKS``."""
     best = 0.0
     for k, n in ((width, 4 * width), (width, vocab)):
         a, b = torch.randn(rows, k), torch.randn(k, n)
@@ -53,6 +58,7 @@ def gemm_peak(width: int, vocab: int, rows: int = 512, reps: int = 5) -> float:
             t = time.perf_counter()
             torch.mm(a, b)
             best = max(best, 2 * rows * k * n / (time.perf_counter() - t))
+    PEAKS[0] = max(PEAKS[0], best)
     return best
 
 
@@ -87,12 +93,27 @@ def build(small: bool):
             (from_objects(ref, tok, fused_activations=True), (ref_params, max(1, layers // 2), width, vocab)))
 
 
+#: (width, vocab) of the run's GEMM shapes, for the peak measured around each repetition
+SHAPE: list[int] = []
+#: smallest seconds x (GEMM peak measured just before and after, the larger) of the last best_of call
+PAIRED: list[float] = []
+
+
 def best_of(fn, reps: int) -> float:
-    best = float("inf")
+    """Best seconds of ``reps`` calls of ``fn``; with ``SHAPE`` set, also records in ``PAIRED`` the best
+    seconds x local peak (the GEMM peak measured just before and just after that call, the larger):
+    on a machine shared with other jobs, useful FLOPs / PAIRED is the fraction of the peak the
+    machine offered at that moment."""
+    best, paired = float("inf"), float("inf")
     for _ in range(reps):
+        p0 = gemm_peak(*SHAPE, reps=2) if SHAPE else 0.0
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
+        dt = time.perf_counter() - t
+        best = min(best, dt)
+        if SHAPE:
+            paired = min(paired, dt * max(p0, gemm_peak(*SHAPE, reps=2)))
+    PAIRED[:] = [paired]
     return best
 
 
@@ -133,13 +154,15 @@ def scoring_runs(lm, ref, texts, shapes, reps):
     def ours():
         score(lm, texts, reference=ref, warn=False)
 
-    return best_of(ours, reps), best_of(loop, reps), useful, ours
+    t_ours = best_of(ours, reps)
+    paired = PAIRED[0]
+    t_loop = best_of(loop, reps)
+    return (t_ours, paired), (t_loop, PAIRED[0]), useful, ours
 
 
-def process_run(lm, ref, texts, reps: int) -> float:
-    """Best wall time of the whole ``llm-mia score`` process (start-up, loading, scoring, writing) on
+def process_run(lm, ref, texts, reps: int) -> tuple[float, float]:
+    """Best wall time (and ``PAIRED``) of the whole ``llm-mia score`` process (start-up, loading, scoring, writing) on
     ``texts`` with the models saved to a temporary folder, as a user runs it."""
-    import os
     import subprocess
 
     with tempfile.TemporaryDirectory() as d:
@@ -152,7 +175,7 @@ def process_run(lm, ref, texts, reps: int) -> float:
                "--input", f"{d}/in.txt", "--output", f"{d}/out.jsonl"] + (["--reference", f"{d}/reference"] if ref
                                                                          else [])
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-        return best_of(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), reps)
+        return best_of(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), reps), PAIRED[0]
 
 
 @torch.inference_mode()
@@ -189,9 +212,9 @@ def extraction_runs(lm, ref, shapes, a):
                                                             batch_size=a.samples, seed=1, progress=False))
             holder["rows"] = read_clear(d, "samples.jsonl")
 
-    t_ext = best_of(ours, a.reps)
-    t_loop = best_of(lambda: public_extraction_loop(lm, ref, a.samples, a.new_tokens, 1),
-                     a.loop_reps) if a.loop_reps else float("nan")
+    t_ext = (best_of(ours, a.reps), PAIRED[0])
+    t_loop = (best_of(lambda: public_extraction_loop(lm, ref, a.samples, a.new_tokens, 1), a.loop_reps), PAIRED[0]) \
+        if a.loop_reps else (float("nan"), float("nan"))
     tgt, rsh = shapes
     useful = a.samples * pass_flops(*tgt[:3], a.new_tokens + 1)
     for r in holder["rows"]:
@@ -222,23 +245,29 @@ def main(argv=None) -> None:
     words = text.split()
     texts = [" ".join(words[i:i + a.tokens // 2]) for i in range(0, a.texts * 7, 7)][:a.texts]
     peak = gemm_peak(tgt[2], tgt[3])
+    SHAPE[:] = [tgt[2], tgt[3]]
     t_score, t_sloop, useful, score_once = scoring_runs(lm, ref, texts, (tgt, rsh), a.reps)
-    peak = max(peak, gemm_peak(tgt[2], tgt[3]))
+    peak = max(peak, gemm_peak(tgt[2], tgt[3]), PEAKS[0])
     t_ext, t_eloop, ext_useful, extract_once = extraction_runs(lm, ref, (tgt, rsh), a)
-    peak = max(peak, gemm_peak(tgt[2], tgt[3]))
+    peak = max(peak, gemm_peak(tgt[2], tgt[3]), PEAKS[0])
+    t_proc = process_run(lm, ref, texts, a.reps) if a.process else None
+    peak = max(peak, PEAKS[0])
     shape = "2 x 128, vocab 4,096" if a.small else "12 x 768, vocab 50,257 (GPT-2 124M)"
     refs = "no reference" if ref is None else f"reference {rsh[1]} x {rsh[2]}"
     print(f"model {shape}, {refs}; {torch.get_num_threads()} thread(s); GEMM peak {peak / 1e9:.1f} GFLOP/s "
-          f"(best of three measurements in the run)")
-    pct = lambda flops, t: f"{t:.2f} s = {flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / peak:.1f}% of peak"  # noqa: E731
+          f"(the best of every measurement in the run); load average {os.getloadavg()[0]:.1f}")
+    def pct(flops, tp):
+        return (f"{tp[0]:.2f} s = {flops / tp[0] / 1e9:.1f} GFLOP/s = {100 * flops / tp[0] / peak:.1f}% of the run's "
+                f"peak, {100 * flops / tp[1]:.1f}% of the peak around it")
+
     print(f"scoring    {a.texts} texts: {pct(useful, t_score)}")
-    print(f"  loop     one text at a time: {pct(useful, t_sloop)} (ours {t_sloop / t_score:.2f}x)")
+    print(f"  loop     one text at a time: {pct(useful, t_sloop)} (ours {t_sloop[0] / t_score[0]:.2f}x)")
     if a.process:
-        print(f"  process  `llm-mia score` start to end: {pct(useful, process_run(lm, ref, texts, a.reps))}")
+        print(f"  process  `llm-mia score` start to end: {pct(useful, t_proc)}")
     print(f"extraction {a.samples} x {a.new_tokens}: {pct(ext_useful, t_ext)}")
     if a.loop_reps:
         print(f"  loop     generate by 10, each sample scored alone: {pct(ext_useful, t_eloop)} "
-              f"(ours {t_eloop / t_ext:.2f}x)")
+              f"(ours {t_eloop[0] / t_ext[0]:.2f}x)")
     if a.profile:
         for name, fn in (("scoring", score_once), ("extraction", extract_once)):
             print(f"profile of one {name} run (own time):")
