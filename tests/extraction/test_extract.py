@@ -479,6 +479,7 @@ def test_tensor_digest_computed_once_until_a_weight_changes(tiny_tokenizer, monk
     import llm_mia.extraction.extract as ex
 
     model = make_tiny_gpt2(len(tiny_tokenizer))
+    assert ex._hash_tensors(model) == _fresh_hash(model)
     calls = []
     monkeypatch.setattr(ex, "_hash_tensors", lambda m: calls.append(1) or _fresh_hash(m))
     first = ex._tensors_sha256(model)
