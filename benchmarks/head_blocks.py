@@ -5,7 +5,8 @@ head (GEMM + log p(target), Min-K%++ moments and top-1, per block of ``rows`` x 
 for each block size of the grid, and through the old path (the head on 128 rows at a time, then
 ``vocab_stats`` over the (128, V) logits), each as a percentage of the best ``torch.mm`` of the same
 (M, d) x (d, V) shape measured in the same run. How ``HEAD_BLOCK_ROWS`` and ``HEAD_VOCAB_BLOCK``
-were chosen (docs/benchmarks.md). fp32, one thread unless ``--threads``.
+were chosen (docs/benchmarks.md). fp32, one thread unless ``--threads``; every time is CPU time of
+this process (the best of ``--reps``), so jobs sharing the cores dilute none of the figures.
 
     python benchmarks/head_blocks.py                    # GPT-2 124M's head (768 x 50,257) and a 1B Llama's (2,048 x 32,000)
     python benchmarks/head_blocks.py --shapes 768x50257 --rows 1024
@@ -24,11 +25,12 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # this checkout's llm
 
 
 def best_of(fn, reps: int) -> float:
+    """Best CPU seconds of this process over ``reps`` calls (other jobs on shared cores do not inflate it)."""
     best = float("inf")
     for _ in range(reps):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
