@@ -189,12 +189,17 @@ def head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     Returns:
         as :func:`vocab_stats`: log p(target), mu, sigma (float32 (M,), nats) and whether the target
         is top-1 (bool (M,), the target's logit equals the maximum logit; ties count).
+
+    Raises:
+        LlmMiaError: ``vocab_block`` < 1.
     """
+    if vocab_block < 1:
+        raise LlmMiaError(f"vocab_block must be >= 1, got {vocab_block}")
     m_rows, vocab = hidden.shape[0], weight.shape[0]
-    n_blocks = max(1, -(-vocab // max(1, vocab_block)))
+    n_blocks = max(1, -(-vocab // vocab_block))
     part = torch.empty(4, m_rows, n_blocks, dtype=torch.float32, device=hidden.device)  # m_j, s_j, a_j, q_j
     tgt = torch.zeros(m_rows, dtype=torch.float32, device=hidden.device)
-    for j, v0 in enumerate(range(0, vocab, max(1, vocab_block))):
+    for j, v0 in enumerate(range(0, vocab, vocab_block)):
         v1 = min(v0 + vocab_block, vocab)
         z = torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
         inside = (targets >= v0) & (targets < v1)

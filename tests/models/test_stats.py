@@ -562,6 +562,8 @@ def test_head_stats_uniform_is_exactly_degenerate(vocab_block):
                                           torch.tensor([0, 1, 49, 7]), vocab_block=vocab_block)
         assert (sigma == 0).all() and torch.equal(tok, mu) and top1.all()
         assert tok.tolist() == pytest.approx([-math.log(50)] * 4, abs=1e-6)
+    with pytest.raises(LlmMiaError, match="vocab_block must be >= 1"):
+        head_stats(torch.randn(4, 8), torch.zeros(50, 8), None, torch.tensor([0, 1, 49, 7]), vocab_block=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
