@@ -237,9 +237,9 @@ def _block_moments(z: torch.Tensor, out: torch.Tensor, moments: bool) -> None:
     out[2], out[3] = a, torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
 
 
-#: rows and vocabulary ids of one fused head block on a CPU (512 x 2,048 fp32 logits = 4 MiB):
-#: the fastest of 64-512 rows x 1,024-8,192 ids measured for GPT-2 124M's head (docs/benchmarks.md)
-HEAD_BLOCK_ROWS, HEAD_VOCAB_BLOCK = 512, 2048
+#: rows and vocabulary ids of one fused head block on a CPU (1,024 x 2,048 fp32 logits = 8 MiB):
+#: the fastest of 128-2,048 rows x 1,024-4,096 ids measured for GPT-2 124M's head (docs/benchmarks.md)
+HEAD_BLOCK_ROWS, HEAD_VOCAB_BLOCK = 1024, 2048
 
 
 # Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no logit scaling or soft-capping),
@@ -360,7 +360,7 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         pad_id: any valid token id used to fill padding; masks never depend on it.
         padding_side: "right" (default) or "left" (position ids then come from the attention mask).
         max_rows_per_chunk: predictions whose vocabulary statistics are computed at a time;
-            default 512 on a CPU (with the fused head, 512 x 2,048 logits a block: measured
+            default 1024 on a CPU (with the fused head, 1,024 x 2,048 logits a block: measured
             fastest for GPT-2 124M's head, see docs/benchmarks.md), 4096 elsewhere.
         moments: compute ``mean_logprob`` and ``std_logprob`` (only Min-K%++ reads them); when False
             they are NaN in every scored cell and the pass is cheaper.
