@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -215,7 +216,22 @@ def _shard_path(out_dir: Path, strategy: str, rank: int, world: int) -> Path:
     return out_dir / PRIVATE / "shards" / f"{strategy}.{rank}-of-{world}.jsonl"
 
 
+#: model -> (what its tensors were when hashed: names, storage and in-place version counters, digest)
+_TENSOR_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _tensors_sha256(model) -> str:
+    """:func:`_hash_tensors`, computed again only when a tensor of ``model`` was replaced or changed in
+    place since the last call (its storage or version counter differs): no repeated weight hashing."""
+    state = tuple((name, t.data_ptr(), t._version) for name, t in model.state_dict().items())
+    got = _TENSOR_DIGESTS.get(model)
+    if got is None or got[0] != state:
+        got = (state, _hash_tensors(model))
+        _TENSOR_DIGESTS[model] = got
+    return got[1]
+
+
+def _hash_tensors(model) -> str:
     """SHA-256 over the state_dict (names, dtypes, shapes, bytes), for models not loaded from files."""
 
     import torch

@@ -12,7 +12,8 @@ length, and t >= 1 since position 0 has no prediction):
 Everything is computed in one forward pass per batch, with log-softmax in fp32 whatever the model's
 dtype, and the ``(B, T, V)`` logits never leave this module. For architectures whose logits are
 exactly ``lm_head(hidden)`` (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2) they are not even materialised:
-the head runs on the scored positions only, in cache-sized blocks.
+the head runs on the scored positions only, in blocks of rows x vocabulary ids fused with the
+vocabulary statistics (:func:`head_stats`): no (m, V) temporary either.
 
 Correctness rules (each a test in tests/test_stats.py, under its case id C01-C06, C17):
 - masks come from sequence lengths, never from ``ids != pad_id`` (pad may equal EOS/BOS);
@@ -160,6 +161,87 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = 
     return tok, mu, sigma, top1
 
 
+def head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, *,
+               moments: bool = True, vocab_block: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    """:func:`vocab_stats` of the logits ``hidden @ weight.T + bias``, fused into the head's GEMM.
+
+    The vocabulary is cut into blocks of ``vocab_block`` ids; each block's (M, b) logits are made by
+    one GEMM and reduced at once, while they are in the cache (one pass: row maximum, exp, sum, the
+    target's logit, and with ``moments`` the centred first and second moments), so no (M, V)
+    temporary is ever made. The blocks are then merged exactly as partial softmaxes are
+    (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax", sec. 3) and weighted
+    moments are (Chan, Golub & LeVeque 1979, pairwise update): with block maxima m_j, sums
+    s_j = sum e^(z - m_j), means a_j and centred variances q_j of z - m_j under the block's softmax,
+    M = max m_j, w_j = s_j e^(m_j - M), S = sum w_j, r_j = m_j - M + a_j:
+    E = sum w_j r_j / S, log p(target) = z_target - M - log S, mu = E - log S (Zhang et al. 2025,
+    eq. 3), sigma^2 = sum w_j (q_j + (r_j - E)^2) / S. Uniform logits give r_j = 0 and q_j = 0
+    exactly, hence sigma = 0 and log p(target) = mu exactly, as in :func:`vocab_stats`.
+
+    Args:
+        hidden: (M, d) hidden states of the predictions, any float dtype.
+        weight: (V, d) output-head weight; bias: (V,) or None.
+        targets: (M,) int64 token ids in [0, V).
+        moments: compute mu and sigma; when False they come back as NaN.
+        vocab_block: vocabulary ids per block (>= 1); the whole vocabulary in one block is
+            :func:`vocab_stats` on the full logits.
+
+    Returns:
+        as :func:`vocab_stats`: log p(target), mu, sigma (float32 (M,), nats) and whether the target
+        is top-1 (bool (M,), the target's logit equals the maximum logit; ties count).
+
+    Raises:
+        LlmMiaError: ``vocab_block`` < 1.
+    """
+    if vocab_block < 1:
+        raise LlmMiaError(f"vocab_block must be >= 1, got {vocab_block}")
+    m_rows, vocab = hidden.shape[0], weight.shape[0]
+    n_blocks = max(1, -(-vocab // vocab_block))
+    part = torch.empty(4, m_rows, n_blocks, dtype=torch.float32, device=hidden.device)  # m_j, s_j, a_j, q_j
+    tgt = torch.zeros(m_rows, dtype=torch.float32, device=hidden.device)
+    for j, v0 in enumerate(range(0, vocab, vocab_block)):
+        v1 = min(v0 + vocab_block, vocab)
+        z = torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
+        inside = (targets >= v0) & (targets < v1)
+        tgt = torch.where(inside, z.gather(1, (targets - v0).clamp(0, v1 - v0 - 1)[:, None])[:, 0], tgt)
+        _block_moments(z, part[:, :, j], moments)
+    mx = part[0].max(dim=-1, keepdim=True).values  # (M, 1)
+    w = part[1] * torch.exp(part[0] - mx)  # (M, n_blocks)
+    s = w.sum(-1)
+    lse = s.log()
+    tok = tgt - mx[:, 0] - lse
+    top1 = tgt == mx[:, 0]
+    if not moments:
+        nan = torch.full_like(tok, float("nan"))
+        return tok, nan, nan.clone(), top1
+    rel = part[0] - mx + part[2]  # block means relative to the global maximum
+    mean = (w * rel).sum(-1) / s
+    var = (w * (part[3] + (rel - mean[:, None]).square())).sum(-1) / s
+    return tok, mean - lse, var.clamp_min(0).sqrt(), top1
+
+
+def _block_moments(z: torch.Tensor, out: torch.Tensor, moments: bool) -> None:
+    """One vocabulary block's (M, b) fp32 logits ``z`` (overwritten) reduced into ``out`` (4, M): its row
+    maximum m, s = sum e^(z - m), and with ``moments`` the mean a and centred variance q of z - m
+    under the block's softmax (else a = q = 0)."""
+    mx = z.max(dim=-1, keepdim=True).values
+    x = z.sub_(mx)  # <= 0, max exactly 0
+    e = torch.exp(x)
+    s = e.sum(-1)
+    out[0], out[1] = mx[:, 0], s
+    if not moments:
+        out[2:] = 0
+        return
+    a = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
+    x.sub_(a[:, None]).square_()
+    out[2], out[3] = a, torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
+
+
+#: rows and vocabulary ids of one fused head block on a CPU (1,024 x 2,048 fp32 logits = 8 MiB):
+#: the fastest of 128-2,048 rows x 1,024-4,096 ids measured for GPT-2 124M's head (docs/benchmarks.md)
+HEAD_BLOCK_ROWS, HEAD_VOCAB_BLOCK = 1024, 2048
+
+
 # Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no logit scaling or soft-capping),
 # so the head can run on the scored positions only: the (B, T, V) logits are never materialised.
 _PLAIN_HEAD = {"GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
@@ -238,6 +320,7 @@ class _RunOptions:
         padding_side: "right" or "left".
         moments: compute mu and sigma.
         max_rows_per_chunk: predictions whose vocabulary statistics are computed at a time.
+        vocab_block: vocabulary ids per head GEMM block when the head is fused (:func:`head_stats`).
         logprob_transform: maps (m, V) fp32 log-probs to the log-probs the caller may see, or None.
     """
 
@@ -247,6 +330,7 @@ class _RunOptions:
     padding_side: str
     moments: bool
     max_rows_per_chunk: int
+    vocab_block: int
     logprob_transform: Callable[[torch.Tensor], torch.Tensor] | None
 
 
@@ -276,7 +360,8 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
         pad_id: any valid token id used to fill padding; masks never depend on it.
         padding_side: "right" (default) or "left" (position ids then come from the attention mask).
         max_rows_per_chunk: predictions whose vocabulary statistics are computed at a time;
-            default 128 on a CPU (fp32 temporaries stay in cache), 4096 elsewhere.
+            default 1024 on a CPU (with the fused head, 1,024 x 2,048 logits a block: measured
+            fastest for GPT-2 124M's head, see docs/benchmarks.md), 4096 elsewhere.
         moments: compute ``mean_logprob`` and ``std_logprob`` (only Min-K%++ reads them); when False
             they are NaN in every scored cell and the pass is cheaper.
         progress: called with the number of inputs finished after each batch.
@@ -313,22 +398,28 @@ def compute_token_stats(model: torch.nn.Module, sequences: Sequence[Sequence[int
 
     # Longest inputs first: minimal padding in each batch and an early out-of-memory error.
     order = sorted(range(len(windows)), key=lambda k: -(windows[k].end - windows[k].start))
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    if max_rows_per_chunk is None:  # cache-sized blocks on a CPU, large ones on an accelerator
-        max_rows_per_chunk = 128 if device.type == "cpu" else 4096
-    opts = _RunOptions(device=device, split=_body_and_head(model), pad_id=pad_id, padding_side=padding_side,
-                       moments=moments, max_rows_per_chunk=max_rows_per_chunk, logprob_transform=logprob_transform)
+    opts = _run_options(model, pad_id=pad_id, padding_side=padding_side, moments=moments,
+                        max_rows_per_chunk=max_rows_per_chunk, logprob_transform=logprob_transform)
     done = _InputsDone(windows, n, progress)  # progress counts inputs, not windows
-    for batch in _batches([windows[k] for k in order], batch_size, device):
+    for batch in _batches([windows[k] for k in order], batch_size, opts.device):
         _score_batch(model, batch, sequences, plan.context, opts, buf)  # the batch's activations freed on return
         done(batch)
     out = buf.values
     mask = torch.arange(width)[None, :] < n_scored[:, None]
     return TokenStats(token_logprob=out[0], mean_logprob=out[1], std_logprob=out[2], mask=mask, token_id=buf.token_id,
                       token_is_top1=buf.top1, n_scored=n_scored, truncated=plan.truncated)
+
+
+def _run_options(model: torch.nn.Module, *, max_rows_per_chunk: int | None, **kw) -> _RunOptions:
+    """The :class:`_RunOptions` of ``model`` (its device, head split and block sizes) and ``kw``."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    if max_rows_per_chunk is None:  # measured (docs/benchmarks.md, roofline.py): GEMM-sized blocks
+        max_rows_per_chunk = HEAD_BLOCK_ROWS if device.type == "cpu" else 4096
+    return _RunOptions(device=device, split=_body_and_head(model), max_rows_per_chunk=max_rows_per_chunk,
+                       vocab_block=HEAD_VOCAB_BLOCK if device.type == "cpu" else 16384, **kw)
 
 
 class _InputsDone:
@@ -403,6 +494,8 @@ def _score_batch(model: torch.nn.Module, batch: list[_Window], sequences: Sequen
     device, split = opts.device, opts.split
     pos = (attn.cumsum(-1) - 1).clamp_min(0)  # (B, T): 0.. for real tokens on either side
     inputs = dict(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device))
+    fused = (split is not None and opts.logprob_transform is None and type(split[1]) is torch.nn.Linear
+             and split[1].weight.is_floating_point())  # a quantised head subclass runs as itself
     if split is not None:  # hidden states only; the head runs on the predictions we need
         hidden = split[0](**inputs).last_hidden_state  # (B, T, d)
         predict = lambda r, c: split[1](hidden[r, c])  # noqa: E731  (m, V); called within this batch
@@ -419,17 +512,25 @@ def _score_batch(model: torch.nn.Module, batch: list[_Window], sequences: Sequen
     rows_d, cols_d = rows_t.to(device), cols_t.to(device)
     for c0 in range(0, rows_t.shape[0], max_rows_per_chunk):
         part = slice(c0, c0 + max_rows_per_chunk)
-        sel = predict(rows_d[part], cols_d[part])  # (m, V), a cache-sized block of predictions
-        if opts.logprob_transform is not None:  # normalised log-probs: the log-softmax below keeps them
-            sel = opts.logprob_transform(torch.log_softmax(sel.float(), dim=-1))
-        tok, mu, sigma, top1 = vocab_stats(sel, targets[part].to(device), moments=opts.moments,
-                                           chunk_rows=max_rows_per_chunk)
+        if fused:  # the head's GEMM and the vocabulary statistics in one blockwise pass
+            tok, mu, sigma, top1 = head_stats(hidden[rows_d[part], cols_d[part]], split[1].weight, split[1].bias,
+                                              targets[part].to(device), moments=opts.moments,
+                                              vocab_block=opts.vocab_block)
+        else:
+            tok, mu, sigma, top1 = _logits_stats(predict(rows_d[part], cols_d[part]), targets[part].to(device), opts)
         ds, dc = ds_all[part], dc_all[part]
         buf.token_id[ds, dc] = targets[part].cpu()
         buf.top1[ds, dc] = top1.cpu()
         buf.values[0, ds, dc] = tok.float().cpu()
         buf.values[1, ds, dc] = mu.float().cpu()
         buf.values[2, ds, dc] = sigma.float().cpu()
+
+
+def _logits_stats(sel: torch.Tensor, targets: torch.Tensor, opts: _RunOptions):
+    """:func:`vocab_stats` of a block of (m, V) logits, through ``opts.logprob_transform`` when set."""
+    if opts.logprob_transform is not None:  # normalised log-probs: the log-softmax in vocab_stats keeps them
+        sel = opts.logprob_transform(torch.log_softmax(sel.float(), dim=-1))
+    return vocab_stats(sel, targets, moments=opts.moments, chunk_rows=opts.max_rows_per_chunk)
 
 
 def generation_key(ids: Sequence[int], ctx: int) -> bytes:

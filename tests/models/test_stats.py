@@ -514,3 +514,70 @@ def test_b4_15_progress_counts_inputs_not_windows(tiny_tokenizer):
     calls = []
     compute_token_stats(model, seqs, batch_size=2, progress=calls.append)
     assert sum(calls) == len(seqs) and all(c >= 0 for c in calls)
+
+
+# ------------------------------------------------------------------------------------ fused head (issue 23)
+
+@pytest.mark.parametrize("vocab_block", [1, 7, 64, 333, 1000, 4096])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_head_stats_matches_float64_oracle_and_vocab_stats(vocab_block, with_bias):
+    """The blockwise head (GEMM + statistics per vocabulary block, blocks merged) gives the float64
+    log-softmax values by hand and the old full-logits vocab_stats values within 1e-4 nats, the same
+    top-1 flags; moments=False gives NaN mu/sigma and the same log p."""
+    from llm_mia.models.stats import head_stats
+
+    g = torch.Generator().manual_seed(3)
+    V, d, M = 1000, 24, 37
+    weight = torch.randn(V, d, generator=g) * 0.7
+    bias = torch.randn(V, generator=g) if with_bias else None
+    hidden = torch.randn(M, d, generator=g)
+    targets = torch.randint(0, V, (M,), generator=g)
+    logits = hidden @ weight.T + (bias if with_bias else 0)
+    targets[:5] = logits[:5].argmax(-1)  # some targets are the top-1
+    tok, mu, sigma, top1 = head_stats(hidden, weight, bias, targets, vocab_block=vocab_block)
+    old = vocab_stats(logits, targets)
+    lp64 = torch.log_softmax((hidden.double() @ weight.double().T + (bias.double() if with_bias else 0)), -1)
+    for r in range(M):
+        p = lp64[r].exp()
+        m = float((p * lp64[r]).sum())
+        sd = math.sqrt(float((p * (lp64[r] - m) ** 2).sum()))
+        assert [tok[r].item(), mu[r].item(), sigma[r].item()] == pytest.approx([float(lp64[r, targets[r]]), m, sd],
+                                                                               abs=1e-4)
+    for new, ref in zip((tok, mu, sigma), old[:3]):
+        torch.testing.assert_close(new, ref, atol=1e-4, rtol=0)
+    assert torch.equal(top1, old[3]) and top1[:5].all() and not top1[5:].all()
+    tok2, mu2, sigma2, top2 = head_stats(hidden, weight, bias, targets, moments=False, vocab_block=vocab_block)
+    assert torch.equal(tok2, tok) and torch.equal(top2, top1)
+    assert torch.isnan(mu2).all() and torch.isnan(sigma2).all()
+
+
+@pytest.mark.parametrize("vocab_block", [1, 3, 2048])
+def test_head_stats_uniform_is_exactly_degenerate(vocab_block):
+    """A zero head (uniform logits, any bias constant): sigma exactly 0, log p(target) exactly mu, every
+    target top-1 (a tie), as vocab_stats promises, whatever the blocking."""
+    from llm_mia.models.stats import head_stats
+
+    for c in (0.0, 3.7):
+        tok, mu, sigma, top1 = head_stats(torch.randn(4, 8), torch.zeros(50, 8), torch.full((50,), c),
+                                          torch.tensor([0, 1, 49, 7]), vocab_block=vocab_block)
+        assert (sigma == 0).all() and torch.equal(tok, mu) and top1.all()
+        assert tok.tolist() == pytest.approx([-math.log(50)] * 4, abs=1e-6)
+    with pytest.raises(LlmMiaError, match="vocab_block must be >= 1"):
+        head_stats(torch.randn(4, 8), torch.zeros(50, 8), None, torch.tensor([0, 1, 49, 7]), vocab_block=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fused_head_blocks_equal_full_logits_path(arch, monkeypatch):
+    """compute_token_stats with the fused head cut into small row and vocabulary blocks gives the
+    values of the full-logits path (the model's own forward, old vocab_stats) within 1e-4 nats."""
+    import llm_mia.models.stats as stats_mod
+
+    model = _tiny(arch)
+    g = torch.Generator().manual_seed(9)
+    seqs = [torch.randint(0, 64, (int(n),), generator=g).tolist() for n in (12, 5, 16, 9)]
+    full = compute_token_stats(_FullLogits(model), seqs, batch_size=3)
+    monkeypatch.setattr(stats_mod, "HEAD_VOCAB_BLOCK", 10)
+    fast = compute_token_stats(model, seqs, batch_size=3, max_rows_per_chunk=5)
+    for f in ("token_logprob", "mean_logprob", "std_logprob"):
+        torch.testing.assert_close(getattr(fast, f), getattr(full, f), atol=1e-4, rtol=0)
+    assert torch.equal(fast.token_is_top1, full.token_is_top1) and torch.equal(fast.token_id, full.token_id)

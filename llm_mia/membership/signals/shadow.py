@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
 from llm_mia.core.errors import LlmMiaError
 from llm_mia.membership.signals.registry import SignalInputs, register
@@ -128,6 +127,8 @@ def lira_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray, *, on
     Raises:
         LlmMiaError: shapes that do not match.
     """
+    from scipy.stats import norm  # deferred: ~1 s of start-up that only the shadow signals pay
+
     t = np.asarray(target, dtype=np.float64)
     s = np.asarray(shadow, dtype=np.float64)
     m = np.asarray(is_in, dtype=bool)
@@ -233,6 +234,8 @@ def lira_token_scores(target: np.ndarray, shadow: np.ndarray, is_in: np.ndarray,
     Raises:
         LlmMiaError: shapes that do not match, or a negative ``prior_dof``.
     """
+    from scipy.stats import norm  # deferred: ~1 s of start-up that only the shadow signals pay
+
     t, s, m = np.asarray(target, dtype=np.float64), np.asarray(shadow, dtype=np.float64), np.asarray(is_in, dtype=bool)
     if t.ndim != 2 or s.ndim != 3 or s.shape[:2] != m.shape or s.shape[0] != t.shape[0]:
         raise LlmMiaError(f"per-token lira needs target (N, T), shadow (N, K, T) and is_in (N, K); got {t.shape}, "
