@@ -9,6 +9,7 @@ epsilon of the product) and the signals that still work under each API output li
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -196,7 +197,8 @@ def compare_models(corpus_dir: str | Path, models: Sequence[tuple], out_dir: str
             (after that model's report is written).
     """
 
-    cfg = cfg or AuditConfig()
+    # one member per non-member: the rows compare like with like, and the documents left over fit MemGuard
+    cfg = dataclasses.replace(cfg or AuditConfig(), member_ratio=1)
     models = _check_models(models, canaries, reference_path)
     run = _prepare(corpus_dir, models, out_dir, cfg, reference_path=reference_path, policy=policy,
                    canaries=canaries, api_modes=api_modes, limit_docs=limit_docs, n_boot=n_boot,

@@ -54,7 +54,7 @@ class AuditConfig:
     kept per ranking, a sample is memorized with a verbatim training span of ``memorized_min_tokens``
     tokens. Exposure (Carlini et al. 2019): ``n_candidates`` random references per secret for the rank
     exposure, whole-space enumeration up to ``exact_limit`` candidates, ``beams`` for beam extraction.
-    Membership: ``membership_docs`` members and as many held-out documents. Discoverable memorization
+    Membership: ``membership_docs`` held-out documents and up to ``member_ratio`` times as many members. Discoverable memorization
     (Carlini et al. 2023): ``discoverable_samples`` training examples, prompts of ``discoverable_prefix``
     tokens, suffixes of ``discoverable_suffix`` tokens. Near-verbatim (Ippolito et al. 2023): a sample or
     greedy suffix with token edit similarity >= ``near_similarity`` over ``near_window`` tokens counts as
@@ -77,7 +77,11 @@ class AuditConfig:
     # --exact-limit` goes higher.
     exact_limit: int = 100_000
     beams: int = 5
-    membership_docs: int = 200  # members and as many held-out documents scored for the ROC
+    membership_docs: int = 200  # held-out documents scored for the ROC (at most), and as many members times member_ratio
+    # Members per held-out document, at most: the TPR bound's member part tightens with members, which a
+    # training set has plenty of (at chance on 194 non-members, P(upper bound of TPR at 1% FPR > 0.1) per
+    # signal falls from 6.7% with 194 members to 1.0% with 500; llm_mia.membership.metrics.tpr_at_fpr_upper).
+    member_ratio: int = 4
     top_n: int = 100
     seed: int = 0
     batch_size: int = 64
@@ -345,23 +349,27 @@ def strip_planted(text: str, secrets) -> str:
     return text
 
 
-def membership_sample(members, heldout, secrets, n: int, seed: int) -> tuple[list, list]:
-    """The membership evaluation's documents: ``min(n, len(members), len(heldout))`` members (planted
-    sentences removed from plain documents, :func:`strip_planted`) and as many held-out documents,
-    sampled with ``random.Random(seed)``; str or :class:`llm_mia.data.chat.Doc` items, returned as given.
-    The audit and the comparison of defences score exactly these."""
+def membership_sample(members, heldout, secrets, n: int, seed: int, member_ratio: int = 1) -> tuple[list, list]:
+    """The membership evaluation's documents: ``k = min(n, len(members), len(heldout))`` held-out
+    documents and ``min(len(members), member_ratio * k)`` members (planted sentences removed from plain
+    documents, :func:`strip_planted`), sampled with ``random.Random(seed)``; str or
+    :class:`llm_mia.data.chat.Doc` items, returned as given. The audit (``member_ratio`` 4: members are
+    usually plentiful, non-members not) and the comparison of defences (1) score exactly these."""
 
     rng = random.Random(seed)
     k = min(n, len(members), len(heldout))
     if k < 2:
         return [], []
+    if member_ratio < 1:
+        raise LlmMiaError(f"member_ratio must be >= 1, got {member_ratio}")
+    k_mem = min(len(members), member_ratio * k)
 
     def strip(d):
         if isinstance(d, str):
             return strip_planted(d, secrets)
         return Doc(strip_planted(d.text, secrets)) if d.spans is None else d
 
-    return [strip(t) for t in rng.sample(list(members), k)], rng.sample(list(heldout), k)
+    return [strip(t) for t in rng.sample(list(members), k_mem)], rng.sample(list(heldout), k)
 
 
 def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(), shadow=None) -> dict:
@@ -371,7 +379,7 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
     spans (chat rows) are scored on those tokens only (``scoring.score(score_mask=)``)."""
 
     as_doc = lambda d: d if isinstance(d, Doc) else Doc(d)  # noqa: E731
-    mem, non = membership_sample(members, heldout, secrets, cfg.membership_docs, cfg.seed)
+    mem, non = membership_sample(members, heldout, secrets, cfg.membership_docs, cfg.seed, cfg.member_ratio)
     n = len(mem)
     if n < 2:
         return {"skipped": "fewer than 2 held-out documents"}
@@ -382,7 +390,7 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
         res = score(target, texts, ids=ids, context_lens=1, score_mask=keep, reference=reference, shadow=shadow)
     else:
         res = score(target, texts, reference=reference, prepend_bos=True, shadow=shadow)
-    y = [1] * n + [0] * n
+    y = [1] * n + [0] * len(non)
     out = {}
     for sig in res.rows[0]["scores"]:
         try:
@@ -395,7 +403,7 @@ def _membership(target, reference, members, heldout, cfg: AuditConfig, secrets=(
     if shadow is not None:
         extra["shadow"] = shadow_summary(shadow, res.inputs.shadow)
     extra.update(membership_records(out, per_doc, texts[:n], secrets, res.inputs.shadow if shadow else None))
-    return {"n_members": n, "n_nonmembers": n, "planted_sentences_removed": bool(secrets), "signals": out,
+    return {"n_members": n, "n_nonmembers": len(non), "planted_sentences_removed": bool(secrets), "signals": out,
             "baseline": _baseline(texts[:n], texts[n:], cfg.seed), "per_doc": per_doc, **extra}
 
 

@@ -149,7 +149,8 @@ def inclusion():
 
 def membership_docs():
     return typer.Option(200, "--membership-docs", min=2, rich_help_panel=MEMBERSHIP,
-                        help="Members (and as many held-out documents) scored.")
+                        help="Held-out documents scored, at most; members: up to 4x as many in an audit "
+                             "(they tighten the TPR bound), as many in compare.")
 
 
 def shadow(what: str = "to membership"):

@@ -484,6 +484,17 @@ def test_membership_sample_is_shared_and_stripped_of_planted_sentences():
     assert len(mem) == len(non) == 6  # min(50, 10, 6)
     assert not any("4242" in t for t in mem) and set(mem) <= {f"Doc {i} says hello." for i in range(10)}
     assert (mem, non) == membership_sample(members, heldout, [sec], 50, seed=4)
+    # the audit's member_ratio: the same held-out documents' count, up to r times as many members
+    import random
+
+    rng = random.Random(4)  # by hand: members drawn first, then the held-out documents
+    want_mem = [t.replace("\n\nMy PIN is 4242.", "") for t in rng.sample(members, 10)]  # min(10, 4 * 6)
+    want_non = rng.sample(heldout, 6)
+    assert membership_sample(members, heldout, [sec], 50, seed=4, member_ratio=4) == (want_mem, want_non)
+    mem2, non2 = membership_sample(members, heldout, [sec], 3, seed=4, member_ratio=2)
+    assert (len(mem2), len(non2)) == (6, 3)
+    with pytest.raises(LlmMiaError, match="member_ratio must be >= 1"):
+        membership_sample(members, heldout, [sec], 3, seed=4, member_ratio=0)
 
 
 def test_sarif_and_junit_of_inconclusive_error_and_memorized_results(tmp_path):
