@@ -407,24 +407,54 @@ def _exposure_reason(row: dict, name: str, v: float, lo: float, hi: float, limit
             f"[{_fmt(lo)}, {_fmt(hi)}] holds the limit {limit} with {n_ref:,} references; {more}")
 
 
+def outranking_all_p(rows: list[tuple[float, int]], limit_bits: float) -> tuple[int, float]:
+    """The secrets that outrank every one of their references, and how likely that many are if no
+    secret's exposure exceeds ``limit_bits``: (x, P(X >= x)).
+
+    ``rows``: (exposure_rank bits, references N) per secret. A secret whose quantile is q (exposure
+    -log2 q) outranks all N independent references with probability (1 - q)^N, at most
+    p_i = (1 - 2^-limit)^N when its exposure is within the limit; the secrets' references are drawn
+    independently, so X is then at most Poisson-binomial(p_i) (computed exactly). Several secrets at
+    rank 1 are evidence no single one gives with few references: three of 24 at rank 1 of 2,000 have
+    P = 0.014 under a 9-bit limit, while one needs about 3,200 references to fail on its own."""
+    top = [n for v, n in rows if n and abs(v - math.log2(n)) < 1e-9]
+    dist = np.zeros(len(rows) + 1)
+    dist[0] = 1.0
+    for _, n in rows:
+        p = (1 - 2.0 ** -float(limit_bits)) ** n if n else 0.0
+        dist[1:] = dist[1:] * (1 - p) + dist[:-1] * p
+        dist[0] *= 1 - p
+    return len(top), float(dist[len(top):].sum())
+
+
 def _check_exposure(report: dict, policy: Policy, secrets: list[dict], limit) -> Check:
-    """The exposure limit as a three-outcome test: FAIL when one secret's lower bound (at alpha / k, the
-    k secrets tested: Bonferroni) exceeds the limit; PASS when every secret's upper bound (at alpha:
-    an intersection-union test needs no correction, Berger 1982) is within it; else INCONCLUSIVE."""
+    """The exposure limit as a three-outcome test: FAIL when one secret's lower bound (at alpha / 2k, the
+    k secrets tested: Bonferroni) exceeds the limit, or when more secrets outrank all their references
+    than the limit allows (:func:`outranking_all_p` at alpha / 2); PASS when every secret's upper bound
+    (at alpha: an intersection-union test needs no correction, Berger 1982) is within it; else
+    INCONCLUSIVE."""
     vals = [(_exposure(s, policy.exposure_estimator), s) for s in secrets]
     vals = [(v, name, s) for (v, name), s in vals if v is not None]
     if not vals:
         raise LlmMiaError(f"the report has no {policy.exposure_estimator} exposure for secrets inserted "
                           f">= {policy.min_insertions} times")
-    a, a_low = policy.alpha, policy.alpha / len(vals)
+    a, a_low = policy.alpha, policy.alpha / (2 * len(vals))
     rows = [(v, name, s, *_exposure_interval(s, name, v, alpha_low=a_low, alpha=a)) for v, name, s in vals]
     over = sorted([r for r in rows if r[3] > limit], key=lambda r: -r[3])
+    ranked = [(r[0], _reference_count(r[2])) for r in rows if r[1] == "exposure_rank"]
+    x, p_top = outranking_all_p(ranked, limit) if ranked else (0, 1.0)
+    jointly = not over and x >= 2 and p_top <= policy.alpha / 2  # together, the rank-1 secrets are over it
+    if jointly:
+        over = [r for r in rows if r[1] == "exposure_rank" and abs(r[0] - math.log2(_reference_count(r[2]))) < 1e-9]
     open_ = sorted([r for r in rows if r[3] <= limit < r[4]], key=lambda r: -r[0])
     v, name, s, lo, hi = over[0] if over else (open_[0] if open_ else max(rows, key=lambda r: r[0]))
     span = (max(r[3] for r in rows), max(r[4] for r in rows))
     where = f"secret {s['id']}, inserted {s.get('count')}x, {name}"
     ci = _ci(lo, hi, v)
-    if over:
+    if jointly:
+        text = (f"canary exposure {_fmt(v)} bits{ci} > {limit} ({where}; {x} secrets outrank all their references: "
+                f"P = {p_top:.2g} if none were over {limit})")
+    elif over:
         more = f", {len(over) - 1} more secrets over" if len(over) > 1 else ""
         text = f"canary exposure {_fmt(v)} bits{ci} > {limit} ({where}{more})"
     else:

@@ -147,9 +147,9 @@ def test_leaky_audits_fail_every_time():
 def test_inconclusive_reasons_say_how_much_more_would_settle_it():
     rng = np.random.default_rng(0)
     rep = _clean_report(rng, K=1)
-    rep["secrets"][0]["exposure_rank"] = math.log2(2000)  # rank 1 of 2,000, one secret: [9.38, inf] holds 10
+    rep["secrets"][0]["exposure_rank"] = math.log2(2000)  # rank 1 of 2,000, one secret: [9.08, inf] holds 10 (alpha / 2: (1 - 2^-9.08)^2000 = 0.025)
     v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 10.0}}))
-    assert v.status == "INCONCLUSIVE" and "references would settle it" in v.line and "[9.38, inf]" in v.line
+    assert v.status == "INCONCLUSIVE" and "references would settle it" in v.line and "[9.08, inf]" in v.line
     assert evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 9.0}})).status == "FAIL"
     rep["secrets"][0]["exposure_rank"] = math.log2(2000 / 4)  # rank 4 of 2,000: 8.97 bits, at the limit 9.0
     v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 9.0}}))
@@ -236,3 +236,27 @@ def test_documents_needed_reads_the_binormal_roc_through_the_auc():
         assert v.status == "INCONCLUSIVE", v.line
         n = int(v.line.split("about ")[-1].split(" non-members")[0].replace(",", ""))
         assert 103 <= n <= 200, v.line
+
+
+def test_several_secrets_outranking_all_references_fail_together():
+    """One secret at rank 1 of 2,000 cannot fail a 9-bit limit on its own among 24 (its lower bound is
+    under 9), three can: P(3 or more of 24 at rank 1 | every exposure <= 9 bits) by a slow sum."""
+    from math import comb
+
+    from llm_mia.audit.policy import outranking_all_p
+
+    p0 = (1 - 2.0 ** -9) ** 2000  # a secret at exactly 9 bits outranks 2,000 references
+    by_hand = {x: sum(comb(24, j) * p0 ** j * (1 - p0) ** (24 - j) for j in range(x, 25)) for x in (1, 2, 3)}
+    for x in (1, 2, 3):
+        rows = [(math.log2(2000), 2000)] * x + [(1.5, 2000)] * (24 - x)
+        got = outranking_all_p(rows, 9.0)
+        assert got[0] == x and got[1] == pytest.approx(by_hand[x], rel=1e-9)
+    assert by_hand[3] == pytest.approx(0.01189, abs=1e-5) and by_hand[2] > 0.025
+    policy = parse_policy({"limits": {"max_canary_exposure_bits": 9.0}})
+    rep = _clean_report(np.random.default_rng(1), K=24)
+    for i, s in enumerate(rep["secrets"]):
+        s["exposure_rank"] = math.log2(2000) if i < 3 else 1.0
+    v = evaluate(rep, policy)
+    assert v.status == "FAIL" and "3 secrets outrank all their references: P = 0.012" in v.line, v.line
+    rep["secrets"][2]["exposure_rank"] = 1.0  # two at rank 1: P = 0.083 > alpha / 2
+    assert evaluate(rep, policy).status == "INCONCLUSIVE"

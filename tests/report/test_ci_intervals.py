@@ -33,8 +33,9 @@ def test_sarif_junit_and_model_card_show_the_interval_of_the_verdict():
     rep = _report(R)
     v = evaluate(rep, parse_policy({"limits": {"max_canary_exposure_bits": 12.0, "max_extracted_secrets": 0}}))
     assert v.status == "INCONCLUSIVE"
-    # rank 1 of R, one secret (no Bonferroni split): Clopper-Pearson with 0 successes, q_hi = 1 - alpha^(1/R)
-    lo = -math.log2(1 - 0.05 ** (1 / R))
+    # rank 1 of R, one secret: Clopper-Pearson with 0 successes at alpha / 2 (the other half is the
+    # rank-1 count test's), q_hi = 1 - (alpha / 2)^(1/R)
+    lo = -math.log2(1 - 0.025 ** (1 / R))
     want = f"[{lo:.3g}, inf]"
     d = {**v.to_dict(), "policy": "p.toml"}
     exp = next(c for c in d["checks"] if c["name"] == "max_canary_exposure_bits")
