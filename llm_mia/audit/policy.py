@@ -215,7 +215,8 @@ class Verdict:
         else:
             parts = [c.text for c in by["failed"]] + [f"cannot check {c.name}: {c.reason}" for c in by["error"]]
             if self.status == "INCONCLUSIVE":
-                parts = [f"{c.text}, but {c.reason}" for c in by["inconclusive"]] \
+                parts = [c.reason if c.reason.startswith(c.text) else f"{c.text}, but {c.reason}"
+                         for c in by["inconclusive"]] \
                     or [c.text for c in self.checks if c.status == "not measured"]
         text = f"{self.status}: " + "; ".join(parts)
         notes = list(self.notes)

@@ -260,3 +260,15 @@ def test_several_secrets_outranking_all_references_fail_together():
     assert v.status == "FAIL" and "3 secrets outrank all their references: P = 0.012" in v.line, v.line
     rep["secrets"][2]["exposure_rank"] = 1.0  # two at rank 1: P = 0.083 > alpha / 2
     assert evaluate(rep, policy).status == "INCONCLUSIVE"
+
+
+def test_swapped_verdict_line_says_it_once():
+    """'members and non-members look swapped' is said once, with the AUCs (not 'X, but X (...)')."""
+    rng = np.random.default_rng(0)
+    rep = _clean_report(rng, K=0, n_docs=200)
+    y = rep["membership"]["per_doc"]["labels"]
+    rep["membership"]["per_doc"]["scores"]["loss"] = [-10.0 * (v == 1) + i * 1e-3 for i, v in enumerate(y)]
+    rep["membership"]["signals"]["loss"]["auc"] = 0.0
+    line = evaluate(rep, parse_policy({"limits": {"max_membership_tpr_at_1pct_fpr": 0.1}})).line
+    assert line.startswith("INCONCLUSIVE: members and non-members look swapped (loss AUC 0.00)"), line
+    assert line.count("look swapped") == 1, line
