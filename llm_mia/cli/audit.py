@@ -7,12 +7,13 @@ those modes had) as hidden options, for exactly one thing: saying which command 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from llm_mia.cli import options as o
-from llm_mia.cli.options import DATA, MEMBERSHIP, MODEL, OUTPUT
+from llm_mia.cli.options import MEMBERSHIP, MODEL, OUTPUT
 from llm_mia.core.errors import LlmMiaError
 
 
@@ -119,31 +120,20 @@ def audit(
                                               help="With --model openai:URL: stop with an error before the API call "
                                                    "that would pass this many (samples written so far are resumed)."),
     corpus: Path | None = o.audit_corpus(),
-    members: str | None = typer.Option(None, "--members", rich_help_panel=DATA, help="Training examples: .txt/.jsonl/"
-                                          ".csv/.parquet or hf:NAME[:CONFIG]:SPLIT (plain text or chat 'messages')."),
-    nonmembers: str | None = typer.Option(None, "--nonmembers", rich_help_panel=DATA,
-                                             help="Held-out examples (same formats), for membership."),
-    secrets: Path | None = typer.Option(None, "--secrets", rich_help_panel=DATA,
-                                           help="Planted canaries (secrets.json); without it exposure is not "
-                                                "measured."),
-    text_column: str = typer.Option("text", "--text-column", rich_help_panel=DATA,
-                                    help="Column / field holding the text."),
-    score_spans: str = typer.Option("assistant", "--score-spans", rich_help_panel=DATA,
-                                    help="Chat rows: score the assistant turns only (assistant) or every token (all)."),
+    members: str | None = o.members(),
+    nonmembers: str | None = o.nonmembers(),
+    secrets: Path | None = o.secrets(),
+    text_column: str = o.text_column(),
+    score_spans: str = o.score_spans(),
     num_samples: int = o.num_samples(),
     strategy: str = o.strategy(),
     prompts: str | None = o.prompts(),
     length: int | None = o.length(),
     discoverable: int = o.discoverable(),
     discoverable_prefix: int = o.discoverable_prefix(),
-    near_similarity: float = typer.Option(0.9, "--near-similarity", rich_help_panel=o.EXTRACTION,
-                                          help="Near-verbatim: token edit similarity of a near-memorized sample or "
-                                               "greedy suffix (Ippolito et al. 2023), in (0, 1]."),
-    near_window: int = typer.Option(50, "--near-window", rich_help_panel=o.EXTRACTION,
-                                    help="Window (tokens) of the near-verbatim match."),
-    near_samples: int = typer.Option(0, "--near-samples", min=0, rich_help_panel=o.EXTRACTION,
-                                     help="Sampled continuations per discoverable prefix for the near-verbatim risk "
-                                          "(0 = off)."),
+    near_similarity: float = o.near_similarity(),
+    near_window: int = o.near_window(),
+    near_samples: int = o.near_samples(),
     pii_regions: str | None = o.pii_regions(),
     candidates: int = o.candidates(),
     exact_limit: int = o.exact_limit(),
@@ -187,11 +177,8 @@ def audit(
         raise LlmMiaError("--canaries and --inclusion go together")
     _check_positive_control(positive_control, no_positive_control)
     cfg.positive_control, cfg.positive_control_model = not no_positive_control, positive_control
-    from dataclasses import replace
-
-    from llm_mia.audit.pipeline import run_audit
-
     cfg = replace(cfg, near_similarity=near_similarity, near_window=near_window, near_samples=near_samples)
+    from llm_mia.audit.pipeline import run_audit
 
     _report_and_gate(lambda: run_audit(corpus, model, out, members=members, nonmembers=nonmembers,
                                        secrets_path=secrets, text_column=text_column, reference_path=reference,

@@ -91,6 +91,29 @@ def audit_corpus(required: bool = False):
                              "--secrets DIR/secrets.json.")
 
 
+def members():
+    return typer.Option(None, "--members", rich_help_panel=DATA, help="Training examples: .txt/.jsonl/.csv/.parquet or "
+                        "hf:NAME[:CONFIG]:SPLIT (plain text or chat 'messages').")
+
+
+def nonmembers():
+    return typer.Option(None, "--nonmembers", rich_help_panel=DATA, help="Held-out examples (same formats), for membership.")
+
+
+def secrets():
+    return typer.Option(None, "--secrets", rich_help_panel=DATA,
+                        help="Planted canaries (secrets.json); without it exposure is not measured.")
+
+
+def text_column():
+    return typer.Option("text", "--text-column", rich_help_panel=DATA, help="Column / field holding the text.")
+
+
+def score_spans():
+    return typer.Option("assistant", "--score-spans", rich_help_panel=DATA,
+                        help="Chat rows: score the assistant turns only (assistant) or every token (all).")
+
+
 def num_samples():
     return typer.Option(500, "--num-samples", min=1, rich_help_panel=EXTRACTION,
                         help="Extraction samples per strategy.")
@@ -120,6 +143,21 @@ def discoverable():
 def discoverable_prefix():
     return typer.Option(50, "--discoverable-prefix", min=1, rich_help_panel=EXTRACTION,
                         help="Prompt tokens of discoverable memorization (the suffix is 50 tokens).")
+
+
+def near_similarity():
+    return typer.Option(0.9, "--near-similarity", rich_help_panel=EXTRACTION,
+                        help="Near-verbatim: token edit similarity of a near-memorized sample or greedy suffix "
+                             "(Ippolito et al. 2023), in (0, 1].")
+
+
+def near_window():
+    return typer.Option(50, "--near-window", rich_help_panel=EXTRACTION, help="Window (tokens) of the near-verbatim match.")
+
+
+def near_samples():
+    return typer.Option(0, "--near-samples", min=0, rich_help_panel=EXTRACTION,
+                        help="Sampled continuations per discoverable prefix for the near-verbatim risk (0 = off).")
 
 
 def pii_regions(panel: str | None = EXTRACTION):
