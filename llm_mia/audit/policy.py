@@ -442,11 +442,11 @@ def _check_exposure(report: dict, policy: Policy, secrets: list[dict], limit) ->
     a, a_low = policy.alpha, policy.alpha / (2 * len(vals))
     rows = [(v, name, s, *_exposure_interval(s, name, v, alpha_low=a_low, alpha=a)) for v, name, s in vals]
     over = sorted([r for r in rows if r[3] > limit], key=lambda r: -r[3])
-    ranked = [(r[0], _reference_count(r[2])) for r in rows if r[1] == "exposure_rank"]
-    x, p_top = outranking_all_p(ranked, limit) if ranked else (0, 1.0)
+    ranked = [(r, _reference_count(r[2])) for r in rows if r[1] == "exposure_rank"]
+    x, p_top = outranking_all_p([(r[0], n) for r, n in ranked], limit) if ranked else (0, 1.0)
     jointly = not over and x >= 2 and p_top <= policy.alpha / 2  # together, the rank-1 secrets are over it
     if jointly:
-        over = [r for r in rows if r[1] == "exposure_rank" and abs(r[0] - math.log2(_reference_count(r[2]))) < 1e-9]
+        over = [r for r, n in ranked if n and abs(r[0] - math.log2(n)) < 1e-9]
     open_ = sorted([r for r in rows if r[3] <= limit < r[4]], key=lambda r: -r[0])
     v, name, s, lo, hi = over[0] if over else (open_[0] if open_ else max(rows, key=lambda r: r[0]))
     span = (max(r[3] for r in rows), max(r[4] for r in rows))

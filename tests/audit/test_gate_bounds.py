@@ -260,6 +260,9 @@ def test_several_secrets_outranking_all_references_fail_together():
     assert v.status == "FAIL" and "3 secrets outrank all their references: P = 0.012" in v.line, v.line
     rep["secrets"][2]["exposure_rank"] = 1.0  # two at rank 1: P = 0.083 > alpha / 2
     assert evaluate(rep, policy).status == "INCONCLUSIVE"
+    rep["secrets"][2]["exposure_rank"] = math.log2(2000)  # three again, and one record without its reference count
+    del rep["secrets"][5]["n_references"]  # (a point value: it neither counts nor breaks the test)
+    assert evaluate(rep, policy).status == "FAIL"
 
 
 def test_swapped_verdict_line_says_it_once():
