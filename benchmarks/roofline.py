@@ -13,7 +13,8 @@ once) + attention 4 x layers x width x (position + 1) (QK^T and AV, causal half)
 - scoring baseline: a lean one-text-at-a-time loop (HF model called on each text alone, then on its
   lowercase form, then the reference on the text; log-softmax and gather only), the same useful
   work. (The public tools' loop runs one pass per statistic, 7-8 per text: ``score_bench.py``.)
-- extraction: ``llm_mia.extraction.extract.extract`` (top-k, with the reference, no training corpus);
+- extraction: ``llm_mia.extraction.extract.extract`` (top-k, with the reference, no training corpus;
+  ``--batch`` samples a step, default the CLI's 64 or ``--samples`` if fewer);
   useful work = one forward per generated token (KV cache), one lowercase pass per sample (the
   ranking needs it wherever lowercasing changes the ids: with random weights, nearly every sample)
   and one reference pass per sample; a second target pass over the samples is not useful work.
@@ -32,6 +33,7 @@ count).
 
     python benchmarks/roofline.py --small
     python benchmarks/roofline.py --texts 64 --samples 32
+    python benchmarks/roofline.py --samples 128 --batch 128 --loop-reps 1
 """
 
 from __future__ import annotations
@@ -214,6 +216,13 @@ def public_extraction_loop(lm, ref, n: int, length: int, seed: int) -> None:
             torch.log_softmax(out.logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])
 
 
+def extraction_batch(a) -> int:
+    """Samples generated per step: ``--batch``, else the CLI's default batch size (64), at most ``--samples``."""
+    from llm_mia.extraction.extract import ExtractConfig
+
+    return a.batch or min(a.samples, ExtractConfig().batch_size)
+
+
 def extraction_runs(lm, ref, shapes, a):
     """(seconds of extract(), seconds of the public loop, useful FLOPs, the extract call)."""
     from llm_mia.extraction.extract import ExtractConfig, extract, read_clear
@@ -224,7 +233,7 @@ def extraction_runs(lm, ref, shapes, a):
         lm._gen_cache.clear()
         with tempfile.TemporaryDirectory() as d:
             extract(lm, d, reference=ref, cfg=ExtractConfig(num_samples=a.samples, max_new_tokens=a.new_tokens,
-                                                            batch_size=a.samples, seed=1, progress=False))
+                                                            batch_size=extraction_batch(a), seed=1, progress=False))
             holder["rows"] = read_clear(d, "samples.jsonl")
 
     t_ext = (best_of(ours, a.reps), PAIRED[0])
@@ -248,6 +257,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=128, help="tokens per scored text (about)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="samples generated per step (default: the CLI's --batch-size default, 64, at most --samples)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--loop-reps", type=int, default=1, help="runs of the extraction baseline (0: skip it)")
     ap.add_argument("--threads", type=int, default=1)
@@ -284,7 +295,7 @@ def main(argv=None) -> None:
     print(f"  loop     one text at a time: {pct(useful, t_sloop)} (ours {t_sloop[0] / t_score[0]:.2f}x)")
     if a.process:
         print(f"  process  `llm-mia score` start to end: {pct(useful, t_proc)}")
-    print(f"extraction {a.samples} x {a.new_tokens}: {pct(ext_useful, t_ext)}")
+    print(f"extraction {a.samples} x {a.new_tokens}, {extraction_batch(a)} a step: {pct(ext_useful, t_ext)}")
     if a.loop_reps:
         print(f"  loop     generate by 10, each sample scored alone: {pct(ext_useful, t_eloop)} "
               f"(ours {t_eloop[0] / t_ext[0]:.2f}x)")

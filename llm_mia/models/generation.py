@@ -66,20 +66,59 @@ class PerSampleSampler(LogitsProcessor):
         step = input_ids.shape[1] - self.prompt_width
         if step >= self.uniforms.shape[1]:
             raise LlmMiaError(f"sampler asked for token {step + 1} of at most {self.uniforms.shape[1]}")
-        logits = scores.float() / self.temperature(step)  # (B, V)
+        x = self.uniforms[:, step]  # (B,) float64 in [0, 1)
+        t = self.temperature(step)
+        choice = self._pick_among_top_k(scores, step, t, x)
+        if choice is None:
+            choice = self._pick_over_vocabulary(scores, step, t, x)
+        out = torch.full_like(scores, -torch.inf)  # ``scores`` itself is never written to
+        out[torch.arange(out.shape[0], device=out.device), choice.to(out.device)] = 0.0
+        return out
+
+    def _banned_now(self, step: int) -> list[int]:
+        return self.banned if self.banned and step < self.banned_n else []
+
+    def _pick_over_vocabulary(self, scores, step: int, t: float, u: torch.Tensor) -> torch.Tensor:
+        """The draw as defined: (B,) ids, from the full (B, V) tempered, masked, top-k-cut distribution."""
+        logits = scores.float() / t  # (B, V), a new tensor
         if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
             logits[:, self.vocab_limit:] = -torch.inf  # padded rows: never sampled, never in the top k
-        if self.banned and step < self.banned_n:
+        if self._banned_now(step):
             logits[:, self.banned] = -torch.inf
         if self.top_k and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -torch.inf)
         cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1)  # (B, V)
-        x = self.uniforms[:, step].to(cdf.device)[:, None] * cdf[:, -1:]
-        choice = torch.searchsorted(cdf, x, right=True)[:, 0].clamp_max(cdf.shape[-1] - 1)  # (B,)
-        out = torch.full_like(scores, -torch.inf)
-        out[torch.arange(out.shape[0], device=out.device), choice.to(out.device)] = 0.0
-        return out
+        x = u.to(cdf.device)[:, None] * cdf[:, -1:]
+        return torch.searchsorted(cdf, x, right=True)[:, 0].clamp_max(cdf.shape[-1] - 1)  # (B,)
+
+    def _pick_among_top_k(self, scores, step: int, t: float, u: torch.Tensor) -> torch.Tensor | None:
+        """The same draw computed on the k candidates only: (B,) ids, or None where it would differ.
+
+        ``topk`` of the raw logits (the allowed ids only) gives k + 1 candidates past the banned ids;
+        tempering is monotone, so the tempered top k are the same ids unless the k-th and (k+1)-th
+        tempered values tie, where the definition keeps every tie: then None (the caller draws over
+        the vocabulary). The k candidates, put back in id order, carry the same probabilities as the
+        full distribution's non-zero entries, so the inverse transform picks the same id (up to the
+        rounding of a softmax over k values instead of V, about 1e-16). No (B, V) temporary is made.
+        """
+        limit = scores.shape[-1] if self.vocab_limit is None else min(self.vocab_limit, scores.shape[-1])
+        banned = self._banned_now(step)
+        k = self.top_k
+        if not k or k + len(banned) + 1 > limit:
+            return None
+        vals, idx = torch.topk(scores[:, :limit], k + len(banned) + 1, dim=-1)  # (B, c), descending
+        vals = vals.float() / t
+        if banned:
+            vals = vals.masked_fill(torch.isin(idx, torch.tensor(banned, device=idx.device)), -torch.inf)
+            vals, order = vals.sort(dim=-1, descending=True, stable=True)
+            idx = idx.gather(1, order)
+        if bool((vals[:, k] == vals[:, k - 1]).any()):
+            return None
+        ids, order = idx[:, :k].sort(dim=-1)  # the k candidates in id order
+        cdf = torch.softmax(vals[:, :k].gather(1, order).double(), dim=-1).cumsum(-1)  # (B, k)
+        x = u.to(cdf.device)[:, None] * cdf[:, -1:]
+        return ids.gather(1, torch.searchsorted(cdf, x, right=True).clamp_max(k - 1))[:, 0]
 
 
 class LogprobRecorder(LogitsProcessor):
@@ -106,7 +145,8 @@ class LogprobRecorder(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._x is not None:
             self._take(input_ids[:, -1])
-        self._x = scores.float().clone()
+        # kept by reference, not copied: no later processor writes into ``scores`` (each makes a new tensor)
+        self._x = scores.float()
         return scores
 
     def finish(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,9 +153,9 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor, *, moments: bool = 
         tok[c] = tgt - mx[:, 0] - lse
         if moments:
             x.clamp_(min=-1e4)  # -inf -> finite, so 0 * x stays 0
-            m = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s  # E_p[x]
+            m = torch.linalg.vecdot(e, x) / s  # E_p[x]
             x.sub_(m[:, None]).square_()
-            var = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
+            var = torch.linalg.vecdot(e, x) / s
             mu[c] = m - lse
             sigma[c] = var.clamp_min(0).sqrt()
     return tok, mu, sigma, top1
@@ -232,9 +232,9 @@ def _block_moments(z: torch.Tensor, out: torch.Tensor, moments: bool) -> None:
     if not moments:
         out[2:] = 0
         return
-    a = torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
+    a = torch.linalg.vecdot(e, x) / s
     x.sub_(a[:, None]).square_()
-    out[2], out[3] = a, torch.bmm(e[:, None, :], x[:, :, None])[:, 0, 0] / s
+    out[2], out[3] = a, torch.linalg.vecdot(e, x) / s
 
 
 #: rows and vocabulary ids of one fused head block on a CPU (1,024 x 2,048 fp32 logits = 8 MiB):

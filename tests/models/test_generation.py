@@ -190,6 +190,57 @@ def test_per_sample_sampler_rows_are_independent():
         assert finite[0] == inverse_cdf_pick(probs.tolist(), u0)
 
 
+def _oracle_pick(row: torch.Tensor, u: float, *, top_k: int, t: float, banned=(), limit=None) -> int:
+    """The sampler's definition, row by row: temper, mask, keep every id >= the k-th value, scan the cdf."""
+    x = row.float() / t
+    if limit is not None:
+        x[limit:] = -torch.inf
+    x[list(banned)] = -torch.inf
+    kth = torch.topk(x, top_k).values[-1]
+    x = x.masked_fill(x < kth, -torch.inf)
+    return inverse_cdf_pick(torch.softmax(x.double(), -1).tolist(), u)
+
+
+@pytest.mark.parametrize("case", ["plain", "tempered", "banned", "limit", "ties", "few finite"])
+def test_per_sample_sampler_top_k_path_equals_the_definition(case):
+    """The draw made on the k candidates only (no (B, V) softmax) picks the id the definition picks, for
+    every row; where the k-th value ties (the definition keeps every tie) the sampler falls back to
+    the full distribution and still agrees; ``scores`` is never written to."""
+    g = torch.Generator().manual_seed(7)
+    B, V, k = 16, 300, 12
+    scores = torch.randn(B, V, generator=g) * 3
+    banned, limit, temp = (), None, 1.0
+    if case == "tempered":
+        temp = 10.0 / 3
+    if case == "banned":
+        banned = tuple(torch.topk(scores[0], 3).indices.tolist()) + (5,)  # row 0's three best are banned
+    if case == "limit":
+        limit = 250
+        scores[:, 260] = 50.0  # the best logit sits in a padded row: never drawn
+    if case == "ties":
+        scores[:, :40] = scores[:, :40].round()  # many equal values, some at the k-th place
+        scores[3, :] = 1.0  # one row entirely tied
+    if case == "few finite":
+        scores[:, 5:] = -torch.inf  # fewer finite logits than k
+    seeds = [sample_seed(9, i) for i in range(B)]
+    sampler = PerSampleSampler(seeds, top_k=k, temperature=temp, prompt_width=2, n_steps=3,
+                               banned_until=(banned, 3), vocab_limit=limit)
+    before = scores.clone()
+    for step in range(3):
+        out = sampler(torch.zeros(B, 2 + step, dtype=torch.long), scores)
+        assert torch.equal(scores, before)
+        picked = out.argmax(-1).tolist()
+        assert (torch.isfinite(out).sum(-1) == 1).all()
+        for r in range(B):
+            u = float(sampler.uniforms[r, step])
+            assert picked[r] == _oracle_pick(scores[r], u, top_k=k, t=temp, banned=banned, limit=limit), (case, step, r)
+        fast = sampler._pick_among_top_k(scores, step, temp, sampler.uniforms[:, step])
+        if case in ("ties", "few finite"):
+            assert fast is None  # the definition keeps the ties: drawn over the vocabulary
+        else:
+            assert fast is not None and fast.tolist() == picked
+
+
 # ------------------------------------------------------------------------------------ P05
 
 @pytest.fixture(scope="module")
