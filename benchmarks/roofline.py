@@ -24,7 +24,8 @@ once) + attention 4 x layers x width x (position + 1) (QK^T and AV, causal half)
 
 Model: GPT-2 124M shape (12 x 768, 50,257-token vocabulary, random weights), reference 6 x 768 of
 the same vocabulary (``--no-reference``: none); ``--small``: 2 x 128 (reference 1 x 128) and a
-4,096-token vocabulary, for a quick run. fp32, one thread unless ``--threads``. ``--profile`` adds
+4,096-token vocabulary, for a quick run. fp32, one thread unless ``--threads``; glibc's malloc keeps
+freed memory as the CLI sets it (``llm_mia.core.allocator``) unless ``--default-malloc``. ``--profile`` adds
 a cProfile breakdown of one scoring and one extraction run (the functions with most own time).
 ``--cpu-time`` times everything (the GEMM peak included) in CPU seconds of this process and its
 children instead of wall seconds: on cores shared with other jobs, the FLOPs per CPU-second this
@@ -266,8 +267,14 @@ def main(argv=None) -> None:
     ap.add_argument("--cpu-time", action="store_true",
                     help="measure CPU seconds of this process, not wall time (on a machine shared with other jobs)")
     ap.add_argument("--process", action="store_true", help="also time the whole `llm-mia score` process")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc at its defaults (the CLI keeps freed memory: llm_mia.core.allocator)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if not a.default_malloc:
+        from llm_mia.core.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the llm-mia entry point does
     if a.cpu_time:
         CLOCK[0] = _cpu_seconds
     lm, text, tgt, (ref, rsh) = build(a.small)

@@ -28,9 +28,11 @@ def _global_options(
                                           "OMP_NUM_THREADS when set, else 1, the fastest on a busy machine; "
                                           "see llm_mia/core/threads.py)."),
 ):
+    from llm_mia.core.allocator import keep_freed_memory
     from llm_mia.core.threads import apply_threads
 
     apply_threads(threads)
+    keep_freed_memory()  # freed tensors stay in the process: no page faults batch after batch
 
 
 from llm_mia.cli import audit, canaries, corpus, exposure, extract, gate, score, shadow, train  # noqa: E402
