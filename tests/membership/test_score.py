@@ -412,6 +412,27 @@ def test_bootstrap_auc_ci_deterministic_bounded_and_contains_auc():
     assert lo <= lo90 <= hi90 <= hi
 
 
+def test_bootstrap_auc_ci_equals_a_slow_resample_loop():
+    """The interval equals a plain loop: the same resamples (members' then non-members' indices per
+    round, one generator), each scored by scikit-learn's AUC, percentiles by numpy; with ties, NaN
+    and a chunk boundary (8,000 scores: the 300 resamples are ranked 250 at a time)."""
+    g = np.random.default_rng(5)
+    for n_pos, n_neg in ((7, 5), (40, 60), (4000, 4000)):
+        y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
+        s = np.round(np.r_[g.normal(0.4, 1, n_pos), g.normal(0, 1, n_neg)], 1)  # many ties
+        s[[0, n_pos]] = np.nan
+        keep = ~np.isnan(s)
+        pos, neg = s[keep & (y == 1)], s[keep & (y == 0)]
+        rng = np.random.default_rng(11)
+        aucs = []
+        for _ in range(300):
+            p = pos[rng.integers(0, len(pos), len(pos))]
+            q = neg[rng.integers(0, len(neg), len(neg))]
+            aucs.append(roc_auc_score(np.r_[np.ones(len(p)), np.zeros(len(q))], np.r_[p, q]))
+        expected = (np.quantile(aucs, 0.025), np.quantile(aucs, 0.975))
+        np.testing.assert_allclose(bootstrap_auc_ci(y, s, n_boot=300, seed=11), expected, rtol=0, atol=1e-12)
+
+
 def test_bootstrap_auc_ci_edge_cases():
     assert bootstrap_auc_ci([1, 1, 0, 0], [3.0, 2.0, 1.0, 0.0]) == (1.0, 1.0)  # clear separation
     assert bootstrap_auc_ci([1, 1, 0, 0], [0.0, 1.0, 2.0, 3.0]) == (0.0, 0.0)  # never flipped
