@@ -415,7 +415,7 @@ def test_bootstrap_auc_ci_deterministic_bounded_and_contains_auc():
 def test_bootstrap_auc_ci_equals_a_slow_resample_loop():
     """The interval equals a plain loop: the same resamples (members' then non-members' indices per
     round, one generator), each scored by scikit-learn's AUC, percentiles by numpy; with ties, NaN
-    and a chunk boundary (8,000 scores: the 300 resamples are ranked 250 at a time)."""
+    and a chunk boundary (8,000 scores: the 300 resamples are counted 250 at a time)."""
     g = np.random.default_rng(5)
     for n_pos, n_neg in ((7, 5), (40, 60), (4000, 4000)):
         y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
