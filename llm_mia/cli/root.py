@@ -15,7 +15,9 @@ from pathlib import Path
 
 import typer
 
+from llm_mia.core.allocator import keep_freed_memory
 from llm_mia.core.errors import LlmMiaError
+from llm_mia.core.threads import apply_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit language models for training-data leakage: extraction, canary exposure, "
@@ -28,9 +30,6 @@ def _global_options(
                                           "OMP_NUM_THREADS when set, else 1, the fastest on a busy machine; "
                                           "see llm_mia/core/threads.py)."),
 ):
-    from llm_mia.core.allocator import keep_freed_memory
-    from llm_mia.core.threads import apply_threads
-
     apply_threads(threads)
     keep_freed_memory()  # freed tensors stay in the process: no page faults batch after batch
 
